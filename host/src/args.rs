@@ -1,0 +1,203 @@
+//! Training arguments, with Hugging Face `TrainingArguments` names and meanings.
+//!
+//! Each argument is declared once, below; the macro derives the resolved struct (TOML/JSON
+//! keys) and the command-line flags (`--learning-rate`, also `--learning_rate` as HF
+//! spells it) from that one list.
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+/// When something happens during training (HF `IntervalStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IntervalStrategy {
+    No,
+    Steps,
+    Epoch,
+}
+
+/// The learning-rate schedule (HF `lr_scheduler_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerType {
+    Linear,
+    Cosine,
+    Constant,
+    ConstantWithWarmup,
+}
+
+macro_rules! training_arguments {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident : $ty:ty = $default:expr, flag $flag_ty:ty;
+    )*) => {
+        /// The resolved training arguments of a run.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct TrainingArguments {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for TrainingArguments {
+            /// Hugging Face's defaults (the job preset may override some; see `job.rs`).
+            fn default() -> Self {
+                Self { $( $name: $default, )* }
+            }
+        }
+
+        /// Command-line flags for the training arguments; a flag given wins over the file.
+        #[derive(Debug, Default, Clone, clap::Args)]
+        pub struct TrainingFlags {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, alias = stringify!($name), help_heading = "Training arguments")]
+                pub $name: Option<$flag_ty>,
+            )*
+        }
+
+        impl TrainingFlags {
+            /// The flags that were given, as TOML keys and values.
+            pub fn to_table(&self) -> toml::Table {
+                let mut table = toml::Table::new();
+                $(
+                    if let Some(value) = &self.$name {
+                        let value = toml::Value::try_from(value).expect("flag values serialize to TOML");
+                        table.insert(stringify!($name).to_owned(), value);
+                    }
+                )*
+                table
+            }
+        }
+
+        /// Every training argument's name, in declaration order.
+        pub const ARGUMENT_NAMES: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+training_arguments! {
+    /// Where logs and outputs of the run are written.
+    output_dir: String = "output".to_owned(), flag String;
+    /// Total number of training epochs (fractions allowed); ignored when max_steps > 0.
+    num_train_epochs: f64 = 3.0, flag f64;
+    /// Total number of optimizer steps; overrides num_train_epochs when > 0.
+    max_steps: i64 = -1, flag i64;
+    /// Batch size for training.
+    per_device_train_batch_size: i64 = 8, flag i64;
+    /// Batch size for evaluation.
+    per_device_eval_batch_size: i64 = 8, flag i64;
+    /// Micro-batches accumulated before each optimizer step.
+    gradient_accumulation_steps: i64 = 1, flag i64;
+    /// Peak learning rate of AdamW.
+    learning_rate: f64 = 5e-5, flag f64;
+    /// Decoupled weight decay of AdamW.
+    weight_decay: f64 = 0.0, flag f64;
+    /// AdamW beta1.
+    adam_beta1: f64 = 0.9, flag f64;
+    /// AdamW beta2.
+    adam_beta2: f64 = 0.999, flag f64;
+    /// AdamW epsilon.
+    adam_epsilon: f64 = 1e-8, flag f64;
+    /// Gradient clipping by global norm; 0 disables it.
+    max_grad_norm: f64 = 1.0, flag f64;
+    /// Learning-rate schedule: linear, cosine, constant, constant_with_warmup.
+    lr_scheduler_type: SchedulerType = SchedulerType::Linear, flag SchedulerType;
+    /// Warm-up steps: a whole number of steps, or a fraction (< 1) of the total steps.
+    warmup_steps: f64 = 0.0, flag f64;
+    /// When to log training loss: no, steps, epoch.
+    logging_strategy: IntervalStrategy = IntervalStrategy::Steps, flag IntervalStrategy;
+    /// Log every N optimizer steps (a fraction < 1 means that share of the total steps).
+    logging_steps: f64 = 500.0, flag f64;
+    /// Also log after the first optimizer step.
+    logging_first_step: bool = false, flag bool;
+    /// When to evaluate: no, steps, epoch.
+    eval_strategy: IntervalStrategy = IntervalStrategy::No, flag IntervalStrategy;
+    /// Evaluate every N optimizer steps (eval_strategy=steps); defaults to logging_steps.
+    eval_steps: Option<f64> = None, flag f64;
+    /// Seed for weight initialisation and everything random in training.
+    seed: u64 = 42, flag u64;
+    /// Seed for data shuffling; defaults to seed.
+    data_seed: Option<u64> = None, flag u64;
+    /// Drop the last incomplete training batch of each epoch.
+    dataloader_drop_last: bool = false, flag bool;
+    /// Share of the data set held out for evaluation, in percent (fixed-seed split).
+    validation_split_percentage: f64 = 20.0, flag f64;
+    /// Use only the first N training examples (after the split), for quick runs.
+    max_train_samples: Option<i64> = None, flag i64;
+    /// Use only the first N evaluation examples, for quick runs.
+    max_eval_samples: Option<i64> = None, flag i64;
+    /// Device: auto (CUDA when available), cpu, cuda or cuda:N.
+    device: String = "auto".to_owned(), flag String;
+}
+
+impl TrainingArguments {
+    /// Rejects values no run can use, naming the argument and what is allowed.
+    pub fn validate(&self) -> Result<(), crate::error::InputError> {
+        use crate::error::InputError;
+        let positive = |name: &str, value: i64| {
+            if value >= 1 {
+                Ok(())
+            } else {
+                Err(InputError::new(format!("{name} must be at least 1 (got {value})")))
+            }
+        };
+        positive("per_device_train_batch_size", self.per_device_train_batch_size)?;
+        positive("per_device_eval_batch_size", self.per_device_eval_batch_size)?;
+        positive("gradient_accumulation_steps", self.gradient_accumulation_steps)?;
+        if self.max_steps <= 0 && !(self.num_train_epochs > 0.0 && self.num_train_epochs.is_finite()) {
+            return Err(InputError::new(format!(
+                "num_train_epochs must be a positive number when max_steps is not set (got {})",
+                self.num_train_epochs
+            )));
+        }
+        if !(self.learning_rate >= 0.0 && self.learning_rate.is_finite()) {
+            return Err(InputError::new(format!("learning_rate must be >= 0 (got {})", self.learning_rate)));
+        }
+        if !(self.weight_decay >= 0.0) {
+            return Err(InputError::new(format!("weight_decay must be >= 0 (got {})", self.weight_decay)));
+        }
+        for (name, beta) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(InputError::new(format!("{name} must be in [0, 1) (got {beta})")));
+            }
+        }
+        if !(self.adam_epsilon > 0.0) {
+            return Err(InputError::new(format!("adam_epsilon must be > 0 (got {})", self.adam_epsilon)));
+        }
+        if !(self.max_grad_norm >= 0.0) {
+            return Err(InputError::new(format!("max_grad_norm must be >= 0, 0 disables clipping (got {})", self.max_grad_norm)));
+        }
+        if !(self.warmup_steps >= 0.0) {
+            return Err(InputError::new(format!("warmup_steps must be >= 0 (got {})", self.warmup_steps)));
+        }
+        if !(self.logging_steps > 0.0) {
+            return Err(InputError::new(format!("logging_steps must be > 0 (got {})", self.logging_steps)));
+        }
+        if let Some(steps) = self.eval_steps {
+            if !(steps > 0.0) {
+                return Err(InputError::new(format!("eval_steps must be > 0 (got {steps})")));
+            }
+        }
+        if !(self.validation_split_percentage > 0.0 && self.validation_split_percentage < 100.0) {
+            return Err(InputError::new(format!(
+                "validation_split_percentage must be between 0 and 100, exclusive (got {})",
+                self.validation_split_percentage
+            )));
+        }
+        for (name, value) in [("max_train_samples", self.max_train_samples), ("max_eval_samples", self.max_eval_samples)] {
+            if let Some(v) = value {
+                positive(name, v)?;
+            }
+        }
+        crate::device::parse_device(&self.device)?;
+        Ok(())
+    }
+
+    /// Steps given as "N, or a fraction of the total when < 1" (HF's convention).
+    pub fn resolve_steps(value: f64, max_steps: i64) -> i64 {
+        if value < 1.0 {
+            ((value * max_steps as f64).ceil() as i64).max(1)
+        } else {
+            value as i64
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The callback handler: Hugging Face's `CallbackHandler` with its `DefaultFlowCallback`
+//! built in, then the plugin callbacks in the order given.
+
+use anyhow::Result;
+use plugin_api::ffi::{ControlBits, Event, EventFfi, Metric, StateFfi};
+use plugin_api::{TrainerControl, TrainerState};
+
+use crate::args::{IntervalStrategy, TrainingArguments};
+use crate::plugins::PluginCallback;
+
+/// Runs events through the default flow and the plugin callbacks, and holds the
+/// `TrainerControl` flags between events.
+pub struct CallbackHandler {
+    callbacks: Vec<PluginCallback>,
+    pub control: TrainerControl,
+}
+
+impl CallbackHandler {
+    pub fn new(callbacks: Vec<PluginCallback>) -> Self {
+        Self { callbacks, control: TrainerControl::default() }
+    }
+
+    /// Fires `event`: applies Hugging Face's reset rule for it, the default flow, then each
+    /// plugin callback in order. A plugin error stops here and is returned.
+    pub fn fire(
+        &mut self,
+        event: Event,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        metrics: &[(String, f64)],
+    ) -> Result<()> {
+        reset_before(event, &mut self.control);
+        default_flow(event, args, state, &mut self.control);
+        if self.callbacks.is_empty() {
+            return Ok(());
+        }
+        let numbers = state.to_numbers();
+        let checkpoint = state.best_model_checkpoint.as_deref().unwrap_or("");
+        let metric_views: Vec<Metric<'_>> =
+            metrics.iter().map(|(name, value)| Metric { name: name.as_str().into(), value: *value }).collect();
+        let ffi = EventFfi {
+            event,
+            state: StateFfi { numbers: numbers.as_slice().into(), best_model_checkpoint: checkpoint.into() },
+            metrics: metric_views.as_slice().into(),
+        };
+        let mut bits = ControlBits::default();
+        self.control.write_bits(&mut bits);
+        for callback in &mut self.callbacks {
+            callback.on_event(ffi, &mut bits)?;
+        }
+        self.control = TrainerControl::from_bits(bits);
+        Ok(())
+    }
+}
+
+/// Hugging Face `CallbackHandler`: flags cleared before an event is dispatched.
+fn reset_before(event: Event, control: &mut TrainerControl) {
+    match event {
+        Event::TRAIN_BEGIN => control.should_training_stop = false,
+        Event::EPOCH_BEGIN => control.should_epoch_stop = false,
+        Event::STEP_BEGIN => {
+            control.should_log = false;
+            control.should_evaluate = false;
+            control.should_save = false;
+        }
+        Event::LOG => control.should_log = false,
+        Event::EVALUATE => control.should_evaluate = false,
+        Event::SAVE => control.should_save = false,
+        _ => {}
+    }
+}
+
+/// Hugging Face `DefaultFlowCallback`: when to log, evaluate and stop.
+fn default_flow(event: Event, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) {
+    match event {
+        Event::STEP_END => {
+            if state.global_step == 1 && args.logging_first_step {
+                control.should_log = true;
+            }
+            if args.logging_strategy == IntervalStrategy::Steps && state.global_step % state.logging_steps == 0 {
+                control.should_log = true;
+            }
+            if args.eval_strategy == IntervalStrategy::Steps && state.global_step % state.eval_steps == 0 {
+                control.should_evaluate = true;
+            }
+            if state.global_step >= state.max_steps {
+                control.should_training_stop = true;
+            }
+        }
+        Event::EPOCH_END => {
+            if args.logging_strategy == IntervalStrategy::Epoch {
+                control.should_log = true;
+            }
+            if args.eval_strategy == IntervalStrategy::Epoch {
+                control.should_evaluate = true;
+            }
+        }
+        _ => {}
+    }
+}

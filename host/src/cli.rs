@@ -1,0 +1,81 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::args::TrainingFlags;
+
+const ABOUT: &str = "Train models with Hugging Face Trainer semantics in one native binary, with losses \
+and callbacks loaded from plugin libraries at run time.";
+
+const AFTER_HELP: &str = "\
+Settings are resolved in layers, later ones winning: Hugging Face's TrainingArguments defaults, \
+the default job's preset (shown as [default: ...] above), the --config TOML file, then flags.
+
+A TOML config uses the same names, for example:
+    num_train_epochs = 5
+    learning_rate = 1e-3
+    plugin = [\"target/release/libweighted_ce.so\"]
+    loss = \"weighted_ce\"
+    [plugin_config.weighted_ce]
+    weights = [1.0, 2.0, 3.0]
+
+Examples:
+    host --plugin target/release/libweighted_ce.so
+    host --plugin target/release/libweighted_ce.so --plugin-config weighted_ce.label_smoothing=0.1
+    host train --config run.toml --learning-rate 1e-3
+
+Log verbosity follows RUST_LOG (default: info).";
+
+#[derive(Debug, Parser)]
+#[command(name = "host", version, about = ABOUT, after_help = AFTER_HELP)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Training options, when no subcommand is given (same as `host train`).
+    #[command(flatten)]
+    pub train: TrainOptions,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train the default job (the same as giving no subcommand).
+    Train(TrainOptions),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct TrainOptions {
+    /// A plugin library (.so) to load; repeat for several. Its components are available
+    /// to --loss and --callback.
+    #[arg(long = "plugin", value_name = "PATH", help_heading = "Plugins")]
+    pub plugins: Vec<PathBuf>,
+
+    /// The loss component to train with. Default: the only loss the loaded plugins
+    /// provide, or the built-in cross entropy when they provide none.
+    #[arg(long, value_name = "NAME", help_heading = "Plugins")]
+    pub loss: Option<String>,
+
+    /// A callback component to use; repeat for several, called in the order given.
+    /// Default: every callback the loaded plugins provide.
+    #[arg(long = "callback", value_name = "NAME", help_heading = "Plugins")]
+    pub callbacks: Vec<String>,
+
+    /// A component's setting, NAME.KEY=VALUE with a TOML value, e.g.
+    /// weighted_ce.weights=[1,2,3]. Repeat for several.
+    #[arg(long = "plugin-config", value_name = "NAME.KEY=VALUE", help_heading = "Plugins")]
+    pub plugin_config: Vec<String>,
+
+    /// A TOML file of training arguments and plugin settings; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the resolved configuration as TOML (usable with --config) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    #[command(flatten)]
+    pub training: TrainingFlags,
+}

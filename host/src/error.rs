@@ -1,0 +1,30 @@
+//! Errors that are the user's to fix (exit code 2) as opposed to failures during a run.
+
+use std::fmt;
+
+/// A mistake in the user's input: flags, config, plugin files. Printed as one line, exit 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputError(String);
+
+impl InputError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// The exit code for an error: 2 for input mistakes, 1 for everything else.
+pub fn exit_code(error: &anyhow::Error) -> i32 {
+    if error.chain().any(|cause| cause.is::<InputError>()) {
+        2
+    } else {
+        1
+    }
+}

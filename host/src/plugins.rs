@@ -1,0 +1,187 @@
+//! Loading plugin libraries and creating their components, with the checks that make a
+//! bad plugin a clear one-line error instead of a crash.
+
+use std::path::{Path, PathBuf};
+
+use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
+use abi_stable::std_types::{ROption, RResult};
+use anyhow::Result;
+use plugin_api::ffi::{
+    CallbackBox, ComponentKind, ErrorKind, FfiError, LossBox, PluginInfo, PluginModuleRef,
+};
+use plugin_api::tensors::{take_ptr, Tensors};
+use tch::Tensor;
+
+use crate::error::InputError;
+
+/// A loaded plugin library. Libraries stay loaded until the process ends (abi_stable
+/// cannot unload them).
+pub struct Plugin {
+    pub path: PathBuf,
+    pub info: PluginInfo,
+    module: PluginModuleRef,
+}
+
+impl Plugin {
+    /// Loads and checks one plugin file. Each file is loaded on its own:
+    /// `RootModule::load_from_file` would return the first plugin for every file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let shown = path.display();
+        if !path.exists() {
+            return Err(InputError::new(format!("plugin file {shown} does not exist; build the plugin (cargo build --release) or fix the path")).into());
+        }
+        let header = lib_header_from_path(path).map_err(|e| load_error(path, e))?;
+        let consts = header.root_mod_consts();
+        if consts.name() != <PluginModuleRef as RootModule>::NAME {
+            return Err(InputError::new(format!(
+                "{shown} is an abi_stable library but not a host plugin (its root module is '{}')",
+                consts.name()
+            ))
+            .into());
+        }
+        let theirs = header.version_strings();
+        let ours = plugin_api::API_VERSION;
+        if major(theirs.version.as_str()) != major(ours) {
+            return Err(InputError::new(format!(
+                "plugin {shown} was built against plugin-api {}, this host expects plugin-api {}.x; rebuild the plugin against plugin-api {ours}",
+                theirs.version, major(ours)
+            ))
+            .into());
+        }
+        let module = header.init_root_module::<PluginModuleRef>().map_err(|e| load_error(path, e))?;
+        let info = (module.info())();
+        let (theirs, ours) = (info.torch_version.as_str(), plugin_api::TORCH_VERSION);
+        if base_version(theirs) != base_version(ours) {
+            return Err(InputError::new(format!(
+                "plugin {shown} was built against torch {theirs}, this host uses torch {ours}; rebuild the plugin with the same libtorch"
+            ))
+            .into());
+        }
+        tracing::debug!(plugin = %info.name, version = %info.version, path = %shown, "loaded plugin");
+        Ok(Self { path: path.to_owned(), info, module })
+    }
+
+    pub fn name(&self) -> &str {
+        self.info.name.as_str()
+    }
+
+    /// Names of the components of `kind` this plugin provides.
+    pub fn components(&self, kind: ComponentKind) -> impl Iterator<Item = &str> {
+        self.info.components.iter().filter(move |c| c.kind == kind).map(|c| c.name.as_str())
+    }
+
+    pub fn create_loss(&self, name: &str, config: &serde_json::Value) -> Result<PluginLoss> {
+        let json = config.to_string();
+        match (self.module.create_loss())(name.into(), json.as_str().into()) {
+            RResult::ROk(inner) => Ok(PluginLoss { inner, plugin: self.name().to_owned(), name: name.to_owned() }),
+            RResult::RErr(e) => Err(component_error(self.name(), "loss", name, "creating it", e)),
+        }
+    }
+
+    pub fn create_callback(&self, name: &str, config: &serde_json::Value, args_json: &str) -> Result<PluginCallback> {
+        let json = config.to_string();
+        match (self.module.create_callback())(name.into(), json.as_str().into(), args_json.into()) {
+            RResult::ROk(inner) => Ok(PluginCallback { inner, plugin: self.name().to_owned(), name: name.to_owned() }),
+            RResult::RErr(e) => Err(component_error(self.name(), "callback", name, "creating it", e)),
+        }
+    }
+}
+
+fn major(version: &str) -> &str {
+    version.split('.').next().unwrap_or(version)
+}
+
+/// `2.11.0+cu130` -> `2.11.0`: CUDA and CPU builds of one torch version share their ABI.
+fn base_version(version: &str) -> &str {
+    version.split('+').next().unwrap_or(version)
+}
+
+fn load_error(path: &Path, error: LibraryError) -> anyhow::Error {
+    let shown = path.display();
+    let message = match error {
+        LibraryError::OpenError { err, .. } => {
+            format!("cannot load plugin {shown}: not a loadable shared library ({})", one_line(&err.to_string()))
+        }
+        LibraryError::GetSymbolError { .. } => format!(
+            "{shown} is a shared library but not a host plugin: it exports no plugin root module (plugins use plugin_api::export_plugin!)"
+        ),
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => format!(
+            "plugin {shown} was built against plugin-api {actual_version}, this host expects plugin-api {expected_version}; rebuild the plugin"
+        ),
+        LibraryError::InvalidAbiHeader(_) => {
+            format!("plugin {shown} was built with an incompatible abi_stable version; rebuild it against this host's plugin-api")
+        }
+        LibraryError::AbiInstability(details) => format!(
+            "plugin {shown} has a plugin-api layout this host cannot use; rebuild it against plugin-api {} ({})",
+            plugin_api::API_VERSION,
+            one_line(&details.to_string()).chars().take(300).collect::<String>()
+        ),
+        other => format!("cannot load plugin {shown}: {}", one_line(&other.to_string())),
+    };
+    InputError::new(message).into()
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Words an error from a plugin call: which plugin, which component, during what.
+fn component_error(plugin: &str, kind: &str, name: &str, during: &str, error: FfiError) -> anyhow::Error {
+    let message = one_line(error.message.as_str());
+    let text = match error.kind {
+        ErrorKind::PANICKED => format!("plugin '{plugin}' {kind} '{name}' panicked in {during}: {message}"),
+        ErrorKind::BAD_CONFIG => format!("plugin '{plugin}' {kind} '{name}': bad config: {message}"),
+        ErrorKind::UNKNOWN_COMPONENT => format!("plugin '{plugin}' provides no {kind} named '{name}'"),
+        _ => format!("plugin '{plugin}' {kind} '{name}' failed in {during}: {message}"),
+    };
+    match error.kind {
+        ErrorKind::BAD_CONFIG | ErrorKind::UNKNOWN_COMPONENT => InputError::new(text).into(),
+        _ => anyhow::Error::msg(text),
+    }
+}
+
+/// A loss component from a plugin.
+pub struct PluginLoss {
+    inner: LossBox,
+    pub plugin: String,
+    pub name: String,
+}
+
+impl PluginLoss {
+    pub fn compute_loss(&mut self, outputs: &Tensors, batch: &Tensors, num_items_in_batch: Option<i64>) -> Result<Tensor> {
+        let (outputs_ffi, batch_ffi) = (outputs.as_ffi(), batch.as_ffi());
+        let result = self.inner.compute_loss(
+            outputs_ffi.as_slice().into(),
+            batch_ffi.as_slice().into(),
+            ROption::from(num_items_in_batch),
+        );
+        match result {
+            // SAFETY: the plugin handed over ownership of this tensor (see LossFfi).
+            RResult::ROk(ptr) => Ok(unsafe { take_ptr(ptr) }),
+            RResult::RErr(e) => Err(component_error(&self.plugin, "loss", &self.name, "compute_loss", e)),
+        }
+    }
+}
+
+/// A callback component from a plugin.
+pub struct PluginCallback {
+    inner: CallbackBox,
+    pub plugin: String,
+    pub name: String,
+}
+
+impl PluginCallback {
+    pub fn on_event(
+        &mut self,
+        event: plugin_api::ffi::EventFfi<'_>,
+        control: &mut plugin_api::ffi::ControlBits,
+    ) -> Result<()> {
+        match self.inner.on_event(event, control) {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(e) => {
+                let during = event.event.name().unwrap_or("an event");
+                Err(component_error(&self.plugin, "callback", &self.name, during, e))
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! What a run tells the user: log lines on the console (through `tracing`) and one JSON
+//! object per log event in `output_dir/log_history.jsonl` (HF `log_history` entries).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plugin_api::TrainerState;
+
+pub struct Reporter {
+    history: BufWriter<File>,
+    last_eval: Option<Vec<(String, f64)>>,
+    warned: HashSet<String>,
+}
+
+impl Reporter {
+    /// Creates `output_dir` and starts a fresh `log_history.jsonl` in it.
+    pub fn create(output_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(output_dir)
+            .map_err(|e| crate::error::InputError::new(format!("cannot create output_dir {}: {e}", output_dir.display())))?;
+        let path = output_dir.join("log_history.jsonl");
+        let file = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Self { history: BufWriter::new(file), last_eval: None, warned: HashSet::new() })
+    }
+
+    pub fn training_starts(&self, state: &TrainerState, n_train: usize, n_eval: usize, updates_per_epoch: i64, ga: usize) {
+        tracing::info!(
+            "training: {n_train} examples, {n_eval} for evaluation, {} optimizer steps ({} epochs of {updates_per_epoch}), batch {} x {ga} accumulated",
+            state.max_steps,
+            state.num_train_epochs,
+            state.train_batch_size,
+        );
+    }
+
+    /// Records one log event (HF `log_history` entry: the logs plus `step`).
+    pub fn log(&mut self, state: &TrainerState, logs: &[(String, f64)]) -> Result<()> {
+        let mut entry = serde_json::Map::new();
+        for (name, value) in logs {
+            entry.insert(name.clone(), json_number(*value));
+        }
+        entry.insert("step".to_owned(), state.global_step.into());
+        writeln!(self.history, "{}", serde_json::Value::Object(entry)).context("cannot write log_history.jsonl")?;
+        self.history.flush().context("cannot write log_history.jsonl")?;
+
+        let is_eval = logs.iter().any(|(n, _)| n.starts_with("eval_"));
+        if is_eval {
+            self.last_eval = Some(logs.to_vec());
+        }
+        let text: Vec<String> = logs.iter().filter(|(n, _)| n != "epoch").map(|(n, v)| format!("{n} {}", show(n, *v))).collect();
+        let what = if is_eval {
+            "eval"
+        } else if logs.iter().any(|(n, _)| n == "train_runtime") {
+            "done"
+        } else {
+            "train"
+        };
+        tracing::info!(
+            "{what:<5} step {}/{} epoch {:.2} | {}",
+            state.global_step,
+            state.max_steps,
+            state.epoch,
+            text.join(" | ")
+        );
+        Ok(())
+    }
+
+    pub fn last_eval(&self) -> Option<&Vec<(String, f64)>> {
+        self.last_eval.as_ref()
+    }
+
+    pub fn warn_once(&mut self, message: &str) {
+        if self.warned.insert(message.to_owned()) {
+            tracing::warn!("{message}");
+        }
+    }
+}
+
+/// JSON has no NaN or infinity; HF writes them as strings in that case, and so do we.
+fn json_number(value: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(value).map(serde_json::Value::Number).unwrap_or_else(|| value.to_string().into())
+}
+
+/// A value as a person wants to read it.
+pub fn show(name: &str, value: f64) -> String {
+    if name.ends_with("runtime") {
+        format!("{value:.2}s")
+    } else if name.ends_with("per_second") {
+        format!("{value:.1}")
+    } else if name == "learning_rate" {
+        format!("{value:.3e}")
+    } else {
+        format!("{value:.4}")
+    }
+}

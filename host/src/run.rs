@@ -1,0 +1,127 @@
+//! `host train`: resolve the configuration, load plugins, train, report.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::args::TrainingArguments;
+use crate::callbacks::CallbackHandler;
+use crate::cli::TrainOptions;
+use crate::config::{self, RunConfig};
+use crate::trainer::Trainer;
+use crate::{components, data, device, job, report};
+
+/// HF defaults with the default job's preset over them.
+pub fn default_table() -> toml::Table {
+    let mut table = toml::Value::try_from(TrainingArguments::default())
+        .ok()
+        .and_then(|v| v.as_table().cloned())
+        .unwrap_or_default();
+    config::merge(&mut table, job::digits_preset());
+    table
+}
+
+/// Defaults, preset, config file, flags: later layers win.
+pub fn resolve_config(options: &TrainOptions) -> Result<RunConfig> {
+    let mut table = default_table();
+    let mut origin = "flags".to_owned();
+    if let Some(path) = &options.config {
+        config::merge(&mut table, config::read_config_file(path)?);
+        origin = format!("config {} or flags", path.display());
+    }
+    let mut flags = options.training.to_table();
+    if !options.plugins.is_empty() {
+        let paths = options.plugins.iter().map(|p| toml::Value::String(p.display().to_string())).collect();
+        flags.insert("plugin".to_owned(), toml::Value::Array(paths));
+    }
+    if let Some(loss) = &options.loss {
+        flags.insert("loss".to_owned(), toml::Value::String(loss.clone()));
+    }
+    if !options.callbacks.is_empty() {
+        let names = options.callbacks.iter().map(|c| toml::Value::String(c.clone())).collect();
+        flags.insert("callback".to_owned(), toml::Value::Array(names));
+    }
+    config::merge(&mut table, flags);
+    for spec in &options.plugin_config {
+        config::merge(&mut table, config::plugin_config_flag(spec)?);
+    }
+    config::resolve(table, &origin)
+}
+
+/// The resolved configuration as TOML that `--config` accepts.
+fn config_as_toml(config: &RunConfig) -> Result<String> {
+    let mut table = toml::Value::try_from(&config.args)?.as_table().cloned().unwrap_or_default();
+    let selection = &config.selection;
+    if !selection.plugins.is_empty() {
+        let paths = selection.plugins.iter().map(|p| toml::Value::String(p.display().to_string())).collect();
+        table.insert("plugin".to_owned(), toml::Value::Array(paths));
+    }
+    if let Some(loss) = &selection.loss {
+        table.insert("loss".to_owned(), toml::Value::String(loss.clone()));
+    }
+    if !selection.callbacks.is_empty() {
+        table.insert("callback".to_owned(), toml::Value::Array(selection.callbacks.iter().cloned().map(toml::Value::String).collect()));
+    }
+    if !selection.component_config.is_empty() {
+        let components = toml::Value::try_from(&selection.component_config)?;
+        table.insert("plugin_config".to_owned(), components);
+    }
+    Ok(toml::to_string(&table)?)
+}
+
+pub fn train(options: &TrainOptions) -> Result<()> {
+    let config = resolve_config(options)?;
+    if options.print_config {
+        print!("{}", config_as_toml(&config)?);
+        return Ok(());
+    }
+    let args = config.args.clone();
+    let device = device::select_device(&args.device)?;
+    tracing::info!("device: {}", device::device_name(device));
+
+    let args_json = serde_json::to_string(&args)?;
+    let components = components::build(&config.selection, &args_json)?;
+    for plugin in &components.plugins {
+        tracing::info!("plugin: {} {} ({})", plugin.name(), plugin.info.version, plugin.path.display());
+    }
+    match &components.loss {
+        Some(loss) => tracing::info!("loss: {} (plugin {})", loss.name, loss.plugin),
+        None => tracing::info!("loss: built-in cross entropy"),
+    }
+    for callback in &components.callbacks {
+        tracing::info!("callback: {} (plugin {})", callback.name, callback.plugin);
+    }
+
+    let digits = data::load_digits()?;
+    let (train_set, eval_set) =
+        data::split(&digits, args.validation_split_percentage, args.max_train_samples, args.max_eval_samples);
+    let output_dir = Path::new(&args.output_dir);
+    let reporter = report::Reporter::create(output_dir)?;
+    let handler = CallbackHandler::new(components.callbacks);
+    let mut trainer = Trainer::new(args.clone(), device, train_set, eval_set, components.loss, handler, reporter)?;
+    let outcome = trainer.train()?;
+
+    let mut results = serde_json::Map::new();
+    let all_metrics = outcome.train_metrics.iter().chain(outcome.eval_metrics.iter().flatten());
+    for (name, value) in all_metrics {
+        results.insert(name.clone(), serde_json::json!(value));
+    }
+    let results_path = output_dir.join("all_results.json");
+    std::fs::write(&results_path, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("cannot write {}", results_path.display()))?;
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "***** train metrics *****")?;
+    for (name, value) in &outcome.train_metrics {
+        writeln!(out, "  {name:<26} = {}", report::show(name, *value))?;
+    }
+    if let Some(eval) = &outcome.eval_metrics {
+        writeln!(out, "***** eval metrics *****")?;
+        for (name, value) in eval {
+            writeln!(out, "  {name:<26} = {}", report::show(name, *value))?;
+        }
+    }
+    writeln!(out, "results: {}", results_path.display())?;
+    Ok(())
+}

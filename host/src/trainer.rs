@@ -1,0 +1,307 @@
+//! The training loop, evaluation and logging, in Hugging Face Trainer's order of events.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use plugin_api::ffi::Event;
+use plugin_api::{Tensors, TrainerState};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::args::{IntervalStrategy, TrainingArguments};
+use crate::callbacks::CallbackHandler;
+use crate::data::{self, Dataset};
+use crate::model::Mlp;
+use crate::optim::AdamW;
+use crate::plugins::PluginLoss;
+use crate::report::Reporter;
+use crate::schedule::lr_lambda;
+
+/// Everything one training run needs.
+pub struct Trainer {
+    args: TrainingArguments,
+    device: Device,
+    _vars: nn::VarStore,
+    model: Mlp,
+    optimizer: AdamW,
+    loss: Option<PluginLoss>,
+    handler: CallbackHandler,
+    train: Dataset,
+    eval: Dataset,
+    pub state: TrainerState,
+    reporter: Reporter,
+}
+
+/// What a finished run reports.
+pub struct Outcome {
+    pub train_metrics: Vec<(String, f64)>,
+    pub eval_metrics: Option<Vec<(String, f64)>>,
+}
+
+impl Trainer {
+    pub fn new(
+        args: TrainingArguments,
+        device: Device,
+        train: Dataset,
+        eval: Dataset,
+        loss: Option<PluginLoss>,
+        handler: CallbackHandler,
+        reporter: Reporter,
+    ) -> Result<Self> {
+        tch::manual_seed(args.seed as i64);
+        let vars = nn::VarStore::new(device);
+        let mut widths = crate::model::DIGITS_MLP.to_vec();
+        widths[0] = train.num_features();
+        let model = Mlp::new(&vars.root(), &widths);
+        let optimizer = AdamW::new(vars.trainable_variables(), args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay);
+        let (train, eval) = (train.to_device(device), eval.to_device(device));
+        let state = TrainerState { is_local_process_zero: true, is_world_process_zero: true, ..Default::default() };
+        let mut trainer = Self { args, device, _vars: vars, model, optimizer, loss, handler, train, eval, state, reporter };
+        trainer.fire(Event::INIT_END, &[])?;
+        Ok(trainer)
+    }
+
+    fn fire(&mut self, event: Event, metrics: &[(String, f64)]) -> Result<()> {
+        self.handler.fire(event, &self.args, &self.state, metrics)
+    }
+
+    /// Micro-batches per epoch.
+    fn batches_per_epoch(&self) -> usize {
+        let (n, bs) = (self.train.len(), self.args.per_device_train_batch_size as usize);
+        if self.args.dataloader_drop_last {
+            n / bs
+        } else {
+            n.div_ceil(bs)
+        }
+    }
+
+    /// Runs training to the end (or until a callback stops it).
+    pub fn train(&mut self) -> Result<Outcome> {
+        let args = self.args.clone();
+        let ga = args.gradient_accumulation_steps as usize;
+        let batches_per_epoch = self.batches_per_epoch();
+        anyhow::ensure!(
+            batches_per_epoch > 0,
+            crate::error::InputError::new(format!(
+                "no training batch: {} training examples with per_device_train_batch_size {} and dataloader_drop_last",
+                self.train.len(),
+                args.per_device_train_batch_size
+            ))
+        );
+        let updates_per_epoch = batches_per_epoch.div_ceil(ga) as i64;
+        let (max_steps, num_epochs) = if args.max_steps > 0 {
+            (args.max_steps, (args.max_steps + updates_per_epoch - 1) / updates_per_epoch)
+        } else {
+            ((args.num_train_epochs * updates_per_epoch as f64).ceil() as i64, args.num_train_epochs.ceil() as i64)
+        };
+        let warmup = TrainingArguments::resolve_steps(args.warmup_steps, max_steps).min(max_steps);
+        let warmup = if args.warmup_steps == 0.0 { 0 } else { warmup };
+        let lr_at = |step: i64| args.learning_rate * lr_lambda(args.lr_scheduler_type, step, warmup, max_steps);
+
+        self.state.max_steps = max_steps;
+        self.state.num_train_epochs = num_epochs as f64;
+        self.state.train_batch_size = args.per_device_train_batch_size;
+        self.state.logging_steps = TrainingArguments::resolve_steps(args.logging_steps, max_steps);
+        self.state.eval_steps = TrainingArguments::resolve_steps(args.eval_steps.unwrap_or(args.logging_steps), max_steps);
+
+        self.reporter.training_starts(&self.state, self.train.len(), self.eval.len(), updates_per_epoch, ga);
+        let started = Instant::now();
+        let data_seed = args.data_seed.unwrap_or(args.seed);
+        let mut loss_since_log = Tensor::zeros([], (Kind::Float, self.device));
+        let mut total_loss = 0.0f64;
+        let mut last_logged_step = 0i64;
+        let mut grad_norm = None;
+        let mut samples_seen = 0usize;
+
+        self.fire(Event::TRAIN_BEGIN, &[])?;
+        for epoch in 0..num_epochs {
+            self.fire(Event::EPOCH_BEGIN, &[])?;
+            let order = data::epoch_order(self.train.len(), data_seed, epoch as u64);
+            let batches = data::batches(&order, args.per_device_train_batch_size as usize, args.dataloader_drop_last);
+            let steps_in_epoch = batches.len();
+            let mut step_in_epoch = 0usize;
+            'updates: for update in batches.chunks(ga) {
+                let micro: Vec<(Tensor, Tensor)> =
+                    update.iter().map(|idx| self.train.batch(&idx.to_device(self.device))).collect();
+                // HF counts label items over the whole optimizer step before running it.
+                let num_items: i64 = micro.iter().map(|(_, labels)| data::count_label_items(labels)).sum();
+                for (i, (input, labels)) in micro.iter().enumerate() {
+                    if i == 0 {
+                        self.fire(Event::STEP_BEGIN, &[])?;
+                    }
+                    let loss = self.training_loss(input, labels, num_items)?;
+                    loss.backward();
+                    let _ = loss_since_log.g_add_(&loss.detach().to_kind(Kind::Float));
+                    samples_seen += labels.size()[0] as usize;
+                    step_in_epoch += 1;
+                    if i + 1 == micro.len() {
+                        grad_norm = Some(self.optimizer.clip_grad_norm(args.max_grad_norm));
+                        self.fire(Event::PRE_OPTIMIZER_STEP, &[])?;
+                        self.optimizer.step(lr_at(self.state.global_step));
+                        self.fire(Event::OPTIMIZER_STEP, &[])?;
+                        self.optimizer.zero_grad();
+                        self.state.global_step += 1;
+                        self.state.epoch = epoch as f64 + step_in_epoch as f64 / steps_in_epoch as f64;
+                        self.fire(Event::STEP_END, &[])?;
+                        let lr = lr_at(self.state.global_step);
+                        self.maybe_log_evaluate(&mut loss_since_log, &mut total_loss, &mut last_logged_step, grad_norm.as_ref(), lr)?;
+                    } else {
+                        self.fire(Event::SUBSTEP_END, &[])?;
+                    }
+                    if self.handler.control.should_epoch_stop || self.handler.control.should_training_stop {
+                        break 'updates;
+                    }
+                }
+            }
+            self.fire(Event::EPOCH_END, &[])?;
+            let lr = lr_at(self.state.global_step);
+            self.maybe_log_evaluate(&mut loss_since_log, &mut total_loss, &mut last_logged_step, grad_norm.as_ref(), lr)?;
+            if self.handler.control.should_training_stop {
+                break;
+            }
+        }
+
+        total_loss += loss_since_log.double_value(&[]);
+        let runtime = started.elapsed().as_secs_f64();
+        let steps = self.state.global_step.max(1) as f64;
+        let train_metrics: Vec<(String, f64)> = vec![
+            ("train_runtime".to_owned(), runtime),
+            ("train_samples_per_second".to_owned(), samples_seen as f64 / runtime),
+            ("train_steps_per_second".to_owned(), self.state.global_step as f64 / runtime),
+            ("train_loss".to_owned(), total_loss / steps),
+        ];
+        let train_metrics = self.log(train_metrics)?;
+        self.fire(Event::TRAIN_END, &[])?;
+        let eval_metrics = if self.eval.len() > 0 && args.eval_strategy != IntervalStrategy::No {
+            self.reporter.last_eval().cloned()
+        } else {
+            None
+        };
+        Ok(Outcome { train_metrics, eval_metrics })
+    }
+
+    /// HF `_maybe_log_save_evaluate`: log if asked (and a step happened since the last
+    /// log), then evaluate if asked.
+    fn maybe_log_evaluate(
+        &mut self,
+        loss_since_log: &mut Tensor,
+        total_loss: &mut f64,
+        last_logged_step: &mut i64,
+        grad_norm: Option<&Tensor>,
+        learning_rate: f64,
+    ) -> Result<()> {
+        if self.handler.control.should_log && self.state.global_step > *last_logged_step {
+            let summed = loss_since_log.double_value(&[]);
+            let _ = loss_since_log.zero_();
+            *total_loss += summed;
+            let steps = (self.state.global_step - *last_logged_step) as f64;
+            *last_logged_step = self.state.global_step;
+            let mut logs = vec![("loss".to_owned(), summed / steps)];
+            if let Some(norm) = grad_norm {
+                logs.push(("grad_norm".to_owned(), norm.double_value(&[])));
+            }
+            logs.push(("learning_rate".to_owned(), learning_rate));
+            self.log(logs)?;
+        }
+        if self.handler.control.should_evaluate {
+            self.evaluate()?;
+        }
+        if self.handler.control.should_save {
+            self.reporter.warn_once("a callback asked to save a checkpoint; this host version does not write checkpoints yet");
+            self.handler.control.should_save = false;
+        }
+        Ok(())
+    }
+
+    /// HF `Trainer.log`: adds the epoch, records the entry, then fires on_log.
+    fn log(&mut self, mut logs: Vec<(String, f64)>) -> Result<Vec<(String, f64)>> {
+        logs.push(("epoch".to_owned(), self.state.epoch));
+        self.reporter.log(&self.state, &logs)?;
+        self.fire(Event::LOG, &logs)?;
+        Ok(logs)
+    }
+
+    /// The loss of one training micro-batch, normalised by the label items of the whole
+    /// optimizer step (`num_items_in_batch`), so accumulated gradients equal one big batch.
+    fn training_loss(&mut self, input: &Tensor, labels: &Tensor, num_items: i64) -> Result<Tensor> {
+        let logits = self.model.forward(input);
+        match &mut self.loss {
+            Some(loss) => {
+                let value = loss.compute_loss(&named("logits", logits), &batch_tensors(input, labels), Some(num_items))?;
+                check_scalar(loss, &value)?;
+                Ok(value)
+            }
+            None => Ok(logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, -100, 0.0) / num_items.max(1) as f64),
+        }
+    }
+
+    /// Evaluates on the eval set: eval_loss (the run's loss, batch means weighted by batch
+    /// size, as HF) and eval_accuracy. Fires on_prediction_step per batch, then on_log and
+    /// on_evaluate.
+    pub fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
+        let started = Instant::now();
+        let n = self.eval.len();
+        let bs = self.args.per_device_eval_batch_size;
+        let (mut loss_sum, mut correct, mut counted, mut batches) = (0.0f64, 0i64, 0i64, 0usize);
+        for start in (0..n as i64).step_by(bs as usize) {
+            let len = bs.min(n as i64 - start);
+            let input = self.eval.input.narrow(0, start, len);
+            let labels = self.eval.labels.narrow(0, start, len);
+            let logits = tch::no_grad(|| self.model.forward(&input));
+            let loss = match &mut self.loss {
+                Some(loss) => {
+                    let value = tch::no_grad(|| {
+                        loss.compute_loss(&named("logits", logits.shallow_clone()), &batch_tensors(&input, &labels), None)
+                    })?;
+                    check_scalar(loss, &value)?;
+                    value
+                }
+                None => logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0),
+            };
+            loss_sum += loss.double_value(&[]) * len as f64;
+            let valid = labels.ne(-100);
+            correct += logits.argmax(-1, false).eq_tensor(&labels).logical_and(&valid).sum(Kind::Int64).int64_value(&[]);
+            counted += valid.sum(Kind::Int64).int64_value(&[]);
+            batches += 1;
+            self.fire(Event::PREDICTION_STEP, &[])?;
+        }
+        let runtime = started.elapsed().as_secs_f64();
+        let metrics = vec![
+            ("eval_loss".to_owned(), loss_sum / n.max(1) as f64),
+            ("eval_accuracy".to_owned(), correct as f64 / counted.max(1) as f64),
+            ("eval_runtime".to_owned(), runtime),
+            ("eval_samples_per_second".to_owned(), n as f64 / runtime),
+            ("eval_steps_per_second".to_owned(), batches as f64 / runtime),
+        ];
+        // As in HF, the metrics given to on_evaluate carry the epoch that `log` adds.
+        let metrics = self.log(metrics)?;
+        self.fire(Event::EVALUATE, &metrics)?;
+        Ok(metrics)
+    }
+}
+
+fn named(name: &str, tensor: Tensor) -> Tensors {
+    let mut tensors = Tensors::new();
+    tensors.insert(name, tensor);
+    tensors
+}
+
+fn batch_tensors(input: &Tensor, labels: &Tensor) -> Tensors {
+    let mut tensors = Tensors::new();
+    tensors.insert("input", input.shallow_clone());
+    tensors.insert("labels", labels.shallow_clone());
+    tensors
+}
+
+/// A loss must be one number; anything else is the plugin's mistake, named as such.
+fn check_scalar(loss: &PluginLoss, value: &Tensor) -> Result<()> {
+    if value.dim() != 0 {
+        anyhow::bail!(
+            "plugin '{}' loss '{}' returned a tensor of shape {:?}; compute_loss must return a scalar",
+            loss.plugin,
+            loss.name,
+            value.size()
+        );
+    }
+    Ok(())
+}

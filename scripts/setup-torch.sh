@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Make the project-local Python venv that provides libtorch (tch 0.24 needs PyTorch 2.11.0 exactly).
+# Idempotent: a venv that already has the right torch is left alone.
+set -euo pipefail
+
+TORCH_VERSION="2.11.0"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+have_torch() {
+    [ -x "$VENV/bin/python" ] &&
+        "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null
+}
+
+if ! have_torch; then
+    echo "setup: installing torch==$TORCH_VERSION into $VENV (one-off, about 5 GB)" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION" numpy
+fi
+
+# A stable path for .cargo/config.toml, whatever the Python minor version is.
+TORCH_DIR="$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+ln -sfn "$TORCH_DIR" "$VENV/torch"
