@@ -53,8 +53,8 @@ pub struct TrainOptions {
     #[arg(long = "plugin", value_name = "PATH", help_heading = "Plugins")]
     pub plugins: Vec<PathBuf>,
 
-    /// The loss component to train with. Default: the only loss the loaded plugins
-    /// provide, or the built-in cross entropy when they provide none.
+    /// The loss component to train with; `builtin` is the host's cross entropy. Default:
+    /// the only loss the loaded plugins provide, or the built-in one when they provide none.
     #[arg(long, value_name = "NAME", help_heading = "Plugins")]
     pub loss: Option<String>,
 

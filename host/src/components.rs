@@ -8,6 +8,9 @@ use crate::config::PluginSelection;
 use crate::error::InputError;
 use crate::plugins::{Plugin, PluginCallback, PluginLoss};
 
+/// The `--loss` name of the host's own cross entropy.
+pub const BUILTIN_LOSS: &str = "builtin";
+
 /// The components a run uses.
 pub struct Components {
     pub plugins: Vec<Plugin>,
@@ -28,12 +31,13 @@ pub fn build(selection: &PluginSelection, args_json: &str) -> Result<Components>
     };
 
     let chosen_loss = match &selection.loss {
+        Some(name) if name == BUILTIN_LOSS => None,
         Some(name) => Some(find(&losses, name, "loss")?),
         None if losses.len() == 1 => Some(losses[0]),
         None if losses.is_empty() => None,
         None => {
             return Err(InputError::new(format!(
-                "the loaded plugins provide several losses ({}); choose one with --loss NAME",
+                "the loaded plugins provide several losses ({}); choose one with --loss NAME (or --loss builtin for the built-in cross entropy)",
                 names(&losses)
             ))
             .into())

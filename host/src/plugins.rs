@@ -27,10 +27,13 @@ impl Plugin {
     /// `RootModule::load_from_file` would return the first plugin for every file.
     pub fn load(path: &Path) -> Result<Self> {
         let shown = path.display();
-        if !path.exists() {
+        if !path.is_file() {
             return Err(InputError::new(format!("plugin file {shown} does not exist; build the plugin (cargo build --release) or fix the path")).into());
         }
-        let header = lib_header_from_path(path).map_err(|e| load_error(path, e))?;
+        // An absolute path: dlopen would search the library path for a bare file name.
+        let absolute = std::fs::canonicalize(path)
+            .map_err(|e| InputError::new(format!("cannot read plugin file {shown}: {e}")))?;
+        let header = lib_header_from_path(&absolute).map_err(|e| load_error(path, e))?;
         let consts = header.root_mod_consts();
         if consts.name() != <PluginModuleRef as RootModule>::NAME {
             return Err(InputError::new(format!(

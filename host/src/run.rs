@@ -78,10 +78,9 @@ pub fn train(options: &TrainOptions) -> Result<()> {
     }
     let args = config.args.clone();
     let device = device::select_device(&args.device)?;
-    tracing::info!("device: {}", device::device_name(device));
-
     let args_json = serde_json::to_string(&args)?;
     let components = components::build(&config.selection, &args_json)?;
+    tracing::info!("device: {}", device::device_name(device));
     for plugin in &components.plugins {
         tracing::info!("plugin: {} {} ({})", plugin.name(), plugin.info.version, plugin.path.display());
     }

@@ -83,13 +83,14 @@ fn parse_config<C: DeserializeOwned>(json: &str) -> Result<C, FfiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let message = if path == "." { inner.to_string() } else { format!("{path}: {inner}") };
+        let inner = inner.to_string();
+        let message = if path == "." || inner.starts_with("unknown field") { inner } else { format!("{path}: {inner}") };
         ffi_error(ErrorKind::BAD_CONFIG, message)
     })
 }
 
 fn config_error(error: PluginError) -> FfiError {
-    ffi_error(ErrorKind::BAD_CONFIG, error.message)
+    ffi_error(ErrorKind::BAD_CONFIG, error.message().to_owned())
 }
 
 pub fn make_loss<C, L, F>(config_json: &str, ctor: F) -> Result<LossBox, FfiError>
@@ -109,7 +110,7 @@ where
     F: FnOnce(C) -> Result<K, PluginError>,
 {
     let callback = ctor(parse_config(config_json)?).map_err(config_error)?;
-    let args = TrainingArguments::from_json(args_json).map_err(|e| ffi_error(ErrorKind::FAILED, e.message))?;
+    let args = TrainingArguments::from_json(args_json).map_err(|e| ffi_error(ErrorKind::FAILED, e.message().to_owned()))?;
     Ok(CallbackFfi_TO::from_value(CallbackAdapter { callback, args }, TD_Opaque))
 }
 
@@ -117,7 +118,10 @@ where
 fn into_ffi<T>(outcome: Result<Result<T, PluginError>, String>) -> RResult<T, FfiError> {
     match outcome {
         Ok(Ok(value)) => RResult::ROk(value),
-        Ok(Err(error)) => RResult::RErr(ffi_error(ErrorKind::FAILED, error.message)),
+        Ok(Err(error)) => {
+            let kind = if error.is_config() { ErrorKind::BAD_CONFIG } else { ErrorKind::FAILED };
+            RResult::RErr(ffi_error(kind, error.message().to_owned()))
+        }
         Err(panic) => RResult::RErr(ffi_error(ErrorKind::PANICKED, panic)),
     }
 }
@@ -188,6 +192,6 @@ impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
 mod tests {
     #[test]
     fn root_module_symbol_matches_abi_stable() {
-        assert_eq!(abi_stable::library::ROOT_MODULE_LOADER_NAME, "_as_0lib_1header_0root_bmodule_bloader");
+        assert_eq!(abi_stable::library::ROOT_MODULE_LOADER_NAME, "_1as_0lib_1header_0root_bmodule_bloader");
     }
 }

@@ -8,7 +8,7 @@
 //! use plugin_api::prelude::*;
 //!
 //! #[derive(Deserialize, Default)]
-//! #[serde(deny_unknown_fields, default)]
+//! #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
 //! struct Config { scale: f64 }
 //!
 //! struct ScaledCe { scale: f64 }
@@ -53,7 +53,7 @@ pub const TORCH_VERSION: &str = env!("PLUGIN_API_TORCH_VERSION");
 /// What plugin code imports.
 pub mod prelude {
     pub use crate::{
-        export_plugin, Callback, Loss, Metrics, PluginError, Tensors, TrainerControl, TrainerState,
+        export_plugin, Callback, Loss, Metrics, NoConfig, PluginError, Tensors, TrainerControl, TrainerState,
         TrainingArguments,
     };
     pub use serde::Deserialize;
@@ -67,11 +67,23 @@ pub mod prelude {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginError {
     message: String,
+    is_config: bool,
 }
 
 impl PluginError {
+    /// A failure of the plugin's work.
     pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into() }
+        Self { message: message.into(), is_config: false }
+    }
+
+    /// The user's config does not fit (found late, e.g. weights for the wrong number of
+    /// classes): the host reports it as a bad config, exit code 2.
+    pub fn config(message: impl Into<String>) -> Self {
+        Self { message: message.into(), is_config: true }
+    }
+
+    pub fn is_config(&self) -> bool {
+        self.is_config
     }
 
     pub fn message(&self) -> &str {
@@ -91,6 +103,11 @@ impl<E: std::error::Error> From<E> for PluginError {
     }
 }
 
+/// The config of a component that has no settings: any key given is an error.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
+
 /// Exports a plugin's components: its root module for the host.
 ///
 /// ```ignore
@@ -103,8 +120,10 @@ impl<E: std::error::Error> From<E> for PluginError {
 /// ```
 ///
 /// Each constructor takes the component's config, any type that implements
-/// `serde::Deserialize` (use `#[serde(deny_unknown_fields)]` so that typos are errors),
-/// and returns `Result<Component, PluginError>`.
+/// `serde::Deserialize`, and returns `Result<Component, PluginError>`. Derive it with
+/// `#[serde(crate = "plugin_api::serde", deny_unknown_fields)]`: the first line lets the
+/// plugin use plugin-api's serde without depending on serde itself, the second makes a
+/// misspelt key an error. A component without settings takes [`NoConfig`].
 #[macro_export]
 macro_rules! export_plugin {
     (
@@ -159,7 +178,7 @@ macro_rules! export_plugin {
             // The symbol the host (abi_stable) looks up; the name is abi_stable 0.11's
             // mangled root-module-loader name (checked by a plugin-api test).
             #[no_mangle]
-            pub static _as_0lib_1header_0root_bmodule_bloader: $crate::__private::abi_stable::library::LibHeader =
+            pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::__private::abi_stable::library::LibHeader =
                 $crate::__private::lib_header(root_module_loader);
         };
     };
