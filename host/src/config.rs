@@ -74,9 +74,12 @@ pub fn resolve(mut table: toml::Table, origin: &str) -> Result<RunConfig> {
             .into());
         }
     }
-    let args: TrainingArguments = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-        InputError::new(format!("{origin}: {}", e.message().trim().replace('\n', "; ")))
-    })?;
+    let args: TrainingArguments =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().message().trim().replace('\n', "; ");
+            InputError::new(format!("{origin}: {key}: {message}"))
+        })?;
     args.validate()?;
     Ok(RunConfig { args, selection })
 }

@@ -1,25 +1,8 @@
 //! `host`: a training host with plugin losses and callbacks.
 
-mod args;
-mod callbacks;
-mod cli;
-mod components;
-mod config;
-mod data;
-mod device;
-mod error;
-mod job;
-mod model;
-mod optim;
-mod plugins;
-mod report;
-mod run;
-mod schedule;
-mod trainer;
-
 use clap::{CommandFactory, FromArgMatches};
-
-use crate::cli::{Cli, Command};
+use host::cli::{Cli, Command};
+use host::{args, error, run};
 
 fn main() {
     install_panic_hook();
@@ -62,7 +45,11 @@ fn parse_cli() -> Cli {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).without_time().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .without_time()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).init();
 }
 
 /// A panic is a bug in the host, never the user's doing: say so in one line, no backtrace

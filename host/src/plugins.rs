@@ -77,7 +77,7 @@ impl Plugin {
         let json = config.to_string();
         match (self.module.create_loss())(name.into(), json.as_str().into()) {
             RResult::ROk(inner) => Ok(PluginLoss { inner, plugin: self.name().to_owned(), name: name.to_owned() }),
-            RResult::RErr(e) => Err(component_error(self.name(), "loss", name, "creating it", e)),
+            RResult::RErr(e) => Err(component_error(self.name(), "loss", name, "its constructor", e)),
         }
     }
 
@@ -85,7 +85,7 @@ impl Plugin {
         let json = config.to_string();
         match (self.module.create_callback())(name.into(), json.as_str().into(), args_json.into()) {
             RResult::ROk(inner) => Ok(PluginCallback { inner, plugin: self.name().to_owned(), name: name.to_owned() }),
-            RResult::RErr(e) => Err(component_error(self.name(), "callback", name, "creating it", e)),
+            RResult::RErr(e) => Err(component_error(self.name(), "callback", name, "its constructor", e)),
         }
     }
 }

@@ -69,10 +69,10 @@ pub fn unknown_component(kind: &str, name: &str) -> FfiError {
 }
 
 /// Runs a component constructor, catching panics.
-pub fn guard_create<T>(kind: &str, name: &str, create: impl FnOnce() -> Result<T, FfiError>) -> RResult<T, FfiError> {
+pub fn guard_create<T>(create: impl FnOnce() -> Result<T, FfiError>) -> RResult<T, FfiError> {
     match catch(create) {
         Ok(result) => result.into(),
-        Err(panic) => RResult::RErr(ffi_error(ErrorKind::PANICKED, format!("creating {kind} '{name}' panicked: {panic}"))),
+        Err(panic) => RResult::RErr(ffi_error(ErrorKind::PANICKED, panic)),
     }
 }
 

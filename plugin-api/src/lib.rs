@@ -152,7 +152,7 @@ macro_rules! export_plugin {
             }
 
             extern "C" fn create_loss(name: RStr<'_>, config: RStr<'_>) -> RResult<LossBox, FfiError> {
-                $crate::__private::guard_create("loss", name.as_str(), || match name.as_str() {
+                $crate::__private::guard_create(|| match name.as_str() {
                     $($($loss_name => $crate::__private::make_loss(config.as_str(), $loss_ctor),)*)?
                     other => Err($crate::__private::unknown_component("loss", other)),
                 })
@@ -163,7 +163,7 @@ macro_rules! export_plugin {
                 config: RStr<'_>,
                 args: RStr<'_>,
             ) -> RResult<CallbackBox, FfiError> {
-                $crate::__private::guard_create("callback", name.as_str(), || match name.as_str() {
+                $crate::__private::guard_create(|| match name.as_str() {
                     $($($cb_name => $crate::__private::make_callback(config.as_str(), args.as_str(), $cb_ctor),)*)?
                     other => Err($crate::__private::unknown_component("callback", other)),
                 })

@@ -1,1 +1,11 @@
+//! End-to-end tests: build the plugins, run the `host` binary, check what it prints,
+//! writes and exits with.
 
+mod support;
+
+mod bad_input;
+mod compat;
+mod events;
+mod example_plugin;
+mod training;
+mod weighted_ce;

@@ -1,0 +1,19 @@
+//! The training host as a library: the `host` binary is a thin command line over it, and
+//! the end-to-end tests reach the plugin loader through it.
+
+pub mod args;
+pub mod callbacks;
+pub mod cli;
+pub mod components;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod job;
+pub mod model;
+pub mod optim;
+pub mod plugins;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod trainer;

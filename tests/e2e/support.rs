@@ -1,0 +1,105 @@
+//! Building the plugins once and running the host binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// The target folder that cargo builds this test into (`target/debug` or `target/release`).
+pub fn target_profile_dir() -> PathBuf {
+    // The host binary lives there; plugins built in the same profile land next to it.
+    Path::new(env!("CARGO_BIN_EXE_host")).parent().unwrap().to_owned()
+}
+
+/// The workspace's plugin crates, built once per test run in the same profile as the host
+/// (`cargo test` builds no cdylib by itself).
+const PLUGIN_PACKAGES: &[&str] = &["weighted_ce", "test_fixtures", "future_api", "no_root_module", "torch_mismatch"];
+
+/// Path of a workspace plugin library, building the plugins on first use.
+pub fn plugin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.current_dir(repo()).arg("build").arg("--quiet");
+        if target_profile_dir().ends_with("release") {
+            cargo.arg("--release");
+        }
+        for package in PLUGIN_PACKAGES {
+            cargo.args(["-p", package]);
+        }
+        let status = cargo.status().expect("run cargo build for the plugins");
+        assert!(status.success(), "building the test plugins failed");
+    });
+    let path = target_profile_dir().join(format!("lib{name}.so"));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// The result of one host run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The last line of stderr: where the host prints its one-line error.
+    pub fn error_line(&self) -> &str {
+        self.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")
+    }
+
+    /// Asserts a clean user-facing failure: the exit code, one `error:` line containing
+    /// `needle`, and nothing that looks like a crash.
+    pub fn assert_clean_error(&self, code: i32, needle: &str) {
+        let errors: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(self.code, code, "exit code; stderr:\n{}", self.stderr);
+        assert_eq!(errors.len(), 1, "exactly one error line; stderr:\n{}", self.stderr);
+        assert!(errors[0].contains(needle), "error line {:?} should mention {needle:?}", errors[0]);
+        for crash in ["panicked at", "RUST_BACKTRACE", "stack backtrace", "Aborted", "core dumped", "internal error"] {
+            assert!(!self.stderr.contains(crash), "stderr shows a crash ({crash}):\n{}", self.stderr);
+        }
+    }
+}
+
+/// Runs the host with `args` in `dir` (its output_dir defaults below it).
+pub fn host(dir: &Path, args: &[&str]) -> Run {
+    let output: Output = Command::new(env!("CARGO_BIN_EXE_host"))
+        .current_dir(dir)
+        .args(args)
+        // The binary must find libtorch through its rpath, not the environment.
+        .env_remove("LD_LIBRARY_PATH")
+        .env("RUST_LOG", "info")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run the host binary");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("create a temporary directory")
+}
+
+/// `output/all_results.json` of a run in `dir`.
+pub fn results(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("output/all_results.json")).expect("all_results.json");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `output/log_history.jsonl` of a run in `dir`.
+pub fn log_history(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("output/log_history.jsonl")).expect("log_history.jsonl");
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}

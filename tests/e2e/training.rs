@@ -1,0 +1,77 @@
+//! The default job and its configuration.
+
+use crate::support::*;
+
+#[test]
+fn default_job_with_weighted_ce_reaches_accuracy() {
+    let dir = tempdir();
+    let run = host(dir.path(), &["--plugin", path_str(&plugin("weighted_ce"))]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("device: cpu"), "prints the device:\n{}", run.stderr);
+    assert!(run.stderr.contains("loss: weighted_ce (plugin weighted_ce)"), "{}", run.stderr);
+    let results = results(dir.path());
+    let accuracy = results["eval_accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.95, "eval_accuracy {accuracy}");
+    assert!(results["train_runtime"].as_f64().unwrap() > 0.0);
+    assert!(run.stdout.contains("eval_accuracy"), "summary on stdout:\n{}", run.stdout);
+    // One eval per epoch, 10 epochs in the default job.
+    let history = log_history(dir.path());
+    assert_eq!(history.iter().filter(|e| e.get("eval_loss").is_some()).count(), 10);
+}
+
+#[test]
+fn builtin_loss_without_plugins_reaches_accuracy() {
+    let dir = tempdir();
+    let run = host(dir.path(), &[]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("loss: built-in cross entropy"));
+    assert!(results(dir.path())["eval_accuracy"].as_f64().unwrap() >= 0.95);
+}
+
+#[test]
+fn config_file_sets_arguments_and_flags_override_it() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.path().join("run.toml"),
+        "num_train_epochs = 1\nlogging_steps = 5\nper_device_train_batch_size = 32\nmax_steps = 12\n",
+    )
+    .unwrap();
+    let run = host(dir.path(), &["--config", "run.toml", "--max-steps", "7"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let history = log_history(dir.path());
+    let steps: Vec<i64> = history.iter().filter(|e| e.get("loss").is_some()).map(|e| e["step"].as_i64().unwrap()).collect();
+    assert_eq!(steps, vec![5], "logging_steps from the file, max_steps from the flag");
+    let last = history.last().unwrap();
+    assert_eq!(last["step"], 7);
+    // HF spells flags with underscores; both work.
+    let run = host(dir.path(), &["--max_steps", "3", "--logging_steps", "1"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let losses = log_history(dir.path()).iter().filter(|e| e.get("loss").is_some()).count();
+    assert_eq!(losses, 3);
+}
+
+#[test]
+fn print_config_round_trips() {
+    let dir = tempdir();
+    let run = host(dir.path(), &["--print-config", "--learning-rate", "0.01", "--plugin-config", "weighted_ce.label_smoothing=0.1"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stdout.contains("learning_rate = 0.01"), "{}", run.stdout);
+    std::fs::write(dir.path().join("printed.toml"), &run.stdout).unwrap();
+    let again = host(dir.path(), &["--print-config", "--config", "printed.toml"]);
+    assert_eq!(again.code, 0, "stderr:\n{}", again.stderr);
+    assert_eq!(again.stdout, run.stdout);
+}
+
+#[test]
+fn help_explains_every_training_argument() {
+    let dir = tempdir();
+    let run = host(dir.path(), &["--help"]);
+    assert_eq!(run.code, 0);
+    for name in host::args::ARGUMENT_NAMES {
+        let flag = format!("--{}", name.replace('_', "-"));
+        assert!(run.stdout.contains(&flag), "--help lacks {flag}");
+    }
+    for text in ["--plugin <PATH>", "--loss <NAME>", "--callback <NAME>", "--plugin-config", "--config <FILE>", "[default: 0.002]"] {
+        assert!(run.stdout.contains(text), "--help lacks {text}:\n{}", run.stdout);
+    }
+}
