@@ -1,0 +1,197 @@
+//! Support code for [`export_plugin!`](crate::export_plugin): adapters from the safe traits
+//! to the FFI types. Not a public API.
+
+pub use abi_stable;
+
+use abi_stable::{
+    library::{CheckTypeLayout, LibHeader, RootModuleResult},
+    prefix_type::PrefixTypeTrait,
+    sabi_trait::TD_Opaque,
+    std_types::{ROption, RResult, RSlice, RString, RVec},
+};
+use serde::de::DeserializeOwned;
+
+use crate::callback::{Callback, Metrics, TrainerControl, TrainerState, TrainingArguments};
+use crate::ffi::{
+    CallbackBox, CallbackFfi, CallbackFfi_TO, ComponentInfo, ComponentKind, ControlBits, ErrorKind,
+    Event, EventFfi, FfiError, LossBox, LossFfi, LossFfi_TO, NamedTensor, PluginInfo, PluginModule,
+    PluginModuleRef, TensorPtr,
+};
+use crate::panic::catch;
+use crate::tensors::{into_ptr, Tensors};
+use crate::{Loss, PluginError};
+
+type CreateLoss = extern "C" fn(abi_stable::std_types::RStr<'_>, abi_stable::std_types::RStr<'_>) -> RResult<LossBox, FfiError>;
+type CreateCallback = extern "C" fn(
+    abi_stable::std_types::RStr<'_>,
+    abi_stable::std_types::RStr<'_>,
+    abi_stable::std_types::RStr<'_>,
+) -> RResult<CallbackBox, FfiError>;
+
+/// The library header for a plugin's root module loader.
+pub const fn lib_header(loader: extern "C" fn() -> RootModuleResult) -> LibHeader {
+    // SAFETY: `loader` is made by `export_plugin!` and returns, through
+    // `__call_root_module_loader`, a `PluginModuleRef` erased as abi_stable requires.
+    unsafe { LibHeader::from_constructor::<PluginModuleRef>(loader, CheckTypeLayout::Yes) }
+}
+
+pub fn root_module(
+    info: extern "C" fn() -> PluginInfo,
+    create_loss: CreateLoss,
+    create_callback: CreateCallback,
+) -> PluginModuleRef {
+    PluginModule { info, create_loss, create_callback }.leak_into_prefix()
+}
+
+pub fn plugin_info(name: &str, version: &str, losses: &[&str], callbacks: &[&str]) -> PluginInfo {
+    let component = |kind, name: &&str| ComponentInfo { kind, name: (*name).into(), extra_json: "{}".into() };
+    let components: RVec<ComponentInfo> = losses
+        .iter()
+        .map(|n| component(ComponentKind::LOSS, n))
+        .chain(callbacks.iter().map(|n| component(ComponentKind::CALLBACK, n)))
+        .collect();
+    PluginInfo {
+        name: name.into(),
+        version: version.into(),
+        api_version: crate::API_VERSION.into(),
+        torch_version: crate::TORCH_VERSION.into(),
+        components,
+        extra_json: "{}".into(),
+    }
+}
+
+fn ffi_error(kind: ErrorKind, message: impl Into<String>) -> FfiError {
+    FfiError { kind, message: RString::from(message.into()) }
+}
+
+pub fn unknown_component(kind: &str, name: &str) -> FfiError {
+    ffi_error(ErrorKind::UNKNOWN_COMPONENT, format!("no {kind} named '{name}'"))
+}
+
+/// Runs a component constructor, catching panics.
+pub fn guard_create<T>(create: impl FnOnce() -> Result<T, FfiError>) -> RResult<T, FfiError> {
+    match catch(create) {
+        Ok(result) => result.into(),
+        Err(panic) => RResult::RErr(ffi_error(ErrorKind::PANICKED, panic)),
+    }
+}
+
+/// Parses a component's JSON config into its config type; errors name the key path.
+fn parse_config<C: DeserializeOwned>(json: &str) -> Result<C, FfiError> {
+    let value: serde_json::Value = serde_json::from_str(if json.trim().is_empty() { "{}" } else { json })
+        .map_err(|e| ffi_error(ErrorKind::BAD_CONFIG, format!("config is not valid JSON: {e}")))?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let inner = inner.to_string();
+        let message = if path == "." || inner.starts_with("unknown field") { inner } else { format!("{path}: {inner}") };
+        ffi_error(ErrorKind::BAD_CONFIG, message)
+    })
+}
+
+fn config_error(error: PluginError) -> FfiError {
+    ffi_error(ErrorKind::BAD_CONFIG, error.message().to_owned())
+}
+
+pub fn make_loss<C, L, F>(config_json: &str, ctor: F) -> Result<LossBox, FfiError>
+where
+    C: DeserializeOwned,
+    L: Loss,
+    F: FnOnce(C) -> Result<L, PluginError>,
+{
+    let loss = ctor(parse_config(config_json)?).map_err(config_error)?;
+    Ok(LossFfi_TO::from_value(LossAdapter(loss), TD_Opaque))
+}
+
+pub fn make_callback<C, K, F>(config_json: &str, args_json: &str, ctor: F) -> Result<CallbackBox, FfiError>
+where
+    C: DeserializeOwned,
+    K: Callback,
+    F: FnOnce(C) -> Result<K, PluginError>,
+{
+    let callback = ctor(parse_config(config_json)?).map_err(config_error)?;
+    let args = TrainingArguments::from_json(args_json).map_err(|e| ffi_error(ErrorKind::FAILED, e.message().to_owned()))?;
+    Ok(CallbackFfi_TO::from_value(CallbackAdapter { callback, args }, TD_Opaque))
+}
+
+/// Turns the result of plugin code (or its panic) into an FFI result.
+fn into_ffi<T>(outcome: Result<Result<T, PluginError>, String>) -> RResult<T, FfiError> {
+    match outcome {
+        Ok(Ok(value)) => RResult::ROk(value),
+        Ok(Err(error)) => {
+            let kind = if error.is_config() { ErrorKind::BAD_CONFIG } else { ErrorKind::FAILED };
+            RResult::RErr(ffi_error(kind, error.message().to_owned()))
+        }
+        Err(panic) => RResult::RErr(ffi_error(ErrorKind::PANICKED, panic)),
+    }
+}
+
+struct LossAdapter<L>(L);
+
+impl<L: Loss> LossFfi for LossAdapter<L> {
+    fn compute_loss(
+        &mut self,
+        outputs: RSlice<'_, NamedTensor<'_>>,
+        batch: RSlice<'_, NamedTensor<'_>>,
+        num_items_in_batch: ROption<i64>,
+    ) -> RResult<TensorPtr, FfiError> {
+        into_ffi(catch(|| {
+            // SAFETY: the host keeps every tensor in `outputs` and `batch` alive for the call.
+            let (outputs, batch) = unsafe { (Tensors::from_ffi(outputs), Tensors::from_ffi(batch)) };
+            self.0.compute_loss(&outputs, &batch, num_items_in_batch.into_option()).map(into_ptr)
+        }))
+    }
+}
+
+struct CallbackAdapter<K> {
+    callback: K,
+    args: TrainingArguments,
+}
+
+impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
+    fn on_event(&mut self, event: EventFfi<'_>, bits: &mut ControlBits) -> RResult<(), FfiError> {
+        let state = TrainerState::from_ffi(&event.state);
+        let mut control = TrainerControl::from_bits(*bits);
+        let args = &self.args;
+        let cb = &mut self.callback;
+        let outcome = catch(|| {
+            let metrics = || -> Metrics {
+                event.metrics.iter().map(|m| (m.name.as_str().to_owned(), m.value)).collect()
+            };
+            let (s, c) = (&state, &mut control);
+            match event.event {
+                Event::INIT_END => cb.on_init_end(args, s, c),
+                Event::TRAIN_BEGIN => cb.on_train_begin(args, s, c),
+                Event::TRAIN_END => cb.on_train_end(args, s, c),
+                Event::EPOCH_BEGIN => cb.on_epoch_begin(args, s, c),
+                Event::EPOCH_END => cb.on_epoch_end(args, s, c),
+                Event::STEP_BEGIN => cb.on_step_begin(args, s, c),
+                Event::SUBSTEP_END => cb.on_substep_end(args, s, c),
+                Event::PRE_OPTIMIZER_STEP => cb.on_pre_optimizer_step(args, s, c),
+                Event::OPTIMIZER_STEP => cb.on_optimizer_step(args, s, c),
+                Event::STEP_END => cb.on_step_end(args, s, c),
+                Event::EVALUATE => cb.on_evaluate(args, s, c, &metrics()),
+                Event::PREDICT => cb.on_predict(args, s, c, &metrics()),
+                Event::SAVE => cb.on_save(args, s, c),
+                Event::LOG => cb.on_log(args, s, c, &metrics()),
+                Event::PREDICTION_STEP => cb.on_prediction_step(args, s, c),
+                // An event added after this plugin was built: nothing to do.
+                _ => Ok(()),
+            }
+        });
+        let result = into_ffi(outcome);
+        if result.is_ok() {
+            control.write_bits(bits);
+        }
+        result
+    }
+}
+
+// The export macro hard-codes abi_stable's root module symbol name; keep them in step.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn root_module_symbol_matches_abi_stable() {
+        assert_eq!(abi_stable::library::ROOT_MODULE_LOADER_NAME, "_1as_0lib_1header_0root_bmodule_bloader");
+    }
+}
