@@ -14,14 +14,15 @@ use serde::de::DeserializeOwned;
 use crate::callback::{Callback, Metrics, TrainerControl, TrainerState, TrainingArguments};
 use crate::ffi::{
     CallbackBox, CallbackFfi, CallbackFfi_TO, ComponentInfo, ComponentKind, ControlBits, ErrorKind,
-    Event, EventFfi, FfiError, LossBox, LossFfi, LossFfi_TO, NamedTensor, PluginInfo, PluginModule,
-    PluginModuleRef, TensorPtr,
+    Event, EventFfi, ExtensionIn, ExtensionOp, ExtensionOut, FfiError, LossBox, LossFfi, LossFfi_TO,
+    NamedTensor, PluginInfo, PluginModule, PluginModuleRef, TensorPtr,
 };
 use crate::panic::catch;
 use crate::tensors::{into_ptr, Tensors};
 use crate::{Loss, PluginError};
 
 type CreateLoss = extern "C" fn(abi_stable::std_types::RStr<'_>, abi_stable::std_types::RStr<'_>) -> RResult<LossBox, FfiError>;
+type Extension = extern "C" fn(ExtensionOp, ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError>;
 type CreateCallback = extern "C" fn(
     abi_stable::std_types::RStr<'_>,
     abi_stable::std_types::RStr<'_>,
@@ -39,8 +40,19 @@ pub fn root_module(
     info: extern "C" fn() -> PluginInfo,
     create_loss: CreateLoss,
     create_callback: CreateCallback,
+    extension: Extension,
 ) -> PluginModuleRef {
-    PluginModule { info, create_loss, create_callback }.leak_into_prefix()
+    PluginModule { info, create_loss, create_callback, extension }.leak_into_prefix()
+}
+
+/// The answer to an extension operation this version does not know.
+pub fn unsupported(op: ExtensionOp) -> RResult<ExtensionOut, FfiError> {
+    RResult::RErr(ffi_error(ErrorKind::UNSUPPORTED, format!("unsupported extension operation {}", op.0)))
+}
+
+/// Plugin-wide extension operations: none yet.
+pub extern "C" fn module_extension(op: ExtensionOp, _input: ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError> {
+    unsupported(op)
 }
 
 pub fn plugin_info(name: &str, version: &str, losses: &[&str], callbacks: &[&str]) -> PluginInfo {
@@ -141,6 +153,10 @@ impl<L: Loss> LossFfi for LossAdapter<L> {
             self.0.compute_loss(&outputs, &batch, num_items_in_batch.into_option()).map(into_ptr)
         }))
     }
+
+    fn extension(&mut self, op: ExtensionOp, _input: ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError> {
+        unsupported(op)
+    }
 }
 
 struct CallbackAdapter<K> {
@@ -184,6 +200,10 @@ impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
             control.write_bits(bits);
         }
         result
+    }
+
+    fn extension(&mut self, op: ExtensionOp, _input: ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError> {
+        unsupported(op)
     }
 }
 

@@ -1,17 +1,21 @@
 //! The types that cross the boundary between the host and a plugin library.
 //!
 //! Everything here is checked by `abi_stable` when the host loads a plugin, so its shape is
-//! the plugin ABI. Rules for changing it without breaking plugins already compiled
-//! (see PLUGINS.md, "Compatibility"):
-//! - `PluginModule` is a prefix type: new fields go at the end, after `last_prefix_field`.
-//! - `LossFfi` and `CallbackFfi` are `sabi_trait`s: new methods go at the end, with a default.
-//! - `Event`, `ControlBits`, `ErrorKind` and `ComponentKind` are integers with named values:
-//!   new values may be added; a plugin ignores events it does not know.
+//! the plugin ABI.
+//!
+//! The shape is frozen for a whole major version. abi_stable refuses to load a library
+//! whose prefix types (the root module, `sabi_trait` vtables) have fewer fields than the
+//! host's, so adding a field or a method would lock out every plugin built before it
+//! (abi_stable issue #118). The API grows instead through values, which the checker does
+//! not see:
+//! - `Event`, `ControlBits`, `ErrorKind`, `ComponentKind` and `ExtensionOp` are integers
+//!   with named values; new values may be added. A plugin ignores events it does not know
+//!   and answers `ErrorKind::UNSUPPORTED` to extension operations it does not know.
 //! - Trainer state travels as a slice of numbers indexed by `StateIndex`: new fields are
 //!   appended, and a plugin reads only the indices it knows (missing ones read as absent).
-//! - Free-form metadata travels as JSON strings, whose unknown keys are ignored.
-//! Plain `#[repr(C)]` structs (`PluginInfo`, `EventFfi`, ...) never change shape within a
-//! major version.
+//! - New operations go through the `extension` entry points (module, loss, callback): an
+//!   operation code, JSON and named tensors in, JSON and named tensors out.
+//! - Free-form metadata travels as JSON, whose unknown keys are ignored.
 
 // sabi_trait expands to impls inside a const block; harmless, and not ours to change.
 #![allow(non_local_definitions)]
@@ -36,12 +40,14 @@ pub struct PluginModule {
     pub create_loss: extern "C" fn(name: RStr<'_>, config_json: RStr<'_>) -> RResult<LossBox, FfiError>,
     /// Builds the callback component `name` from its JSON config; `args_json` holds the
     /// resolved training arguments (HF TrainingArguments names).
-    #[sabi(last_prefix_field)]
     pub create_callback: extern "C" fn(
         name: RStr<'_>,
         config_json: RStr<'_>,
         args_json: RStr<'_>,
     ) -> RResult<CallbackBox, FfiError>,
+    /// Plugin-wide operations added after 1.0 (see `ExtensionOp`).
+    #[sabi(last_prefix_field)]
+    pub extension: extern "C" fn(op: ExtensionOp, input: ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError>,
 }
 
 impl abi_stable::library::RootModule for PluginModuleRef {
@@ -110,6 +116,8 @@ impl ErrorKind {
     pub const BAD_CONFIG: Self = Self(2);
     /// No component of that kind and name in this plugin (a user mistake).
     pub const UNKNOWN_COMPONENT: Self = Self(3);
+    /// The plugin does not know this extension operation (it was built before it existed).
+    pub const UNSUPPORTED: Self = Self(4);
 }
 
 /// A borrowed libtorch tensor: a `torch::Tensor*` as tch holds it. The host and the plugin
@@ -126,18 +134,50 @@ pub struct NamedTensor<'a> {
     pub tensor: TensorPtr,
 }
 
+/// A named tensor whose ownership passes to the receiver with the value it is part of.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct OwnedTensor {
+    pub name: RString,
+    pub tensor: TensorPtr,
+}
+
+/// An operation added to the API after its shape was frozen; see the module docs.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtensionOp(pub u32);
+
+/// What an extension operation receives: JSON and borrowed tensors.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct ExtensionIn<'a> {
+    pub json: RStr<'a>,
+    pub tensors: RSlice<'a, NamedTensor<'a>>,
+}
+
+/// What an extension operation returns: JSON and tensors now owned by the caller.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct ExtensionOut {
+    pub json: RString,
+    pub tensors: RVec<OwnedTensor>,
+}
+
 /// The loss interface as it crosses the boundary.
 #[sabi_trait]
 pub trait LossFfi {
     /// `outputs` and `batch` are borrowed for the call. On success the returned tensor
     /// is owned by the caller (the plugin gives up its handle).
-    #[sabi(last_prefix_field)]
     fn compute_loss(
         &mut self,
         outputs: RSlice<'_, NamedTensor<'_>>,
         batch: RSlice<'_, NamedTensor<'_>>,
         num_items_in_batch: ROption<i64>,
     ) -> RResult<TensorPtr, FfiError>;
+
+    /// Operations added after 1.0 (see `ExtensionOp`).
+    #[sabi(last_prefix_field)]
+    fn extension(&mut self, op: ExtensionOp, input: ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError>;
 }
 
 /// An owned loss component.
@@ -147,8 +187,11 @@ pub type LossBox = LossFfi_TO<'static, abi_stable::std_types::RBox<()>>;
 /// event code, so new events never change the vtable.
 #[sabi_trait]
 pub trait CallbackFfi {
-    #[sabi(last_prefix_field)]
     fn on_event(&mut self, event: EventFfi<'_>, control: &mut ControlBits) -> RResult<(), FfiError>;
+
+    /// Operations added after 1.0 (see `ExtensionOp`).
+    #[sabi(last_prefix_field)]
+    fn extension(&mut self, op: ExtensionOp, input: ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError>;
 }
 
 /// An owned callback component.

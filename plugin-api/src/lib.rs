@@ -171,7 +171,7 @@ macro_rules! export_plugin {
 
             extern "C" fn root_module_loader() -> $crate::__private::abi_stable::library::RootModuleResult {
                 $crate::__private::abi_stable::library::__call_root_module_loader(|| {
-                    $crate::__private::root_module(info, create_loss, create_callback)
+                    $crate::__private::root_module(info, create_loss, create_callback, $crate::__private::module_extension)
                 })
             }
 

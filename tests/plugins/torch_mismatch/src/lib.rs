@@ -2,7 +2,7 @@
 //! `export_plugin!`, which records the torch they were compiled with; this one builds its
 //! root module by hand to claim torch 1.13.1.
 
-use plugin_api::__private::{abi_stable, lib_header, plugin_info, root_module, unknown_component};
+use plugin_api::__private::{abi_stable, lib_header, module_extension, plugin_info, root_module, unknown_component};
 use plugin_api::ffi::{CallbackBox, FfiError, LossBox, PluginInfo};
 use abi_stable::std_types::{RResult, RStr};
 
@@ -21,7 +21,7 @@ extern "C" fn create_callback(name: RStr<'_>, _config: RStr<'_>, _args: RStr<'_>
 }
 
 extern "C" fn loader() -> abi_stable::library::RootModuleResult {
-    abi_stable::library::__call_root_module_loader(|| root_module(info, create_loss, create_callback))
+    abi_stable::library::__call_root_module_loader(|| root_module(info, create_loss, create_callback, module_extension))
 }
 
 #[no_mangle]
