@@ -164,7 +164,10 @@ impl TrainingArguments {
             return Err(InputError::new(format!("adam_epsilon must be > 0 (got {})", self.adam_epsilon)));
         }
         if !(self.max_grad_norm >= 0.0) {
-            return Err(InputError::new(format!("max_grad_norm must be >= 0, 0 disables clipping (got {})", self.max_grad_norm)));
+            return Err(InputError::new(format!(
+                "max_grad_norm must be >= 0, 0 disables clipping (got {})",
+                self.max_grad_norm
+            )));
         }
         if !(self.warmup_steps >= 0.0) {
             return Err(InputError::new(format!("warmup_steps must be >= 0 (got {})", self.warmup_steps)));
@@ -183,7 +186,9 @@ impl TrainingArguments {
                 self.validation_split_percentage
             )));
         }
-        for (name, value) in [("max_train_samples", self.max_train_samples), ("max_eval_samples", self.max_eval_samples)] {
+        for (name, value) in
+            [("max_train_samples", self.max_train_samples), ("max_eval_samples", self.max_eval_samples)]
+        {
             if let Some(v) = value {
                 positive(name, v)?;
             }

@@ -53,6 +53,34 @@ impl CallbackHandler {
     }
 }
 
+impl CallbackHandler {
+    /// HF `stateful_callbacks`: the control flags, and each plugin callback that has state,
+    /// by component name.
+    pub fn stateful_callbacks(&mut self) -> Result<serde_json::Value> {
+        let c = &self.control;
+        let mut states = serde_json::Map::new();
+        states.insert(
+            "TrainerControl".to_owned(),
+            serde_json::json!({
+                "args": {
+                    "should_training_stop": c.should_training_stop,
+                    "should_epoch_stop": c.should_epoch_stop,
+                    "should_save": c.should_save,
+                    "should_evaluate": c.should_evaluate,
+                    "should_log": c.should_log,
+                },
+                "attributes": {},
+            }),
+        );
+        for callback in &mut self.callbacks {
+            if let Some(state) = callback.state()? {
+                states.insert(callback.name.clone(), serde_json::json!({ "args": {}, "attributes": state }));
+            }
+        }
+        Ok(serde_json::Value::Object(states))
+    }
+}
+
 /// Hugging Face `CallbackHandler`: flags cleared before an event is dispatched.
 fn reset_before(event: Event, control: &mut TrainerControl) {
     match event {

@@ -26,9 +26,8 @@ pub fn build(selection: &PluginSelection, args_json: &str) -> Result<Components>
     let losses: Vec<(&Plugin, &str)> = provided(&plugins, ComponentKind::LOSS);
     let callbacks: Vec<(&Plugin, &str)> = provided(&plugins, ComponentKind::CALLBACK);
 
-    let config_for = |name: &str| {
-        selection.component_config.get(name).cloned().unwrap_or_else(|| serde_json::json!({}))
-    };
+    let config_for =
+        |name: &str| selection.component_config.get(name).cloned().unwrap_or_else(|| serde_json::json!({}));
 
     let chosen_loss = match &selection.loss {
         Some(name) if name == BUILTIN_LOSS => None,

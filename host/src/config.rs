@@ -35,18 +35,13 @@ pub struct RunConfig {
 
 /// Reads a TOML config file into a table; errors are one line with the line number.
 pub fn read_config_file(path: &Path) -> Result<toml::Table> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        InputError::new(format!("cannot read config file {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| InputError::new(format!("cannot read config file {}: {e}", path.display())))?;
     toml::from_str::<toml::Table>(&text).map_err(|e| {
         let line = e.span().map(|span| text[..span.start].lines().count().max(1));
         let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-        InputError::new(format!(
-            "config file {}{at}: {}",
-            path.display(),
-            e.message().trim().replace('\n', "; ")
-        ))
-        .into()
+        InputError::new(format!("config file {}{at}: {}", path.display(), e.message().trim().replace('\n', "; ")))
+            .into()
     })
 }
 
@@ -74,12 +69,11 @@ pub fn resolve(mut table: toml::Table, origin: &str) -> Result<RunConfig> {
             .into());
         }
     }
-    let args: TrainingArguments =
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let key = e.path().to_string();
-            let message = e.into_inner().message().trim().replace('\n', "; ");
-            InputError::new(format!("{origin}: {key}: {message}"))
-        })?;
+    let args: TrainingArguments = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.into_inner().message().trim().replace('\n', "; ");
+        InputError::new(format!("{origin}: {key}: {message}"))
+    })?;
     args.validate()?;
     Ok(RunConfig { args, selection })
 }
@@ -140,7 +134,8 @@ fn take_plugin_selection(table: &mut toml::Table, origin: &str) -> Result<Plugin
             if !config.is_table() {
                 return Err(bad(&format!("plugin_config.{name}"), "a table of that component's settings").into());
             }
-            let json = serde_json::to_value(&config).map_err(|e| bad(&format!("plugin_config.{name}"), &e.to_string()))?;
+            let json =
+                serde_json::to_value(&config).map_err(|e| bad(&format!("plugin_config.{name}"), &e.to_string()))?;
             selection.component_config.insert(name, json);
         }
     }
@@ -213,7 +208,10 @@ mod tests {
         let config = resolve(t, "flags").unwrap();
         assert_eq!(config.selection.component_config["weighted_ce"], serde_json::json!({"weights": [1, 2, 3]}));
         let t = plugin_config_flag("x.name=hello world").unwrap();
-        assert_eq!(resolve(t, "flags").unwrap().selection.component_config["x"], serde_json::json!({"name": "hello world"}));
+        assert_eq!(
+            resolve(t, "flags").unwrap().selection.component_config["x"],
+            serde_json::json!({"name": "hello world"})
+        );
         assert!(plugin_config_flag("nodot=1").is_err());
     }
 }

@@ -78,12 +78,7 @@ pub fn load_digits() -> Result<Dataset> {
 }
 
 /// Splits off `eval_percent` of the examples for evaluation, by a fixed seed.
-pub fn split(
-    data: &Dataset,
-    eval_percent: f64,
-    max_train: Option<i64>,
-    max_eval: Option<i64>,
-) -> (Dataset, Dataset) {
+pub fn split(data: &Dataset, eval_percent: f64, max_train: Option<i64>, max_eval: Option<i64>) -> (Dataset, Dataset) {
     let n = data.len();
     let mut order: Vec<i64> = (0..n as i64).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(SPLIT_SEED));
@@ -103,11 +98,7 @@ pub fn epoch_order(len: usize, data_seed: u64, epoch: u64) -> Vec<i64> {
 
 /// Batches of `batch_size` indices from `order`; the last one may be short unless dropped.
 pub fn batches(order: &[i64], batch_size: usize, drop_last: bool) -> Vec<Tensor> {
-    order
-        .chunks(batch_size)
-        .filter(|chunk| !drop_last || chunk.len() == batch_size)
-        .map(Tensor::from_slice)
-        .collect()
+    order.chunks(batch_size).filter(|chunk| !drop_last || chunk.len() == batch_size).map(Tensor::from_slice).collect()
 }
 
 /// Label items that count toward a loss (labels other than -100).

@@ -49,7 +49,9 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_target(false)
         .without_time()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// A panic is a bug in the host, never the user's doing: say so in one line, no backtrace

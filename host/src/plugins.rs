@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
-use abi_stable::std_types::{ROption, RResult};
+use abi_stable::std_types::{ROption, RResult, RSlice};
 use anyhow::Result;
 use plugin_api::ffi::{
-    CallbackBox, ComponentKind, ErrorKind, FfiError, LossBox, PluginInfo, PluginModuleRef,
+    CallbackBox, ComponentKind, ErrorKind, ExtensionIn, ExtensionOp, FfiError, LossBox, PluginInfo, PluginModuleRef,
 };
 use plugin_api::tensors::{take_ptr, Tensors};
 use tch::Tensor;
@@ -28,7 +28,10 @@ impl Plugin {
     pub fn load(path: &Path) -> Result<Self> {
         let shown = path.display();
         if !path.is_file() {
-            return Err(InputError::new(format!("plugin file {shown} does not exist; build the plugin (cargo build --release) or fix the path")).into());
+            return Err(InputError::new(format!(
+                "plugin file {shown} does not exist; build the plugin (cargo build --release) or fix the path"
+            ))
+            .into());
         }
         // An absolute path: dlopen would search the library path for a bare file name.
         let absolute = std::fs::canonicalize(path)
@@ -117,7 +120,7 @@ fn load_error(path: &Path, error: LibraryError) -> anyhow::Error {
         LibraryError::AbiInstability(details) => format!(
             "plugin {shown} has a plugin-api layout this host cannot use; rebuild it against plugin-api {} ({})",
             plugin_api::API_VERSION,
-            one_line(&details.to_string()).chars().take(300).collect::<String>()
+            one_line(&details.to_string())
         ),
         other => format!("cannot load plugin {shown}: {}", one_line(&other.to_string())),
     };
@@ -151,7 +154,12 @@ pub struct PluginLoss {
 }
 
 impl PluginLoss {
-    pub fn compute_loss(&mut self, outputs: &Tensors, batch: &Tensors, num_items_in_batch: Option<i64>) -> Result<Tensor> {
+    pub fn compute_loss(
+        &mut self,
+        outputs: &Tensors,
+        batch: &Tensors,
+        num_items_in_batch: Option<i64>,
+    ) -> Result<Tensor> {
         let (outputs_ffi, batch_ffi) = (outputs.as_ffi(), batch.as_ffi());
         let result = self.inner.compute_loss(
             outputs_ffi.as_slice().into(),
@@ -185,6 +193,26 @@ impl PluginCallback {
                 let during = event.event.name().unwrap_or("an event");
                 Err(component_error(&self.plugin, "callback", &self.name, during, e))
             }
+        }
+    }
+
+    /// The callback's state, `None` when it has none. Plugins built against plugin-api 1.0
+    /// do not know the operation: they count as stateless.
+    pub fn state(&mut self) -> Result<Option<serde_json::Value>> {
+        let input = ExtensionIn { json: "".into(), tensors: RSlice::from_slice(&[]) };
+        match self.inner.extension(ExtensionOp::CALLBACK_STATE_SAVE, input) {
+            RResult::ROk(out) => {
+                let value: serde_json::Value = serde_json::from_str(out.json.as_str()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "plugin '{}' callback '{}' returned a state that is not JSON: {e}",
+                        self.plugin,
+                        self.name
+                    )
+                })?;
+                Ok((!value.is_null()).then_some(value))
+            }
+            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(None),
+            RResult::RErr(e) => Err(component_error(&self.plugin, "callback", &self.name, "saving its state", e)),
         }
     }
 }

@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 use plugin_api::TrainerState;
 
 pub struct Reporter {
-    history: BufWriter<File>,
+    history_file: BufWriter<File>,
+    /// Every log event so far (HF `state.log_history`).
+    pub history: Vec<serde_json::Value>,
     last_eval: Option<Vec<(String, f64)>>,
     warned: HashSet<String>,
 }
@@ -18,14 +20,22 @@ pub struct Reporter {
 impl Reporter {
     /// Creates `output_dir` and starts a fresh `log_history.jsonl` in it.
     pub fn create(output_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(output_dir)
-            .map_err(|e| crate::error::InputError::new(format!("cannot create output_dir {}: {e}", output_dir.display())))?;
+        std::fs::create_dir_all(output_dir).map_err(|e| {
+            crate::error::InputError::new(format!("cannot create output_dir {}: {e}", output_dir.display()))
+        })?;
         let path = output_dir.join("log_history.jsonl");
         let file = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Self { history: BufWriter::new(file), last_eval: None, warned: HashSet::new() })
+        Ok(Self { history_file: BufWriter::new(file), history: Vec::new(), last_eval: None, warned: HashSet::new() })
     }
 
-    pub fn training_starts(&self, state: &TrainerState, n_train: usize, n_eval: usize, updates_per_epoch: i64, ga: usize) {
+    pub fn training_starts(
+        &self,
+        state: &TrainerState,
+        n_train: usize,
+        n_eval: usize,
+        updates_per_epoch: i64,
+        ga: usize,
+    ) {
         tracing::info!(
             "training: {n_train} examples, {n_eval} for evaluation, {} optimizer steps ({} epochs of {updates_per_epoch}), batch {} x {ga} accumulated",
             state.max_steps,
@@ -41,14 +51,17 @@ impl Reporter {
             entry.insert(name.clone(), json_number(*value));
         }
         entry.insert("step".to_owned(), state.global_step.into());
-        writeln!(self.history, "{}", serde_json::Value::Object(entry)).context("cannot write log_history.jsonl")?;
-        self.history.flush().context("cannot write log_history.jsonl")?;
+        let entry = serde_json::Value::Object(entry);
+        writeln!(self.history_file, "{entry}").context("cannot write log_history.jsonl")?;
+        self.history_file.flush().context("cannot write log_history.jsonl")?;
+        self.history.push(entry);
 
         let is_eval = logs.iter().any(|(n, _)| n.starts_with("eval_"));
         if is_eval {
             self.last_eval = Some(logs.to_vec());
         }
-        let text: Vec<String> = logs.iter().filter(|(n, _)| n != "epoch").map(|(n, v)| format!("{n} {}", show(n, *v))).collect();
+        let text: Vec<String> =
+            logs.iter().filter(|(n, _)| n != "epoch").map(|(n, v)| format!("{n} {}", show(n, *v))).collect();
         let what = if is_eval {
             "eval"
         } else if logs.iter().any(|(n, _)| n == "train_runtime") {

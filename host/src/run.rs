@@ -61,7 +61,10 @@ fn config_as_toml(config: &RunConfig) -> Result<String> {
         table.insert("loss".to_owned(), toml::Value::String(loss.clone()));
     }
     if !selection.callbacks.is_empty() {
-        table.insert("callback".to_owned(), toml::Value::Array(selection.callbacks.iter().cloned().map(toml::Value::String).collect()));
+        table.insert(
+            "callback".to_owned(),
+            toml::Value::Array(selection.callbacks.iter().cloned().map(toml::Value::String).collect()),
+        );
     }
     if !selection.component_config.is_empty() {
         let components = toml::Value::try_from(&selection.component_config)?;
@@ -106,6 +109,10 @@ pub fn train(options: &TrainOptions) -> Result<()> {
     for (name, value) in all_metrics {
         results.insert(name.clone(), serde_json::json!(value));
     }
+    // As HF's `trainer.save_state()`: the final state, callback states included.
+    let state_path = output_dir.join("trainer_state.json");
+    std::fs::write(&state_path, serde_json::to_string_pretty(&trainer.trainer_state_json()?)? + "\n")
+        .with_context(|| format!("cannot write {}", state_path.display()))?;
     let results_path = output_dir.join("all_results.json");
     std::fs::write(&results_path, serde_json::to_string_pretty(&results)? + "\n")
         .with_context(|| format!("cannot write {}", results_path.display()))?;

@@ -53,10 +53,17 @@ impl Trainer {
         let mut widths = crate::model::DIGITS_MLP.to_vec();
         widths[0] = train.num_features();
         let model = Mlp::new(&vars.root(), &widths);
-        let optimizer = AdamW::new(vars.trainable_variables(), args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay);
+        let optimizer = AdamW::new(
+            vars.trainable_variables(),
+            args.adam_beta1,
+            args.adam_beta2,
+            args.adam_epsilon,
+            args.weight_decay,
+        );
         let (train, eval) = (train.to_device(device), eval.to_device(device));
         let state = TrainerState { is_local_process_zero: true, is_world_process_zero: true, ..Default::default() };
-        let mut trainer = Self { args, device, _vars: vars, model, optimizer, loss, handler, train, eval, state, reporter };
+        let mut trainer =
+            Self { args, device, _vars: vars, model, optimizer, loss, handler, train, eval, state, reporter };
         trainer.fire(Event::INIT_END, &[])?;
         Ok(trainer)
     }
@@ -102,7 +109,8 @@ impl Trainer {
         self.state.num_train_epochs = num_epochs as f64;
         self.state.train_batch_size = args.per_device_train_batch_size;
         self.state.logging_steps = TrainingArguments::resolve_steps(args.logging_steps, max_steps);
-        self.state.eval_steps = TrainingArguments::resolve_steps(args.eval_steps.unwrap_or(args.logging_steps), max_steps);
+        self.state.eval_steps =
+            TrainingArguments::resolve_steps(args.eval_steps.unwrap_or(args.logging_steps), max_steps);
 
         self.reporter.training_starts(&self.state, self.train.len(), self.eval.len(), updates_per_epoch, ga);
         let started = Instant::now();
@@ -144,7 +152,13 @@ impl Trainer {
                         self.state.epoch = epoch as f64 + step_in_epoch as f64 / steps_in_epoch as f64;
                         self.fire(Event::STEP_END, &[])?;
                         let lr = lr_at(self.state.global_step);
-                        self.maybe_log_evaluate(&mut loss_since_log, &mut total_loss, &mut last_logged_step, grad_norm.as_ref(), lr)?;
+                        self.maybe_log_evaluate(
+                            &mut loss_since_log,
+                            &mut total_loss,
+                            &mut last_logged_step,
+                            grad_norm.as_ref(),
+                            lr,
+                        )?;
                     } else {
                         self.fire(Event::SUBSTEP_END, &[])?;
                     }
@@ -155,7 +169,13 @@ impl Trainer {
             }
             self.fire(Event::EPOCH_END, &[])?;
             let lr = lr_at(self.state.global_step);
-            self.maybe_log_evaluate(&mut loss_since_log, &mut total_loss, &mut last_logged_step, grad_norm.as_ref(), lr)?;
+            self.maybe_log_evaluate(
+                &mut loss_since_log,
+                &mut total_loss,
+                &mut last_logged_step,
+                grad_norm.as_ref(),
+                lr,
+            )?;
             if self.handler.control.should_training_stop {
                 break;
             }
@@ -178,6 +198,33 @@ impl Trainer {
             None
         };
         Ok(Outcome { train_metrics, eval_metrics })
+    }
+
+    /// The trainer state with Hugging Face's trainer_state.json keys.
+    pub fn trainer_state_json(&mut self) -> Result<serde_json::Value> {
+        let s = &self.state;
+        Ok(serde_json::json!({
+            "best_global_step": s.best_global_step,
+            "best_metric": s.best_metric,
+            "best_model_checkpoint": s.best_model_checkpoint,
+            "epoch": s.epoch,
+            "eval_steps": s.eval_steps,
+            "global_step": s.global_step,
+            "is_hyper_param_search": false,
+            "is_local_process_zero": s.is_local_process_zero,
+            "is_world_process_zero": s.is_world_process_zero,
+            "log_history": self.reporter.history,
+            "logging_steps": s.logging_steps,
+            "max_steps": s.max_steps,
+            "num_input_tokens_seen": s.num_input_tokens_seen,
+            "num_train_epochs": s.num_train_epochs,
+            "save_steps": s.save_steps,
+            "stateful_callbacks": self.handler.stateful_callbacks()?,
+            "total_flos": s.total_flos,
+            "train_batch_size": s.train_batch_size,
+            "trial_name": null,
+            "trial_params": null,
+        }))
     }
 
     /// HF `_maybe_log_save_evaluate`: log if asked (and a step happened since the last
@@ -207,7 +254,8 @@ impl Trainer {
             self.evaluate()?;
         }
         if self.handler.control.should_save {
-            self.reporter.warn_once("a callback asked to save a checkpoint; this host version does not write checkpoints yet");
+            self.reporter
+                .warn_once("a callback asked to save a checkpoint; this host version does not write checkpoints yet");
             self.handler.control.should_save = false;
         }
         Ok(())
@@ -227,11 +275,15 @@ impl Trainer {
         let logits = self.model.forward(input);
         match &mut self.loss {
             Some(loss) => {
-                let value = loss.compute_loss(&named("logits", logits), &batch_tensors(input, labels), Some(num_items))?;
+                let value =
+                    loss.compute_loss(&named("logits", logits), &batch_tensors(input, labels), Some(num_items))?;
                 check_scalar(loss, &value)?;
                 Ok(value)
             }
-            None => Ok(logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, -100, 0.0) / num_items.max(1) as f64),
+            None => {
+                Ok(logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, -100, 0.0)
+                    / num_items.max(1) as f64)
+            }
         }
     }
 
@@ -251,7 +303,11 @@ impl Trainer {
             let loss = match &mut self.loss {
                 Some(loss) => {
                     let value = tch::no_grad(|| {
-                        loss.compute_loss(&named("logits", logits.shallow_clone()), &batch_tensors(&input, &labels), None)
+                        loss.compute_loss(
+                            &named("logits", logits.shallow_clone()),
+                            &batch_tensors(&input, &labels),
+                            None,
+                        )
                     })?;
                     check_scalar(loss, &value)?;
                     value
@@ -260,7 +316,8 @@ impl Trainer {
             };
             loss_sum += loss.double_value(&[]) * len as f64;
             let valid = labels.ne(-100);
-            correct += logits.argmax(-1, false).eq_tensor(&labels).logical_and(&valid).sum(Kind::Int64).int64_value(&[]);
+            correct +=
+                logits.argmax(-1, false).eq_tensor(&labels).logical_and(&valid).sum(Kind::Int64).int64_value(&[]);
             counted += valid.sum(Kind::Int64).int64_value(&[]);
             batches += 1;
             self.fire(Event::PREDICTION_STEP, &[])?;

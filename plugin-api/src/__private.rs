@@ -13,15 +13,16 @@ use serde::de::DeserializeOwned;
 
 use crate::callback::{Callback, Metrics, TrainerControl, TrainerState, TrainingArguments};
 use crate::ffi::{
-    CallbackBox, CallbackFfi, CallbackFfi_TO, ComponentInfo, ComponentKind, ControlBits, ErrorKind,
-    Event, EventFfi, ExtensionIn, ExtensionOp, ExtensionOut, FfiError, LossBox, LossFfi, LossFfi_TO,
-    NamedTensor, PluginInfo, PluginModule, PluginModuleRef, TensorPtr,
+    CallbackBox, CallbackFfi, CallbackFfi_TO, ComponentInfo, ComponentKind, ControlBits, ErrorKind, Event, EventFfi,
+    ExtensionIn, ExtensionOp, ExtensionOut, FfiError, LossBox, LossFfi, LossFfi_TO, NamedTensor, PluginInfo,
+    PluginModule, PluginModuleRef, TensorPtr,
 };
 use crate::panic::catch;
 use crate::tensors::{into_ptr, Tensors};
 use crate::{Loss, PluginError};
 
-type CreateLoss = extern "C" fn(abi_stable::std_types::RStr<'_>, abi_stable::std_types::RStr<'_>) -> RResult<LossBox, FfiError>;
+type CreateLoss =
+    extern "C" fn(abi_stable::std_types::RStr<'_>, abi_stable::std_types::RStr<'_>) -> RResult<LossBox, FfiError>;
 type Extension = extern "C" fn(ExtensionOp, ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError>;
 type CreateCallback = extern "C" fn(
     abi_stable::std_types::RStr<'_>,
@@ -96,7 +97,8 @@ fn parse_config<C: DeserializeOwned>(json: &str) -> Result<C, FfiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let inner = inner.to_string();
-        let message = if path == "." || inner.starts_with("unknown field") { inner } else { format!("{path}: {inner}") };
+        let message =
+            if path == "." || inner.starts_with("unknown field") { inner } else { format!("{path}: {inner}") };
         ffi_error(ErrorKind::BAD_CONFIG, message)
     })
 }
@@ -122,7 +124,8 @@ where
     F: FnOnce(C) -> Result<K, PluginError>,
 {
     let callback = ctor(parse_config(config_json)?).map_err(config_error)?;
-    let args = TrainingArguments::from_json(args_json).map_err(|e| ffi_error(ErrorKind::FAILED, e.message().to_owned()))?;
+    let args =
+        TrainingArguments::from_json(args_json).map_err(|e| ffi_error(ErrorKind::FAILED, e.message().to_owned()))?;
     Ok(CallbackFfi_TO::from_value(CallbackAdapter { callback, args }, TD_Opaque))
 }
 
@@ -171,9 +174,8 @@ impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
         let args = &self.args;
         let cb = &mut self.callback;
         let outcome = catch(|| {
-            let metrics = || -> Metrics {
-                event.metrics.iter().map(|m| (m.name.as_str().to_owned(), m.value)).collect()
-            };
+            let metrics =
+                || -> Metrics { event.metrics.iter().map(|m| (m.name.as_str().to_owned(), m.value)).collect() };
             let (s, c) = (&state, &mut control);
             match event.event {
                 Event::INIT_END => cb.on_init_end(args, s, c),
@@ -202,8 +204,21 @@ impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
         result
     }
 
-    fn extension(&mut self, op: ExtensionOp, _input: ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError> {
-        unsupported(op)
+    fn extension(&mut self, op: ExtensionOp, input: ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError> {
+        let callback = &mut self.callback;
+        match op {
+            ExtensionOp::CALLBACK_STATE_SAVE => into_ffi(catch(|| {
+                let json = callback.state().unwrap_or(serde_json::Value::Null).to_string();
+                Ok(ExtensionOut { json: json.into(), tensors: RVec::new() })
+            })),
+            ExtensionOp::CALLBACK_STATE_LOAD => into_ffi(catch(|| {
+                let value = serde_json::from_str(input.json.as_str())
+                    .map_err(|e| PluginError::new(format!("saved callback state is not valid JSON: {e}")))?;
+                callback.load_state(value)?;
+                Ok(ExtensionOut { json: "null".into(), tensors: RVec::new() })
+            })),
+            _ => unsupported(op),
+        }
     }
 }
 
@@ -213,5 +228,66 @@ mod tests {
     #[test]
     fn root_module_symbol_matches_abi_stable() {
         assert_eq!(abi_stable::library::ROOT_MODULE_LOADER_NAME, "_1as_0lib_1header_0root_bmodule_bloader");
+    }
+}
+
+#[cfg(test)]
+mod adapter_tests {
+    use super::*;
+    use crate::ffi::{CallbackFfi, StateFfi};
+
+    struct Counter(u64);
+
+    impl Callback for Counter {
+        fn on_step_end(
+            &mut self,
+            _: &TrainingArguments,
+            _: &TrainerState,
+            c: &mut TrainerControl,
+        ) -> Result<(), PluginError> {
+            self.0 += 1;
+            c.should_save = true;
+            Ok(())
+        }
+        fn state(&self) -> Option<serde_json::Value> {
+            Some(serde_json::json!(self.0))
+        }
+        fn load_state(&mut self, state: serde_json::Value) -> Result<(), PluginError> {
+            self.0 = state.as_u64().ok_or_else(|| PluginError::new("not a count"))?;
+            Ok(())
+        }
+    }
+
+    fn event(code: Event, numbers: &[f64]) -> EventFfi<'_> {
+        EventFfi {
+            event: code,
+            state: StateFfi { numbers: numbers.into(), best_model_checkpoint: "".into() },
+            metrics: RSlice::from_slice(&[]),
+        }
+    }
+
+    fn input(json: &str) -> ExtensionIn<'_> {
+        ExtensionIn { json: json.into(), tensors: RSlice::from_slice(&[]) }
+    }
+
+    #[test]
+    fn events_it_does_not_know_are_ignored() {
+        let mut adapter = CallbackAdapter { callback: Counter(0), args: TrainingArguments::default() };
+        let mut bits = ControlBits::default();
+        assert!(adapter.on_event(event(Event(999), &[]), &mut bits).is_ok());
+        assert_eq!((adapter.callback.0, bits.0), (0, 0));
+        assert!(adapter.on_event(event(Event::STEP_END, &[]), &mut bits).is_ok());
+        assert_eq!((adapter.callback.0, bits.0), (1, ControlBits::SHOULD_SAVE));
+    }
+
+    #[test]
+    fn state_round_trips_and_unknown_operations_are_unsupported() {
+        let mut adapter = CallbackAdapter { callback: Counter(41), args: TrainingArguments::default() };
+        let saved = adapter.extension(ExtensionOp::CALLBACK_STATE_SAVE, input("")).unwrap();
+        assert_eq!(saved.json.as_str(), "41");
+        adapter.extension(ExtensionOp::CALLBACK_STATE_LOAD, input("5")).unwrap();
+        assert_eq!(adapter.callback.0, 5);
+        let err = adapter.extension(ExtensionOp(77), input("")).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::UNSUPPORTED);
     }
 }

@@ -73,6 +73,8 @@ pub struct TrainerState {
     pub is_world_process_zero: bool,
     pub total_flos: f64,
     pub num_input_tokens_seen: i64,
+    /// Since 1.1 (false from a 1.0 host).
+    pub is_hyper_param_search: bool,
 }
 
 impl TrainerState {
@@ -99,6 +101,7 @@ impl TrainerState {
             is_world_process_zero: flag(StateIndex::IS_WORLD_PROCESS_ZERO),
             total_flos: num(StateIndex::TOTAL_FLOS).unwrap_or(0.0),
             num_input_tokens_seen: int(StateIndex::NUM_INPUT_TOKENS_SEEN).unwrap_or(0),
+            is_hyper_param_search: flag(StateIndex::IS_HYPER_PARAM_SEARCH),
         }
     }
 
@@ -121,6 +124,7 @@ impl TrainerState {
         n[StateIndex::IS_WORLD_PROCESS_ZERO] = flag(self.is_world_process_zero);
         n[StateIndex::TOTAL_FLOS] = self.total_flos;
         n[StateIndex::NUM_INPUT_TOKENS_SEEN] = self.num_input_tokens_seen as f64;
+        n[StateIndex::IS_HYPER_PARAM_SEARCH] = flag(self.is_hyper_param_search);
         n
     }
 }
@@ -194,49 +198,171 @@ impl FromIterator<(String, f64)> for Metrics {
 /// on_log, on_evaluate), on_save.
 #[allow(unused_variables)]
 pub trait Callback: 'static {
-    fn on_init_end(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_init_end(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_train_begin(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_train_begin(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_train_end(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_train_end(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_epoch_begin(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_epoch_begin(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_epoch_end(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_epoch_end(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_step_begin(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_step_begin(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_substep_end(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_substep_end(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_pre_optimizer_step(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_pre_optimizer_step(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_optimizer_step(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_optimizer_step(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_step_end(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_step_end(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_evaluate(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl, metrics: &Metrics) -> Result<(), PluginError> {
+    fn on_evaluate(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+        metrics: &Metrics,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_predict(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl, metrics: &Metrics) -> Result<(), PluginError> {
+    fn on_predict(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+        metrics: &Metrics,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_save(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_save(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_log(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl, logs: &Metrics) -> Result<(), PluginError> {
+    fn on_log(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+        logs: &Metrics,
+    ) -> Result<(), PluginError> {
         Ok(())
     }
-    fn on_prediction_step(&mut self, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_prediction_step(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        control: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         Ok(())
+    }
+
+    /// The callback's own state (counters, best values, ...), saved with the trainer state
+    /// (`stateful_callbacks` in trainer_state.json). `None`, the default, for a callback
+    /// without state. Since plugin-api 1.1.
+    fn state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Restores a state that [`Callback::state`] returned. Since plugin-api 1.1.
+    fn load_state(&mut self, state: serde_json::Value) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_from_a_shorter_or_longer_slice() {
+        let state = TrainerState { global_step: 7, epoch: 1.5, best_metric: Some(0.25), ..Default::default() };
+        let numbers = state.to_numbers();
+        // An older host sends fewer fields: the ones it sends are read, the rest default.
+        let short = StateFfi { numbers: numbers[..3].into(), best_model_checkpoint: "".into() };
+        let read = TrainerState::from_ffi(&short);
+        assert_eq!((read.global_step, read.epoch, read.best_metric), (7, 1.5, None));
+        // A newer host sends more: the unknown tail is ignored.
+        let mut long = numbers.to_vec();
+        long.extend([1.0, 2.0]);
+        let ffi = StateFfi { numbers: long.as_slice().into(), best_model_checkpoint: "ckpt".into() };
+        let read = TrainerState::from_ffi(&ffi);
+        assert_eq!(read, TrainerState { best_model_checkpoint: Some("ckpt".into()), ..state });
+    }
+
+    #[test]
+    fn control_bits_keep_unknown_flags() {
+        let mut bits = ControlBits(1 << 20 | ControlBits::SHOULD_LOG);
+        let mut control = TrainerControl::from_bits(bits);
+        assert!(control.should_log);
+        control.should_log = false;
+        control.should_save = true;
+        control.write_bits(&mut bits);
+        assert_eq!(bits.0, 1 << 20 | ControlBits::SHOULD_SAVE);
     }
 }

@@ -16,6 +16,10 @@
 //! - New operations go through the `extension` entry points (module, loss, callback): an
 //!   operation code, JSON and named tensors in, JSON and named tensors out.
 //! - Free-form metadata travels as JSON, whose unknown keys are ignored.
+//!
+//! History: 1.0.0, the frozen shape (kept in tests/compat/plugin-api-1.0.0); 1.1.0, callback
+//! state operations (`ExtensionOp::CALLBACK_STATE_SAVE`/`_LOAD`) and the state field
+//! `is_hyper_param_search`.
 
 // sabi_trait expands to impls inside a const block; harmless, and not ours to change.
 #![allow(non_local_definitions)]
@@ -40,11 +44,8 @@ pub struct PluginModule {
     pub create_loss: extern "C" fn(name: RStr<'_>, config_json: RStr<'_>) -> RResult<LossBox, FfiError>,
     /// Builds the callback component `name` from its JSON config; `args_json` holds the
     /// resolved training arguments (HF TrainingArguments names).
-    pub create_callback: extern "C" fn(
-        name: RStr<'_>,
-        config_json: RStr<'_>,
-        args_json: RStr<'_>,
-    ) -> RResult<CallbackBox, FfiError>,
+    pub create_callback:
+        extern "C" fn(name: RStr<'_>, config_json: RStr<'_>, args_json: RStr<'_>) -> RResult<CallbackBox, FfiError>,
     /// Plugin-wide operations added after 1.0 (see `ExtensionOp`).
     #[sabi(last_prefix_field)]
     pub extension: extern "C" fn(op: ExtensionOp, input: ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError>,
@@ -54,8 +55,7 @@ impl abi_stable::library::RootModule for PluginModuleRef {
     abi_stable::declare_root_module_statics! {PluginModuleRef}
     const BASE_NAME: &'static str = "host_plugin";
     const NAME: &'static str = "host_plugin";
-    const VERSION_STRINGS: abi_stable::sabi_types::VersionStrings =
-        abi_stable::package_version_strings!();
+    const VERSION_STRINGS: abi_stable::sabi_types::VersionStrings = abi_stable::package_version_strings!();
 }
 
 /// Identity of a plugin library.
@@ -146,6 +146,13 @@ pub struct OwnedTensor {
 #[repr(transparent)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExtensionOp(pub u32);
+
+impl ExtensionOp {
+    /// Since 1.1, callbacks: returns the callback's state as JSON (`null` when stateless).
+    pub const CALLBACK_STATE_SAVE: Self = Self(1);
+    /// Since 1.1, callbacks: restores the state given as JSON.
+    pub const CALLBACK_STATE_LOAD: Self = Self(2);
+}
 
 /// What an extension operation receives: JSON and borrowed tensors.
 #[repr(C)]
@@ -306,8 +313,10 @@ impl StateIndex {
     pub const IS_WORLD_PROCESS_ZERO: usize = 11;
     pub const TOTAL_FLOS: usize = 12;
     pub const NUM_INPUT_TOKENS_SEEN: usize = 13;
+    /// Since 1.1.
+    pub const IS_HYPER_PARAM_SEARCH: usize = 14;
     /// How many fields this version of the API defines.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 }
 
 /// A read view of the trainer state for one event.

@@ -36,9 +36,6 @@ fn install_hook() {
 /// Runs `f`, turning a panic into `Err(message)`.
 pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     install_hook();
-    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
-        LAST_PANIC
-            .with(|slot| slot.borrow_mut().take())
-            .unwrap_or_else(|| "(no message)".to_owned())
-    })
+    panic::catch_unwind(AssertUnwindSafe(f))
+        .map_err(|_| LAST_PANIC.with(|slot| slot.borrow_mut().take()).unwrap_or_else(|| "(no message)".to_owned()))
 }

@@ -6,14 +6,16 @@ use crate::support::*;
 #[test]
 fn missing_plugin_file() {
     let dir = tempdir();
-    host(dir.path(), &["--plugin", "no/such/libplugin.so"]).assert_clean_error(2, "plugin file no/such/libplugin.so does not exist");
+    host(dir.path(), &["--plugin", "no/such/libplugin.so"])
+        .assert_clean_error(2, "plugin file no/such/libplugin.so does not exist");
 }
 
 #[test]
 fn file_that_is_not_a_shared_library() {
     let dir = tempdir();
     std::fs::write(dir.path().join("notes.so"), "just text").unwrap();
-    host(dir.path(), &["--plugin", "notes.so"]).assert_clean_error(2, "cannot load plugin notes.so: not a loadable shared library");
+    host(dir.path(), &["--plugin", "notes.so"])
+        .assert_clean_error(2, "cannot load plugin notes.so: not a loadable shared library");
 }
 
 #[test]
@@ -64,7 +66,10 @@ fn plugin_config_with_unknown_key() {
     let dir = tempdir();
     let lib = plugin("weighted_ce");
     host(dir.path(), &["--plugin", path_str(&lib), "--plugin-config", "weighted_ce.wieghts=[1,2,3]"])
-        .assert_clean_error(2, "bad config: unknown field `wieghts`, expected one of `weights`, `label_smoothing`, `ignore_index`");
+        .assert_clean_error(
+            2,
+            "bad config: unknown field `wieghts`, expected one of `weights`, `label_smoothing`, `ignore_index`",
+        );
 }
 
 #[test]
@@ -95,10 +100,12 @@ fn config_for_a_component_not_in_use() {
 fn unknown_training_key_and_bad_values() {
     let dir = tempdir();
     std::fs::write(dir.path().join("run.toml"), "lerning_rate = 0.1\n").unwrap();
-    host(dir.path(), &["--config", "run.toml"]).assert_clean_error(2, "unknown key 'lerning_rate' (did you mean 'learning_rate'?)");
+    host(dir.path(), &["--config", "run.toml"])
+        .assert_clean_error(2, "unknown key 'lerning_rate' (did you mean 'learning_rate'?)");
     std::fs::write(dir.path().join("bad.toml"), "learning_rate = [\n").unwrap();
     host(dir.path(), &["--config", "bad.toml"]).assert_clean_error(2, "config file bad.toml (line 1)");
-    host(dir.path(), &["--per-device-train-batch-size", "0"]).assert_clean_error(2, "per_device_train_batch_size must be at least 1 (got 0)");
+    host(dir.path(), &["--per-device-train-batch-size", "0"])
+        .assert_clean_error(2, "per_device_train_batch_size must be at least 1 (got 0)");
     host(dir.path(), &["--device", "tpu"]).assert_clean_error(2, "device 'tpu' is not one of: auto, cpu, cuda, cuda:N");
     host(dir.path(), &["--config", "missing.toml"]).assert_clean_error(2, "cannot read config file missing.toml");
     let run = host(dir.path(), &["--no-such-flag"]);
@@ -128,16 +135,28 @@ fn panic_in_compute_loss_is_reported_not_aborted() {
     let dir = tempdir();
     let lib = plugin("test_fixtures");
     let record = format!("recorder.path={}", dir.path().join("events.txt").display());
-    let run = host(dir.path(), &["--plugin", path_str(&lib), "--loss", "panic_loss", "--callback", "recorder", "--plugin-config", &record]);
-    run.assert_clean_error(1, "plugin 'test_fixtures' loss 'panic_loss' panicked in compute_loss: deliberate panic in compute_loss");
+    let run = host(
+        dir.path(),
+        &["--plugin", path_str(&lib), "--loss", "panic_loss", "--callback", "recorder", "--plugin-config", &record],
+    );
+    run.assert_clean_error(
+        1,
+        "plugin 'test_fixtures' loss 'panic_loss' panicked in compute_loss: deliberate panic in compute_loss",
+    );
 }
 
 #[test]
 fn panic_in_a_callback_event_is_reported_not_aborted() {
     let dir = tempdir();
     let lib = plugin("test_fixtures");
-    let run = host(dir.path(), &["--plugin", path_str(&lib), "--loss", "builtin", "--callback", "misbehave", "--logging-steps", "5"]);
-    run.assert_clean_error(1, "plugin 'test_fixtures' callback 'misbehave' panicked in on_epoch_end: deliberate panic in on_epoch_end");
+    let run = host(
+        dir.path(),
+        &["--plugin", path_str(&lib), "--loss", "builtin", "--callback", "misbehave", "--logging-steps", "5"],
+    );
+    run.assert_clean_error(
+        1,
+        "plugin 'test_fixtures' callback 'misbehave' panicked in on_epoch_end: deliberate panic in on_epoch_end",
+    );
     // Training ran up to the failing event (the end of the first epoch, step 23), and
     // what was logged is kept.
     let steps: Vec<i64> = log_history(dir.path()).iter().map(|e| e["step"].as_i64().unwrap()).collect();
@@ -150,9 +169,23 @@ fn error_returned_by_a_callback_stops_training() {
     let lib = plugin("test_fixtures");
     let run = host(
         dir.path(),
-        &["--plugin", path_str(&lib), "--loss", "builtin", "--callback", "misbehave", "--plugin-config", "misbehave.fail=true", "--plugin-config", "misbehave.event=on_step_end"],
+        &[
+            "--plugin",
+            path_str(&lib),
+            "--loss",
+            "builtin",
+            "--callback",
+            "misbehave",
+            "--plugin-config",
+            "misbehave.fail=true",
+            "--plugin-config",
+            "misbehave.event=on_step_end",
+        ],
     );
-    run.assert_clean_error(1, "plugin 'test_fixtures' callback 'misbehave' failed in on_step_end: refusing to continue in on_step_end");
+    run.assert_clean_error(
+        1,
+        "plugin 'test_fixtures' callback 'misbehave' failed in on_step_end: refusing to continue in on_step_end",
+    );
 }
 
 #[test]
@@ -163,8 +196,12 @@ fn panic_in_a_constructor_and_non_scalar_loss() {
     let base = ["--plugin", path_str(&lib), "--callback", "recorder", "--plugin-config", &record];
     let mut args = base.to_vec();
     args.extend(["--loss", "panic_on_create"]);
-    host(dir.path(), &args).assert_clean_error(1, "loss 'panic_on_create' panicked in its constructor: deliberate panic while creating the loss");
+    host(dir.path(), &args).assert_clean_error(
+        1,
+        "loss 'panic_on_create' panicked in its constructor: deliberate panic while creating the loss",
+    );
     let mut args = base.to_vec();
     args.extend(["--loss", "vector_loss"]);
-    host(dir.path(), &args).assert_clean_error(1, "loss 'vector_loss' returned a tensor of shape [64]; compute_loss must return a scalar");
+    host(dir.path(), &args)
+        .assert_clean_error(1, "loss 'vector_loss' returned a tensor of shape [64]; compute_loss must return a scalar");
 }

@@ -4,21 +4,38 @@ use crate::support::*;
 
 /// The run that scripts/fixtures/hf_event_order.py makes with Hugging Face Trainer.
 const HF_RUN: &[&str] = &[
-    "--max-train-samples", "10",
-    "--max-eval-samples", "4",
-    "--num-train-epochs", "2",
-    "--per-device-train-batch-size", "2",
-    "--per-device-eval-batch-size", "2",
-    "--gradient-accumulation-steps", "2",
-    "--eval-strategy", "epoch",
-    "--logging-steps", "2",
+    "--max-train-samples",
+    "10",
+    "--max-eval-samples",
+    "4",
+    "--num-train-epochs",
+    "2",
+    "--per-device-train-batch-size",
+    "2",
+    "--per-device-eval-batch-size",
+    "2",
+    "--gradient-accumulation-steps",
+    "2",
+    "--eval-strategy",
+    "epoch",
+    "--logging-steps",
+    "2",
 ];
 
 fn recorder_run(dir: &std::path::Path, extra: &[&str]) -> (Run, Vec<String>) {
     let record = dir.join("events.txt");
     let config = format!("recorder.path={}", record.display());
     let fixtures = plugin("test_fixtures");
-    let mut args = vec!["--plugin", path_str(&fixtures), "--loss", "builtin", "--callback", "recorder", "--plugin-config", &config];
+    let mut args = vec![
+        "--plugin",
+        path_str(&fixtures),
+        "--loss",
+        "builtin",
+        "--callback",
+        "recorder",
+        "--plugin-config",
+        &config,
+    ];
     args.extend_from_slice(extra);
     let run = host(dir, &args);
     let events = std::fs::read_to_string(&record).unwrap_or_default().lines().map(str::to_owned).collect();
@@ -39,7 +56,14 @@ fn should_training_stop_at_step_n_stops_there() {
     let dir = tempdir();
     let (run, events) = recorder_run(
         dir.path(),
-        &["--plugin-config", "recorder.stop_at_step=7", "--plugin-config", "recorder.with_step=true", "--logging-steps", "1"],
+        &[
+            "--plugin-config",
+            "recorder.stop_at_step=7",
+            "--plugin-config",
+            "recorder.with_step=true",
+            "--logging-steps",
+            "1",
+        ],
     );
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     let step_ends: Vec<&String> = events.iter().filter(|e| e.starts_with("on_step_end")).collect();
@@ -48,7 +72,8 @@ fn should_training_stop_at_step_n_stops_there() {
     assert_eq!(events.last().unwrap(), "on_train_end 7");
     let history = log_history(dir.path());
     assert_eq!(history.last().unwrap()["step"], 7);
-    let train_steps: Vec<i64> = history.iter().filter(|e| e.get("loss").is_some()).map(|e| e["step"].as_i64().unwrap()).collect();
+    let train_steps: Vec<i64> =
+        history.iter().filter(|e| e.get("loss").is_some()).map(|e| e["step"].as_i64().unwrap()).collect();
     assert_eq!(train_steps, (1..=7).collect::<Vec<_>>());
 }
 

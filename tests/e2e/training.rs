@@ -39,7 +39,8 @@ fn config_file_sets_arguments_and_flags_override_it() {
     let run = host(dir.path(), &["--config", "run.toml", "--max-steps", "7"]);
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     let history = log_history(dir.path());
-    let steps: Vec<i64> = history.iter().filter(|e| e.get("loss").is_some()).map(|e| e["step"].as_i64().unwrap()).collect();
+    let steps: Vec<i64> =
+        history.iter().filter(|e| e.get("loss").is_some()).map(|e| e["step"].as_i64().unwrap()).collect();
     assert_eq!(steps, vec![5], "logging_steps from the file, max_steps from the flag");
     let last = history.last().unwrap();
     assert_eq!(last["step"], 7);
@@ -53,7 +54,10 @@ fn config_file_sets_arguments_and_flags_override_it() {
 #[test]
 fn print_config_round_trips() {
     let dir = tempdir();
-    let run = host(dir.path(), &["--print-config", "--learning-rate", "0.01", "--plugin-config", "weighted_ce.label_smoothing=0.1"]);
+    let run = host(
+        dir.path(),
+        &["--print-config", "--learning-rate", "0.01", "--plugin-config", "weighted_ce.label_smoothing=0.1"],
+    );
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     assert!(run.stdout.contains("learning_rate = 0.01"), "{}", run.stdout);
     std::fs::write(dir.path().join("printed.toml"), &run.stdout).unwrap();
@@ -71,7 +75,14 @@ fn help_explains_every_training_argument() {
         let flag = format!("--{}", name.replace('_', "-"));
         assert!(run.stdout.contains(&flag), "--help lacks {flag}");
     }
-    for text in ["--plugin <PATH>", "--loss <NAME>", "--callback <NAME>", "--plugin-config", "--config <FILE>", "[default: 0.002]"] {
+    for text in [
+        "--plugin <PATH>",
+        "--loss <NAME>",
+        "--callback <NAME>",
+        "--plugin-config",
+        "--config <FILE>",
+        "[default: 0.002]",
+    ] {
         assert!(run.stdout.contains(text), "--help lacks {text}:\n{}", run.stdout);
     }
 }

@@ -65,10 +65,8 @@ impl WeightedCe {
                 weights.len()
             )));
         }
-        let stale = self
-            .weight_tensor
-            .as_ref()
-            .is_none_or(|t| t.device() != logits.device() || t.kind() != logits.kind());
+        let stale =
+            self.weight_tensor.as_ref().is_none_or(|t| t.device() != logits.device() || t.kind() != logits.kind());
         if stale {
             let t = Tensor::from_slice(weights).to_kind(logits.kind()).to_device(logits.device());
             self.weight_tensor = Some(t);

@@ -28,17 +28,38 @@ impl OldRecorder {
 }
 
 impl Callback for OldRecorder {
-    fn on_train_begin(&mut self, _: &TrainingArguments, s: &TrainerState, _: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_train_begin(
+        &mut self,
+        _: &TrainingArguments,
+        s: &TrainerState,
+        _: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         self.record("on_train_begin", s)
     }
-    fn on_step_end(&mut self, _: &TrainingArguments, s: &TrainerState, _: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_step_end(
+        &mut self,
+        _: &TrainingArguments,
+        s: &TrainerState,
+        _: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         self.record("on_step_end", s)
     }
-    fn on_evaluate(&mut self, _: &TrainingArguments, s: &TrainerState, _: &mut TrainerControl, m: &Metrics) -> Result<(), PluginError> {
+    fn on_evaluate(
+        &mut self,
+        _: &TrainingArguments,
+        s: &TrainerState,
+        _: &mut TrainerControl,
+        m: &Metrics,
+    ) -> Result<(), PluginError> {
         writeln!(self.file, "on_evaluate {} eval_accuracy={}", s.global_step, m.get("eval_accuracy").is_some())?;
         Ok(())
     }
-    fn on_train_end(&mut self, _: &TrainingArguments, s: &TrainerState, _: &mut TrainerControl) -> Result<(), PluginError> {
+    fn on_train_end(
+        &mut self,
+        _: &TrainingArguments,
+        s: &TrainerState,
+        _: &mut TrainerControl,
+    ) -> Result<(), PluginError> {
         self.record("on_train_end", s)
     }
 }

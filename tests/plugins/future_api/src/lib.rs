@@ -3,13 +3,8 @@
 //! before looking at anything else.
 
 use abi_stable::{
-    export_root_module,
-    library::RootModule,
-    package_version_strings,
-    prefix_type::PrefixTypeTrait,
-    sabi_types::VersionStrings,
-    std_types::RStr,
-    StableAbi,
+    export_root_module, library::RootModule, package_version_strings, prefix_type::PrefixTypeTrait,
+    sabi_types::VersionStrings, std_types::RStr, StableAbi,
 };
 
 #[repr(C)]

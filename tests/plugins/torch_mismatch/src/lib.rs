@@ -2,9 +2,9 @@
 //! `export_plugin!`, which records the torch they were compiled with; this one builds its
 //! root module by hand to claim torch 1.13.1.
 
+use abi_stable::std_types::{RResult, RStr};
 use plugin_api::__private::{abi_stable, lib_header, module_extension, plugin_info, root_module, unknown_component};
 use plugin_api::ffi::{CallbackBox, FfiError, LossBox, PluginInfo};
-use abi_stable::std_types::{RResult, RStr};
 
 extern "C" fn info() -> PluginInfo {
     let mut info = plugin_info("torch_mismatch", "0.1.0", &["old_loss"], &[]);
