@@ -19,6 +19,7 @@ pub enum IntervalStrategy {
 /// The learning-rate schedule (HF `lr_scheduler_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum SchedulerType {
     Linear,
     Cosine,
@@ -29,6 +30,7 @@ pub enum SchedulerType {
 macro_rules! training_arguments {
     ($(
         $(#[doc = $doc:literal])*
+        $(#[arg($($flag_attr:tt)*)])?
         $name:ident : $ty:ty = $default:expr, flag $flag_ty:ty;
     )*) => {
         /// The resolved training arguments of a run.
@@ -51,6 +53,7 @@ macro_rules! training_arguments {
             $(
                 $(#[doc = $doc])*
                 #[arg(long, alias = stringify!($name), help_heading = "Training arguments")]
+                $(#[arg($($flag_attr)*)])?
                 pub $name: Option<$flag_ty>,
             )*
         }
@@ -108,6 +111,7 @@ training_arguments! {
     /// Log every N optimizer steps (a fraction < 1 means that share of the total steps).
     logging_steps: f64 = 500.0, flag f64;
     /// Also log after the first optimizer step.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     logging_first_step: bool = false, flag bool;
     /// When to evaluate: no, steps, epoch.
     eval_strategy: IntervalStrategy = IntervalStrategy::No, flag IntervalStrategy;
@@ -118,6 +122,7 @@ training_arguments! {
     /// Seed for data shuffling; defaults to seed.
     data_seed: Option<u64> = None, flag u64;
     /// Drop the last incomplete training batch of each epoch.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     dataloader_drop_last: bool = false, flag bool;
     /// Share of the data set held out for evaluation, in percent (fixed-seed split).
     validation_split_percentage: f64 = 20.0, flag f64;

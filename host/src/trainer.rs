@@ -115,11 +115,7 @@ impl Trainer {
         self.reporter.training_starts(&self.state, self.train.len(), self.eval.len(), updates_per_epoch, ga);
         let started = Instant::now();
         let data_seed = args.data_seed.unwrap_or(args.seed);
-        let mut loss_since_log = Tensor::zeros([], (Kind::Float, self.device));
-        let mut total_loss = 0.0f64;
-        let mut last_logged_step = 0i64;
-        let mut grad_norm = None;
-        let mut samples_seen = 0usize;
+        let mut progress = Progress::new(self.device);
 
         self.fire(Event::TRAIN_BEGIN, &[])?;
         for epoch in 0..num_epochs {
@@ -139,11 +135,11 @@ impl Trainer {
                     }
                     let loss = self.training_loss(input, labels, num_items)?;
                     loss.backward();
-                    let _ = loss_since_log.g_add_(&loss.detach().to_kind(Kind::Float));
-                    samples_seen += labels.size()[0] as usize;
+                    let _ = progress.loss_since_log.g_add_(&loss.detach().to_kind(Kind::Float));
+                    progress.samples_seen += labels.size()[0] as usize;
                     step_in_epoch += 1;
                     if i + 1 == micro.len() {
-                        grad_norm = Some(self.optimizer.clip_grad_norm(args.max_grad_norm));
+                        progress.grad_norm = Some(self.optimizer.clip_grad_norm(args.max_grad_norm));
                         self.fire(Event::PRE_OPTIMIZER_STEP, &[])?;
                         self.optimizer.step(lr_at(self.state.global_step));
                         self.fire(Event::OPTIMIZER_STEP, &[])?;
@@ -151,14 +147,7 @@ impl Trainer {
                         self.state.global_step += 1;
                         self.state.epoch = epoch as f64 + step_in_epoch as f64 / steps_in_epoch as f64;
                         self.fire(Event::STEP_END, &[])?;
-                        let lr = lr_at(self.state.global_step);
-                        self.maybe_log_evaluate(
-                            &mut loss_since_log,
-                            &mut total_loss,
-                            &mut last_logged_step,
-                            grad_norm.as_ref(),
-                            lr,
-                        )?;
+                        self.maybe_log_evaluate(&mut progress, lr_at(self.state.global_step))?;
                     } else {
                         self.fire(Event::SUBSTEP_END, &[])?;
                     }
@@ -168,25 +157,18 @@ impl Trainer {
                 }
             }
             self.fire(Event::EPOCH_END, &[])?;
-            let lr = lr_at(self.state.global_step);
-            self.maybe_log_evaluate(
-                &mut loss_since_log,
-                &mut total_loss,
-                &mut last_logged_step,
-                grad_norm.as_ref(),
-                lr,
-            )?;
+            self.maybe_log_evaluate(&mut progress, lr_at(self.state.global_step))?;
             if self.handler.control.should_training_stop {
                 break;
             }
         }
 
-        total_loss += loss_since_log.double_value(&[]);
+        let total_loss = progress.total_loss + progress.loss_since_log.double_value(&[]);
         let runtime = started.elapsed().as_secs_f64();
         let steps = self.state.global_step.max(1) as f64;
         let train_metrics: Vec<(String, f64)> = vec![
             ("train_runtime".to_owned(), runtime),
-            ("train_samples_per_second".to_owned(), samples_seen as f64 / runtime),
+            ("train_samples_per_second".to_owned(), progress.samples_seen as f64 / runtime),
             ("train_steps_per_second".to_owned(), self.state.global_step as f64 / runtime),
             ("train_loss".to_owned(), total_loss / steps),
         ];
@@ -229,22 +211,15 @@ impl Trainer {
 
     /// HF `_maybe_log_save_evaluate`: log if asked (and a step happened since the last
     /// log), then evaluate if asked.
-    fn maybe_log_evaluate(
-        &mut self,
-        loss_since_log: &mut Tensor,
-        total_loss: &mut f64,
-        last_logged_step: &mut i64,
-        grad_norm: Option<&Tensor>,
-        learning_rate: f64,
-    ) -> Result<()> {
-        if self.handler.control.should_log && self.state.global_step > *last_logged_step {
-            let summed = loss_since_log.double_value(&[]);
-            let _ = loss_since_log.zero_();
-            *total_loss += summed;
-            let steps = (self.state.global_step - *last_logged_step) as f64;
-            *last_logged_step = self.state.global_step;
+    fn maybe_log_evaluate(&mut self, progress: &mut Progress, learning_rate: f64) -> Result<()> {
+        if self.handler.control.should_log && self.state.global_step > progress.last_logged_step {
+            let summed = progress.loss_since_log.double_value(&[]);
+            let _ = progress.loss_since_log.zero_();
+            progress.total_loss += summed;
+            let steps = (self.state.global_step - progress.last_logged_step) as f64;
+            progress.last_logged_step = self.state.global_step;
             let mut logs = vec![("loss".to_owned(), summed / steps)];
-            if let Some(norm) = grad_norm {
+            if let Some(norm) = &progress.grad_norm {
                 logs.push(("grad_norm".to_owned(), norm.double_value(&[])));
             }
             logs.push(("learning_rate".to_owned(), learning_rate));
@@ -334,6 +309,28 @@ impl Trainer {
         let metrics = self.log(metrics)?;
         self.fire(Event::EVALUATE, &metrics)?;
         Ok(metrics)
+    }
+}
+
+/// Running totals between log events. The loss is summed on the device, so that nothing
+/// waits on it until a log line reads it.
+struct Progress {
+    loss_since_log: Tensor,
+    total_loss: f64,
+    last_logged_step: i64,
+    grad_norm: Option<Tensor>,
+    samples_seen: usize,
+}
+
+impl Progress {
+    fn new(device: Device) -> Self {
+        Self {
+            loss_since_log: Tensor::zeros([], (Kind::Float, device)),
+            total_loss: 0.0,
+            last_logged_step: 0,
+            grad_norm: None,
+            samples_seen: 0,
+        }
     }
 }
 
