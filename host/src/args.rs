@@ -23,8 +23,15 @@ pub enum IntervalStrategy {
 pub enum SchedulerType {
     Linear,
     Cosine,
+    CosineWithRestarts,
+    Polynomial,
     Constant,
     ConstantWithWarmup,
+    InverseSqrt,
+    ReduceLrOnPlateau,
+    CosineWithMinLr,
+    CosineWarmupWithMinLr,
+    WarmupStableDecay,
 }
 
 macro_rules! training_arguments {
@@ -90,9 +97,14 @@ training_arguments! {
     per_device_eval_batch_size: i64 = 8, flag i64;
     /// Micro-batches accumulated before each optimizer step.
     gradient_accumulation_steps: i64 = 1, flag i64;
-    /// Peak learning rate of AdamW.
+    /// Optimizer: adamw, adam, sgd, rmsprop, adagrad, lion, adafactor (HF names accepted).
+    optim: String = "adamw".to_owned(), flag String;
+    /// Optimizer settings as key=value pairs, e.g. momentum=0.9,nesterov=true (sgd).
+    optim_args: String = String::new(), flag String;
+    /// Peak learning rate.
     learning_rate: f64 = 5e-5, flag f64;
-    /// Decoupled weight decay of AdamW.
+    /// Weight decay (not applied to biases and norm weights, as HF); decoupled for adamw and
+    /// lion, an L2 term in the gradient for adam, sgd, rmsprop, adagrad.
     weight_decay: f64 = 0.0, flag f64;
     /// AdamW beta1.
     adam_beta1: f64 = 0.9, flag f64;
@@ -102,8 +114,11 @@ training_arguments! {
     adam_epsilon: f64 = 1e-8, flag f64;
     /// Gradient clipping by global norm; 0 disables it.
     max_grad_norm: f64 = 1.0, flag f64;
-    /// Learning-rate schedule: linear, cosine, constant, constant_with_warmup.
+    /// Learning-rate schedule, as HF's lr_scheduler_type.
     lr_scheduler_type: SchedulerType = SchedulerType::Linear, flag SchedulerType;
+    /// Settings of the schedule, e.g. {"num_cycles": 2} (a JSON object; a table in TOML).
+    #[arg(value_name = "JSON")]
+    lr_scheduler_kwargs: crate::schedule::SchedulerKwargs = Default::default(), flag String;
     /// Warm-up steps: a whole number of steps, or a fraction (< 1) of the total steps.
     warmup_steps: f64 = 0.0, flag f64;
     /// When to log training loss: no, steps, epoch.
@@ -117,6 +132,12 @@ training_arguments! {
     eval_strategy: IntervalStrategy = IntervalStrategy::No, flag IntervalStrategy;
     /// Evaluate every N optimizer steps (eval_strategy=steps); defaults to logging_steps.
     eval_steps: Option<f64> = None, flag f64;
+    /// The metric that decides the best model and reduce_lr_on_plateau (e.g. loss,
+    /// accuracy; eval_ is added); defaults to loss where one is needed.
+    metric_for_best_model: Option<String> = None, flag String;
+    /// Whether a larger metric_for_best_model is better; defaults to false for metrics
+    /// ending in "loss", true otherwise.
+    greater_is_better: Option<bool> = None, flag bool;
     /// Seed for weight initialisation and everything random in training.
     seed: u64 = 42, flag u64;
     /// Seed for data shuffling; defaults to seed.
@@ -133,6 +154,9 @@ training_arguments! {
     /// Device: auto (CUDA when available), cpu, cuda or cuda:N.
     device: String = "auto".to_owned(), flag String;
 }
+
+/// The metrics an evaluation reports, without their `eval_` prefix.
+pub const EVAL_METRICS: &[&str] = &["loss", "accuracy"];
 
 impl TrainingArguments {
     /// Rejects values no run can use, naming the argument and what is allowed.
@@ -199,13 +223,48 @@ impl TrainingArguments {
             }
         }
         crate::device::parse_device(&self.device)?;
+        if let Some(metric) = &self.metric_for_best_model {
+            let name = metric.strip_prefix("eval_").unwrap_or(metric);
+            if !EVAL_METRICS.contains(&name) {
+                return Err(InputError::new(format!(
+                    "metric_for_best_model '{metric}' is not an evaluation metric (one of: {})",
+                    EVAL_METRICS.join(", ")
+                )));
+            }
+        }
+        if self.lr_scheduler_type == SchedulerType::ReduceLrOnPlateau && self.eval_strategy == IntervalStrategy::No {
+            return Err(InputError::new(
+                "lr_scheduler_type reduce_lr_on_plateau needs evaluations: set eval_strategy to steps or epoch",
+            ));
+        }
+        // Builds nothing: checks the schedule's kwargs early.
+        crate::schedule::Scheduler::new(self.lr_scheduler_type, self.learning_rate, 0, 1, &self.lr_scheduler_kwargs)?;
+        // Builds nothing: checks the optimizer name and its optim_args early.
+        crate::optim::build(
+            &self.optim,
+            &self.optim_args,
+            crate::optim::AdamSettings { beta1: self.adam_beta1, beta2: self.adam_beta2, eps: self.adam_epsilon },
+            Vec::new(),
+        )?;
         Ok(())
+    }
+
+    /// HF's resolution: metric_for_best_model defaults to "loss" for reduce_lr_on_plateau;
+    /// returned with the `eval_` prefix, with whether greater is better.
+    pub fn best_metric(&self) -> Option<(String, bool)> {
+        let metric = self
+            .metric_for_best_model
+            .clone()
+            .or_else(|| (self.lr_scheduler_type == SchedulerType::ReduceLrOnPlateau).then(|| "loss".to_owned()))?;
+        let greater = self.greater_is_better.unwrap_or(!metric.ends_with("loss"));
+        let key = if metric.starts_with("eval_") { metric } else { format!("eval_{metric}") };
+        Some((key, greater))
     }
 
     /// Steps given as "N, or a fraction of the total when < 1" (HF's convention).
     pub fn resolve_steps(value: f64, max_steps: i64) -> i64 {
         if value < 1.0 {
-            ((value * max_steps as f64).ceil() as i64).max(1)
+            (value * max_steps as f64).ceil() as i64
         } else {
             value as i64
         }

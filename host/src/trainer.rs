@@ -12,10 +12,10 @@ use crate::args::{IntervalStrategy, TrainingArguments};
 use crate::callbacks::CallbackHandler;
 use crate::data::{self, Dataset};
 use crate::model::Mlp;
-use crate::optim::AdamW;
+use crate::optim::{self, AdamSettings, Optimizer, Param};
 use crate::plugins::PluginLoss;
 use crate::report::Reporter;
-use crate::schedule::lr_lambda;
+use crate::schedule::Scheduler;
 
 /// Everything one training run needs.
 pub struct Trainer {
@@ -23,7 +23,9 @@ pub struct Trainer {
     device: Device,
     _vars: nn::VarStore,
     model: Mlp,
-    optimizer: AdamW,
+    optimizer: Box<dyn Optimizer>,
+    /// Made when training starts, once the number of steps is known.
+    scheduler: Option<Scheduler>,
     loss: Option<PluginLoss>,
     handler: CallbackHandler,
     train: Dataset,
@@ -53,19 +55,30 @@ impl Trainer {
         let mut widths = crate::model::DIGITS_MLP.to_vec();
         widths[0] = train.num_features();
         let model = Mlp::new(&vars.root(), &widths);
-        let optimizer = AdamW::new(
-            vars.trainable_variables(),
-            args.adam_beta1,
-            args.adam_beta2,
-            args.adam_epsilon,
-            args.weight_decay,
-        );
+        let optimizer = build_optimizer(&args, &vars)?;
         let (train, eval) = (train.to_device(device), eval.to_device(device));
         let state = TrainerState { is_local_process_zero: true, is_world_process_zero: true, ..Default::default() };
-        let mut trainer =
-            Self { args, device, _vars: vars, model, optimizer, loss, handler, train, eval, state, reporter };
+        let mut trainer = Self {
+            args,
+            device,
+            _vars: vars,
+            model,
+            optimizer,
+            scheduler: None,
+            loss,
+            handler,
+            train,
+            eval,
+            state,
+            reporter,
+        };
         trainer.fire(Event::INIT_END, &[])?;
         Ok(trainer)
+    }
+
+    /// The learning rate for the next optimizer step (HF: the scheduler's last lr).
+    fn current_lr(&self) -> f64 {
+        self.scheduler.as_ref().map_or(self.args.learning_rate, |s| s.lr(self.state.global_step))
     }
 
     fn fire(&mut self, event: Event, metrics: &[(String, f64)]) -> Result<()> {
@@ -101,9 +114,14 @@ impl Trainer {
         } else {
             ((args.num_train_epochs * updates_per_epoch as f64).ceil() as i64, args.num_train_epochs.ceil() as i64)
         };
-        let warmup = TrainingArguments::resolve_steps(args.warmup_steps, max_steps).min(max_steps);
-        let warmup = if args.warmup_steps == 0.0 { 0 } else { warmup };
-        let lr_at = |step: i64| args.learning_rate * lr_lambda(args.lr_scheduler_type, step, warmup, max_steps);
+        let warmup = TrainingArguments::resolve_steps(args.warmup_steps, max_steps);
+        self.scheduler = Some(Scheduler::new(
+            args.lr_scheduler_type,
+            args.learning_rate,
+            warmup,
+            max_steps,
+            &args.lr_scheduler_kwargs,
+        )?);
 
         self.state.max_steps = max_steps;
         self.state.num_train_epochs = num_epochs as f64;
@@ -141,13 +159,13 @@ impl Trainer {
                     if i + 1 == micro.len() {
                         progress.grad_norm = Some(self.optimizer.clip_grad_norm(args.max_grad_norm));
                         self.fire(Event::PRE_OPTIMIZER_STEP, &[])?;
-                        self.optimizer.step(lr_at(self.state.global_step));
+                        self.optimizer.step(self.current_lr());
                         self.fire(Event::OPTIMIZER_STEP, &[])?;
                         self.optimizer.zero_grad();
                         self.state.global_step += 1;
                         self.state.epoch = epoch as f64 + step_in_epoch as f64 / steps_in_epoch as f64;
                         self.fire(Event::STEP_END, &[])?;
-                        self.maybe_log_evaluate(&mut progress, lr_at(self.state.global_step))?;
+                        self.maybe_log_evaluate(&mut progress, self.current_lr())?;
                     } else {
                         self.fire(Event::SUBSTEP_END, &[])?;
                     }
@@ -157,7 +175,7 @@ impl Trainer {
                 }
             }
             self.fire(Event::EPOCH_END, &[])?;
-            self.maybe_log_evaluate(&mut progress, lr_at(self.state.global_step))?;
+            self.maybe_log_evaluate(&mut progress, self.current_lr())?;
             if self.handler.control.should_training_stop {
                 break;
             }
@@ -307,6 +325,11 @@ impl Trainer {
         ];
         // As in HF, the metrics given to on_evaluate carry the epoch that `log` adds.
         let metrics = self.log(metrics)?;
+        if let (Some(scheduler), Some((key, _))) = (&mut self.scheduler, self.args.best_metric()) {
+            if let Some((_, value)) = metrics.iter().find(|(name, _)| *name == key) {
+                scheduler.on_metric(*value);
+            }
+        }
         self.fire(Event::EVALUATE, &metrics)?;
         Ok(metrics)
     }
@@ -332,6 +355,22 @@ impl Progress {
             samples_seen: 0,
         }
     }
+}
+
+/// The optimizer the arguments ask for, over the model's parameters (sorted by name), with
+/// weight decay where Hugging Face applies it.
+fn build_optimizer(args: &TrainingArguments, vars: &nn::VarStore) -> Result<Box<dyn Optimizer>> {
+    let mut named: Vec<(String, Tensor)> = vars.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let params = named
+        .into_iter()
+        .map(|(name, tensor)| {
+            let weight_decay = if optim::decays(&name) { args.weight_decay } else { 0.0 };
+            Param { name, tensor, weight_decay }
+        })
+        .collect();
+    let adam = AdamSettings { beta1: args.adam_beta1, beta2: args.adam_beta2, eps: args.adam_epsilon };
+    Ok(optim::build(&args.optim, &args.optim_args, adam, params)?)
 }
 
 fn named(name: &str, tensor: Tensor) -> Tensors {

@@ -1,0 +1,57 @@
+//! RMSprop, as `torch.optim.RMSprop` (with momentum and the centered variant).
+
+use tch::Tensor;
+
+use super::{zeros_like, Optimizer, Param};
+
+pub struct RmsProp {
+    params: Vec<Param>,
+    square_avg: Vec<Tensor>,
+    grad_avg: Vec<Tensor>,
+    momentum_buffer: Vec<Tensor>,
+    alpha: f64,
+    eps: f64,
+    momentum: f64,
+    centered: bool,
+}
+
+impl RmsProp {
+    pub fn new(params: Vec<Param>, alpha: f64, eps: f64, momentum: f64, centered: bool) -> Self {
+        let (square_avg, grad_avg, momentum_buffer) = (zeros_like(&params), zeros_like(&params), zeros_like(&params));
+        Self { params, square_avg, grad_avg, momentum_buffer, alpha, eps, momentum, centered }
+    }
+}
+
+impl Optimizer for RmsProp {
+    fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    fn step(&mut self, lr: f64) {
+        let _guard = tch::no_grad_guard();
+        for (i, param) in self.params.iter_mut().enumerate() {
+            let Some(mut grad) = param.grad() else { continue };
+            if param.weight_decay != 0.0 {
+                grad = &grad + &param.tensor * param.weight_decay;
+            }
+            let square_avg = &mut self.square_avg[i];
+            let _ = square_avg.g_mul_scalar_(self.alpha);
+            let _ = square_avg.g_add_(&(&grad * &grad * (1.0 - self.alpha)));
+            let avg = if self.centered {
+                let grad_avg = &mut self.grad_avg[i];
+                let _ = grad_avg.lerp_(&grad, 1.0 - self.alpha);
+                (&*square_avg - &*grad_avg * &*grad_avg).sqrt() + self.eps
+            } else {
+                square_avg.sqrt() + self.eps
+            };
+            if self.momentum > 0.0 {
+                let buffer = &mut self.momentum_buffer[i];
+                let _ = buffer.g_mul_scalar_(self.momentum);
+                let _ = buffer.g_add_(&(&grad / &avg));
+                let _ = param.tensor.g_sub_(&(&*buffer * lr));
+            } else {
+                let _ = param.tensor.g_sub_(&(&grad / &avg * lr));
+            }
+        }
+    }
+}
