@@ -128,8 +128,16 @@ training_arguments! {
     /// Also log after the first optimizer step.
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     logging_first_step: bool = false, flag bool;
+    /// Replace a nan or inf loss in the logged average by the average so far (HF's filter).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    logging_nan_inf_filter: bool = true, flag bool;
     /// When to evaluate: no, steps, epoch.
     eval_strategy: IntervalStrategy = IntervalStrategy::No, flag IntervalStrategy;
+    /// Epochs (eval_strategy=epoch) or steps (steps) to wait before the first evaluation.
+    eval_delay: f64 = 0.0, flag f64;
+    /// Evaluate once before training starts, as a sanity check.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    eval_on_start: bool = false, flag bool;
     /// Evaluate every N optimizer steps (eval_strategy=steps); defaults to logging_steps.
     eval_steps: Option<f64> = None, flag f64;
     /// The metric that decides the best model and reduce_lr_on_plateau (e.g. loss,
@@ -200,6 +208,14 @@ impl TrainingArguments {
         }
         if !(self.warmup_steps >= 0.0) {
             return Err(InputError::new(format!("warmup_steps must be >= 0 (got {})", self.warmup_steps)));
+        }
+        if !(self.eval_delay >= 0.0) {
+            return Err(InputError::new(format!("eval_delay must be >= 0 (got {})", self.eval_delay)));
+        }
+        if self.eval_on_start && self.eval_strategy == IntervalStrategy::No {
+            return Err(InputError::new(
+                "eval_on_start needs an evaluation set up: set eval_strategy to steps or epoch",
+            ));
         }
         if !(self.logging_steps > 0.0) {
             return Err(InputError::new(format!("logging_steps must be > 0 (got {})", self.logging_steps)));

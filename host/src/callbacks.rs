@@ -108,7 +108,10 @@ fn default_flow(event: Event, args: &TrainingArguments, state: &TrainerState, co
             if args.logging_strategy == IntervalStrategy::Steps && state.global_step % state.logging_steps == 0 {
                 control.should_log = true;
             }
-            if args.eval_strategy == IntervalStrategy::Steps && state.global_step % state.eval_steps == 0 {
+            if args.eval_strategy == IntervalStrategy::Steps
+                && state.global_step % state.eval_steps == 0
+                && args.eval_delay <= state.global_step as f64
+            {
                 control.should_evaluate = true;
             }
             if state.global_step >= state.max_steps {
@@ -119,7 +122,7 @@ fn default_flow(event: Event, args: &TrainingArguments, state: &TrainerState, co
             if args.logging_strategy == IntervalStrategy::Epoch {
                 control.should_log = true;
             }
-            if args.eval_strategy == IntervalStrategy::Epoch {
+            if args.eval_strategy == IntervalStrategy::Epoch && args.eval_delay <= state.epoch {
                 control.should_evaluate = true;
             }
         }

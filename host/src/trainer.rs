@@ -136,6 +136,9 @@ impl Trainer {
         let mut progress = Progress::new(self.device);
 
         self.fire(Event::TRAIN_BEGIN, &[])?;
+        if args.eval_on_start {
+            self.evaluate()?;
+        }
         for epoch in 0..num_epochs {
             self.fire(Event::EPOCH_BEGIN, &[])?;
             let order = data::epoch_order(self.train.len(), data_seed, epoch as u64);
@@ -153,7 +156,7 @@ impl Trainer {
                     }
                     let loss = self.training_loss(input, labels, num_items)?;
                     loss.backward();
-                    let _ = progress.loss_since_log.g_add_(&loss.detach().to_kind(Kind::Float));
+                    progress.add_loss(&loss, self.state.global_step, args.logging_nan_inf_filter);
                     progress.samples_seen += labels.size()[0] as usize;
                     step_in_epoch += 1;
                     if i + 1 == micro.len() {
@@ -346,6 +349,19 @@ struct Progress {
 }
 
 impl Progress {
+    /// Adds a micro-batch loss. With HF's `logging_nan_inf_filter`, a nan or inf loss
+    /// counts as the average since the last log instead (computed on the device: no wait).
+    fn add_loss(&mut self, loss: &Tensor, global_step: i64, filter_nan_inf: bool) {
+        let loss = loss.detach().to_kind(Kind::Float);
+        let loss = if filter_nan_inf {
+            let average = &self.loss_since_log / (1 + global_step - self.last_logged_step) as f64;
+            loss.where_self(&loss.isfinite(), &average)
+        } else {
+            loss
+        };
+        let _ = self.loss_since_log.g_add_(&loss);
+    }
+
     fn new(device: Device) -> Self {
         Self {
             loss_since_log: Tensor::zeros([], (Kind::Float, device)),
@@ -373,6 +389,13 @@ fn build_optimizer(args: &TrainingArguments, vars: &nn::VarStore) -> Result<Box<
     Ok(optim::build(&args.optim, &args.optim_args, adam, params)?)
 }
 
+/// The built-in training loss: cross entropy summed over the micro-batch's label items
+/// (labels of -100 ignored), divided by the label items of the whole optimizer step, as
+/// HF's loss with `num_items_in_batch`.
+pub fn builtin_training_loss(logits: &Tensor, labels: &Tensor, num_items_in_batch: i64) -> Tensor {
+    logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, -100, 0.0) / num_items_in_batch.max(1) as f64
+}
+
 fn named(name: &str, tensor: Tensor) -> Tensors {
     let mut tensors = Tensors::new();
     tensors.insert(name, tensor);
@@ -397,4 +420,47 @@ fn check_scalar(loss: &PluginLoss, value: &Tensor) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Labels with -100 here and there, split into uneven micro-batches.
+    fn problem() -> (Tensor, Tensor, Tensor) {
+        tch::manual_seed(3);
+        let weight = Tensor::randn([5, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let input = Tensor::randn([9, 4], (Kind::Float, Device::Cpu));
+        let labels = Tensor::from_slice(&[0i64, -100, 4, 2, -100, -100, 1, 3, 0]);
+        (weight, input, labels)
+    }
+
+    fn grad_of(weight: &Tensor, loss: Tensor) -> Tensor {
+        let mut grad = weight.grad();
+        if grad.defined() {
+            let _ = grad.zero_();
+        }
+        loss.backward();
+        weight.grad().copy()
+    }
+
+    #[test]
+    fn accumulated_micro_batches_equal_one_big_batch() {
+        let (weight, input, labels) = problem();
+        let items = data::count_label_items(&labels);
+        assert_eq!(items, 6);
+        let full = builtin_training_loss(&input.matmul(&weight.tr()), &labels, items);
+        // The full-batch value is PyTorch's mean over the label items.
+        let mean = input.matmul(&weight.tr()).cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0);
+        assert!((full.double_value(&[]) - mean.double_value(&[])).abs() < 1e-6);
+        let full_grad = grad_of(&weight, full);
+
+        let mut accumulated = weight.zeros_like();
+        for (start, len) in [(0, 4), (4, 3), (7, 2)] {
+            let (x, y) = (input.narrow(0, start, len), labels.narrow(0, start, len));
+            accumulated += grad_of(&weight, builtin_training_loss(&x.matmul(&weight.tr()), &y, items));
+        }
+        let difference = (accumulated - full_grad).abs().max().double_value(&[]);
+        assert!(difference < 1e-6, "gradients differ by {difference}");
+    }
 }

@@ -86,3 +86,46 @@ fn help_explains_every_training_argument() {
         assert!(run.stdout.contains(text), "--help lacks {text}:\n{}", run.stdout);
     }
 }
+
+#[test]
+fn nan_losses_are_filtered_from_the_logged_average_as_hf() {
+    let fixtures = plugin("test_fixtures");
+    let logged = |filter: &str| -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        let dir = tempdir();
+        let args = [
+            "--plugin",
+            path_str(&fixtures),
+            "--loss",
+            "nan_on_call",
+            "--callback",
+            "misbehave",
+            "--plugin-config",
+            "misbehave.event=none",
+            "--plugin-config",
+            "nan_on_call.nan_on_call=3",
+            "--max-steps",
+            "3",
+            "--logging-steps",
+            "3",
+            "--eval-strategy",
+            "no",
+            "--logging-nan-inf-filter",
+            filter,
+        ];
+        let run = host(dir.path(), &args);
+        assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+        let history = log_history(dir.path());
+        let losses = history.iter().filter_map(|e| e.get("loss").cloned()).collect();
+        let reference = host(dir.path(), &["--max-steps", "2", "--logging-steps", "1", "--eval-strategy", "no"]);
+        assert_eq!(reference.code, 0);
+        let first_two = log_history(dir.path()).iter().filter_map(|e| e.get("loss").cloned()).collect();
+        (losses, first_two)
+    };
+    let (filtered, first_two) = logged("true");
+    let (l1, l2) = (first_two[0].as_f64().unwrap(), first_two[1].as_f64().unwrap());
+    // HF: the nan step counts as (l1 + l2) / (1 + global_step - last_logged) = (l1 + l2) / 3.
+    let expected = (l1 + l2 + (l1 + l2) / 3.0) / 3.0;
+    assert!((filtered[0].as_f64().unwrap() - expected).abs() < 1e-6, "{filtered:?} vs {expected}");
+    let (unfiltered, _) = logged("false");
+    assert_eq!(unfiltered[0], serde_json::json!("NaN"));
+}

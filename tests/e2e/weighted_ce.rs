@@ -72,3 +72,52 @@ fn uniform_weights_equal_the_builtin_loss() {
         }
     }
 }
+
+#[test]
+fn accumulation_with_weighted_ce_equals_one_big_batch() {
+    let lib = Plugin::load(&plugin("weighted_ce")).unwrap();
+    let mut loss = lib.create_loss("weighted_ce", &serde_json::json!({"weights": [1.0, 2.0, 3.0]})).unwrap();
+    tch::manual_seed(5);
+    let weight = Tensor::randn([3, 4], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let input = Tensor::randn([7, 4], (Kind::Float, tch::Device::Cpu));
+    let labels = Tensor::from_slice(&[2i64, -100, 0, 1, 1, -100, 2]);
+    let items = 5;
+    let mut grad_of = |x: &Tensor, y: &Tensor| {
+        let mut grad = weight.grad();
+        if grad.defined() {
+            let _ = grad.zero_();
+        }
+        let mut outputs = Tensors::new();
+        outputs.insert("logits", x.matmul(&weight.tr()));
+        let mut batch = Tensors::new();
+        batch.insert("labels", y.shallow_clone());
+        loss.compute_loss(&outputs, &batch, Some(items)).unwrap().backward();
+        weight.grad().copy()
+    };
+    let full = grad_of(&input, &labels);
+    let mut accumulated = full.zeros_like();
+    for (start, len) in [(0, 3), (3, 1), (4, 3)] {
+        accumulated += grad_of(&input.narrow(0, start, len), &labels.narrow(0, start, len));
+    }
+    let difference = (accumulated - full).abs().max().double_value(&[]);
+    assert!(difference < 1e-6, "gradients differ by {difference}");
+}
+
+#[test]
+fn accumulation_in_a_run_follows_the_big_batch_run() {
+    let losses = |extra: &[&str]| -> Vec<f64> {
+        let dir = tempdir();
+        let lib = plugin("weighted_ce");
+        let mut args = vec!["--plugin", path_str(&lib), "--max-steps", "8", "--logging-steps", "1"];
+        args.extend_from_slice(extra);
+        let run = host(dir.path(), &args);
+        assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+        log_history(dir.path()).iter().filter_map(|e| e.get("loss").and_then(|v| v.as_f64())).collect()
+    };
+    let big = losses(&["--per-device-train-batch-size", "64"]);
+    let accumulated = losses(&["--per-device-train-batch-size", "16", "--gradient-accumulation-steps", "4"]);
+    assert_eq!(big.len(), 8);
+    for (step, (a, b)) in big.iter().zip(&accumulated).enumerate() {
+        assert!((a - b).abs() < 1e-5, "step {}: batch 64 loss {a}, 4 x 16 accumulated {b}", step + 1);
+    }
+}
