@@ -16,7 +16,12 @@ if ! have_torch; then
     echo "setup: installing torch==$TORCH_VERSION into $VENV (one-off, about 5 GB)" >&2
     python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION" numpy
+    "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION"
+fi
+
+# The test suite's reference scripts read and write safetensors files with numpy arrays.
+if ! "$VENV/bin/python" -c "import numpy, safetensors" 2>/dev/null; then
+    "$VENV/bin/python" -m pip install --quiet numpy safetensors
 fi
 
 # A stable path for .cargo/config.toml, whatever the Python minor version is.

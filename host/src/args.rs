@@ -159,6 +159,10 @@ training_arguments! {
     max_train_samples: Option<i64> = None, flag i64;
     /// Use only the first N evaluation examples, for quick runs.
     max_eval_samples: Option<i64> = None, flag i64;
+    /// Start from these weights (a safetensors file with the model's parameter names, as
+    /// PyTorch's state_dict names them) instead of a fresh initialisation.
+    #[arg(value_name = "FILE")]
+    init_weights: Option<String> = None, flag String;
     /// Device: auto (CUDA when available), cpu, cuda or cuda:N.
     device: String = "auto".to_owned(), flag String;
 }

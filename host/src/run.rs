@@ -109,7 +109,9 @@ pub fn train(options: &TrainOptions) -> Result<()> {
     for (name, value) in all_metrics {
         results.insert(name.clone(), serde_json::json!(value));
     }
-    // As HF's `trainer.save_state()`: the final state, callback states included.
+    // As HF's `trainer.save_model()` and `trainer.save_state()`: the final weights, and the
+    // final state with the callbacks' states.
+    trainer.save_model(&output_dir.join("model.safetensors"))?;
     let state_path = output_dir.join("trainer_state.json");
     std::fs::write(&state_path, serde_json::to_string_pretty(&trainer.trainer_state_json()?)? + "\n")
         .with_context(|| format!("cannot write {}", state_path.display()))?;

@@ -21,7 +21,7 @@ use crate::schedule::Scheduler;
 pub struct Trainer {
     args: TrainingArguments,
     device: Device,
-    _vars: nn::VarStore,
+    vars: nn::VarStore,
     model: Mlp,
     optimizer: Box<dyn Optimizer>,
     /// Made when training starts, once the number of steps is known.
@@ -55,23 +55,14 @@ impl Trainer {
         let mut widths = crate::model::DIGITS_MLP.to_vec();
         widths[0] = train.num_features();
         let model = Mlp::new(&vars.root(), &widths);
+        if let Some(path) = &args.init_weights {
+            crate::weights::load_into(&vars, std::path::Path::new(path))?;
+        }
         let optimizer = build_optimizer(&args, &vars)?;
         let (train, eval) = (train.to_device(device), eval.to_device(device));
         let state = TrainerState { is_local_process_zero: true, is_world_process_zero: true, ..Default::default() };
-        let mut trainer = Self {
-            args,
-            device,
-            _vars: vars,
-            model,
-            optimizer,
-            scheduler: None,
-            loss,
-            handler,
-            train,
-            eval,
-            state,
-            reporter,
-        };
+        let mut trainer =
+            Self { args, device, vars, model, optimizer, scheduler: None, loss, handler, train, eval, state, reporter };
         trainer.fire(Event::INIT_END, &[])?;
         Ok(trainer)
     }
@@ -201,6 +192,11 @@ impl Trainer {
             None
         };
         Ok(Outcome { train_metrics, eval_metrics })
+    }
+
+    /// Writes the model's weights (HF `save_model`: model.safetensors).
+    pub fn save_model(&self, path: &std::path::Path) -> Result<()> {
+        crate::weights::save(&self.vars, path)
     }
 
     /// The trainer state with Hugging Face's trainer_state.json keys.

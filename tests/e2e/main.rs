@@ -7,5 +7,6 @@ mod bad_input;
 mod compat;
 mod events;
 mod example_plugin;
+mod fidelity;
 mod training;
 mod weighted_ce;

@@ -129,3 +129,75 @@ fn nan_losses_are_filtered_from_the_logged_average_as_hf() {
     let (unfiltered, _) = logged("false");
     assert_eq!(unfiltered[0], serde_json::json!("NaN"));
 }
+
+#[test]
+fn the_same_config_twice_gives_bitwise_the_same_run() {
+    let run_once = || {
+        let dir = tempdir();
+        let args = [
+            "--max-steps",
+            "40",
+            "--logging-steps",
+            "5",
+            "--eval-steps",
+            "20",
+            "--eval-strategy",
+            "steps",
+            "--data-seed",
+            "7",
+        ];
+        let run = host(dir.path(), &args);
+        assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+        let losses: Vec<u64> = log_history(dir.path())
+            .iter()
+            .filter_map(|e| e.get("loss").or(e.get("eval_loss")).and_then(|v| v.as_f64()))
+            .map(f64::to_bits)
+            .collect();
+        let weights = std::fs::read(dir.path().join("output/model.safetensors")).unwrap();
+        (losses, weights)
+    };
+    let (losses_a, weights_a) = run_once();
+    let (losses_b, weights_b) = run_once();
+    assert_eq!(losses_a.len(), 10);
+    assert_eq!(losses_a, losses_b);
+    assert!(weights_a == weights_b, "model.safetensors differs between two identical runs");
+}
+
+#[test]
+fn final_weights_load_in_python_and_init_weights_errors_are_clear() {
+    let dir = tempdir();
+    let run = host(dir.path(), &["--max-steps", "3", "--eval-strategy", "no"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let check = std::process::Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", "import sys; from safetensors.torch import load_file; d = load_file(sys.argv[1]); print(sorted((k, tuple(v.shape)) for k, v in d.items()))"])
+        .arg(dir.path().join("output/model.safetensors"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        "[('layers.0.bias', (256,)), ('layers.0.weight', (256, 64)), ('layers.2.bias', (256,)), ('layers.2.weight', (256, 256)), ('layers.4.bias', (10,)), ('layers.4.weight', (10, 256))]"
+    );
+    // The saved weights start a new run; a file of another shape is refused, naming what is off.
+    let saved = dir.path().join("output/model.safetensors");
+    let again = tempdir();
+    let run = host(again.path(), &["--init-weights", path_str(&saved), "--max-steps", "1", "--eval-strategy", "no"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let other = tempdir();
+    std::fs::write(other.path().join("w.safetensors"), b"not safetensors").unwrap();
+    host(other.path(), &["--init-weights", "w.safetensors"])
+        .assert_clean_error(2, "init_weights: w.safetensors is not a readable safetensors file");
+    host(other.path(), &["--init-weights", "none.safetensors"])
+        .assert_clean_error(2, "init_weights: none.safetensors does not exist");
+    let wrong = tch::Tensor::zeros([3, 64], (tch::Kind::Float, tch::Device::Cpu));
+    let extra = tch::Tensor::zeros([2], (tch::Kind::Float, tch::Device::Cpu));
+    tch::Tensor::write_safetensors(
+        &[("layers.0.weight", &wrong), ("head.bias", &extra)],
+        other.path().join("bad.safetensors"),
+    )
+    .unwrap();
+    host(other.path(), &["--init-weights", "bad.safetensors"]).assert_clean_error(
+        2,
+        "init_weights: bad.safetensors does not fit the model (missing: layers.0.bias, layers.2.bias, layers.2.weight, layers.4.bias, layers.4.weight; unexpected: head.bias; wrong shape: layers.0.weight is [3, 64], the model has [256, 64])",
+    );
+}
