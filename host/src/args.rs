@@ -163,6 +163,14 @@ training_arguments! {
     /// PyTorch's state_dict names them) instead of a fresh initialisation.
     #[arg(value_name = "FILE")]
     init_weights: Option<String> = None, flag String;
+    /// Mixed precision with bfloat16 autocast (CPU or CUDA).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    bf16: bool = false, flag bool;
+    /// Mixed precision with float16 autocast and dynamic loss scaling (CUDA only).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    fp16: bool = false, flag bool;
+    /// Allow TF32 tensor cores for float32 matmuls on CUDA (unset: libtorch's default).
+    tf32: Option<bool> = None, flag bool;
     /// Device: auto (CUDA when available), cpu, cuda or cuda:N.
     device: String = "auto".to_owned(), flag String;
 }
@@ -243,6 +251,9 @@ impl TrainingArguments {
             }
         }
         crate::device::parse_device(&self.device)?;
+        if self.bf16 && self.fp16 {
+            return Err(InputError::new("bf16 and fp16 are both set; choose one"));
+        }
         if let Some(metric) = &self.metric_for_best_model {
             let name = metric.strip_prefix("eval_").unwrap_or(metric);
             if !EVAL_METRICS.contains(&name) {

@@ -13,6 +13,7 @@ pub mod job;
 pub mod model;
 pub mod optim;
 pub mod plugins;
+pub mod precision;
 pub mod report;
 pub mod run;
 pub mod schedule;

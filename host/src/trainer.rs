@@ -14,6 +14,7 @@ use crate::data::{self, Dataset};
 use crate::model::Mlp;
 use crate::optim::{self, AdamSettings, Optimizer, Param};
 use crate::plugins::PluginLoss;
+use crate::precision::{Autocast, GradScaler, Precision};
 use crate::report::Reporter;
 use crate::schedule::Scheduler;
 
@@ -26,6 +27,11 @@ pub struct Trainer {
     optimizer: Box<dyn Optimizer>,
     /// Made when training starts, once the number of steps is known.
     scheduler: Option<Scheduler>,
+    precision: Precision,
+    /// For fp16: loss scaling, and the optimizer steps it skipped (the schedule does not
+    /// advance on those, as in HF).
+    scaler: Option<GradScaler>,
+    skipped_steps: i64,
     loss: Option<PluginLoss>,
     handler: CallbackHandler,
     train: Dataset,
@@ -50,6 +56,15 @@ impl Trainer {
         handler: CallbackHandler,
         reporter: Reporter,
     ) -> Result<Self> {
+        let precision = Precision::choose(args.bf16, args.fp16, device)?;
+        if let Some(tf32) = args.tf32 {
+            if tf32 && !device.is_cuda() {
+                return Err(
+                    crate::error::InputError::new("tf32 needs a CUDA device (it enables TF32 tensor cores)").into()
+                );
+            }
+            crate::precision::set_tf32(tf32);
+        }
         tch::manual_seed(args.seed as i64);
         let vars = nn::VarStore::new(device);
         let mut widths = crate::model::DIGITS_MLP.to_vec();
@@ -61,15 +76,31 @@ impl Trainer {
         let optimizer = build_optimizer(&args, &vars)?;
         let (train, eval) = (train.to_device(device), eval.to_device(device));
         let state = TrainerState { is_local_process_zero: true, is_world_process_zero: true, ..Default::default() };
-        let mut trainer =
-            Self { args, device, vars, model, optimizer, scheduler: None, loss, handler, train, eval, state, reporter };
+        let mut trainer = Self {
+            args,
+            device,
+            vars,
+            model,
+            optimizer,
+            scheduler: None,
+            precision,
+            scaler: (precision == Precision::Float16).then(GradScaler::default),
+            skipped_steps: 0,
+            loss,
+            handler,
+            train,
+            eval,
+            state,
+            reporter,
+        };
         trainer.fire(Event::INIT_END, &[])?;
         Ok(trainer)
     }
 
     /// The learning rate for the next optimizer step (HF: the scheduler's last lr).
     fn current_lr(&self) -> f64 {
-        self.scheduler.as_ref().map_or(self.args.learning_rate, |s| s.lr(self.state.global_step))
+        let step = self.state.global_step - self.skipped_steps;
+        self.scheduler.as_ref().map_or(self.args.learning_rate, |s| s.lr(step))
     }
 
     fn fire(&mut self, event: Event, metrics: &[(String, f64)]) -> Result<()> {
@@ -146,14 +177,23 @@ impl Trainer {
                         self.fire(Event::STEP_BEGIN, &[])?;
                     }
                     let loss = self.training_loss(input, labels, num_items)?;
-                    loss.backward();
+                    match &self.scaler {
+                        Some(scaler) => scaler.scale_loss(&loss).backward(),
+                        None => loss.backward(),
+                    }
                     progress.add_loss(&loss, self.state.global_step, args.logging_nan_inf_filter);
                     progress.samples_seen += labels.size()[0] as usize;
                     step_in_epoch += 1;
                     if i + 1 == micro.len() {
+                        let finite = self.unscale_gradients();
                         progress.grad_norm = Some(self.optimizer.clip_grad_norm(args.max_grad_norm));
                         self.fire(Event::PRE_OPTIMIZER_STEP, &[])?;
-                        self.optimizer.step(self.current_lr());
+                        if finite {
+                            self.optimizer.step(self.current_lr());
+                        } else {
+                            self.skipped_steps += 1;
+                            tracing::debug!("fp16 gradients overflowed: optimizer step skipped, loss scale lowered");
+                        }
                         self.fire(Event::OPTIMIZER_STEP, &[])?;
                         self.optimizer.zero_grad();
                         self.state.global_step += 1;
@@ -261,9 +301,22 @@ impl Trainer {
         Ok(logs)
     }
 
+    /// fp16: divides the gradients by the loss scale and adapts the scale; returns whether
+    /// the step may be taken (no overflow). Always true without fp16.
+    fn unscale_gradients(&mut self) -> bool {
+        let Some(scaler) = &mut self.scaler else { return true };
+        let grads: Vec<Tensor> =
+            self.optimizer.params().iter().map(|p| p.tensor.grad()).filter(Tensor::defined).collect();
+        let finite = scaler.unscale(&grads);
+        scaler.update(finite);
+        finite
+    }
+
     /// The loss of one training micro-batch, normalised by the label items of the whole
     /// optimizer step (`num_items_in_batch`), so accumulated gradients equal one big batch.
     fn training_loss(&mut self, input: &Tensor, labels: &Tensor, num_items: i64) -> Result<Tensor> {
+        // HF runs the forward pass and the loss under autocast, the backward pass outside.
+        let _autocast = Autocast::enter(self.precision, self.device);
         let logits = self.model.forward(input);
         match &mut self.loss {
             Some(loss) => {
@@ -291,6 +344,7 @@ impl Trainer {
             let len = bs.min(n as i64 - start);
             let input = self.eval.input.narrow(0, start, len);
             let labels = self.eval.labels.narrow(0, start, len);
+            let _autocast = Autocast::enter(self.precision, self.device);
             let logits = tch::no_grad(|| self.model.forward(&input));
             let loss = match &mut self.loss {
                 Some(loss) => {

@@ -201,3 +201,26 @@ fn final_weights_load_in_python_and_init_weights_errors_are_clear() {
         "init_weights: bad.safetensors does not fit the model (missing: layers.0.bias, layers.2.bias, layers.2.weight, layers.4.bias, layers.4.weight; unexpected: head.bias; wrong shape: layers.0.weight is [3, 64], the model has [256, 64])",
     );
 }
+
+#[test]
+fn bf16_autocast_trains_on_cpu_and_fp16_needs_cuda() {
+    let losses = |extra: &[&str]| -> Vec<f64> {
+        let dir = tempdir();
+        let mut args = vec!["--max-steps", "20", "--logging-steps", "5", "--eval-strategy", "no", "--device", "cpu"];
+        args.extend_from_slice(extra);
+        let run = host(dir.path(), &args);
+        assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+        log_history(dir.path()).iter().filter_map(|e| e.get("loss").and_then(|v| v.as_f64())).collect()
+    };
+    let full = losses(&[]);
+    let bf16 = losses(&["--bf16"]);
+    // Autocast really is on (bf16 rounding changes the numbers), and training still works.
+    assert_ne!(full, bf16);
+    for (f, b) in full.iter().zip(&bf16) {
+        assert!((f - b).abs() < 0.05 * f, "fp32 {f} vs bf16 {b}");
+    }
+    assert!(bf16.last().unwrap() < &bf16[0]);
+    let dir = tempdir();
+    host(dir.path(), &["--fp16", "--device", "cpu"]).assert_clean_error(2, "fp16 mixed precision needs a CUDA device");
+    host(dir.path(), &["--fp16", "--bf16"]).assert_clean_error(2, "bf16 and fp16 are both set; choose one");
+}
