@@ -131,6 +131,9 @@ training_arguments! {
     /// Replace a nan or inf loss in the logged average by the average so far (HF's filter).
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     logging_nan_inf_filter: bool = true, flag bool;
+    /// No progress bar (there is one only when stderr is a terminal anyway).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    disable_tqdm: bool = false, flag bool;
     /// When to evaluate: no, steps, epoch.
     eval_strategy: IntervalStrategy = IntervalStrategy::No, flag IntervalStrategy;
     /// Epochs (eval_strategy=epoch) or steps (steps) to wait before the first evaluation.

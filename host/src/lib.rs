@@ -14,6 +14,7 @@ pub mod model;
 pub mod optim;
 pub mod plugins;
 pub mod precision;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod schedule;

@@ -13,6 +13,7 @@ fn main() {
         None => cli.train,
     };
     if let Err(error) = run::train(&options) {
+        host::progress::finish();
         let message = format!("{error:#}").split_whitespace().collect::<Vec<_>>().join(" ");
         eprintln!("error: {message}");
         std::process::exit(error::exit_code(&error));
@@ -50,7 +51,7 @@ fn init_tracing() {
         .with_target(false)
         .without_time()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(host::progress::LogWriter)
         .init();
 }
 

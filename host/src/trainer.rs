@@ -157,6 +157,7 @@ impl Trainer {
         let data_seed = args.data_seed.unwrap_or(args.seed);
         let mut progress = Progress::new(self.device);
 
+        crate::progress::start(max_steps as u64, args.disable_tqdm);
         self.fire(Event::TRAIN_BEGIN, &[])?;
         if args.eval_on_start {
             self.evaluate()?;
@@ -199,6 +200,7 @@ impl Trainer {
                         self.state.global_step += 1;
                         self.state.epoch = epoch as f64 + step_in_epoch as f64 / steps_in_epoch as f64;
                         self.fire(Event::STEP_END, &[])?;
+                        crate::progress::advance(self.state.global_step as u64, None);
                         self.maybe_log_evaluate(&mut progress, self.current_lr())?;
                     } else {
                         self.fire(Event::SUBSTEP_END, &[])?;
@@ -215,6 +217,7 @@ impl Trainer {
             }
         }
 
+        crate::progress::finish();
         let total_loss = progress.total_loss + progress.loss_since_log.double_value(&[]);
         let runtime = started.elapsed().as_secs_f64();
         let steps = self.state.global_step.max(1) as f64;
@@ -280,6 +283,7 @@ impl Trainer {
                 logs.push(("grad_norm".to_owned(), norm.double_value(&[])));
             }
             logs.push(("learning_rate".to_owned(), learning_rate));
+            crate::progress::advance(self.state.global_step as u64, Some(format!("loss {:.4}", summed / steps)));
             self.log(logs)?;
         }
         if self.handler.control.should_evaluate {

@@ -14,6 +14,10 @@ fn default_job_with_weighted_ce_reaches_accuracy() {
     assert!(accuracy >= 0.95, "eval_accuracy {accuracy}");
     assert!(results["train_runtime"].as_f64().unwrap() > 0.0);
     assert!(run.stdout.contains("eval_accuracy"), "summary on stdout:\n{}", run.stdout);
+    // Not a terminal: plain log lines, no progress bar, no colours.
+    for terminal_only in ["\r", "\u{1b}[", "█", "steps ["] {
+        assert!(!run.stderr.contains(terminal_only), "stderr has {terminal_only:?}:\n{}", run.stderr);
+    }
     // One eval per epoch, 10 epochs in the default job.
     let history = log_history(dir.path());
     assert_eq!(history.iter().filter(|e| e.get("eval_loss").is_some()).count(), 10);
