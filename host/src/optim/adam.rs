@@ -1,4 +1,6 @@
-//! Adam and AdamW, as `torch.optim.Adam` / `torch.optim.AdamW` (single-tensor path).
+//! Adam and AdamW, as `torch.optim.Adam` / `torch.optim.AdamW` (single-tensor path, the
+//! same operations in the same order). Steps allocate nothing: temporaries live in one
+//! scratch tensor per parameter, made once.
 
 use tch::Tensor;
 
@@ -9,6 +11,7 @@ pub struct Adam {
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     max_exp_avg_sq: Option<Vec<Tensor>>,
+    scratch: Vec<Tensor>,
     step: i64,
     settings: AdamSettings,
     /// AdamW's decoupled weight decay, rather than Adam's L2 term in the gradient.
@@ -20,7 +23,8 @@ impl Adam {
         let exp_avg = zeros_like(&params);
         let exp_avg_sq = zeros_like(&params);
         let max_exp_avg_sq = amsgrad.then(|| zeros_like(&params));
-        Self { params, exp_avg, exp_avg_sq, max_exp_avg_sq, step: 0, settings, decoupled }
+        let scratch = zeros_like(&params);
+        Self { params, exp_avg, exp_avg_sq, max_exp_avg_sq, scratch, step: 0, settings, decoupled }
     }
 }
 
@@ -37,29 +41,42 @@ impl Optimizer for Adam {
         let bias_correction2_sqrt = (1.0 - beta2.powi(self.step as i32)).sqrt();
         let step_size = lr / bias_correction1;
         for (i, param) in self.params.iter_mut().enumerate() {
-            let Some(mut grad) = param.grad() else { continue };
+            let Some(grad) = param.grad() else { continue };
+            let scratch = &mut self.scratch[i];
             let p = &mut param.tensor;
-            if param.weight_decay != 0.0 {
-                if self.decoupled {
-                    let _ = p.g_mul_scalar_(1.0 - lr * param.weight_decay);
-                } else {
-                    grad = &grad + &*p * param.weight_decay;
-                }
+            // Adam's L2 term: grad + weight_decay * param, built in the scratch tensor.
+            let grad = if param.weight_decay != 0.0 && !self.decoupled {
+                scratch.copy_(p);
+                let _ = scratch.g_mul_scalar_(param.weight_decay);
+                let _ = scratch.g_add_(&grad);
+                scratch.copy()
+            } else {
+                grad
+            };
+            if param.weight_decay != 0.0 && self.decoupled {
+                let _ = p.g_mul_scalar_(1.0 - lr * param.weight_decay);
             }
             let (m, v) = (&mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
             let _ = m.lerp_(&grad, 1.0 - beta1);
+            // v = beta2 * v + (1 - beta2) * grad * grad, as addcmul_ computes it.
             let _ = v.g_mul_scalar_(beta2);
-            let _ = v.g_add_(&(&grad * &grad * (1.0 - beta2)));
+            scratch.copy_(&grad);
+            let _ = scratch.g_mul_scalar_(1.0 - beta2);
+            let _ = v.addcmul_(scratch, &grad);
             let second = match &mut self.max_exp_avg_sq {
                 Some(max) => {
-                    let bigger = max[i].maximum(v);
-                    max[i].copy_(&bigger);
-                    max[i].shallow_clone()
+                    let _ = max[i].maximum_out(&max[i], v);
+                    &max[i]
                 }
-                None => v.shallow_clone(),
+                None => &*v,
             };
-            let denom = second.sqrt() / bias_correction2_sqrt + eps;
-            let _ = p.g_sub_(&(m.g_div(&denom) * step_size));
+            // denom = sqrt(v) / sqrt(bias_correction2) + eps; param -= step_size * m / denom.
+            let _ = second.sqrt_out(scratch);
+            let _ = scratch.g_div_scalar_(bias_correction2_sqrt);
+            let _ = scratch.g_add_scalar_(eps);
+            let _ = m.div_out(scratch, scratch);
+            let _ = scratch.g_mul_scalar_(step_size);
+            let _ = p.g_sub_(scratch);
         }
     }
 }
