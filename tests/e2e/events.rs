@@ -85,3 +85,43 @@ fn callbacks_receive_trainer_state() {
     let step_ends: Vec<&str> = events.iter().filter(|e| e.starts_with("on_step_end")).map(String::as_str).collect();
     assert_eq!(step_ends, ["on_step_end 1", "on_step_end 2", "on_step_end 3"]);
 }
+
+#[test]
+fn callbacks_receive_the_logs_and_metrics_that_are_logged() {
+    let dir = tempdir();
+    let (run, lines) = recorder_run(
+        dir.path(),
+        &[
+            "--plugin-config",
+            "recorder.with_metrics=true",
+            "--max-steps",
+            "6",
+            "--logging-steps",
+            "2",
+            "--eval-strategy",
+            "steps",
+            "--eval-steps",
+            "3",
+        ],
+    );
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    // Each on_log line is followed by the logs it received; on_evaluate by its metrics.
+    let mut seen_by_callback: Vec<serde_json::Value> = Vec::new();
+    let mut evaluate_metrics: Vec<serde_json::Value> = Vec::new();
+    for pair in lines.windows(2) {
+        match pair[0].as_str() {
+            "on_log" => seen_by_callback.push(serde_json::from_str(&pair[1]).unwrap()),
+            "on_evaluate" => evaluate_metrics.push(serde_json::from_str(&pair[1]).unwrap()),
+            _ => {}
+        }
+    }
+    let history = log_history(dir.path());
+    assert_eq!(seen_by_callback.len(), history.len());
+    for (logs, mut entry) in seen_by_callback.into_iter().zip(history) {
+        entry.as_object_mut().unwrap().remove("step");
+        assert_eq!(logs, entry, "on_log received what log_history.jsonl recorded");
+    }
+    assert_eq!(evaluate_metrics.len(), 2);
+    assert!(evaluate_metrics[0]["eval_accuracy"].as_f64().is_some());
+    assert!(evaluate_metrics[0]["epoch"].as_f64().is_some(), "as HF, on_evaluate metrics carry the epoch");
+}
