@@ -4,7 +4,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::{Optimizer, Param};
+use super::{find, saved_step, Optimizer, OptimizerState, Param};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -61,6 +61,48 @@ fn rms(t: &Tensor) -> Tensor {
 impl Optimizer for Adafactor {
     fn params(&self) -> &[Param] {
         &self.params
+    }
+
+    fn state(&self) -> OptimizerState {
+        let mut tensors = Vec::new();
+        for ((param, second), first) in self.params.iter().zip(&self.second).zip(&self.first) {
+            match second {
+                SecondMoment::Factored { row, col } => {
+                    tensors.push((format!("{}.exp_avg_sq_row", param.name), row.shallow_clone()));
+                    tensors.push((format!("{}.exp_avg_sq_col", param.name), col.shallow_clone()));
+                }
+                SecondMoment::Full(v) => tensors.push((format!("{}.exp_avg_sq", param.name), v.shallow_clone())),
+            }
+            if let Some(first) = first {
+                tensors.push((format!("{}.exp_avg", param.name), first.shallow_clone()));
+            }
+        }
+        OptimizerState { tensors, scalars: serde_json::json!({ "step": self.step }) }
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {
+        let copy = |name: String, into: &mut Tensor| -> Result<(), String> {
+            let saved = find(state, &name)?;
+            if saved.size() != into.size() {
+                return Err(format!("optimizer state {name} is {:?}, expected {:?}", saved.size(), into.size()));
+            }
+            tch::no_grad(|| into.copy_(saved));
+            Ok(())
+        };
+        for ((param, second), first) in self.params.iter().zip(&mut self.second).zip(&mut self.first) {
+            match second {
+                SecondMoment::Factored { row, col } => {
+                    copy(format!("{}.exp_avg_sq_row", param.name), row)?;
+                    copy(format!("{}.exp_avg_sq_col", param.name), col)?;
+                }
+                SecondMoment::Full(v) => copy(format!("{}.exp_avg_sq", param.name), v)?,
+            }
+            if let Some(first) = first {
+                copy(format!("{}.exp_avg", param.name), first)?;
+            }
+        }
+        self.step = saved_step(state)?;
+        Ok(())
     }
 
     fn step(&mut self, lr: f64) {

@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use super::{Optimizer, Param};
+use super::{export_slot, import_slot, saved_step, Optimizer, OptimizerState, Param};
 
 pub struct Adagrad {
     params: Vec<Param>,
@@ -25,6 +25,18 @@ impl Adagrad {
 impl Optimizer for Adagrad {
     fn params(&self) -> &[Param] {
         &self.params
+    }
+
+    fn state(&self) -> OptimizerState {
+        let mut tensors = Vec::new();
+        export_slot(&self.params, "sum", &self.sum, &mut tensors);
+        OptimizerState { tensors, scalars: serde_json::json!({ "step": self.step }) }
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {
+        import_slot(&self.params, "sum", &mut self.sum, state)?;
+        self.step = saved_step(state)?;
+        Ok(())
     }
 
     fn step(&mut self, lr: f64) {

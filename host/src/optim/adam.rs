@@ -4,7 +4,7 @@
 
 use tch::Tensor;
 
-use super::{zeros_like, AdamSettings, Optimizer, Param};
+use super::{export_slot, import_slot, saved_step, zeros_like, AdamSettings, Optimizer, OptimizerState, Param};
 
 pub struct Adam {
     params: Vec<Param>,
@@ -31,6 +31,26 @@ impl Adam {
 impl Optimizer for Adam {
     fn params(&self) -> &[Param] {
         &self.params
+    }
+
+    fn state(&self) -> OptimizerState {
+        let mut tensors = Vec::new();
+        export_slot(&self.params, "exp_avg", &self.exp_avg, &mut tensors);
+        export_slot(&self.params, "exp_avg_sq", &self.exp_avg_sq, &mut tensors);
+        if let Some(max) = &self.max_exp_avg_sq {
+            export_slot(&self.params, "max_exp_avg_sq", max, &mut tensors);
+        }
+        OptimizerState { tensors, scalars: serde_json::json!({ "step": self.step }) }
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {
+        import_slot(&self.params, "exp_avg", &mut self.exp_avg, state)?;
+        import_slot(&self.params, "exp_avg_sq", &mut self.exp_avg_sq, state)?;
+        if let Some(max) = &mut self.max_exp_avg_sq {
+            import_slot(&self.params, "max_exp_avg_sq", max, state)?;
+        }
+        self.step = saved_step(state)?;
+        Ok(())
     }
 
     fn step(&mut self, lr: f64) {

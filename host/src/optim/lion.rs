@@ -3,7 +3,7 @@
 
 use tch::Tensor;
 
-use super::{zeros_like, Optimizer, Param};
+use super::{export_slot, import_slot, zeros_like, Optimizer, OptimizerState, Param};
 
 pub struct Lion {
     params: Vec<Param>,
@@ -22,6 +22,16 @@ impl Lion {
 impl Optimizer for Lion {
     fn params(&self) -> &[Param] {
         &self.params
+    }
+
+    fn state(&self) -> OptimizerState {
+        let mut tensors = Vec::new();
+        export_slot(&self.params, "exp_avg", &self.exp_avg, &mut tensors);
+        OptimizerState { tensors, scalars: serde_json::json!({}) }
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {
+        import_slot(&self.params, "exp_avg", &mut self.exp_avg, state)
     }
 
     fn step(&mut self, lr: f64) {

@@ -42,6 +42,13 @@ pub fn decays(name: &str) -> bool {
         || parts.iter().any(|p| p.ends_with("_norm")))
 }
 
+/// What a checkpoint keeps of an optimizer: its state tensors, named
+/// `{parameter}.{slot}` (e.g. `layers.0.weight.exp_avg`), and its counters.
+pub struct OptimizerState {
+    pub tensors: Vec<(String, Tensor)>,
+    pub scalars: serde_json::Value,
+}
+
 /// An optimizer over a fixed list of parameters.
 pub trait Optimizer {
     /// Applies one update with learning rate `lr` from the parameters' gradients.
@@ -49,6 +56,12 @@ pub trait Optimizer {
 
     /// The parameters it updates.
     fn params(&self) -> &[Param];
+
+    /// Its state, for a checkpoint.
+    fn state(&self) -> OptimizerState;
+
+    /// Restores a state that `state` returned (for the same parameters).
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), String>;
 
     /// Clears the gradients (in place, keeping their memory).
     fn zero_grad(&mut self) {
@@ -224,6 +237,35 @@ pub fn build(
         _ => unreachable!("canonical names are matched above"),
     };
     Ok(optimizer)
+}
+
+/// Names state tensors of one slot `{parameter}.{slot}`.
+fn export_slot(params: &[Param], slot: &str, tensors: &[Tensor], out: &mut Vec<(String, Tensor)>) {
+    for (param, tensor) in params.iter().zip(tensors) {
+        out.push((format!("{}.{slot}", param.name), tensor.shallow_clone()));
+    }
+}
+
+/// Copies a saved slot back into `tensors`, checking names and shapes.
+fn import_slot(params: &[Param], slot: &str, tensors: &mut [Tensor], state: &OptimizerState) -> Result<(), String> {
+    for (param, tensor) in params.iter().zip(tensors.iter_mut()) {
+        let name = format!("{}.{slot}", param.name);
+        let saved = find(state, &name)?;
+        if saved.size() != tensor.size() {
+            return Err(format!("optimizer state {name} is {:?}, expected {:?}", saved.size(), tensor.size()));
+        }
+        tch::no_grad(|| tensor.copy_(saved));
+    }
+    Ok(())
+}
+
+fn find<'a>(state: &'a OptimizerState, name: &str) -> Result<&'a Tensor, String> {
+    state.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t).ok_or_else(|| format!("optimizer state lacks {name}"))
+}
+
+/// The optimizer's step count, saved as `step`.
+fn saved_step(state: &OptimizerState) -> Result<i64, String> {
+    state.scalars["step"].as_i64().ok_or_else(|| "optimizer state lacks its step count".to_owned())
 }
 
 /// Zeroed state tensors like each parameter.

@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use super::{zeros_like, Optimizer, Param};
+use super::{export_slot, import_slot, zeros_like, Optimizer, OptimizerState, Param};
 
 pub struct RmsProp {
     params: Vec<Param>,
@@ -25,6 +25,20 @@ impl RmsProp {
 impl Optimizer for RmsProp {
     fn params(&self) -> &[Param] {
         &self.params
+    }
+
+    fn state(&self) -> OptimizerState {
+        let mut tensors = Vec::new();
+        export_slot(&self.params, "square_avg", &self.square_avg, &mut tensors);
+        export_slot(&self.params, "grad_avg", &self.grad_avg, &mut tensors);
+        export_slot(&self.params, "momentum_buffer", &self.momentum_buffer, &mut tensors);
+        OptimizerState { tensors, scalars: serde_json::json!({}) }
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {
+        import_slot(&self.params, "square_avg", &mut self.square_avg, state)?;
+        import_slot(&self.params, "grad_avg", &mut self.grad_avg, state)?;
+        import_slot(&self.params, "momentum_buffer", &mut self.momentum_buffer, state)
     }
 
     fn step(&mut self, lr: f64) {

@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use super::{Optimizer, Param};
+use super::{find, Optimizer, OptimizerState, Param};
 
 pub struct Sgd {
     params: Vec<Param>,
@@ -22,6 +22,25 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn params(&self) -> &[Param] {
         &self.params
+    }
+
+    fn state(&self) -> OptimizerState {
+        let tensors = self
+            .params
+            .iter()
+            .zip(&self.momentum_buffers)
+            .filter_map(|(p, b)| b.as_ref().map(|b| (format!("{}.momentum_buffer", p.name), b.shallow_clone())))
+            .collect();
+        OptimizerState { tensors, scalars: serde_json::json!({}) }
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {
+        for (param, buffer) in self.params.iter().zip(&mut self.momentum_buffers) {
+            let name = format!("{}.momentum_buffer", param.name);
+            // A buffer exists once a momentum step has run.
+            *buffer = find(state, &name).ok().map(|t| t.copy());
+        }
+        Ok(())
     }
 
     fn step(&mut self, lr: f64) {
