@@ -6,7 +6,7 @@ use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    println!("cargo:rerun-if-changed=native/precision.cpp");
+    println!("cargo:rerun-if-changed=native/libtorch_shim.cpp");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
     let root = Path::new(&lib).parent().expect("libtorch's lib folder has a parent");
     cc::Build::new()
@@ -17,7 +17,7 @@ fn main() {
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
-        .file("native/precision.cpp")
+        .file("native/libtorch_shim.cpp")
         .compile("host_native");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     if Path::new(&lib).join("libtorch_cuda.so").exists() {

@@ -16,6 +16,7 @@ pub mod plugins;
 pub mod precision;
 pub mod progress;
 pub mod report;
+pub mod rng;
 pub mod run;
 pub mod schedule;
 pub mod trainer;

@@ -315,6 +315,31 @@ impl Scheduler {
         }
     }
 
+    /// What a checkpoint keeps: the plateau schedule's state (the others have none).
+    pub fn state(&self) -> serde_json::Value {
+        match &self.plateau {
+            Some(p) => serde_json::json!({
+                "lr": self.plateau_lr,
+                "best": p.best,
+                "num_bad_epochs": p.bad_epochs,
+                "cooldown_counter": p.cooldown_left,
+            }),
+            None => serde_json::json!({}),
+        }
+    }
+
+    /// Restores what `state` returned.
+    pub fn load_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        let Some(p) = &mut self.plateau else { return Ok(()) };
+        let number = |key: &str| state[key].as_f64().ok_or_else(|| format!("scheduler state lacks {key}"));
+        self.plateau_lr = number("lr")?;
+        // JSON has no infinity: a plateau that saw no metric yet saves its best as null.
+        p.best = state["best"].as_f64().unwrap_or(if p.maximize { f64::NEG_INFINITY } else { f64::INFINITY });
+        p.bad_epochs = number("num_bad_epochs")? as i64;
+        p.cooldown_left = number("cooldown_counter")? as i64;
+        Ok(())
+    }
+
     /// Feeds an evaluation metric to `reduce_lr_on_plateau` (the others ignore it).
     pub fn on_metric(&mut self, value: f64) {
         let Some(p) = &mut self.plateau else { return };
