@@ -7,6 +7,8 @@
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
+use crate::error::InputError;
+
 /// When something happens during training (HF `IntervalStrategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -14,6 +16,16 @@ pub enum IntervalStrategy {
     No,
     Steps,
     Epoch,
+}
+
+/// When to save checkpoints (HF `SaveStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveStrategy {
+    No,
+    Steps,
+    Epoch,
+    Best,
 }
 
 /// The learning-rate schedule (HF `lr_scheduler_type`).
@@ -149,6 +161,20 @@ training_arguments! {
     /// Whether a larger metric_for_best_model is better; defaults to false for metrics
     /// ending in "loss", true otherwise.
     greater_is_better: Option<bool> = None, flag bool;
+    /// When to save a checkpoint: no, steps, epoch, best (when the evaluation metric
+    /// improves).
+    save_strategy: SaveStrategy = SaveStrategy::Steps, flag SaveStrategy;
+    /// Save every N optimizer steps (save_strategy=steps; a fraction < 1 of the total).
+    save_steps: f64 = 500.0, flag f64;
+    /// Keep at most N checkpoints, deleting the oldest; the best one is always kept.
+    save_total_limit: Option<i64> = None, flag i64;
+    /// At the end, load the weights of the best checkpoint (by metric_for_best_model).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    load_best_model_at_end: bool = false, flag bool;
+    /// Continue from a checkpoint: `latest` (the newest complete one in output_dir) or a
+    /// checkpoint folder.
+    #[arg(value_name = "latest|DIR")]
+    resume_from_checkpoint: Option<String> = None, flag String;
     /// Seed for weight initialisation and everything random in training.
     seed: u64 = 42, flag u64;
     /// Seed for data shuffling; defaults to seed.
@@ -184,7 +210,6 @@ pub const EVAL_METRICS: &[&str] = &["loss", "accuracy"];
 impl TrainingArguments {
     /// Rejects values no run can use, naming the argument and what is allowed.
     pub fn validate(&self) -> Result<(), crate::error::InputError> {
-        use crate::error::InputError;
         let positive = |name: &str, value: i64| {
             if value >= 1 {
                 Ok(())
@@ -266,6 +291,7 @@ impl TrainingArguments {
                 )));
             }
         }
+        self.validate_saving()?;
         if self.lr_scheduler_type == SchedulerType::ReduceLrOnPlateau && self.eval_strategy == IntervalStrategy::No {
             return Err(InputError::new(
                 "lr_scheduler_type reduce_lr_on_plateau needs evaluations: set eval_strategy to steps or epoch",
@@ -280,6 +306,51 @@ impl TrainingArguments {
             crate::optim::AdamSettings { beta1: self.adam_beta1, beta2: self.adam_beta2, eps: self.adam_epsilon },
             Vec::new(),
         )?;
+        Ok(())
+    }
+
+    /// Hugging Face's consistency checks for saving and the best model.
+    fn validate_saving(&self) -> Result<(), InputError> {
+        if !(self.save_steps > 0.0) {
+            return Err(InputError::new(format!("save_steps must be > 0 (got {})", self.save_steps)));
+        }
+        if let Some(limit) = self.save_total_limit {
+            if limit < 1 {
+                return Err(InputError::new(format!("save_total_limit must be at least 1 (got {limit})")));
+            }
+        }
+        let evaluates = self.eval_strategy != IntervalStrategy::No;
+        if self.save_strategy == SaveStrategy::Best && !evaluates {
+            return Err(InputError::new("save_strategy=best needs evaluations: set eval_strategy to steps or epoch"));
+        }
+        if self.load_best_model_at_end {
+            if !evaluates {
+                return Err(InputError::new(
+                    "load_best_model_at_end needs evaluations: set eval_strategy to steps or epoch",
+                ));
+            }
+            let same = matches!(
+                (self.save_strategy, self.eval_strategy),
+                (SaveStrategy::Steps, IntervalStrategy::Steps)
+                    | (SaveStrategy::Epoch, IntervalStrategy::Epoch)
+                    | (SaveStrategy::Best, _)
+            );
+            if !same {
+                return Err(InputError::new(format!(
+                    "load_best_model_at_end needs save_strategy to match eval_strategy (save_strategy={}, eval_strategy={})",
+                    strategy_name(self.save_strategy), interval_name(self.eval_strategy)
+                )));
+            }
+            if self.save_strategy == SaveStrategy::Steps {
+                let eval_steps = self.eval_steps.unwrap_or(self.logging_steps);
+                if eval_steps >= 1.0 && self.save_steps >= 1.0 && (self.save_steps as i64) % (eval_steps as i64) != 0 {
+                    return Err(InputError::new(format!(
+                        "load_best_model_at_end needs save_steps to be a multiple of eval_steps (save_steps={}, eval_steps={eval_steps})",
+                        self.save_steps
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -302,5 +373,22 @@ impl TrainingArguments {
         } else {
             value as i64
         }
+    }
+}
+
+fn strategy_name(strategy: SaveStrategy) -> &'static str {
+    match strategy {
+        SaveStrategy::No => "no",
+        SaveStrategy::Steps => "steps",
+        SaveStrategy::Epoch => "epoch",
+        SaveStrategy::Best => "best",
+    }
+}
+
+fn interval_name(strategy: IntervalStrategy) -> &'static str {
+    match strategy {
+        IntervalStrategy::No => "no",
+        IntervalStrategy::Steps => "steps",
+        IntervalStrategy::Epoch => "epoch",
     }
 }

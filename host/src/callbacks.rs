@@ -5,7 +5,7 @@ use anyhow::Result;
 use plugin_api::ffi::{ControlBits, Event, EventFfi, Metric, StateFfi};
 use plugin_api::{TrainerControl, TrainerState};
 
-use crate::args::{IntervalStrategy, TrainingArguments};
+use crate::args::{IntervalStrategy, SaveStrategy, TrainingArguments};
 use crate::plugins::PluginCallback;
 
 /// Runs events through the default flow and the plugin callbacks, and holds the
@@ -81,6 +81,18 @@ impl CallbackHandler {
     }
 }
 
+impl CallbackHandler {
+    /// Restores the callbacks' states from a checkpoint's `stateful_callbacks`.
+    pub fn restore_states(&mut self, stateful: &serde_json::Value) -> Result<()> {
+        for callback in &mut self.callbacks {
+            if let Some(state) = stateful.get(&callback.name).and_then(|s| s.get("attributes")) {
+                callback.load_state(state)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Hugging Face `CallbackHandler`: flags cleared before an event is dispatched.
 fn reset_before(event: Event, control: &mut TrainerControl) {
     match event {
@@ -114,8 +126,18 @@ fn default_flow(event: Event, args: &TrainingArguments, state: &TrainerState, co
             {
                 control.should_evaluate = true;
             }
+            if args.save_strategy == SaveStrategy::Steps
+                && state.save_steps > 0
+                && state.global_step % state.save_steps == 0
+            {
+                control.should_save = true;
+            }
             if state.global_step >= state.max_steps {
                 control.should_training_stop = true;
+                // Save the model at the end when saving by steps.
+                if args.save_strategy == SaveStrategy::Steps {
+                    control.should_save = true;
+                }
             }
         }
         Event::EPOCH_END => {
@@ -124,6 +146,9 @@ fn default_flow(event: Event, args: &TrainingArguments, state: &TrainerState, co
             }
             if args.eval_strategy == IntervalStrategy::Epoch && args.eval_delay <= state.epoch {
                 control.should_evaluate = true;
+            }
+            if args.save_strategy == SaveStrategy::Epoch {
+                control.should_save = true;
             }
         }
         _ => {}

@@ -20,9 +20,12 @@ impl fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
-/// The exit code for an error: 2 for input mistakes, 1 for everything else.
+/// The exit code for an error: 2 for input mistakes, 128 + the signal for a run stopped by
+/// SIGINT (130) or SIGTERM (143), 1 for everything else.
 pub fn exit_code(error: &anyhow::Error) -> i32 {
-    if error.chain().any(|cause| cause.is::<InputError>()) {
+    if let Some(stopped) = error.downcast_ref::<crate::trainer::Interrupted>() {
+        128 + stopped.signal
+    } else if error.chain().any(|cause| cause.is::<InputError>()) {
         2
     } else {
         1

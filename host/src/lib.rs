@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod callbacks;
+pub mod checkpoint;
 pub mod cli;
 pub mod components;
 pub mod config;

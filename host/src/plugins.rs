@@ -196,6 +196,17 @@ impl PluginCallback {
         }
     }
 
+    /// Restores a state that `state` returned (ignored by plugins built against 1.0).
+    pub fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        let json = state.to_string();
+        let input = ExtensionIn { json: json.as_str().into(), tensors: RSlice::from_slice(&[]) };
+        match self.inner.extension(ExtensionOp::CALLBACK_STATE_LOAD, input) {
+            RResult::ROk(_) => Ok(()),
+            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(()),
+            RResult::RErr(e) => Err(component_error(&self.plugin, "callback", &self.name, "restoring its state", e)),
+        }
+    }
+
     /// The callback's state, `None` when it has none. Plugins built against plugin-api 1.0
     /// do not know the operation: they count as stateless.
     pub fn state(&mut self) -> Result<Option<serde_json::Value>> {

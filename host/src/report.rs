@@ -79,6 +79,29 @@ impl Reporter {
         Ok(())
     }
 
+    /// Continues the history of a resumed run: its entries so far, in the file too.
+    pub fn restore_history(&mut self, entries: Vec<serde_json::Value>) -> Result<()> {
+        let file = self.history_file.get_mut();
+        file.set_len(0).context("cannot rewrite log_history.jsonl")?;
+        std::io::Seek::rewind(file).context("cannot rewrite log_history.jsonl")?;
+        for entry in &entries {
+            writeln!(self.history_file, "{entry}").context("cannot write log_history.jsonl")?;
+            let is_eval = entry.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("eval_")));
+            if is_eval {
+                let metrics = entry.as_object().into_iter().flatten();
+                self.last_eval = Some(
+                    metrics
+                        .filter(|(k, _)| *k != "step")
+                        .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
+                        .collect(),
+                );
+            }
+        }
+        self.history_file.flush().context("cannot write log_history.jsonl")?;
+        self.history = entries;
+        Ok(())
+    }
+
     pub fn last_eval(&self) -> Option<&Vec<(String, f64)>> {
         self.last_eval.as_ref()
     }

@@ -101,7 +101,22 @@ pub fn train(options: &TrainOptions) -> Result<()> {
     let output_dir = Path::new(&args.output_dir);
     let reporter = report::Reporter::create(output_dir)?;
     let handler = CallbackHandler::new(components.callbacks);
-    let mut trainer = Trainer::new(args.clone(), device, train_set, eval_set, components.loss, handler, reporter)?;
+    let stop_signal = install_signal_handlers()?;
+    let run_config: serde_json::Value = toml::from_str::<toml::Value>(&config_as_toml(&config)?)
+        .ok()
+        .and_then(|v| serde_json::to_value(v).ok())
+        .unwrap_or_default();
+    let mut trainer = Trainer::new(
+        args.clone(),
+        device,
+        train_set,
+        eval_set,
+        components.loss,
+        handler,
+        reporter,
+        run_config,
+        stop_signal,
+    )?;
     let outcome = trainer.train()?;
 
     let mut results = serde_json::Map::new();
@@ -132,4 +147,21 @@ pub fn train(options: &TrainOptions) -> Result<()> {
     }
     writeln!(out, "results: {}", results_path.display())?;
     Ok(())
+}
+
+/// SIGINT and SIGTERM ask the run to stop after the current optimizer step, with a
+/// checkpoint; a second one ends the process at once (exit 130 or 143). Checkpoints are
+/// written atomically, so even that never leaves a half-written one.
+fn install_signal_handlers() -> Result<std::sync::Arc<std::sync::atomic::AtomicUsize>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Arc;
+    let which = Arc::new(AtomicUsize::new(0));
+    let asked = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&asked))?;
+        signal_hook::flag::register_usize(signal, Arc::clone(&which), signal as usize)?;
+        signal_hook::flag::register(signal, Arc::clone(&asked))?;
+    }
+    Ok(which)
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod checkpoints;
 mod compat;
 mod events;
 mod example_plugin;

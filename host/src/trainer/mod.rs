@@ -18,6 +18,10 @@ use crate::precision::{Autocast, GradScaler, Precision};
 use crate::report::Reporter;
 use crate::schedule::Scheduler;
 
+mod checkpointing;
+
+pub use checkpointing::Interrupted;
+
 /// Everything one training run needs.
 pub struct Trainer {
     args: TrainingArguments,
@@ -38,6 +42,24 @@ pub struct Trainer {
     eval: Dataset,
     pub state: TrainerState,
     reporter: Reporter,
+    /// Running loss totals between log events.
+    progress: Progress,
+    /// Where the data stands: the epoch, and the micro-batches of it already trained on.
+    position: Position,
+    /// Whether the last evaluation gave a new best metric (for save_strategy=best).
+    new_best: bool,
+    output_dir: std::path::PathBuf,
+    /// The resolved run configuration, kept in checkpoints (plugins, their config).
+    run_config: serde_json::Value,
+    /// Set (to the signal number) when SIGINT or SIGTERM asks the run to stop.
+    stop_signal: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The data position of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: i64,
+    pub micro_batches_done: usize,
 }
 
 /// What a finished run reports.
@@ -55,7 +77,10 @@ impl Trainer {
         loss: Option<PluginLoss>,
         handler: CallbackHandler,
         reporter: Reporter,
+        run_config: serde_json::Value,
+        stop_signal: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     ) -> Result<Self> {
+        let args_output_dir = args.output_dir.clone();
         let precision = Precision::choose(args.bf16, args.fp16, device)?;
         if let Some(tf32) = args.tf32 {
             if tf32 && !device.is_cuda() {
@@ -92,6 +117,12 @@ impl Trainer {
             eval,
             state,
             reporter,
+            progress: Progress::new(device),
+            position: Position::default(),
+            new_best: false,
+            output_dir: std::path::PathBuf::from(&args_output_dir),
+            run_config,
+            stop_signal,
         };
         trainer.fire(Event::INIT_END, &[])?;
         Ok(trainer)
@@ -151,24 +182,40 @@ impl Trainer {
         self.state.logging_steps = TrainingArguments::resolve_steps(args.logging_steps, max_steps);
         self.state.eval_steps =
             TrainingArguments::resolve_steps(args.eval_steps.unwrap_or(args.logging_steps), max_steps);
+        self.state.save_steps = TrainingArguments::resolve_steps(args.save_steps, max_steps);
+        crate::checkpoint::remove_stale_temporaries(&self.output_dir);
+        if let Some(spec) = &args.resume_from_checkpoint {
+            let dir = self.checkpoint_to_resume(spec)?;
+            self.restore(&dir)?;
+            tracing::info!(
+                "resumed from {} at step {} (epoch {}, {} micro-batches into it)",
+                dir.display(),
+                self.state.global_step,
+                self.position.epoch,
+                self.position.micro_batches_done
+            );
+        }
 
         self.reporter.training_starts(&self.state, self.train.len(), self.eval.len(), updates_per_epoch, ga);
         let started = Instant::now();
         let data_seed = args.data_seed.unwrap_or(args.seed);
-        let mut progress = Progress::new(self.device);
 
         crate::progress::start(max_steps as u64, args.disable_tqdm);
         self.fire(Event::TRAIN_BEGIN, &[])?;
         if args.eval_on_start {
             self.evaluate()?;
         }
-        for epoch in 0..num_epochs {
+        let resume_at = self.position;
+        for epoch in resume_at.epoch..num_epochs {
             self.fire(Event::EPOCH_BEGIN, &[])?;
             let order = data::epoch_order(self.train.len(), data_seed, epoch as u64);
             let batches = data::batches(&order, args.per_device_train_batch_size as usize, args.dataloader_drop_last);
             let steps_in_epoch = batches.len();
-            let mut step_in_epoch = 0usize;
-            'updates: for update in batches.chunks(ga) {
+            // A resumed run starts where the checkpoint was: the batch lists are recomputed
+            // from the seed, so no data is read to get there.
+            let skip = if epoch == resume_at.epoch { resume_at.micro_batches_done.min(steps_in_epoch) } else { 0 };
+            self.position = Position { epoch, micro_batches_done: skip };
+            'updates: for update in batches[skip..].chunks(ga) {
                 let micro: Vec<(Tensor, Tensor)> =
                     update.iter().map(|idx| self.train.batch(&idx.to_device(self.device))).collect();
                 // HF counts label items over the whole optimizer step before running it.
@@ -182,12 +229,12 @@ impl Trainer {
                         Some(scaler) => scaler.scale_loss(&loss).backward(),
                         None => loss.backward(),
                     }
-                    progress.add_loss(&loss, self.state.global_step, args.logging_nan_inf_filter);
-                    progress.samples_seen += labels.size()[0] as usize;
-                    step_in_epoch += 1;
+                    self.progress.add_loss(&loss, self.state.global_step, args.logging_nan_inf_filter);
+                    self.progress.samples_seen += labels.size()[0] as usize;
+                    self.position.micro_batches_done += 1;
                     if i + 1 == micro.len() {
                         let finite = self.unscale_gradients();
-                        progress.grad_norm = Some(self.optimizer.clip_grad_norm(args.max_grad_norm));
+                        self.progress.grad_norm = Some(self.optimizer.clip_grad_norm(args.max_grad_norm));
                         self.fire(Event::PRE_OPTIMIZER_STEP, &[])?;
                         if finite {
                             self.optimizer.step(self.current_lr());
@@ -198,10 +245,12 @@ impl Trainer {
                         self.fire(Event::OPTIMIZER_STEP, &[])?;
                         self.optimizer.zero_grad();
                         self.state.global_step += 1;
-                        self.state.epoch = epoch as f64 + step_in_epoch as f64 / steps_in_epoch as f64;
+                        self.state.epoch =
+                            epoch as f64 + self.position.micro_batches_done as f64 / steps_in_epoch as f64;
                         self.fire(Event::STEP_END, &[])?;
                         crate::progress::advance(self.state.global_step as u64, None);
-                        self.maybe_log_evaluate(&mut progress, self.current_lr())?;
+                        self.maybe_log_save_evaluate()?;
+                        self.stop_if_signalled()?;
                     } else {
                         self.fire(Event::SUBSTEP_END, &[])?;
                     }
@@ -211,13 +260,19 @@ impl Trainer {
                 }
             }
             self.fire(Event::EPOCH_END, &[])?;
-            self.maybe_log_evaluate(&mut progress, self.current_lr())?;
+            // The epoch is done: a checkpoint from here on resumes at the next one.
+            self.position = Position { epoch: epoch + 1, micro_batches_done: 0 };
+            self.maybe_log_save_evaluate()?;
             if self.handler.control.should_training_stop {
                 break;
             }
         }
 
         crate::progress::finish();
+        if args.load_best_model_at_end {
+            self.load_best_model()?;
+        }
+        let progress = &self.progress;
         let total_loss = progress.total_loss + progress.loss_since_log.double_value(&[]);
         let runtime = started.elapsed().as_secs_f64();
         let steps = self.state.global_step.max(1) as f64;
@@ -271,7 +326,9 @@ impl Trainer {
 
     /// HF `_maybe_log_save_evaluate`: log if asked (and a step happened since the last
     /// log), then evaluate if asked.
-    fn maybe_log_evaluate(&mut self, progress: &mut Progress, learning_rate: f64) -> Result<()> {
+    fn maybe_log_save_evaluate(&mut self) -> Result<()> {
+        let learning_rate = self.current_lr();
+        let progress = &mut self.progress;
         if self.handler.control.should_log && self.state.global_step > progress.last_logged_step {
             let summed = progress.loss_since_log.double_value(&[]);
             let _ = progress.loss_since_log.zero_();
@@ -288,11 +345,13 @@ impl Trainer {
         }
         if self.handler.control.should_evaluate {
             self.evaluate()?;
+            if self.args.save_strategy == crate::args::SaveStrategy::Best {
+                self.handler.control.should_save = self.new_best;
+            }
         }
         if self.handler.control.should_save {
-            self.reporter
-                .warn_once("a callback asked to save a checkpoint; this host version does not write checkpoints yet");
-            self.handler.control.should_save = false;
+            self.save_checkpoint()?;
+            self.fire(Event::SAVE, &[])?;
         }
         Ok(())
     }
@@ -387,6 +446,7 @@ impl Trainer {
                 scheduler.on_metric(*value);
             }
         }
+        self.new_best = self.determine_best_metric(&metrics);
         self.fire(Event::EVALUATE, &metrics)?;
         Ok(metrics)
     }

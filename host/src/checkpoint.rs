@@ -1,0 +1,214 @@
+//! Checkpoint folders on disk: written atomically, checked by checksums, found, rotated.
+//!
+//! A checkpoint is written into a temporary folder beside its final place; every file and
+//! the folder are fsynced, a manifest with the SHA-256 of every file is written last, and
+//! only then is the folder renamed to `checkpoint-{step}`. A crash at any moment leaves
+//! either the complete checkpoint or a temporary folder that the next run removes.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::error::InputError;
+
+pub const MANIFEST: &str = "manifest.json";
+const PREFIX: &str = "checkpoint-";
+const TEMP_PREFIX: &str = ".tmp-checkpoint-";
+
+/// A checkpoint being written.
+pub struct Writer {
+    temp: PathBuf,
+    target: PathBuf,
+    files: Vec<String>,
+}
+
+impl Writer {
+    /// Starts `output_dir/checkpoint-{step}` (in a temporary folder until `commit`).
+    pub fn begin(output_dir: &Path, step: i64) -> Result<Self> {
+        let target = output_dir.join(format!("{PREFIX}{step}"));
+        let temp = output_dir.join(format!("{TEMP_PREFIX}{step}-{}", std::process::id()));
+        if temp.exists() {
+            fs::remove_dir_all(&temp).with_context(|| format!("cannot clear {}", temp.display()))?;
+        }
+        fs::create_dir_all(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
+        Ok(Self { temp, target, files: Vec::new() })
+    }
+
+    /// Where a file of the checkpoint is to be written; `finish_file` records it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.temp.join(name)
+    }
+
+    /// Records a file written at `path(name)`, after syncing it to disk.
+    pub fn finish_file(&mut self, name: &str) -> Result<()> {
+        let path = self.path(name);
+        File::open(&path).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", path.display()))?;
+        self.files.push(name.to_owned());
+        fault_point(&format!("after:{name}"));
+        Ok(())
+    }
+
+    pub fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.path(name);
+        fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        self.finish_file(name)
+    }
+
+    pub fn write_json(&mut self, name: &str, value: &serde_json::Value) -> Result<()> {
+        let text = serde_json::to_string_pretty(value)? + "\n";
+        self.write_bytes(name, text.as_bytes())
+    }
+
+    /// Writes the manifest, then moves the folder to its final name.
+    pub fn commit(self) -> Result<PathBuf> {
+        let mut entries = serde_json::Map::new();
+        for name in &self.files {
+            entries.insert(name.clone(), sha256_of(&self.path(name))?.into());
+        }
+        let manifest = serde_json::json!({ "format": "host-checkpoint/1", "sha256": entries });
+        let manifest_path = self.path(MANIFEST);
+        fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)? + "\n")
+            .with_context(|| format!("cannot write {}", manifest_path.display()))?;
+        File::open(&manifest_path).and_then(|f| f.sync_all())?;
+        sync_dir(&self.temp)?;
+        fault_point("before:rename");
+        if self.target.exists() {
+            // Saving the same step again: put the old one aside, then drop it.
+            let aside = self.temp.with_extension("replaced");
+            fs::rename(&self.target, &aside)?;
+            fs::rename(&self.temp, &self.target)?;
+            fs::remove_dir_all(&aside)?;
+        } else {
+            fs::rename(&self.temp, &self.target)
+                .with_context(|| format!("cannot move the checkpoint to {}", self.target.display()))?;
+        }
+        if let Some(parent) = self.target.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(self.target)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+fn sha256_of(path: &Path) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Checks a checkpoint against its manifest; the error names the first bad file.
+pub fn verify(dir: &Path) -> Result<(), String> {
+    let manifest_path = dir.join(MANIFEST);
+    let text = fs::read_to_string(&manifest_path)
+        .map_err(|_| format!("{} has no {MANIFEST} (an incomplete checkpoint)", dir.display()))?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is corrupt: {e}", manifest_path.display()))?;
+    let entries =
+        manifest["sha256"].as_object().ok_or_else(|| format!("{} lists no files", manifest_path.display()))?;
+    for (name, expected) in entries {
+        let path = dir.join(name);
+        let actual = sha256_of(&path).map_err(|_| format!("{} is missing", path.display()))?;
+        if Some(actual.as_str()) != expected.as_str() {
+            return Err(format!("{} is corrupt (its checksum does not match the manifest)", path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// The `checkpoint-{step}` folders of `output_dir`, by step.
+pub fn list(output_dir: &Path) -> Vec<(i64, PathBuf)> {
+    let mut found: Vec<(i64, PathBuf)> = fs::read_dir(output_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix(PREFIX)?.parse::<i64>().ok()?;
+            entry.path().is_dir().then(|| (step, entry.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The newest complete checkpoint; incomplete or corrupt ones are skipped with a warning.
+pub fn latest(output_dir: &Path) -> Result<PathBuf> {
+    for (_, dir) in list(output_dir).into_iter().rev() {
+        match verify(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(problem) => tracing::warn!("skipping {}: {problem}", dir.display()),
+        }
+    }
+    Err(InputError::new(format!(
+        "resume_from_checkpoint=latest: no complete checkpoint in {}; train without it or name a checkpoint folder",
+        output_dir.display()
+    ))
+    .into())
+}
+
+/// Removes temporary folders that an interrupted save left behind.
+pub fn remove_stale_temporaries(output_dir: &Path) {
+    for entry in fs::read_dir(output_dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            tracing::info!("removing {} (left by an interrupted save)", entry.path().display());
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Hugging Face's `_rotate_checkpoints`: keep at most `limit` checkpoints, the newest ones,
+/// and never delete the best one; with a limit of 1 and a best that is not the newest, keep
+/// both so that the run can still be resumed.
+pub fn rotate(output_dir: &Path, limit: i64, best: Option<&Path>) -> Result<()> {
+    let mut sorted: Vec<PathBuf> = list(output_dir).into_iter().map(|(_, p)| p).collect();
+    if let Some(best_index) = best.and_then(|b| sorted.iter().position(|p| p == b)) {
+        // Move the best toward the end (just before the newest), so it is not deleted.
+        for i in best_index..sorted.len().saturating_sub(2) {
+            sorted.swap(i, i + 1);
+        }
+    }
+    let mut limit = limit.max(0) as usize;
+    if limit == 1 && best.is_some() && sorted.last().map(PathBuf::as_path) != best {
+        limit = 2;
+    }
+    let excess = sorted.len().saturating_sub(limit);
+    for dir in &sorted[..excess] {
+        tracing::info!("deleting older checkpoint {} (save_total_limit)", dir.display());
+        fs::remove_dir_all(dir).with_context(|| format!("cannot delete {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Test-only fault injection: with `HOST_FAULT_INJECTION=<point>`, the process kills itself
+/// (SIGKILL, as a crash or an OOM kill would) when a save reaches that point.
+fn fault_point(point: &str) {
+    if std::env::var("HOST_FAULT_INJECTION").is_ok_and(|p| p == point) {
+        // SAFETY: sends SIGKILL to this process; nothing runs after it.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Reads a JSON file of a checkpoint.
+pub fn read_json(dir: &Path, name: &str) -> Result<serde_json::Value> {
+    let path = dir.join(name);
+    let text =
+        fs::read_to_string(&path).map_err(|e| InputError::new(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| InputError::new(format!("{} is not valid JSON: {e}", path.display())).into())
+}

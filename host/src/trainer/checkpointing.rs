@@ -1,0 +1,228 @@
+//! Saving a run to a checkpoint and continuing it from one, exactly: weights, optimizer,
+//! schedule, random generators, trainer and callback state, data position and the running
+//! loss totals all come back, so the continuation equals the run that never stopped.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use plugin_api::ffi::Event;
+use tch::{Device, Kind, Tensor};
+
+use super::{Position, Trainer};
+use crate::checkpoint::{self, Writer};
+use crate::error::InputError;
+use crate::optim::OptimizerState;
+
+/// A run stopped by SIGINT or SIGTERM, after saving a checkpoint.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+    pub checkpoint: PathBuf,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = if self.signal == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+        write!(
+            f,
+            "interrupted by {name}: saved {}; continue with --resume-from-checkpoint latest",
+            self.checkpoint.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+impl Trainer {
+    /// The checkpoint folder that `resume_from_checkpoint` names.
+    pub(super) fn checkpoint_to_resume(&self, spec: &str) -> Result<PathBuf> {
+        if spec == "latest" {
+            return checkpoint::latest(&self.output_dir);
+        }
+        let dir = PathBuf::from(spec);
+        if !dir.is_dir() {
+            return Err(InputError::new(format!(
+                "resume_from_checkpoint: {spec} is not a checkpoint folder (it does not exist)"
+            ))
+            .into());
+        }
+        checkpoint::verify(&dir).map_err(|problem| InputError::new(format!("resume_from_checkpoint: {problem}")))?;
+        Ok(dir)
+    }
+
+    /// Writes `output_dir/checkpoint-{global_step}`, then applies save_total_limit.
+    pub(super) fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        let step = self.state.global_step;
+        let mut writer = Writer::begin(&self.output_dir, step)?;
+
+        crate::weights::save(&self.vars, &writer.path("model.safetensors"))?;
+        writer.finish_file("model.safetensors")?;
+
+        let optimizer = self.optimizer.state();
+        let tensors: Vec<(String, Tensor)> =
+            optimizer.tensors.iter().map(|(n, t)| (n.clone(), t.to_device(Device::Cpu))).collect();
+        Tensor::write_safetensors(&tensors, writer.path("optimizer.safetensors"))?;
+        writer.finish_file("optimizer.safetensors")?;
+        writer.write_json(
+            "optimizer.json",
+            &serde_json::json!({ "optim": self.args.optim, "optim_args": self.args.optim_args, "scalars": optimizer.scalars }),
+        )?;
+        let scheduler = self.scheduler.as_ref().map(|s| s.state()).unwrap_or_default();
+        writer.write_json(
+            "scheduler.json",
+            &serde_json::json!({ "state": scheduler, "skipped_steps": self.skipped_steps }),
+        )?;
+
+        let mut rng = vec![("cpu".to_owned(), crate::rng::state(Device::Cpu)?)];
+        if let Device::Cuda(index) = self.device {
+            rng.push((format!("cuda:{index}"), crate::rng::state(self.device)?));
+        }
+        Tensor::write_safetensors(&rng, writer.path("rng_state.safetensors"))?;
+        writer.finish_file("rng_state.safetensors")?;
+
+        // HF records the best checkpoint once the folder of the best step exists (or is this one).
+        if let Some(best_step) = self.state.best_global_step {
+            let best_dir = self.output_dir.join(format!("checkpoint-{best_step}"));
+            if best_step == step || best_dir.exists() {
+                self.state.best_model_checkpoint = Some(best_dir.display().to_string());
+            }
+        }
+        let trainer_state = self.trainer_state_json()?;
+        writer.write_json("trainer_state.json", &trainer_state)?;
+        writer.write_json("training_args.json", &serde_json::to_value(&self.args)?)?;
+        let progress = &self.progress;
+        let host_state = serde_json::json!({
+            "position": { "epoch": self.position.epoch, "micro_batches_done": self.position.micro_batches_done },
+            "loss_since_log": progress.loss_since_log.double_value(&[]),
+            "total_loss": progress.total_loss,
+            "last_logged_step": progress.last_logged_step,
+            "samples_seen": progress.samples_seen,
+            "grad_scaler": self.scaler.as_ref().map(|s| serde_json::json!({ "scale": s.scale })),
+            "run_config": self.run_config,
+        });
+        writer.write_json("host_state.json", &host_state)?;
+        let dir = writer.commit()?;
+        tracing::info!("saved {}", dir.display());
+
+        if let Some(limit) = self.args.save_total_limit {
+            let best = self.state.best_model_checkpoint.as_ref().map(PathBuf::from);
+            checkpoint::rotate(&self.output_dir, limit, best.as_deref())?;
+        }
+        Ok(dir)
+    }
+
+    /// Loads everything a checkpoint holds into this trainer.
+    pub(super) fn restore(&mut self, dir: &Path) -> Result<()> {
+        let shown = dir.display();
+        crate::weights::load_into(&self.vars, &dir.join("model.safetensors"))
+            .map_err(|e| InputError::new(format!("resume_from_checkpoint: {shown}: {e:#}")))?;
+
+        let saved_optimizer = checkpoint::read_json(dir, "optimizer.json")?;
+        if saved_optimizer["optim"].as_str() != Some(self.args.optim.as_str()) {
+            return Err(InputError::new(format!(
+                "resume_from_checkpoint: {shown} was made with optim {}, this run uses {}",
+                saved_optimizer["optim"], self.args.optim
+            ))
+            .into());
+        }
+        let tensors = Tensor::read_safetensors(dir.join("optimizer.safetensors"))
+            .with_context(|| format!("cannot read {shown}/optimizer.safetensors"))?
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(self.device)))
+            .collect();
+        let state = OptimizerState { tensors, scalars: saved_optimizer["scalars"].clone() };
+        self.optimizer
+            .load_state(&state)
+            .map_err(|e| InputError::new(format!("resume_from_checkpoint: {shown}: {e}")))?;
+
+        let scheduler = checkpoint::read_json(dir, "scheduler.json")?;
+        if let Some(s) = &mut self.scheduler {
+            s.load_state(&scheduler["state"])
+                .map_err(|e| InputError::new(format!("resume_from_checkpoint: {shown}: {e}")))?;
+        }
+        self.skipped_steps = scheduler["skipped_steps"].as_i64().unwrap_or(0);
+
+        for (name, state) in Tensor::read_safetensors(dir.join("rng_state.safetensors"))? {
+            let device =
+                if name == "cpu" { Some(Device::Cpu) } else { crate::device::parse_device(&name).ok().flatten() };
+            match device {
+                Some(device) if device == Device::Cpu || device == self.device => {
+                    crate::rng::set_state(device, &state)?
+                }
+                _ => tracing::warn!("not restoring the {name} random generator: this run trains on {:?}", self.device),
+            }
+        }
+
+        let trainer_state = checkpoint::read_json(dir, "trainer_state.json")?;
+        let s = &mut self.state;
+        s.global_step = trainer_state["global_step"].as_i64().unwrap_or(0);
+        s.epoch = trainer_state["epoch"].as_f64().unwrap_or(0.0);
+        s.best_metric = trainer_state["best_metric"].as_f64();
+        s.best_global_step = trainer_state["best_global_step"].as_i64();
+        s.best_model_checkpoint = trainer_state["best_model_checkpoint"].as_str().map(str::to_owned);
+        s.total_flos = trainer_state["total_flos"].as_f64().unwrap_or(0.0);
+        let history = trainer_state["log_history"].as_array().cloned().unwrap_or_default();
+        self.reporter.restore_history(history)?;
+        self.handler.restore_states(&trainer_state["stateful_callbacks"])?;
+
+        let host = checkpoint::read_json(dir, "host_state.json")?;
+        self.position = Position {
+            epoch: host["position"]["epoch"].as_i64().unwrap_or(0),
+            micro_batches_done: host["position"]["micro_batches_done"].as_u64().unwrap_or(0) as usize,
+        };
+        let progress = &mut self.progress;
+        progress.loss_since_log = Tensor::from(host["loss_since_log"].as_f64().unwrap_or(0.0) as f32)
+            .to_device(self.device)
+            .to_kind(Kind::Float);
+        progress.total_loss = host["total_loss"].as_f64().unwrap_or(0.0);
+        progress.last_logged_step = host["last_logged_step"].as_i64().unwrap_or(0);
+        if let (Some(scaler), Some(scale)) = (&mut self.scaler, host["grad_scaler"]["scale"].as_f64()) {
+            scaler.scale = scale;
+        }
+        Ok(())
+    }
+
+    /// HF `_determine_best_metric`: whether `metrics` improve on the best so far.
+    pub(super) fn determine_best_metric(&mut self, metrics: &[(String, f64)]) -> bool {
+        let Some((key, greater)) = self.args.best_metric() else { return false };
+        let Some(value) = metrics.iter().find(|(n, _)| *n == key).map(|(_, v)| *v) else { return false };
+        let better = match self.state.best_metric {
+            None => true,
+            Some(best) => {
+                if greater {
+                    value > best
+                } else {
+                    value < best
+                }
+            }
+        };
+        if better {
+            self.state.best_metric = Some(value);
+            self.state.best_global_step = Some(self.state.global_step);
+        }
+        better
+    }
+
+    /// load_best_model_at_end: the weights of the best checkpoint.
+    pub(super) fn load_best_model(&mut self) -> Result<()> {
+        let Some(best) = self.state.best_model_checkpoint.clone() else {
+            tracing::warn!("load_best_model_at_end: no best checkpoint was saved; keeping the final weights");
+            return Ok(());
+        };
+        tracing::info!("loading the best model from {best} (score: {:?})", self.state.best_metric);
+        crate::weights::load_into(&self.vars, &Path::new(&best).join("model.safetensors"))
+    }
+
+    /// After an optimizer step: if SIGINT or SIGTERM came, save a checkpoint and stop.
+    pub(super) fn stop_if_signalled(&mut self) -> Result<()> {
+        let signal = self.stop_signal.load(Ordering::SeqCst);
+        if signal == 0 {
+            return Ok(());
+        }
+        crate::progress::finish();
+        let checkpoint = self.save_checkpoint()?;
+        self.fire(Event::SAVE, &[])?;
+        Err(Interrupted { signal: signal as i32, checkpoint }.into())
+    }
+}

@@ -1,0 +1,416 @@
+//! Checkpoints: exact resume, layout, rotation, corruption, crashes and signals.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::support::*;
+
+/// The log history without wall-clock figures.
+fn history_without_timings(dir: &Path) -> Vec<serde_json::Value> {
+    log_history(dir)
+        .into_iter()
+        .map(|mut entry| {
+            entry.as_object_mut().unwrap().retain(|k, _| !k.contains("runtime") && !k.contains("per_second"));
+            entry
+        })
+        .collect()
+}
+
+fn weights(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("output/model.safetensors")).unwrap()
+}
+
+fn checkpoints(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("output"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    names.sort_by_key(|n| n["checkpoint-".len()..].parse::<i64>().unwrap());
+    names
+}
+
+/// A run with the recorder callback (which can stop training at a step), so that runs that
+/// stop and runs that do not load the same plugins.
+fn run_with(dir: &Path, base: &[&str], extra: &[&str]) -> Run {
+    let fixtures = plugin("test_fixtures");
+    let mut args =
+        vec!["--plugin", path_str(&fixtures), "--callback", "recorder", "--plugin-config", "recorder.path=events.txt"];
+    if !base.contains(&"--loss") {
+        args.extend(["--loss", "builtin"]);
+    }
+    args.extend_from_slice(base);
+    args.extend_from_slice(extra);
+    host(dir, &args)
+}
+
+fn assert_same_run(straight: &Path, resumed: &Path) {
+    assert_eq!(history_without_timings(straight), history_without_timings(resumed));
+    assert!(weights(straight) == weights(resumed), "final weights differ");
+}
+
+#[test]
+fn resume_after_an_epoch_equals_the_run_that_never_stopped() {
+    let base = ["--num-train-epochs", "2", "--save-strategy", "epoch", "--logging-steps", "5"];
+    let straight = tempdir();
+    assert_eq!(run_with(straight.path(), &base, &[]).code, 0);
+    let resumed = tempdir();
+    assert_eq!(run_with(resumed.path(), &base, &["--plugin-config", "recorder.stop_at_step=23"]).code, 0);
+    assert_eq!(checkpoints(resumed.path()), ["checkpoint-23"]);
+    let run = run_with(resumed.path(), &base, &["--resume-from-checkpoint", "latest"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("resumed from output/checkpoint-23 at step 23 (epoch 1, 0 micro-batches into it)"));
+    assert_same_run(straight.path(), resumed.path());
+    // The callback's state came back: it counts on from where the checkpoint left it.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(resumed.path().join("output/checkpoint-46/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(state["stateful_callbacks"]["recorder"]["attributes"]["events_seen"].as_u64().unwrap() > 100);
+}
+
+#[test]
+fn resume_mid_epoch_with_accumulation_and_a_plugin_loss_is_exact() {
+    let weighted = plugin("weighted_ce");
+    let base = [
+        "--plugin",
+        path_str(&weighted),
+        "--loss",
+        "weighted_ce",
+        "--plugin-config",
+        "weighted_ce.weights=[1,2,1,1,1,1,1,1,1,3]",
+        "--max-steps",
+        "20",
+        "--gradient-accumulation-steps",
+        "2",
+        "--per-device-train-batch-size",
+        "32",
+        "--save-strategy",
+        "steps",
+        "--save-steps",
+        "7",
+        "--logging-steps",
+        "3",
+        "--eval-strategy",
+        "steps",
+        "--eval-steps",
+        "9",
+    ];
+    let straight = tempdir();
+    assert_eq!(run_with(straight.path(), &base, &[]).code, 0);
+    let resumed = tempdir();
+    assert_eq!(run_with(resumed.path(), &base, &["--plugin-config", "recorder.stop_at_step=10"]).code, 0);
+    // Saved at step 7 only (save_steps multiples, and the end when it is reached).
+    assert_eq!(checkpoints(resumed.path()), ["checkpoint-7"]);
+    let run = run_with(
+        resumed.path(),
+        &base,
+        &["--resume-from-checkpoint", resumed.path().join("output/checkpoint-7").to_str().unwrap()],
+    );
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("at step 7 (epoch 0, 14 micro-batches into it)"), "{}", run.stderr);
+    assert_same_run(straight.path(), resumed.path());
+}
+
+#[test]
+fn checkpoint_layout_is_hf_compatible_and_pickle_free() {
+    let dir = tempdir();
+    let run = host(dir.path(), &["--max-steps", "4", "--save-steps", "2", "--eval-strategy", "no"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert_eq!(checkpoints(dir.path()), ["checkpoint-2", "checkpoint-4"]);
+    let ckpt = dir.path().join("output/checkpoint-4");
+    let mut files: Vec<String> =
+        std::fs::read_dir(&ckpt).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "host_state.json",
+            "manifest.json",
+            "model.safetensors",
+            "optimizer.json",
+            "optimizer.safetensors",
+            "rng_state.safetensors",
+            "scheduler.json",
+            "trainer_state.json",
+            "training_args.json",
+        ]
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["sha256"].as_object().unwrap().len(), files.len() - 1, "every other file has a checksum");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).unwrap()).unwrap();
+    for key in [
+        "global_step",
+        "epoch",
+        "max_steps",
+        "log_history",
+        "best_metric",
+        "best_global_step",
+        "best_model_checkpoint",
+        "logging_steps",
+        "eval_steps",
+        "save_steps",
+        "train_batch_size",
+        "num_train_epochs",
+        "stateful_callbacks",
+    ] {
+        assert!(state.get(key).is_some(), "trainer_state.json lacks {key}");
+    }
+    assert_eq!(state["global_step"], 4);
+    assert_eq!(state["save_steps"], 2);
+    // Python reads the weights and the optimizer state as they are.
+    let check = Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", "import sys; from safetensors.torch import load_file; m = load_file(sys.argv[1] + '/model.safetensors'); o = load_file(sys.argv[1] + '/optimizer.safetensors'); print(len(m), sorted(o)[0])"])
+        .arg(&ckpt)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        "6 layers.0.bias.exp_avg",
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn rotation_keeps_the_newest_and_the_best() {
+    let dir = tempdir();
+    let args = ["--max-steps", "10", "--save-steps", "2", "--save-total-limit", "2", "--eval-strategy", "no"];
+    assert_eq!(host(dir.path(), &args).code, 0);
+    assert_eq!(checkpoints(dir.path()), ["checkpoint-8", "checkpoint-10"]);
+
+    // The best checkpoint is the first (the highest eval_loss counts as best here), and it
+    // is kept with save_total_limit=1, next to the newest, as HF does.
+    let dir = tempdir();
+    let args = [
+        "--max-steps",
+        "8",
+        "--save-steps",
+        "2",
+        "--eval-strategy",
+        "steps",
+        "--eval-steps",
+        "2",
+        "--save-total-limit",
+        "1",
+        "--metric-for-best-model",
+        "loss",
+        "--greater-is-better",
+        "true",
+        "--load-best-model-at-end",
+    ];
+    let run = host(dir.path(), &args);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert_eq!(checkpoints(dir.path()), ["checkpoint-2", "checkpoint-8"]);
+    assert!(run.stderr.contains("loading the best model from output/checkpoint-2"), "{}", run.stderr);
+    let best = std::fs::read(dir.path().join("output/checkpoint-2/model.safetensors")).unwrap();
+    assert!(weights(dir.path()) == best, "load_best_model_at_end left the best weights");
+}
+
+#[test]
+fn save_strategy_best_saves_only_improvements() {
+    let dir = tempdir();
+    let args = [
+        "--num-train-epochs",
+        "3",
+        "--eval-strategy",
+        "epoch",
+        "--save-strategy",
+        "best",
+        "--metric-for-best-model",
+        "accuracy",
+    ];
+    let run = host(dir.path(), &args);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let history = log_history(dir.path());
+    let accuracies: Vec<(i64, f64)> =
+        history.iter().filter_map(|e| Some((e["step"].as_i64()?, e.get("eval_accuracy")?.as_f64()?))).collect();
+    let mut best = f64::MIN;
+    let expected: Vec<String> = accuracies
+        .iter()
+        .filter(|(_, a)| {
+            let better = *a > best;
+            best = best.max(*a);
+            better
+        })
+        .map(|(s, _)| format!("checkpoint-{s}"))
+        .collect();
+    assert_eq!(checkpoints(dir.path()), expected);
+}
+
+/// Flips one byte in the middle of a file.
+fn corrupt(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn corrupt_checkpoints_are_detected() {
+    let dir = tempdir();
+    let base = ["--num-train-epochs", "2", "--save-strategy", "epoch", "--eval-strategy", "no"];
+    assert_eq!(host(dir.path(), &base).code, 0);
+    corrupt(&dir.path().join("output/checkpoint-46/model.safetensors"));
+    // Named explicitly: a one-line error naming the bad file, nothing deleted.
+    let bad = dir.path().join("output/checkpoint-46");
+    let mut args = base.to_vec();
+    args.extend(["--resume-from-checkpoint", bad.to_str().unwrap()]);
+    host(dir.path(), &args)
+        .assert_clean_error(2, "checkpoint-46/model.safetensors is corrupt (its checksum does not match the manifest)");
+    assert_eq!(checkpoints(dir.path()), ["checkpoint-23", "checkpoint-46"]);
+    // `latest` skips it with a warning and uses the one before.
+    let mut args = base.to_vec();
+    args.extend(["--resume-from-checkpoint", "latest"]);
+    let run = host(dir.path(), &args);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("skipping output/checkpoint-46: output/checkpoint-46/model.safetensors is corrupt"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("resumed from output/checkpoint-23"));
+}
+
+#[test]
+fn bad_resume_requests_are_one_line_errors_and_delete_nothing() {
+    let dir = tempdir();
+    host(dir.path(), &["--resume-from-checkpoint", "no/such/checkpoint"]).assert_clean_error(
+        2,
+        "resume_from_checkpoint: no/such/checkpoint is not a checkpoint folder (it does not exist)",
+    );
+    std::fs::create_dir_all(dir.path().join("output")).unwrap();
+    host(dir.path(), &["--resume-from-checkpoint", "latest"])
+        .assert_clean_error(2, "resume_from_checkpoint=latest: no complete checkpoint in output");
+
+    // A well-formed checkpoint of another model shape.
+    let odd = dir.path().join("odd");
+    std::fs::create_dir_all(&odd).unwrap();
+    let mut writer = host::checkpoint::Writer::begin(&odd, 5).unwrap();
+    let wrong = tch::Tensor::zeros([7, 64], (tch::Kind::Float, tch::Device::Cpu));
+    tch::Tensor::write_safetensors(&[("layers.0.weight", &wrong)], writer.path("model.safetensors")).unwrap();
+    writer.finish_file("model.safetensors").unwrap();
+    let ckpt = writer.commit().unwrap();
+    std::fs::write(dir.path().join("output/keep.txt"), "user data").unwrap();
+    host(dir.path(), &["--resume-from-checkpoint", ckpt.to_str().unwrap()])
+        .assert_clean_error(2, "does not fit the model (missing: layers.0.bias");
+    assert!(dir.path().join("output/keep.txt").exists());
+    assert!(ckpt.join("model.safetensors").exists());
+}
+
+/// Runs the host until the fault-injection point kills it (SIGKILL).
+fn killed_at(dir: &Path, point: &str, args: &[&str]) {
+    let status = Command::new(env!("CARGO_BIN_EXE_host"))
+        .current_dir(dir)
+        .args(args)
+        .env("HOST_FAULT_INJECTION", point)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "the run should have been killed at {point}");
+}
+
+#[test]
+fn a_crash_during_a_save_never_breaks_resume() {
+    let base = ["--max-steps", "12", "--save-steps", "4", "--logging-steps", "2", "--eval-strategy", "no"];
+    let straight = tempdir();
+    assert_eq!(host(straight.path(), &base).code, 0);
+    // The kill point fires in every save, so each run below dies in its first one (step 4).
+    for point in ["after:model.safetensors", "after:optimizer.safetensors", "after:trainer_state.json", "before:rename"]
+    {
+        let dir = tempdir();
+        killed_at(dir.path(), point, &base);
+        // Nothing complete was saved: no checkpoint folder, only a temporary one.
+        assert!(checkpoints(dir.path()).is_empty(), "{point}: a checkpoint appeared under its final name");
+        let mut args = base.to_vec();
+        args.extend(["--resume-from-checkpoint", "latest"]);
+        host(dir.path(), &args).assert_clean_error(2, "no complete checkpoint");
+        // Train again: training finishes, and no temporary folder is left.
+        let run = host(dir.path(), &base);
+        assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+        assert!(weights(dir.path()) == weights(straight.path()));
+        let leftovers = std::fs::read_dir(dir.path().join("output"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+            .count();
+        assert_eq!(leftovers, 0, "{point}: a temporary folder was left");
+    }
+}
+
+#[test]
+fn a_crash_after_good_checkpoints_resumes_from_the_last_complete_one() {
+    let base = ["--max-steps", "12", "--save-steps", "4", "--logging-steps", "2", "--eval-strategy", "no"];
+    let straight = tempdir();
+    assert_eq!(host(straight.path(), &base).code, 0);
+    let dir = tempdir();
+    // A run stopped after saving 4 and 8; checkpoint-8 then lost; a resume from 4 killed
+    // in the middle of saving 8 again.
+    assert_eq!(run_partial(dir.path(), &base, 8), 0);
+    std::fs::remove_dir_all(dir.path().join("output/checkpoint-8")).unwrap();
+    let mut resume = base.to_vec();
+    resume.extend(["--resume-from-checkpoint", "latest"]);
+    killed_at(dir.path(), "after:optimizer.safetensors", &resume);
+    assert_eq!(checkpoints(dir.path()), ["checkpoint-4"]);
+    let run = host(dir.path(), &resume);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("resumed from output/checkpoint-4"));
+    assert_same_run(straight.path(), dir.path());
+}
+
+/// Trains with `base` but stops after `step` (through the recorder callback).
+fn run_partial(dir: &Path, base: &[&str], step: i64) -> i32 {
+    let stop = format!("recorder.stop_at_step={step}");
+    let fixtures = plugin("test_fixtures");
+    let mut args = vec![
+        "--plugin",
+        path_str(&fixtures),
+        "--loss",
+        "builtin",
+        "--callback",
+        "recorder",
+        "--plugin-config",
+        "recorder.path=events.txt",
+        "--plugin-config",
+        &stop,
+    ];
+    args.extend_from_slice(base);
+    host(dir, &args).code
+}
+
+#[test]
+fn sigterm_saves_a_checkpoint_and_exits_143() {
+    let dir = tempdir();
+    let args =
+        ["--num-train-epochs", "1000", "--save-strategy", "no", "--eval-strategy", "no", "--logging-steps", "50"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+        .current_dir(dir.path())
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until training runs (a log line with a step), then ask it to stop.
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let started = std::time::Instant::now();
+    loop {
+        let line = lines.next().expect("the run logs").unwrap();
+        if line.contains("train step") {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 120, "no training step logged");
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{rest:?}");
+    let error = rest.iter().find(|l| l.starts_with("error:")).expect("an error line");
+    assert!(error.starts_with("error: interrupted by SIGTERM: saved output/checkpoint-"), "{error}");
+    let saved: Vec<PathBuf> = checkpoints(dir.path()).iter().map(|n| dir.path().join("output").join(n)).collect();
+    assert_eq!(saved.len(), 1);
+    host::checkpoint::verify(&saved[0]).unwrap();
+}
