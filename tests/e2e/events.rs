@@ -20,6 +20,8 @@ const HF_RUN: &[&str] = &[
     "epoch",
     "--logging-steps",
     "2",
+    "--save-strategy",
+    "no",
 ];
 
 fn recorder_run(dir: &std::path::Path, extra: &[&str]) -> (Run, Vec<String>) {
