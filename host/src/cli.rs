@@ -44,6 +44,26 @@ pub struct Cli {
 pub enum Command {
     /// Train the default job (the same as giving no subcommand).
     Train(TrainOptions),
+    /// Evaluate a checkpoint on its run's evaluation data (from the checkpoint alone).
+    Eval(CheckpointOptions),
+    /// Predict with a checkpoint on its run's evaluation data: one JSON line per example.
+    Predict(PredictOptions),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckpointOptions {
+    /// A checkpoint folder (output_dir/checkpoint-N).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PredictOptions {
+    #[command(flatten)]
+    pub checkpoint: CheckpointOptions,
+    /// Where to write the predictions (JSONL: index, label, prediction, probabilities).
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Args)]

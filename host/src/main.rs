@@ -8,11 +8,13 @@ fn main() {
     install_panic_hook();
     let cli = parse_cli();
     init_tracing();
-    let options = match cli.command {
-        Some(Command::Train(options)) => options,
-        None => cli.train,
+    let outcome = match cli.command {
+        Some(Command::Train(options)) => run::train(&options),
+        None => run::train(&cli.train),
+        Some(Command::Eval(options)) => run::evaluate(&options),
+        Some(Command::Predict(options)) => run::predict(&options),
     };
-    if let Err(error) = run::train(&options) {
+    if let Err(error) = outcome {
         host::progress::finish();
         let message = format!("{error:#}").split_whitespace().collect::<Vec<_>>().join(" ");
         eprintln!("error: {message}");

@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 use plugin_api::TrainerState;
 
 pub struct Reporter {
-    history_file: BufWriter<File>,
+    /// None for evaluation and prediction runs, which leave the training files alone.
+    history_file: Option<BufWriter<File>>,
     /// Every log event so far (HF `state.log_history`).
     pub history: Vec<serde_json::Value>,
     last_eval: Option<Vec<(String, f64)>>,
@@ -25,7 +26,17 @@ impl Reporter {
         })?;
         let path = output_dir.join("log_history.jsonl");
         let file = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Self { history_file: BufWriter::new(file), history: Vec::new(), last_eval: None, warned: HashSet::new() })
+        Ok(Self {
+            history_file: Some(BufWriter::new(file)),
+            history: Vec::new(),
+            last_eval: None,
+            warned: HashSet::new(),
+        })
+    }
+
+    /// Logs to the console only: writes no file.
+    pub fn console_only() -> Self {
+        Self { history_file: None, history: Vec::new(), last_eval: None, warned: HashSet::new() }
     }
 
     pub fn training_starts(
@@ -52,8 +63,10 @@ impl Reporter {
         }
         entry.insert("step".to_owned(), state.global_step.into());
         let entry = serde_json::Value::Object(entry);
-        writeln!(self.history_file, "{entry}").context("cannot write log_history.jsonl")?;
-        self.history_file.flush().context("cannot write log_history.jsonl")?;
+        if let Some(file) = &mut self.history_file {
+            writeln!(file, "{entry}").context("cannot write log_history.jsonl")?;
+            file.flush().context("cannot write log_history.jsonl")?;
+        }
         self.history.push(entry);
 
         let is_eval = logs.iter().any(|(n, _)| n.starts_with("eval_"));
@@ -81,11 +94,16 @@ impl Reporter {
 
     /// Continues the history of a resumed run: its entries so far, in the file too.
     pub fn restore_history(&mut self, entries: Vec<serde_json::Value>) -> Result<()> {
-        let file = self.history_file.get_mut();
-        file.set_len(0).context("cannot rewrite log_history.jsonl")?;
-        std::io::Seek::rewind(file).context("cannot rewrite log_history.jsonl")?;
+        if let Some(file) = &mut self.history_file {
+            file.flush().context("cannot rewrite log_history.jsonl")?;
+            file.get_mut().set_len(0).context("cannot rewrite log_history.jsonl")?;
+            std::io::Seek::rewind(file.get_mut()).context("cannot rewrite log_history.jsonl")?;
+            for entry in &entries {
+                writeln!(file, "{entry}").context("cannot write log_history.jsonl")?;
+            }
+            file.flush().context("cannot write log_history.jsonl")?;
+        }
         for entry in &entries {
-            writeln!(self.history_file, "{entry}").context("cannot write log_history.jsonl")?;
             let is_eval = entry.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("eval_")));
             if is_eval {
                 let metrics = entry.as_object().into_iter().flatten();
@@ -97,7 +115,6 @@ impl Reporter {
                 );
             }
         }
-        self.history_file.flush().context("cannot write log_history.jsonl")?;
         self.history = entries;
         Ok(())
     }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::args::TrainingArguments;
 use crate::callbacks::CallbackHandler;
-use crate::cli::TrainOptions;
+use crate::cli::{CheckpointOptions, PredictOptions, TrainOptions};
 use crate::config::{self, RunConfig};
 use crate::trainer::Trainer;
 use crate::{components, data, device, job, report};
@@ -164,4 +164,80 @@ fn install_signal_handlers() -> Result<std::sync::Arc<std::sync::atomic::AtomicU
         signal_hook::flag::register(signal, Arc::clone(&asked))?;
     }
     Ok(which)
+}
+
+/// A trainer rebuilt from a checkpoint alone: its run's configuration (plugins included)
+/// and its weights. Writes nothing to the run's output_dir.
+fn trainer_from_checkpoint(options: &CheckpointOptions) -> Result<Trainer> {
+    let dir = &options.checkpoint;
+    if !dir.is_dir() {
+        return Err(crate::error::InputError::new(format!("checkpoint {} does not exist", dir.display())).into());
+    }
+    crate::checkpoint::verify(dir)
+        .map_err(|problem| crate::error::InputError::new(format!("checkpoint: {problem}")))?;
+    let saved = crate::checkpoint::read_json(dir, "host_state.json")?;
+    let table = match toml::Value::try_from(&saved["run_config"]) {
+        Ok(toml::Value::Table(table)) => table,
+        _ => {
+            return Err(crate::error::InputError::new(format!(
+                "checkpoint {}: host_state.json has no run configuration",
+                dir.display()
+            ))
+            .into())
+        }
+    };
+    let mut config = config::resolve(table, &format!("checkpoint {}", dir.display()))?;
+    config.args.init_weights = Some(dir.join("model.safetensors").display().to_string());
+    config.args.resume_from_checkpoint = None;
+    let args = config.args.clone();
+    let device = device::select_device(&args.device)?;
+    let components = components::build(&config.selection, &serde_json::to_string(&args)?)?;
+    let digits = data::load_digits()?;
+    let (train_set, eval_set) =
+        data::split(&digits, args.validation_split_percentage, args.max_train_samples, args.max_eval_samples);
+    let handler = CallbackHandler::new(components.callbacks);
+    let run_config = saved["run_config"].clone();
+    let never_stopped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut trainer = Trainer::new(
+        args,
+        device,
+        train_set,
+        eval_set,
+        components.loss,
+        handler,
+        report::Reporter::console_only(),
+        run_config,
+        never_stopped,
+    )?;
+    // Callbacks and metrics see the step and epoch the checkpoint was made at.
+    let state = crate::checkpoint::read_json(dir, "trainer_state.json")?;
+    trainer.state.global_step = state["global_step"].as_i64().unwrap_or(0);
+    trainer.state.epoch = state["epoch"].as_f64().unwrap_or(0.0);
+    trainer.state.max_steps = state["max_steps"].as_i64().unwrap_or(0);
+    Ok(trainer)
+}
+
+/// `host eval --checkpoint DIR`.
+pub fn evaluate(options: &CheckpointOptions) -> Result<()> {
+    let mut trainer = trainer_from_checkpoint(options)?;
+    let metrics = trainer.evaluate()?;
+    print_metrics("eval metrics", &metrics)
+}
+
+/// `host predict --checkpoint DIR --output FILE`.
+pub fn predict(options: &PredictOptions) -> Result<()> {
+    let mut trainer = trainer_from_checkpoint(&options.checkpoint)?;
+    let metrics = trainer.predict(&options.output)?;
+    print_metrics("test metrics", &metrics)?;
+    println!("predictions: {}", options.output.display());
+    Ok(())
+}
+
+fn print_metrics(title: &str, metrics: &[(String, f64)]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "***** {title} *****")?;
+    for (name, value) in metrics {
+        writeln!(out, "  {name:<26} = {}", report::show(name, *value))?;
+    }
+    Ok(())
 }

@@ -384,6 +384,15 @@ fn run_partial(dir: &Path, base: &[&str], step: i64) -> i32 {
 
 #[test]
 fn sigterm_saves_a_checkpoint_and_exits_143() {
+    stop_with_signal(libc::SIGTERM, "SIGTERM", 143);
+}
+
+#[test]
+fn sigint_saves_a_checkpoint_and_exits_130() {
+    stop_with_signal(libc::SIGINT, "SIGINT", 130);
+}
+
+fn stop_with_signal(signal: i32, name: &str, code: i32) {
     let dir = tempdir();
     let args =
         ["--num-train-epochs", "1000", "--save-strategy", "no", "--eval-strategy", "no", "--logging-steps", "50"];
@@ -404,13 +413,51 @@ fn sigterm_saves_a_checkpoint_and_exits_143() {
         }
         assert!(started.elapsed().as_secs() < 120, "no training step logged");
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.id() as i32, signal) };
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(143), "{rest:?}");
+    assert_eq!(status.code(), Some(code), "{rest:?}");
     let error = rest.iter().find(|l| l.starts_with("error:")).expect("an error line");
-    assert!(error.starts_with("error: interrupted by SIGTERM: saved output/checkpoint-"), "{error}");
+    assert!(error.starts_with(&format!("error: interrupted by {name}: saved output/checkpoint-")), "{error}");
     let saved: Vec<PathBuf> = checkpoints(dir.path()).iter().map(|n| dir.path().join("output").join(n)).collect();
     assert_eq!(saved.len(), 1);
     host::checkpoint::verify(&saved[0]).unwrap();
+}
+
+#[test]
+fn eval_and_predict_work_from_a_checkpoint_alone() {
+    let dir = tempdir();
+    let weighted = plugin("weighted_ce");
+    let run =
+        host(dir.path(), &["--plugin", path_str(&weighted), "--num-train-epochs", "2", "--save-strategy", "epoch"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let history_before = std::fs::read(dir.path().join("output/log_history.jsonl")).unwrap();
+    let final_eval = log_history(dir.path()).into_iter().filter(|e| e.get("eval_loss").is_some()).last().unwrap();
+
+    // From another folder: everything comes from the checkpoint.
+    let elsewhere = tempdir();
+    let ckpt = dir.path().join("output/checkpoint-46");
+    let ckpt = ckpt.to_str().unwrap();
+    let eval = host(dir.path(), &["eval", "--checkpoint", ckpt]);
+    assert_eq!(eval.code, 0, "stderr:\n{}", eval.stderr);
+    let shown = |name: &str, value: f64| format!("{name:<26} = {value:.4}");
+    assert!(eval.stdout.contains(&shown("eval_loss", final_eval["eval_loss"].as_f64().unwrap())), "{}", eval.stdout);
+    assert!(eval.stdout.contains(&shown("eval_accuracy", final_eval["eval_accuracy"].as_f64().unwrap())));
+
+    let output = elsewhere.path().join("predictions.jsonl");
+    let predict = host(dir.path(), &["predict", "--checkpoint", ckpt, "--output", output.to_str().unwrap()]);
+    assert_eq!(predict.code, 0, "stderr:\n{}", predict.stderr);
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 359, "one line per evaluation example");
+    let correct = lines.iter().filter(|l| l["prediction"] == l["label"]).count();
+    let accuracy = correct as f64 / lines.len() as f64;
+    assert!((accuracy - final_eval["eval_accuracy"].as_f64().unwrap()).abs() < 1e-9);
+    let probabilities: f64 = lines[0]["probabilities"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap()).sum();
+    assert!((probabilities - 1.0).abs() < 1e-5);
+    assert!(predict.stdout.contains(&shown("test_accuracy", accuracy)), "{}", predict.stdout);
+
+    // Neither touched the run's files.
+    assert_eq!(std::fs::read(dir.path().join("output/log_history.jsonl")).unwrap(), history_before);
+    host(dir.path(), &["eval", "--checkpoint", "missing"]).assert_clean_error(2, "checkpoint missing does not exist");
 }

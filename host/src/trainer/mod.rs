@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use plugin_api::ffi::Event;
 use plugin_api::{Tensors, TrainerState};
 use tch::nn::{self, Module};
@@ -399,46 +399,7 @@ impl Trainer {
     /// size, as HF) and eval_accuracy. Fires on_prediction_step per batch, then on_log and
     /// on_evaluate.
     pub fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
-        let started = Instant::now();
-        let n = self.eval.len();
-        let bs = self.args.per_device_eval_batch_size;
-        let (mut loss_sum, mut correct, mut counted, mut batches) = (0.0f64, 0i64, 0i64, 0usize);
-        for start in (0..n as i64).step_by(bs as usize) {
-            let len = bs.min(n as i64 - start);
-            let input = self.eval.input.narrow(0, start, len);
-            let labels = self.eval.labels.narrow(0, start, len);
-            let _autocast = Autocast::enter(self.precision, self.device);
-            let logits = tch::no_grad(|| self.model.forward(&input));
-            let loss = match &mut self.loss {
-                Some(loss) => {
-                    let value = tch::no_grad(|| {
-                        loss.compute_loss(
-                            &named("logits", logits.shallow_clone()),
-                            &batch_tensors(&input, &labels),
-                            None,
-                        )
-                    })?;
-                    check_scalar(loss, &value)?;
-                    value
-                }
-                None => logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0),
-            };
-            loss_sum += loss.double_value(&[]) * len as f64;
-            let valid = labels.ne(-100);
-            correct +=
-                logits.argmax(-1, false).eq_tensor(&labels).logical_and(&valid).sum(Kind::Int64).int64_value(&[]);
-            counted += valid.sum(Kind::Int64).int64_value(&[]);
-            batches += 1;
-            self.fire(Event::PREDICTION_STEP, &[])?;
-        }
-        let runtime = started.elapsed().as_secs_f64();
-        let metrics = vec![
-            ("eval_loss".to_owned(), loss_sum / n.max(1) as f64),
-            ("eval_accuracy".to_owned(), correct as f64 / counted.max(1) as f64),
-            ("eval_runtime".to_owned(), runtime),
-            ("eval_samples_per_second".to_owned(), n as f64 / runtime),
-            ("eval_steps_per_second".to_owned(), batches as f64 / runtime),
-        ];
+        let metrics = self.evaluation_loop("eval", |_, _, _| Ok(()))?;
         // As in HF, the metrics given to on_evaluate carry the epoch that `log` adds.
         let metrics = self.log(metrics)?;
         if let (Some(scheduler), Some((key, _))) = (&mut self.scheduler, self.args.best_metric()) {
@@ -508,6 +469,89 @@ fn build_optimizer(args: &TrainingArguments, vars: &nn::VarStore) -> Result<Box<
 /// HF's loss with `num_items_in_batch`.
 pub fn builtin_training_loss(logits: &Tensor, labels: &Tensor, num_items_in_batch: i64) -> Tensor {
     logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, -100, 0.0) / num_items_in_batch.max(1) as f64
+}
+
+impl Trainer {
+    /// HF `predict`: runs the model over the evaluation data, writes one JSON line per
+    /// example to `output` (its index, label, predicted class and class probabilities), and
+    /// returns `test_*` metrics, which on_predict receives.
+    pub fn predict(&mut self, output: &std::path::Path) -> Result<Vec<(String, f64)>> {
+        use std::io::Write;
+        let file = std::fs::File::create(output).map_err(|e| {
+            crate::error::InputError::new(format!("cannot write predictions to {}: {e}", output.display()))
+        })?;
+        let mut out = std::io::BufWriter::new(file);
+        let metrics = self.evaluation_loop("test", |logits, labels, start| {
+            let probabilities = logits.to_kind(Kind::Float).softmax(-1, Kind::Float);
+            let predicted = Vec::<i64>::try_from(&logits.argmax(-1, false))?;
+            let labels = Vec::<i64>::try_from(labels)?;
+            let rows = Vec::<Vec<f32>>::try_from(&probabilities)?;
+            for (i, ((prediction, label), probabilities)) in predicted.iter().zip(&labels).zip(&rows).enumerate() {
+                let line = serde_json::json!({
+                    "index": start as usize + i,
+                    "label": label,
+                    "prediction": prediction,
+                    "probabilities": probabilities,
+                });
+                writeln!(out, "{line}")?;
+            }
+            Ok(())
+        })?;
+        out.flush().with_context(|| format!("cannot write {}", output.display()))?;
+        self.fire(Event::PREDICT, &metrics)?;
+        Ok(metrics)
+    }
+
+    /// Runs the model over the evaluation data in batches: the loss (the run's loss, batch
+    /// means weighted by batch size, as HF) and accuracy as `{prefix}_*` metrics;
+    /// `per_batch` sees each batch's logits and labels. Fires on_prediction_step per batch.
+    fn evaluation_loop(
+        &mut self,
+        prefix: &str,
+        mut per_batch: impl FnMut(&Tensor, &Tensor, i64) -> Result<()>,
+    ) -> Result<Vec<(String, f64)>> {
+        let started = Instant::now();
+        let n = self.eval.len();
+        let bs = self.args.per_device_eval_batch_size;
+        let (mut loss_sum, mut correct, mut counted, mut batches) = (0.0f64, 0i64, 0i64, 0usize);
+        for start in (0..n as i64).step_by(bs as usize) {
+            let len = bs.min(n as i64 - start);
+            let input = self.eval.input.narrow(0, start, len);
+            let labels = self.eval.labels.narrow(0, start, len);
+            let _autocast = Autocast::enter(self.precision, self.device);
+            let logits = tch::no_grad(|| self.model.forward(&input));
+            let loss = match &mut self.loss {
+                Some(loss) => {
+                    let value = tch::no_grad(|| {
+                        loss.compute_loss(
+                            &named("logits", logits.shallow_clone()),
+                            &batch_tensors(&input, &labels),
+                            None,
+                        )
+                    })?;
+                    check_scalar(loss, &value)?;
+                    value
+                }
+                None => logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0),
+            };
+            loss_sum += loss.double_value(&[]) * len as f64;
+            let valid = labels.ne(-100);
+            correct +=
+                logits.argmax(-1, false).eq_tensor(&labels).logical_and(&valid).sum(Kind::Int64).int64_value(&[]);
+            counted += valid.sum(Kind::Int64).int64_value(&[]);
+            batches += 1;
+            per_batch(&logits, &labels, start)?;
+            self.fire(Event::PREDICTION_STEP, &[])?;
+        }
+        let runtime = started.elapsed().as_secs_f64();
+        Ok(vec![
+            (format!("{prefix}_loss"), loss_sum / n.max(1) as f64),
+            (format!("{prefix}_accuracy"), correct as f64 / counted.max(1) as f64),
+            (format!("{prefix}_runtime"), runtime),
+            (format!("{prefix}_samples_per_second"), n as f64 / runtime),
+            (format!("{prefix}_steps_per_second"), batches as f64 / runtime),
+        ])
+    }
 }
 
 fn named(name: &str, tensor: Tensor) -> Tensors {
