@@ -174,6 +174,38 @@ impl PluginLoss {
     }
 }
 
+impl PluginLoss {
+    /// The loss's state, `None` when it has none (or its plugin predates plugin-api 1.1).
+    pub fn state(&mut self) -> Result<Option<serde_json::Value>> {
+        let input = ExtensionIn { json: "".into(), tensors: RSlice::from_slice(&[]) };
+        match self.inner.extension(ExtensionOp::LOSS_STATE_SAVE, input) {
+            RResult::ROk(out) => {
+                let value: serde_json::Value = serde_json::from_str(out.json.as_str()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "plugin '{}' loss '{}' returned a state that is not JSON: {e}",
+                        self.plugin,
+                        self.name
+                    )
+                })?;
+                Ok((!value.is_null()).then_some(value))
+            }
+            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(None),
+            RResult::RErr(e) => Err(component_error(&self.plugin, "loss", &self.name, "saving its state", e)),
+        }
+    }
+
+    /// Restores a state that `state` returned.
+    pub fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        let json = state.to_string();
+        let input = ExtensionIn { json: json.as_str().into(), tensors: RSlice::from_slice(&[]) };
+        match self.inner.extension(ExtensionOp::LOSS_STATE_LOAD, input) {
+            RResult::ROk(_) => Ok(()),
+            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(()),
+            RResult::RErr(e) => Err(component_error(&self.plugin, "loss", &self.name, "restoring its state", e)),
+        }
+    }
+}
+
 /// A callback component from a plugin.
 pub struct PluginCallback {
     inner: CallbackBox,

@@ -157,8 +157,21 @@ impl<L: Loss> LossFfi for LossAdapter<L> {
         }))
     }
 
-    fn extension(&mut self, op: ExtensionOp, _input: ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError> {
-        unsupported(op)
+    fn extension(&mut self, op: ExtensionOp, input: ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError> {
+        let loss = &mut self.0;
+        match op {
+            ExtensionOp::LOSS_STATE_SAVE => into_ffi(catch(|| {
+                let json = loss.state().unwrap_or(serde_json::Value::Null).to_string();
+                Ok(ExtensionOut { json: json.into(), tensors: RVec::new() })
+            })),
+            ExtensionOp::LOSS_STATE_LOAD => into_ffi(catch(|| {
+                let value = serde_json::from_str(input.json.as_str())
+                    .map_err(|e| PluginError::new(format!("saved loss state is not valid JSON: {e}")))?;
+                loss.load_state(value)?;
+                Ok(ExtensionOut { json: "null".into(), tensors: RVec::new() })
+            })),
+            _ => unsupported(op),
+        }
     }
 }
 

@@ -17,9 +17,9 @@
 //!   operation code, JSON and named tensors in, JSON and named tensors out.
 //! - Free-form metadata travels as JSON, whose unknown keys are ignored.
 //!
-//! History: 1.0.0, the frozen shape (kept in tests/compat/plugin-api-1.0.0); 1.1.0, callback
-//! state operations (`ExtensionOp::CALLBACK_STATE_SAVE`/`_LOAD`) and the state field
-//! `is_hyper_param_search`.
+//! History: 1.0.0, the frozen shape (kept in tests/compat/plugin-api-1.0.0); 1.1.0, state
+//! operations for callbacks and losses (`ExtensionOp::*_STATE_SAVE`/`_LOAD`) and the state
+//! field `is_hyper_param_search`.
 
 // sabi_trait expands to impls inside a const block; harmless, and not ours to change.
 #![allow(non_local_definitions)]
@@ -152,6 +152,10 @@ impl ExtensionOp {
     pub const CALLBACK_STATE_SAVE: Self = Self(1);
     /// Since 1.1, callbacks: restores the state given as JSON.
     pub const CALLBACK_STATE_LOAD: Self = Self(2);
+    /// Since 1.1, losses: returns the loss's state as JSON (`null` when stateless).
+    pub const LOSS_STATE_SAVE: Self = Self(3);
+    /// Since 1.1, losses: restores the state given as JSON.
+    pub const LOSS_STATE_LOAD: Self = Self(4);
 }
 
 /// What an extension operation receives: JSON and borrowed tensors.

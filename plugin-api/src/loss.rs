@@ -20,4 +20,16 @@ pub trait Loss: 'static {
         batch: &Tensors,
         num_items_in_batch: Option<i64>,
     ) -> Result<Tensor, PluginError>;
+
+    /// The loss's own state (counters, running statistics), saved in checkpoints; `None`,
+    /// the default, for a stateless loss. Since plugin-api 1.1.
+    fn state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Restores a state that [`Loss::state`] returned. Since plugin-api 1.1.
+    #[allow(unused_variables)]
+    fn load_state(&mut self, state: serde_json::Value) -> Result<(), PluginError> {
+        Ok(())
+    }
 }

@@ -461,3 +461,56 @@ fn eval_and_predict_work_from_a_checkpoint_alone() {
     assert_eq!(std::fs::read(dir.path().join("output/log_history.jsonl")).unwrap(), history_before);
     host(dir.path(), &["eval", "--checkpoint", "missing"]).assert_clean_error(2, "checkpoint missing does not exist");
 }
+
+#[test]
+fn a_stateful_loss_plugin_resumes_with_its_state() {
+    // The loss counts its calls and turns the 15th into NaN; only a restored count puts the
+    // NaN at the same step after a resume.
+    let base = [
+        "--loss",
+        "nan_on_call",
+        "--plugin-config",
+        "nan_on_call.nan_on_call=15",
+        "--max-steps",
+        "20",
+        "--save-steps",
+        "5",
+        "--logging-steps",
+        "1",
+        "--eval-strategy",
+        "no",
+    ];
+    let straight = tempdir();
+    assert_eq!(run_with(straight.path(), &base, &[]).code, 0);
+    let resumed = tempdir();
+    assert_eq!(run_with(resumed.path(), &base, &["--plugin-config", "recorder.stop_at_step=12"]).code, 0);
+    let checkpoint = resumed.path().join("output/checkpoint-10");
+    let host_state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint.join("host_state.json")).unwrap()).unwrap();
+    assert_eq!(host_state["loss_state"], serde_json::json!({ "calls": 10 }));
+    let run = run_with(resumed.path(), &base, &["--resume-from-checkpoint", checkpoint.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert_same_run(straight.path(), resumed.path());
+}
+
+#[test]
+fn inconsistent_saving_settings_are_one_line_errors() {
+    let dir = tempdir();
+    host(dir.path(), &["--load-best-model-at-end", "--eval-strategy", "no"])
+        .assert_clean_error(2, "load_best_model_at_end needs evaluations");
+    host(dir.path(), &["--load-best-model-at-end", "--eval-strategy", "epoch", "--save-strategy", "steps"])
+        .assert_clean_error(
+        2,
+        "load_best_model_at_end needs save_strategy to match eval_strategy (save_strategy=steps, eval_strategy=epoch)",
+    );
+    host(
+        dir.path(),
+        &["--load-best-model-at-end", "--eval-strategy", "steps", "--eval-steps", "3", "--save-steps", "5"],
+    )
+    .assert_clean_error(2, "load_best_model_at_end needs save_steps to be a multiple of eval_steps");
+    host(dir.path(), &["--save-strategy", "best", "--eval-strategy", "no"])
+        .assert_clean_error(2, "save_strategy=best needs evaluations");
+    host(dir.path(), &["--save-total-limit", "0"]).assert_clean_error(2, "save_total_limit must be at least 1 (got 0)");
+    host(dir.path(), &["--metric-for-best-model", "f1"])
+        .assert_clean_error(2, "metric_for_best_model 'f1' is not an evaluation metric (one of: loss, accuracy)");
+}

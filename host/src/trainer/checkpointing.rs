@@ -99,6 +99,7 @@ impl Trainer {
             "last_logged_step": progress.last_logged_step,
             "samples_seen": progress.samples_seen,
             "grad_scaler": self.scaler.as_ref().map(|s| serde_json::json!({ "scale": s.scale })),
+            "loss_state": match &mut self.loss { Some(loss) => loss.state()?, None => None },
             "run_config": self.run_config,
         });
         writer.write_json("host_state.json", &host_state)?;
@@ -179,6 +180,9 @@ impl Trainer {
         progress.last_logged_step = host["last_logged_step"].as_i64().unwrap_or(0);
         if let (Some(scaler), Some(scale)) = (&mut self.scaler, host["grad_scaler"]["scale"].as_f64()) {
             scaler.scale = scale;
+        }
+        if let (Some(loss), Some(state)) = (&mut self.loss, host.get("loss_state").filter(|s| !s.is_null())) {
+            loss.load_state(state)?;
         }
         Ok(())
     }
