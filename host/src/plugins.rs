@@ -7,7 +7,8 @@ use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use abi_stable::std_types::{ROption, RResult, RSlice};
 use anyhow::Result;
 use plugin_api::ffi::{
-    CallbackBox, ComponentKind, ErrorKind, ExtensionIn, ExtensionOp, FfiError, LossBox, PluginInfo, PluginModuleRef,
+    CallbackBox, ComponentKind, ErrorKind, ExtensionIn, ExtensionOp, ExtensionOut, FfiError, LossBox, PluginInfo,
+    PluginModuleRef,
 };
 use plugin_api::tensors::{take_ptr, Tensors};
 use tch::Tensor;
@@ -177,32 +178,50 @@ impl PluginLoss {
 impl PluginLoss {
     /// The loss's state, `None` when it has none (or its plugin predates plugin-api 1.1).
     pub fn state(&mut self) -> Result<Option<serde_json::Value>> {
-        let input = ExtensionIn { json: "".into(), tensors: RSlice::from_slice(&[]) };
-        match self.inner.extension(ExtensionOp::LOSS_STATE_SAVE, input) {
-            RResult::ROk(out) => {
-                let value: serde_json::Value = serde_json::from_str(out.json.as_str()).map_err(|e| {
-                    anyhow::anyhow!(
-                        "plugin '{}' loss '{}' returned a state that is not JSON: {e}",
-                        self.plugin,
-                        self.name
-                    )
-                })?;
-                Ok((!value.is_null()).then_some(value))
-            }
-            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(None),
-            RResult::RErr(e) => Err(component_error(&self.plugin, "loss", &self.name, "saving its state", e)),
-        }
+        let who = (self.plugin.as_str(), "loss", self.name.as_str());
+        save_state(who, ExtensionOp::LOSS_STATE_SAVE, |op, input| self.inner.extension(op, input))
     }
 
     /// Restores a state that `state` returned.
     pub fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
-        let json = state.to_string();
-        let input = ExtensionIn { json: json.as_str().into(), tensors: RSlice::from_slice(&[]) };
-        match self.inner.extension(ExtensionOp::LOSS_STATE_LOAD, input) {
-            RResult::ROk(_) => Ok(()),
-            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(()),
-            RResult::RErr(e) => Err(component_error(&self.plugin, "loss", &self.name, "restoring its state", e)),
+        let who = (self.plugin.as_str(), "loss", self.name.as_str());
+        load_state(who, ExtensionOp::LOSS_STATE_LOAD, state, |op, input| self.inner.extension(op, input))
+    }
+}
+
+/// Asks a component for its state through an extension operation; plugins that do not
+/// know the operation (built against plugin-api 1.0) count as stateless.
+fn save_state(
+    (plugin, kind, name): (&str, &str, &str),
+    op: ExtensionOp,
+    call: impl FnOnce(ExtensionOp, ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError>,
+) -> Result<Option<serde_json::Value>> {
+    let input = ExtensionIn { json: "".into(), tensors: RSlice::from_slice(&[]) };
+    match call(op, input) {
+        RResult::ROk(out) => {
+            let value: serde_json::Value = serde_json::from_str(out.json.as_str()).map_err(|e| {
+                anyhow::anyhow!("plugin '{plugin}' {kind} '{name}' returned a state that is not JSON: {e}")
+            })?;
+            Ok((!value.is_null()).then_some(value))
         }
+        RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(None),
+        RResult::RErr(e) => Err(component_error(plugin, kind, name, "saving its state", e)),
+    }
+}
+
+/// Gives a component back its saved state (ignored by plugins built against 1.0).
+fn load_state(
+    (plugin, kind, name): (&str, &str, &str),
+    op: ExtensionOp,
+    state: &serde_json::Value,
+    call: impl FnOnce(ExtensionOp, ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError>,
+) -> Result<()> {
+    let json = state.to_string();
+    let input = ExtensionIn { json: json.as_str().into(), tensors: RSlice::from_slice(&[]) };
+    match call(op, input) {
+        RResult::ROk(_) => Ok(()),
+        RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(()),
+        RResult::RErr(e) => Err(component_error(plugin, kind, name, "restoring its state", e)),
     }
 }
 
@@ -230,32 +249,14 @@ impl PluginCallback {
 
     /// Restores a state that `state` returned (ignored by plugins built against 1.0).
     pub fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
-        let json = state.to_string();
-        let input = ExtensionIn { json: json.as_str().into(), tensors: RSlice::from_slice(&[]) };
-        match self.inner.extension(ExtensionOp::CALLBACK_STATE_LOAD, input) {
-            RResult::ROk(_) => Ok(()),
-            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(()),
-            RResult::RErr(e) => Err(component_error(&self.plugin, "callback", &self.name, "restoring its state", e)),
-        }
+        let who = (self.plugin.as_str(), "callback", self.name.as_str());
+        load_state(who, ExtensionOp::CALLBACK_STATE_LOAD, state, |op, input| self.inner.extension(op, input))
     }
 
     /// The callback's state, `None` when it has none. Plugins built against plugin-api 1.0
     /// do not know the operation: they count as stateless.
     pub fn state(&mut self) -> Result<Option<serde_json::Value>> {
-        let input = ExtensionIn { json: "".into(), tensors: RSlice::from_slice(&[]) };
-        match self.inner.extension(ExtensionOp::CALLBACK_STATE_SAVE, input) {
-            RResult::ROk(out) => {
-                let value: serde_json::Value = serde_json::from_str(out.json.as_str()).map_err(|e| {
-                    anyhow::anyhow!(
-                        "plugin '{}' callback '{}' returned a state that is not JSON: {e}",
-                        self.plugin,
-                        self.name
-                    )
-                })?;
-                Ok((!value.is_null()).then_some(value))
-            }
-            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(None),
-            RResult::RErr(e) => Err(component_error(&self.plugin, "callback", &self.name, "saving its state", e)),
-        }
+        let who = (self.plugin.as_str(), "callback", self.name.as_str());
+        save_state(who, ExtensionOp::CALLBACK_STATE_SAVE, |op, input| self.inner.extension(op, input))
     }
 }
