@@ -354,6 +354,17 @@ impl TrainingArguments {
         Ok(())
     }
 
+    /// Fills in metric_for_best_model and greater_is_better where HF's `__post_init__` does,
+    /// so that everyone (plugins included) reads the resolved values.
+    pub fn resolve_best_metric(&mut self) {
+        if let Some((key, greater)) = self.best_metric() {
+            if self.metric_for_best_model.is_none() {
+                self.metric_for_best_model = Some(key.trim_start_matches("eval_").to_owned());
+            }
+            self.greater_is_better.get_or_insert(greater);
+        }
+    }
+
     /// HF's resolution: metric_for_best_model defaults to "loss" for reduce_lr_on_plateau;
     /// returned with the `eval_` prefix, with whether greater is better.
     pub fn best_metric(&self) -> Option<(String, bool)> {

@@ -75,6 +75,8 @@ pub fn resolve(mut table: toml::Table, origin: &str) -> Result<RunConfig> {
         InputError::new(format!("{origin}: {key}: {message}"))
     })?;
     args.validate()?;
+    let mut args = args;
+    args.resolve_best_metric();
     Ok(RunConfig { args, selection })
 }
 

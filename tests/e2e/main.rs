@@ -9,5 +9,6 @@ mod compat;
 mod events;
 mod example_plugin;
 mod fidelity;
+mod stock_plugins;
 mod training;
 mod weighted_ce;

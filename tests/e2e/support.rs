@@ -17,7 +17,8 @@ pub fn target_profile_dir() -> PathBuf {
 
 /// The workspace's plugin crates, built once per test run in the same profile as the host
 /// (`cargo test` builds no cdylib by itself).
-const PLUGIN_PACKAGES: &[&str] = &["weighted_ce", "test_fixtures", "future_api", "no_root_module", "torch_mismatch"];
+const PLUGIN_PACKAGES: &[&str] =
+    &["weighted_ce", "early_stopping", "test_fixtures", "future_api", "no_root_module", "torch_mismatch"];
 
 /// Path of a workspace plugin library, building the plugins on first use.
 pub fn plugin(name: &str) -> PathBuf {

@@ -402,13 +402,14 @@ impl Trainer {
         let metrics = self.evaluation_loop("eval", |_, _, _| Ok(()))?;
         // As in HF, the metrics given to on_evaluate carry the epoch that `log` adds.
         let metrics = self.log(metrics)?;
+        self.fire(Event::EVALUATE, &metrics)?;
+        // After on_evaluate, as HF: callbacks there still see the previous best metric.
         if let (Some(scheduler), Some((key, _))) = (&mut self.scheduler, self.args.best_metric()) {
             if let Some((_, value)) = metrics.iter().find(|(name, _)| *name == key) {
                 scheduler.on_metric(*value);
             }
         }
         self.new_best = self.determine_best_metric(&metrics);
-        self.fire(Event::EVALUATE, &metrics)?;
         Ok(metrics)
     }
 }
