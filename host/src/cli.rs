@@ -48,6 +48,21 @@ pub enum Command {
     Eval(CheckpointOptions),
     /// Predict with a checkpoint on its run's evaluation data: one JSON line per example.
     Predict(PredictOptions),
+    /// List the plugins found by name, or describe one.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// The plugins in HOST_PLUGIN_PATH and next to the host binary.
+    List,
+    /// What a plugin is, what it was built against and what it provides.
+    Inspect {
+        /// A .so file or a plugin name.
+        #[arg(value_name = "FILE|NAME")]
+        plugin: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -68,9 +83,10 @@ pub struct PredictOptions {
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct TrainOptions {
-    /// A plugin library (.so) to load; repeat for several. Its components are available
-    /// to --loss and --callback.
-    #[arg(long = "plugin", value_name = "PATH", help_heading = "Plugins")]
+    /// A plugin to load: a .so file, or a name (weighted_ce) found in HOST_PLUGIN_PATH or
+    /// next to the host binary. Repeat for several; their components are available to
+    /// --loss and --callback.
+    #[arg(long = "plugin", value_name = "PATH|NAME", help_heading = "Plugins")]
     pub plugins: Vec<PathBuf>,
 
     /// The loss component to train with; `builtin` is the host's cross entropy. Default:

@@ -20,7 +20,11 @@ pub struct Components {
 
 /// Loads the selected plugin files and creates the selected components.
 pub fn build(selection: &PluginSelection, args_json: &str) -> Result<Components> {
-    let plugins = selection.plugins.iter().map(|p| Plugin::load(p)).collect::<Result<Vec<_>>>()?;
+    let plugins = selection
+        .plugins
+        .iter()
+        .map(|spec| Plugin::load(&crate::plugin_dirs::resolve(spec)?))
+        .collect::<Result<Vec<_>>>()?;
     check_unique_names(&plugins)?;
 
     let losses: Vec<(&Plugin, &str)> = provided(&plugins, ComponentKind::LOSS);

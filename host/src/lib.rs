@@ -13,6 +13,7 @@ pub mod error;
 pub mod job;
 pub mod model;
 pub mod optim;
+pub mod plugin_dirs;
 pub mod plugins;
 pub mod precision;
 pub mod progress;

@@ -13,6 +13,7 @@ fn main() {
         None => run::train(&cli.train),
         Some(Command::Eval(options)) => run::evaluate(&options),
         Some(Command::Predict(options)) => run::predict(&options),
+        Some(Command::Plugins(command)) => run::plugins(&command),
     };
     if let Err(error) = outcome {
         host::progress::finish();

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::args::TrainingArguments;
 use crate::callbacks::CallbackHandler;
-use crate::cli::{CheckpointOptions, PredictOptions, TrainOptions};
+use crate::cli::{CheckpointOptions, PluginsCommand, PredictOptions, TrainOptions};
 use crate::config::{self, RunConfig};
 use crate::trainer::Trainer;
 use crate::{components, data, device, job, report};
@@ -238,6 +238,47 @@ fn print_metrics(title: &str, metrics: &[(String, f64)]) -> Result<()> {
     writeln!(out, "***** {title} *****")?;
     for (name, value) in metrics {
         writeln!(out, "  {name:<26} = {}", report::show(name, *value))?;
+    }
+    Ok(())
+}
+
+/// `host plugins list` and `host plugins inspect`.
+pub fn plugins(command: &PluginsCommand) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        PluginsCommand::List => {
+            let found = crate::plugin_dirs::available();
+            for path in found {
+                match crate::plugins::Plugin::load(&path) {
+                    Ok(plugin) => {
+                        let components: Vec<&str> = plugin.info.components.iter().map(|c| c.name.as_str()).collect();
+                        writeln!(
+                            out,
+                            "{:<20} {:<8} {}  ({})",
+                            plugin.name(),
+                            plugin.info.version,
+                            components.join(", "),
+                            path.display()
+                        )?;
+                    }
+                    Err(error) => tracing::debug!("{} is not a usable plugin: {error:#}", path.display()),
+                }
+            }
+        }
+        PluginsCommand::Inspect { plugin } => {
+            let path = crate::plugin_dirs::resolve(plugin)?;
+            let plugin = crate::plugins::Plugin::load(&path)?;
+            let info = &plugin.info;
+            writeln!(out, "{} {}", info.name, info.version)?;
+            writeln!(out, "  file:          {}", path.display())?;
+            writeln!(out, "  built against: plugin-api {}, torch {}", info.api_version, info.torch_version)?;
+            for kind in [plugin_api::ffi::ComponentKind::LOSS, plugin_api::ffi::ComponentKind::CALLBACK] {
+                let label = if kind == plugin_api::ffi::ComponentKind::LOSS { "loss" } else { "callback" };
+                for name in plugin.components(kind) {
+                    writeln!(out, "  {label:<13}  {name}")?;
+                }
+            }
+        }
     }
     Ok(())
 }

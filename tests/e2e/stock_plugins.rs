@@ -101,3 +101,40 @@ fn early_stopping_config_and_requirements_are_checked() {
             "unknown field `patience`, expected `early_stopping_patience` or `early_stopping_threshold`",
         );
 }
+
+#[test]
+fn plugins_are_found_by_name_and_described() {
+    let dir = tempdir();
+    plugin("weighted_ce"); // built next to the host binary
+    let run = host(dir.path(), &["--plugin", "weighted_ce", "--max-steps", "2", "--eval-strategy", "no"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("loss: weighted_ce (plugin weighted_ce)"));
+
+    let list = host(dir.path(), &["plugins", "list"]);
+    assert_eq!(list.code, 0, "stderr:\n{}", list.stderr);
+    for name in ["weighted_ce", "early_stopping"] {
+        assert!(list.stdout.lines().any(|l| l.starts_with(name)), "{name} not listed:\n{}", list.stdout);
+    }
+
+    let inspect = host(dir.path(), &["plugins", "inspect", "early_stopping"]);
+    assert_eq!(inspect.code, 0, "stderr:\n{}", inspect.stderr);
+    assert!(inspect.stdout.starts_with("early_stopping 0.1.0\n"), "{}", inspect.stdout);
+    assert!(inspect.stdout.contains(&format!("built against: plugin-api {}, torch 2.11.0", plugin_api::API_VERSION)));
+    assert!(inspect.stdout.contains("callback       early_stopping"), "{}", inspect.stdout);
+
+    host(dir.path(), &["--plugin", "no_such_plugin"])
+        .assert_clean_error(2, "no plugin named 'no_such_plugin' (libno_such_plugin.so) in");
+
+    // HOST_PLUGIN_PATH comes first.
+    let own = tempdir();
+    std::fs::copy(plugin("weighted_ce"), own.path().join("libmine.so")).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .current_dir(dir.path())
+        .args(["plugins", "inspect", "mine"])
+        .env("HOST_PLUGIN_PATH", own.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout)
+        .contains(&format!("file:          {}", own.path().join("libmine.so").display())));
+}
