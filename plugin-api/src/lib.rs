@@ -29,6 +29,7 @@
 
 pub mod callback;
 pub mod ffi;
+pub mod items;
 mod loss;
 mod panic;
 pub mod tensors;
