@@ -228,3 +228,95 @@ fn stock_loss_configs_are_checked() {
     host(dir.path(), &["--plugin", path_str(&lib), "--max-steps", "1"])
         .assert_clean_error(1, "no tensor named 'teacher_logits' (there are: input, labels)");
 }
+
+#[test]
+fn csv_logger_writes_one_row_per_log_event_with_stable_columns() {
+    let dir = tempdir();
+    let lib = plugin("csv_logger");
+    let run = host(dir.path(), &["--plugin", path_str(&lib), "--num-train-epochs", "2", "--logging-steps", "10"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let text = std::fs::read_to_string(dir.path().join("output/log.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(
+        rows[0],
+        [
+            "step",
+            "epoch",
+            "loss",
+            "grad_norm",
+            "learning_rate",
+            "eval_loss",
+            "eval_accuracy",
+            "train_loss",
+            "train_runtime"
+        ]
+    );
+    let history = log_history(dir.path());
+    assert_eq!(rows.len() - 1, history.len(), "one row per log event");
+    for (row, entry) in rows[1..].iter().zip(&history) {
+        assert_eq!(row.len(), 9, "stable columns");
+        assert_eq!(row[0], entry["step"].to_string());
+        for (i, column) in ["loss", "eval_accuracy"].iter().enumerate() {
+            let cell = row[[2, 6][i]];
+            match entry.get(*column).and_then(|v| v.as_f64()) {
+                Some(value) => assert_eq!(cell.parse::<f64>().unwrap(), value),
+                None => assert_eq!(cell, ""),
+            }
+        }
+    }
+    // Custom columns and path.
+    let run = host(
+        dir.path(),
+        &[
+            "--plugin",
+            path_str(&lib),
+            "--plugin-config",
+            "csv_logger.columns=[\"step\",\"loss\"]",
+            "--plugin-config",
+            "csv_logger.path=\"custom.csv\"",
+            "--max-steps",
+            "4",
+            "--logging-steps",
+            "2",
+            "--eval-strategy",
+            "no",
+        ],
+    );
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let text = std::fs::read_to_string(dir.path().join("custom.csv")).unwrap();
+    assert_eq!(text.lines().next(), Some("step,loss"));
+    assert_eq!(text.lines().count(), 4, "header, steps 2 and 4, final metrics");
+}
+
+#[test]
+fn timer_stops_with_a_checkpoint_when_the_budget_is_spent() {
+    let dir = tempdir();
+    let lib = plugin("timer");
+    let started = std::time::Instant::now();
+    let run = host(
+        dir.path(),
+        &[
+            "--plugin",
+            path_str(&lib),
+            "--plugin-config",
+            "timer.max_seconds=1.0",
+            "--num-train-epochs",
+            "100000",
+            "--save-strategy",
+            "no",
+            "--eval-strategy",
+            "no",
+        ],
+    );
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(started.elapsed().as_secs() < 60);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("output/trainer_state.json")).unwrap()).unwrap();
+    let step = state["global_step"].as_i64().unwrap();
+    assert!(step > 0 && step < state["max_steps"].as_i64().unwrap());
+    let checkpoint = dir.path().join(format!("output/checkpoint-{step}"));
+    host::checkpoint::verify(&checkpoint).unwrap();
+    host(dir.path(), &["--plugin", path_str(&lib), "--plugin-config", "timer.max_seconds=0"])
+        .assert_clean_error(2, "max_seconds must be > 0 (got 0)");
+    host(dir.path(), &["--plugin", path_str(&lib)]).assert_clean_error(2, "missing field `max_seconds`");
+}
