@@ -7,7 +7,12 @@ use std::path::Path;
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=native/libtorch_shim.cpp");
+    // Where `host new-plugin` points new plugin crates.
+    let plugin_api = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../plugin-api");
+    println!("cargo:rustc-env=HOST_PLUGIN_API_DIR={}", plugin_api.canonicalize().unwrap_or(plugin_api).display());
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
+    let libtorch = Path::new(&lib).parent().map(|p| p.display().to_string()).unwrap_or_default();
+    println!("cargo:rustc-env=HOST_LIBTORCH_DIR={libtorch}");
     let root = Path::new(&lib).parent().expect("libtorch's lib folder has a parent");
     cc::Build::new()
         .cpp(true)

@@ -12,6 +12,7 @@ fn main() {
     // This crate's own unit tests link libtorch; let them find it without LD_LIBRARY_PATH.
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+        println!("cargo:libtorch_lib={lib}");
     }
 }
 

@@ -51,6 +51,18 @@ pub enum Command {
     /// List the plugins found by name, or describe one.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Create a plugin crate that builds against this host's plugin-api, with a working
+    /// example, a unit test and a README.
+    NewPlugin {
+        /// The crate's and the component's name (lowercase, digits, _).
+        name: String,
+        /// What the plugin provides.
+        #[arg(long, value_enum)]
+        kind: crate::scaffold::Kind,
+        /// Where to create it (the crate goes in DIR/NAME).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

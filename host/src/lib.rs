@@ -20,6 +20,7 @@ pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod scaffold;
 pub mod schedule;
 pub mod trainer;
 pub mod weights;

@@ -14,6 +14,9 @@ fn main() {
         Some(Command::Eval(options)) => run::evaluate(&options),
         Some(Command::Predict(options)) => run::predict(&options),
         Some(Command::Plugins(command)) => run::plugins(&command),
+        Some(Command::NewPlugin { name, kind, dir }) => host::scaffold::create(&name, kind, &dir).map(|root| {
+            println!("created {} ({}): cd there, then cargo build --release", root.display(), name);
+        }),
     };
     if let Err(error) = outcome {
         host::progress::finish();

@@ -39,3 +39,52 @@ fn example_crate_builds_alone_and_trains() {
     assert!(losses.last().unwrap() < &(losses[0] / 3.0), "the loss falls: {losses:?}");
     assert!(results(dir.path())["eval_accuracy"].as_f64().unwrap() >= 0.95);
 }
+
+/// `host new-plugin`: the crate builds out of the tree, its unit test passes, and the host
+/// trains with it.
+#[test]
+fn new_plugin_scaffolds_build_test_and_load() {
+    let dir = tempdir();
+    let target = target_profile_dir().parent().unwrap().to_owned();
+    for (name, kind) in [("scaled_ce", "loss"), ("eval_counter", "callback")] {
+        let run = host(dir.path(), &["new-plugin", name, "--kind", kind]);
+        assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+        let root = dir.path().join(name);
+        for file in ["Cargo.toml", "build.rs", "README.md", "src/lib.rs", ".cargo/config.toml"] {
+            assert!(root.join(file).is_file(), "{name}: {file} missing");
+        }
+        assert!(!std::fs::read_to_string(root.join("src/lib.rs")).unwrap().contains("unsafe"));
+        // Outside the repository: the crate's own .cargo/config.toml points at libtorch.
+        let cargo = |args: &[&str]| {
+            Command::new(env!("CARGO"))
+                .args(args)
+                .current_dir(&root)
+                .env("CARGO_TARGET_DIR", &target)
+                .env_remove("LIBTORCH")
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap()
+        };
+        assert!(cargo(&["test", "--quiet"]).success(), "{name}: cargo test failed");
+        assert!(cargo(&["build", "--quiet"]).success(), "{name}: cargo build failed");
+        let lib = target.join(format!("debug/lib{name}.so"));
+        let mut args = vec!["--plugin", path_str(&lib), "--max-steps", "20", "--logging-steps", "10"];
+        if kind == "callback" {
+            args.extend([
+                "--plugin-config",
+                "eval_counter.stop_at_step=12",
+                "--eval-strategy",
+                "steps",
+                "--eval-steps",
+                "5",
+            ]);
+        }
+        let run = host(dir.path(), &args);
+        assert_eq!(run.code, 0, "{name}: stderr:\n{}", run.stderr);
+        let last_step = log_history(dir.path()).last().unwrap()["step"].as_i64().unwrap();
+        assert_eq!(last_step, if kind == "callback" { 12 } else { 20 });
+    }
+    host(dir.path(), &["new-plugin", "scaled_ce", "--kind", "loss"]).assert_clean_error(2, "already exists");
+    host(dir.path(), &["new-plugin", "Bad-Name", "--kind", "loss"])
+        .assert_clean_error(2, "plugin name 'Bad-Name' must be lowercase");
+}
