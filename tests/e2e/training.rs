@@ -80,7 +80,7 @@ fn help_explains_every_training_argument() {
         assert!(run.stdout.contains(&flag), "--help lacks {flag}");
     }
     for text in [
-        "--plugin <PATH>",
+        "--plugin <PATH|NAME>",
         "--loss <NAME>",
         "--callback <NAME>",
         "--plugin-config",
