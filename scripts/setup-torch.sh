@@ -19,9 +19,10 @@ if ! have_torch; then
     "$VENV/bin/python" -m pip install --quiet "torch==$TORCH_VERSION"
 fi
 
-# The test suite's reference scripts read and write safetensors files with numpy arrays.
-if ! "$VENV/bin/python" -c "import numpy, safetensors" 2>/dev/null; then
-    "$VENV/bin/python" -m pip install --quiet numpy safetensors
+# The test suite's reference scripts read and write safetensors files with numpy arrays,
+# and read TensorBoard event files back with TensorBoard's own reader.
+if ! "$VENV/bin/python" -c "import numpy, safetensors, tensorboard" 2>/dev/null; then
+    "$VENV/bin/python" -m pip install --quiet numpy safetensors tensorboard
 fi
 
 # A stable path for .cargo/config.toml, whatever the Python minor version is.

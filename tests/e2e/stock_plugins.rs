@@ -320,3 +320,42 @@ fn timer_stops_with_a_checkpoint_when_the_budget_is_spent() {
         .assert_clean_error(2, "max_seconds must be > 0 (got 0)");
     host(dir.path(), &["--plugin", path_str(&lib)]).assert_clean_error(2, "missing field `max_seconds`");
 }
+
+#[test]
+fn tensorboard_writes_event_files_that_tensorboard_reads() {
+    let dir = tempdir();
+    let lib = plugin("tensorboard");
+    let run = host(dir.path(), &["--plugin", path_str(&lib), "--num-train-epochs", "2", "--logging-steps", "5"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let reader = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1])
+acc.Reload()
+print(json.dumps({tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}))
+"#;
+    let output = std::process::Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", reader])
+        .arg(dir.path().join("output/runs"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let scalars: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let history = log_history(dir.path());
+    for (key, tag) in [
+        ("loss", "train/loss"),
+        ("learning_rate", "train/learning_rate"),
+        ("grad_norm", "train/grad_norm"),
+        ("eval_accuracy", "eval/accuracy"),
+    ] {
+        let expected: Vec<(i64, f64)> =
+            history.iter().filter_map(|e| Some((e["step"].as_i64()?, e.get(key)?.as_f64()?))).collect();
+        let got: Vec<(i64, f64)> =
+            scalars[tag].as_array().unwrap().iter().map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap())).collect();
+        assert_eq!(got.len(), expected.len(), "{tag}");
+        for ((gs, gv), (es, ev)) in got.iter().zip(&expected) {
+            assert_eq!(gs, es, "{tag}");
+            assert!((gv - ev).abs() <= 1e-6 * ev.abs().max(1.0), "{tag} at {gs}: {gv} vs {ev}");
+        }
+    }
+}

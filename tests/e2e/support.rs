@@ -17,8 +17,37 @@ pub fn target_profile_dir() -> PathBuf {
 
 /// The workspace's plugin crates, built once per test run in the same profile as the host
 /// (`cargo test` builds no cdylib by itself).
-const PLUGIN_PACKAGES: &[&str] =
-    &["weighted_ce", "early_stopping", "test_fixtures", "future_api", "no_root_module", "torch_mismatch"];
+const PLUGIN_PACKAGES: &[&str] = &[
+    "weighted_ce",
+    "early_stopping",
+    "focal_loss",
+    "mse",
+    "huber",
+    "bce_with_logits",
+    "kl_div",
+    "csv_logger",
+    "timer",
+    "tensorboard",
+    "test_fixtures",
+    "future_api",
+    "no_root_module",
+    "torch_mismatch",
+];
+
+/// Every stock plugin of the workspace is built for the tests (a missing entry above would
+/// pass here only where the plugin happened to be built by hand).
+#[test]
+fn every_stock_plugin_is_built_for_the_tests() {
+    let manifest = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    let stock: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.trim().trim_matches(|c| c == '"' || c == ',').strip_prefix("plugins/"))
+        .collect();
+    assert!(stock.len() >= 10, "{stock:?}");
+    for name in stock {
+        assert!(PLUGIN_PACKAGES.contains(&name), "plugins/{name} is not in PLUGIN_PACKAGES");
+    }
+}
 
 /// Path of a workspace plugin library, building the plugins on first use.
 pub fn plugin(name: &str) -> PathBuf {
