@@ -82,6 +82,29 @@ impl CallbackHandler {
 }
 
 impl CallbackHandler {
+    /// Whether any callback wants to see the gradients before optimizer steps.
+    pub fn wants_gradients(&self) -> bool {
+        self.callbacks.iter().any(|c| c.wants_gradients)
+    }
+
+    /// Shows the gradients to the callbacks that want them; true if any asks to skip.
+    pub fn on_gradients(&mut self, gradients: &plugin_api::Tensors) -> Result<bool> {
+        let mut skip = false;
+        for callback in self.callbacks.iter_mut().filter(|c| c.wants_gradients) {
+            skip |= callback.on_gradients(gradients)?;
+        }
+        Ok(skip)
+    }
+
+    /// The entries callbacks add to a log event.
+    pub fn extra_logs(&mut self, logs: &[(String, f64)]) -> Result<Vec<(String, f64)>> {
+        let mut extra = Vec::new();
+        for callback in self.callbacks.iter_mut().filter(|c| c.wants_extra_logs) {
+            extra.extend(callback.extra_logs(logs)?);
+        }
+        Ok(extra)
+    }
+
     /// Restores the callbacks' states from a checkpoint's `stateful_callbacks`.
     pub fn restore_states(&mut self, stateful: &serde_json::Value) -> Result<()> {
         for callback in &mut self.callbacks {

@@ -88,7 +88,17 @@ impl Plugin {
     pub fn create_callback(&self, name: &str, config: &serde_json::Value, args_json: &str) -> Result<PluginCallback> {
         let json = config.to_string();
         match (self.module.create_callback())(name.into(), json.as_str().into(), args_json.into()) {
-            RResult::ROk(inner) => Ok(PluginCallback { inner, plugin: self.name().to_owned(), name: name.to_owned() }),
+            RResult::ROk(inner) => {
+                let mut callback = PluginCallback {
+                    inner,
+                    plugin: self.name().to_owned(),
+                    name: name.to_owned(),
+                    wants_gradients: false,
+                    wants_extra_logs: false,
+                };
+                callback.ask_wants();
+                Ok(callback)
+            }
             RResult::RErr(e) => Err(component_error(self.name(), "callback", name, "its constructor", e)),
         }
     }
@@ -230,6 +240,10 @@ pub struct PluginCallback {
     inner: CallbackBox,
     pub plugin: String,
     pub name: String,
+    /// Since plugin-api 1.2: whether it wants the gradients before each optimizer step.
+    pub wants_gradients: bool,
+    /// Since plugin-api 1.2: whether it adds entries to the logs.
+    pub wants_extra_logs: bool,
 }
 
 impl PluginCallback {
@@ -244,6 +258,47 @@ impl PluginCallback {
                 let during = event.event.name().unwrap_or("an event");
                 Err(component_error(&self.plugin, "callback", &self.name, during, e))
             }
+        }
+    }
+
+    /// Asks which optional inputs the callback wants (plugins before 1.2 want none).
+    fn ask_wants(&mut self) {
+        let input = ExtensionIn { json: "".into(), tensors: RSlice::from_slice(&[]) };
+        if let RResult::ROk(out) = self.inner.extension(ExtensionOp::CALLBACK_WANTS, input) {
+            let wants: serde_json::Value = serde_json::from_str(out.json.as_str()).unwrap_or_default();
+            self.wants_gradients = wants["gradients"].as_bool().unwrap_or(false);
+            self.wants_extra_logs = wants["extra_logs"].as_bool().unwrap_or(false);
+        }
+    }
+
+    /// Shows the gradients; returns whether the callback asks to skip the update.
+    pub fn on_gradients(&mut self, gradients: &Tensors) -> Result<bool> {
+        let views = gradients.as_ffi();
+        let input = ExtensionIn { json: "{}".into(), tensors: views.as_slice().into() };
+        match self.inner.extension(ExtensionOp::CALLBACK_GRADIENTS, input) {
+            RResult::ROk(out) => {
+                let answer: serde_json::Value = serde_json::from_str(out.json.as_str()).unwrap_or_default();
+                Ok(answer["skip_step"].as_bool().unwrap_or(false))
+            }
+            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(false),
+            RResult::RErr(e) => Err(component_error(&self.plugin, "callback", &self.name, "on_gradients", e)),
+        }
+    }
+
+    /// The entries the callback adds to a log event.
+    pub fn extra_logs(&mut self, logs: &[(String, f64)]) -> Result<Vec<(String, f64)>> {
+        let object: serde_json::Map<String, serde_json::Value> =
+            logs.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
+        let json = serde_json::Value::Object(object).to_string();
+        let input = ExtensionIn { json: json.as_str().into(), tensors: RSlice::from_slice(&[]) };
+        match self.inner.extension(ExtensionOp::CALLBACK_EXTRA_LOGS, input) {
+            RResult::ROk(out) => {
+                let extra: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(out.json.as_str()).unwrap_or_default();
+                Ok(extra.into_iter().filter_map(|(k, v)| Some((k, v.as_f64()?))).collect())
+            }
+            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(Vec::new()),
+            RResult::RErr(e) => Err(component_error(&self.plugin, "callback", &self.name, "extra_logs", e)),
         }
     }
 

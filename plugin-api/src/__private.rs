@@ -126,7 +126,7 @@ where
     let callback = ctor(parse_config(config_json)?).map_err(config_error)?;
     let args =
         TrainingArguments::from_json(args_json).map_err(|e| ffi_error(ErrorKind::FAILED, e.message().to_owned()))?;
-    Ok(CallbackFfi_TO::from_value(CallbackAdapter { callback, args }, TD_Opaque))
+    Ok(CallbackFfi_TO::from_value(CallbackAdapter { callback, args, last_state: TrainerState::default() }, TD_Opaque))
 }
 
 /// Turns the result of plugin code (or its panic) into an FFI result.
@@ -178,11 +178,14 @@ impl<L: Loss> LossFfi for LossAdapter<L> {
 struct CallbackAdapter<K> {
     callback: K,
     args: TrainingArguments,
+    /// The state of the last event, for the extension operations (which carry none).
+    last_state: TrainerState,
 }
 
 impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
     fn on_event(&mut self, event: EventFfi<'_>, bits: &mut ControlBits) -> RResult<(), FfiError> {
         let state = TrainerState::from_ffi(&event.state);
+        self.last_state = state.clone();
         let mut control = TrainerControl::from_bits(*bits);
         let args = &self.args;
         let cb = &mut self.callback;
@@ -230,6 +233,31 @@ impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
                 callback.load_state(value)?;
                 Ok(ExtensionOut { json: "null".into(), tensors: RVec::new() })
             })),
+            ExtensionOp::CALLBACK_WANTS => {
+                let json = serde_json::json!({ "gradients": K::WANTS_GRADIENTS, "extra_logs": K::WANTS_EXTRA_LOGS });
+                RResult::ROk(ExtensionOut { json: json.to_string().into(), tensors: RVec::new() })
+            }
+            ExtensionOp::CALLBACK_GRADIENTS => {
+                let (args, state) = (&self.args, &self.last_state);
+                into_ffi(catch(|| {
+                    // SAFETY: the host keeps the gradients alive for the call.
+                    let gradients = unsafe { Tensors::from_ffi(input.tensors) };
+                    let skip = callback.on_gradients(args, state, &gradients)?;
+                    let json = serde_json::json!({ "skip_step": skip }).to_string();
+                    Ok(ExtensionOut { json: json.into(), tensors: RVec::new() })
+                }))
+            }
+            ExtensionOp::CALLBACK_EXTRA_LOGS => {
+                let (args, state) = (&self.args, &self.last_state);
+                into_ffi(catch(|| {
+                    let logs: serde_json::Map<String, serde_json::Value> = serde_json::from_str(input.json.as_str())
+                        .map_err(|e| PluginError::new(format!("logs from the host are not a JSON object: {e}")))?;
+                    let metrics: Metrics = logs.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect();
+                    let extra: serde_json::Map<String, serde_json::Value> =
+                        callback.extra_logs(args, state, &metrics)?.into_iter().map(|(k, v)| (k, v.into())).collect();
+                    Ok(ExtensionOut { json: serde_json::Value::Object(extra).to_string().into(), tensors: RVec::new() })
+                }))
+            }
             _ => unsupported(op),
         }
     }
@@ -285,7 +313,11 @@ mod adapter_tests {
 
     #[test]
     fn events_it_does_not_know_are_ignored() {
-        let mut adapter = CallbackAdapter { callback: Counter(0), args: TrainingArguments::default() };
+        let mut adapter = CallbackAdapter {
+            callback: Counter(0),
+            args: TrainingArguments::default(),
+            last_state: TrainerState::default(),
+        };
         let mut bits = ControlBits::default();
         assert!(adapter.on_event(event(Event(999), &[]), &mut bits).is_ok());
         assert_eq!((adapter.callback.0, bits.0), (0, 0));
@@ -295,12 +327,18 @@ mod adapter_tests {
 
     #[test]
     fn state_round_trips_and_unknown_operations_are_unsupported() {
-        let mut adapter = CallbackAdapter { callback: Counter(41), args: TrainingArguments::default() };
+        let mut adapter = CallbackAdapter {
+            callback: Counter(41),
+            args: TrainingArguments::default(),
+            last_state: TrainerState::default(),
+        };
         let saved = adapter.extension(ExtensionOp::CALLBACK_STATE_SAVE, input("")).unwrap();
         assert_eq!(saved.json.as_str(), "41");
         adapter.extension(ExtensionOp::CALLBACK_STATE_LOAD, input("5")).unwrap();
         assert_eq!(adapter.callback.0, 5);
         let err = adapter.extension(ExtensionOp(77), input("")).unwrap_err();
         assert_eq!(err.kind, ErrorKind::UNSUPPORTED);
+        let wants = adapter.extension(ExtensionOp::CALLBACK_WANTS, input("")).unwrap();
+        assert_eq!(wants.json.as_str(), r#"{"extra_logs":false,"gradients":false}"#);
     }
 }

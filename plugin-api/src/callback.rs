@@ -333,6 +333,36 @@ pub trait Callback: 'static {
     fn load_state(&mut self, state: serde_json::Value) -> Result<(), PluginError> {
         Ok(())
     }
+
+    /// Set to true to receive [`Callback::on_gradients`] (it costs a call per step).
+    /// Since plugin-api 1.2.
+    const WANTS_GRADIENTS: bool = false;
+
+    /// The gradients (by parameter name, read-only) before each optimizer step, just
+    /// before `on_pre_optimizer_step`. Return true to skip this step's update (the step is
+    /// still counted; the schedule does not advance). Since plugin-api 1.2.
+    fn on_gradients(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        gradients: &crate::Tensors,
+    ) -> Result<bool, PluginError> {
+        Ok(false)
+    }
+
+    /// Set to true to receive [`Callback::extra_logs`]. Since plugin-api 1.2.
+    const WANTS_EXTRA_LOGS: bool = false;
+
+    /// Entries to add to a log event before it is written and sent to `on_log`.
+    /// Since plugin-api 1.2.
+    fn extra_logs(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        logs: &Metrics,
+    ) -> Result<Vec<(String, f64)>, PluginError> {
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@
 //!
 //! History: 1.0.0, the frozen shape (kept in tests/compat/plugin-api-1.0.0); 1.1.0, state
 //! operations for callbacks and losses (`ExtensionOp::*_STATE_SAVE`/`_LOAD`) and the state
-//! field `is_hyper_param_search`.
+//! field `is_hyper_param_search`; 1.2.0, callbacks that see gradients before each optimizer
+//! step (and may skip it) and callbacks that add entries to the logs.
 
 // sabi_trait expands to impls inside a const block; harmless, and not ours to change.
 #![allow(non_local_definitions)]
@@ -156,6 +157,15 @@ impl ExtensionOp {
     pub const LOSS_STATE_SAVE: Self = Self(3);
     /// Since 1.1, losses: restores the state given as JSON.
     pub const LOSS_STATE_LOAD: Self = Self(4);
+    /// Since 1.2, callbacks: which optional inputs the callback wants, as JSON
+    /// (`{"gradients": bool, "extra_logs": bool}`).
+    pub const CALLBACK_WANTS: Self = Self(5);
+    /// Since 1.2, callbacks: the gradients (named tensors, read-only) before an optimizer
+    /// step; answers `{"skip_step": bool}`.
+    pub const CALLBACK_GRADIENTS: Self = Self(6);
+    /// Since 1.2, callbacks: the logs about to be written (a JSON object); answers an
+    /// object of entries to add.
+    pub const CALLBACK_EXTRA_LOGS: Self = Self(7);
 }
 
 /// What an extension operation receives: JSON and borrowed tensors.

@@ -359,3 +359,79 @@ print(json.dumps({tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in 
         }
     }
 }
+
+#[test]
+fn nan_guard_skips_or_stops_on_non_finite_gradients() {
+    let fixtures = plugin("test_fixtures");
+    let guard = plugin("nan_guard");
+    // The fixture loss returns NaN on its third call: without a guard the weights are lost.
+    let base = [
+        "--plugin",
+        path_str(&fixtures),
+        "--loss",
+        "nan_on_call",
+        "--callback",
+        "misbehave",
+        "--plugin-config",
+        "misbehave.event=none",
+        "--plugin-config",
+        "nan_on_call.nan_on_call=3",
+        "--max-steps",
+        "40",
+        "--logging-steps",
+        "10",
+        "--eval-strategy",
+        "steps",
+        "--eval-steps",
+        "40",
+    ];
+    let unguarded = tempdir();
+    assert_eq!(host(unguarded.path(), &base).code, 0);
+    assert_eq!(results(unguarded.path())["eval_loss"], serde_json::json!(null), "NaN is no JSON number");
+
+    let skipping = tempdir();
+    let mut args = base.to_vec();
+    args.extend(["--plugin", path_str(&guard), "--callback", "nan_guard"]);
+    let run = host(skipping.path(), &args);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("nan_guard: non-finite gradients at step 3: update skipped"), "{}", run.stderr);
+    let results = results(skipping.path());
+    assert!(results["eval_loss"].as_f64().unwrap().is_finite());
+    assert!(results["eval_accuracy"].as_f64().unwrap() > 0.8);
+    let skipped: Vec<f64> =
+        log_history(skipping.path()).iter().filter_map(|e| e.get("nan_guard_skipped")?.as_f64()).collect();
+    assert_eq!(skipped, [1.0, 1.0, 1.0, 1.0]);
+
+    let stopping = tempdir();
+    let mut args = base.to_vec();
+    args.extend([
+        "--plugin",
+        path_str(&guard),
+        "--callback",
+        "nan_guard",
+        "--plugin-config",
+        "nan_guard.mode=\"stop\"",
+    ]);
+    let run = host(stopping.path(), &args);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    host::checkpoint::verify(&stopping.path().join("output/checkpoint-3")).unwrap();
+    assert_eq!(log_history(stopping.path()).last().unwrap()["step"], 3);
+
+    host(stopping.path(), &["--plugin", path_str(&guard), "--plugin-config", "nan_guard.mode=\"retry\""])
+        .assert_clean_error(2, "mode 'retry' is not skip or stop");
+}
+
+#[test]
+fn throughput_adds_samples_per_second_to_training_logs() {
+    let dir = tempdir();
+    let lib = plugin("throughput");
+    let run = host(
+        dir.path(),
+        &["--plugin", path_str(&lib), "--max-steps", "30", "--logging-steps", "10", "--eval-strategy", "no"],
+    );
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let speeds: Vec<f64> =
+        log_history(dir.path()).iter().filter_map(|e| e.get("throughput_samples_per_second")?.as_f64()).collect();
+    assert_eq!(speeds.len(), 3, "one per training log event");
+    assert!(speeds.iter().all(|s| *s > 100.0), "{speeds:?}");
+}

@@ -28,6 +28,8 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "csv_logger",
     "timer",
     "tensorboard",
+    "nan_guard",
+    "throughput",
     "test_fixtures",
     "future_api",
     "no_root_module",

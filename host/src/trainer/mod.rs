@@ -235,8 +235,11 @@ impl Trainer {
                     if i + 1 == micro.len() {
                         let finite = self.unscale_gradients();
                         self.progress.grad_norm = Some(self.optimizer.clip_grad_norm(args.max_grad_norm));
+                        let skip = self.show_gradients()?;
                         self.fire(Event::PRE_OPTIMIZER_STEP, &[])?;
-                        if finite {
+                        if skip {
+                            self.skipped_steps += 1;
+                        } else if finite {
                             self.optimizer.step(self.current_lr());
                         } else {
                             self.skipped_steps += 1;
@@ -358,10 +361,28 @@ impl Trainer {
 
     /// HF `Trainer.log`: adds the epoch, records the entry, then fires on_log.
     fn log(&mut self, mut logs: Vec<(String, f64)>) -> Result<Vec<(String, f64)>> {
+        let extra = self.handler.extra_logs(&logs)?;
+        logs.extend(extra);
         logs.push(("epoch".to_owned(), self.state.epoch));
         self.reporter.log(&self.state, &logs)?;
         self.fire(Event::LOG, &logs)?;
         Ok(logs)
+    }
+
+    /// Shows the gradients to the callbacks that want them (plugin-api 1.2); true when one
+    /// asks to skip this update.
+    fn show_gradients(&mut self) -> Result<bool> {
+        if !self.handler.wants_gradients() {
+            return Ok(false);
+        }
+        let mut gradients = Tensors::new();
+        for param in self.optimizer.params() {
+            let grad = param.tensor.grad();
+            if grad.defined() {
+                gradients.insert(param.name.clone(), grad);
+            }
+        }
+        self.handler.on_gradients(&gradients)
     }
 
     /// fp16: divides the gradients by the loss scale and adapts the scale; returns whether
