@@ -73,11 +73,46 @@ impl CallbackHandler {
             }),
         );
         for callback in &mut self.callbacks {
-            if let Some(state) = callback.state()? {
+            if let (Some(state), _) = callback.state()? {
                 states.insert(callback.name.clone(), serde_json::json!({ "args": {}, "attributes": state }));
             }
         }
         Ok(serde_json::Value::Object(states))
+    }
+
+    /// The tensors of the callbacks' states, named `{callback}.{tensor}` (plugin-api 1.3).
+    pub fn state_tensors(&mut self) -> Result<Vec<(String, tch::Tensor)>> {
+        let mut all = Vec::new();
+        for callback in &mut self.callbacks {
+            let (_, tensors) = callback.state()?;
+            for (name, tensor) in tensors.iter() {
+                all.push((format!("{}.{name}", callback.name), tensor.to_device(tch::Device::Cpu)));
+            }
+        }
+        Ok(all)
+    }
+
+    /// Whether any callback wants the parameters after each step.
+    pub fn wants_parameters(&self) -> bool {
+        self.callbacks.iter().any(|c| c.wants_parameters)
+    }
+
+    /// Shows the parameters to the callbacks that want them.
+    pub fn on_parameters(&mut self, parameters: &plugin_api::Tensors) -> Result<()> {
+        for callback in self.callbacks.iter_mut().filter(|c| c.wants_parameters) {
+            callback.on_parameters(parameters)?;
+        }
+        Ok(())
+    }
+
+    /// The weights a callback wants evaluations to use (the first that gives some).
+    pub fn evaluation_weights(&mut self) -> Result<Option<plugin_api::Tensors>> {
+        for callback in self.callbacks.iter_mut().filter(|c| c.wants_parameters) {
+            if let Some(weights) = callback.evaluation_weights()? {
+                return Ok(Some(weights));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -106,10 +141,18 @@ impl CallbackHandler {
     }
 
     /// Restores the callbacks' states from a checkpoint's `stateful_callbacks`.
-    pub fn restore_states(&mut self, stateful: &serde_json::Value) -> Result<()> {
+    pub fn restore_states(&mut self, stateful: &serde_json::Value, tensors: &[(String, tch::Tensor)]) -> Result<()> {
         for callback in &mut self.callbacks {
-            if let Some(state) = stateful.get(&callback.name).and_then(|s| s.get("attributes")) {
-                callback.load_state(state)?;
+            let prefix = format!("{}.", callback.name);
+            let mut own = plugin_api::Tensors::new();
+            for (name, tensor) in tensors {
+                if let Some(rest) = name.strip_prefix(&prefix) {
+                    own.insert(rest, tensor.shallow_clone());
+                }
+            }
+            let state = stateful.get(&callback.name).and_then(|s| s.get("attributes"));
+            if state.is_some() || !own.is_empty() {
+                callback.load_state(state.unwrap_or(&serde_json::Value::Null), &own)?;
             }
         }
         Ok(())

@@ -95,6 +95,7 @@ impl Plugin {
                     name: name.to_owned(),
                     wants_gradients: false,
                     wants_extra_logs: false,
+                    wants_parameters: false,
                 };
                 callback.ask_wants();
                 Ok(callback)
@@ -189,13 +190,15 @@ impl PluginLoss {
     /// The loss's state, `None` when it has none (or its plugin predates plugin-api 1.1).
     pub fn state(&mut self) -> Result<Option<serde_json::Value>> {
         let who = (self.plugin.as_str(), "loss", self.name.as_str());
-        save_state(who, ExtensionOp::LOSS_STATE_SAVE, |op, input| self.inner.extension(op, input))
+        Ok(save_state(who, ExtensionOp::LOSS_STATE_SAVE, |op, input| self.inner.extension(op, input))?.0)
     }
 
     /// Restores a state that `state` returned.
     pub fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
         let who = (self.plugin.as_str(), "loss", self.name.as_str());
-        load_state(who, ExtensionOp::LOSS_STATE_LOAD, state, |op, input| self.inner.extension(op, input))
+        load_state(who, ExtensionOp::LOSS_STATE_LOAD, state, &Tensors::new(), |op, input| {
+            self.inner.extension(op, input)
+        })
     }
 }
 
@@ -205,16 +208,18 @@ fn save_state(
     (plugin, kind, name): (&str, &str, &str),
     op: ExtensionOp,
     call: impl FnOnce(ExtensionOp, ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError>,
-) -> Result<Option<serde_json::Value>> {
+) -> Result<(Option<serde_json::Value>, Tensors)> {
     let input = ExtensionIn { json: "".into(), tensors: RSlice::from_slice(&[]) };
     match call(op, input) {
         RResult::ROk(out) => {
+            // SAFETY: the plugin handed these tensors over (ExtensionOut).
+            let tensors = unsafe { Tensors::from_owned_ffi(out.tensors) };
             let value: serde_json::Value = serde_json::from_str(out.json.as_str()).map_err(|e| {
                 anyhow::anyhow!("plugin '{plugin}' {kind} '{name}' returned a state that is not JSON: {e}")
             })?;
-            Ok((!value.is_null()).then_some(value))
+            Ok(((!value.is_null()).then_some(value), tensors))
         }
-        RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(None),
+        RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok((None, Tensors::new())),
         RResult::RErr(e) => Err(component_error(plugin, kind, name, "saving its state", e)),
     }
 }
@@ -224,10 +229,12 @@ fn load_state(
     (plugin, kind, name): (&str, &str, &str),
     op: ExtensionOp,
     state: &serde_json::Value,
+    tensors: &Tensors,
     call: impl FnOnce(ExtensionOp, ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError>,
 ) -> Result<()> {
     let json = state.to_string();
-    let input = ExtensionIn { json: json.as_str().into(), tensors: RSlice::from_slice(&[]) };
+    let views = tensors.as_ffi();
+    let input = ExtensionIn { json: json.as_str().into(), tensors: views.as_slice().into() };
     match call(op, input) {
         RResult::ROk(_) => Ok(()),
         RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(()),
@@ -244,6 +251,8 @@ pub struct PluginCallback {
     pub wants_gradients: bool,
     /// Since plugin-api 1.2: whether it adds entries to the logs.
     pub wants_extra_logs: bool,
+    /// Since plugin-api 1.3: whether it wants the parameters (and may give evaluation weights).
+    pub wants_parameters: bool,
 }
 
 impl PluginCallback {
@@ -268,6 +277,7 @@ impl PluginCallback {
             let wants: serde_json::Value = serde_json::from_str(out.json.as_str()).unwrap_or_default();
             self.wants_gradients = wants["gradients"].as_bool().unwrap_or(false);
             self.wants_extra_logs = wants["extra_logs"].as_bool().unwrap_or(false);
+            self.wants_parameters = wants["parameters"].as_bool().unwrap_or(false);
         }
     }
 
@@ -303,14 +313,39 @@ impl PluginCallback {
     }
 
     /// Restores a state that `state` returned (ignored by plugins built against 1.0).
-    pub fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
+    pub fn load_state(&mut self, state: &serde_json::Value, tensors: &Tensors) -> Result<()> {
         let who = (self.plugin.as_str(), "callback", self.name.as_str());
-        load_state(who, ExtensionOp::CALLBACK_STATE_LOAD, state, |op, input| self.inner.extension(op, input))
+        load_state(who, ExtensionOp::CALLBACK_STATE_LOAD, state, tensors, |op, input| self.inner.extension(op, input))
+    }
+
+    /// Shows the parameters after an optimizer step (plugin-api 1.3).
+    pub fn on_parameters(&mut self, parameters: &Tensors) -> Result<()> {
+        let views = parameters.as_ffi();
+        let input = ExtensionIn { json: "{}".into(), tensors: views.as_slice().into() };
+        match self.inner.extension(ExtensionOp::CALLBACK_PARAMETERS, input) {
+            RResult::ROk(_) => Ok(()),
+            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(()),
+            RResult::RErr(e) => Err(component_error(&self.plugin, "callback", &self.name, "on_parameters", e)),
+        }
+    }
+
+    /// The weights the callback wants evaluations to use, if any (plugin-api 1.3).
+    pub fn evaluation_weights(&mut self) -> Result<Option<Tensors>> {
+        let input = ExtensionIn { json: "{}".into(), tensors: RSlice::from_slice(&[]) };
+        match self.inner.extension(ExtensionOp::CALLBACK_EVAL_WEIGHTS, input) {
+            // SAFETY: the plugin handed these tensors over (ExtensionOut).
+            RResult::ROk(out) => {
+                let weights = unsafe { Tensors::from_owned_ffi(out.tensors) };
+                Ok((!weights.is_empty()).then_some(weights))
+            }
+            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(None),
+            RResult::RErr(e) => Err(component_error(&self.plugin, "callback", &self.name, "evaluation_weights", e)),
+        }
     }
 
     /// The callback's state, `None` when it has none. Plugins built against plugin-api 1.0
     /// do not know the operation: they count as stateless.
-    pub fn state(&mut self) -> Result<Option<serde_json::Value>> {
+    pub fn state(&mut self) -> Result<(Option<serde_json::Value>, Tensors)> {
         let who = (self.plugin.as_str(), "callback", self.name.as_str());
         save_state(who, ExtensionOp::CALLBACK_STATE_SAVE, |op, input| self.inner.extension(op, input))
     }

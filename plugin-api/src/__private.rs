@@ -225,16 +225,41 @@ impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
         match op {
             ExtensionOp::CALLBACK_STATE_SAVE => into_ffi(catch(|| {
                 let json = callback.state().unwrap_or(serde_json::Value::Null).to_string();
-                Ok(ExtensionOut { json: json.into(), tensors: RVec::new() })
+                Ok(ExtensionOut { json: json.into(), tensors: callback.state_tensors().into_owned_ffi() })
             })),
             ExtensionOp::CALLBACK_STATE_LOAD => into_ffi(catch(|| {
                 let value = serde_json::from_str(input.json.as_str())
                     .map_err(|e| PluginError::new(format!("saved callback state is not valid JSON: {e}")))?;
                 callback.load_state(value)?;
+                if !input.tensors.is_empty() {
+                    // SAFETY: the host keeps the tensors alive for the call.
+                    callback.load_state_tensors(unsafe { Tensors::from_ffi(input.tensors) })?;
+                }
                 Ok(ExtensionOut { json: "null".into(), tensors: RVec::new() })
             })),
+            ExtensionOp::CALLBACK_PARAMETERS => {
+                let (args, state) = (&self.args, &self.last_state);
+                into_ffi(catch(|| {
+                    // SAFETY: the host keeps the parameters alive for the call.
+                    let parameters = unsafe { Tensors::from_ffi(input.tensors) };
+                    callback.on_parameters(args, state, &parameters)?;
+                    Ok(ExtensionOut { json: "null".into(), tensors: RVec::new() })
+                }))
+            }
+            ExtensionOp::CALLBACK_EVAL_WEIGHTS => {
+                let (args, state) = (&self.args, &self.last_state);
+                into_ffi(catch(|| {
+                    let weights = callback.evaluation_weights(args, state)?;
+                    let tensors = weights.map(Tensors::into_owned_ffi).unwrap_or_default();
+                    Ok(ExtensionOut { json: "null".into(), tensors })
+                }))
+            }
             ExtensionOp::CALLBACK_WANTS => {
-                let json = serde_json::json!({ "gradients": K::WANTS_GRADIENTS, "extra_logs": K::WANTS_EXTRA_LOGS });
+                let json = serde_json::json!({
+                    "gradients": K::WANTS_GRADIENTS,
+                    "extra_logs": K::WANTS_EXTRA_LOGS,
+                    "parameters": K::WANTS_PARAMETERS,
+                });
                 RResult::ROk(ExtensionOut { json: json.to_string().into(), tensors: RVec::new() })
             }
             ExtensionOp::CALLBACK_GRADIENTS => {
@@ -339,6 +364,6 @@ mod adapter_tests {
         let err = adapter.extension(ExtensionOp(77), input("")).unwrap_err();
         assert_eq!(err.kind, ErrorKind::UNSUPPORTED);
         let wants = adapter.extension(ExtensionOp::CALLBACK_WANTS, input("")).unwrap();
-        assert_eq!(wants.json.as_str(), r#"{"extra_logs":false,"gradients":false}"#);
+        assert_eq!(wants.json.as_str(), r#"{"extra_logs":false,"gradients":false,"parameters":false}"#);
     }
 }

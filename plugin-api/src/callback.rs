@@ -350,6 +350,41 @@ pub trait Callback: 'static {
         Ok(false)
     }
 
+    /// Set to true to receive [`Callback::on_parameters`] and be asked for
+    /// [`Callback::evaluation_weights`]. Since plugin-api 1.3.
+    const WANTS_PARAMETERS: bool = false;
+
+    /// The parameters (by name, read-only) after each optimizer step. Since plugin-api 1.3.
+    fn on_parameters(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+        parameters: &crate::Tensors,
+    ) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Weights to evaluate with instead of the trained ones (by parameter name), or `None`.
+    /// The host restores the trained weights after the evaluation. Since plugin-api 1.3.
+    fn evaluation_weights(
+        &mut self,
+        args: &TrainingArguments,
+        state: &TrainerState,
+    ) -> Result<Option<crate::Tensors>, PluginError> {
+        Ok(None)
+    }
+
+    /// Tensors that belong to the callback's state (saved in checkpoints next to
+    /// [`Callback::state`]). Since plugin-api 1.3.
+    fn state_tensors(&self) -> crate::Tensors {
+        crate::Tensors::new()
+    }
+
+    /// Restores what [`Callback::state_tensors`] returned. Since plugin-api 1.3.
+    fn load_state_tensors(&mut self, tensors: crate::Tensors) -> Result<(), PluginError> {
+        Ok(())
+    }
+
     /// Set to true to receive [`Callback::extra_logs`]. Since plugin-api 1.2.
     const WANTS_EXTRA_LOGS: bool = false;
 

@@ -20,7 +20,9 @@
 //! History: 1.0.0, the frozen shape (kept in tests/compat/plugin-api-1.0.0); 1.1.0, state
 //! operations for callbacks and losses (`ExtensionOp::*_STATE_SAVE`/`_LOAD`) and the state
 //! field `is_hyper_param_search`; 1.2.0, callbacks that see gradients before each optimizer
-//! step (and may skip it) and callbacks that add entries to the logs.
+//! step (and may skip it) and callbacks that add entries to the logs; 1.3.0, callbacks that
+//! see the parameters after each optimizer step, give the weights to evaluate with, and
+//! keep tensors in their state.
 
 // sabi_trait expands to impls inside a const block; harmless, and not ours to change.
 #![allow(non_local_definitions)]
@@ -166,6 +168,13 @@ impl ExtensionOp {
     /// Since 1.2, callbacks: the logs about to be written (a JSON object); answers an
     /// object of entries to add.
     pub const CALLBACK_EXTRA_LOGS: Self = Self(7);
+    /// Since 1.3, callbacks: the parameters (named tensors, read-only) after each optimizer
+    /// step.
+    pub const CALLBACK_PARAMETERS: Self = Self(8);
+    /// Since 1.3, callbacks: before an evaluation, the weights to evaluate with (named
+    /// tensors, owned by the host), or none; the host puts them in place and restores the
+    /// trained weights afterwards.
+    pub const CALLBACK_EVAL_WEIGHTS: Self = Self(9);
 }
 
 /// What an extension operation receives: JSON and borrowed tensors.

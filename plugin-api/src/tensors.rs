@@ -95,6 +95,23 @@ impl Tensors {
             .collect()
     }
 
+    /// Hands every tensor over to the other side, with its name.
+    pub fn into_owned_ffi(self) -> abi_stable::std_types::RVec<crate::ffi::OwnedTensor> {
+        self.entries
+            .into_iter()
+            .map(|(name, tensor)| crate::ffi::OwnedTensor { name: name.into(), tensor: into_ptr(tensor) })
+            .collect()
+    }
+
+    /// Takes over tensors handed over with [`Tensors::into_owned_ffi`].
+    ///
+    /// # Safety
+    /// Each pointer must come from `into_ptr` and be taken exactly once.
+    pub unsafe fn from_owned_ffi(owned: abi_stable::std_types::RVec<crate::ffi::OwnedTensor>) -> Self {
+        let entries = owned.into_iter().map(|t| (t.name.into_string(), take_ptr(t.tensor))).collect();
+        Self { entries }
+    }
+
     /// Handles to tensors borrowed from the other side.
     ///
     /// # Safety

@@ -435,3 +435,83 @@ fn throughput_adds_samples_per_second_to_training_logs() {
     assert_eq!(speeds.len(), 3, "one per training log event");
     assert!(speeds.iter().all(|s| *s > 100.0), "{speeds:?}");
 }
+
+#[test]
+fn ema_evaluates_with_the_average_and_resumes_exactly() {
+    let ema = plugin("ema");
+    let fixtures = plugin("test_fixtures");
+    let base = [
+        "--max-steps",
+        "40",
+        "--logging-steps",
+        "5",
+        "--eval-strategy",
+        "steps",
+        "--eval-steps",
+        "10",
+        "--save-strategy",
+        "steps",
+        "--save-steps",
+        "20",
+    ];
+    let values = |dir: &std::path::Path, key: &str| -> Vec<f64> {
+        log_history(dir).iter().filter_map(|e| e.get(key)?.as_f64()).collect()
+    };
+    let plain = tempdir();
+    assert_eq!(host(plain.path(), &base).code, 0);
+    let averaged = tempdir();
+    let mut args = base.to_vec();
+    args.extend(["--plugin", path_str(&ema), "--plugin-config", "ema.decay=0.9"]);
+    let run = host(averaged.path(), &args);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    // Training is the same; evaluations see the averaged weights.
+    assert_eq!(values(plain.path(), "loss"), values(averaged.path(), "loss"));
+    assert_ne!(values(plain.path(), "eval_loss"), values(averaged.path(), "eval_loss"));
+    assert!(averaged.path().join("output/checkpoint-20/callback_tensors.safetensors").is_file());
+    // The final weights are the trained ones, not the average.
+    assert!(
+        std::fs::read(plain.path().join("output/model.safetensors")).unwrap()
+            == std::fs::read(averaged.path().join("output/model.safetensors")).unwrap()
+    );
+
+    // Stop after step 25, resume from checkpoint-20: the average comes back with it.
+    let resumed = tempdir();
+    let mut first = args.clone();
+    first.extend([
+        "--plugin",
+        path_str(&fixtures),
+        "--loss",
+        "builtin",
+        "--callback",
+        "ema",
+        "--callback",
+        "recorder",
+        "--plugin-config",
+        "recorder.path=events.txt",
+        "--plugin-config",
+        "recorder.stop_at_step=25",
+    ]);
+    assert_eq!(host(resumed.path(), &first).code, 0);
+    let mut again = args.clone();
+    again.extend([
+        "--plugin",
+        path_str(&fixtures),
+        "--loss",
+        "builtin",
+        "--callback",
+        "ema",
+        "--callback",
+        "recorder",
+        "--plugin-config",
+        "recorder.path=events.txt",
+        "--resume-from-checkpoint",
+        "latest",
+    ]);
+    let run = host(resumed.path(), &again);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("resumed from output/checkpoint-20"));
+    assert_eq!(values(averaged.path(), "eval_loss"), values(resumed.path(), "eval_loss"));
+
+    host(plain.path(), &["--plugin", path_str(&ema), "--plugin-config", "ema.decay=1"])
+        .assert_clean_error(2, "decay must be in [0, 1) (got 1)");
+}

@@ -30,6 +30,7 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "tensorboard",
     "nan_guard",
     "throughput",
+    "ema",
     "test_fixtures",
     "future_api",
     "no_root_module",

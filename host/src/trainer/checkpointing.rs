@@ -90,6 +90,11 @@ impl Trainer {
         }
         let trainer_state = self.trainer_state_json()?;
         writer.write_json("trainer_state.json", &trainer_state)?;
+        let callback_tensors = self.handler.state_tensors()?;
+        if !callback_tensors.is_empty() {
+            Tensor::write_safetensors(&callback_tensors, writer.path("callback_tensors.safetensors"))?;
+            writer.finish_file("callback_tensors.safetensors")?;
+        }
         writer.write_json("training_args.json", &serde_json::to_value(&self.args)?)?;
         let progress = &self.progress;
         let host_state = serde_json::json!({
@@ -165,7 +170,13 @@ impl Trainer {
         s.total_flos = trainer_state["total_flos"].as_f64().unwrap_or(0.0);
         let history = trainer_state["log_history"].as_array().cloned().unwrap_or_default();
         self.reporter.restore_history(history)?;
-        self.handler.restore_states(&trainer_state["stateful_callbacks"])?;
+        let callback_tensors = match dir.join("callback_tensors.safetensors") {
+            path if path.exists() => {
+                Tensor::read_safetensors(&path)?.into_iter().map(|(n, t)| (n, t.to_device(self.device))).collect()
+            }
+            _ => Vec::new(),
+        };
+        self.handler.restore_states(&trainer_state["stateful_callbacks"], &callback_tensors)?;
 
         let host = checkpoint::read_json(dir, "host_state.json")?;
         self.position = Position {

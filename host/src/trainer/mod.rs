@@ -246,6 +246,7 @@ impl Trainer {
                             tracing::debug!("fp16 gradients overflowed: optimizer step skipped, loss scale lowered");
                         }
                         self.fire(Event::OPTIMIZER_STEP, &[])?;
+                        self.show_parameters()?;
                         self.optimizer.zero_grad();
                         self.state.global_step += 1;
                         self.state.epoch =
@@ -385,6 +386,44 @@ impl Trainer {
         self.handler.on_gradients(&gradients)
     }
 
+    /// Shows the parameters to the callbacks that want them (plugin-api 1.3).
+    fn show_parameters(&mut self) -> Result<()> {
+        if !self.handler.wants_parameters() {
+            return Ok(());
+        }
+        let mut parameters = Tensors::new();
+        for param in self.optimizer.params() {
+            parameters.insert(param.name.clone(), param.tensor.detach());
+        }
+        self.handler.on_parameters(&parameters)
+    }
+
+    /// Puts in place the weights a callback wants evaluations to use (EMA weights, say);
+    /// returns the trained weights to put back afterwards.
+    fn swap_in_evaluation_weights(&mut self) -> Result<Option<Vec<(Tensor, Tensor)>>> {
+        let Some(weights) = self.handler.evaluation_weights()? else { return Ok(None) };
+        let mut saved = Vec::new();
+        tch::no_grad(|| -> Result<()> {
+            for param in self.optimizer.params() {
+                let replacement = weights
+                    .require(&param.name)
+                    .map_err(|e| anyhow::anyhow!("evaluation weights from a callback: {}", e.message()))?;
+                anyhow::ensure!(
+                    replacement.size() == param.tensor.size(),
+                    "evaluation weights from a callback: {} has shape {:?}, the model {:?}",
+                    param.name,
+                    replacement.size(),
+                    param.tensor.size()
+                );
+                let trained = param.tensor.detach().copy();
+                param.tensor.shallow_clone().copy_(&replacement.to_device(param.tensor.device()));
+                saved.push((param.tensor.shallow_clone(), trained));
+            }
+            Ok(())
+        })?;
+        Ok(Some(saved))
+    }
+
     /// fp16: divides the gradients by the loss scale and adapts the scale; returns whether
     /// the step may be taken (no overflow). Always true without fp16.
     fn unscale_gradients(&mut self) -> bool {
@@ -420,7 +459,16 @@ impl Trainer {
     /// size, as HF) and eval_accuracy. Fires on_prediction_step per batch, then on_log and
     /// on_evaluate.
     pub fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
-        let metrics = self.evaluation_loop("eval", |_, _, _| Ok(()))?;
+        let trained = self.swap_in_evaluation_weights()?;
+        let metrics = self.evaluation_loop("eval", |_, _, _| Ok(()));
+        if let Some(trained) = trained {
+            tch::no_grad(|| {
+                for (mut param, weights) in trained {
+                    param.copy_(&weights);
+                }
+            });
+        }
+        let metrics = metrics?;
         // As in HF, the metrics given to on_evaluate carry the epoch that `log` adds.
         let metrics = self.log(metrics)?;
         self.fire(Event::EVALUATE, &metrics)?;
