@@ -54,9 +54,10 @@ impl CallbackHandler {
 }
 
 impl CallbackHandler {
-    /// HF `stateful_callbacks`: the control flags, and each plugin callback that has state,
-    /// by component name.
-    pub fn stateful_callbacks(&mut self) -> Result<serde_json::Value> {
+    /// HF `stateful_callbacks` (the control flags, and each plugin callback that has state,
+    /// by component name), and the tensors of the callbacks' states, named
+    /// `{callback}.{tensor}` (plugin-api 1.3); one state call per callback.
+    pub fn states(&mut self) -> Result<(serde_json::Value, Vec<(String, tch::Tensor)>)> {
         let c = &self.control;
         let mut states = serde_json::Map::new();
         states.insert(
@@ -72,24 +73,17 @@ impl CallbackHandler {
                 "attributes": {},
             }),
         );
+        let mut all_tensors = Vec::new();
         for callback in &mut self.callbacks {
-            if let (Some(state), _) = callback.state()? {
+            let (state, tensors) = callback.state()?;
+            if let Some(state) = state {
                 states.insert(callback.name.clone(), serde_json::json!({ "args": {}, "attributes": state }));
             }
-        }
-        Ok(serde_json::Value::Object(states))
-    }
-
-    /// The tensors of the callbacks' states, named `{callback}.{tensor}` (plugin-api 1.3).
-    pub fn state_tensors(&mut self) -> Result<Vec<(String, tch::Tensor)>> {
-        let mut all = Vec::new();
-        for callback in &mut self.callbacks {
-            let (_, tensors) = callback.state()?;
             for (name, tensor) in tensors.iter() {
-                all.push((format!("{}.{name}", callback.name), tensor.to_device(tch::Device::Cpu)));
+                all_tensors.push((format!("{}.{name}", callback.name), tensor.shallow_clone()));
             }
         }
-        Ok(all)
+        Ok((serde_json::Value::Object(states), all_tensors))
     }
 
     /// Whether any callback wants the parameters after each step.

@@ -62,6 +62,15 @@ impl Writer {
         self.write_bytes(name, text.as_bytes())
     }
 
+    /// Writes named tensors as a safetensors file (copied to the CPU first).
+    pub fn write_safetensors(&mut self, name: &str, tensors: &[(String, tch::Tensor)]) -> Result<()> {
+        let on_cpu: Vec<(&str, tch::Tensor)> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu))).collect();
+        let path = self.path(name);
+        tch::Tensor::write_safetensors(&on_cpu, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        self.finish_file(name)
+    }
+
     /// Writes the manifest, then moves the folder to its final name.
     pub fn commit(self) -> Result<PathBuf> {
         let mut entries = serde_json::Map::new();

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
-use abi_stable::std_types::{ROption, RResult, RSlice};
+use abi_stable::std_types::{ROption, RResult};
 use anyhow::Result;
 use plugin_api::ffi::{
     CallbackBox, ComponentKind, ErrorKind, ExtensionIn, ExtensionOp, ExtensionOut, FfiError, LossBox, PluginInfo,
@@ -187,59 +187,60 @@ impl PluginLoss {
 }
 
 impl PluginLoss {
+    /// Runs an extension operation on the loss (see [`extension`]).
+    fn call(
+        &mut self,
+        op: ExtensionOp,
+        during: &str,
+        json: &str,
+        tensors: &Tensors,
+    ) -> Result<Option<(String, Tensors)>> {
+        let who = (self.plugin.as_str(), "loss", self.name.as_str());
+        extension(who, during, op, json, tensors, |op, input| self.inner.extension(op, input))
+    }
+
     /// The loss's state, `None` when it has none (or its plugin predates plugin-api 1.1).
     pub fn state(&mut self) -> Result<Option<serde_json::Value>> {
-        let who = (self.plugin.as_str(), "loss", self.name.as_str());
-        Ok(save_state(who, ExtensionOp::LOSS_STATE_SAVE, |op, input| self.inner.extension(op, input))?.0)
+        let answer = self.call(ExtensionOp::LOSS_STATE_SAVE, "saving its state", "", &Tensors::new())?;
+        Ok(parse_state((self.plugin.as_str(), "loss", self.name.as_str()), answer)?.0)
     }
 
     /// Restores a state that `state` returned.
     pub fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
-        let who = (self.plugin.as_str(), "loss", self.name.as_str());
-        load_state(who, ExtensionOp::LOSS_STATE_LOAD, state, &Tensors::new(), |op, input| {
-            self.inner.extension(op, input)
-        })
+        self.call(ExtensionOp::LOSS_STATE_LOAD, "restoring its state", &state.to_string(), &Tensors::new())?;
+        Ok(())
     }
 }
 
-/// Asks a component for its state through an extension operation; plugins that do not
-/// know the operation (built against plugin-api 1.0) count as stateless.
-fn save_state(
+/// Runs an extension operation: `Ok(None)` when the plugin does not know it (it was built
+/// against an older plugin-api), else its JSON answer and the tensors it handed over.
+fn extension(
     (plugin, kind, name): (&str, &str, &str),
+    during: &str,
     op: ExtensionOp,
-    call: impl FnOnce(ExtensionOp, ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError>,
-) -> Result<(Option<serde_json::Value>, Tensors)> {
-    let input = ExtensionIn { json: "".into(), tensors: RSlice::from_slice(&[]) };
-    match call(op, input) {
-        RResult::ROk(out) => {
-            // SAFETY: the plugin handed these tensors over (ExtensionOut).
-            let tensors = unsafe { Tensors::from_owned_ffi(out.tensors) };
-            let value: serde_json::Value = serde_json::from_str(out.json.as_str()).map_err(|e| {
-                anyhow::anyhow!("plugin '{plugin}' {kind} '{name}' returned a state that is not JSON: {e}")
-            })?;
-            Ok(((!value.is_null()).then_some(value), tensors))
-        }
-        RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok((None, Tensors::new())),
-        RResult::RErr(e) => Err(component_error(plugin, kind, name, "saving its state", e)),
-    }
-}
-
-/// Gives a component back its saved state (ignored by plugins built against 1.0).
-fn load_state(
-    (plugin, kind, name): (&str, &str, &str),
-    op: ExtensionOp,
-    state: &serde_json::Value,
+    json: &str,
     tensors: &Tensors,
     call: impl FnOnce(ExtensionOp, ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError>,
-) -> Result<()> {
-    let json = state.to_string();
+) -> Result<Option<(String, Tensors)>> {
     let views = tensors.as_ffi();
-    let input = ExtensionIn { json: json.as_str().into(), tensors: views.as_slice().into() };
+    let input = ExtensionIn { json: json.into(), tensors: views.as_slice().into() };
     match call(op, input) {
-        RResult::ROk(_) => Ok(()),
-        RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(()),
-        RResult::RErr(e) => Err(component_error(plugin, kind, name, "restoring its state", e)),
+        // SAFETY: the plugin handed these tensors over (ExtensionOut).
+        RResult::ROk(out) => Ok(Some((out.json.into_string(), unsafe { Tensors::from_owned_ffi(out.tensors) }))),
+        RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(None),
+        RResult::RErr(e) => Err(component_error(plugin, kind, name, during, e)),
     }
+}
+
+/// A state answer: its JSON (`null`, or no answer, means stateless) and its tensors.
+fn parse_state(
+    (plugin, kind, name): (&str, &str, &str),
+    answer: Option<(String, Tensors)>,
+) -> Result<(Option<serde_json::Value>, Tensors)> {
+    let Some((json, tensors)) = answer else { return Ok((None, Tensors::new())) };
+    let value: serde_json::Value = serde_json::from_str(&json)
+        .map_err(|e| anyhow::anyhow!("plugin '{plugin}' {kind} '{name}' returned a state that is not JSON: {e}"))?;
+    Ok(((!value.is_null()).then_some(value), tensors))
 }
 
 /// A callback component from a plugin.
@@ -270,11 +271,22 @@ impl PluginCallback {
         }
     }
 
+    /// Runs an extension operation on the callback (see [`extension`]).
+    fn call(
+        &mut self,
+        op: ExtensionOp,
+        during: &str,
+        json: &str,
+        tensors: &Tensors,
+    ) -> Result<Option<(String, Tensors)>> {
+        let who = (self.plugin.as_str(), "callback", self.name.as_str());
+        extension(who, during, op, json, tensors, |op, input| self.inner.extension(op, input))
+    }
+
     /// Asks which optional inputs the callback wants (plugins before 1.2 want none).
     fn ask_wants(&mut self) {
-        let input = ExtensionIn { json: "".into(), tensors: RSlice::from_slice(&[]) };
-        if let RResult::ROk(out) = self.inner.extension(ExtensionOp::CALLBACK_WANTS, input) {
-            let wants: serde_json::Value = serde_json::from_str(out.json.as_str()).unwrap_or_default();
+        if let Ok(Some((json, _))) = self.call(ExtensionOp::CALLBACK_WANTS, "", "", &Tensors::new()) {
+            let wants: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
             self.wants_gradients = wants["gradients"].as_bool().unwrap_or(false);
             self.wants_extra_logs = wants["extra_logs"].as_bool().unwrap_or(false);
             self.wants_parameters = wants["parameters"].as_bool().unwrap_or(false);
@@ -283,16 +295,10 @@ impl PluginCallback {
 
     /// Shows the gradients; returns whether the callback asks to skip the update.
     pub fn on_gradients(&mut self, gradients: &Tensors) -> Result<bool> {
-        let views = gradients.as_ffi();
-        let input = ExtensionIn { json: "{}".into(), tensors: views.as_slice().into() };
-        match self.inner.extension(ExtensionOp::CALLBACK_GRADIENTS, input) {
-            RResult::ROk(out) => {
-                let answer: serde_json::Value = serde_json::from_str(out.json.as_str()).unwrap_or_default();
-                Ok(answer["skip_step"].as_bool().unwrap_or(false))
-            }
-            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(false),
-            RResult::RErr(e) => Err(component_error(&self.plugin, "callback", &self.name, "on_gradients", e)),
-        }
+        let answer = self.call(ExtensionOp::CALLBACK_GRADIENTS, "on_gradients", "{}", gradients)?;
+        let answer: serde_json::Value =
+            answer.and_then(|(json, _)| serde_json::from_str(&json).ok()).unwrap_or_default();
+        Ok(answer["skip_step"].as_bool().unwrap_or(false))
     }
 
     /// The entries the callback adds to a log event.
@@ -300,53 +306,34 @@ impl PluginCallback {
         let object: serde_json::Map<String, serde_json::Value> =
             logs.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
         let json = serde_json::Value::Object(object).to_string();
-        let input = ExtensionIn { json: json.as_str().into(), tensors: RSlice::from_slice(&[]) };
-        match self.inner.extension(ExtensionOp::CALLBACK_EXTRA_LOGS, input) {
-            RResult::ROk(out) => {
-                let extra: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_str(out.json.as_str()).unwrap_or_default();
-                Ok(extra.into_iter().filter_map(|(k, v)| Some((k, v.as_f64()?))).collect())
-            }
-            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(Vec::new()),
-            RResult::RErr(e) => Err(component_error(&self.plugin, "callback", &self.name, "extra_logs", e)),
-        }
+        let answer = self.call(ExtensionOp::CALLBACK_EXTRA_LOGS, "extra_logs", &json, &Tensors::new())?;
+        let extra: serde_json::Map<String, serde_json::Value> =
+            answer.and_then(|(json, _)| serde_json::from_str(&json).ok()).unwrap_or_default();
+        Ok(extra.into_iter().filter_map(|(k, v)| Some((k, v.as_f64()?))).collect())
     }
 
     /// Restores a state that `state` returned (ignored by plugins built against 1.0).
     pub fn load_state(&mut self, state: &serde_json::Value, tensors: &Tensors) -> Result<()> {
-        let who = (self.plugin.as_str(), "callback", self.name.as_str());
-        load_state(who, ExtensionOp::CALLBACK_STATE_LOAD, state, tensors, |op, input| self.inner.extension(op, input))
+        self.call(ExtensionOp::CALLBACK_STATE_LOAD, "restoring its state", &state.to_string(), tensors)?;
+        Ok(())
     }
 
     /// Shows the parameters after an optimizer step (plugin-api 1.3).
     pub fn on_parameters(&mut self, parameters: &Tensors) -> Result<()> {
-        let views = parameters.as_ffi();
-        let input = ExtensionIn { json: "{}".into(), tensors: views.as_slice().into() };
-        match self.inner.extension(ExtensionOp::CALLBACK_PARAMETERS, input) {
-            RResult::ROk(_) => Ok(()),
-            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(()),
-            RResult::RErr(e) => Err(component_error(&self.plugin, "callback", &self.name, "on_parameters", e)),
-        }
+        self.call(ExtensionOp::CALLBACK_PARAMETERS, "on_parameters", "{}", parameters)?;
+        Ok(())
     }
 
     /// The weights the callback wants evaluations to use, if any (plugin-api 1.3).
     pub fn evaluation_weights(&mut self) -> Result<Option<Tensors>> {
-        let input = ExtensionIn { json: "{}".into(), tensors: RSlice::from_slice(&[]) };
-        match self.inner.extension(ExtensionOp::CALLBACK_EVAL_WEIGHTS, input) {
-            // SAFETY: the plugin handed these tensors over (ExtensionOut).
-            RResult::ROk(out) => {
-                let weights = unsafe { Tensors::from_owned_ffi(out.tensors) };
-                Ok((!weights.is_empty()).then_some(weights))
-            }
-            RResult::RErr(e) if e.kind == ErrorKind::UNSUPPORTED => Ok(None),
-            RResult::RErr(e) => Err(component_error(&self.plugin, "callback", &self.name, "evaluation_weights", e)),
-        }
+        let answer = self.call(ExtensionOp::CALLBACK_EVAL_WEIGHTS, "evaluation_weights", "{}", &Tensors::new())?;
+        Ok(answer.map(|(_, weights)| weights).filter(|weights| !weights.is_empty()))
     }
 
     /// The callback's state, `None` when it has none. Plugins built against plugin-api 1.0
     /// do not know the operation: they count as stateless.
     pub fn state(&mut self) -> Result<(Option<serde_json::Value>, Tensors)> {
-        let who = (self.plugin.as_str(), "callback", self.name.as_str());
-        save_state(who, ExtensionOp::CALLBACK_STATE_SAVE, |op, input| self.inner.extension(op, input))
+        let answer = self.call(ExtensionOp::CALLBACK_STATE_SAVE, "saving its state", "", &Tensors::new())?;
+        parse_state((self.plugin.as_str(), "callback", self.name.as_str()), answer)
     }
 }

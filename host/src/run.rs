@@ -31,17 +31,7 @@ pub fn resolve_config(options: &TrainOptions) -> Result<RunConfig> {
         origin = format!("config {} or flags", path.display());
     }
     let mut flags = options.training.to_table();
-    if !options.plugins.is_empty() {
-        let paths = options.plugins.iter().map(|p| toml::Value::String(p.display().to_string())).collect();
-        flags.insert("plugin".to_owned(), toml::Value::Array(paths));
-    }
-    if let Some(loss) = &options.loss {
-        flags.insert("loss".to_owned(), toml::Value::String(loss.clone()));
-    }
-    if !options.callbacks.is_empty() {
-        let names = options.callbacks.iter().map(|c| toml::Value::String(c.clone())).collect();
-        flags.insert("callback".to_owned(), toml::Value::Array(names));
-    }
+    insert_selection(&mut flags, &options.plugins, options.loss.as_deref(), &options.callbacks);
     config::merge(&mut table, flags);
     for spec in &options.plugin_config {
         config::merge(&mut table, config::plugin_config_flag(spec)?);
@@ -49,34 +39,46 @@ pub fn resolve_config(options: &TrainOptions) -> Result<RunConfig> {
     config::resolve(table, &origin)
 }
 
-/// The resolved configuration as TOML that `--config` accepts.
-fn config_as_toml(config: &RunConfig) -> Result<String> {
-    let mut table = toml::Value::try_from(&config.args)?.as_table().cloned().unwrap_or_default();
-    let selection = &config.selection;
-    if !selection.plugins.is_empty() {
-        let paths = selection.plugins.iter().map(|p| toml::Value::String(p.display().to_string())).collect();
+/// The plugin keys of a config table, from plugin paths, loss and callback names; lists
+/// that are empty stay out (so that a layer below them still counts).
+fn insert_selection(table: &mut toml::Table, plugins: &[std::path::PathBuf], loss: Option<&str>, callbacks: &[String]) {
+    if !plugins.is_empty() {
+        let paths = plugins.iter().map(|p| toml::Value::String(p.display().to_string())).collect();
         table.insert("plugin".to_owned(), toml::Value::Array(paths));
     }
-    if let Some(loss) = &selection.loss {
-        table.insert("loss".to_owned(), toml::Value::String(loss.clone()));
+    if let Some(loss) = loss {
+        table.insert("loss".to_owned(), toml::Value::String(loss.to_owned()));
     }
-    if !selection.callbacks.is_empty() {
+    if !callbacks.is_empty() {
         table.insert(
             "callback".to_owned(),
-            toml::Value::Array(selection.callbacks.iter().cloned().map(toml::Value::String).collect()),
+            toml::Value::Array(callbacks.iter().cloned().map(toml::Value::String).collect()),
         );
     }
+}
+
+/// The resolved configuration as a table that `--config` accepts.
+fn config_as_table(config: &RunConfig) -> Result<toml::Table> {
+    let mut table = toml::Value::try_from(&config.args)?.as_table().cloned().unwrap_or_default();
+    let selection = &config.selection;
+    insert_selection(&mut table, &selection.plugins, selection.loss.as_deref(), &selection.callbacks);
     if !selection.component_config.is_empty() {
         let components = toml::Value::try_from(&selection.component_config)?;
         table.insert("plugin_config".to_owned(), components);
     }
-    Ok(toml::to_string(&table)?)
+    Ok(table)
+}
+
+/// The run's training and evaluation data (the digits set, split as the arguments say).
+fn datasets(args: &TrainingArguments) -> Result<(data::Dataset, data::Dataset)> {
+    let digits = data::load_digits()?;
+    Ok(data::split(&digits, args.validation_split_percentage, args.max_train_samples, args.max_eval_samples))
 }
 
 pub fn train(options: &TrainOptions) -> Result<()> {
     let config = resolve_config(options)?;
     if options.print_config {
-        print!("{}", config_as_toml(&config)?);
+        print!("{}", toml::to_string(&config_as_table(&config)?)?);
         return Ok(());
     }
     let args = config.args.clone();
@@ -95,17 +97,12 @@ pub fn train(options: &TrainOptions) -> Result<()> {
         tracing::info!("callback: {} (plugin {})", callback.name, callback.plugin);
     }
 
-    let digits = data::load_digits()?;
-    let (train_set, eval_set) =
-        data::split(&digits, args.validation_split_percentage, args.max_train_samples, args.max_eval_samples);
+    let (train_set, eval_set) = datasets(&args)?;
     let output_dir = Path::new(&args.output_dir);
     let reporter = report::Reporter::create(output_dir)?;
     let handler = CallbackHandler::new(components.callbacks);
     let stop_signal = install_signal_handlers()?;
-    let run_config: serde_json::Value = toml::from_str::<toml::Value>(&config_as_toml(&config)?)
-        .ok()
-        .and_then(|v| serde_json::to_value(v).ok())
-        .unwrap_or_default();
+    let run_config = serde_json::to_value(config_as_table(&config)?)?;
     let mut trainer = Trainer::new(
         args.clone(),
         device,
@@ -192,9 +189,7 @@ fn trainer_from_checkpoint(options: &CheckpointOptions) -> Result<Trainer> {
     let args = config.args.clone();
     let device = device::select_device(&args.device)?;
     let components = components::build(&config.selection, &serde_json::to_string(&args)?)?;
-    let digits = data::load_digits()?;
-    let (train_set, eval_set) =
-        data::split(&digits, args.validation_split_percentage, args.max_train_samples, args.max_eval_samples);
+    let (train_set, eval_set) = datasets(&args)?;
     let handler = CallbackHandler::new(components.callbacks);
     let run_config = saved["run_config"].clone();
     let never_stopped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -476,8 +476,8 @@ fn ema_evaluates_with_the_average_and_resumes_exactly() {
 
     // Stop after step 25, resume from checkpoint-20: the average comes back with it.
     let resumed = tempdir();
-    let mut first = args.clone();
-    first.extend([
+    let mut with_recorder = args.clone();
+    with_recorder.extend([
         "--plugin",
         path_str(&fixtures),
         "--loss",
@@ -488,25 +488,12 @@ fn ema_evaluates_with_the_average_and_resumes_exactly() {
         "recorder",
         "--plugin-config",
         "recorder.path=events.txt",
-        "--plugin-config",
-        "recorder.stop_at_step=25",
     ]);
+    let mut first = with_recorder.clone();
+    first.extend(["--plugin-config", "recorder.stop_at_step=25"]);
     assert_eq!(host(resumed.path(), &first).code, 0);
-    let mut again = args.clone();
-    again.extend([
-        "--plugin",
-        path_str(&fixtures),
-        "--loss",
-        "builtin",
-        "--callback",
-        "ema",
-        "--callback",
-        "recorder",
-        "--plugin-config",
-        "recorder.path=events.txt",
-        "--resume-from-checkpoint",
-        "latest",
-    ]);
+    let mut again = with_recorder;
+    again.extend(["--resume-from-checkpoint", "latest"]);
     let run = host(resumed.path(), &again);
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     assert!(run.stderr.contains("resumed from output/checkpoint-20"));

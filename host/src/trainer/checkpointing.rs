@@ -38,7 +38,7 @@ impl Trainer {
     /// The checkpoint folder that `resume_from_checkpoint` names.
     pub(super) fn checkpoint_to_resume(&self, spec: &str) -> Result<PathBuf> {
         if spec == "latest" {
-            return checkpoint::latest(&self.output_dir);
+            return checkpoint::latest(&self.output_dir());
         }
         let dir = PathBuf::from(spec);
         if !dir.is_dir() {
@@ -54,16 +54,13 @@ impl Trainer {
     /// Writes `output_dir/checkpoint-{global_step}`, then applies save_total_limit.
     pub(super) fn save_checkpoint(&mut self) -> Result<PathBuf> {
         let step = self.state.global_step;
-        let mut writer = Writer::begin(&self.output_dir, step)?;
+        let mut writer = Writer::begin(&self.output_dir(), step)?;
 
         crate::weights::save(&self.vars, &writer.path("model.safetensors"))?;
         writer.finish_file("model.safetensors")?;
 
         let optimizer = self.optimizer.state();
-        let tensors: Vec<(String, Tensor)> =
-            optimizer.tensors.iter().map(|(n, t)| (n.clone(), t.to_device(Device::Cpu))).collect();
-        Tensor::write_safetensors(&tensors, writer.path("optimizer.safetensors"))?;
-        writer.finish_file("optimizer.safetensors")?;
+        writer.write_safetensors("optimizer.safetensors", &optimizer.tensors)?;
         writer.write_json(
             "optimizer.json",
             &serde_json::json!({ "optim": self.args.optim, "optim_args": self.args.optim_args, "scalars": optimizer.scalars }),
@@ -78,22 +75,20 @@ impl Trainer {
         if let Device::Cuda(index) = self.device {
             rng.push((format!("cuda:{index}"), crate::rng::state(self.device)?));
         }
-        Tensor::write_safetensors(&rng, writer.path("rng_state.safetensors"))?;
-        writer.finish_file("rng_state.safetensors")?;
+        writer.write_safetensors("rng_state.safetensors", &rng)?;
 
         // HF records the best checkpoint once the folder of the best step exists (or is this one).
         if let Some(best_step) = self.state.best_global_step {
-            let best_dir = self.output_dir.join(format!("checkpoint-{best_step}"));
+            let best_dir = self.output_dir().join(format!("checkpoint-{best_step}"));
             if best_step == step || best_dir.exists() {
                 self.state.best_model_checkpoint = Some(best_dir.display().to_string());
             }
         }
-        let trainer_state = self.trainer_state_json()?;
-        writer.write_json("trainer_state.json", &trainer_state)?;
-        let callback_tensors = self.handler.state_tensors()?;
+        // One call per callback gives both its JSON state and its tensors.
+        let (stateful_callbacks, callback_tensors) = self.handler.states()?;
+        writer.write_json("trainer_state.json", &self.trainer_state_with(stateful_callbacks))?;
         if !callback_tensors.is_empty() {
-            Tensor::write_safetensors(&callback_tensors, writer.path("callback_tensors.safetensors"))?;
-            writer.finish_file("callback_tensors.safetensors")?;
+            writer.write_safetensors("callback_tensors.safetensors", &callback_tensors)?;
         }
         writer.write_json("training_args.json", &serde_json::to_value(&self.args)?)?;
         let progress = &self.progress;
@@ -113,7 +108,7 @@ impl Trainer {
 
         if let Some(limit) = self.args.save_total_limit {
             let best = self.state.best_model_checkpoint.as_ref().map(PathBuf::from);
-            checkpoint::rotate(&self.output_dir, limit, best.as_deref())?;
+            checkpoint::rotate(&self.output_dir(), limit, best.as_deref())?;
         }
         Ok(dir)
     }

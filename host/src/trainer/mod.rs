@@ -48,7 +48,6 @@ pub struct Trainer {
     position: Position,
     /// Whether the last evaluation gave a new best metric (for save_strategy=best).
     new_best: bool,
-    output_dir: std::path::PathBuf,
     /// The resolved run configuration, kept in checkpoints (plugins, their config).
     run_config: serde_json::Value,
     /// Set (to the signal number) when SIGINT or SIGTERM asks the run to stop.
@@ -80,7 +79,6 @@ impl Trainer {
         run_config: serde_json::Value,
         stop_signal: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     ) -> Result<Self> {
-        let args_output_dir = args.output_dir.clone();
         let precision = Precision::choose(args.bf16, args.fp16, device)?;
         if let Some(tf32) = args.tf32 {
             if tf32 && !device.is_cuda() {
@@ -120,12 +118,15 @@ impl Trainer {
             progress: Progress::new(device),
             position: Position::default(),
             new_best: false,
-            output_dir: std::path::PathBuf::from(&args_output_dir),
             run_config,
             stop_signal,
         };
         trainer.fire(Event::INIT_END, &[])?;
         Ok(trainer)
+    }
+
+    fn output_dir(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(&self.args.output_dir)
     }
 
     /// The learning rate for the next optimizer step (HF: the scheduler's last lr).
@@ -183,7 +184,7 @@ impl Trainer {
         self.state.eval_steps =
             TrainingArguments::resolve_steps(args.eval_steps.unwrap_or(args.logging_steps), max_steps);
         self.state.save_steps = TrainingArguments::resolve_steps(args.save_steps, max_steps);
-        crate::checkpoint::remove_stale_temporaries(&self.output_dir);
+        crate::checkpoint::remove_stale_temporaries(&self.output_dir());
         if let Some(spec) = &args.resume_from_checkpoint {
             let dir = self.checkpoint_to_resume(spec)?;
             self.restore(&dir)?;
@@ -303,8 +304,14 @@ impl Trainer {
 
     /// The trainer state with Hugging Face's trainer_state.json keys.
     pub fn trainer_state_json(&mut self) -> Result<serde_json::Value> {
+        let (stateful_callbacks, _) = self.handler.states()?;
+        Ok(self.trainer_state_with(stateful_callbacks))
+    }
+
+    /// trainer_state.json, with the callbacks' states already collected.
+    fn trainer_state_with(&self, stateful_callbacks: serde_json::Value) -> serde_json::Value {
         let s = &self.state;
-        Ok(serde_json::json!({
+        serde_json::json!({
             "best_global_step": s.best_global_step,
             "best_metric": s.best_metric,
             "best_model_checkpoint": s.best_model_checkpoint,
@@ -320,12 +327,12 @@ impl Trainer {
             "num_input_tokens_seen": s.num_input_tokens_seen,
             "num_train_epochs": s.num_train_epochs,
             "save_steps": s.save_steps,
-            "stateful_callbacks": self.handler.stateful_callbacks()?,
+            "stateful_callbacks": stateful_callbacks,
             "total_flos": s.total_flos,
             "train_batch_size": s.train_batch_size,
             "trial_name": null,
             "trial_params": null,
-        }))
+        })
     }
 
     /// HF `_maybe_log_save_evaluate`: log if asked (and a step happened since the last
@@ -448,10 +455,7 @@ impl Trainer {
                 check_scalar(loss, &value)?;
                 Ok(value)
             }
-            None => {
-                Ok(logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, -100, 0.0)
-                    / num_items.max(1) as f64)
-            }
+            None => Ok(builtin_training_loss(&logits, labels, num_items)),
         }
     }
 
