@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod components;
 pub mod config;
+pub mod config_keys;
 pub mod data;
 pub mod device;
 pub mod error;

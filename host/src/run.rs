@@ -269,8 +269,35 @@ pub fn plugins(command: &PluginsCommand) -> Result<()> {
             writeln!(out, "  built against: plugin-api {}, torch {}", info.api_version, info.torch_version)?;
             for kind in [plugin_api::ffi::ComponentKind::LOSS, plugin_api::ffi::ComponentKind::CALLBACK] {
                 let label = if kind == plugin_api::ffi::ComponentKind::LOSS { "loss" } else { "callback" };
-                for name in plugin.components(kind) {
-                    writeln!(out, "  {label:<13}  {name}")?;
+                for component in info.components.iter().filter(|c| c.kind == kind) {
+                    writeln!(out, "  {label:<13}  {}", component.name)?;
+                    show_config_keys(&mut out, component.name.as_str(), component.extra_json.as_str())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The config keys a component declares, as `host plugins inspect` shows them.
+fn show_config_keys(out: &mut impl Write, component: &str, extra_json: &str) -> Result<()> {
+    use crate::config_keys::{declared, Declared};
+    match declared(extra_json) {
+        Declared::Unknown => {
+            writeln!(out, "    config keys not declared (the plugin's config type does not derive JsonSchema)")?
+        }
+        Declared::Keys(keys) if keys.is_empty() => writeln!(out, "    no config keys")?,
+        Declared::Keys(keys) => {
+            writeln!(out, "    config keys ([plugin_config.{component}] or --plugin-config {component}.KEY=VALUE):")?;
+            let name_width = keys.iter().map(|k| k.name.len()).max().unwrap_or(0);
+            for key in keys {
+                let default = match &key.default {
+                    Some(value) => format!("default {value}"),
+                    None => "required".to_owned(),
+                };
+                writeln!(out, "      {:<name_width$}  {}, {default}", key.name, key.kind)?;
+                if !key.help.is_empty() {
+                    writeln!(out, "      {:<name_width$}    {}", "", key.help)?;
                 }
             }
         }

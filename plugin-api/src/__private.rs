@@ -10,6 +10,7 @@ use abi_stable::{
     std_types::{ROption, RResult, RSlice, RString, RVec},
 };
 use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
 
 use crate::callback::{Callback, Metrics, TrainerControl, TrainerState, TrainingArguments};
 use crate::ffi::{
@@ -56,12 +57,22 @@ pub extern "C" fn module_extension(op: ExtensionOp, _input: ExtensionIn<'_>) -> 
     unsupported(op)
 }
 
-pub fn plugin_info(name: &str, version: &str, losses: &[&str], callbacks: &[&str]) -> PluginInfo {
-    let component = |kind, name: &&str| ComponentInfo { kind, name: (*name).into(), extra_json: "{}".into() };
+/// One component for [`plugin_info`]: its name and, when its config type derives
+/// `JsonSchema`, the JSON schema of its config keys.
+pub type ComponentDecl = (&'static str, Option<String>);
+
+pub fn plugin_info(name: &str, version: &str, losses: &[ComponentDecl], callbacks: &[ComponentDecl]) -> PluginInfo {
+    let component = |kind, (name, schema): &ComponentDecl| {
+        let extra = match schema {
+            Some(schema) => format!("{{\"config_schema\":{schema}}}"),
+            None => "{}".to_owned(),
+        };
+        ComponentInfo { kind, name: (*name).into(), extra_json: extra.into() }
+    };
     let components: RVec<ComponentInfo> = losses
         .iter()
-        .map(|n| component(ComponentKind::LOSS, n))
-        .chain(callbacks.iter().map(|n| component(ComponentKind::CALLBACK, n)))
+        .map(|c| component(ComponentKind::LOSS, c))
+        .chain(callbacks.iter().map(|c| component(ComponentKind::CALLBACK, c)))
         .collect();
     PluginInfo {
         name: name.into(),
@@ -70,6 +81,35 @@ pub fn plugin_info(name: &str, version: &str, losses: &[&str], callbacks: &[&str
         torch_version: crate::TORCH_VERSION.into(),
         components,
         extra_json: "{}".into(),
+    }
+}
+
+/// The config type a component constructor takes, for [`DeclaredConfig`] /
+/// [`UndeclaredConfig`] to pick from (autoref specialisation: the schema when the type
+/// derives `JsonSchema`, none otherwise, so configs without it still compile).
+pub struct ConfigType<C>(PhantomData<C>);
+
+pub fn config_type_of<C, T, F: FnOnce(C) -> Result<T, PluginError>>(_ctor: &F) -> ConfigType<C> {
+    ConfigType(PhantomData)
+}
+
+pub trait DeclaredConfig {
+    fn config_schema(&self) -> Option<String>;
+}
+
+impl<C: schemars::JsonSchema> DeclaredConfig for ConfigType<C> {
+    fn config_schema(&self) -> Option<String> {
+        Some(schemars::schema_for!(C).to_value().to_string())
+    }
+}
+
+pub trait UndeclaredConfig {
+    fn config_schema(&self) -> Option<String>;
+}
+
+impl<C> UndeclaredConfig for &ConfigType<C> {
+    fn config_schema(&self) -> Option<String> {
+        None
     }
 }
 

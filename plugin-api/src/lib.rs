@@ -7,9 +7,13 @@
 //! ```ignore
 //! use plugin_api::prelude::*;
 //!
-//! #[derive(Deserialize, Default)]
+//! #[derive(Deserialize, JsonSchema, Default)]
 //! #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
-//! struct Config { scale: f64 }
+//! #[schemars(crate = "plugin_api::schemars")]
+//! struct Config {
+//!     /// Multiplies the cross entropy.
+//!     scale: f64,
+//! }
 //!
 //! struct ScaledCe { scale: f64 }
 //!
@@ -41,6 +45,7 @@ pub use callback::{Callback, Metrics, TrainerControl, TrainerState, TrainingArgu
 pub use loss::Loss;
 pub use tensors::Tensors;
 
+pub use schemars;
 pub use serde;
 pub use serde_json;
 pub use tch;
@@ -57,6 +62,7 @@ pub mod prelude {
         export_plugin, Callback, Loss, Metrics, NoConfig, PluginError, Tensors, TrainerControl, TrainerState,
         TrainingArguments,
     };
+    pub use schemars::JsonSchema;
     pub use serde::Deserialize;
     pub use tch::{Kind, Reduction, Tensor};
 }
@@ -105,7 +111,7 @@ impl<E: std::error::Error> From<E> for PluginError {
 }
 
 /// The config of a component that has no settings: any key given is an error.
-#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoConfig {}
 
@@ -125,6 +131,12 @@ pub struct NoConfig {}
 /// `#[serde(crate = "plugin_api::serde", deny_unknown_fields)]`: the first line lets the
 /// plugin use plugin-api's serde without depending on serde itself, the second makes a
 /// misspelt key an error. A component without settings takes [`NoConfig`].
+///
+/// Also derive [`JsonSchema`](schemars::JsonSchema) (with
+/// `#[schemars(crate = "plugin_api::schemars")]`) to declare the config keys: their types,
+/// defaults (from `Default`, with `#[serde(default)]`) and help (the fields' doc comments)
+/// are then shown by `host plugins inspect`. A config without it still works; inspect then
+/// says its keys are not declared.
 #[macro_export]
 macro_rules! export_plugin {
     (
@@ -144,11 +156,13 @@ macro_rules! export_plugin {
                 #[allow(unused_mut, unused_assignments)]
                 let mut version: &str = env!("CARGO_PKG_VERSION");
                 $(version = $version;)?
+                #[allow(unused_imports)]
+                use $crate::__private::{DeclaredConfig as _, UndeclaredConfig as _};
                 $crate::__private::plugin_info(
                     name,
                     version,
-                    &[$($($loss_name),*)?],
-                    &[$($($cb_name),*)?],
+                    &[$($(($loss_name, (&$crate::__private::config_type_of(&$loss_ctor)).config_schema())),*)?],
+                    &[$($(($cb_name, (&$crate::__private::config_type_of(&$cb_ctor)).config_schema())),*)?],
                 )
             }
 

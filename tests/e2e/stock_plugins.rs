@@ -121,6 +121,24 @@ fn plugins_are_found_by_name_and_described() {
     assert!(inspect.stdout.starts_with("early_stopping 0.1.0\n"), "{}", inspect.stdout);
     assert!(inspect.stdout.contains(&format!("built against: plugin-api {}, torch 2.11.0", plugin_api::API_VERSION)));
     assert!(inspect.stdout.contains("callback       early_stopping"), "{}", inspect.stdout);
+    // Declared config keys: type, default and help (the field's doc comment).
+    assert!(
+        inspect.stdout.contains(
+            "      early_stopping_patience   integer, default 1\n                                  Evaluations without improvement"
+        ),
+        "{}",
+        inspect.stdout
+    );
+    assert!(inspect.stdout.contains("early_stopping_threshold  number, default 0.0"), "{}", inspect.stdout);
+    let timer = host(dir.path(), &["plugins", "inspect", path_str(&plugin("timer"))]);
+    assert!(timer.stdout.contains("max_seconds  number, required"), "{}", timer.stdout);
+    let guard = host(dir.path(), &["plugins", "inspect", path_str(&plugin("nan_guard"))]);
+    assert!(guard.stdout.contains("mode  one of \"skip\", \"stop\", default \"skip\""), "{}", guard.stdout);
+    let throughput = host(dir.path(), &["plugins", "inspect", path_str(&plugin("throughput"))]);
+    assert!(throughput.stdout.contains("callback       throughput\n    no config keys\n"), "{}", throughput.stdout);
+    // A config type without the JsonSchema derive still loads; its keys are undeclared.
+    let fixtures = host(dir.path(), &["plugins", "inspect", path_str(&plugin("test_fixtures"))]);
+    assert!(fixtures.stdout.contains("callback       recorder\n    config keys not declared"), "{}", fixtures.stdout);
 
     host(dir.path(), &["--plugin", "no_such_plugin"])
         .assert_clean_error(2, "no plugin named 'no_such_plugin' (libno_such_plugin.so) in");
@@ -418,7 +436,7 @@ fn nan_guard_skips_or_stops_on_non_finite_gradients() {
     assert_eq!(log_history(stopping.path()).last().unwrap()["step"], 3);
 
     host(stopping.path(), &["--plugin", path_str(&guard), "--plugin-config", "nan_guard.mode=\"retry\""])
-        .assert_clean_error(2, "mode 'retry' is not skip or stop");
+        .assert_clean_error(2, "unknown variant `retry`, expected `skip` or `stop`");
 }
 
 #[test]

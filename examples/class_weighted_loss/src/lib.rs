@@ -11,9 +11,11 @@
 
 use plugin_api::prelude::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
+#[schemars(crate = "plugin_api::schemars")]
 struct Config {
+    /// Weights of classes 0, 1, 2, ...; classes past the end of the list weigh 1.
     class_weights: Vec<f64>,
 }
 

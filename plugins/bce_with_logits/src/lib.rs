@@ -6,9 +6,11 @@
 use plugin_api::items::{float_targets, reduce};
 use plugin_api::prelude::*;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, JsonSchema, Default)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
+#[schemars(crate = "plugin_api::schemars")]
 struct Config {
+    /// Weight of the positive term, one per label (PyTorch pos_weight); unset weighs every label 1.
     pos_weight: Option<Vec<f64>>,
 }
 

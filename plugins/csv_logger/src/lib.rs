@@ -22,10 +22,14 @@ const DEFAULT_COLUMNS: &[&str] = &[
     "train_runtime",
 ];
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, JsonSchema, Default)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
+#[schemars(crate = "plugin_api::schemars")]
 struct Config {
+    /// CSV file to write; unset writes log.csv in the output directory.
     path: Option<String>,
+    /// Columns to write, in order; unset: step, epoch, loss, grad_norm, learning_rate, eval_loss,
+    /// eval_accuracy, train_loss, train_runtime.
     columns: Option<Vec<String>>,
 }
 

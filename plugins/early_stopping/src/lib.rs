@@ -12,10 +12,13 @@
 use plugin_api::prelude::*;
 use plugin_api::serde_json::{json, Value};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
+#[schemars(crate = "plugin_api::schemars")]
 struct Config {
+    /// Evaluations without improvement of metric_for_best_model before training stops.
     early_stopping_patience: i64,
+    /// How much the metric must improve to count as an improvement.
     early_stopping_threshold: f64,
 }
 

@@ -8,9 +8,11 @@
 use plugin_api::prelude::*;
 use plugin_api::serde_json::{json, Value};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
+#[schemars(crate = "plugin_api::schemars")]
 struct Config {
+    /// Weight of the running average at each update: average = decay * average + (1 - decay) * weights.
     decay: f64,
 }
 

@@ -6,10 +6,13 @@
 use plugin_api::items::{class_labels, reduce};
 use plugin_api::prelude::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
+#[schemars(crate = "plugin_api::schemars")]
 struct Config {
+    /// Focusing parameter: how much easy (well-classified) items are down-weighted; 0 gives cross entropy.
     gamma: f64,
+    /// One weight per class (alpha_t in the paper); unset weighs every class 1.
     alpha: Option<Vec<f64>>,
 }
 

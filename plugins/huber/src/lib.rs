@@ -5,9 +5,11 @@
 use plugin_api::items::{float_targets, reduce};
 use plugin_api::prelude::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
+#[schemars(crate = "plugin_api::schemars")]
 struct HuberConfig {
+    /// Where the loss turns from quadratic to linear (PyTorch HuberLoss delta).
     delta: f64,
 }
 
@@ -17,9 +19,11 @@ impl Default for HuberConfig {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
+#[schemars(crate = "plugin_api::schemars")]
 struct SmoothL1Config {
+    /// Where the loss turns from quadratic to linear (PyTorch SmoothL1Loss beta).
     beta: f64,
 }
 

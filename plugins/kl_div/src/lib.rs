@@ -8,10 +8,13 @@
 use plugin_api::items::{class_labels, reduce};
 use plugin_api::prelude::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
+#[schemars(crate = "plugin_api::schemars")]
 struct Config {
+    /// Softens student and teacher distributions; the KL term is scaled by temperature^2.
     temperature: f64,
+    /// Weight of the distillation term; the cross entropy on the labels gets 1 - alpha.
     alpha: f64,
 }
 

@@ -6,16 +6,22 @@
 use plugin_api::prelude::*;
 use plugin_api::serde_json::{json, Value};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema, Default)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
+#[schemars(crate = "plugin_api::schemars")]
 struct Config {
-    mode: String,
+    /// What to do on non-finite gradients: skip that update, or stop training with a checkpoint.
+    mode: Mode,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self { mode: "skip".to_owned() }
-    }
+// Serialize lets the schema show the default.
+#[derive(Deserialize, plugin_api::serde::Serialize, JsonSchema, Default, PartialEq)]
+#[serde(crate = "plugin_api::serde", rename_all = "lowercase")]
+#[schemars(crate = "plugin_api::schemars")]
+enum Mode {
+    #[default]
+    Skip,
+    Stop,
 }
 
 struct NanGuard {
@@ -26,12 +32,7 @@ struct NanGuard {
 
 impl NanGuard {
     fn new(config: Config) -> Result<Self, PluginError> {
-        let stop = match config.mode.as_str() {
-            "skip" => false,
-            "stop" => true,
-            other => return Err(PluginError::config(format!("mode '{other}' is not skip or stop"))),
-        };
-        Ok(Self { stop, skipped: 0, stop_now: false })
+        Ok(Self { stop: config.mode == Mode::Stop, skipped: 0, stop_now: false })
     }
 }
 

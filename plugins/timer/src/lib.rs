@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use plugin_api::prelude::*;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields)]
+#[schemars(crate = "plugin_api::schemars")]
 struct Config {
+    /// Wall-clock budget of training in seconds; training stops with a checkpoint once it is spent.
     max_seconds: f64,
 }
 

@@ -13,11 +13,15 @@
 
 use plugin_api::prelude::*;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
+#[schemars(crate = "plugin_api::schemars")]
 struct Config {
+    /// One weight per class (PyTorch CrossEntropyLoss weight); unset weighs every class 1.
     weights: Option<Vec<f64>>,
+    /// Mixes the one-hot target with the uniform distribution by this amount (0 to 1).
     label_smoothing: f64,
+    /// Label value whose items are left out of the loss.
     ignore_index: i64,
 }
 

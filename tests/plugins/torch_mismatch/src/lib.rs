@@ -7,7 +7,7 @@ use plugin_api::__private::{abi_stable, lib_header, module_extension, plugin_inf
 use plugin_api::ffi::{CallbackBox, FfiError, LossBox, PluginInfo};
 
 extern "C" fn info() -> PluginInfo {
-    let mut info = plugin_info("torch_mismatch", "0.1.0", &["old_loss"], &[]);
+    let mut info = plugin_info("torch_mismatch", "0.1.0", &[("old_loss", None)], &[]);
     info.torch_version = "1.13.1+cpu".into();
     info
 }
