@@ -182,12 +182,50 @@ training_arguments! {
     /// Drop the last incomplete training batch of each epoch.
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     dataloader_drop_last: bool = false, flag bool;
+    /// Training data: .safetensors, .npz, .csv, .jsonl (text, with tokenizer_file) or a
+    /// folder of .npy files; default: the embedded digits. safetensors and .npy are
+    /// memory-mapped.
+    #[arg(value_name = "FILE")]
+    train_file: Option<String> = None, flag String;
+    /// Evaluation data, in the same form; default: validation_split_percentage of the
+    /// training data.
+    #[arg(value_name = "FILE")]
+    eval_file: Option<String> = None, flag String;
+    /// The field or column holding the labels (default: labels, else label).
+    label_column: Option<String> = None, flag String;
+    /// CSV: the feature columns, comma-separated, in order (default: all but the label).
+    #[arg(value_name = "A,B,...")]
+    feature_columns: Option<String> = None, flag String;
+    /// JSONL text: the key holding the text.
+    text_column: String = "text".to_owned(), flag String;
+    /// A Hugging Face tokenizer.json, which turns JSONL text into input_ids.
+    #[arg(value_name = "FILE")]
+    tokenizer_file: Option<String> = None, flag String;
     /// Share of the data set held out for evaluation, in percent (fixed-seed split).
     validation_split_percentage: f64 = 20.0, flag f64;
     /// Use only the first N training examples (after the split), for quick runs.
     max_train_samples: Option<i64> = None, flag i64;
     /// Use only the first N evaluation examples, for quick runs.
     max_eval_samples: Option<i64> = None, flag i64;
+    /// The model: mlp, cnn (images), transformer (classifier over input_ids), gpt (causal
+    /// language model), or torchscript:FILE.pt (a PyTorch module).
+    #[arg(value_name = "NAME")]
+    model: String = "mlp".to_owned(), flag String;
+    /// Width of the hidden layers (mlp, cnn) or of the model (transformer, gpt).
+    hidden_size: i64 = 256, flag i64;
+    /// Hidden layers (mlp), convolution blocks (cnn) or transformer blocks.
+    num_hidden_layers: i64 = 2, flag i64;
+    /// Attention heads (transformer, gpt); must divide hidden_size.
+    num_attention_heads: i64 = 4, flag i64;
+    /// Longest token sequence: text is truncated to it; the model's context length.
+    max_seq_length: i64 = 128, flag i64;
+    /// Dropout probability inside the model (training only).
+    dropout: f64 = 0.0, flag f64;
+    /// Number of classes; default: the largest label + 1.
+    num_labels: Option<i64> = None, flag i64;
+    /// Vocabulary size (transformer, gpt); default: the tokenizer's, else the largest
+    /// token id + 1.
+    vocab_size: Option<i64> = None, flag i64;
     /// Start from these weights (a safetensors file with the model's parameter names, as
     /// PyTorch's state_dict names them) instead of a fresh initialisation.
     #[arg(value_name = "FILE")]
@@ -245,6 +283,9 @@ impl TrainingArguments {
                 "max_grad_norm must be >= 0, 0 disables clipping (got {})",
                 self.max_grad_norm
             )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(InputError::new(format!("dropout must be in [0, 1) (got {})", self.dropout)));
         }
         if !(self.warmup_steps >= 0.0) {
             return Err(InputError::new(format!("warmup_steps must be >= 0 (got {})", self.warmup_steps)));

@@ -12,7 +12,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod job;
-pub mod model;
+pub mod models;
 pub mod optim;
 pub mod plugin_dirs;
 pub mod plugins;

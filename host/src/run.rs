@@ -70,9 +70,30 @@ fn config_as_table(config: &RunConfig) -> Result<toml::Table> {
 }
 
 /// The run's training and evaluation data (the digits set, split as the arguments say).
+/// The run's training and evaluation data: files the arguments name, or the embedded
+/// digits; without an eval_file, a fixed-seed split of the training data.
 fn datasets(args: &TrainingArguments) -> Result<(data::Dataset, data::Dataset)> {
-    let digits = data::load_digits()?;
-    Ok(data::split(&digits, args.validation_split_percentage, args.max_train_samples, args.max_eval_samples))
+    let options = data::FileOptions {
+        label_column: args.label_column.clone(),
+        feature_columns: args
+            .feature_columns
+            .as_ref()
+            .map(|columns| columns.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect()),
+        text_column: args.text_column.clone(),
+        tokenizer_file: args.tokenizer_file.clone(),
+        max_seq_length: args.max_seq_length,
+    };
+    let train = match &args.train_file {
+        Some(file) => data::load_file(Path::new(file), &options)?,
+        None => data::load_digits()?,
+    };
+    Ok(match &args.eval_file {
+        Some(file) => {
+            let eval = data::load_file(Path::new(file), &options)?;
+            data::limit(train, eval, args.max_train_samples, args.max_eval_samples)
+        }
+        None => data::split(&train, args.validation_split_percentage, args.max_train_samples, args.max_eval_samples),
+    })
 }
 
 pub fn train(options: &TrainOptions) -> Result<()> {

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use host::data;
-use host::model::{Mlp, DIGITS_MLP};
+use host::models::{Mlp, DIGITS_MLP};
 use tch::{nn, Tensor};
 
 use crate::support::*;
@@ -18,7 +18,7 @@ fn default_job_matches_a_plain_pytorch_loop_for_100_steps() {
     // Initial weights, made by the host's own model code.
     tch::manual_seed(123);
     let vars = nn::VarStore::new(tch::Device::Cpu);
-    let _model = Mlp::new(&vars.root(), DIGITS_MLP);
+    let _model = Mlp::new(&vars.root(), DIGITS_MLP, 0.0);
     let init = dir.path().join("init.safetensors");
     host::weights::save(&vars, &init).unwrap();
 
@@ -26,7 +26,8 @@ fn default_job_matches_a_plain_pytorch_loop_for_100_steps() {
     let digits = data::load_digits().unwrap();
     let (train, _) = data::split(&digits, 20.0, None, None);
     let train_file = dir.path().join("train.safetensors");
-    Tensor::write_safetensors(&[("input", &train.input), ("labels", &train.labels)], &train_file).unwrap();
+    Tensor::write_safetensors(&[("input", train.field("input").unwrap()), ("labels", train.labels())], &train_file)
+        .unwrap();
     let mut batches: Vec<Vec<i64>> = Vec::new();
     for epoch in 0.. {
         let order = data::epoch_order(train.len(), 42, epoch);

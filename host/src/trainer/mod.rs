@@ -5,13 +5,13 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use plugin_api::ffi::Event;
 use plugin_api::{Tensors, TrainerState};
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::args::{IntervalStrategy, TrainingArguments};
 use crate::callbacks::CallbackHandler;
-use crate::data::{self, Dataset};
-use crate::model::Mlp;
+use crate::data::{self, Batch, Dataset};
+use crate::models::{Model, Outputs, Shape, Task};
 use crate::optim::{self, AdamSettings, Optimizer, Param};
 use crate::plugins::PluginLoss;
 use crate::precision::{Autocast, GradScaler, Precision};
@@ -27,7 +27,9 @@ pub struct Trainer {
     args: TrainingArguments,
     device: Device,
     vars: nn::VarStore,
-    model: Mlp,
+    model: Box<dyn Model>,
+    /// The model's task and number of classes (or vocabulary).
+    shape: Shape,
     optimizer: Box<dyn Optimizer>,
     /// Made when training starts, once the number of steps is known.
     scheduler: Option<Scheduler>,
@@ -90,9 +92,13 @@ impl Trainer {
         }
         tch::manual_seed(args.seed as i64);
         let vars = nn::VarStore::new(device);
-        let mut widths = crate::model::DIGITS_MLP.to_vec();
-        widths[0] = train.num_features();
-        let model = Mlp::new(&vars.root(), &widths);
+        let (model, shape) = crate::models::build(&args, &vars.root(), &train, &eval)?;
+        if loss.is_none() && train.labels().is_floating_point() {
+            return Err(crate::error::InputError::new(
+                "the labels are not whole numbers (regression or multi-label targets): the built-in cross entropy needs class ids; load a loss plugin such as mse, huber or bce_with_logits",
+            )
+            .into());
+        }
         if let Some(path) = &args.init_weights {
             crate::weights::load_into(&vars, std::path::Path::new(path))?;
         }
@@ -104,6 +110,7 @@ impl Trainer {
             device,
             vars,
             model,
+            shape,
             optimizer,
             scheduler: None,
             precision,
@@ -217,21 +224,20 @@ impl Trainer {
             let skip = if epoch == resume_at.epoch { resume_at.micro_batches_done.min(steps_in_epoch) } else { 0 };
             self.position = Position { epoch, micro_batches_done: skip };
             'updates: for update in batches[skip..].chunks(ga) {
-                let micro: Vec<(Tensor, Tensor)> =
-                    update.iter().map(|idx| self.train.batch(&idx.to_device(self.device))).collect();
+                let micro: Vec<Batch> = update.iter().map(|idx| self.train.batch(idx)).collect();
                 // HF counts label items over the whole optimizer step before running it.
-                let num_items: i64 = micro.iter().map(|(_, labels)| data::count_label_items(labels)).sum();
-                for (i, (input, labels)) in micro.iter().enumerate() {
+                let num_items: i64 = micro.iter().map(|batch| data::count_label_items(batch.labels())).sum();
+                for (i, batch) in micro.iter().enumerate() {
                     if i == 0 {
                         self.fire(Event::STEP_BEGIN, &[])?;
                     }
-                    let loss = self.training_loss(input, labels, num_items)?;
+                    let loss = self.training_loss(batch, num_items)?;
                     match &self.scaler {
                         Some(scaler) => scaler.scale_loss(&loss).backward(),
                         None => loss.backward(),
                     }
                     self.progress.add_loss(&loss, self.state.global_step, args.logging_nan_inf_filter);
-                    self.progress.samples_seen += labels.size()[0] as usize;
+                    self.progress.samples_seen += batch.len() as usize;
                     self.position.micro_batches_done += 1;
                     if i + 1 == micro.len() {
                         let finite = self.unscale_gradients();
@@ -444,18 +450,17 @@ impl Trainer {
 
     /// The loss of one training micro-batch, normalised by the label items of the whole
     /// optimizer step (`num_items_in_batch`), so accumulated gradients equal one big batch.
-    fn training_loss(&mut self, input: &Tensor, labels: &Tensor, num_items: i64) -> Result<Tensor> {
+    fn training_loss(&mut self, batch: &Batch, num_items: i64) -> Result<Tensor> {
         // HF runs the forward pass and the loss under autocast, the backward pass outside.
         let _autocast = Autocast::enter(self.precision, self.device);
-        let logits = self.model.forward(input);
+        let outputs = self.model.forward(batch, true)?;
         match &mut self.loss {
             Some(loss) => {
-                let value =
-                    loss.compute_loss(&named("logits", logits), &batch_tensors(input, labels), Some(num_items))?;
+                let value = loss.compute_loss(&outputs.to_plugin(), &batch.to_plugin(), Some(num_items))?;
                 check_scalar(loss, &value)?;
                 Ok(value)
             }
-            None => Ok(builtin_training_loss(&logits, labels, num_items)),
+            None => Ok(builtin_training_loss(outputs.get_logits(), batch.labels(), num_items)),
         }
     }
 
@@ -542,13 +547,20 @@ fn build_optimizer(args: &TrainingArguments, vars: &nn::VarStore) -> Result<Box<
 /// (labels of -100 ignored), divided by the label items of the whole optimizer step, as
 /// HF's loss with `num_items_in_batch`.
 pub fn builtin_training_loss(logits: &Tensor, labels: &Tensor, num_items_in_batch: i64) -> Tensor {
-    logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, -100, 0.0) / num_items_in_batch.max(1) as f64
+    cross_entropy(logits, labels, Reduction::Sum) / num_items_in_batch.max(1) as f64
+}
+
+/// Cross entropy over label items of any shape: logits [..., classes], labels [...].
+fn cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction) -> Tensor {
+    let classes = *logits.size().last().expect("logits have a class dimension");
+    logits.reshape([-1, classes]).cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, reduction, -100, 0.0)
 }
 
 impl Trainer {
     /// HF `predict`: runs the model over the evaluation data, writes one JSON line per
-    /// example to `output` (its index, label, predicted class and class probabilities), and
-    /// returns `test_*` metrics, which on_predict receives.
+    /// example to `output` (its index, label, predicted class and class probabilities; for
+    /// token models the predicted token at each position), and returns `test_*` metrics,
+    /// which on_predict receives.
     pub fn predict(&mut self, output: &std::path::Path) -> Result<Vec<(String, f64)>> {
         use std::io::Write;
         let file = std::fs::File::create(output).map_err(|e| {
@@ -556,10 +568,35 @@ impl Trainer {
         })?;
         let mut out = std::io::BufWriter::new(file);
         let metrics = self.evaluation_loop("test", |logits, labels, start| {
+            let predicted = logits.argmax(-1, false);
+            if logits.dim() > 2 {
+                // Per-position predictions: class probabilities would be vocabulary-sized.
+                let predicted = Vec::<Vec<i64>>::try_from(&predicted.flatten(1, -1))?;
+                let labels = Vec::<Vec<i64>>::try_from(&labels.flatten(1, -1))?;
+                for (i, (prediction, label)) in predicted.iter().zip(&labels).enumerate() {
+                    let line =
+                        serde_json::json!({"index": start as usize + i, "label": label, "prediction": prediction});
+                    writeln!(out, "{line}")?;
+                }
+                return Ok(());
+            }
             let probabilities = logits.to_kind(Kind::Float).softmax(-1, Kind::Float);
-            let predicted = Vec::<i64>::try_from(&logits.argmax(-1, false))?;
-            let labels = Vec::<i64>::try_from(labels)?;
+            let predicted = Vec::<i64>::try_from(&predicted)?;
             let rows = Vec::<Vec<f32>>::try_from(&probabilities)?;
+            let labels: Vec<serde_json::Value> = if labels.is_floating_point() {
+                Vec::<Vec<f64>>::try_from(&labels.to_kind(Kind::Double).reshape([labels.size()[0], -1]))?
+                    .into_iter()
+                    .map(|row| {
+                        serde_json::json!(if row.len() == 1 {
+                            serde_json::json!(row[0])
+                        } else {
+                            serde_json::json!(row)
+                        })
+                    })
+                    .collect()
+            } else {
+                Vec::<i64>::try_from(&labels.reshape([-1]))?.into_iter().map(|l| serde_json::json!(l)).collect()
+            };
             for (i, ((prediction, label), probabilities)) in predicted.iter().zip(&labels).zip(&rows).enumerate() {
                 let line = serde_json::json!({
                     "index": start as usize + i,
@@ -576,8 +613,9 @@ impl Trainer {
         Ok(metrics)
     }
 
-    /// Runs the model over the evaluation data in batches: the loss (the run's loss, batch
-    /// means weighted by batch size, as HF) and accuracy as `{prefix}_*` metrics;
+    /// Runs the model over the evaluation data in batches and returns `{prefix}_*` metrics:
+    /// the loss (the run's loss, batch means weighted by batch size, as HF), then by task
+    /// accuracy and macro F1 (classification) or accuracy and perplexity (causal LM).
     /// `per_batch` sees each batch's logits and labels. Fires on_prediction_step per batch.
     fn evaluation_loop(
         &mut self,
@@ -587,58 +625,125 @@ impl Trainer {
         let started = Instant::now();
         let n = self.eval.len();
         let bs = self.args.per_device_eval_batch_size;
-        let (mut loss_sum, mut correct, mut counted, mut batches) = (0.0f64, 0i64, 0i64, 0usize);
+        let mut tally = Tally::new(self.device);
+        let mut batches = 0usize;
         for start in (0..n as i64).step_by(bs as usize) {
             let len = bs.min(n as i64 - start);
-            let input = self.eval.input.narrow(0, start, len);
-            let labels = self.eval.labels.narrow(0, start, len);
+            let batch = self.eval.slice(start, len);
             let _autocast = Autocast::enter(self.precision, self.device);
-            let logits = tch::no_grad(|| self.model.forward(&input));
+            let outputs: Outputs = tch::no_grad(|| self.model.forward(&batch, false))?;
+            let logits = outputs.get_logits();
+            let labels = batch.labels();
             let loss = match &mut self.loss {
                 Some(loss) => {
-                    let value = tch::no_grad(|| {
-                        loss.compute_loss(
-                            &named("logits", logits.shallow_clone()),
-                            &batch_tensors(&input, &labels),
-                            None,
-                        )
-                    })?;
+                    let value = tch::no_grad(|| loss.compute_loss(&outputs.to_plugin(), &batch.to_plugin(), None))?;
                     check_scalar(loss, &value)?;
                     value
                 }
-                None => logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0),
+                None => cross_entropy(logits, labels, Reduction::Mean),
             };
-            loss_sum += loss.double_value(&[]) * len as f64;
-            let valid = labels.ne(-100);
-            correct +=
-                logits.argmax(-1, false).eq_tensor(&labels).logical_and(&valid).sum(Kind::Int64).int64_value(&[]);
-            counted += valid.sum(Kind::Int64).int64_value(&[]);
+            tally.add(&loss, len, logits, labels);
             batches += 1;
-            per_batch(&logits, &labels, start)?;
+            per_batch(logits, labels, start)?;
             self.fire(Event::PREDICTION_STEP, &[])?;
         }
         let runtime = started.elapsed().as_secs_f64();
-        Ok(vec![
-            (format!("{prefix}_loss"), loss_sum / n.max(1) as f64),
-            (format!("{prefix}_accuracy"), correct as f64 / counted.max(1) as f64),
+        let mut metrics = vec![(format!("{prefix}_loss"), tally.loss_sum.double_value(&[]) / n.max(1) as f64)];
+        if let Some(accuracy) = tally.accuracy() {
+            metrics.push((format!("{prefix}_accuracy"), accuracy));
+        }
+        match self.shape.task {
+            Task::Classification => {
+                if let Some(f1) = tally.macro_f1() {
+                    metrics.push((format!("{prefix}_f1"), f1));
+                }
+            }
+            // As HF's run_clm: the exponential of the mean loss.
+            Task::CausalLm => metrics.push((format!("{prefix}_perplexity"), metrics[0].1.exp())),
+        }
+        metrics.extend([
             (format!("{prefix}_runtime"), runtime),
             (format!("{prefix}_samples_per_second"), n as f64 / runtime),
             (format!("{prefix}_steps_per_second"), batches as f64 / runtime),
-        ])
+        ]);
+        Ok(metrics)
     }
 }
 
-fn named(name: &str, tensor: Tensor) -> Tensors {
-    let mut tensors = Tensors::new();
-    tensors.insert(name, tensor);
-    tensors
+/// Evaluation totals, kept on the device so that no batch waits for a read.
+struct Tally {
+    loss_sum: Tensor,
+    /// Per class: true positives, predictions, labels (class-id labels only).
+    classes: Option<[Tensor; 3]>,
+    correct: Tensor,
+    counted: Tensor,
+    /// Labels were not class ids (regression, multi-label): no accuracy or F1.
+    not_classes: bool,
 }
 
-fn batch_tensors(input: &Tensor, labels: &Tensor) -> Tensors {
-    let mut tensors = Tensors::new();
-    tensors.insert("input", input.shallow_clone());
-    tensors.insert("labels", labels.shallow_clone());
-    tensors
+impl Tally {
+    fn new(device: Device) -> Self {
+        let zero = || Tensor::zeros([], (Kind::Int64, device));
+        Self {
+            loss_sum: Tensor::zeros([], (Kind::Double, device)),
+            classes: None,
+            correct: zero(),
+            counted: zero(),
+            not_classes: false,
+        }
+    }
+
+    fn add(&mut self, loss: &Tensor, len: i64, logits: &Tensor, labels: &Tensor) {
+        self.loss_sum += loss.detach().to_kind(Kind::Double) * len as f64;
+        let classes = *logits.size().last().unwrap_or(&0);
+        let class_ids = !labels.is_floating_point() && logits.size()[..logits.dim() - 1] == labels.size()[..];
+        if !class_ids || classes < 1 {
+            self.not_classes = true;
+            return;
+        }
+        let predicted = logits.argmax(-1, false).reshape([-1]);
+        let labels = labels.reshape([-1]);
+        let valid = labels.ne(-100);
+        self.correct += predicted.eq_tensor(&labels).logical_and(&valid).sum(Kind::Int64);
+        self.counted += valid.sum(Kind::Int64);
+        // Per-class counts for F1 (skipped for vocabulary-sized token outputs).
+        if classes <= 4096 {
+            let (predicted, labels) = (predicted.masked_select(&valid), labels.masked_select(&valid));
+            let hits = predicted.masked_select(&predicted.eq_tensor(&labels));
+            let count = |t: &Tensor| t.bincount::<Tensor>(None, classes).to_kind(Kind::Int64);
+            let counts = [count(&hits), count(&predicted), count(&labels)];
+            self.classes = Some(match self.classes.take() {
+                None => counts,
+                Some([a, b, c]) => [a + &counts[0], b + &counts[1], c + &counts[2]],
+            });
+        }
+    }
+
+    fn accuracy(&self) -> Option<f64> {
+        if self.not_classes {
+            return None;
+        }
+        Some(self.correct.double_value(&[]) / (self.counted.int64_value(&[]).max(1)) as f64)
+    }
+
+    /// Macro F1 over the classes that occur in the labels or the predictions (as
+    /// scikit-learn's `f1_score(average="macro")`).
+    fn macro_f1(&self) -> Option<f64> {
+        if self.not_classes {
+            return None;
+        }
+        let [hits, predicted, labels] = self.classes.as_ref()?;
+        let (hits, predicted, labels) = (
+            Vec::<i64>::try_from(hits).ok()?,
+            Vec::<i64>::try_from(predicted).ok()?,
+            Vec::<i64>::try_from(labels).ok()?,
+        );
+        let scores: Vec<f64> = (0..hits.len())
+            .filter(|&c| predicted[c] + labels[c] > 0)
+            .map(|c| 2.0 * hits[c] as f64 / (predicted[c] + labels[c]) as f64)
+            .collect();
+        (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64)
+    }
 }
 
 /// A loss must be one number; anything else is the plugin's mistake, named as such.

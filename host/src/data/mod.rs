@@ -1,0 +1,271 @@
+//! Training and evaluation data: named tensors with one row per example, the train/eval
+//! split, and seeded batch order.
+//!
+//! A data set is a list of fields (`input`, `labels`, `input_ids`, `attention_mask`,
+//! `teacher_logits`, ...), each a tensor whose first dimension is the example. A batch has
+//! the same fields; the model reads the ones it needs and a loss plugin receives them all.
+
+mod digits;
+mod files;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::InputError;
+
+pub use digits::load_digits;
+pub use files::{load_file, FileOptions};
+
+/// The seed of the train/eval split: fixed, so every run evaluates on the same examples
+/// whatever its training seed.
+const SPLIT_SEED: u64 = 0x5eed;
+
+/// Data sets up to this size move to the training device whole; larger ones stay in host
+/// memory (or mapped from their file) and each batch moves on its own.
+const WHOLE_ON_DEVICE_BYTES: i64 = 1 << 30;
+
+/// Named tensors sharing their first dimension, the example.
+#[derive(Debug)]
+pub struct Dataset {
+    fields: Vec<(String, Tensor)>,
+    /// Where batches go (the fields may stay on the CPU; see `WHOLE_ON_DEVICE_BYTES`).
+    device: Device,
+}
+
+impl Dataset {
+    /// Checks that every field has one row per example and that `labels` is there.
+    pub fn new(source: &str, fields: Vec<(String, Tensor)>) -> Result<Self, InputError> {
+        let Some(rows) = fields.first().map(|(_, t)| t.size().first().copied().unwrap_or(0)) else {
+            return Err(InputError::new(format!("{source}: no data fields")));
+        };
+        for (name, tensor) in &fields {
+            let size = tensor.size();
+            if size.first().copied() != Some(rows) {
+                return Err(InputError::new(format!(
+                    "{source}: field '{name}' has shape {size:?} but '{}' has {rows} rows; every field needs one row per example",
+                    fields[0].0
+                )));
+            }
+        }
+        if rows == 0 {
+            return Err(InputError::new(format!("{source}: no examples")));
+        }
+        let dataset = Self { fields, device: Device::Cpu };
+        if dataset.field("labels").is_none() {
+            return Err(InputError::new(format!(
+                "{source}: no 'labels' field (fields: {}); name the label column or tensor 'labels'",
+                dataset.names().join(", ")
+            )));
+        }
+        Ok(dataset)
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields[0].1.size()[0] as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.fields.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    pub fn field(&self, name: &str) -> Option<&Tensor> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    pub fn labels(&self) -> &Tensor {
+        self.field("labels").expect("checked in Dataset::new")
+    }
+
+    fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Dataset {
+        Dataset { fields: self.fields.iter().map(|(n, t)| (n.clone(), f(t))).collect(), device: self.device }
+    }
+
+    fn bytes(&self) -> i64 {
+        self.fields.iter().map(|(_, t)| t.numel() as i64 * t.kind().elt_size_in_bytes() as i64).sum()
+    }
+
+    fn select(&self, indices: &[i64]) -> Dataset {
+        let index = Tensor::from_slice(indices);
+        self.map(|t| t.index_select(0, &index))
+    }
+
+    fn truncate(self, max: Option<i64>) -> Dataset {
+        match max {
+            Some(max) if (max as usize) < self.len() => self.map(|t| t.narrow(0, 0, max)),
+            _ => self,
+        }
+    }
+
+    /// Sends batches to `device`, moving the whole data set there first when it is small.
+    pub fn to_device(&self, device: Device) -> Dataset {
+        let mut placed = if self.bytes() <= WHOLE_ON_DEVICE_BYTES {
+            self.map(|t| t.to_device(device))
+        } else {
+            self.map(Tensor::shallow_clone)
+        };
+        placed.device = device;
+        placed
+    }
+
+    /// One batch by example indices.
+    pub fn batch(&self, indices: &Tensor) -> Batch {
+        let data_device = self.fields[0].1.device();
+        let indices = indices.to_device(data_device);
+        self.make_batch(|t| t.index_select(0, &indices))
+    }
+
+    /// The examples `start..start + len`, in order.
+    pub fn slice(&self, start: i64, len: i64) -> Batch {
+        self.make_batch(|t| t.narrow(0, start, len))
+    }
+
+    fn make_batch(&self, rows: impl Fn(&Tensor) -> Tensor) -> Batch {
+        let fields = self.fields.iter().map(|(n, t)| (n.clone(), model_kind(n, rows(t)).to_device(self.device)));
+        Batch { fields: fields.collect() }
+    }
+}
+
+/// Converts a batch field to what models and losses compute with: floating data to float32
+/// (autocast lowers it where asked), integer labels and token ids to int64. Per batch, so
+/// a mapped file is never copied whole.
+fn model_kind(name: &str, tensor: Tensor) -> Tensor {
+    let kind = tensor.kind();
+    let wanted = if name == "attention_mask" {
+        kind
+    } else if tensor.is_floating_point() {
+        Kind::Float
+    } else if matches!(name, "labels" | "input_ids" | "token_type_ids") {
+        Kind::Int64
+    } else {
+        // Integer features (pixel bytes, counts) are inputs of a float model.
+        Kind::Float
+    };
+    if kind == wanted {
+        tensor
+    } else {
+        tensor.to_kind(wanted)
+    }
+}
+
+/// A batch: the data set's fields for some examples.
+pub struct Batch {
+    fields: Vec<(String, Tensor)>,
+}
+
+impl Batch {
+    pub fn len(&self) -> i64 {
+        self.fields[0].1.size()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// A field the model needs; its absence is the user's data not fitting the model.
+    pub fn require(&self, name: &str, model: &str) -> Result<&Tensor, InputError> {
+        self.get(name).ok_or_else(|| {
+            let names: Vec<&str> = self.fields.iter().map(|(n, _)| n.as_str()).collect();
+            InputError::new(format!(
+                "the {model} model reads the data field '{name}', which the data does not have (fields: {})",
+                names.join(", ")
+            ))
+        })
+    }
+
+    pub fn labels(&self) -> &Tensor {
+        self.get("labels").expect("every data set has labels")
+    }
+
+    /// The fields as a loss plugin receives them (shallow copies, no data copied).
+    pub fn to_plugin(&self) -> plugin_api::Tensors {
+        let mut tensors = plugin_api::Tensors::new();
+        for (name, tensor) in &self.fields {
+            tensors.insert(name, tensor.shallow_clone());
+        }
+        tensors
+    }
+}
+
+/// Splits off `eval_percent` of the examples for evaluation, by a fixed seed.
+pub fn split(data: &Dataset, eval_percent: f64, max_train: Option<i64>, max_eval: Option<i64>) -> (Dataset, Dataset) {
+    let n = data.len();
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(SPLIT_SEED));
+    let n_eval = ((n as f64) * eval_percent / 100.0).round().clamp(1.0, (n - 1).max(1) as f64) as usize;
+    let (eval_idx, train_idx) = order.split_at(n_eval);
+    (data.select(train_idx).truncate(max_train), data.select(eval_idx).truncate(max_eval))
+}
+
+/// Applies the sample limits to separately given train and eval sets.
+pub fn limit(train: Dataset, eval: Dataset, max_train: Option<i64>, max_eval: Option<i64>) -> (Dataset, Dataset) {
+    (train.truncate(max_train), eval.truncate(max_eval))
+}
+
+/// The order of training examples in `epoch`: a permutation determined by the seed and the
+/// epoch alone, so a run (or a resumed run) can recompute any epoch's order directly.
+pub fn epoch_order(len: usize, data_seed: u64, epoch: u64) -> Vec<i64> {
+    let mut order: Vec<i64> = (0..len as i64).collect();
+    let seed = data_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch;
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    order
+}
+
+/// Batches of `batch_size` indices from `order`; the last one may be short unless dropped.
+pub fn batches(order: &[i64], batch_size: usize, drop_last: bool) -> Vec<Tensor> {
+    order.chunks(batch_size).filter(|chunk| !drop_last || chunk.len() == batch_size).map(Tensor::from_slice).collect()
+}
+
+/// Label items that count toward a loss (labels other than -100).
+pub fn count_label_items(labels: &Tensor) -> i64 {
+    labels.ne(-100).sum(Kind::Int64).int64_value(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digits_load_and_split_deterministically() {
+        let data = load_digits().unwrap();
+        assert_eq!(data.len(), 1797);
+        assert_eq!(data.field("input").unwrap().size(), [1797, 64]);
+        let (train, eval) = split(&data, 20.0, None, None);
+        assert_eq!((train.len(), eval.len()), (1438, 359));
+        let (train2, _) = split(&data, 20.0, None, None);
+        assert!(train.labels().equal(train2.labels()));
+        assert_eq!(data.field("input").unwrap().max().double_value(&[]), 1.0);
+    }
+
+    #[test]
+    fn fields_must_share_their_rows_and_include_labels() {
+        let ok = Dataset::new("t", vec![("x".into(), Tensor::zeros([3, 2], tch::kind::FLOAT_CPU))]);
+        assert!(ok.unwrap_err().to_string().contains("no 'labels' field (fields: x)"));
+        let ragged = Dataset::new(
+            "t",
+            vec![
+                ("x".into(), Tensor::zeros([3, 2], tch::kind::FLOAT_CPU)),
+                ("labels".into(), Tensor::zeros([4], tch::kind::INT64_CPU)),
+            ],
+        );
+        assert!(ragged.unwrap_err().to_string().contains("field 'labels' has shape [4] but 'x' has 3 rows"));
+    }
+
+    #[test]
+    fn epoch_order_depends_on_seed_and_epoch_only() {
+        assert_eq!(epoch_order(10, 1, 0), epoch_order(10, 1, 0));
+        assert_ne!(epoch_order(10, 1, 0), epoch_order(10, 1, 1));
+        let mut sorted = epoch_order(10, 1, 3);
+        sorted.sort();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+    }
+}
