@@ -201,6 +201,10 @@ training_arguments! {
     /// A Hugging Face tokenizer.json, which turns JSONL text into input_ids.
     #[arg(value_name = "FILE")]
     tokenizer_file: Option<String> = None, flag String;
+    /// Causal LM on text: also evaluate greedy completions after this token (e.g. "=");
+    /// eval_exact_match is the share that reproduce the rest of the text exactly.
+    #[arg(value_name = "TOKEN")]
+    generation_separator: Option<String> = None, flag String;
     /// Share of the data set held out for evaluation, in percent (fixed-seed split).
     validation_split_percentage: f64 = 20.0, flag f64;
     /// Use only the first N training examples (after the split), for quick runs.

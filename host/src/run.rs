@@ -82,6 +82,7 @@ fn datasets(args: &TrainingArguments) -> Result<(data::Dataset, data::Dataset)> 
         text_column: args.text_column.clone(),
         tokenizer_file: args.tokenizer_file.clone(),
         max_seq_length: args.max_seq_length,
+        generation_separator: args.generation_separator.clone(),
     };
     let train = match &args.train_file {
         Some(file) => data::load_file(Path::new(file), &options)?,

@@ -27,6 +27,8 @@ pub struct FileOptions {
     pub tokenizer_file: Option<String>,
     /// JSONL: texts are truncated to this many tokens.
     pub max_seq_length: i64,
+    /// JSONL: the token after which completions are evaluated.
+    pub generation_separator: Option<String>,
 }
 
 /// Reads a data file (or a folder of `.npy` files) into a data set with a `labels` field.
@@ -48,6 +50,7 @@ pub fn load_file(path: &Path, options: &FileOptions) -> Result<Dataset, InputErr
             }
             "npz" => Tensor::read_npz(path).map_err(|e| InputError::new(format!("{shown}: not a readable .npz file ({e})")))?,
             "csv" => return read_csv(path, options),
+            "jsonl" => return super::text::read_jsonl(path, options),
             other => {
                 return Err(InputError::new(format!(
                     "{shown}: unknown data format '.{other}'; give .safetensors, .npz, .csv, .jsonl (with tokenizer_file) or a folder of .npy files"
@@ -55,7 +58,10 @@ pub fn load_file(path: &Path, options: &FileOptions) -> Result<Dataset, InputErr
             }
         }
     };
-    let fields = name_labels(&shown, fields, options.label_column.as_deref())?;
+    let mut fields = name_labels(&shown, fields, options.label_column.as_deref())?;
+    if let Some(columns) = &options.feature_columns {
+        name_features(&shown, &mut fields, columns)?;
+    }
     Dataset::new(&shown, fields)
 }
 
@@ -86,6 +92,28 @@ fn name_labels(
         }
     }
     Ok(fields)
+}
+
+/// Tensor files: `feature_columns` names the one field that models read as `input`.
+fn name_features(source: &str, fields: &mut Vec<(String, Tensor)>, columns: &[String]) -> Result<(), InputError> {
+    let [column] = columns else {
+        return Err(InputError::new(format!(
+            "{source}: feature_columns names {} fields; in a tensor file it names the one field holding the features",
+            columns.len()
+        )));
+    };
+    if !fields.iter().any(|(n, _)| n == column) {
+        let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(InputError::new(format!(
+            "{source}: no field '{column}' (feature_columns); fields: {}",
+            names.join(", ")
+        )));
+    }
+    fields.retain(|(n, _)| n != "input" || n == column);
+    for (name, _) in fields.iter_mut().filter(|(n, _)| n == column) {
+        *name = "input".to_owned();
+    }
+    Ok(())
 }
 
 fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>, InputError> {

@@ -7,6 +7,7 @@
 
 mod digits;
 mod files;
+mod text;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -32,6 +33,12 @@ pub struct Dataset {
     fields: Vec<(String, Tensor)>,
     /// Where batches go (the fields may stay on the CPU; see `WHOLE_ON_DEVICE_BYTES`).
     device: Device,
+    /// The tokenizer's vocabulary size, for text data.
+    pub vocab_size: Option<i64>,
+    /// The token that ends a text (from the tokenizer), for text data.
+    pub end_token: Option<i64>,
+    /// The token after which completions are evaluated (generation_separator).
+    pub separator_token: Option<i64>,
 }
 
 impl Dataset {
@@ -52,7 +59,7 @@ impl Dataset {
         if rows == 0 {
             return Err(InputError::new(format!("{source}: no examples")));
         }
-        let dataset = Self { fields, device: Device::Cpu };
+        let dataset = Self { fields, device: Device::Cpu, vocab_size: None, end_token: None, separator_token: None };
         if dataset.field("labels").is_none() {
             return Err(InputError::new(format!(
                 "{source}: no 'labels' field (fields: {}); name the label column or tensor 'labels'",
@@ -82,8 +89,22 @@ impl Dataset {
         self.field("labels").expect("checked in Dataset::new")
     }
 
+    /// Example `index`'s tokens without padding (text data).
+    pub fn tokens(&self, index: i64) -> Option<Tensor> {
+        let ids = self.field("input_ids")?.get(index);
+        let length =
+            self.field("attention_mask").map_or(ids.size()[0], |m| m.get(index).sum(tch::Kind::Int64).int64_value(&[]));
+        Some(ids.narrow(0, 0, length).to_device(self.device))
+    }
+
     fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Dataset {
-        Dataset { fields: self.fields.iter().map(|(n, t)| (n.clone(), f(t))).collect(), device: self.device }
+        Dataset {
+            fields: self.fields.iter().map(|(n, t)| (n.clone(), f(t))).collect(),
+            device: self.device,
+            vocab_size: self.vocab_size,
+            end_token: self.end_token,
+            separator_token: self.separator_token,
+        }
     }
 
     fn bytes(&self) -> i64 {

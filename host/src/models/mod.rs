@@ -100,7 +100,7 @@ pub fn build(
             let num_labels = classes(args, train, eval)?;
             let input = train.field("input").ok_or_else(|| {
                 InputError::new(format!(
-                    "the {spec} model reads the data field 'input', which the data does not have (fields: {})",
+                    "the {spec} model reads the data field 'input', which the data does not have (fields: {}); name the features field 'input' or set feature_columns",
                     train.names().join(", ")
                 ))
             })?;
@@ -187,7 +187,7 @@ fn vocab_size(args: &TrainingArguments, train: &Dataset, eval: &Dataset) -> Resu
         )));
     }
     let largest = ids.iter().map(|t| t.max().int64_value(&[])).max().unwrap_or(0);
-    let vocab = args.vocab_size.unwrap_or(largest + 1);
+    let vocab = args.vocab_size.or(train.vocab_size).unwrap_or(largest + 1);
     if largest >= vocab {
         return Err(InputError::new(format!("token id {largest} is outside vocab_size {vocab}")));
     }

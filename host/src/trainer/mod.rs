@@ -659,7 +659,12 @@ impl Trainer {
                 }
             }
             // As HF's run_clm: the exponential of the mean loss.
-            Task::CausalLm => metrics.push((format!("{prefix}_perplexity"), metrics[0].1.exp())),
+            Task::CausalLm => {
+                metrics.push((format!("{prefix}_perplexity"), metrics[0].1.exp()));
+                if let Some(exact) = self.exact_match()? {
+                    metrics.push((format!("{prefix}_exact_match"), exact));
+                }
+            }
         }
         metrics.extend([
             (format!("{prefix}_runtime"), runtime),
@@ -667,6 +672,28 @@ impl Trainer {
             (format!("{prefix}_steps_per_second"), batches as f64 / runtime),
         ]);
         Ok(metrics)
+    }
+}
+
+impl Trainer {
+    /// The share of evaluation texts whose greedy completion after the separator token
+    /// reproduces the rest of the text exactly (generation_separator); `None` without one.
+    fn exact_match(&self) -> Result<Option<f64>> {
+        let Some(separator) = self.eval.separator_token else { return Ok(None) };
+        let (mut matched, mut asked) = (0usize, 0usize);
+        for index in 0..self.eval.len() as i64 {
+            let Some(tokens) = self.eval.tokens(index) else { return Ok(None) };
+            let ids = Vec::<i64>::try_from(&tokens.to_device(Device::Cpu))?;
+            let Some(at) = ids.iter().position(|&id| id == separator) else { continue };
+            let (prompt, target) = (tokens.narrow(0, 0, at as i64 + 1), &ids[at + 1..]);
+            let Some(generated) = self.model.generate(&prompt, target.len() as i64, self.eval.end_token) else {
+                return Ok(None);
+            };
+            let generated = Vec::<i64>::try_from(&generated?.to_device(Device::Cpu))?;
+            asked += 1;
+            matched += usize::from(generated[at + 1..] == *target);
+        }
+        Ok((asked > 0).then(|| matched as f64 / asked as f64))
     }
 }
 

@@ -1,0 +1,118 @@
+//! Text data: JSON Lines, one object per example, tokenized with a Hugging Face
+//! `tokenizer.json`.
+//!
+//! With a label key (label_column, else `label` or `labels`) each text is one example to
+//! classify: `input_ids`, `attention_mask` and `labels` [N]. Without one the texts are
+//! language-modelling data: `labels` [N, T] holds the next token at each position (already
+//! shifted, -100 past the end), so the loss and a loss plugin compare `logits[:, t]` with
+//! `labels[:, t]` directly. Texts are truncated to max_seq_length tokens and padded to the
+//! longest; the tokenizer adds its special tokens (its post-processor).
+
+use std::path::Path;
+
+use tch::Tensor;
+use tokenizers::Tokenizer;
+
+use super::{Dataset, FileOptions};
+use crate::error::InputError;
+
+pub fn read_jsonl(path: &Path, options: &FileOptions) -> Result<Dataset, InputError> {
+    let shown = path.display().to_string();
+    let tokenizer_file = options.tokenizer_file.as_deref().ok_or_else(|| {
+        InputError::new(format!("{shown}: JSONL text needs tokenizer_file (a Hugging Face tokenizer.json)"))
+    })?;
+    if !Path::new(tokenizer_file).is_file() {
+        return Err(InputError::new(format!("tokenizer_file {tokenizer_file} does not exist")));
+    }
+    let tokenizer = Tokenizer::from_file(tokenizer_file).map_err(|e| {
+        InputError::new(format!("tokenizer_file {tokenizer_file}: not a readable tokenizer.json ({e})"))
+    })?;
+    let text = std::fs::read_to_string(path).map_err(|e| InputError::new(format!("cannot read {shown}: {e}")))?;
+
+    let mut sequences: Vec<Vec<i64>> = Vec::new();
+    let mut labels: Vec<i64> = Vec::new();
+    let mut label_key: Option<String> = None;
+    for (index, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = |why: String| InputError::new(format!("{shown} line {}: {why}", index + 1));
+        let row: serde_json::Value = serde_json::from_str(line).map_err(|e| at(format!("not JSON ({e})")))?;
+        let text = row
+            .get(&options.text_column)
+            .ok_or_else(|| at(format!("no '{}' key (text_column)", options.text_column)))?
+            .as_str()
+            .ok_or_else(|| at(format!("'{}' is not a string", options.text_column)))?;
+        if sequences.is_empty() {
+            label_key = match &options.label_column {
+                Some(key) => Some(key.clone()),
+                None => ["labels", "label"].iter().find(|k| row.get(**k).is_some()).map(|k| k.to_string()),
+            };
+        }
+        if let Some(key) = &label_key {
+            let label = row.get(key).ok_or_else(|| at(format!("no '{key}' key (the label)")))?;
+            labels.push(label.as_i64().ok_or_else(|| at(format!("label {label} is not a whole number")))?);
+        }
+        let encoding = tokenizer.encode(text, true).map_err(|e| at(format!("cannot tokenize ({e})")))?;
+        let mut ids: Vec<i64> = encoding.get_ids().iter().map(|&id| id as i64).collect();
+        ids.truncate(options.max_seq_length.max(1) as usize);
+        if ids.is_empty() {
+            return Err(at("the text gives no tokens".to_owned()));
+        }
+        sequences.push(ids);
+    }
+    if sequences.is_empty() {
+        return Err(InputError::new(format!("{shown}: no examples")));
+    }
+    let pad = pad_id(&tokenizer);
+    let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
+    let (n, t) = (sequences.len() as i64, longest as i64);
+    let mut ids = Vec::with_capacity(sequences.len() * longest);
+    let mut mask = Vec::with_capacity(sequences.len() * longest);
+    let mut next = Vec::with_capacity(sequences.len() * longest);
+    for sequence in &sequences {
+        for position in 0..longest {
+            ids.push(sequence.get(position).copied().unwrap_or(pad));
+            mask.push(i64::from(position < sequence.len()));
+            next.push(sequence.get(position + 1).copied().unwrap_or(-100));
+        }
+    }
+    let labels = match label_key {
+        Some(_) => Tensor::from_slice(&labels),
+        None => Tensor::from_slice(&next).view([n, t]),
+    };
+    let fields = vec![
+        ("input_ids".to_owned(), Tensor::from_slice(&ids).view([n, t])),
+        ("attention_mask".to_owned(), Tensor::from_slice(&mask).view([n, t])),
+        ("labels".to_owned(), labels),
+    ];
+    let mut dataset = Dataset::new(&shown, fields)?;
+    dataset.vocab_size = Some(tokenizer.get_vocab_size(true) as i64);
+    dataset.end_token = end_id(&tokenizer);
+    if let Some(separator) = &options.generation_separator {
+        let id = tokenizer.token_to_id(separator).ok_or_else(|| {
+            InputError::new(format!(
+                "generation_separator '{separator}' is not a token of {tokenizer_file}; give one token of its vocabulary"
+            ))
+        })?;
+        dataset.separator_token = Some(id as i64);
+    }
+    Ok(dataset)
+}
+
+/// The padding token: the tokenizer's padding setting, else a conventional pad token, else
+/// 0 (padding is masked and never a label, so its id does not matter).
+fn pad_id(tokenizer: &Tokenizer) -> i64 {
+    if let Some(padding) = tokenizer.get_padding() {
+        return padding.pad_id as i64;
+    }
+    ["[PAD]", "<pad>", "<|pad|>", "<|endoftext|>"]
+        .iter()
+        .find_map(|token| tokenizer.token_to_id(token))
+        .map_or(0, |id| id as i64)
+}
+
+/// The token that ends a text, for generation to stop at.
+fn end_id(tokenizer: &Tokenizer) -> Option<i64> {
+    ["[EOS]", "</s>", "<|endoftext|>", "<eos>"]
+        .iter()
+        .find_map(|token| tokenizer.token_to_id(token))
+        .map(|id| id as i64)
+}
