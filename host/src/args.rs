@@ -247,7 +247,7 @@ training_arguments! {
 }
 
 /// The metrics an evaluation reports, without their `eval_` prefix.
-pub const EVAL_METRICS: &[&str] = &["loss", "accuracy"];
+pub const EVAL_METRICS: &[&str] = &["loss", "accuracy", "f1", "perplexity", "exact_match"];
 
 impl TrainingArguments {
     /// Rejects values no run can use, naming the argument and what is allowed.

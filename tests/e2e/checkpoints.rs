@@ -5,17 +5,6 @@ use std::process::{Command, Stdio};
 
 use crate::support::*;
 
-/// The log history without wall-clock figures.
-fn history_without_timings(dir: &Path) -> Vec<serde_json::Value> {
-    log_history(dir)
-        .into_iter()
-        .map(|mut entry| {
-            entry.as_object_mut().unwrap().retain(|k, _| !k.contains("runtime") && !k.contains("per_second"));
-            entry
-        })
-        .collect()
-}
-
 fn weights(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("output/model.safetensors")).unwrap()
 }
@@ -511,6 +500,11 @@ fn inconsistent_saving_settings_are_one_line_errors() {
     host(dir.path(), &["--save-strategy", "best", "--eval-strategy", "no"])
         .assert_clean_error(2, "save_strategy=best needs evaluations");
     host(dir.path(), &["--save-total-limit", "0"]).assert_clean_error(2, "save_total_limit must be at least 1 (got 0)");
-    host(dir.path(), &["--metric-for-best-model", "f1"])
-        .assert_clean_error(2, "metric_for_best_model 'f1' is not an evaluation metric (one of: loss, accuracy)");
+    host(dir.path(), &["--metric-for-best-model", "f2"]).assert_clean_error(
+        2,
+        "metric_for_best_model 'f2' is not an evaluation metric (one of: loss, accuracy, f1, perplexity, exact_match)",
+    );
+    // Known, but not one the digits classifier reports: found at the first evaluation.
+    host(dir.path(), &["--metric-for-best-model", "perplexity", "--eval-strategy", "steps", "--eval-steps", "2"])
+        .assert_clean_error(2, "metric_for_best_model 'eval_perplexity' is not among this model's evaluation metrics (eval_loss, eval_accuracy, eval_f1, eval_runtime");
 }

@@ -133,6 +133,17 @@ pub fn log_history(dir: &Path) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// The log history without wall-clock figures.
+pub fn history_without_timings(dir: &Path) -> Vec<serde_json::Value> {
+    log_history(dir)
+        .into_iter()
+        .map(|mut entry| {
+            entry.as_object_mut().unwrap().retain(|k, _| !k.contains("runtime") && !k.contains("per_second"));
+            entry
+        })
+        .collect()
+}
+
 pub fn path_str(path: &Path) -> &str {
     path.to_str().unwrap()
 }

@@ -194,9 +194,17 @@ impl Trainer {
     }
 
     /// HF `_determine_best_metric`: whether `metrics` improve on the best so far.
-    pub(super) fn determine_best_metric(&mut self, metrics: &[(String, f64)]) -> bool {
-        let Some((key, greater)) = self.args.best_metric() else { return false };
-        let Some(value) = metrics.iter().find(|(n, _)| *n == key).map(|(_, v)| *v) else { return false };
+    pub(super) fn determine_best_metric(&mut self, metrics: &[(String, f64)]) -> anyhow::Result<bool> {
+        let Some((key, greater)) = self.args.best_metric() else { return Ok(false) };
+        let Some(value) = metrics.iter().find(|(n, _)| *n == key).map(|(_, v)| *v) else {
+            // As HF: a best-model metric that evaluation does not give is an error.
+            let names: Vec<&str> = metrics.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(crate::error::InputError::new(format!(
+                "metric_for_best_model '{key}' is not among this model's evaluation metrics ({}); choose one of them",
+                names.join(", ")
+            ))
+            .into());
+        };
         let better = match self.state.best_metric {
             None => true,
             Some(best) => {
@@ -211,7 +219,7 @@ impl Trainer {
             self.state.best_metric = Some(value);
             self.state.best_global_step = Some(self.state.global_step);
         }
-        better
+        Ok(better)
     }
 
     /// load_best_model_at_end: the weights of the best checkpoint.

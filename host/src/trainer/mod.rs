@@ -487,7 +487,7 @@ impl Trainer {
                 scheduler.on_metric(*value);
             }
         }
-        self.new_best = self.determine_best_metric(&metrics);
+        self.new_best = self.determine_best_metric(&metrics)?;
         Ok(metrics)
     }
 }
