@@ -20,9 +20,10 @@ if ! have_torch; then
 fi
 
 # The test suite's reference scripts read and write safetensors files with numpy arrays,
-# and read TensorBoard event files back with TensorBoard's own reader.
-if ! "$VENV/bin/python" -c "import numpy, safetensors, tensorboard" 2>/dev/null; then
-    "$VENV/bin/python" -m pip install --quiet numpy safetensors tensorboard
+# read TensorBoard event files back with TensorBoard's own reader, and write Parquet files
+# as Hugging Face datasets does (pyarrow).
+if ! "$VENV/bin/python" -c "import numpy, safetensors, tensorboard, pyarrow" 2>/dev/null; then
+    "$VENV/bin/python" -m pip install --quiet numpy safetensors tensorboard pyarrow
 fi
 
 # A stable path for .cargo/config.toml, whatever the Python minor version is.

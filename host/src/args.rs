@@ -182,9 +182,9 @@ training_arguments! {
     /// Drop the last incomplete training batch of each epoch.
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     dataloader_drop_last: bool = false, flag bool;
-    /// Training data: .safetensors, .npz, .csv, .jsonl (text, with tokenizer_file) or a
-    /// folder of .npy files; default: the embedded digits. safetensors and .npy are
-    /// memory-mapped.
+    /// Training data: .safetensors, .npz, .csv, .parquet, .jsonl (text, with
+    /// tokenizer_file) or a folder of .npy files; default: the embedded digits.
+    /// safetensors and .npy are memory-mapped.
     #[arg(value_name = "FILE")]
     train_file: Option<String> = None, flag String;
     /// Evaluation data, in the same form; default: validation_split_percentage of the

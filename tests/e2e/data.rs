@@ -27,6 +27,15 @@ fn write_csv(path: &Path, input: &Tensor, labels: &Tensor, label_name: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// data.csv as Parquet: float32 feature columns, an int64 label column.
+const PARQUET_FROM_CSV: &str = r#"
+import csv, pyarrow as pa, pyarrow.parquet as pq
+rows = list(csv.DictReader(open("data.csv")))
+columns = {k: pa.array([float(r[k]) for r in rows], pa.float32()) for k in rows[0] if k != "label"}
+columns["label"] = pa.array([int(r["label"]) for r in rows], pa.int64())
+pq.write_table(pa.table(columns), "data.parquet")
+"#;
+
 const QUICK: &[&str] =
     &["--num-train-epochs", "2", "--logging-steps", "2", "--eval-strategy", "epoch", "--save-strategy", "no"];
 
@@ -52,6 +61,13 @@ fn every_format_trains_the_same() {
     input.write_npy(d.join("npy/input.npy")).unwrap();
     labels.write_npy(d.join("npy/label.npy")).unwrap();
     write_csv(&d.join("data.csv"), &input, &labels, "label");
+    // Parquet as pyarrow (and so Hugging Face datasets) writes it, from the CSV.
+    let status = std::process::Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", PARQUET_FROM_CSV])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(status.success());
 
     let reference = train_on(&d.join("a"), "../data.safetensors", &[]);
     assert!(reference.iter().any(|e| e.get("eval_f1").is_some()), "{reference:?}");
@@ -59,6 +75,7 @@ fn every_format_trains_the_same() {
         ("../data.npz", vec!["--label-column", "y", "--feature-columns", "x"]),
         ("../npy", vec![]),
         ("../data.csv", vec![]),
+        ("../data.parquet", vec![]),
     ];
     for (i, (file, extra)) in runs.iter().enumerate() {
         let history = train_on(&d.join(format!("run{i}")), file, extra);
@@ -96,7 +113,7 @@ fn bad_data_is_a_one_line_error_with_the_place() {
             "word.csv: no column 'y' (label_column); columns: a, b, label",
         ),
         (&["--train-file", "classes.csv", "--num-labels", "3", "--validation-split-percentage", "25"], "label 7 (item"),
-        (&["--train-file", "text.jsonl"], "text.jsonl: JSONL text needs tokenizer_file"),
+        (&["--train-file", "text.jsonl"], "text.jsonl: text data needs tokenizer_file"),
         (&["--train-file", "text.jsonl", "--tokenizer-file", "nope.json"], "tokenizer_file nope.json does not exist"),
         (&["--model", "gpt"], "the gpt model reads the data field 'input_ids'"),
         (&["--model", "resnet"], "model 'resnet' is not known; use mlp, cnn, transformer, gpt or torchscript:FILE.pt"),
@@ -104,4 +121,56 @@ fn bad_data_is_a_one_line_error_with_the_place() {
     for (args, needle) in cases {
         host(d, args).assert_clean_error(2, needle);
     }
+}
+
+#[test]
+fn parquet_text_and_token_columns_train() {
+    let dir = tempdir();
+    let d = dir.path();
+    // A text column with class labels, and the same texts pre-tokenized as ragged
+    // input_ids lists (as a tokenized Hugging Face dataset is saved).
+    let script = r#"
+import json, pyarrow as pa, pyarrow.parquet as pq
+vocab = json.load(open("tokenizer.json"))["model"]["vocab"]
+texts = [f"{a}+{b}" for a in range(30) for b in range(10)]
+labels = [int("7" in t) for t in texts]
+pq.write_table(pa.table({"text": texts, "label": labels}), "texts.parquet")
+ids = [[2] + [vocab[c] for c in t] + [3] for t in texts]
+pq.write_table(pa.table({"input_ids": ids, "labels": labels}), "tokens.parquet")
+"#;
+    std::fs::copy(repo().join("examples/gpt_addition/tokenizer.json"), d.join("tokenizer.json")).unwrap();
+    let status = std::process::Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", script])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let common = [
+        "--model",
+        "transformer",
+        "--hidden-size",
+        "32",
+        "--num-attention-heads",
+        "2",
+        "--num-train-epochs",
+        "2",
+        "--save-strategy",
+        "no",
+        "--eval-strategy",
+        "epoch",
+        // The tokenizer's vocabulary (16) has a token ('=') that the token ids lack.
+        "--vocab-size",
+        "16",
+    ];
+    let mut args = vec!["--train-file", "texts.parquet", "--tokenizer-file", "tokenizer.json"];
+    args.extend(common);
+    let run = host(d, &args);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let from_text = history_without_timings(d);
+    let mut args = vec!["--train-file", "tokens.parquet"];
+    args.extend(common);
+    let run = host(d, &args);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    // The tokenizer and the hand tokenization agree, so both runs are the same run.
+    assert_eq!(history_without_timings(d), from_text);
 }

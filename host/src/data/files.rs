@@ -1,4 +1,5 @@
-//! Data from files users already have: safetensors, a folder of `.npy` files, `.npz`, CSV.
+//! Data from files users already have: safetensors, a folder of `.npy` files, `.npz`, CSV
+//! (here), Parquet and JSONL text (their own modules).
 //!
 //! safetensors and `.npy` are memory-mapped (copy-on-write, never written back): a data set
 //! larger than memory trains from the page cache, and only the batches in use are read.
@@ -51,9 +52,10 @@ pub fn load_file(path: &Path, options: &FileOptions) -> Result<Dataset, InputErr
             "npz" => Tensor::read_npz(path).map_err(|e| InputError::new(format!("{shown}: not a readable .npz file ({e})")))?,
             "csv" => return read_csv(path, options),
             "jsonl" => return super::text::read_jsonl(path, options),
+            "parquet" => return super::parquet::read_parquet(path, options),
             other => {
                 return Err(InputError::new(format!(
-                    "{shown}: unknown data format '.{other}'; give .safetensors, .npz, .csv, .jsonl (with tokenizer_file) or a folder of .npy files"
+                    "{shown}: unknown data format '.{other}'; give .safetensors, .npz, .csv, .parquet, .jsonl (with tokenizer_file) or a folder of .npy files"
                 )))
             }
         }

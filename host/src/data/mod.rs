@@ -7,6 +7,7 @@
 
 mod digits;
 mod files;
+mod parquet;
 mod text;
 
 use rand::seq::SliceRandom;

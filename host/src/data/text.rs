@@ -1,5 +1,5 @@
-//! Text data: JSON Lines, one object per example, tokenized with a Hugging Face
-//! `tokenizer.json`.
+//! Text data: JSON Lines, one object per example (or a Parquet text column), tokenized
+//! with a Hugging Face `tokenizer.json`.
 //!
 //! With a label key (label_column, else `label` or `labels`) each text is one example to
 //! classify: `input_ids`, `attention_mask` and `labels` [N]. Without one the texts are
@@ -18,18 +18,9 @@ use crate::error::InputError;
 
 pub fn read_jsonl(path: &Path, options: &FileOptions) -> Result<Dataset, InputError> {
     let shown = path.display().to_string();
-    let tokenizer_file = options.tokenizer_file.as_deref().ok_or_else(|| {
-        InputError::new(format!("{shown}: JSONL text needs tokenizer_file (a Hugging Face tokenizer.json)"))
-    })?;
-    if !Path::new(tokenizer_file).is_file() {
-        return Err(InputError::new(format!("tokenizer_file {tokenizer_file} does not exist")));
-    }
-    let tokenizer = Tokenizer::from_file(tokenizer_file).map_err(|e| {
-        InputError::new(format!("tokenizer_file {tokenizer_file}: not a readable tokenizer.json ({e})"))
-    })?;
+    let tokenizer = load_tokenizer(&shown, options)?;
     let text = std::fs::read_to_string(path).map_err(|e| InputError::new(format!("cannot read {shown}: {e}")))?;
-
-    let mut sequences: Vec<Vec<i64>> = Vec::new();
+    let mut texts: Vec<String> = Vec::new();
     let mut labels: Vec<i64> = Vec::new();
     let mut label_key: Option<String> = None;
     for (index, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -40,7 +31,7 @@ pub fn read_jsonl(path: &Path, options: &FileOptions) -> Result<Dataset, InputEr
             .ok_or_else(|| at(format!("no '{}' key (text_column)", options.text_column)))?
             .as_str()
             .ok_or_else(|| at(format!("'{}' is not a string", options.text_column)))?;
-        if sequences.is_empty() {
+        if texts.is_empty() {
             label_key = match &options.label_column {
                 Some(key) => Some(key.clone()),
                 None => ["labels", "label"].iter().find(|k| row.get(**k).is_some()).map(|k| k.to_string()),
@@ -50,18 +41,49 @@ pub fn read_jsonl(path: &Path, options: &FileOptions) -> Result<Dataset, InputEr
             let label = row.get(key).ok_or_else(|| at(format!("no '{key}' key (the label)")))?;
             labels.push(label.as_i64().ok_or_else(|| at(format!("label {label} is not a whole number")))?);
         }
-        let encoding = tokenizer.encode(text, true).map_err(|e| at(format!("cannot tokenize ({e})")))?;
+        texts.push(text.to_owned());
+    }
+    let labels = label_key.map(|_| labels);
+    from_texts(&shown, &tokenizer, &texts, labels, options, |row| format!("line {}", row + 1))
+}
+
+/// Reads `tokenizer_file`.
+pub fn load_tokenizer(source: &str, options: &FileOptions) -> Result<Tokenizer, InputError> {
+    let tokenizer_file = options.tokenizer_file.as_deref().ok_or_else(|| {
+        InputError::new(format!("{source}: text data needs tokenizer_file (a Hugging Face tokenizer.json)"))
+    })?;
+    if !Path::new(tokenizer_file).is_file() {
+        return Err(InputError::new(format!("tokenizer_file {tokenizer_file} does not exist")));
+    }
+    Tokenizer::from_file(tokenizer_file)
+        .map_err(|e| InputError::new(format!("tokenizer_file {tokenizer_file}: not a readable tokenizer.json ({e})")))
+}
+
+/// Tokenizes texts into `input_ids`, `attention_mask` and `labels`: the class labels when
+/// given, else the next tokens (language modelling). `place` names a text's row in errors.
+pub fn from_texts(
+    source: &str,
+    tokenizer: &Tokenizer,
+    texts: &[String],
+    labels: Option<Vec<i64>>,
+    options: &FileOptions,
+    place: impl Fn(usize) -> String,
+) -> Result<Dataset, InputError> {
+    let mut sequences: Vec<Vec<i64>> = Vec::with_capacity(texts.len());
+    for (row, text) in texts.iter().enumerate() {
+        let at = |why: &str| InputError::new(format!("{source} {}: {why}", place(row)));
+        let encoding = tokenizer.encode(text.as_str(), true).map_err(|e| at(&format!("cannot tokenize ({e})")))?;
         let mut ids: Vec<i64> = encoding.get_ids().iter().map(|&id| id as i64).collect();
         ids.truncate(options.max_seq_length.max(1) as usize);
         if ids.is_empty() {
-            return Err(at("the text gives no tokens".to_owned()));
+            return Err(at("the text gives no tokens"));
         }
         sequences.push(ids);
     }
     if sequences.is_empty() {
-        return Err(InputError::new(format!("{shown}: no examples")));
+        return Err(InputError::new(format!("{source}: no examples")));
     }
-    let pad = pad_id(&tokenizer);
+    let pad = pad_id(tokenizer);
     let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
     let (n, t) = (sequences.len() as i64, longest as i64);
     let mut ids = Vec::with_capacity(sequences.len() * longest);
@@ -74,8 +96,8 @@ pub fn read_jsonl(path: &Path, options: &FileOptions) -> Result<Dataset, InputEr
             next.push(sequence.get(position + 1).copied().unwrap_or(-100));
         }
     }
-    let labels = match label_key {
-        Some(_) => Tensor::from_slice(&labels),
+    let labels = match labels {
+        Some(labels) => Tensor::from_slice(&labels),
         None => Tensor::from_slice(&next).view([n, t]),
     };
     let fields = vec![
@@ -83,13 +105,14 @@ pub fn read_jsonl(path: &Path, options: &FileOptions) -> Result<Dataset, InputEr
         ("attention_mask".to_owned(), Tensor::from_slice(&mask).view([n, t])),
         ("labels".to_owned(), labels),
     ];
-    let mut dataset = Dataset::new(&shown, fields)?;
+    let mut dataset = Dataset::new(source, fields)?;
     dataset.vocab_size = Some(tokenizer.get_vocab_size(true) as i64);
-    dataset.end_token = end_id(&tokenizer);
+    dataset.end_token = end_id(tokenizer);
     if let Some(separator) = &options.generation_separator {
         let id = tokenizer.token_to_id(separator).ok_or_else(|| {
             InputError::new(format!(
-                "generation_separator '{separator}' is not a token of {tokenizer_file}; give one token of its vocabulary"
+                "generation_separator '{separator}' is not a token of {}; give one token of its vocabulary",
+                options.tokenizer_file.as_deref().unwrap_or("the tokenizer")
             ))
         })?;
         dataset.separator_token = Some(id as i64);
