@@ -80,6 +80,28 @@ fn gpt_example_learns_to_complete_sums() {
     assert!(perplexity(&evals[1]) < perplexity(&evals[0]) / 10.0, "{evals:?}");
     let loss = evals[1]["eval_loss"].as_f64().unwrap();
     assert!((perplexity(&evals[1]) - loss.exp()).abs() < 1e-9);
+
+    // weighted_ce (uniform) over token logits [N, T, V] equals the built-in loss.
+    let job = example.join("job.toml");
+    let short = |extra: &[&str]| {
+        let mut args = vec!["--config", path_str(&job), "--max-steps", "4", "--hidden-size", "32"];
+        args.extend([
+            "--eval-strategy",
+            "steps",
+            "--eval-steps",
+            "4",
+            "--save-strategy",
+            "no",
+            "--load-best-model-at-end",
+            "false",
+        ]);
+        args.extend_from_slice(extra);
+        let run = host(dir.path(), &args);
+        assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+        history_without_timings(dir.path())
+    };
+    let weighted_ce = plugin("weighted_ce");
+    assert_eq!(short(&["--plugin", path_str(&weighted_ce)]), short(&[]));
 }
 
 #[test]

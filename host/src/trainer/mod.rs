@@ -809,6 +809,21 @@ mod tests {
     }
 
     #[test]
+    fn macro_f1_and_accuracy_match_scikit_learn() {
+        // y_true [0, 0, 1, 2, 2, 2, -100], y_pred [0, 1, 1, 2, 0, 2, 1]: scikit-learn's
+        // f1_score(average="macro") over the six counted items is (1/2 + 2/3 + 4/5) / 3.
+        let mut tally = Tally::new(Device::Cpu);
+        let predicted = Tensor::from_slice(&[0i64, 1, 1, 2, 0, 2, 1]);
+        let logits = predicted.one_hot(4).to_kind(Kind::Float);
+        let labels = Tensor::from_slice(&[0i64, 0, 1, 2, 2, 2, -100]);
+        tally.add(&Tensor::from(0.5f32), 7, &logits.narrow(0, 0, 4), &labels.narrow(0, 0, 4));
+        tally.add(&Tensor::from(0.5f32), 7, &logits.narrow(0, 4, 3), &labels.narrow(0, 4, 3));
+        let expected = (1.0 / 2.0 + 2.0 / 3.0 + 4.0 / 5.0) / 3.0;
+        assert!((tally.macro_f1().unwrap() - expected).abs() < 1e-12);
+        assert!((tally.accuracy().unwrap() - 4.0 / 6.0).abs() < 1e-12);
+    }
+
+    #[test]
     fn accumulated_micro_batches_equal_one_big_batch() {
         let (weight, input, labels) = problem();
         let items = data::count_label_items(&labels);

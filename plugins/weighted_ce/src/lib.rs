@@ -86,8 +86,15 @@ impl Loss for WeightedCe {
         batch: &Tensors,
         num_items_in_batch: Option<i64>,
     ) -> Result<Tensor, PluginError> {
-        let logits = outputs.require("logits")?.shallow_clone();
-        let labels = batch.require("labels")?.shallow_clone();
+        let logits = outputs.require("logits")?;
+        let labels = batch.require("labels")?;
+        // Token models give logits [N, T, classes] for labels [N, T]: one item per position.
+        let classes = *logits.size().last().unwrap_or(&0);
+        let (logits, labels) = if logits.dim() > 2 {
+            (logits.reshape([-1, classes]), labels.reshape([-1]))
+        } else {
+            (logits.shallow_clone(), labels.shallow_clone())
+        };
         let (smoothing, ignore) = (self.label_smoothing, self.ignore_index);
         let weight = self.weight_for(&logits)?;
         let loss = match num_items_in_batch {
