@@ -53,6 +53,7 @@ impl Trainer {
 
     /// Writes `output_dir/checkpoint-{global_step}`, then applies save_total_limit.
     pub(super) fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        let started = std::time::Instant::now();
         let step = self.state.global_step;
         let mut writer = Writer::begin(&self.output_dir(), step)?;
 
@@ -104,7 +105,16 @@ impl Trainer {
         });
         writer.write_json("host_state.json", &host_state)?;
         let dir = writer.commit()?;
-        tracing::info!("saved {}", dir.display());
+        let seconds = started.elapsed().as_secs_f64();
+        let megabytes = std::fs::read_dir(&dir)
+            .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum::<u64>())
+            .unwrap_or(0) as f64
+            / 1e6;
+        tracing::info!(
+            "saved {} ({megabytes:.1} MB in {seconds:.2} s, {:.0} MB/s)",
+            dir.display(),
+            megabytes / seconds.max(1e-9)
+        );
 
         if let Some(limit) = self.args.save_total_limit {
             let best = self.state.best_model_checkpoint.as_ref().map(PathBuf::from);

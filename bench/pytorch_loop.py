@@ -1,0 +1,68 @@
+"""Contender 4: the benchmark jobs as a plain PyTorch training loop (as a user writes it:
+no per-step .item(), the loss summed on the device like HF Trainer).
+
+    python pytorch_loop.py mlp DIGITS.safetensors STEPS
+    python pytorch_loop.py gpt CORPUS.jsonl TOKENIZER.json STEPS
+
+Prints {"samples_per_second": ..., "seconds": ..., "steps": ...}.
+"""
+
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from models import Gpt, Mlp, addition_tokens
+
+
+def batches(n, batch_size, steps, seed=42):
+    order = []
+    epoch = 0
+    while len(order) < steps:
+        permutation = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        order.extend(permutation.split(batch_size))
+        epoch += 1
+    return order[:steps]
+
+
+def train(model, inputs, labels, steps, batch_size, learning_rate):
+    decay = [p for n, p in model.named_parameters() if "bias" not in n and "ln" not in n]
+    no_decay = [p for n, p in model.named_parameters() if "bias" in n or "ln" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, (steps - step) / steps))
+    plan = batches(len(inputs), batch_size, steps)
+    total = torch.zeros(())
+    started = time.perf_counter()
+    for index in plan:
+        x, y = inputs[index], labels[index]
+        logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        total += loss.detach()
+    seconds = time.perf_counter() - started
+    return {"samples_per_second": steps * batch_size / seconds, "seconds": seconds, "steps": steps,
+            "mean_loss": total.item() / steps}
+
+
+def main():
+    torch.manual_seed(42)
+    if sys.argv[1] == "mlp":
+        data = load_file(sys.argv[2])
+        report = train(Mlp(), data["input"], data["labels"], int(sys.argv[3]), 64, 2e-3)
+    else:
+        ids, labels, vocab = addition_tokens(sys.argv[2], sys.argv[3])
+        report = train(Gpt(vocab), ids, labels, int(sys.argv[4]), 64, 3e-3)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
