@@ -4,10 +4,13 @@ no per-step .item(), the loss summed on the device like HF Trainer).
     python pytorch_loop.py mlp DIGITS.safetensors STEPS
     python pytorch_loop.py gpt CORPUS.jsonl TOKENIZER.json STEPS
 
-Prints {"samples_per_second": ..., "seconds": ..., "steps": ...}.
+Prints {"samples_per_second": ..., "seconds": ..., "steps": ...}. BENCH_DEVICE=cuda trains
+on the GPU, BENCH_BF16=1 under bfloat16 autocast (bench/gpu_check.sh sets them).
 """
 
+import contextlib
 import json
+import os
 import sys
 import time
 
@@ -28,7 +31,17 @@ def batches(n, batch_size, steps, seed=42):
     return order[:steps]
 
 
+DEVICE = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
+BF16 = os.environ.get("BENCH_BF16") == "1"
+
+
+def synchronize():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def train(model, inputs, labels, steps, batch_size, learning_rate):
+    model, inputs, labels = model.to(DEVICE), inputs.to(DEVICE), labels.to(DEVICE)
     decay = [p for n, p in model.named_parameters() if "bias" not in n and "ln" not in n]
     no_decay = [p for n, p in model.named_parameters() if "bias" in n or "ln" in n]
     optimizer = torch.optim.AdamW(
@@ -36,18 +49,23 @@ def train(model, inputs, labels, steps, batch_size, learning_rate):
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, (steps - step) / steps))
     plan = batches(len(inputs), batch_size, steps)
-    total = torch.zeros(())
+    plan = [index.to(DEVICE) for index in plan]
+    total = torch.zeros((), device=DEVICE)
+    autocast = (lambda: torch.autocast(DEVICE.type, dtype=torch.bfloat16)) if BF16 else contextlib.nullcontext
+    synchronize()
     started = time.perf_counter()
     for index in plan:
         x, y = inputs[index], labels[index]
-        logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+        with autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=-100)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
         total += loss.detach()
+    synchronize()
     seconds = time.perf_counter() - started
     return {"samples_per_second": steps * batch_size / seconds, "seconds": seconds, "steps": steps,
             "mean_loss": total.item() / steps}

@@ -79,3 +79,63 @@ int host_set_rng_state(int cuda, int index, void* state) {
 }
 
 }  // extern "C"
+
+// Multi-tensor kernels for the optimizer step (tch exposes neither): PyTorch's fused AdamW
+// (one kernel over every parameter of a group; CPU and CUDA) and the foreach norm and
+// scaling of torch.nn.utils.clip_grad_norm_. Tensors arrive as tch handles (at::Tensor*).
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace {
+std::vector<at::Tensor> tensor_list(void** handles, size_t n) {
+  std::vector<at::Tensor> list;
+  list.reserve(n);
+  for (size_t i = 0; i < n; ++i) list.push_back(*static_cast<at::Tensor*>(handles[i]));
+  return list;
+}
+}  // namespace
+
+extern "C" {
+
+int host_fused_adamw(void** params, void** grads, void** exp_avgs, void** exp_avg_sqs, void* step, size_t n,
+                     double lr, double beta1, double beta2, double weight_decay, double eps) {
+  try {
+    // The kernel reads each parameter's step count; every parameter shares one here.
+    std::vector<at::Tensor> steps(n, *static_cast<at::Tensor*>(step));
+    at::_fused_adamw_(tensor_list(params, n), tensor_list(grads, n), tensor_list(exp_avgs, n),
+                      tensor_list(exp_avg_sqs, n), {}, steps, lr, beta1, beta2, weight_decay, eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+// Scales the gradients so that their global L2 norm is at most max_norm (none when
+// max_norm <= 0) and returns that norm before clipping as a new tensor, or null on failure.
+void* host_clip_grad_norm(void** grads, size_t n, double max_norm) {
+  try {
+    auto list = tensor_list(grads, n);
+    auto norms = at::_foreach_norm(list, 2);
+    auto total = at::linalg_vector_norm(at::stack(norms), 2);
+    if (max_norm > 0) {
+      auto coef = at::clamp_max(max_norm / (total + 1e-6), 1.0);
+      at::_foreach_mul_(list, coef);
+    }
+    return new at::Tensor(total);
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+int host_zero_grads(void** grads, size_t n) {
+  try {
+    at::_foreach_zero_(tensor_list(grads, n));
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
+}  // extern "C"

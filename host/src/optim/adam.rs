@@ -1,6 +1,7 @@
-//! Adam and AdamW, as `torch.optim.Adam` / `torch.optim.AdamW` (single-tensor path, the
-//! same operations in the same order). Steps allocate nothing: temporaries live in one
-//! scratch tensor per parameter, made once.
+//! Adam and AdamW, as `torch.optim.Adam` / `torch.optim.AdamW`. AdamW on float32
+//! parameters runs libtorch's fused kernel (`fused=True`): one call per weight-decay group.
+//! Otherwise the single-tensor path, the same operations in the same order, allocating
+//! nothing: temporaries live in one scratch tensor per parameter, made once.
 
 use tch::Tensor;
 
@@ -16,6 +17,8 @@ pub struct Adam {
     settings: AdamSettings,
     /// AdamW's decoupled weight decay, rather than Adam's L2 term in the gradient.
     decoupled: bool,
+    /// The step number as a float tensor on the parameters' device, for the fused kernel.
+    step_tensor: Option<Tensor>,
 }
 
 impl Adam {
@@ -24,7 +27,43 @@ impl Adam {
         let exp_avg_sq = zeros_like(&params);
         let max_exp_avg_sq = amsgrad.then(|| zeros_like(&params));
         let scratch = zeros_like(&params);
-        Self { params, exp_avg, exp_avg_sq, max_exp_avg_sq, scratch, step: 0, settings, decoupled }
+        Self { params, exp_avg, exp_avg_sq, max_exp_avg_sq, scratch, step: 0, settings, decoupled, step_tensor: None }
+    }
+
+    /// Whether the fused kernel applies: AdamW without amsgrad, float32 parameters on
+    /// one device.
+    fn can_fuse(&self) -> bool {
+        let Some(first) = self.params.first() else { return false };
+        let device = first.tensor.device();
+        self.decoupled
+            && self.max_exp_avg_sq.is_none()
+            && self.params.iter().all(|p| p.tensor.kind() == tch::Kind::Float && p.tensor.device() == device)
+    }
+
+    /// One fused AdamW step; `self.step` is already the new step number.
+    fn fused_step(&mut self, lr: f64) {
+        let device = self.params[0].tensor.device();
+        let step = self.step_tensor.get_or_insert_with(|| Tensor::zeros([], (tch::Kind::Float, device)));
+        let _ = step.fill_(self.step as f64);
+        let AdamSettings { beta1, beta2, eps } = self.settings;
+        let mut decays: Vec<f64> = self.params.iter().map(|p| p.weight_decay).collect();
+        decays.sort_by(f64::total_cmp);
+        decays.dedup();
+        for decay in decays {
+            let (mut params, mut grads, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (i, param) in self.params.iter().enumerate().filter(|(_, p)| p.weight_decay == decay) {
+                let Some(grad) = param.grad() else { continue };
+                params.push(&param.tensor);
+                grads.push(grad);
+                m.push(&self.exp_avg[i]);
+                v.push(&self.exp_avg_sq[i]);
+            }
+            if params.is_empty() {
+                continue;
+            }
+            let grads: Vec<&Tensor> = grads.iter().collect();
+            super::fused::adamw(&params, &grads, &m, &v, step, lr, (beta1, beta2, eps), decay);
+        }
     }
 }
 
@@ -56,6 +95,9 @@ impl Optimizer for Adam {
     fn step(&mut self, lr: f64) {
         let _guard = tch::no_grad_guard();
         self.step += 1;
+        if self.can_fuse() {
+            return self.fused_step(lr);
+        }
         let AdamSettings { beta1, beta2, eps } = self.settings;
         let bias_correction1 = 1.0 - beta1.powi(self.step as i32);
         let bias_correction2_sqrt = (1.0 - beta2.powi(self.step as i32)).sqrt();

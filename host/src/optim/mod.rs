@@ -6,6 +6,7 @@
 mod adafactor;
 mod adagrad;
 mod adam;
+mod fused;
 mod lion;
 mod rmsprop;
 mod sgd;
@@ -65,10 +66,9 @@ pub trait Optimizer {
 
     /// Clears the gradients (in place, keeping their memory).
     fn zero_grad(&mut self) {
-        for param in self.params() {
-            if let Some(mut grad) = param.grad() {
-                let _ = grad.detach_().zero_();
-            }
+        let grads: Vec<Tensor> = self.params().iter().filter_map(Param::grad).collect();
+        if !grads.is_empty() {
+            fused::zero(&grads.iter().collect::<Vec<_>>());
         }
     }
 
@@ -81,15 +81,7 @@ pub trait Optimizer {
         if grads.is_empty() {
             return Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
         }
-        let norms: Vec<Tensor> = grads.iter().map(|g| g.norm().to_kind(Kind::Float)).collect();
-        let total = Tensor::stack(&norms, 0).norm();
-        if max_norm > 0.0 {
-            let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
-            for grad in &grads {
-                let _ = grad.shallow_clone().g_mul_(&coef);
-            }
-        }
-        total
+        fused::clip_grad_norm(&grads.iter().collect::<Vec<_>>(), max_norm)
     }
 }
 

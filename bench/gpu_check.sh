@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU check (never part of CI), for a CUDA machine with PyTorch 2.11.0 (+cu130) in a venv
+# but no Rust toolchain and no network. Build on a CPU machine first:
+#
+#   cargo build --release -p host -p weighted_ce
+#
+# copy the repository with target/release/{host,libweighted_ce.so} (a few MB) and run:
+#
+#   TORCH_VENV=/opt/torch/.venv bench/gpu_check.sh
+#
+# It trains the default job on CUDA with weighted_ce, then the GPT benchmark in bf16 on the
+# host and in a PyTorch loop, and prints the ratio. Under five minutes on one GPU.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TORCH_VENV="${TORCH_VENV:-/opt/torch/.venv}"
+DEVICE="${DEVICE:-cuda}"   # DEVICE=cpu runs the same script on a machine without a GPU
+PYTHON="$TORCH_VENV/bin/python"
+TORCH_LIB="$("$PYTHON" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+HOST="$ROOT/target/release/host"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+
+echo "== device"
+"$PYTHON" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')"
+
+echo "== default job on $DEVICE with weighted_ce"
+"$HOST" --device "$DEVICE" --plugin "$ROOT/target/release/libweighted_ce.so" --disable-tqdm \
+    --save-strategy no --output-dir default 2>&1 | grep -E "device:|eval_accuracy|train_samples_per_second|error" || true
+test -f default/all_results.json
+
+echo "== GPT in bf16: host against a PyTorch loop (300 steps, batch 64)"
+"$PYTHON" "$ROOT/examples/gpt_addition/make_corpus.py" --limit 100 --out corpus >/dev/null
+TOKENIZER="$ROOT/examples/gpt_addition/tokenizer.json"
+STEPS=300
+"$HOST" --device "$DEVICE" --bf16 --config "$ROOT/examples/gpt_addition/job.toml" --train-file corpus/train.jsonl \
+    --eval-file corpus/eval.jsonl --tokenizer-file "$TOKENIZER" --max-steps "$STEPS" --eval-strategy no \
+    --save-strategy no --load-best-model-at-end false --disable-tqdm --output-dir gpt >/dev/null 2>gpt.log \
+    || { cat gpt.log; exit 1; }
+HOST_RATE="$("$PYTHON" -c "import json; r = json.load(open('gpt/all_results.json')); print($STEPS * 64 / r['train_runtime'])")"
+TORCH_RATE="$(cd "$ROOT/bench" && BENCH_DEVICE="$DEVICE" BENCH_BF16=1 "$PYTHON" pytorch_loop.py gpt \
+    "$WORK/corpus/train.jsonl" "$TOKENIZER" "$STEPS" | "$PYTHON" -c "import json, sys; print(json.load(sys.stdin)['samples_per_second'])")"
+"$PYTHON" -c "h, t = $HOST_RATE, $TORCH_RATE; print(f'host {h:.0f} samples/s, PyTorch {t:.0f} samples/s, host/PyTorch {h / t:.2f}')"
