@@ -27,7 +27,7 @@ echo "== device"
 
 echo "== default job on $DEVICE with weighted_ce"
 "$HOST" --device "$DEVICE" --plugin "$ROOT/target/release/libweighted_ce.so" --disable-tqdm \
-    --save-strategy no --output-dir default 2>&1 | grep -E "device:|eval_accuracy|train_samples_per_second|error" || true
+    --save-strategy no --output-dir default 2>&1 | grep -E "device:|^  (eval_accuracy|train_samples_per_second) |error" || true
 test -f default/all_results.json
 
 echo "== GPT in bf16: host against a PyTorch loop (300 steps, batch 64)"
