@@ -41,6 +41,7 @@ fn gpt_example_learns_to_complete_sums() {
         .arg(example.join("make_corpus.py"))
         .args(["--limit", "10", "--eval-share", "0.01", "--out", "data"])
         .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(status.success());
@@ -183,6 +184,13 @@ fn torchscript_module_fine_tunes_with_a_loss_plugin_resumes_and_loads_back_into_
     assert_eq!(ours.len(), 128);
     let largest = ours.iter().flatten().zip(torch.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(largest < 1e-5, "host and PyTorch outputs differ by {largest}");
+
+    // Labels beyond the module's four outputs are a clear error, not a crash.
+    let input = tch::Tensor::zeros([8, 16], (tch::Kind::Float, tch::Device::Cpu));
+    let labels = tch::Tensor::from_slice(&[0i64, 1, 2, 3, 9, 1, 2, 3]);
+    tch::Tensor::write_safetensors(&[("input", &input), ("labels", &labels)], d.join("wide.safetensors")).unwrap();
+    host(d, &["--model", "torchscript:model.pt", "--train-file", "wide.safetensors", "--output-dir", "wide"])
+        .assert_clean_error(2, "the labels do not fit the model's logits [");
 
     // Resuming from the step-12 checkpoint ends with the same weights.
     let resumed = tempdir();

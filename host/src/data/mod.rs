@@ -40,6 +40,10 @@ pub struct Dataset {
     pub end_token: Option<i64>,
     /// The token after which completions are evaluated (generation_separator).
     pub separator_token: Option<i64>,
+    /// Each example's length in tokens (its attention_mask), for text padded to the
+    /// longest of the set: batches are cut to their own longest, as Hugging Face's
+    /// DataCollatorWithPadding pads (right padding: only padding is cut).
+    lengths: Option<Vec<i64>>,
 }
 
 impl Dataset {
@@ -60,7 +64,12 @@ impl Dataset {
         if rows == 0 {
             return Err(InputError::new(format!("{source}: no examples")));
         }
-        let dataset = Self { fields, device: Device::Cpu, vocab_size: None, end_token: None, separator_token: None };
+        let lengths = fields
+            .iter()
+            .find(|(n, t)| n == "attention_mask" && t.dim() == 2)
+            .and_then(|(_, mask)| Vec::<i64>::try_from(&mask.ne(0).sum_dim_intlist(1, false, Kind::Int64)).ok());
+        let dataset =
+            Self { fields, device: Device::Cpu, vocab_size: None, end_token: None, separator_token: None, lengths };
         if dataset.field("labels").is_none() {
             return Err(InputError::new(format!(
                 "{source}: no 'labels' field (fields: {}); name the label column or tensor 'labels'",
@@ -105,6 +114,7 @@ impl Dataset {
             vocab_size: self.vocab_size,
             end_token: self.end_token,
             separator_token: self.separator_token,
+            lengths: self.lengths.clone(),
         }
     }
 
@@ -114,14 +124,26 @@ impl Dataset {
 
     fn select(&self, indices: &[i64]) -> Dataset {
         let index = Tensor::from_slice(indices);
-        self.map(|t| t.index_select(0, &index))
+        let mut selected = self.map(|t| t.index_select(0, &index));
+        selected.lengths = self.lengths.as_ref().map(|l| indices.iter().map(|&i| l[i as usize]).collect());
+        selected
     }
 
     fn truncate(self, max: Option<i64>) -> Dataset {
         match max {
-            Some(max) if (max as usize) < self.len() => self.map(|t| t.narrow(0, 0, max)),
+            Some(max) if (max as usize) < self.len() => {
+                let mut cut = self.map(|t| t.narrow(0, 0, max));
+                cut.lengths = self.lengths.as_ref().map(|l| l[..max as usize].to_vec());
+                cut
+            }
             _ => self,
         }
+    }
+
+    /// The longest example among `rows` (text data), to cut a batch's padding to.
+    fn longest(&self, rows: impl Iterator<Item = i64>) -> Option<i64> {
+        let lengths = self.lengths.as_ref()?;
+        rows.map(|i| lengths[i as usize]).max()
     }
 
     /// Sends batches to `device`, moving the whole data set there first when it is small.
@@ -135,20 +157,34 @@ impl Dataset {
         placed
     }
 
-    /// One batch by example indices.
+    /// One batch by example indices (a CPU tensor, as `batches` makes them).
     pub fn batch(&self, indices: &Tensor) -> Batch {
+        let longest = match &self.lengths {
+            Some(_) => self.longest(Vec::<i64>::try_from(indices).unwrap_or_default().into_iter()),
+            None => None,
+        };
         let data_device = self.fields[0].1.device();
         let indices = indices.to_device(data_device);
-        self.make_batch(|t| t.index_select(0, &indices))
+        self.make_batch(|t| t.index_select(0, &indices), longest)
     }
 
     /// The examples `start..start + len`, in order.
     pub fn slice(&self, start: i64, len: i64) -> Batch {
-        self.make_batch(|t| t.narrow(0, start, len))
+        self.make_batch(|t| t.narrow(0, start, len), self.longest(start..start + len))
     }
 
-    fn make_batch(&self, rows: impl Fn(&Tensor) -> Tensor) -> Batch {
-        let fields = self.fields.iter().map(|(n, t)| (n.clone(), model_kind(n, rows(t)).to_device(self.device)));
+    fn make_batch(&self, rows: impl Fn(&Tensor) -> Tensor, longest: Option<i64>) -> Batch {
+        // Text: the fields padded along the sequence are cut to the batch's longest.
+        let padded = self.field("attention_mask").map(|m| m.size()[1]);
+        let fields = self.fields.iter().map(|(n, t)| {
+            let mut rows = rows(t);
+            if let (Some(longest), Some(padded)) = (longest, padded) {
+                if rows.dim() >= 2 && rows.size()[1] == padded && longest < padded {
+                    rows = rows.narrow(1, 0, longest.max(1));
+                }
+            }
+            (n.clone(), model_kind(n, rows).to_device(self.device))
+        });
         Batch { fields: fields.collect() }
     }
 }
@@ -280,6 +316,30 @@ mod tests {
             ],
         );
         assert!(ragged.unwrap_err().to_string().contains("field 'labels' has shape [4] but 'x' has 3 rows"));
+    }
+
+    #[test]
+    fn text_batches_are_cut_to_their_longest_example() {
+        let mask = Tensor::from_slice(&[1i64, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]).view([3, 5]);
+        let fields = vec![
+            ("input_ids".to_owned(), mask.shallow_clone() * 7),
+            ("attention_mask".to_owned(), mask),
+            ("labels".to_owned(), Tensor::from_slice(&[0i64, 1, 0])),
+        ];
+        let data = Dataset::new("t", fields).unwrap();
+        let batch = data.batch(&Tensor::from_slice(&[2i64, 0]));
+        assert_eq!(batch.get("input_ids").unwrap().size(), [2, 3]);
+        assert_eq!(batch.get("attention_mask").unwrap().size(), [2, 3]);
+        assert_eq!(batch.labels().size(), [2]);
+        assert_eq!(data.slice(1, 2).get("input_ids").unwrap().size(), [2, 5]);
+        // The split keeps each example's length with it.
+        let (train, eval) = split(&data, 34.0, None, None);
+        for set in [&train, &eval] {
+            let rows = set.len() as i64;
+            let batch = set.slice(0, rows);
+            let mask = batch.get("attention_mask").unwrap();
+            assert_eq!(mask.size()[1], mask.sum_dim_intlist(1, false, Kind::Int64).max().int64_value(&[]));
+        }
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! classify: `input_ids`, `attention_mask` and `labels` [N]. Without one the texts are
 //! language-modelling data: `labels` [N, T] holds the next token at each position (already
 //! shifted, -100 past the end), so the loss and a loss plugin compare `logits[:, t]` with
-//! `labels[:, t]` directly. Texts are truncated to max_seq_length tokens and padded to the
-//! longest; the tokenizer adds its special tokens (its post-processor).
+//! `labels[:, t]` directly. Texts are truncated to max_seq_length tokens and stored padded to
+//! the longest (batches are cut to their own longest, see `Dataset`); the tokenizer adds its
+//! special tokens (its post-processor).
 
 use std::path::Path;
 

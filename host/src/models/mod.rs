@@ -65,12 +65,10 @@ pub trait Model {
     }
 }
 
-/// The sizes a model is built with, resolved from the arguments and the data.
+/// What the trainer needs to know of a model beyond its forward pass.
 #[derive(Debug, Clone)]
 pub struct Shape {
     pub task: Task,
-    /// Classes (classification) or vocabulary size (token models).
-    pub num_labels: i64,
 }
 
 /// Builds the model the arguments name, its parameters under `root`.
@@ -83,7 +81,7 @@ pub fn build(
     let spec = args.model.as_str();
     if let Some(file) = spec.strip_prefix("torchscript:") {
         let model = torchscript::TorchScript::load(std::path::Path::new(file), root)?;
-        let shape = Shape { task: Task::Classification, num_labels: 0 };
+        let shape = Shape { task: Task::Classification };
         return Ok((Box::new(model), shape));
     }
     let positive = |name: &str, value: i64| -> Result<i64, InputError> {
@@ -113,7 +111,7 @@ pub fn build(
             } else {
                 Box::new(cnn::Cnn::new(root, &input.size(), layers, hidden, num_labels, args.dropout)?)
             };
-            Ok((model, Shape { task: Task::Classification, num_labels }))
+            Ok((model, Shape { task: Task::Classification }))
         }
         "transformer" | "gpt" => {
             let heads = positive("num_attention_heads", args.num_attention_heads)?;
@@ -134,11 +132,11 @@ pub fn build(
             };
             if spec == "gpt" {
                 let model = transformer::Gpt::new(root, &config);
-                Ok((Box::new(model), Shape { task: Task::CausalLm, num_labels: vocab }))
+                Ok((Box::new(model), Shape { task: Task::CausalLm }))
             } else {
                 let num_labels = classes(args, train, eval)?;
                 let model = transformer::EncoderClassifier::new(root, &config, num_labels);
-                Ok((Box::new(model), Shape { task: Task::Classification, num_labels }))
+                Ok((Box::new(model), Shape { task: Task::Classification }))
             }
         }
         other => Err(InputError::new(format!(

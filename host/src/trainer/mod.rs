@@ -460,7 +460,7 @@ impl Trainer {
                 check_scalar(loss, &value)?;
                 Ok(value)
             }
-            None => Ok(builtin_training_loss(outputs.get_logits(), batch.labels(), num_items)),
+            None => builtin_training_loss(outputs.get_logits(), batch.labels(), num_items),
         }
     }
 
@@ -546,14 +546,29 @@ fn build_optimizer(args: &TrainingArguments, vars: &nn::VarStore) -> Result<Box<
 /// The built-in training loss: cross entropy summed over the micro-batch's label items
 /// (labels of -100 ignored), divided by the label items of the whole optimizer step, as
 /// HF's loss with `num_items_in_batch`.
-pub fn builtin_training_loss(logits: &Tensor, labels: &Tensor, num_items_in_batch: i64) -> Tensor {
-    cross_entropy(logits, labels, Reduction::Sum) / num_items_in_batch.max(1) as f64
+pub fn builtin_training_loss(logits: &Tensor, labels: &Tensor, num_items_in_batch: i64) -> Result<Tensor> {
+    Ok(cross_entropy(logits, labels, Reduction::Sum)? / num_items_in_batch.max(1) as f64)
 }
 
-/// Cross entropy over label items of any shape: logits [..., classes], labels [...].
-fn cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction) -> Tensor {
-    let classes = *logits.size().last().expect("logits have a class dimension");
-    logits.reshape([-1, classes]).cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, reduction, -100, 0.0)
+/// Cross entropy over label items of any shape: logits [..., classes], labels [...]. Labels
+/// that do not fit the logits (a TorchScript model with fewer outputs than classes) are the
+/// user's data not fitting the model: an error, not a crash.
+fn cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction) -> Result<Tensor> {
+    let classes = *logits.size().last().unwrap_or(&0);
+    logits
+        .reshape([-1, classes])
+        .f_cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, reduction, -100, 0.0)
+        .map_err(|e| {
+            let why = e.to_string();
+            let why = why.lines().next().unwrap_or("").to_owned();
+            crate::error::InputError::new(format!(
+                "the labels do not fit the model's logits {:?} (labels {:?}, largest {}): {why}",
+                logits.size(),
+                labels.size(),
+                labels.max().int64_value(&[])
+            ))
+            .into()
+        })
 }
 
 impl Trainer {
@@ -640,7 +655,7 @@ impl Trainer {
                     check_scalar(loss, &value)?;
                     value
                 }
-                None => cross_entropy(logits, labels, Reduction::Mean),
+                None => cross_entropy(logits, labels, Reduction::Mean)?,
             };
             tally.add(&loss, len, logits, labels);
             batches += 1;
@@ -828,7 +843,7 @@ mod tests {
         let (weight, input, labels) = problem();
         let items = data::count_label_items(&labels);
         assert_eq!(items, 6);
-        let full = builtin_training_loss(&input.matmul(&weight.tr()), &labels, items);
+        let full = builtin_training_loss(&input.matmul(&weight.tr()), &labels, items).unwrap();
         // The full-batch value is PyTorch's mean over the label items.
         let mean = input.matmul(&weight.tr()).cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0);
         assert!((full.double_value(&[]) - mean.double_value(&[])).abs() < 1e-6);
@@ -837,7 +852,7 @@ mod tests {
         let mut accumulated = weight.zeros_like();
         for (start, len) in [(0, 4), (4, 3), (7, 2)] {
             let (x, y) = (input.narrow(0, start, len), labels.narrow(0, start, len));
-            accumulated += grad_of(&weight, builtin_training_loss(&x.matmul(&weight.tr()), &y, items));
+            accumulated += grad_of(&weight, builtin_training_loss(&x.matmul(&weight.tr()), &y, items).unwrap());
         }
         let difference = (accumulated - full_grad).abs().max().double_value(&[]);
         assert!(difference < 1e-6, "gradients differ by {difference}");
