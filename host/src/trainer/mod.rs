@@ -295,7 +295,7 @@ impl Trainer {
         ];
         let train_metrics = self.log(train_metrics)?;
         self.fire(Event::TRAIN_END, &[])?;
-        let eval_metrics = if self.eval.len() > 0 && args.eval_strategy != IntervalStrategy::No {
+        let eval_metrics = if !self.eval.is_empty() && args.eval_strategy != IntervalStrategy::No {
             self.reporter.last_eval().cloned()
         } else {
             None
