@@ -25,6 +25,10 @@ Examples:
     host --plugin target/release/libweighted_ce.so
     host --plugin target/release/libweighted_ce.so --plugin-config weighted_ce.label_smoothing=0.1
     host train --config run.toml --learning-rate 1e-3
+    host --train-file data.safetensors --eval-file eval.safetensors
+    host --model cnn
+    host --model gpt --train-file corpus.jsonl --tokenizer-file tokenizer.json
+    host --model torchscript:model.pt --train-file data.parquet
 
 Log verbosity follows RUST_LOG (default: info).";
 
