@@ -191,6 +191,19 @@ fn stock_losses_equal_pytorch() {
         // Gradients flow back through the plugin's ops.
         value.backward();
         assert!(logits.grad().abs().sum(tch::Kind::Float).double_value(&[]) > 0.0, "{name}: no gradient");
+
+        // Class losses also take a token model's shapes, logits [1, N, C] for labels [1, N]:
+        // the same items, so the same value.
+        if ["weighted_ce", "focal_loss"].contains(&case["plugin"].as_str().unwrap()) && logits.dim() == 2 {
+            let mut outputs = plugin_api::Tensors::new();
+            outputs.insert("logits", logits.detach().unsqueeze(0));
+            let mut tokens = plugin_api::Tensors::new();
+            for (key, value) in case["batch"].as_object().unwrap() {
+                tokens.insert(key.as_str(), tensor(value).unsqueeze(0));
+            }
+            let value = loss.compute_loss(&outputs, &tokens, case["num_items_in_batch"].as_i64()).unwrap();
+            assert!((value.double_value(&[]) - want).abs() <= 1e-6, "{name} over token shapes: {value:?}");
+        }
     }
 }
 

@@ -38,14 +38,19 @@ impl Focal {
 
 impl Loss for Focal {
     fn compute_loss(&mut self, outputs: &Tensors, batch: &Tensors, items: Option<i64>) -> Result<Tensor, PluginError> {
-        let logits = outputs.require("logits")?;
-        let (labels, valid) = class_labels(batch)?;
+        let (logits, (labels, valid)) = (outputs.require("logits")?, class_labels(batch)?);
+        // Token models give logits [N, T, classes] for labels [N, T]: one item per position.
+        let classes = *logits.size().last().unwrap_or(&0);
+        let (logits, labels, valid) = if logits.dim() > 2 {
+            (logits.reshape([-1, classes]), labels.reshape([-1]), valid.reshape([-1]))
+        } else {
+            (logits.shallow_clone(), labels, valid)
+        };
         let log_p = logits.log_softmax(-1, Kind::Float).gather(1, &labels.unsqueeze(1), false).squeeze_dim(1);
         let p = log_p.exp();
         let modulating = (p.ones_like() - &p).pow_tensor_scalar(self.gamma);
         let mut per_item = -(modulating * &log_p);
         if let Some(alpha) = &self.alpha {
-            let classes = *logits.size().last().unwrap_or(&0);
             if alpha.len() as i64 != classes {
                 return Err(PluginError::config(format!(
                     "alpha has {} entries but the model has {classes} classes",
@@ -53,7 +58,7 @@ impl Loss for Focal {
                 )));
             }
             let alpha = Tensor::from_slice(alpha).to_kind(Kind::Float).to_device(logits.device());
-            per_item = per_item * alpha.index_select(0, &labels);
+            per_item *= alpha.index_select(0, &labels);
         }
         Ok(reduce(&per_item, &valid, items))
     }
