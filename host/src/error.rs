@@ -20,6 +20,12 @@ impl fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
+/// The first non-empty line of a message: libtorch's errors go on with a C++ backtrace,
+/// which a one-line error leaves out.
+pub fn first_line(text: &str) -> &str {
+    text.lines().find(|l| !l.trim().is_empty()).unwrap_or(text).trim()
+}
+
 /// The exit code for an error: 2 for input mistakes, 128 + the signal for a run stopped by
 /// SIGINT (130) or SIGTERM (143), 1 for everything else.
 pub fn exit_code(error: &anyhow::Error) -> i32 {

@@ -339,7 +339,7 @@ fn a_crash_after_good_checkpoints_resumes_from_the_last_complete_one() {
     let dir = tempdir();
     // A run stopped after saving 4 and 8; checkpoint-8 then lost; a resume from 4 killed
     // in the middle of saving 8 again.
-    assert_eq!(run_partial(dir.path(), &base, 8), 0);
+    assert_eq!(run_with(dir.path(), &base, &["--plugin-config", "recorder.stop_at_step=8"]).code, 0);
     std::fs::remove_dir_all(dir.path().join("output/checkpoint-8")).unwrap();
     let mut resume = base.to_vec();
     resume.extend(["--resume-from-checkpoint", "latest"]);
@@ -349,26 +349,6 @@ fn a_crash_after_good_checkpoints_resumes_from_the_last_complete_one() {
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     assert!(run.stderr.contains("resumed from output/checkpoint-4"));
     assert_same_run(straight.path(), dir.path());
-}
-
-/// Trains with `base` but stops after `step` (through the recorder callback).
-fn run_partial(dir: &Path, base: &[&str], step: i64) -> i32 {
-    let stop = format!("recorder.stop_at_step={step}");
-    let fixtures = plugin("test_fixtures");
-    let mut args = vec![
-        "--plugin",
-        path_str(&fixtures),
-        "--loss",
-        "builtin",
-        "--callback",
-        "recorder",
-        "--plugin-config",
-        "recorder.path=events.txt",
-        "--plugin-config",
-        &stop,
-    ];
-    args.extend_from_slice(base);
-    host(dir, &args).code
 }
 
 #[test]

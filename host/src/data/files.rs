@@ -78,14 +78,15 @@ fn name_labels(
         Some(name) => Some(name.to_owned()).filter(|n| names.contains(n)).ok_or_else(|| {
             InputError::new(format!("{source}: no field '{name}' (label_column); fields: {}", names.join(", ")))
         })?,
-        None if names.iter().any(|n| n == "labels") => "labels".to_owned(),
-        None if names.iter().any(|n| n == "label") => "label".to_owned(),
-        None => {
-            return Err(InputError::new(format!(
-                "{source}: no 'labels' or 'label' field (fields: {}); name the label field with label_column",
-                names.join(", ")
-            )))
-        }
+        None => match super::default_label(names.iter().map(String::as_str)) {
+            Some(i) => names[i].clone(),
+            None => {
+                return Err(InputError::new(format!(
+                    "{source}: no 'labels' or 'label' field (fields: {}); name the label field with label_column",
+                    names.join(", ")
+                )))
+            }
+        },
     };
     if chosen != "labels" {
         fields.retain(|(n, _)| n != "labels");
@@ -273,7 +274,7 @@ fn read_csv(path: &Path, options: &FileOptions) -> Result<Dataset, InputError> {
     };
     let label = match &options.label_column {
         Some(name) => column(name, "label_column")?,
-        None => header.iter().position(|h| h == "labels" || h == "label").ok_or_else(|| {
+        None => super::default_label(header.iter().map(String::as_str)).ok_or_else(|| {
             InputError::new(format!(
                 "{shown}: no 'labels' or 'label' column (columns: {}); name it with label_column",
                 header.join(", ")

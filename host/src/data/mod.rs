@@ -102,8 +102,7 @@ impl Dataset {
     /// Example `index`'s tokens without padding (text data).
     pub fn tokens(&self, index: i64) -> Option<Tensor> {
         let ids = self.field("input_ids")?.get(index);
-        let length =
-            self.field("attention_mask").map_or(ids.size()[0], |m| m.get(index).sum(tch::Kind::Int64).int64_value(&[]));
+        let length = self.lengths.as_ref().map_or(ids.size()[0], |lengths| lengths[index as usize]);
         Some(ids.narrow(0, 0, length).to_device(self.device))
     }
 
@@ -254,6 +253,26 @@ impl Batch {
     }
 }
 
+/// Which of `names` holds the labels when label_column is not given: `labels`, else
+/// `label` (the names Hugging Face datasets use).
+fn default_label<'a>(names: impl Iterator<Item = &'a str> + Clone) -> Option<usize> {
+    ["labels", "label"].iter().find_map(|wanted| names.clone().position(|n| n == *wanted))
+}
+
+/// Rows of different lengths as one row-major [rows, width] matrix, right-padded with
+/// `pad`, and the mask of real entries (1) and padding (0).
+fn pad_rows<T: Copy>(rows: &[Vec<T>], pad: T, width: usize) -> (Vec<T>, Vec<i64>) {
+    let mut values = Vec::with_capacity(rows.len() * width);
+    let mut mask = Vec::with_capacity(rows.len() * width);
+    for row in rows {
+        for position in 0..width {
+            values.push(row.get(position).copied().unwrap_or(pad));
+            mask.push(i64::from(position < row.len()));
+        }
+    }
+    (values, mask)
+}
+
 /// Splits off `eval_percent` of the examples for evaluation, by a fixed seed.
 pub fn split(data: &Dataset, eval_percent: f64, max_train: Option<i64>, max_eval: Option<i64>) -> (Dataset, Dataset) {
     let n = data.len();
@@ -340,6 +359,13 @@ mod tests {
             let mask = batch.get("attention_mask").unwrap();
             assert_eq!(mask.size()[1], mask.sum_dim_intlist(1, false, Kind::Int64).max().int64_value(&[]));
         }
+    }
+
+    #[test]
+    fn labels_are_preferred_to_label_wherever_they_stand() {
+        assert_eq!(default_label(["label", "x", "labels"].into_iter()), Some(2));
+        assert_eq!(default_label(["x", "label"].into_iter()), Some(1));
+        assert_eq!(default_label(["x", "y"].into_iter()), None);
     }
 
     #[test]

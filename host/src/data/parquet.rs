@@ -88,7 +88,7 @@ pub fn read_parquet(path: &Path, options: &FileOptions) -> Result<Dataset, Input
             let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
             InputError::new(format!("{shown}: no column '{name}' (label_column); columns: {}", names.join(", ")))
         })?,
-        None => columns.iter().position(|(n, _)| n == "labels" || n == "label").unwrap_or(usize::MAX),
+        None => super::default_label(columns.iter().map(|(n, _)| n.as_str())).unwrap_or(usize::MAX),
     };
 
     // Text: tokenized, with the label column as class labels (or none: language modelling).
@@ -121,14 +121,7 @@ pub fn read_parquet(path: &Path, options: &FileOptions) -> Result<Dataset, Input
                 let longest = rows.iter().map(Vec::len).max().unwrap_or(0);
                 let ragged = rows.iter().any(|r| r.len() != longest);
                 let n = rows.len() as i64;
-                let mut flat = Vec::with_capacity(rows.len() * longest);
-                let mut mask = Vec::with_capacity(rows.len() * longest);
-                for row in &rows {
-                    for position in 0..longest {
-                        flat.push(row.get(position).copied().unwrap_or(pad));
-                        mask.push(i64::from(position < row.len()));
-                    }
-                }
+                let (flat, mask) = super::pad_rows(&rows, pad, longest);
                 fields.push((field_name.clone(), numbers(&flat, whole).view([n, longest as i64])));
                 if ragged && field_name == "input_ids" && !rows.is_empty() {
                     fields.push(("attention_mask".to_owned(), Tensor::from_slice(&mask).view([n, longest as i64])));

@@ -35,7 +35,11 @@ pub fn read_jsonl(path: &Path, options: &FileOptions) -> Result<Dataset, InputEr
         if texts.is_empty() {
             label_key = match &options.label_column {
                 Some(key) => Some(key.clone()),
-                None => ["labels", "label"].iter().find(|k| row.get(**k).is_some()).map(|k| k.to_string()),
+                None => {
+                    let keys =
+                        row.as_object().map(|o| o.keys().map(String::as_str).collect::<Vec<_>>()).unwrap_or_default();
+                    super::default_label(keys.iter().copied()).map(|i| keys[i].to_owned())
+                }
             };
         }
         if let Some(key) = &label_key {
@@ -87,16 +91,10 @@ pub fn from_texts(
     let pad = pad_id(tokenizer);
     let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
     let (n, t) = (sequences.len() as i64, longest as i64);
-    let mut ids = Vec::with_capacity(sequences.len() * longest);
-    let mut mask = Vec::with_capacity(sequences.len() * longest);
-    let mut next = Vec::with_capacity(sequences.len() * longest);
-    for sequence in &sequences {
-        for position in 0..longest {
-            ids.push(sequence.get(position).copied().unwrap_or(pad));
-            mask.push(i64::from(position < sequence.len()));
-            next.push(sequence.get(position + 1).copied().unwrap_or(-100));
-        }
-    }
+    let (ids, mask) = super::pad_rows(&sequences, pad, longest);
+    // Language modelling: the label at each position is the next token, -100 past the end.
+    let shifted: Vec<Vec<i64>> = sequences.iter().map(|s| s[1..].to_vec()).collect();
+    let (next, _) = super::pad_rows(&shifted, -100, longest);
     let labels = match labels {
         Some(labels) => Tensor::from_slice(&labels),
         None => Tensor::from_slice(&next).view([n, t]),

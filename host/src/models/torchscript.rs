@@ -20,7 +20,7 @@ use tch::{nn, Tensor};
 
 use super::{Model, Outputs};
 use crate::data::Batch;
-use crate::error::InputError;
+use crate::error::{first_line, InputError};
 
 pub struct TorchScript {
     module: RefCell<CModule>,
@@ -58,10 +58,6 @@ impl TorchScript {
         }
         Ok(Self { module: RefCell::new(module), training: Cell::new(None), file: shown })
     }
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines().find(|l| !l.trim().is_empty()).unwrap_or(text).trim()
 }
 
 impl Model for TorchScript {

@@ -17,6 +17,9 @@ pub struct Adam {
     settings: AdamSettings,
     /// AdamW's decoupled weight decay, rather than Adam's L2 term in the gradient.
     decoupled: bool,
+    /// Parameter indices by weight decay when the fused kernel applies (AdamW without
+    /// amsgrad, float32 parameters on one device), decided once.
+    fused_groups: Option<Vec<(f64, Vec<usize>)>>,
     /// The step number as a float tensor on the parameters' device, for the fused kernel.
     step_tensor: Option<Tensor>,
 }
@@ -26,34 +29,34 @@ impl Adam {
         let exp_avg = zeros_like(&params);
         let exp_avg_sq = zeros_like(&params);
         let max_exp_avg_sq = amsgrad.then(|| zeros_like(&params));
-        let scratch = zeros_like(&params);
-        Self { params, exp_avg, exp_avg_sq, max_exp_avg_sq, scratch, step: 0, settings, decoupled, step_tensor: None }
-    }
-
-    /// Whether the fused kernel applies: AdamW without amsgrad, float32 parameters on
-    /// one device.
-    fn can_fuse(&self) -> bool {
-        let Some(first) = self.params.first() else { return false };
-        let device = first.tensor.device();
-        self.decoupled
-            && self.max_exp_avg_sq.is_none()
-            && self.params.iter().all(|p| p.tensor.kind() == tch::Kind::Float && p.tensor.device() == device)
+        let fused_groups = (decoupled && !amsgrad).then(|| fused_groups(&params)).flatten();
+        // The fused kernel needs no scratch memory.
+        let scratch = if fused_groups.is_some() { Vec::new() } else { zeros_like(&params) };
+        Self {
+            params,
+            exp_avg,
+            exp_avg_sq,
+            max_exp_avg_sq,
+            scratch,
+            step: 0,
+            settings,
+            decoupled,
+            fused_groups,
+            step_tensor: None,
+        }
     }
 
     /// One fused AdamW step; `self.step` is already the new step number.
-    fn fused_step(&mut self, lr: f64) {
+    fn fused_step(&mut self, lr: f64, groups: &[(f64, Vec<usize>)]) {
         let device = self.params[0].tensor.device();
         let step = self.step_tensor.get_or_insert_with(|| Tensor::zeros([], (tch::Kind::Float, device)));
         let _ = step.fill_(self.step as f64);
         let AdamSettings { beta1, beta2, eps } = self.settings;
-        let mut decays: Vec<f64> = self.params.iter().map(|p| p.weight_decay).collect();
-        decays.sort_by(f64::total_cmp);
-        decays.dedup();
-        for decay in decays {
+        for (decay, members) in groups {
             let (mut params, mut grads, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (i, param) in self.params.iter().enumerate().filter(|(_, p)| p.weight_decay == decay) {
-                let Some(grad) = param.grad() else { continue };
-                params.push(&param.tensor);
+            for &i in members {
+                let Some(grad) = self.params[i].grad() else { continue };
+                params.push(&self.params[i].tensor);
                 grads.push(grad);
                 m.push(&self.exp_avg[i]);
                 v.push(&self.exp_avg_sq[i]);
@@ -62,9 +65,26 @@ impl Adam {
                 continue;
             }
             let grads: Vec<&Tensor> = grads.iter().collect();
-            super::fused::adamw(&params, &grads, &m, &v, step, lr, (beta1, beta2, eps), decay);
+            super::fused::adamw(&params, &grads, &m, &v, step, lr, (beta1, beta2, eps), *decay);
         }
     }
+}
+
+/// The parameters by weight decay, for the fused kernel (one call per group); `None` when
+/// it does not apply: parameters other than float32, or on more than one device.
+fn fused_groups(params: &[Param]) -> Option<Vec<(f64, Vec<usize>)>> {
+    let device = params.first()?.tensor.device();
+    if !params.iter().all(|p| p.tensor.kind() == tch::Kind::Float && p.tensor.device() == device) {
+        return None;
+    }
+    let mut groups: Vec<(f64, Vec<usize>)> = Vec::new();
+    for (i, param) in params.iter().enumerate() {
+        match groups.iter_mut().find(|(decay, _)| *decay == param.weight_decay) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((param.weight_decay, vec![i])),
+        }
+    }
+    Some(groups)
 }
 
 impl Optimizer for Adam {
@@ -95,8 +115,10 @@ impl Optimizer for Adam {
     fn step(&mut self, lr: f64) {
         let _guard = tch::no_grad_guard();
         self.step += 1;
-        if self.can_fuse() {
-            return self.fused_step(lr);
+        if let Some(groups) = self.fused_groups.take() {
+            self.fused_step(lr, &groups);
+            self.fused_groups = Some(groups);
+            return;
         }
         let AdamSettings { beta1, beta2, eps } = self.settings;
         let bias_correction1 = 1.0 - beta1.powi(self.step as i32);

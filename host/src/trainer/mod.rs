@@ -559,13 +559,12 @@ fn cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction) -> Resu
         .reshape([-1, classes])
         .f_cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, reduction, -100, 0.0)
         .map_err(|e| {
-            let why = e.to_string();
-            let why = why.lines().next().unwrap_or("").to_owned();
             crate::error::InputError::new(format!(
-                "the labels do not fit the model's logits {:?} (labels {:?}, largest {}): {why}",
+                "the labels do not fit the model's logits {:?} (labels {:?}, largest {}): {}",
                 logits.size(),
                 labels.size(),
-                labels.max().int64_value(&[])
+                labels.max().int64_value(&[]),
+                crate::error::first_line(&e.to_string())
             ))
             .into()
         })
