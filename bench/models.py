@@ -1,5 +1,6 @@
-"""The benchmark's models in PyTorch, the same architectures as the host's built-ins
-(host/src/models): the digits MLP and the GPT (pre-layer-norm blocks, fused attention)."""
+"""The host's built-in models (host/src/models) in PyTorch, with the same parameter names:
+the digits MLP and the GPT (pre-layer-norm blocks, fused attention). Used by the
+benchmark and by the reference loop that the fidelity test compares the host with."""
 
 import json
 

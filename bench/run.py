@@ -27,21 +27,20 @@ BENCH = ROOT / "bench"
 
 
 def run(command, env, cwd):
-    """Runs a command; returns (stdout, stderr, wall seconds)."""
-    started = time.perf_counter()
-    process = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    stdout, stderr = process.stdout, process.stderr
-    wall = time.perf_counter() - started
-    if process.returncode != 0:
-        sys.exit(f"benchmark command failed ({process.returncode}): {' '.join(map(str, command))}\n{stderr[-3000:]}")
-    return stdout, stderr, wall
-
-
-def peak_rss_mb(command, env, cwd):
-    """Peak resident memory of one run, from the kernel's accounting of the child."""
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    return usage.ru_maxrss / 1024
+    """Runs a command; returns (stdout, stderr, wall seconds, peak RSS in MB). The peak is
+    the kernel's count for this child alone (wait4), so one run gives time and memory."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"benchmark command failed ({os.waitstatus_to_exitcode(status)}): "
+                 f"{' '.join(map(str, command))}\n{stderr[-3000:]}")
+    return stdout, stderr, wall, usage.ru_maxrss / 1024
 
 
 def host_command(task, steps, output, plugins, files):
@@ -92,14 +91,15 @@ def throughput(task, steps, repeats, threads, work, files):
     table = contenders(task, steps, work, files)
     names = list(table)
     rates = {name: [] for name in names}
+    peak = {name: 0.0 for name in names}
     for repeat in range(repeats):
         order = names[repeat % len(names):] + names[:repeat % len(names)]
         for name in order:
             command, read = table[name]
-            stdout, _, _ = run(command, env, work)
+            stdout, _, _, rss = run(command, env, work)
             rates[name].append(read(stdout))
+            peak[name] = max(peak[name], rss)
     medians = {name: statistics.median(values) for name, values in rates.items()}
-    peak = {name: peak_rss_mb(table[name][0], env, work) for name in names}
     # Startup to the end of the first step: a one-step run, whole process.
     startup = {}
     for name in names:
@@ -115,7 +115,7 @@ def checkpoint_speed(work):
     command = [str(RELEASE / "host"), "--hidden-size", "4096", "--num-hidden-layers", "7", "--max-steps", "1",
                "--save-steps", "1", "--eval-strategy", "no", "--disable-tqdm", "--output-dir", str(work / "big"),
                "--per-device-train-batch-size", "8"]
-    _, stderr, _ = run(command, env, work)
+    _, stderr, _, _ = run(command, env, work)
     line = next(l for l in stderr.splitlines() if "saved " in l and "MB/s" in l)
     inside = line[line.index("(") + 1:line.index(")")]
     megabytes, rest = inside.split(" MB in ")

@@ -8,25 +8,16 @@ training examples (safetensors: input, labels), the batches (example indices, on
 optimizer step) and the hyperparameters. OUT.json gets the loss of every step.
 """
 import json
+import pathlib
 import sys
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-
-class Mlp(torch.nn.Module):
-    def __init__(self, widths):
-        super().__init__()
-        layers = []
-        for i, (a, b) in enumerate(zip(widths, widths[1:])):
-            layers.append(torch.nn.Linear(a, b))
-            if i < len(widths) - 2:
-                layers.append(torch.nn.ReLU())
-        self.layers = torch.nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.layers(x)
+# The host's models in PyTorch live with the benchmark (bench/models.py).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
+from models import Mlp  # noqa: E402
 
 
 def main():
