@@ -26,6 +26,14 @@ if ! "$VENV/bin/python" -c "import numpy, safetensors, tensorboard, pyarrow" 2>/
     "$VENV/bin/python" -m pip install --quiet numpy safetensors tensorboard pyarrow
 fi
 
+# The NCCL part of the distributed shim compiles against the CUDA runtime headers, which
+# include headers only the crt and cccl wheels ship (small; CUDA torch builds only).
+if [ -d "$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')/../nvidia/nccl" ] &&
+    ! "$VENV/bin/python" -c "import importlib.metadata as m; m.version('nvidia-cuda-crt'); m.version('nvidia-cuda-cccl')" 2>/dev/null; then
+    CUDA_RUNTIME="$("$VENV/bin/python" -c "import importlib.metadata as m; print('.'.join(m.version('nvidia-cuda-runtime').split('.')[:2]))")"
+    "$VENV/bin/python" -m pip install --quiet "nvidia-cuda-crt~=$CUDA_RUNTIME.0" "nvidia-cuda-cccl~=$CUDA_RUNTIME.0"
+fi
+
 # A stable path for .cargo/config.toml, whatever the Python minor version is.
 TORCH_DIR="$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
 ln -sfn "$TORCH_DIR" "$VENV/torch"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything a build needs that may be missing on a fresh Debian machine with a
 # Rust toolchain and Python 3: a C++ compiler (torch-sys compiles a small C++ wrapper),
-# Python's venv module, and the project-local libtorch venv. Idempotent and quick when
+# Python's venv module, gloo's headers (the torch wheel lacks them; the distributed shim
+# needs them), and the project-local libtorch venv. Idempotent and quick when
 # everything is already there.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 missing=()
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
+[ -f /usr/include/gloo/config.h ] || [ -n "${GLOO_INCLUDE_DIR:-}" ] || missing+=(libgloo-dev)
 if [ ${#missing[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "setup: please install: ${missing[*]}" >&2

@@ -244,6 +244,15 @@ training_arguments! {
     tf32: Option<bool> = None, flag bool;
     /// Device: auto (CUDA when available), cpu, cuda or cuda:N.
     device: String = "auto".to_owned(), flag String;
+    /// Distributed runs (torchrun or `host launch`): the c10d backend, gloo or nccl
+    /// (default: nccl on CUDA where this host was built with it, else gloo).
+    #[arg(value_name = "gloo|nccl")]
+    ddp_backend: Option<String> = None, flag String;
+    /// Distributed runs: seconds to wait for the other ranks (at the rendezvous and in each
+    /// collective) before giving up with an error that names the missing rank.
+    ddp_timeout: i64 = 1800, flag i64;
+    /// Distributed runs: gradients are all-reduced in flattened buckets of this many MB.
+    ddp_bucket_cap_mb: f64 = 25.0, flag f64;
 }
 
 /// The metrics an evaluation reports, without their `eval_` prefix.
@@ -287,6 +296,13 @@ impl TrainingArguments {
                 "max_grad_norm must be >= 0, 0 disables clipping (got {})",
                 self.max_grad_norm
             )));
+        }
+        positive("ddp_timeout", self.ddp_timeout)?;
+        if !(self.ddp_bucket_cap_mb > 0.0) {
+            return Err(InputError::new(format!("ddp_bucket_cap_mb must be > 0 (got {})", self.ddp_bucket_cap_mb)));
+        }
+        if let Some(backend) = self.ddp_backend.as_deref().filter(|b| !matches!(*b, "gloo" | "nccl")) {
+            return Err(InputError::new(format!("ddp_backend '{backend}' is not one of: gloo, nccl")));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(InputError::new(format!("dropout must be in [0, 1) (got {})", self.dropout)));

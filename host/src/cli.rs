@@ -30,7 +30,13 @@ Examples:
     host --model gpt --train-file corpus.jsonl --tokenizer-file tokenizer.json
     host --model torchscript:model.pt --train-file data.parquet
 
-Log verbosity follows RUST_LOG (default: info).";
+Distributed data parallel (Gloo on CPU, NCCL on CUDA):
+    host launch --nproc-per-node 2 -- --plugin weighted_ce
+    torchrun --nproc-per-node 2 --no-python host --plugin weighted_ce
+Multi-node: run on each node, with its --node-rank and node 0's address:
+    host launch --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc-per-node 8 -- ...
+
+Log verbosity follows RUST_LOG (default: info; ranks other than 0 log warnings only).";
 
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about = ABOUT, after_help = AFTER_HELP)]
@@ -52,6 +58,10 @@ pub enum Command {
     Eval(CheckpointOptions),
     /// Predict with a checkpoint on its run's evaluation data: one JSON line per example.
     Predict(PredictOptions),
+    /// Start this node's ranks of a distributed run (as torchrun does): `host launch
+    /// --nproc-per-node 2 -- --plugin weighted_ce`. Each rank is `host train` with
+    /// torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set.
+    Launch(crate::distributed::launch::LaunchOptions),
     /// List the plugins found by name, or describe one.
     #[command(subcommand)]
     Plugins(PluginsCommand),

@@ -35,6 +35,25 @@ pub fn select_device(spec: &str) -> Result<Device, InputError> {
     }
 }
 
+/// The device of one rank of a distributed run: `auto` and `cuda` mean the GPU of its
+/// LOCAL_RANK when there is CUDA (one GPU per rank, as torchrun runs go).
+pub fn rank_device(spec: &str, local_rank: usize) -> Result<Device, InputError> {
+    let cuda_by_default = matches!(spec, "auto" | "cuda");
+    match select_device(spec)? {
+        Device::Cuda(_) if cuda_by_default => {
+            let count = tch::Cuda::device_count() as usize;
+            if local_rank < count {
+                Ok(Device::Cuda(local_rank))
+            } else {
+                Err(InputError::new(format!(
+                    "LOCAL_RANK {local_rank} has no GPU: this machine has {count}; start at most {count} ranks per node, or use --device cpu"
+                )))
+            }
+        }
+        device => Ok(device),
+    }
+}
+
 /// A short human name for logs: `cpu`, `cuda:0`.
 pub fn device_name(device: Device) -> String {
     match device {

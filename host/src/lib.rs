@@ -10,6 +10,7 @@ pub mod config;
 pub mod config_keys;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod error;
 pub mod job;
 pub mod models;

@@ -14,6 +14,10 @@ fn main() {
         Some(Command::Eval(options)) => run::evaluate(&options),
         Some(Command::Predict(options)) => run::predict(&options),
         Some(Command::Plugins(command)) => run::plugins(&command),
+        Some(Command::Launch(options)) => match host::distributed::launch::run(&options) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
         Some(Command::NewPlugin { name, kind, dir }) => host::scaffold::create(&name, kind, &dir).map(|root| {
             println!("created {} ({}): cd there, then cargo build --release", root.display(), name);
         }),
@@ -50,8 +54,10 @@ fn parse_cli() -> Cli {
 }
 
 fn init_tracing() {
+    // As HF's log_level_replica: ranks other than 0 of a distributed run log warnings only.
+    let replica = std::env::var("RANK").is_ok_and(|rank| rank.trim() != "0");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if replica { "warn" } else { "info" }));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -104,7 +104,11 @@ pub fn train(options: &TrainOptions) -> Result<()> {
         return Ok(());
     }
     let args = config.args.clone();
-    let device = device::select_device(&args.device)?;
+    let world = crate::distributed::WorldEnv::from_env()?;
+    let device = match &world {
+        Some(world) => device::rank_device(&args.device, world.local_rank)?,
+        None => device::select_device(&args.device)?,
+    };
     let args_json = serde_json::to_string(&args)?;
     let components = components::build(&config.selection, &args_json)?;
     tracing::info!("device: {}", device::device_name(device));
@@ -121,10 +125,26 @@ pub fn train(options: &TrainOptions) -> Result<()> {
 
     let (train_set, eval_set) = datasets(&args)?;
     let output_dir = Path::new(&args.output_dir);
-    let reporter = report::Reporter::create(output_dir)?;
-    let handler = CallbackHandler::new(components.callbacks);
-    let stop_signal = install_signal_handlers()?;
     let run_config = serde_json::to_value(config_as_table(&config)?)?;
+    let stop_signal = install_signal_handlers()?;
+    let dist = match world {
+        Some(world) => {
+            let timeout = std::time::Duration::from_secs(args.ddp_timeout as u64);
+            let fingerprint = run_config.to_string();
+            Some(crate::distributed::Distributed::connect(
+                world,
+                device,
+                args.ddp_backend.as_deref(),
+                timeout,
+                &fingerprint,
+            )?)
+        }
+        None => None,
+    };
+    // Only the first rank writes the run's files.
+    let writes = dist.as_ref().is_none_or(|d| d.rank() == 0);
+    let reporter = if writes { report::Reporter::create(output_dir)? } else { report::Reporter::console_only() };
+    let handler = CallbackHandler::new(components.callbacks);
     let mut trainer = Trainer::new(
         args.clone(),
         device,
@@ -135,8 +155,12 @@ pub fn train(options: &TrainOptions) -> Result<()> {
         reporter,
         run_config,
         stop_signal,
+        dist,
     )?;
     let outcome = trainer.train()?;
+    if !writes {
+        return Ok(());
+    }
 
     let mut results = serde_json::Map::new();
     let all_metrics = outcome.train_metrics.iter().chain(outcome.eval_metrics.iter().flatten());
@@ -225,6 +249,7 @@ fn trainer_from_checkpoint(options: &CheckpointOptions) -> Result<Trainer> {
         report::Reporter::console_only(),
         run_config,
         never_stopped,
+        None,
     )?;
     // Callbacks and metrics see the step and epoch the checkpoint was made at.
     let state = crate::checkpoint::read_json(dir, "trainer_state.json")?;

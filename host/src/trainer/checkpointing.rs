@@ -51,10 +51,24 @@ impl Trainer {
         Ok(dir)
     }
 
-    /// Writes `output_dir/checkpoint-{global_step}`, then applies save_total_limit.
+    /// Writes `output_dir/checkpoint-{global_step}`, then applies save_total_limit. In a
+    /// distributed run every rank calls it (they share their totals and random generator
+    /// states) and rank 0 writes.
     pub(super) fn save_checkpoint(&mut self) -> Result<PathBuf> {
         let started = std::time::Instant::now();
         let step = self.state.global_step;
+        let loss_since_log = self.loss_since_log_all_ranks()?;
+        let rng = self.rng_states_of_all_ranks(step)?;
+        // HF records the best checkpoint once the folder of the best step exists (or is this one).
+        if let Some(best_step) = self.state.best_global_step {
+            let best_dir = self.output_dir().join(format!("checkpoint-{best_step}"));
+            if best_step == step || best_dir.exists() {
+                self.state.best_model_checkpoint = Some(best_dir.display().to_string());
+            }
+        }
+        if !self.is_world_zero() {
+            return Ok(self.output_dir().join(format!("checkpoint-{step}")));
+        }
         let mut writer = Writer::begin(&self.output_dir(), step)?;
 
         crate::weights::save(&self.vars, &writer.path("model.safetensors"))?;
@@ -72,17 +86,12 @@ impl Trainer {
             &serde_json::json!({ "state": scheduler, "skipped_steps": self.skipped_steps }),
         )?;
 
-        let mut rng = vec![("cpu".to_owned(), crate::rng::state(Device::Cpu)?)];
-        if let Device::Cuda(index) = self.device {
-            rng.push((format!("cuda:{index}"), crate::rng::state(self.device)?));
-        }
-        writer.write_safetensors("rng_state.safetensors", &rng)?;
-
-        // HF records the best checkpoint once the folder of the best step exists (or is this one).
-        if let Some(best_step) = self.state.best_global_step {
-            let best_dir = self.output_dir().join(format!("checkpoint-{best_step}"));
-            if best_step == step || best_dir.exists() {
-                self.state.best_model_checkpoint = Some(best_dir.display().to_string());
+        // As HF: rng_state.pth alone, rng_state_{rank}.pth for each rank of a distributed run.
+        if rng.len() == 1 {
+            writer.write_safetensors("rng_state.safetensors", &rng[0])?;
+        } else {
+            for (rank, states) in rng.iter().enumerate() {
+                writer.write_safetensors(&format!("rng_state_{rank}.safetensors"), states)?;
             }
         }
         // One call per callback gives both its JSON state and its tensors.
@@ -95,7 +104,8 @@ impl Trainer {
         let progress = &self.progress;
         let host_state = serde_json::json!({
             "position": { "epoch": self.position.epoch, "micro_batches_done": self.position.micro_batches_done },
-            "loss_since_log": progress.loss_since_log.double_value(&[]),
+            "loss_since_log": loss_since_log,
+            "world_size": self.world_size(),
             "total_loss": progress.total_loss,
             "last_logged_step": progress.last_logged_step,
             "samples_seen": progress.samples_seen,
@@ -123,9 +133,38 @@ impl Trainer {
         Ok(dir)
     }
 
+    /// This rank's random generator states (CPU, and its CUDA device), and in a
+    /// distributed run every rank's, in rank order.
+    fn rng_states_of_all_ranks(&self, step: i64) -> Result<Vec<Vec<(String, Tensor)>>> {
+        let mut mine = vec![("cpu".to_owned(), crate::rng::state(Device::Cpu)?)];
+        if let Device::Cuda(index) = self.device {
+            mine.push((format!("cuda:{index}"), crate::rng::state(self.device)?));
+        }
+        let Some((dist, _)) = &self.dist else { return Ok(vec![mine]) };
+        let as_bytes: Vec<(String, Vec<u8>)> =
+            mine.iter().map(|(name, t)| Ok((name.clone(), Vec::<u8>::try_from(t)?))).collect::<Result<_>>()?;
+        let timeout = std::time::Duration::from_secs(self.args.ddp_timeout as u64);
+        let all = dist.gather_bytes(&format!("rng/{step}"), &serde_json::to_vec(&as_bytes)?, timeout)?;
+        all.iter()
+            .map(|bytes| {
+                let states: Vec<(String, Vec<u8>)> = serde_json::from_slice(bytes)?;
+                Ok(states.into_iter().map(|(name, b)| (name, Tensor::from_slice(&b))).collect())
+            })
+            .collect()
+    }
+
     /// Loads everything a checkpoint holds into this trainer.
     pub(super) fn restore(&mut self, dir: &Path) -> Result<()> {
         let shown = dir.display();
+        let host = checkpoint::read_json(dir, "host_state.json")?;
+        let saved_world = host["world_size"].as_u64().unwrap_or(1) as usize;
+        if saved_world != self.world_size() {
+            return Err(InputError::new(format!(
+                "resume_from_checkpoint: {shown} was written by {saved_world} rank(s), this run has {}: resume with the same number of ranks (WORLD_SIZE, --nproc-per-node)",
+                self.world_size()
+            ))
+            .into());
+        }
         crate::weights::load_into(&self.vars, &dir.join("model.safetensors"))
             .map_err(|e| InputError::new(format!("resume_from_checkpoint: {shown}: {e:#}")))?;
 
@@ -154,7 +193,13 @@ impl Trainer {
         }
         self.skipped_steps = scheduler["skipped_steps"].as_i64().unwrap_or(0);
 
-        for (name, state) in Tensor::read_safetensors(dir.join("rng_state.safetensors"))? {
+        let rng_file = match &self.dist {
+            Some((dist, _)) => format!("rng_state_{}.safetensors", dist.rank()),
+            None => "rng_state.safetensors".to_owned(),
+        };
+        let rng_states = Tensor::read_safetensors(dir.join(&rng_file))
+            .map_err(|e| InputError::new(format!("resume_from_checkpoint: cannot read {shown}/{rng_file}: {e}")))?;
+        for (name, state) in rng_states {
             let device =
                 if name == "cpu" { Some(Device::Cpu) } else { crate::device::parse_device(&name).ok().flatten() };
             match device {
@@ -183,15 +228,15 @@ impl Trainer {
         };
         self.handler.restore_states(&trainer_state["stateful_callbacks"], &callback_tensors)?;
 
-        let host = checkpoint::read_json(dir, "host_state.json")?;
         self.position = Position {
             epoch: host["position"]["epoch"].as_i64().unwrap_or(0),
             micro_batches_done: host["position"]["micro_batches_done"].as_u64().unwrap_or(0) as usize,
         };
+        // The saved total is every rank's: rank 0 carries it on.
+        let unlogged =
+            if self.state.is_world_process_zero { host["loss_since_log"].as_f64().unwrap_or(0.0) } else { 0.0 };
         let progress = &mut self.progress;
-        progress.loss_since_log = Tensor::from(host["loss_since_log"].as_f64().unwrap_or(0.0) as f32)
-            .to_device(self.device)
-            .to_kind(Kind::Float);
+        progress.loss_since_log = Tensor::from(unlogged as f32).to_device(self.device).to_kind(Kind::Float);
         progress.total_loss = host["total_loss"].as_f64().unwrap_or(0.0);
         progress.last_logged_step = host["last_logged_step"].as_i64().unwrap_or(0);
         if let (Some(scaler), Some(scale)) = (&mut self.scaler, host["grad_scaler"]["scale"].as_f64()) {
@@ -239,7 +284,11 @@ impl Trainer {
             return Ok(());
         };
         tracing::info!("loading the best model from {best} (score: {:?})", self.state.best_metric);
-        crate::weights::load_into(&self.vars, &Path::new(&best).join("model.safetensors"))
+        // Rank 0 wrote it, so rank 0 reads it and shares it (other nodes may not see its disk).
+        if self.is_world_zero() {
+            crate::weights::load_into(&self.vars, &Path::new(&best).join("model.safetensors"))?;
+        }
+        self.share_rank_zero_weights()
     }
 
     /// After an optimizer step: if SIGINT or SIGTERM came, save a checkpoint and stop.

@@ -11,6 +11,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::args::{IntervalStrategy, TrainingArguments};
 use crate::callbacks::CallbackHandler;
 use crate::data::{self, Batch, Dataset};
+use crate::distributed::{Distributed, GradientBuckets};
 use crate::models::{Model, Outputs, Shape, Task};
 use crate::optim::{self, AdamSettings, Optimizer, Param};
 use crate::plugins::PluginLoss;
@@ -19,6 +20,7 @@ use crate::report::Reporter;
 use crate::schedule::Scheduler;
 
 mod checkpointing;
+mod distributed;
 
 pub use checkpointing::Interrupted;
 
@@ -54,6 +56,8 @@ pub struct Trainer {
     run_config: serde_json::Value,
     /// Set (to the signal number) when SIGINT or SIGTERM asks the run to stop.
     stop_signal: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// A distributed run's process group, and the gradient buckets it all-reduces.
+    dist: Option<(Distributed, GradientBuckets)>,
 }
 
 /// The data position of a run.
@@ -80,6 +84,7 @@ impl Trainer {
         reporter: Reporter,
         run_config: serde_json::Value,
         stop_signal: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        dist: Option<Distributed>,
     ) -> Result<Self> {
         let precision = Precision::choose(args.bf16, args.fp16, device)?;
         if let Some(tf32) = args.tf32 {
@@ -103,8 +108,25 @@ impl Trainer {
             crate::weights::load_into(&vars, std::path::Path::new(path))?;
         }
         let optimizer = build_optimizer(&args, &vars)?;
+        let dist = match dist {
+            Some(dist) => {
+                // Every rank starts from rank 0's weights, as DDP.
+                let params: Vec<Tensor> = optimizer.params().iter().map(|p| p.tensor.shallow_clone()).collect();
+                tch::no_grad(|| {
+                    dist.broadcast_from_zero(&params.iter().collect::<Vec<_>>(), "the parameter broadcast")
+                })?;
+                let cap = (args.ddp_bucket_cap_mb * 1024.0 * 1024.0) as usize;
+                let buckets = GradientBuckets::plan(&params, cap);
+                Some((dist, buckets))
+            }
+            None => None,
+        };
         let (train, eval) = (train.to_device(device), eval.to_device(device));
-        let state = TrainerState { is_local_process_zero: true, is_world_process_zero: true, ..Default::default() };
+        let state = TrainerState {
+            is_local_process_zero: dist.as_ref().is_none_or(|(d, _)| d.env.local_rank == 0),
+            is_world_process_zero: dist.as_ref().is_none_or(|(d, _)| d.rank() == 0),
+            ..Default::default()
+        };
         let mut trainer = Self {
             args,
             device,
@@ -127,6 +149,7 @@ impl Trainer {
             new_best: false,
             run_config,
             stop_signal,
+            dist,
         };
         trainer.fire(Event::INIT_END, &[])?;
         Ok(trainer)
@@ -146,9 +169,14 @@ impl Trainer {
         self.handler.fire(event, &self.args, &self.state, metrics)
     }
 
-    /// Micro-batches per epoch.
+    /// The ranks of the run (1 without distribution).
+    fn world_size(&self) -> usize {
+        self.dist.as_ref().map_or(1, |(d, _)| d.world_size())
+    }
+
+    /// Micro-batches per epoch (of this rank's share of the data).
     fn batches_per_epoch(&self) -> usize {
-        let (n, bs) = (self.train.len(), self.args.per_device_train_batch_size as usize);
+        let (n, bs) = (self.train.len().div_ceil(self.world_size()), self.args.per_device_train_batch_size as usize);
         if self.args.dataloader_drop_last {
             n / bs
         } else {
@@ -169,6 +197,14 @@ impl Trainer {
                 args.per_device_train_batch_size
             ))
         );
+        let world = self.world_size();
+        if world > 1 && !self.eval.is_empty() && self.eval.len() < world {
+            return Err(crate::error::InputError::new(format!(
+                "{} evaluation examples for {world} ranks: every rank needs at least one; use more evaluation data or fewer ranks",
+                self.eval.len()
+            ))
+            .into());
+        }
         let updates_per_epoch = batches_per_epoch.div_ceil(ga) as i64;
         let (max_steps, num_epochs) = if args.max_steps > 0 {
             (args.max_steps, (args.max_steps + updates_per_epoch - 1) / updates_per_epoch)
@@ -217,6 +253,10 @@ impl Trainer {
         for epoch in resume_at.epoch..num_epochs {
             self.fire(Event::EPOCH_BEGIN, &[])?;
             let order = data::epoch_order(self.train.len(), data_seed, epoch as u64);
+            let order = match &self.dist {
+                Some((dist, _)) => crate::distributed::shard(&order, dist.rank(), dist.world_size()),
+                None => order,
+            };
             let batches = data::batches(&order, args.per_device_train_batch_size as usize, args.dataloader_drop_last);
             let steps_in_epoch = batches.len();
             // A resumed run starts where the checkpoint was: the batch lists are recomputed
@@ -227,19 +267,26 @@ impl Trainer {
                 let micro: Vec<Batch> = update.iter().map(|idx| self.train.batch(idx)).collect();
                 // HF counts label items over the whole optimizer step before running it.
                 let num_items: i64 = micro.iter().map(|batch| data::count_label_items(batch.labels())).sum();
+                let num_items = self.sum_across_ranks(num_items as f64, "counting the label items")? as i64;
                 for (i, batch) in micro.iter().enumerate() {
                     if i == 0 {
                         self.fire(Event::STEP_BEGIN, &[])?;
                     }
                     let loss = self.training_loss(batch, num_items)?;
+                    // As HF with num_items_in_batch over all ranks: each rank's loss is its
+                    // share of the global one; times the world size, DDP's averaging of
+                    // the gradients gives the global batch's gradient.
+                    let scaled =
+                        if self.world_size() > 1 { &loss * self.world_size() as f64 } else { loss.shallow_clone() };
                     match &self.scaler {
-                        Some(scaler) => scaler.scale_loss(&loss).backward(),
-                        None => loss.backward(),
+                        Some(scaler) => scaler.scale_loss(&scaled).backward(),
+                        None => scaled.backward(),
                     }
                     self.progress.add_loss(&loss, self.state.global_step, args.logging_nan_inf_filter);
                     self.progress.samples_seen += batch.len() as usize;
                     self.position.micro_batches_done += 1;
                     if i + 1 == micro.len() {
+                        self.average_gradients()?;
                         let finite = self.unscale_gradients();
                         self.progress.grad_norm = Some(self.optimizer.clip_grad_norm(args.max_grad_norm));
                         let skip = self.show_gradients()?;
@@ -260,6 +307,7 @@ impl Trainer {
                             epoch as f64 + self.position.micro_batches_done as f64 / steps_in_epoch as f64;
                         self.fire(Event::STEP_END, &[])?;
                         crate::progress::advance(self.state.global_step as u64, None);
+                        self.agree_on_control()?;
                         self.maybe_log_save_evaluate()?;
                         self.stop_if_signalled()?;
                     } else {
@@ -273,6 +321,7 @@ impl Trainer {
             self.fire(Event::EPOCH_END, &[])?;
             // The epoch is done: a checkpoint from here on resumes at the next one.
             self.position = Position { epoch: epoch + 1, micro_batches_done: 0 };
+            self.agree_on_control()?;
             self.maybe_log_save_evaluate()?;
             if self.handler.control.should_training_stop {
                 break;
@@ -283,13 +332,15 @@ impl Trainer {
         if args.load_best_model_at_end {
             self.load_best_model()?;
         }
+        let unlogged = self.loss_since_log_all_ranks()?;
+        let samples_seen = self.progress.samples_seen * self.world_size();
         let progress = &self.progress;
-        let total_loss = progress.total_loss + progress.loss_since_log.double_value(&[]);
+        let total_loss = progress.total_loss + unlogged;
         let runtime = started.elapsed().as_secs_f64();
         let steps = self.state.global_step.max(1) as f64;
         let train_metrics: Vec<(String, f64)> = vec![
             ("train_runtime".to_owned(), runtime),
-            ("train_samples_per_second".to_owned(), progress.samples_seen as f64 / runtime),
+            ("train_samples_per_second".to_owned(), samples_seen as f64 / runtime),
             ("train_steps_per_second".to_owned(), self.state.global_step as f64 / runtime),
             ("train_loss".to_owned(), total_loss / steps),
         ];
@@ -345,9 +396,9 @@ impl Trainer {
     /// log), then evaluate if asked.
     fn maybe_log_save_evaluate(&mut self) -> Result<()> {
         let learning_rate = self.current_lr();
-        let progress = &mut self.progress;
-        if self.handler.control.should_log && self.state.global_step > progress.last_logged_step {
-            let summed = progress.loss_since_log.double_value(&[]);
+        if self.handler.control.should_log && self.state.global_step > self.progress.last_logged_step {
+            let summed = self.loss_since_log_all_ranks()?;
+            let progress = &mut self.progress;
             let _ = progress.loss_since_log.zero_();
             progress.total_loss += summed;
             let steps = (self.state.global_step - progress.last_logged_step) as f64;
@@ -638,11 +689,14 @@ impl Trainer {
     ) -> Result<Vec<(String, f64)>> {
         let started = Instant::now();
         let n = self.eval.len();
+        // In a distributed run each rank evaluates its block and the totals are summed.
+        let (first, share) = self.eval_share();
+        let (first, end) = (first as i64, (first + share) as i64);
         let bs = self.args.per_device_eval_batch_size;
         let mut tally = Tally::new(self.device);
         let mut batches = 0usize;
-        for start in (0..n as i64).step_by(bs as usize) {
-            let len = bs.min(n as i64 - start);
+        for start in (first..end).step_by(bs as usize) {
+            let len = bs.min(end - start);
             let batch = self.eval.slice(start, len);
             let _autocast = Autocast::enter(self.precision, self.device);
             let outputs: Outputs = tch::no_grad(|| self.model.forward(&batch, false))?;
@@ -660,6 +714,12 @@ impl Trainer {
             batches += 1;
             per_batch(logits, labels, start)?;
             self.fire(Event::PREDICTION_STEP, &[])?;
+        }
+        if self.dist.is_some() {
+            let totals = tally.totals();
+            self.sum_tensors_across_ranks(&totals.iter().collect::<Vec<_>>(), "summing the evaluation metrics")?;
+            tally.set_totals(totals);
+            batches = self.sum_across_ranks(batches as f64, "summing the evaluation metrics")? as usize;
         }
         let runtime = started.elapsed().as_secs_f64();
         let mut metrics = vec![(format!("{prefix}_loss"), tally.loss_sum.double_value(&[]) / n.max(1) as f64)];
@@ -693,9 +753,11 @@ impl Trainer {
     /// The share of evaluation texts whose greedy completion after the separator token
     /// reproduces the rest of the text exactly (generation_separator); `None` without one.
     fn exact_match(&self) -> Result<Option<f64>> {
+        // Every rank answers, even one whose share has no text, so that the sums match up.
         let Some(separator) = self.eval.separator_token else { return Ok(None) };
         let (mut matched, mut asked) = (0usize, 0usize);
-        for index in 0..self.eval.len() as i64 {
+        let (first, share) = self.eval_share();
+        for index in first as i64..(first + share) as i64 {
             let Some(tokens) = self.eval.tokens(index) else { return Ok(None) };
             let ids = Vec::<i64>::try_from(&tokens.to_device(Device::Cpu))?;
             let Some(at) = ids.iter().position(|&id| id == separator) else { continue };
@@ -707,7 +769,9 @@ impl Trainer {
             asked += 1;
             matched += usize::from(generated[at + 1..] == *target);
         }
-        Ok((asked > 0).then(|| matched as f64 / asked as f64))
+        let matched = self.sum_across_ranks(matched as f64, "summing exact matches")?;
+        let asked = self.sum_across_ranks(asked as f64, "summing exact matches")?;
+        Ok((asked > 0.0).then(|| matched / asked))
     }
 }
 
@@ -757,6 +821,29 @@ impl Tally {
                 None => counts,
                 Some([a, b, c]) => [a + &counts[0], b + &counts[1], c + &counts[2]],
             });
+        }
+    }
+
+    /// The totals as tensors to sum across ranks: [loss, correct, counted] and the
+    /// per-class counts when kept (every rank evaluates at least one batch, so all ranks
+    /// give the same shapes).
+    fn totals(&self) -> Vec<Tensor> {
+        let scalars = Tensor::stack(
+            &[&self.loss_sum, &self.correct.to_kind(Kind::Double), &self.counted.to_kind(Kind::Double)],
+            0,
+        );
+        let mut totals = vec![scalars];
+        totals.extend(self.classes.as_ref().map(|counts| Tensor::stack(counts, 0)));
+        totals
+    }
+
+    /// Takes back the summed [`totals`](Self::totals).
+    fn set_totals(&mut self, totals: Vec<Tensor>) {
+        self.loss_sum = totals[0].get(0);
+        self.correct = totals[0].get(1).to_kind(Kind::Int64);
+        self.counted = totals[0].get(2).to_kind(Kind::Int64);
+        if let Some(counts) = totals.get(1) {
+            self.classes = Some([counts.get(0), counts.get(1), counts.get(2)]);
         }
     }
 

@@ -53,9 +53,13 @@ impl Callback for CsvLogger {
     fn on_train_begin(
         &mut self,
         args: &TrainingArguments,
-        _: &TrainerState,
+        state: &TrainerState,
         _: &mut TrainerControl,
     ) -> Result<(), PluginError> {
+        // One file per run: in a distributed run, the first rank writes it.
+        if !state.is_world_process_zero {
+            return Ok(());
+        }
         let path = self.path.clone().unwrap_or_else(|| format!("{}/log.csv", args.output_dir));
         if let Some(parent) = std::path::Path::new(&path).parent() {
             std::fs::create_dir_all(parent)?;

@@ -1,0 +1,175 @@
+//! The c10d store and process group behind the C shim (native/distributed.cpp). Errors
+//! come back as libtorch's message, first line only.
+
+use std::ffi::{c_char, c_void, CString};
+use std::time::Duration;
+
+use tch::Tensor;
+
+#[cfg(host_distributed)]
+extern "C" {
+    fn host_dist_free_error(error: *mut c_char);
+    fn host_dist_store(
+        addr: *const c_char,
+        port: i32,
+        is_server: i32,
+        world: i32,
+        timeout_ms: i64,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn host_dist_store_set(group: *mut c_void, key: *const c_char, value: *const u8, len: usize) -> *mut c_char;
+    fn host_dist_store_get(
+        group: *mut c_void,
+        key: *const c_char,
+        timeout_ms: i64,
+        found: *mut i32,
+        out: *mut *mut u8,
+        len: *mut usize,
+    ) -> *mut c_char;
+    fn host_dist_process_group(
+        group: *mut c_void,
+        backend: *const c_char,
+        rank: i32,
+        world: i32,
+        timeout_ms: i64,
+    ) -> *mut c_char;
+    fn host_dist_all_reduce_sum(group: *mut c_void, tensors: *mut *mut c_void, n: usize) -> *mut c_char;
+    fn host_dist_all_reduce_max(group: *mut c_void, tensors: *mut *mut c_void, n: usize) -> *mut c_char;
+    fn host_dist_broadcast(group: *mut c_void, tensors: *mut *mut c_void, n: usize, root: i32) -> *mut c_char;
+    fn host_dist_barrier(group: *mut c_void) -> *mut c_char;
+}
+
+/// A connection to the rendezvous store, and once made, the process group over it. Never
+/// freed: it lives as long as the run (as torch's default group does).
+pub struct Group {
+    #[cfg_attr(not(host_distributed), allow(dead_code))]
+    handle: *mut c_void,
+}
+
+// SAFETY: c10d's store and process groups are thread-safe objects; the handle is only a
+// pointer to them.
+unsafe impl Send for Group {}
+
+fn ms(timeout: Duration) -> i64 {
+    timeout.as_millis().min(i64::MAX as u128) as i64
+}
+
+#[cfg(host_distributed)]
+fn check(error: *mut c_char) -> Result<(), String> {
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null result is a NUL-terminated string the shim allocated for us.
+    let text = unsafe { std::ffi::CStr::from_ptr(error) }.to_string_lossy().into_owned();
+    unsafe { host_dist_free_error(error) };
+    Err(crate::error::first_line(&text).to_owned())
+}
+
+#[cfg(host_distributed)]
+fn handles(tensors: &[&Tensor]) -> Vec<*mut c_void> {
+    tensors.iter().map(|t| t.as_ptr() as *mut c_void).collect()
+}
+
+fn c_string(text: &str) -> CString {
+    CString::new(text.replace('\0', "")).expect("no NUL left")
+}
+
+#[cfg(host_distributed)]
+impl Group {
+    /// Connects to the store at addr:port, hosting it when `is_server`.
+    pub fn connect(addr: &str, port: u16, is_server: bool, world: usize, timeout: Duration) -> Result<Self, String> {
+        let mut handle = std::ptr::null_mut();
+        let addr = c_string(addr);
+        // SAFETY: the strings outlive the call; the shim writes the handle on success.
+        check(unsafe {
+            host_dist_store(addr.as_ptr(), port as i32, is_server as i32, world as i32, ms(timeout), &mut handle)
+        })?;
+        Ok(Self { handle })
+    }
+
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        let key = c_string(key);
+        // SAFETY: the pointers are live for the call; the shim copies the value.
+        check(unsafe { host_dist_store_set(self.handle, key.as_ptr(), value.as_ptr(), value.len()) })
+    }
+
+    /// The value of `key`, waiting up to `timeout` for it to be set; `None` if it was not.
+    pub fn get(&self, key: &str, timeout: Duration) -> Result<Option<Vec<u8>>, String> {
+        let key = c_string(key);
+        let (mut found, mut out, mut len) = (0i32, std::ptr::null_mut::<u8>(), 0usize);
+        // SAFETY: the shim writes the out-parameters; `out` is malloc'ed when found.
+        check(unsafe { host_dist_store_get(self.handle, key.as_ptr(), ms(timeout), &mut found, &mut out, &mut len) })?;
+        if found == 0 {
+            return Ok(None);
+        }
+        // SAFETY: `out` holds `len` bytes the shim allocated with malloc.
+        let value = unsafe { std::slice::from_raw_parts(out, len) }.to_vec();
+        unsafe { libc::free(out as *mut c_void) };
+        Ok(Some(value))
+    }
+
+    /// Creates the process group ("gloo" or "nccl") over the store.
+    pub fn start_backend(&self, backend: &str, rank: usize, world: usize, timeout: Duration) -> Result<(), String> {
+        let backend = c_string(backend);
+        // SAFETY: the string is live for the call.
+        check(unsafe { host_dist_process_group(self.handle, backend.as_ptr(), rank as i32, world as i32, ms(timeout)) })
+    }
+
+    /// Sums each tensor across ranks, in place.
+    pub fn all_reduce_sum(&self, tensors: &[&Tensor]) -> Result<(), String> {
+        let mut handles = handles(tensors);
+        // SAFETY: the tensors are live for the call and updated in place.
+        check(unsafe { host_dist_all_reduce_sum(self.handle, handles.as_mut_ptr(), handles.len()) })
+    }
+
+    /// The largest value of each element across ranks, in place.
+    pub fn all_reduce_max(&self, tensors: &[&Tensor]) -> Result<(), String> {
+        let mut handles = handles(tensors);
+        // SAFETY: as all_reduce_sum.
+        check(unsafe { host_dist_all_reduce_max(self.handle, handles.as_mut_ptr(), handles.len()) })
+    }
+
+    /// Copies rank `root`'s tensors to every rank, in place.
+    pub fn broadcast(&self, tensors: &[&Tensor], root: usize) -> Result<(), String> {
+        let mut handles = handles(tensors);
+        // SAFETY: as all_reduce_sum.
+        check(unsafe { host_dist_broadcast(self.handle, handles.as_mut_ptr(), handles.len(), root as i32) })
+    }
+
+    pub fn barrier(&self) -> Result<(), String> {
+        // SAFETY: the handle is a live group.
+        check(unsafe { host_dist_barrier(self.handle) })
+    }
+}
+
+/// A host built without gloo's headers: every call says how to get distributed training.
+#[cfg(not(host_distributed))]
+impl Group {
+    const MISSING: &'static str = "this host was built without distributed training (gloo's headers were missing): install libgloo-dev (scripts/setup.sh does) and rebuild";
+
+    pub fn connect(_: &str, _: u16, _: bool, _: usize, _: Duration) -> Result<Self, String> {
+        let _ = (c_string, ms);
+        Err(Self::MISSING.to_owned())
+    }
+    pub fn set(&self, _: &str, _: &[u8]) -> Result<(), String> {
+        Err(Self::MISSING.to_owned())
+    }
+    pub fn get(&self, _: &str, _: Duration) -> Result<Option<Vec<u8>>, String> {
+        Err(Self::MISSING.to_owned())
+    }
+    pub fn start_backend(&self, _: &str, _: usize, _: usize, _: Duration) -> Result<(), String> {
+        Err(Self::MISSING.to_owned())
+    }
+    pub fn all_reduce_sum(&self, _: &[&Tensor]) -> Result<(), String> {
+        Err(Self::MISSING.to_owned())
+    }
+    pub fn all_reduce_max(&self, _: &[&Tensor]) -> Result<(), String> {
+        Err(Self::MISSING.to_owned())
+    }
+    pub fn broadcast(&self, _: &[&Tensor], _: usize) -> Result<(), String> {
+        Err(Self::MISSING.to_owned())
+    }
+    pub fn barrier(&self) -> Result<(), String> {
+        Err(Self::MISSING.to_owned())
+    }
+}

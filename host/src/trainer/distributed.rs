@@ -1,0 +1,92 @@
+//! What the trainer does differently in a distributed run: gradients averaged across the
+//! ranks, counts and losses summed, and one decision for all ranks on when to log, save,
+//! evaluate or stop (a callback or a signal on one rank must not leave the others waiting
+//! in a collective).
+
+use std::sync::atomic::Ordering;
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use super::Trainer;
+
+impl Trainer {
+    /// `value` summed over the ranks (itself without distribution).
+    pub(super) fn sum_across_ranks(&self, value: f64, what: &str) -> Result<f64> {
+        let Some((dist, _)) = &self.dist else { return Ok(value) };
+        let total = crate::distributed::scalar(value, self.device);
+        dist.all_reduce_sum(&[&total], what)?;
+        Ok(total.double_value(&[]))
+    }
+
+    /// Replaces every gradient by its mean over the ranks, in buckets.
+    pub(super) fn average_gradients(&self) -> Result<()> {
+        let Some((dist, buckets)) = &self.dist else { return Ok(()) };
+        let params: Vec<Tensor> = self.optimizer.params().iter().map(|p| p.tensor.shallow_clone()).collect();
+        buckets.average(&params, dist)
+    }
+
+    /// The loss summed since the last log, over all ranks (each rank's loss is its share).
+    pub(super) fn loss_since_log_all_ranks(&self) -> Result<f64> {
+        let Some((dist, _)) = &self.dist else { return Ok(self.progress.loss_since_log.double_value(&[])) };
+        let total = self.progress.loss_since_log.to_kind(Kind::Double);
+        dist.all_reduce_sum(&[&total], "summing the training loss")?;
+        Ok(total.double_value(&[]))
+    }
+
+    /// Makes every rank take the same decisions: a control flag any rank's callbacks set,
+    /// or a stop signal any rank received, holds for all.
+    pub(super) fn agree_on_control(&mut self) -> Result<()> {
+        let Some((dist, _)) = &self.dist else { return Ok(()) };
+        let control = &mut self.handler.control;
+        let signal = self.stop_signal.load(Ordering::SeqCst) as f64;
+        let flags = [
+            control.should_training_stop,
+            control.should_epoch_stop,
+            control.should_save,
+            control.should_evaluate,
+            control.should_log,
+        ];
+        let mut values: Vec<f64> = flags.iter().map(|&f| f as u8 as f64).collect();
+        values.push(signal);
+        let agreed = Tensor::from_slice(&values).to_device(self.device);
+        dist.all_reduce_max(&[&agreed], "agreeing on the next step")?;
+        let agreed = Vec::<f64>::try_from(&agreed.to_device(tch::Device::Cpu))?;
+        control.should_training_stop = agreed[0] > 0.0;
+        control.should_epoch_stop = agreed[1] > 0.0;
+        control.should_save = agreed[2] > 0.0;
+        control.should_evaluate = agreed[3] > 0.0;
+        control.should_log = agreed[4] > 0.0;
+        if agreed[5] > 0.0 {
+            self.stop_signal.store(agreed[5] as usize, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Sums evaluation totals (tensors of any shape) over the ranks, in place.
+    pub(super) fn sum_tensors_across_ranks(&self, tensors: &[&Tensor], what: &str) -> Result<()> {
+        match &self.dist {
+            Some((dist, _)) => dist.all_reduce_sum(tensors, what),
+            None => Ok(()),
+        }
+    }
+
+    /// The block of the evaluation set this rank evaluates: (start, len).
+    pub(super) fn eval_share(&self) -> (usize, usize) {
+        match &self.dist {
+            Some((dist, _)) => crate::distributed::eval_block(self.eval.len(), dist.rank(), dist.world_size()),
+            None => (0, self.eval.len()),
+        }
+    }
+
+    /// Rank 0's parameters on every rank (after rank 0 alone loaded weights).
+    pub(super) fn share_rank_zero_weights(&self) -> Result<()> {
+        let Some((dist, _)) = &self.dist else { return Ok(()) };
+        let params: Vec<Tensor> = self.optimizer.params().iter().map(|p| p.tensor.shallow_clone()).collect();
+        tch::no_grad(|| dist.broadcast_from_zero(&params.iter().collect::<Vec<_>>(), "sharing the best model"))
+    }
+
+    pub(super) fn is_world_zero(&self) -> bool {
+        self.state.is_world_process_zero
+    }
+}
