@@ -12,6 +12,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #ifdef HOST_WITH_NCCL
@@ -82,15 +83,16 @@ char* host_dist_store_set(void* group, const char* key, const uint8_t* value, si
 }
 
 // Waits up to timeout_ms for `key`; *found says whether it came, *out (malloc'ed, *len
-// bytes) holds its value when it did.
+// bytes) holds its value when it did. Polls `check` rather than the store's own wait,
+// which logs a warning each time it times out (the roll call expects some to).
 char* host_dist_store_get(void* group, const char* key, int64_t timeout_ms, int* found, uint8_t** out, size_t* len) {
   return guarded([&] {
     auto& store = static_cast<Group*>(group)->store;
     *found = 0;
-    try {
-      store->wait({key}, std::chrono::milliseconds(timeout_ms));
-    } catch (const c10::DistStoreError&) {
-      return;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (!store->check({key})) {
+      if (std::chrono::steady_clock::now() >= deadline) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     auto value = store->get(key);
     *out = static_cast<uint8_t*>(std::malloc(value.size() + 1));
@@ -98,10 +100,6 @@ char* host_dist_store_get(void* group, const char* key, int64_t timeout_ms, int*
     *len = value.size();
     *found = 1;
   });
-}
-
-char* host_dist_store_check(void* group, const char* key, int* exists) {
-  return guarded([&] { *exists = static_cast<Group*>(group)->store->check({key}) ? 1 : 0; });
 }
 
 // Creates the process group over the store: "gloo" or "nccl".

@@ -7,6 +7,7 @@ mod bad_input;
 mod checkpoints;
 mod compat;
 mod data;
+mod distributed;
 mod events;
 mod example_plugin;
 mod fidelity;
