@@ -9,7 +9,8 @@
 #   TORCH_VENV=/opt/torch/.venv bench/gpu_check.sh
 #
 # It trains the default job on CUDA with weighted_ce, then the GPT benchmark in bf16 on the
-# host and in a PyTorch loop, and prints the ratio. Under five minutes on one GPU.
+# host and in a PyTorch loop, and prints the ratio; last, the distributed path (NCCL through
+# c10d) at world size 1 against the plain loop. Under five minutes on one GPU.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TORCH_VENV="${TORCH_VENV:-/opt/torch/.venv}"
@@ -42,3 +43,19 @@ HOST_RATE="$("$PYTHON" -c "import json; r = json.load(open('gpt/all_results.json
 TORCH_RATE="$(cd "$ROOT/bench" && BENCH_DEVICE="$DEVICE" BENCH_BF16=1 "$PYTHON" pytorch_loop.py gpt \
     "$WORK/corpus/train.jsonl" "$TOKENIZER" "$STEPS" | "$PYTHON" -c "import json, sys; print(json.load(sys.stdin)['samples_per_second'])")"
 "$PYTHON" -c "h, t = $HOST_RATE, $TORCH_RATE; print(f'host {h:.0f} samples/s, PyTorch {t:.0f} samples/s, host/PyTorch {h / t:.2f}')"
+
+echo "== distributed path at world size 1 (NCCL on CUDA, Gloo on CPU) against the plain loop"
+# The digits MLP, 2000 steps of 64, twice each, interleaved: any cost of the c10d path
+# (gradient bucket all-reduce, control agreement each step) shows in the ratio.
+rate() { "$PYTHON" -c "import json; print(json.load(open('$1/all_results.json'))['train_samples_per_second'])"; }
+JOB=(--device "$DEVICE" --max-steps 2000 --per-device-train-batch-size 64 --eval-strategy no --save-strategy no --disable-tqdm)
+for round in 1 2; do
+    "$HOST" "${JOB[@]}" --output-dir "plain$round" >/dev/null 2>&1
+    "$HOST" launch --nproc-per-node 1 -- "${JOB[@]}" --output-dir "ddp$round" >"ddp$round.log" 2>&1 \
+        || { cat "ddp$round.log"; exit 1; }
+done
+grep -h "distributed:" ddp1.log || true
+"$PYTHON" -c "
+plain = sorted([$(rate plain1), $(rate plain2)])[-1]
+ddp = sorted([$(rate ddp1), $(rate ddp2)])[-1]
+print(f'plain {plain:.0f} samples/s, c10d world size 1 {ddp:.0f} samples/s, c10d/plain {ddp / plain:.2f}')"

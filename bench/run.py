@@ -108,6 +108,40 @@ def throughput(task, steps, repeats, threads, work, files):
     return {"samples_per_second": medians, "all": rates, "peak_rss_mb": peak, "startup_seconds": startup}
 
 
+def scaling(steps, repeats, work, files):
+    """Data parallel on CPU: the digits MLP (batch 64 per rank), one thread per rank, as
+    one plain process, one rank through c10d, and two ranks; the host (host launch) beside
+    PyTorch DDP (torchrun). Rates count the samples of all ranks."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RUST_LOG="warn")
+
+    def host_rate(output):
+        return lambda stdout: json.loads((output / "all_results.json").read_text())["train_samples_per_second"]
+
+    def printed(stdout):
+        return json.loads(stdout.strip().splitlines()[-1])["samples_per_second"]
+
+    torchrun = [str(PYTHON), "-m", "torch.distributed.run", "--standalone"]
+    loop = [str(BENCH / "pytorch_loop.py"), "mlp", files["digits"], str(steps)]
+    table = {}
+    for name, launcher in (("host", []), ("host 1 rank", ["1"]), ("host 2 ranks", ["2"])):
+        output = work / f"scaling-{len(table)}"
+        command = host_command("mlp", steps, output, False, files)
+        if launcher:
+            command = [command[0], "launch", "--nproc-per-node", launcher[0], "--"] + command[1:]
+        table[name] = (command, host_rate(output))
+    table["pytorch"] = ([str(PYTHON)] + loop, printed)
+    table["pytorch 1 rank"] = (torchrun + ["--nproc-per-node", "1"] + loop, printed)
+    table["pytorch 2 ranks"] = (torchrun + ["--nproc-per-node", "2"] + loop, printed)
+    names = list(table)
+    rates = {name: [] for name in names}
+    for repeat in range(repeats):
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            command, read = table[name]
+            stdout, _, _, _ = run(command, env, work)
+            rates[name].append(read(stdout))
+    return {"samples_per_second": {name: statistics.median(values) for name, values in rates.items()}, "all": rates}
+
+
 def checkpoint_speed(work):
     """Saves one checkpoint of a 100M-parameter MLP (64-4096x7-10) and reads the host's
     own report of it; torch.save of the same state (model and AdamW moments) for scale."""
@@ -159,6 +193,14 @@ def main():
             report(f"digits MLP, {threads} thread(s), samples/s", results[f"mlp_threads_{threads}"])
         results["gpt"] = throughput("gpt", args.gpt_steps, args.repeats, all_threads, work, files)
         report(f"GPT (2 x 128, context 16), {all_threads} threads, samples/s", results["gpt"])
+        results["scaling"] = scaling(args.steps, args.repeats, work, files)
+        print("\ndata parallel on CPU, digits MLP, batch 64 per rank, 1 thread per rank, samples/s (all ranks)")
+        rates = results["scaling"]["samples_per_second"]
+        for name, rate in rates.items():
+            ranks = 2 if name.endswith("2 ranks") else 1
+            print(f"  {name:<16}{rate:>10.0f}  per rank {rate / ranks:>8.0f}")
+        for who in ("host", "pytorch"):
+            print(f"  {who}: 2 ranks / 1 process {rates[who + ' 2 ranks'] / rates[who]:.2f}")
         results["checkpoint_100m"] = checkpoint_speed(work)
         overhead = subprocess.run([str(RELEASE / "plugin_overhead"), str(RELEASE)], capture_output=True, text=True,
                                   check=True)

@@ -20,6 +20,12 @@ impl CallbackHandler {
         Self { callbacks, control: TrainerControl::default() }
     }
 
+    /// Whether plugin callbacks are loaded (only they can set control flags that differ
+    /// between the ranks of a distributed run).
+    pub fn has_callbacks(&self) -> bool {
+        !self.callbacks.is_empty()
+    }
+
     /// Fires `event`: applies Hugging Face's reset rule for it, the default flow, then each
     /// plugin callback in order. A plugin error stops here and is returned.
     pub fn fire(

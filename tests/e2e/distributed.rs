@@ -225,3 +225,37 @@ fn torchrun_starts_the_host_as_its_ranks() {
     assert_eq!(log_history(dir.path()).iter().filter(|e| e.get("loss").is_some()).count(), 2);
     assert!(dir.path().join("output/checkpoint-4/rng_state_1.safetensors").exists());
 }
+
+#[test]
+fn a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint() {
+    let dir = tempdir();
+    let port = free_port();
+    let args = ["--max-steps", "1000000", "--logging-steps", "1", "--save-strategy", "no", "--ddp-timeout", "30"];
+    let first = start_rank(dir.path(), 0, port, &args);
+    let second = start_rank(dir.path(), 1, port, &args);
+    let history = dir.path().join("output/log_history.jsonl");
+    let started = Instant::now();
+    while std::fs::read_to_string(&history).map_or(true, |text| text.is_empty()) {
+        assert!(started.elapsed() < Duration::from_secs(120), "training never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on a child of this test.
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    let (code_first, stderr_first) = wait_within(first, Duration::from_secs(60), "rank 0");
+    let (code_second, stderr_second) = wait_within(second, Duration::from_secs(60), "rank 1");
+    assert_eq!((code_first, code_second), (143, 143), "{stderr_first}\n{stderr_second}");
+    let saved = |stderr: &str| {
+        let error = stderr.lines().rfind(|l| l.starts_with("error:")).unwrap_or_default().to_owned();
+        assert!(error.contains("interrupted by SIGTERM: saved"), "{stderr}");
+        error
+    };
+    // Both name the same checkpoint: they stopped after the same step.
+    assert_eq!(saved(&stderr_first), saved(&stderr_second));
+    let checkpoint = std::fs::read_dir(dir.path().join("output"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+        .expect("a checkpoint")
+        .path();
+    assert!(checkpoint.join("rng_state_1.safetensors").exists());
+}

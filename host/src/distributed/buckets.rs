@@ -45,9 +45,11 @@ impl GradientBuckets {
 
     /// Replaces each parameter's gradient by its mean over the ranks (SUM, then divided by
     /// the world size: Gloo has no AVG). A parameter without a gradient counts as zeros.
-    pub fn average(&self, params: &[Tensor], dist: &Distributed) -> Result<()> {
+    /// `extra` values ride along in the first bucket and come back summed over the ranks,
+    /// which spares a collective of their own.
+    pub fn average(&self, params: &[Tensor], dist: &Distributed, extra: &[f64]) -> Result<Vec<f64>> {
         let world = dist.world_size() as f64;
-        let flats: Vec<Tensor> = self
+        let mut flats: Vec<Tensor> = self
             .buckets
             .iter()
             .map(|bucket| {
@@ -61,10 +63,26 @@ impl GradientBuckets {
                 Tensor::cat(&pieces, 0)
             })
             .collect();
+        let n_extra = extra.len() as i64;
+        if let Some(first) = flats.first_mut() {
+            let values = Tensor::from_slice(extra).to_kind(first.kind()).to_device(first.device());
+            *first = Tensor::cat(&[&*first, &values], 0);
+        }
         let refs: Vec<&Tensor> = flats.iter().collect();
         dist.all_reduce_sum(&refs, "the gradient all-reduce")?;
-        tch::no_grad(|| {
-            for (bucket, mut flat) in self.buckets.iter().zip(flats) {
+        let mut summed = Vec::new();
+        tch::no_grad(|| -> Result<()> {
+            for (b, (bucket, mut flat)) in self.buckets.iter().zip(flats).enumerate() {
+                if b == 0 {
+                    let length = flat.size()[0];
+                    summed = Vec::<f64>::try_from(
+                        &flat
+                            .narrow(0, length - n_extra, n_extra)
+                            .to_kind(tch::Kind::Double)
+                            .to_device(tch::Device::Cpu),
+                    )?;
+                    flat = flat.narrow(0, 0, length - n_extra);
+                }
                 let _ = flat.g_div_scalar_(world);
                 let mut offset = 0;
                 for &i in bucket {
@@ -76,8 +94,9 @@ impl GradientBuckets {
                     offset += n;
                 }
             }
-        });
-        Ok(())
+            Ok(())
+        })?;
+        Ok(summed)
     }
 }
 

@@ -3,7 +3,6 @@
 //! loss totals all come back, so the continuation equals the run that never stopped.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use plugin_api::ffi::Event;
@@ -293,7 +292,7 @@ impl Trainer {
 
     /// After an optimizer step: if SIGINT or SIGTERM came, save a checkpoint and stop.
     pub(super) fn stop_if_signalled(&mut self) -> Result<()> {
-        let signal = self.stop_signal.load(Ordering::SeqCst);
+        let signal = self.stop_requested();
         if signal == 0 {
             return Ok(());
         }

@@ -9,6 +9,7 @@ use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use super::Trainer;
+use crate::data;
 
 impl Trainer {
     /// `value` summed over the ranks (itself without distribution).
@@ -19,11 +20,25 @@ impl Trainer {
         Ok(total.double_value(&[]))
     }
 
-    /// Replaces every gradient by its mean over the ranks, in buckets.
-    pub(super) fn average_gradients(&self) -> Result<()> {
+    /// Replaces every gradient by its mean over the ranks, in buckets; whether any rank
+    /// was asked to stop by a signal rides along, so that all ranks stop at the same step.
+    pub(super) fn average_gradients(&mut self) -> Result<()> {
         let Some((dist, buckets)) = &self.dist else { return Ok(()) };
         let params: Vec<Tensor> = self.optimizer.params().iter().map(|p| p.tensor.shallow_clone()).collect();
-        buckets.average(&params, dist)
+        let signal = self.stop_signal.load(Ordering::SeqCst) as i32;
+        let asked = [(signal == libc::SIGINT) as u8 as f64, (signal == libc::SIGTERM) as u8 as f64];
+        let agreed = buckets.average(&params, dist, &asked)?;
+        self.agree_on_signal(agreed[0] > 0.0, agreed[1] > 0.0);
+        Ok(())
+    }
+
+    /// Records the stop signal all ranks agreed on (SIGINT wins over SIGTERM).
+    fn agree_on_signal(&mut self, interrupt: bool, terminate: bool) {
+        if interrupt {
+            self.agreed_signal = libc::SIGINT as usize;
+        } else if terminate && self.agreed_signal == 0 {
+            self.agreed_signal = libc::SIGTERM as usize;
+        }
     }
 
     /// The loss summed since the last log, over all ranks (each rank's loss is its share).
@@ -35,32 +50,60 @@ impl Trainer {
     }
 
     /// Makes every rank take the same decisions: a control flag any rank's callbacks set,
-    /// or a stop signal any rank received, holds for all.
+    /// or a stop signal any rank received, holds for all. Without plugin callbacks the
+    /// flags follow from the step alone, the same on every rank, and the signal came with
+    /// the gradients: no collective is needed.
     pub(super) fn agree_on_control(&mut self) -> Result<()> {
         let Some((dist, _)) = &self.dist else { return Ok(()) };
-        let control = &mut self.handler.control;
-        let signal = self.stop_signal.load(Ordering::SeqCst) as f64;
-        let flags = [
+        if !self.handler.has_callbacks() {
+            return Ok(());
+        }
+        let control = &self.handler.control;
+        let signal = self.stop_signal.load(Ordering::SeqCst) as i32;
+        let values: Vec<f64> = [
             control.should_training_stop,
             control.should_epoch_stop,
             control.should_save,
             control.should_evaluate,
             control.should_log,
-        ];
-        let mut values: Vec<f64> = flags.iter().map(|&f| f as u8 as f64).collect();
-        values.push(signal);
+            signal == libc::SIGINT,
+            signal == libc::SIGTERM,
+        ]
+        .iter()
+        .map(|&flag| flag as u8 as f64)
+        .collect();
         let agreed = Tensor::from_slice(&values).to_device(self.device);
         dist.all_reduce_max(&[&agreed], "agreeing on the next step")?;
-        let agreed = Vec::<f64>::try_from(&agreed.to_device(tch::Device::Cpu))?;
-        control.should_training_stop = agreed[0] > 0.0;
-        control.should_epoch_stop = agreed[1] > 0.0;
-        control.should_save = agreed[2] > 0.0;
-        control.should_evaluate = agreed[3] > 0.0;
-        control.should_log = agreed[4] > 0.0;
-        if agreed[5] > 0.0 {
-            self.stop_signal.store(agreed[5] as usize, Ordering::SeqCst);
-        }
+        let agreed: Vec<bool> =
+            Vec::<f64>::try_from(&agreed.to_device(tch::Device::Cpu))?.into_iter().map(|v| v > 0.0).collect();
+        let control = &mut self.handler.control;
+        control.should_training_stop = agreed[0];
+        control.should_epoch_stop = agreed[1];
+        control.should_save = agreed[2];
+        control.should_evaluate = agreed[3];
+        control.should_log = agreed[4];
+        self.agree_on_signal(agreed[5], agreed[6]);
         Ok(())
+    }
+
+    /// The signal that stops the run now: in a distributed run only the one all ranks
+    /// agreed on (a signal may reach the ranks at different steps).
+    pub(super) fn stop_requested(&self) -> usize {
+        match self.dist {
+            Some(_) => self.agreed_signal,
+            None => self.stop_signal.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The label items of the optimizer step's micro-batches on every rank: each rank
+    /// holds all the labels and knows every rank's batches, so no collective is needed.
+    pub(super) fn global_label_items(&self, shards: &[Vec<Tensor>], first: usize, count: usize) -> i64 {
+        let labels = self.train.labels();
+        shards
+            .iter()
+            .flat_map(|batches| &batches[first..first + count])
+            .map(|indices| data::count_label_items(&labels.index_select(0, &indices.to_device(labels.device()))))
+            .sum()
     }
 
     /// Sums evaluation totals (tensors of any shape) over the ranks, in place.

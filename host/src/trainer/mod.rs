@@ -58,6 +58,8 @@ pub struct Trainer {
     stop_signal: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// A distributed run's process group, and the gradient buckets it all-reduces.
     dist: Option<(Distributed, GradientBuckets)>,
+    /// The stop signal all ranks agreed on (distributed runs).
+    agreed_signal: usize,
 }
 
 /// The data position of a run.
@@ -150,6 +152,7 @@ impl Trainer {
             run_config,
             stop_signal,
             dist,
+            agreed_signal: 0,
         };
         trainer.fire(Event::INIT_END, &[])?;
         Ok(trainer)
@@ -227,7 +230,9 @@ impl Trainer {
         self.state.eval_steps =
             TrainingArguments::resolve_steps(args.eval_steps.unwrap_or(args.logging_steps), max_steps);
         self.state.save_steps = TrainingArguments::resolve_steps(args.save_steps, max_steps);
-        crate::checkpoint::remove_stale_temporaries(&self.output_dir());
+        if self.is_world_zero() {
+            crate::checkpoint::remove_stale_temporaries(&self.output_dir());
+        }
         if let Some(spec) = &args.resume_from_checkpoint {
             let dir = self.checkpoint_to_resume(spec)?;
             self.restore(&dir)?;
@@ -252,22 +257,35 @@ impl Trainer {
         let resume_at = self.position;
         for epoch in resume_at.epoch..num_epochs {
             self.fire(Event::EPOCH_BEGIN, &[])?;
-            let order = data::epoch_order(self.train.len(), data_seed, epoch as u64);
+            let epoch_order = data::epoch_order(self.train.len(), data_seed, epoch as u64);
             let order = match &self.dist {
-                Some((dist, _)) => crate::distributed::shard(&order, dist.rank(), dist.world_size()),
-                None => order,
+                Some((dist, _)) => crate::distributed::shard(&epoch_order, dist.rank(), dist.world_size()),
+                None => epoch_order.clone(),
             };
             let batches = data::batches(&order, args.per_device_train_batch_size as usize, args.dataloader_drop_last);
+            // Every rank's batches, to count the label items of each global step.
+            let shards: Vec<Vec<Tensor>> = match &self.dist {
+                Some((dist, _)) => (0..dist.world_size())
+                    .map(|rank| {
+                        let order = crate::distributed::shard(&epoch_order, rank, dist.world_size());
+                        data::batches(&order, args.per_device_train_batch_size as usize, args.dataloader_drop_last)
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
             let steps_in_epoch = batches.len();
             // A resumed run starts where the checkpoint was: the batch lists are recomputed
             // from the seed, so no data is read to get there.
             let skip = if epoch == resume_at.epoch { resume_at.micro_batches_done.min(steps_in_epoch) } else { 0 };
             self.position = Position { epoch, micro_batches_done: skip };
-            'updates: for update in batches[skip..].chunks(ga) {
+            'updates: for (u, update) in batches[skip..].chunks(ga).enumerate() {
                 let micro: Vec<Batch> = update.iter().map(|idx| self.train.batch(idx)).collect();
                 // HF counts label items over the whole optimizer step before running it.
-                let num_items: i64 = micro.iter().map(|batch| data::count_label_items(batch.labels())).sum();
-                let num_items = self.sum_across_ranks(num_items as f64, "counting the label items")? as i64;
+                let num_items: i64 = if shards.is_empty() {
+                    micro.iter().map(|batch| data::count_label_items(batch.labels())).sum()
+                } else {
+                    self.global_label_items(&shards, skip + u * ga, update.len())
+                };
                 for (i, batch) in micro.iter().enumerate() {
                     if i == 0 {
                         self.fire(Event::STEP_BEGIN, &[])?;
