@@ -86,7 +86,9 @@ def main():
     torch.manual_seed(42)
     if sys.argv[1] == "mlp":
         data = load_file(sys.argv[2])
-        report = train(Mlp(), data["input"], data["labels"], int(sys.argv[3]), 64, 2e-3)
+        # BENCH_MLP_WIDTHS="64,1024,1024,1024,10" for a wider model (the scaling benchmark).
+        widths = tuple(int(w) for w in os.environ.get("BENCH_MLP_WIDTHS", "64,256,256,10").split(","))
+        report = train(Mlp(widths), data["input"], data["labels"], int(sys.argv[3]), 64, 2e-3)
     else:
         ids, labels, vocab = addition_tokens(sys.argv[2], sys.argv[3])
         report = train(Gpt(vocab), ids, labels, int(sys.argv[4]), 64, 3e-3)

@@ -108,11 +108,12 @@ def throughput(task, steps, repeats, threads, work, files):
     return {"samples_per_second": medians, "all": rates, "peak_rss_mb": peak, "startup_seconds": startup}
 
 
-def scaling(steps, repeats, work, files):
-    """Data parallel on CPU: the digits MLP (batch 64 per rank), one thread per rank, as
-    one plain process, one rank through c10d, and two ranks; the host (host launch) beside
-    PyTorch DDP (torchrun). Rates count the samples of all ranks."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RUST_LOG="warn")
+def scaling(steps, repeats, work, files, hidden=256, layers=2):
+    """Data parallel on CPU: an MLP on the digits (batch 64 per rank), one thread per rank,
+    as one plain process, one rank through c10d, and two ranks; the host (host launch)
+    beside PyTorch DDP (torchrun). Rates count the samples of all ranks."""
+    widths = ",".join(["64"] + [str(hidden)] * layers + ["10"])
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RUST_LOG="warn", BENCH_MLP_WIDTHS=widths)
 
     def host_rate(output):
         return lambda stdout: json.loads((output / "all_results.json").read_text())["train_samples_per_second"]
@@ -126,6 +127,7 @@ def scaling(steps, repeats, work, files):
     for name, launcher in (("host", []), ("host 1 rank", ["1"]), ("host 2 ranks", ["2"])):
         output = work / f"scaling-{len(table)}"
         command = host_command("mlp", steps, output, False, files)
+        command += ["--hidden-size", str(hidden), "--num-hidden-layers", str(layers)]
         if launcher:
             command = [command[0], "launch", "--nproc-per-node", launcher[0], "--"] + command[1:]
         table[name] = (command, host_rate(output))
@@ -139,7 +141,22 @@ def scaling(steps, repeats, work, files):
             command, read = table[name]
             stdout, _, _, _ = run(command, env, work)
             rates[name].append(read(stdout))
-    return {"samples_per_second": {name: statistics.median(values) for name, values in rates.items()}, "all": rates}
+    return {"widths": widths, "samples_per_second": {name: statistics.median(v) for name, v in rates.items()},
+            "all": rates}
+
+
+def report_scaling(result):
+    print(f"\ndata parallel on CPU, MLP {result['widths']}, batch 64 per rank, 1 thread per rank, "
+          "samples/s of all ranks")
+    rates = result["samples_per_second"]
+    for name, rate in rates.items():
+        ranks = 2 if name.endswith("2 ranks") else 1
+        print(f"  {name:<16}{rate:>10.0f}  per rank {rate / ranks:>8.0f}")
+    for who in ("host", "pytorch"):
+        print(f"  {who}: 1 rank through c10d / plain {rates[who + ' 1 rank'] / rates[who]:.2f}, "
+              f"2 ranks / plain {rates[who + ' 2 ranks'] / rates[who]:.2f}")
+    print(f"  host 2 ranks / PyTorch DDP 2 ranks {rates['host 2 ranks'] / rates['pytorch 2 ranks']:.2f}")
+    sys.stdout.flush()
 
 
 def checkpoint_speed(work):
@@ -194,13 +211,9 @@ def main():
         results["gpt"] = throughput("gpt", args.gpt_steps, args.repeats, all_threads, work, files)
         report(f"GPT (2 x 128, context 16), {all_threads} threads, samples/s", results["gpt"])
         results["scaling"] = scaling(args.steps, args.repeats, work, files)
-        print("\ndata parallel on CPU, digits MLP, batch 64 per rank, 1 thread per rank, samples/s (all ranks)")
-        rates = results["scaling"]["samples_per_second"]
-        for name, rate in rates.items():
-            ranks = 2 if name.endswith("2 ranks") else 1
-            print(f"  {name:<16}{rate:>10.0f}  per rank {rate / ranks:>8.0f}")
-        for who in ("host", "pytorch"):
-            print(f"  {who}: 2 ranks / 1 process {rates[who + ' 2 ranks'] / rates[who]:.2f}")
+        report_scaling(results["scaling"])
+        results["scaling_wide"] = scaling(args.steps // 5, args.repeats, work, files, hidden=1024, layers=3)
+        report_scaling(results["scaling_wide"])
         results["checkpoint_100m"] = checkpoint_speed(work)
         overhead = subprocess.run([str(RELEASE / "plugin_overhead"), str(RELEASE)], capture_output=True, text=True,
                                   check=True)

@@ -138,4 +138,15 @@ int host_zero_grads(void** grads, size_t n) {
   }
 }
 
+// Makes `grad` the gradient tensor of `param`: backward then accumulates into it in place
+// (distributed training points the gradients at slices of flat all-reduce buckets).
+int host_set_grad(void* param, void* grad) {
+  try {
+    static_cast<at::Tensor*>(param)->mutable_grad() = *static_cast<at::Tensor*>(grad);
+    return 0;
+  } catch (...) {
+    return 1;
+  }
+}
+
 }  // extern "C"

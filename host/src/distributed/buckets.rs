@@ -1,38 +1,80 @@
-//! Gradient averaging in flattened buckets, as DDP: parameters grouped in reverse order (the
-//! order backward produces their gradients) into buckets of at most `cap` bytes of one
-//! dtype and device, each bucket one all-reduce instead of one per parameter.
+//! Gradient averaging in flattened buckets, as DDP with `gradient_as_bucket_view`: the
+//! parameters are grouped in reverse order (the order backward produces their gradients)
+//! into buckets of at most `cap` bytes of one dtype and device, and each parameter's
+//! gradient is made a slice of its bucket, so that backward writes straight into the
+//! buckets and each bucket is one all-reduce, with no copying in or out.
+
+use std::ffi::c_void;
 
 use anyhow::Result;
 use tch::Tensor;
 
 use super::Distributed;
 
+extern "C" {
+    fn host_set_grad(param: *mut c_void, grad: *mut c_void) -> i32;
+}
+
 pub struct GradientBuckets {
     /// Parameter indices per bucket.
     buckets: Vec<Vec<usize>>,
+    /// One flat tensor per bucket; the parameters' gradients are slices of it. The first
+    /// has `extra` more elements at its end for values that ride along.
+    flats: Vec<Tensor>,
+    extra: i64,
+}
+
+/// Groups parameter indices into buckets: reverse order, one dtype and device per bucket,
+/// at most `cap_bytes` each (a larger parameter gets a bucket of its own).
+fn plan(params: &[Tensor], cap_bytes: usize) -> Vec<Vec<usize>> {
+    let mut buckets: Vec<Vec<usize>> = Vec::new();
+    let mut bytes = 0usize;
+    let mut kind = None;
+    for (index, param) in params.iter().enumerate().rev() {
+        let size = param.numel() * param.kind().elt_size_in_bytes();
+        let this_kind = Some((param.kind(), param.device()));
+        let fits = bytes + size <= cap_bytes && kind == this_kind;
+        match buckets.last_mut() {
+            Some(bucket) if fits => bucket.push(index),
+            _ => {
+                buckets.push(vec![index]);
+                bytes = 0;
+                kind = this_kind;
+            }
+        }
+        bytes += size;
+    }
+    buckets
 }
 
 impl GradientBuckets {
-    /// Plans the buckets for `params` (the optimizer's order).
-    pub fn plan(params: &[Tensor], cap_bytes: usize) -> Self {
-        let mut buckets: Vec<Vec<usize>> = Vec::new();
-        let mut bytes = 0usize;
-        let mut kind = None;
-        for (index, param) in params.iter().enumerate().rev() {
-            let size = param.numel() * param.kind().elt_size_in_bytes();
-            let this_kind = Some((param.kind(), param.device()));
-            let fits = bytes + size <= cap_bytes && kind == this_kind;
-            match buckets.last_mut() {
-                Some(bucket) if fits => bucket.push(index),
-                _ => {
-                    buckets.push(vec![index]);
-                    bytes = 0;
-                    kind = this_kind;
+    /// Makes the buckets for `params` (the optimizer's order) and points every
+    /// parameter's gradient into them; `extra` values can ride along each all-reduce.
+    pub fn new(params: &[Tensor], cap_bytes: usize, extra: usize) -> Result<Self> {
+        let buckets = plan(params, cap_bytes);
+        let mut flats = Vec::new();
+        for (b, bucket) in buckets.iter().enumerate() {
+            let length: i64 = bucket.iter().map(|&i| params[i].numel() as i64).sum();
+            let first = &params[bucket[0]];
+            let padding = if b == 0 { extra as i64 } else { 0 };
+            let flat = Tensor::zeros([length + padding], (first.kind(), first.device()));
+            let mut offset = 0;
+            for &i in bucket {
+                let n = params[i].numel() as i64;
+                let slice = flat.narrow(0, offset, n).view_(params[i].size());
+                let existing = params[i].grad();
+                if existing.defined() {
+                    tch::no_grad(|| slice.shallow_clone().copy_(&existing));
                 }
+                // SAFETY: both handles are live tensors for the call; libtorch keeps its
+                // own reference to the slice.
+                let failed = unsafe { host_set_grad(params[i].as_ptr() as *mut c_void, slice.as_ptr() as *mut c_void) };
+                anyhow::ensure!(failed == 0, "cannot point the gradient of a parameter into its all-reduce bucket");
+                offset += n;
             }
-            bytes += size;
+            flats.push(flat);
         }
-        Self { buckets }
+        Ok(Self { buckets, flats, extra: extra as i64 })
     }
 
     pub fn len(&self) -> usize {
@@ -43,59 +85,25 @@ impl GradientBuckets {
         self.buckets.is_empty()
     }
 
-    /// Replaces each parameter's gradient by its mean over the ranks (SUM, then divided by
-    /// the world size: Gloo has no AVG). A parameter without a gradient counts as zeros.
-    /// `extra` values ride along in the first bucket and come back summed over the ranks,
-    /// which spares a collective of their own.
-    pub fn average(&self, params: &[Tensor], dist: &Distributed, extra: &[f64]) -> Result<Vec<f64>> {
+    /// Replaces each gradient by its mean over the ranks (SUM, then divided by the world
+    /// size: Gloo has no AVG). `extra` values come back summed over the ranks, which spares
+    /// them a collective of their own.
+    pub fn average(&self, dist: &Distributed, extra: &[f64]) -> Result<Vec<f64>> {
+        anyhow::ensure!(extra.len() as i64 == self.extra, "{} extra values for {} slots", extra.len(), self.extra);
+        let Some(first) = self.flats.first() else { return Ok(Vec::new()) };
+        let length = first.size()[0];
+        let slots = first.narrow(0, length - self.extra, self.extra);
+        tch::no_grad(|| {
+            slots.shallow_clone().copy_(&Tensor::from_slice(extra).to_kind(first.kind()).to_device(first.device()))
+        });
+        dist.all_reduce_sum(&self.flats.iter().collect::<Vec<_>>(), "the gradient all-reduce")?;
+        let summed = Vec::<f64>::try_from(&slots.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))?;
         let world = dist.world_size() as f64;
-        let mut flats: Vec<Tensor> = self
-            .buckets
-            .iter()
-            .map(|bucket| {
-                let pieces: Vec<Tensor> = bucket
-                    .iter()
-                    .map(|&i| {
-                        let grad = params[i].grad();
-                        if grad.defined() { grad } else { params[i].zeros_like() }.reshape([-1])
-                    })
-                    .collect();
-                Tensor::cat(&pieces, 0)
-            })
-            .collect();
-        let n_extra = extra.len() as i64;
-        if let Some(first) = flats.first_mut() {
-            let values = Tensor::from_slice(extra).to_kind(first.kind()).to_device(first.device());
-            *first = Tensor::cat(&[&*first, &values], 0);
-        }
-        let refs: Vec<&Tensor> = flats.iter().collect();
-        dist.all_reduce_sum(&refs, "the gradient all-reduce")?;
-        let mut summed = Vec::new();
-        tch::no_grad(|| -> Result<()> {
-            for (b, (bucket, mut flat)) in self.buckets.iter().zip(flats).enumerate() {
-                if b == 0 {
-                    let length = flat.size()[0];
-                    summed = Vec::<f64>::try_from(
-                        &flat
-                            .narrow(0, length - n_extra, n_extra)
-                            .to_kind(tch::Kind::Double)
-                            .to_device(tch::Device::Cpu),
-                    )?;
-                    flat = flat.narrow(0, 0, length - n_extra);
-                }
-                let _ = flat.g_div_scalar_(world);
-                let mut offset = 0;
-                for &i in bucket {
-                    let mut grad = params[i].grad();
-                    let n = params[i].numel() as i64;
-                    if grad.defined() {
-                        grad.copy_(&flat.narrow(0, offset, n).view_as(&grad));
-                    }
-                    offset += n;
-                }
+        tch::no_grad(|| {
+            for flat in &self.flats {
+                let _ = flat.shallow_clone().g_div_scalar_(world);
             }
-            Ok(())
-        })?;
+        });
         Ok(summed)
     }
 }
@@ -110,8 +118,19 @@ mod tests {
         let f = |n: i64| Tensor::zeros([n], (Kind::Float, Device::Cpu));
         let params = [f(10), f(10), Tensor::zeros([4], (Kind::Double, Device::Cpu)), f(30), f(5)];
         // 4 bytes per float: a cap of 100 bytes holds 25 floats.
-        let plan = GradientBuckets::plan(&params, 100);
-        assert_eq!(plan.buckets, vec![vec![4], vec![3], vec![2], vec![1, 0]]);
-        assert_eq!(plan.len(), 4);
+        assert_eq!(plan(&params, 100), vec![vec![4], vec![3], vec![2], vec![1, 0]]);
+    }
+
+    #[test]
+    fn backward_writes_into_the_buckets() {
+        let a = Tensor::ones([2, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let b = Tensor::ones([4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let buckets = GradientBuckets::new(&[a.shallow_clone(), b.shallow_clone()], 1 << 20, 2).unwrap();
+        assert_eq!(buckets.len(), 1);
+        ((&a * 2.0).sum(Kind::Float) + (&b * 3.0).sum(Kind::Float)).backward();
+        // Reverse order: b's gradient first, then a's, then the two extra slots.
+        let flat = Vec::<f32>::try_from(&buckets.flats[0]).unwrap();
+        assert_eq!(flat, [3.0, 3.0, 3.0, 3.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 0.0, 0.0]);
+        assert_eq!(a.grad().size(), [2, 3]);
     }
 }

@@ -24,10 +24,9 @@ impl Trainer {
     /// was asked to stop by a signal rides along, so that all ranks stop at the same step.
     pub(super) fn average_gradients(&mut self) -> Result<()> {
         let Some((dist, buckets)) = &self.dist else { return Ok(()) };
-        let params: Vec<Tensor> = self.optimizer.params().iter().map(|p| p.tensor.shallow_clone()).collect();
         let signal = self.stop_signal.load(Ordering::SeqCst) as i32;
         let asked = [(signal == libc::SIGINT) as u8 as f64, (signal == libc::SIGTERM) as u8 as f64];
-        let agreed = buckets.average(&params, dist, &asked)?;
+        let agreed = buckets.average(dist, &asked)?;
         self.agree_on_signal(agreed[0] > 0.0, agreed[1] > 0.0);
         Ok(())
     }

@@ -118,7 +118,8 @@ impl Trainer {
                     dist.broadcast_from_zero(&params.iter().collect::<Vec<_>>(), "the parameter broadcast")
                 })?;
                 let cap = (args.ddp_bucket_cap_mb * 1024.0 * 1024.0) as usize;
-                let buckets = GradientBuckets::plan(&params, cap);
+                // Two slots ride along each all-reduce: whether a rank got SIGINT or SIGTERM.
+                let buckets = GradientBuckets::new(&params, cap, 2)?;
                 Some((dist, buckets))
             }
             None => None,
