@@ -155,6 +155,8 @@ impl Trainer {
     /// Loads everything a checkpoint holds into this trainer.
     pub(super) fn restore(&mut self, dir: &Path) -> Result<()> {
         let shown = dir.display();
+        crate::weights::load_into(&self.vars, &dir.join("model.safetensors"))
+            .map_err(|e| InputError::new(format!("resume_from_checkpoint: {shown}: {e:#}")))?;
         let host = checkpoint::read_json(dir, "host_state.json")?;
         let saved_world = host["world_size"].as_u64().unwrap_or(1) as usize;
         if saved_world != self.world_size() {
@@ -164,8 +166,6 @@ impl Trainer {
             ))
             .into());
         }
-        crate::weights::load_into(&self.vars, &dir.join("model.safetensors"))
-            .map_err(|e| InputError::new(format!("resume_from_checkpoint: {shown}: {e:#}")))?;
 
         let saved_optimizer = checkpoint::read_json(dir, "optimizer.json")?;
         if saved_optimizer["optim"].as_str() != Some(self.args.optim.as_str()) {
