@@ -69,7 +69,12 @@ pub struct TrainerState {
     pub best_metric: Option<f64>,
     pub best_global_step: Option<i64>,
     pub best_model_checkpoint: Option<String>,
+    /// In a distributed run, whether this is the first rank of its machine (LOCAL_RANK 0);
+    /// true in a single-process run.
     pub is_local_process_zero: bool,
+    /// In a distributed run, whether this is rank 0, the one that logs and writes files:
+    /// a callback that writes files should write only here (as HF's callbacks do). Every
+    /// rank runs the callbacks; a control flag any rank sets holds for all ranks.
     pub is_world_process_zero: bool,
     pub total_flos: f64,
     pub num_input_tokens_seen: i64,
