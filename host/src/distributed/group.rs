@@ -1,7 +1,9 @@
 //! The c10d store and process group behind the C shim (native/distributed.cpp). Errors
 //! come back as libtorch's message, first line only.
 
-use std::ffi::{c_char, c_void, CString};
+#[cfg(host_distributed)]
+use std::ffi::c_char;
+use std::ffi::{c_void, CString};
 use std::time::Duration;
 
 use tch::Tensor;
@@ -38,6 +40,12 @@ extern "C" {
     fn host_dist_broadcast(group: *mut c_void, tensors: *mut *mut c_void, n: usize, root: i32) -> *mut c_char;
     fn host_dist_barrier(group: *mut c_void) -> *mut c_char;
 }
+
+/// Whether this host was built with the c10d shim (gloo's headers were found).
+pub const AVAILABLE: bool = cfg!(host_distributed);
+
+/// What to do about a host built without it.
+pub const MISSING: &str = "this host was built without distributed training (gloo's headers were missing): install libgloo-dev (scripts/setup.sh does) and rebuild";
 
 /// A connection to the rendezvous store, and once made, the process group over it. Never
 /// freed: it lives as long as the run (as torch's default group does).
@@ -145,31 +153,29 @@ impl Group {
 /// A host built without gloo's headers: every call says how to get distributed training.
 #[cfg(not(host_distributed))]
 impl Group {
-    const MISSING: &'static str = "this host was built without distributed training (gloo's headers were missing): install libgloo-dev (scripts/setup.sh does) and rebuild";
-
     pub fn connect(_: &str, _: u16, _: bool, _: usize, _: Duration) -> Result<Self, String> {
         let _ = (c_string, ms);
-        Err(Self::MISSING.to_owned())
+        Err(MISSING.to_owned())
     }
     pub fn set(&self, _: &str, _: &[u8]) -> Result<(), String> {
-        Err(Self::MISSING.to_owned())
+        Err(MISSING.to_owned())
     }
     pub fn get(&self, _: &str, _: Duration) -> Result<Option<Vec<u8>>, String> {
-        Err(Self::MISSING.to_owned())
+        Err(MISSING.to_owned())
     }
     pub fn start_backend(&self, _: &str, _: usize, _: usize, _: Duration) -> Result<(), String> {
-        Err(Self::MISSING.to_owned())
+        Err(MISSING.to_owned())
     }
     pub fn all_reduce_sum(&self, _: &[&Tensor]) -> Result<(), String> {
-        Err(Self::MISSING.to_owned())
+        Err(MISSING.to_owned())
     }
     pub fn all_reduce_max(&self, _: &[&Tensor]) -> Result<(), String> {
-        Err(Self::MISSING.to_owned())
+        Err(MISSING.to_owned())
     }
     pub fn broadcast(&self, _: &[&Tensor], _: usize) -> Result<(), String> {
-        Err(Self::MISSING.to_owned())
+        Err(MISSING.to_owned())
     }
     pub fn barrier(&self) -> Result<(), String> {
-        Err(Self::MISSING.to_owned())
+        Err(MISSING.to_owned())
     }
 }

@@ -47,6 +47,9 @@ impl Distributed {
             None if device.is_cuda() && cfg!(host_distributed) && nccl_built() => "nccl",
             None => "gloo",
         };
+        if !group::AVAILABLE {
+            return Err(InputError::new(group::MISSING).into());
+        }
         if backend == "nccl" && !device.is_cuda() {
             return Err(InputError::new("ddp_backend nccl needs a CUDA device; use gloo on CPU").into());
         }
