@@ -105,6 +105,55 @@ fn two_ranks_train_as_one_process_with_the_same_global_batch() {
 }
 
 #[test]
+fn early_stopping_and_the_best_model_act_on_every_rank_as_in_one_process() {
+    // Early stopping (a plugin callback setting should_training_stop in on_evaluate) stops
+    // both ranks at the same evaluation, and the best model rank 0 loads reaches rank 1:
+    // the run equals one process with the same global batch.
+    let (weighted_ce, stopping) = (plugin("weighted_ce"), plugin("early_stopping"));
+    let job = |batch: &str| {
+        let mut args = job(&weighted_ce, batch);
+        args.retain(|a| a != "12");
+        let at = args.iter().position(|a| a == "--max-steps").unwrap();
+        args.insert(at + 1, "40".to_owned());
+        args.extend(
+            [
+                "--plugin",
+                path_str(&stopping),
+                "--metric-for-best-model",
+                "loss",
+                "--load-best-model-at-end",
+                "--plugin-config",
+                "early_stopping.early_stopping_patience=1",
+                "--plugin-config",
+                "early_stopping.early_stopping_threshold=1.0",
+            ]
+            .map(str::to_owned),
+        );
+        args
+    };
+    let (one, two) = (tempdir(), tempdir());
+    let single = host(one.path(), &job("16").iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(single.code, 0, "{}", single.stderr);
+    let run = launch(two.path(), 2, &job("8"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let last_step = |dir: &Path| log_history(dir).last().unwrap()["step"].as_i64().unwrap();
+    // Stopped at the second evaluation (step 12), well before max_steps.
+    assert_eq!((last_step(one.path()), last_step(two.path())), (12, 12));
+    let difference =
+        largest_difference(&one.path().join("output/model.safetensors"), &two.path().join("output/model.safetensors"));
+    assert!(difference < 1e-5, "final (best) weights differ by {difference}");
+    // The final weights are the best checkpoint's (and the loading did not hang rank 1).
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(two.path().join("output/trainer_state.json")).unwrap()).unwrap();
+    let best = state["best_model_checkpoint"].as_str().expect("a best checkpoint");
+    let difference = largest_difference(
+        &two.path().join(best).join("model.safetensors"),
+        &two.path().join("output/model.safetensors"),
+    );
+    assert_eq!(difference, 0.0, "the final weights are not the best checkpoint's");
+}
+
+#[test]
 fn a_two_rank_checkpoint_resumes_on_two_ranks_exactly() {
     let weighted_ce = plugin("weighted_ce");
     let (straight, resumed) = (tempdir(), tempdir());

@@ -278,13 +278,16 @@ impl Trainer {
 
     /// load_best_model_at_end: the weights of the best checkpoint.
     pub(super) fn load_best_model(&mut self) -> Result<()> {
-        let Some(best) = self.state.best_model_checkpoint.clone() else {
+        // Rank 0 saw the checkpoints written; the others follow its answer (their disks
+        // may not hold the checkpoints on other machines).
+        let best = self.state.best_model_checkpoint.clone().filter(|_| self.is_world_zero());
+        let has_best = self.sum_across_ranks(best.is_some() as u8 as f64, "sharing the best model")? > 0.0;
+        if !has_best {
             tracing::warn!("load_best_model_at_end: no best checkpoint was saved; keeping the final weights");
             return Ok(());
-        };
-        tracing::info!("loading the best model from {best} (score: {:?})", self.state.best_metric);
-        // Rank 0 wrote it, so rank 0 reads it and shares it (other nodes may not see its disk).
-        if self.is_world_zero() {
+        }
+        if let Some(best) = best {
+            tracing::info!("loading the best model from {best} (score: {:?})", self.state.best_metric);
             crate::weights::load_into(&self.vars, &Path::new(&best).join("model.safetensors"))?;
         }
         self.share_rank_zero_weights()

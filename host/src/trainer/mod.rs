@@ -415,6 +415,8 @@ impl Trainer {
     /// log), then evaluate if asked.
     fn maybe_log_save_evaluate(&mut self) -> Result<()> {
         let learning_rate = self.current_lr();
+        let control = &self.handler.control;
+        let acts = control.should_log || control.should_evaluate || control.should_save;
         if self.handler.control.should_log && self.state.global_step > self.progress.last_logged_step {
             let summed = self.loss_since_log_all_ranks()?;
             let progress = &mut self.progress;
@@ -439,6 +441,10 @@ impl Trainer {
         if self.handler.control.should_save {
             self.save_checkpoint()?;
             self.fire(Event::SAVE, &[])?;
+        }
+        // on_log, on_evaluate and on_save callbacks may set flags too (early stopping does).
+        if acts {
+            self.agree_on_control()?;
         }
         Ok(())
     }
