@@ -308,3 +308,32 @@ fn a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint() {
         .path();
     assert!(checkpoint.join("rng_state_1.safetensors").exists());
 }
+
+#[test]
+fn two_launchers_as_two_nodes_make_one_run() {
+    // Multi-node as two machines would do it, here on loopback: node 0 hosts the
+    // rendezvous; the ranks are numbered node by node.
+    let dir = tempdir();
+    let port = free_port().to_string();
+    let node = |rank: &str| {
+        Command::new(env!("CARGO_BIN_EXE_host"))
+            .current_dir(dir.path())
+            .args(["launch", "--nnodes", "2", "--node-rank", rank, "--nproc-per-node", "1"])
+            .args(["--master-addr", "127.0.0.1", "--master-port", &port, "--"])
+            .args(["--max-steps", "4", "--logging-steps", "1", "--save-steps", "4", "--ddp-timeout", "60"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (node("0"), node("1"));
+    let (code_first, stderr_first) = wait_within(first, Duration::from_secs(120), "node 0");
+    let (code_second, stderr_second) = wait_within(second, Duration::from_secs(120), "node 1");
+    assert_eq!((code_first, code_second), (0, 0), "{stderr_first}\n{stderr_second}");
+    assert!(stderr_first.contains("distributed: rank 0 of 2 (local 0 of 1)"), "{stderr_first}");
+    // Rank 1 (node 1) logs warnings only and writes nothing; rank 0 wrote the run.
+    assert!(!stderr_second.contains("distributed: rank"), "{stderr_second}");
+    assert_eq!(log_history(dir.path()).iter().filter(|e| e.get("loss").is_some()).count(), 4);
+    assert!(dir.path().join("output/checkpoint-4/rng_state_1.safetensors").exists());
+}
