@@ -7,10 +7,13 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -167,6 +170,108 @@ char* host_dist_broadcast(void* group, void** tensors, size_t n, int root) {
 
 char* host_dist_barrier(void* group) {
   return guarded([&] { static_cast<Group*>(group)->backend->barrier()->wait(); });
+}
+
+}  // extern "C"
+
+// Gradient buckets all-reduced during the backward pass, as DDP's reducer: each parameter's
+// gradient is a slice of its bucket's flat tensor; a hook after the gradient's
+// accumulation counts the bucket down, and a bucket whose gradients are all in starts its
+// all-reduce while backward goes on with the rest. Buckets start strictly in order, so all
+// ranks issue the same collectives in the same order.
+namespace {
+
+struct Reducer {
+  c10::intrusive_ptr<c10d::Backend> backend;
+  std::vector<at::Tensor> flats;
+  std::vector<size_t> bucket_of;  // per parameter
+  std::vector<size_t> sizes;      // parameters per bucket
+  std::vector<size_t> pending;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  size_t next = 0;
+  bool armed = false;
+  std::string error;
+  std::mutex mutex;
+
+  void launch_ready() {
+    while (next < flats.size() && pending[next] == 0) launch(next++);
+  }
+
+  void launch(size_t b) {
+    try {
+      std::vector<at::Tensor> one{flats[b]};
+      works[b] = backend->allreduce(one, c10d::AllreduceOptions{});
+    } catch (const std::exception& e) {
+      if (error.empty()) error = e.what();
+    }
+  }
+
+  void ready(size_t param) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!armed) return;
+    auto b = bucket_of[param];
+    if (pending[b] > 0 && --pending[b] == 0) launch_ready();
+  }
+};
+
+struct ReadyHook : torch::autograd::PostAccumulateGradHook {
+  Reducer* reducer;
+  size_t index;
+  ReadyHook(Reducer* r, size_t i) : reducer(r), index(i) {}
+  void operator()(const torch::autograd::Variable&) override { reducer->ready(index); }
+};
+
+}  // namespace
+
+extern "C" {
+
+// `params` in bucket order, `sizes[b]` of them in bucket b, whose flat tensor is flats[b].
+char* host_dist_reducer(void* group, void** params, size_t n_params, void** flats, const size_t* sizes,
+                        size_t n_buckets, void** out) {
+  return guarded([&] {
+    auto reducer = new Reducer();
+    reducer->backend = static_cast<Group*>(group)->backend;
+    for (size_t b = 0; b < n_buckets; ++b) {
+      reducer->flats.push_back(*static_cast<at::Tensor*>(flats[b]));
+      reducer->sizes.push_back(sizes[b]);
+      for (size_t i = 0; i < sizes[b]; ++i) reducer->bucket_of.push_back(b);
+    }
+    if (reducer->bucket_of.size() != n_params) throw std::runtime_error("bucket sizes do not add up to the parameters");
+    reducer->pending = reducer->sizes;
+    reducer->works.resize(n_buckets);
+    for (size_t i = 0; i < n_params; ++i) {
+      auto& param = *static_cast<at::Tensor*>(params[i]);
+      torch::autograd::impl::set_post_acc_grad_hooks(param, std::make_unique<ReadyHook>(reducer, i));
+    }
+    *out = reducer;
+  });
+}
+
+// The next backward pass is the last before an optimizer step: all-reduce its buckets.
+void host_dist_reducer_arm(void* reducer) {
+  auto r = static_cast<Reducer*>(reducer);
+  std::lock_guard<std::mutex> lock(r->mutex);
+  r->armed = true;
+}
+
+// After that backward pass: starts the buckets no hook started (parameters without a
+// gradient this time), waits for all, and makes ready for the next step.
+char* host_dist_reducer_finish(void* reducer) {
+  auto r = static_cast<Reducer*>(reducer);
+  std::lock_guard<std::mutex> lock(r->mutex);
+  auto result = guarded([&] {
+    while (r->next < r->flats.size()) r->launch(r->next++);
+    if (!r->error.empty()) throw std::runtime_error(r->error);
+    for (auto& work : r->works) {
+      if (work) work->wait();
+    }
+  });
+  r->pending = r->sizes;
+  r->works.assign(r->works.size(), nullptr);
+  r->next = 0;
+  r->armed = false;
+  r->error.clear();
+  return result;
 }
 
 }  // extern "C"

@@ -2,13 +2,16 @@
 //! parameters are grouped in reverse order (the order backward produces their gradients)
 //! into buckets of at most `cap` bytes of one dtype and device, and each parameter's
 //! gradient is made a slice of its bucket, so that backward writes straight into the
-//! buckets and each bucket is one all-reduce, with no copying in or out.
+//! buckets and each bucket is one all-reduce, with no copying in or out. With a reducer
+//! attached, a bucket starts its all-reduce as soon as backward has filled it, while
+//! backward goes on with the earlier layers (DDP's overlap).
 
 use std::ffi::c_void;
 
 use anyhow::Result;
 use tch::Tensor;
 
+use super::group::Reducer;
 use super::Distributed;
 
 extern "C" {
@@ -22,6 +25,8 @@ pub struct GradientBuckets {
     /// has `extra` more elements at its end for values that ride along.
     flats: Vec<Tensor>,
     extra: i64,
+    /// All-reduces the buckets during backward once attached.
+    reducer: Option<Reducer>,
 }
 
 /// Groups parameter indices into buckets: reverse order, one dtype and device per bucket,
@@ -74,7 +79,31 @@ impl GradientBuckets {
             }
             flats.push(flat);
         }
-        Ok(Self { buckets, flats, extra: extra as i64 })
+        Ok(Self { buckets, flats, extra: extra as i64, reducer: None })
+    }
+
+    /// Makes the buckets all-reduce during backward, each as soon as it is filled.
+    pub fn overlap_with_backward(&mut self, params: &[Tensor], dist: &Distributed) -> Result<()> {
+        let ordered: Vec<&Tensor> = self.buckets.iter().flatten().map(|&i| &params[i]).collect();
+        let sizes: Vec<usize> = self.buckets.iter().map(Vec::len).collect();
+        self.reducer = Some(dist.reducer(&ordered, &self.flats.iter().collect::<Vec<_>>(), &sizes)?);
+        Ok(())
+    }
+
+    /// Before the last backward pass of an optimizer step: sets the values that ride along
+    /// and lets the buckets all-reduce as backward fills them.
+    pub fn arm(&self, extra: &[f64]) -> Result<()> {
+        anyhow::ensure!(extra.len() as i64 == self.extra, "{} extra values for {} slots", extra.len(), self.extra);
+        if let Some(first) = self.flats.first() {
+            let length = first.size()[0];
+            let slots = first.narrow(0, length - self.extra, self.extra);
+            let values = Tensor::from_slice(extra).to_kind(first.kind()).to_device(first.device());
+            tch::no_grad(|| slots.shallow_clone().copy_(&values));
+        }
+        if let Some(reducer) = &self.reducer {
+            reducer.arm();
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -85,18 +114,17 @@ impl GradientBuckets {
         self.buckets.is_empty()
     }
 
-    /// Replaces each gradient by its mean over the ranks (SUM, then divided by the world
-    /// size: Gloo has no AVG). `extra` values come back summed over the ranks, which spares
-    /// them a collective of their own.
-    pub fn average(&self, dist: &Distributed, extra: &[f64]) -> Result<Vec<f64>> {
-        anyhow::ensure!(extra.len() as i64 == self.extra, "{} extra values for {} slots", extra.len(), self.extra);
+    /// After that backward pass: replaces each gradient by its mean over the ranks (SUM,
+    /// then divided by the world size: Gloo has no AVG) and returns the values given to
+    /// [`arm`](Self::arm), summed over the ranks (sparing them a collective of their own).
+    pub fn average(&self, dist: &Distributed) -> Result<Vec<f64>> {
         let Some(first) = self.flats.first() else { return Ok(Vec::new()) };
+        match &self.reducer {
+            Some(reducer) => dist.finish(reducer)?,
+            None => dist.all_reduce_sum(&self.flats.iter().collect::<Vec<_>>(), "the gradient all-reduce")?,
+        }
         let length = first.size()[0];
         let slots = first.narrow(0, length - self.extra, self.extra);
-        tch::no_grad(|| {
-            slots.shallow_clone().copy_(&Tensor::from_slice(extra).to_kind(first.kind()).to_device(first.device()))
-        });
-        dist.all_reduce_sum(&self.flats.iter().collect::<Vec<_>>(), "the gradient all-reduce")?;
         let summed = Vec::<f64>::try_from(&slots.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))?;
         let world = dist.world_size() as f64;
         tch::no_grad(|| {

@@ -39,6 +39,17 @@ extern "C" {
     fn host_dist_all_reduce_max(group: *mut c_void, tensors: *mut *mut c_void, n: usize) -> *mut c_char;
     fn host_dist_broadcast(group: *mut c_void, tensors: *mut *mut c_void, n: usize, root: i32) -> *mut c_char;
     fn host_dist_barrier(group: *mut c_void) -> *mut c_char;
+    fn host_dist_reducer(
+        group: *mut c_void,
+        params: *mut *mut c_void,
+        n_params: usize,
+        flats: *mut *mut c_void,
+        sizes: *const usize,
+        n_buckets: usize,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    fn host_dist_reducer_arm(reducer: *mut c_void);
+    fn host_dist_reducer_finish(reducer: *mut c_void) -> *mut c_char;
 }
 
 /// Whether this host was built with the c10d shim (gloo's headers were found).
@@ -57,6 +68,16 @@ pub struct Group {
 // SAFETY: c10d's store and process groups are thread-safe objects; the handle is only a
 // pointer to them.
 unsafe impl Send for Group {}
+
+/// Gradient buckets that all-reduce themselves during backward (native/distributed.cpp),
+/// living as long as the run.
+pub struct Reducer {
+    #[cfg_attr(not(host_distributed), allow(dead_code))]
+    handle: *mut c_void,
+}
+
+// SAFETY: the C++ reducer guards its state with a mutex.
+unsafe impl Send for Reducer {}
 
 fn ms(timeout: Duration) -> i64 {
     timeout.as_millis().min(i64::MAX as u128) as i64
@@ -148,6 +169,49 @@ impl Group {
         // SAFETY: the handle is a live group.
         check(unsafe { host_dist_barrier(self.handle) })
     }
+
+    /// Hooks `params` (in bucket order, `sizes[b]` of them in bucket `b`, whose gradients
+    /// are slices of `flats[b]`) so that each bucket all-reduces once its gradients are in.
+    pub fn reducer(&self, params: &[&Tensor], flats: &[&Tensor], sizes: &[usize]) -> Result<Reducer, String> {
+        let (mut p, mut f) = (handles(params), handles(flats));
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: the tensors are live for the call; the reducer keeps its own references.
+        check(unsafe {
+            host_dist_reducer(
+                self.handle,
+                p.as_mut_ptr(),
+                p.len(),
+                f.as_mut_ptr(),
+                sizes.as_ptr(),
+                sizes.len(),
+                &mut handle,
+            )
+        })?;
+        Ok(Reducer { handle })
+    }
+}
+
+#[cfg(host_distributed)]
+impl Reducer {
+    /// The next backward pass all-reduces its buckets.
+    pub fn arm(&self) {
+        // SAFETY: the handle is a live reducer.
+        unsafe { host_dist_reducer_arm(self.handle) }
+    }
+
+    /// After that backward pass: waits for every bucket's all-reduce.
+    pub fn finish(&self) -> Result<(), String> {
+        // SAFETY: the handle is a live reducer.
+        check(unsafe { host_dist_reducer_finish(self.handle) })
+    }
+}
+
+#[cfg(not(host_distributed))]
+impl Reducer {
+    pub fn arm(&self) {}
+    pub fn finish(&self) -> Result<(), String> {
+        Err(MISSING.to_owned())
+    }
 }
 
 /// A host built without gloo's headers: every call says how to get distributed training.
@@ -176,6 +240,9 @@ impl Group {
         Err(MISSING.to_owned())
     }
     pub fn barrier(&self) -> Result<(), String> {
+        Err(MISSING.to_owned())
+    }
+    pub fn reducer(&self, _: &[&Tensor], _: &[&Tensor], _: &[usize]) -> Result<Reducer, String> {
         Err(MISSING.to_owned())
     }
 }

@@ -17,7 +17,7 @@ pub mod launch;
 
 pub use buckets::GradientBuckets;
 pub use env::WorldEnv;
-use group::Group;
+use group::{Group, Reducer};
 
 /// How long a rank that saw a collective fail waits for the others to answer the roll call.
 const ROLL_CALL: Duration = Duration::from_secs(5);
@@ -118,6 +118,16 @@ impl Distributed {
     /// Copies rank 0's tensors to every rank, in place.
     pub fn broadcast_from_zero(&self, tensors: &[&Tensor], what: &str) -> Result<()> {
         self.group.broadcast(tensors, 0).map_err(|e| self.diagnose(what, e))
+    }
+
+    /// Buckets that all-reduce during backward (see [`GradientBuckets`]).
+    fn reducer(&self, params: &[&Tensor], flats: &[&Tensor], sizes: &[usize]) -> Result<Reducer> {
+        self.group.reducer(params, flats, sizes).map_err(anyhow::Error::msg)
+    }
+
+    /// Waits for the buckets' all-reduces of this step.
+    fn finish(&self, reducer: &Reducer) -> Result<()> {
+        reducer.finish().map_err(|e| self.diagnose("the gradient all-reduce", e))
     }
 
     pub fn barrier(&self, what: &str) -> Result<()> {

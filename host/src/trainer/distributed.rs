@@ -20,15 +20,22 @@ impl Trainer {
         Ok(total.double_value(&[]))
     }
 
-    /// Replaces every gradient by its mean over the ranks, in buckets; whether any rank
-    /// was asked to stop by a signal rides along, so that all ranks stop at the same step.
+    /// After the last backward pass of an optimizer step: every gradient becomes its mean
+    /// over the ranks; whether any rank was asked to stop by a signal came along, so that
+    /// all ranks stop at the same step.
     pub(super) fn average_gradients(&mut self) -> Result<()> {
         let Some((dist, buckets)) = &self.dist else { return Ok(()) };
-        let signal = self.stop_signal.load(Ordering::SeqCst) as i32;
-        let asked = [(signal == libc::SIGINT) as u8 as f64, (signal == libc::SIGTERM) as u8 as f64];
-        let agreed = buckets.average(dist, &asked)?;
+        let agreed = buckets.average(dist)?;
         self.agree_on_signal(agreed[0] > 0.0, agreed[1] > 0.0);
         Ok(())
+    }
+
+    /// Before the last backward pass of an optimizer step: lets the gradient buckets
+    /// all-reduce during it, with whether this rank got a stop signal riding along.
+    pub(super) fn arm_gradient_sync(&self) -> Result<()> {
+        let Some((_, buckets)) = &self.dist else { return Ok(()) };
+        let signal = self.stop_signal.load(Ordering::SeqCst) as i32;
+        buckets.arm(&[(signal == libc::SIGINT) as u8 as f64, (signal == libc::SIGTERM) as u8 as f64])
     }
 
     /// Records the stop signal all ranks agreed on (SIGINT wins over SIGTERM).

@@ -119,7 +119,8 @@ impl Trainer {
                 })?;
                 let cap = (args.ddp_bucket_cap_mb * 1024.0 * 1024.0) as usize;
                 // Two slots ride along each all-reduce: whether a rank got SIGINT or SIGTERM.
-                let buckets = GradientBuckets::new(&params, cap, 2)?;
+                let mut buckets = GradientBuckets::new(&params, cap, 2)?;
+                buckets.overlap_with_backward(&params, &dist)?;
                 Some((dist, buckets))
             }
             None => None,
@@ -297,6 +298,9 @@ impl Trainer {
                     // the gradients gives the global batch's gradient.
                     let scaled =
                         if self.world_size() > 1 { &loss * self.world_size() as f64 } else { loss.shallow_clone() };
+                    if i + 1 == micro.len() {
+                        self.arm_gradient_sync()?;
+                    }
                     match &self.scaler {
                         Some(scaler) => scaler.scale_loss(&scaled).backward(),
                         None => scaled.backward(),
