@@ -10,6 +10,8 @@
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
+#include "tensor_handles.h"
+
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -47,13 +49,6 @@ char* guarded(F body) {
   } catch (...) {
     return message("unknown C++ exception");
   }
-}
-
-std::vector<at::Tensor> borrowed(void** handles, size_t n) {
-  std::vector<at::Tensor> tensors;
-  tensors.reserve(n);
-  for (size_t i = 0; i < n; ++i) tensors.push_back(*static_cast<at::Tensor*>(handles[i]));
-  return tensors;
 }
 
 }  // namespace
@@ -132,7 +127,7 @@ char* host_dist_all_reduce_sum(void* group, void** tensors, size_t n) {
   return guarded([&] {
     auto& backend = static_cast<Group*>(group)->backend;
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    for (auto& tensor : borrowed(tensors, n)) {
+    for (auto& tensor : host::tensor_list(tensors, n)) {
       std::vector<at::Tensor> one{tensor};
       works.push_back(backend->allreduce(one, c10d::AllreduceOptions{}));
     }
@@ -146,7 +141,7 @@ char* host_dist_all_reduce_max(void* group, void** tensors, size_t n) {
     auto& backend = static_cast<Group*>(group)->backend;
     c10d::AllreduceOptions options;
     options.reduceOp = c10d::ReduceOp::MAX;
-    for (auto& tensor : borrowed(tensors, n)) {
+    for (auto& tensor : host::tensor_list(tensors, n)) {
       std::vector<at::Tensor> one{tensor};
       backend->allreduce(one, options)->wait();
     }
@@ -160,7 +155,7 @@ char* host_dist_broadcast(void* group, void** tensors, size_t n, int root) {
     c10d::BroadcastOptions options;
     options.rootRank = root;
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    for (auto& tensor : borrowed(tensors, n)) {
+    for (auto& tensor : host::tensor_list(tensors, n)) {
       std::vector<at::Tensor> one{tensor};
       works.push_back(backend->broadcast(one, options));
     }
@@ -168,9 +163,6 @@ char* host_dist_broadcast(void* group, void** tensors, size_t n, int root) {
   });
 }
 
-char* host_dist_barrier(void* group) {
-  return guarded([&] { static_cast<Group*>(group)->backend->barrier()->wait(); });
-}
 
 }  // extern "C"
 

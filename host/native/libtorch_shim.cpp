@@ -83,18 +83,9 @@ int host_set_rng_state(int cuda, int index, void* state) {
 // Multi-tensor kernels for the optimizer step (tch exposes neither): PyTorch's fused AdamW
 // (one kernel over every parameter of a group; CPU and CUDA) and the foreach norm and
 // scaling of torch.nn.utils.clip_grad_norm_. Tensors arrive as tch handles (at::Tensor*).
-#include <ATen/ATen.h>
+#include "tensor_handles.h"
 
-#include <vector>
-
-namespace {
-std::vector<at::Tensor> tensor_list(void** handles, size_t n) {
-  std::vector<at::Tensor> list;
-  list.reserve(n);
-  for (size_t i = 0; i < n; ++i) list.push_back(*static_cast<at::Tensor*>(handles[i]));
-  return list;
-}
-}  // namespace
+using host::tensor_list;
 
 extern "C" {
 

@@ -213,20 +213,25 @@ fn wait_within(mut child: Child, limit: Duration, what: &str) -> (i32, String) {
     }
 }
 
-#[test]
-fn a_killed_rank_makes_the_other_exit_naming_it() {
-    let dir = tempdir();
+/// Starts a two-rank run that would go on for a long time and returns its ranks once
+/// training is under way (rank 0 has logged a step).
+fn two_ranks_training(dir: &Path) -> (Child, Child) {
     let port = free_port();
     let args = ["--max-steps", "1000000", "--logging-steps", "1", "--save-strategy", "no", "--ddp-timeout", "30"];
-    let survivor = start_rank(dir.path(), 0, port, &args);
-    let mut victim = start_rank(dir.path(), 1, port, &args);
-    // Kill rank 1 once training is under way (rank 0 has logged a step).
-    let history = dir.path().join("output/log_history.jsonl");
+    let ranks = (start_rank(dir, 0, port, &args), start_rank(dir, 1, port, &args));
+    let history = dir.join("output/log_history.jsonl");
     let started = Instant::now();
     while std::fs::read_to_string(&history).map_or(true, |text| text.is_empty()) {
         assert!(started.elapsed() < Duration::from_secs(120), "training never started");
         std::thread::sleep(Duration::from_millis(50));
     }
+    ranks
+}
+
+#[test]
+fn a_killed_rank_makes_the_other_exit_naming_it() {
+    let dir = tempdir();
+    let (survivor, mut victim) = two_ranks_training(dir.path());
     victim.kill().unwrap();
     let _ = victim.wait();
     let (code, stderr) = wait_within(survivor, Duration::from_secs(60), "rank 0");
@@ -278,16 +283,7 @@ fn torchrun_starts_the_host_as_its_ranks() {
 #[test]
 fn a_signal_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint() {
     let dir = tempdir();
-    let port = free_port();
-    let args = ["--max-steps", "1000000", "--logging-steps", "1", "--save-strategy", "no", "--ddp-timeout", "30"];
-    let first = start_rank(dir.path(), 0, port, &args);
-    let second = start_rank(dir.path(), 1, port, &args);
-    let history = dir.path().join("output/log_history.jsonl");
-    let started = Instant::now();
-    while std::fs::read_to_string(&history).map_or(true, |text| text.is_empty()) {
-        assert!(started.elapsed() < Duration::from_secs(120), "training never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (first, second) = two_ranks_training(dir.path());
     // SAFETY: kill(2) on a child of this test.
     unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
     let (code_first, stderr_first) = wait_within(first, Duration::from_secs(60), "rank 0");

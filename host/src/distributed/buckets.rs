@@ -106,14 +106,6 @@ impl GradientBuckets {
         Ok(())
     }
 
-    pub fn len(&self) -> usize {
-        self.buckets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
-    }
-
     /// After that backward pass: replaces each gradient by its mean over the ranks (SUM,
     /// then divided by the world size: Gloo has no AVG) and returns the values given to
     /// [`arm`](Self::arm), summed over the ranks (sparing them a collective of their own).
@@ -154,7 +146,7 @@ mod tests {
         let a = Tensor::ones([2, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let b = Tensor::ones([4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let buckets = GradientBuckets::new(&[a.shallow_clone(), b.shallow_clone()], 1 << 20, 2).unwrap();
-        assert_eq!(buckets.len(), 1);
+        assert_eq!(buckets.flats.len(), 1);
         ((&a * 2.0).sum(Kind::Float) + (&b * 3.0).sum(Kind::Float)).backward();
         // Reverse order: b's gradient first, then a's, then the two extra slots.
         let flat = Vec::<f32>::try_from(&buckets.flats[0]).unwrap();

@@ -9,6 +9,9 @@ use std::time::Duration;
 use tch::Tensor;
 
 #[cfg(host_distributed)]
+use crate::optim::fused::handles;
+
+#[cfg(host_distributed)]
 extern "C" {
     fn host_dist_free_error(error: *mut c_char);
     fn host_dist_store(
@@ -38,7 +41,6 @@ extern "C" {
     fn host_dist_all_reduce_sum(group: *mut c_void, tensors: *mut *mut c_void, n: usize) -> *mut c_char;
     fn host_dist_all_reduce_max(group: *mut c_void, tensors: *mut *mut c_void, n: usize) -> *mut c_char;
     fn host_dist_broadcast(group: *mut c_void, tensors: *mut *mut c_void, n: usize, root: i32) -> *mut c_char;
-    fn host_dist_barrier(group: *mut c_void) -> *mut c_char;
     fn host_dist_reducer(
         group: *mut c_void,
         params: *mut *mut c_void,
@@ -92,11 +94,6 @@ fn check(error: *mut c_char) -> Result<(), String> {
     let text = unsafe { std::ffi::CStr::from_ptr(error) }.to_string_lossy().into_owned();
     unsafe { host_dist_free_error(error) };
     Err(crate::error::first_line(&text).to_owned())
-}
-
-#[cfg(host_distributed)]
-fn handles(tensors: &[&Tensor]) -> Vec<*mut c_void> {
-    tensors.iter().map(|t| t.as_ptr() as *mut c_void).collect()
 }
 
 fn c_string(text: &str) -> CString {
@@ -163,11 +160,6 @@ impl Group {
         let mut handles = handles(tensors);
         // SAFETY: as all_reduce_sum.
         check(unsafe { host_dist_broadcast(self.handle, handles.as_mut_ptr(), handles.len(), root as i32) })
-    }
-
-    pub fn barrier(&self) -> Result<(), String> {
-        // SAFETY: the handle is a live group.
-        check(unsafe { host_dist_barrier(self.handle) })
     }
 
     /// Hooks `params` (in bucket order, `sizes[b]` of them in bucket `b`, whose gradients
@@ -237,9 +229,6 @@ impl Group {
         Err(MISSING.to_owned())
     }
     pub fn broadcast(&self, _: &[&Tensor], _: usize) -> Result<(), String> {
-        Err(MISSING.to_owned())
-    }
-    pub fn barrier(&self) -> Result<(), String> {
         Err(MISSING.to_owned())
     }
     pub fn reducer(&self, _: &[&Tensor], _: &[&Tensor], _: &[usize]) -> Result<Reducer, String> {

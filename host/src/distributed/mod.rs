@@ -29,6 +29,8 @@ pub struct Distributed {
     /// Keys of this attempt (torchrun restarts reuse its store).
     prefix: String,
     pub backend: &'static str,
+    /// How long to wait for the other ranks (ddp_timeout).
+    timeout: Duration,
 }
 
 impl Distributed {
@@ -65,7 +67,7 @@ impl Distributed {
             })?;
         let restart = std::env::var("TORCHELASTIC_RESTART_COUNT").unwrap_or_else(|_| "0".to_owned());
         let prefix = format!("host/{restart}/");
-        let this = Self { env, group, prefix, backend };
+        let this = Self { env, group, prefix, backend, timeout };
         let missing = this.roll_call("arrived", fingerprint.as_bytes(), timeout)?;
         if !missing.is_empty() {
             anyhow::bail!(
@@ -130,13 +132,10 @@ impl Distributed {
         reducer.finish().map_err(|e| self.diagnose("the gradient all-reduce", e))
     }
 
-    pub fn barrier(&self, what: &str) -> Result<()> {
-        self.group.barrier().map_err(|e| self.diagnose(what, e))
-    }
-
     /// Each rank's `bytes` under `key`, in rank order (every rank calls it; small values
     /// only: they travel through the store).
-    pub fn gather_bytes(&self, key: &str, bytes: &[u8], timeout: Duration) -> Result<Vec<Vec<u8>>> {
+    pub fn gather_bytes(&self, key: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let timeout = self.timeout;
         let what = format!("sharing {key}");
         self.store_set(&format!("{key}/{}", self.env.rank), bytes).map_err(|e| self.diagnose(&what, e))?;
         (0..self.env.world_size)

@@ -25,7 +25,8 @@ extern "C" {
     fn host_zero_grads(grads: *mut *mut c_void, n: usize) -> i32;
 }
 
-fn handles(tensors: &[&Tensor]) -> Vec<*mut c_void> {
+/// The tensors as the shim's `at::Tensor*` handles (also used by the c10d shim's callers).
+pub(crate) fn handles(tensors: &[&Tensor]) -> Vec<*mut c_void> {
     tensors.iter().map(|t| t.as_ptr() as *mut c_void).collect()
 }
 

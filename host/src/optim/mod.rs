@@ -6,7 +6,7 @@
 mod adafactor;
 mod adagrad;
 mod adam;
-mod fused;
+pub(crate) mod fused;
 mod lion;
 mod rmsprop;
 mod sgd;

@@ -13,6 +13,15 @@ use crate::checkpoint::{self, Writer};
 use crate::error::InputError;
 use crate::optim::OptimizerState;
 
+/// The checkpoint file of a rank's random generator states. As HF: rng_state.pth alone,
+/// rng_state_{rank}.pth for each rank of a distributed run.
+fn rng_state_file(rank: Option<usize>) -> String {
+    match rank {
+        Some(rank) => format!("rng_state_{rank}.safetensors"),
+        None => "rng_state.safetensors".to_owned(),
+    }
+}
+
 /// A run stopped by SIGINT or SIGTERM, after saving a checkpoint.
 #[derive(Debug)]
 pub struct Interrupted {
@@ -85,13 +94,9 @@ impl Trainer {
             &serde_json::json!({ "state": scheduler, "skipped_steps": self.skipped_steps }),
         )?;
 
-        // As HF: rng_state.pth alone, rng_state_{rank}.pth for each rank of a distributed run.
-        if rng.len() == 1 {
-            writer.write_safetensors("rng_state.safetensors", &rng[0])?;
-        } else {
-            for (rank, states) in rng.iter().enumerate() {
-                writer.write_safetensors(&format!("rng_state_{rank}.safetensors"), states)?;
-            }
+        let distributed = rng.len() > 1;
+        for (rank, states) in rng.iter().enumerate() {
+            writer.write_safetensors(&rng_state_file(distributed.then_some(rank)), states)?;
         }
         // One call per callback gives both its JSON state and its tensors.
         let (stateful_callbacks, callback_tensors) = self.handler.states()?;
@@ -142,8 +147,7 @@ impl Trainer {
         let Some((dist, _)) = &self.dist else { return Ok(vec![mine]) };
         let as_bytes: Vec<(String, Vec<u8>)> =
             mine.iter().map(|(name, t)| Ok((name.clone(), Vec::<u8>::try_from(t)?))).collect::<Result<_>>()?;
-        let timeout = std::time::Duration::from_secs(self.args.ddp_timeout as u64);
-        let all = dist.gather_bytes(&format!("rng/{step}"), &serde_json::to_vec(&as_bytes)?, timeout)?;
+        let all = dist.gather_bytes(&format!("rng/{step}"), &serde_json::to_vec(&as_bytes)?)?;
         all.iter()
             .map(|bytes| {
                 let states: Vec<(String, Vec<u8>)> = serde_json::from_slice(bytes)?;
@@ -192,10 +196,7 @@ impl Trainer {
         }
         self.skipped_steps = scheduler["skipped_steps"].as_i64().unwrap_or(0);
 
-        let rng_file = match &self.dist {
-            Some((dist, _)) => format!("rng_state_{}.safetensors", dist.rank()),
-            None => "rng_state.safetensors".to_owned(),
-        };
+        let rng_file = rng_state_file(self.dist.as_ref().map(|(dist, _)| dist.rank()));
         let rng_states = Tensor::read_safetensors(dir.join(&rng_file))
             .map_err(|e| InputError::new(format!("resume_from_checkpoint: cannot read {shown}/{rng_file}: {e}")))?;
         for (name, state) in rng_states {

@@ -10,6 +10,14 @@ use tch::{Kind, Tensor};
 
 use super::Trainer;
 use crate::data;
+use crate::distributed::Distributed;
+use crate::optim::Param;
+
+/// Copies rank 0's values of `params` to every rank.
+pub(super) fn broadcast_parameters(dist: &Distributed, params: &[Param], what: &str) -> Result<()> {
+    let tensors: Vec<&Tensor> = params.iter().map(|p| &p.tensor).collect();
+    tch::no_grad(|| dist.broadcast_from_zero(&tensors, what))
+}
 
 impl Trainer {
     /// `value` summed over the ranks (itself without distribution).
@@ -34,8 +42,7 @@ impl Trainer {
     /// all-reduce during it, with whether this rank got a stop signal riding along.
     pub(super) fn arm_gradient_sync(&self) -> Result<()> {
         let Some((_, buckets)) = &self.dist else { return Ok(()) };
-        let signal = self.stop_signal.load(Ordering::SeqCst) as i32;
-        buckets.arm(&[(signal == libc::SIGINT) as u8 as f64, (signal == libc::SIGTERM) as u8 as f64])
+        buckets.arm(&self.signal_flags())
     }
 
     /// Records the stop signal all ranks agreed on (SIGINT wins over SIGTERM).
@@ -65,19 +72,15 @@ impl Trainer {
             return Ok(());
         }
         let control = &self.handler.control;
-        let signal = self.stop_signal.load(Ordering::SeqCst) as i32;
-        let values: Vec<f64> = [
+        let flags = [
             control.should_training_stop,
             control.should_epoch_stop,
             control.should_save,
             control.should_evaluate,
             control.should_log,
-            signal == libc::SIGINT,
-            signal == libc::SIGTERM,
-        ]
-        .iter()
-        .map(|&flag| flag as u8 as f64)
-        .collect();
+        ];
+        let mut values: Vec<f64> = flags.iter().map(|&flag| flag as u8 as f64).collect();
+        values.extend(self.signal_flags());
         let agreed = Tensor::from_slice(&values).to_device(self.device);
         dist.all_reduce_max(&[&agreed], "agreeing on the next step")?;
         let agreed: Vec<bool> =
@@ -131,8 +134,14 @@ impl Trainer {
     /// Rank 0's parameters on every rank (after rank 0 alone loaded weights).
     pub(super) fn share_rank_zero_weights(&self) -> Result<()> {
         let Some((dist, _)) = &self.dist else { return Ok(()) };
-        let params: Vec<Tensor> = self.optimizer.params().iter().map(|p| p.tensor.shallow_clone()).collect();
-        tch::no_grad(|| dist.broadcast_from_zero(&params.iter().collect::<Vec<_>>(), "sharing the best model"))
+        broadcast_parameters(dist, self.optimizer.params(), "sharing the best model")
+    }
+
+    /// Whether this rank was asked to stop by SIGINT, and by SIGTERM, as 0 or 1 (to sum or
+    /// take the largest across ranks).
+    fn signal_flags(&self) -> [f64; 2] {
+        let signal = self.stop_signal.load(Ordering::SeqCst) as i32;
+        [(signal == libc::SIGINT) as u8 as f64, (signal == libc::SIGTERM) as u8 as f64]
     }
 
     pub(super) fn is_world_zero(&self) -> bool {

@@ -113,10 +113,8 @@ impl Trainer {
         let dist = match dist {
             Some(dist) => {
                 // Every rank starts from rank 0's weights, as DDP.
+                distributed::broadcast_parameters(&dist, optimizer.params(), "the parameter broadcast")?;
                 let params: Vec<Tensor> = optimizer.params().iter().map(|p| p.tensor.shallow_clone()).collect();
-                tch::no_grad(|| {
-                    dist.broadcast_from_zero(&params.iter().collect::<Vec<_>>(), "the parameter broadcast")
-                })?;
                 let cap = (args.ddp_bucket_cap_mb * 1024.0 * 1024.0) as usize;
                 // Two slots ride along each all-reduce: whether a rank got SIGINT or SIGTERM.
                 let mut buckets = GradientBuckets::new(&params, cap, 2)?;
@@ -260,21 +258,16 @@ impl Trainer {
         for epoch in resume_at.epoch..num_epochs {
             self.fire(Event::EPOCH_BEGIN, &[])?;
             let epoch_order = data::epoch_order(self.train.len(), data_seed, epoch as u64);
-            let order = match &self.dist {
-                Some((dist, _)) => crate::distributed::shard(&epoch_order, dist.rank(), dist.world_size()),
-                None => epoch_order.clone(),
-            };
-            let batches = data::batches(&order, args.per_device_train_batch_size as usize, args.dataloader_drop_last);
-            // Every rank's batches, to count the label items of each global step.
-            let shards: Vec<Vec<Tensor>> = match &self.dist {
-                Some((dist, _)) => (0..dist.world_size())
-                    .map(|rank| {
-                        let order = crate::distributed::shard(&epoch_order, rank, dist.world_size());
-                        data::batches(&order, args.per_device_train_batch_size as usize, args.dataloader_drop_last)
-                    })
-                    .collect(),
-                None => Vec::new(),
-            };
+            // Every rank's batches: this rank trains on its own and counts the label items
+            // of each global step over all of them.
+            let (rank, world) = self.dist.as_ref().map_or((0, 1), |(d, _)| (d.rank(), d.world_size()));
+            let shards: Vec<Vec<Tensor>> = (0..world)
+                .map(|r| {
+                    let order = crate::distributed::shard(&epoch_order, r, world);
+                    data::batches(&order, args.per_device_train_batch_size as usize, args.dataloader_drop_last)
+                })
+                .collect();
+            let batches = &shards[rank];
             let steps_in_epoch = batches.len();
             // A resumed run starts where the checkpoint was: the batch lists are recomputed
             // from the seed, so no data is read to get there.
@@ -283,7 +276,7 @@ impl Trainer {
             'updates: for (u, update) in batches[skip..].chunks(ga).enumerate() {
                 let micro: Vec<Batch> = update.iter().map(|idx| self.train.batch(idx)).collect();
                 // HF counts label items over the whole optimizer step before running it.
-                let num_items: i64 = if shards.is_empty() {
+                let num_items: i64 = if world == 1 {
                     micro.iter().map(|batch| data::count_label_items(batch.labels())).sum()
                 } else {
                     self.global_label_items(&shards, skip + u * ga, update.len())
