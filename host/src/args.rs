@@ -268,6 +268,22 @@ impl TrainingArguments {
                 Err(InputError::new(format!("{name} must be at least 1 (got {value})")))
             }
         };
+        // Written as "ok when the comparison holds", so NaN (for which every comparison is
+        // false) is refused too.
+        let at_least_zero = |name: &str, value: f64| {
+            if value >= 0.0 {
+                Ok(())
+            } else {
+                Err(InputError::new(format!("{name} must be >= 0 (got {value})")))
+            }
+        };
+        let above_zero = |name: &str, value: f64| {
+            if value > 0.0 {
+                Ok(())
+            } else {
+                Err(InputError::new(format!("{name} must be > 0 (got {value})")))
+            }
+        };
         positive("per_device_train_batch_size", self.per_device_train_batch_size)?;
         positive("per_device_eval_batch_size", self.per_device_eval_batch_size)?;
         positive("gradient_accumulation_steps", self.gradient_accumulation_steps)?;
@@ -280,51 +296,37 @@ impl TrainingArguments {
         if !(self.learning_rate >= 0.0 && self.learning_rate.is_finite()) {
             return Err(InputError::new(format!("learning_rate must be >= 0 (got {})", self.learning_rate)));
         }
-        if !(self.weight_decay >= 0.0) {
-            return Err(InputError::new(format!("weight_decay must be >= 0 (got {})", self.weight_decay)));
-        }
+        at_least_zero("weight_decay", self.weight_decay)?;
         for (name, beta) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
             if !(0.0..1.0).contains(&beta) {
                 return Err(InputError::new(format!("{name} must be in [0, 1) (got {beta})")));
             }
         }
-        if !(self.adam_epsilon > 0.0) {
-            return Err(InputError::new(format!("adam_epsilon must be > 0 (got {})", self.adam_epsilon)));
-        }
-        if !(self.max_grad_norm >= 0.0) {
+        above_zero("adam_epsilon", self.adam_epsilon)?;
+        if self.max_grad_norm.is_nan() || self.max_grad_norm < 0.0 {
             return Err(InputError::new(format!(
                 "max_grad_norm must be >= 0, 0 disables clipping (got {})",
                 self.max_grad_norm
             )));
         }
         positive("ddp_timeout", self.ddp_timeout)?;
-        if !(self.ddp_bucket_cap_mb > 0.0) {
-            return Err(InputError::new(format!("ddp_bucket_cap_mb must be > 0 (got {})", self.ddp_bucket_cap_mb)));
-        }
+        above_zero("ddp_bucket_cap_mb", self.ddp_bucket_cap_mb)?;
         if let Some(backend) = self.ddp_backend.as_deref().filter(|b| !matches!(*b, "gloo" | "nccl")) {
             return Err(InputError::new(format!("ddp_backend '{backend}' is not one of: gloo, nccl")));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(InputError::new(format!("dropout must be in [0, 1) (got {})", self.dropout)));
         }
-        if !(self.warmup_steps >= 0.0) {
-            return Err(InputError::new(format!("warmup_steps must be >= 0 (got {})", self.warmup_steps)));
-        }
-        if !(self.eval_delay >= 0.0) {
-            return Err(InputError::new(format!("eval_delay must be >= 0 (got {})", self.eval_delay)));
-        }
+        at_least_zero("warmup_steps", self.warmup_steps)?;
+        at_least_zero("eval_delay", self.eval_delay)?;
         if self.eval_on_start && self.eval_strategy == IntervalStrategy::No {
             return Err(InputError::new(
                 "eval_on_start needs an evaluation set up: set eval_strategy to steps or epoch",
             ));
         }
-        if !(self.logging_steps > 0.0) {
-            return Err(InputError::new(format!("logging_steps must be > 0 (got {})", self.logging_steps)));
-        }
+        above_zero("logging_steps", self.logging_steps)?;
         if let Some(steps) = self.eval_steps {
-            if !(steps > 0.0) {
-                return Err(InputError::new(format!("eval_steps must be > 0 (got {steps})")));
-            }
+            above_zero("eval_steps", steps)?;
         }
         if !(self.validation_split_percentage > 0.0 && self.validation_split_percentage < 100.0) {
             return Err(InputError::new(format!(
@@ -372,7 +374,7 @@ impl TrainingArguments {
 
     /// Hugging Face's consistency checks for saving and the best model.
     fn validate_saving(&self) -> Result<(), InputError> {
-        if !(self.save_steps > 0.0) {
+        if self.save_steps.is_nan() || self.save_steps <= 0.0 {
             return Err(InputError::new(format!("save_steps must be > 0 (got {})", self.save_steps)));
         }
         if let Some(limit) = self.save_total_limit {

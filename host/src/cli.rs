@@ -41,6 +41,8 @@ Log verbosity follows RUST_LOG (default: info; ranks other than 0 log warnings o
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about = ABOUT, after_help = AFTER_HELP)]
 #[command(args_conflicts_with_subcommands = true)]
+// HF's own defaults are negative numbers (`--max-steps -1`): read them as values.
+#[command(allow_negative_numbers = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -53,7 +55,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train the default job (the same as giving no subcommand).
-    Train(TrainOptions),
+    Train(Box<TrainOptions>),
     /// Evaluate a checkpoint on its run's evaluation data (from the checkpoint alone).
     Eval(CheckpointOptions),
     /// Predict with a checkpoint on its run's evaluation data: one JSON line per example.
@@ -108,6 +110,7 @@ pub struct PredictOptions {
 }
 
 #[derive(Debug, Clone, Default, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct TrainOptions {
     /// A plugin to load: a .so file, or a name (weighted_ce) found in HOST_PLUGIN_PATH or
     /// next to the host binary. Repeat for several; their components are available to

@@ -9,7 +9,7 @@ use crate::args::TrainingArguments;
 use crate::callbacks::CallbackHandler;
 use crate::cli::{CheckpointOptions, PluginsCommand, PredictOptions, TrainOptions};
 use crate::config::{self, RunConfig};
-use crate::trainer::Trainer;
+use crate::trainer::{Trainer, TrainerSetup};
 use crate::{components, data, device, job, report};
 
 /// HF defaults with the default job's preset over them.
@@ -145,18 +145,18 @@ pub fn train(options: &TrainOptions) -> Result<()> {
     let writes = dist.as_ref().is_none_or(|d| d.rank() == 0);
     let reporter = if writes { report::Reporter::create(output_dir)? } else { report::Reporter::console_only() };
     let handler = CallbackHandler::new(components.callbacks);
-    let mut trainer = Trainer::new(
-        args.clone(),
+    let mut trainer = Trainer::new(TrainerSetup {
+        args: args.clone(),
         device,
-        train_set,
-        eval_set,
-        components.loss,
+        train: train_set,
+        eval: eval_set,
+        loss: components.loss,
         handler,
         reporter,
         run_config,
         stop_signal,
         dist,
-    )?;
+    })?;
     let outcome = trainer.train()?;
     if !writes {
         return Ok(());
@@ -239,18 +239,18 @@ fn trainer_from_checkpoint(options: &CheckpointOptions) -> Result<Trainer> {
     let handler = CallbackHandler::new(components.callbacks);
     let run_config = saved["run_config"].clone();
     let never_stopped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut trainer = Trainer::new(
+    let mut trainer = Trainer::new(TrainerSetup {
         args,
         device,
-        train_set,
-        eval_set,
-        components.loss,
+        train: train_set,
+        eval: eval_set,
+        loss: components.loss,
         handler,
-        report::Reporter::console_only(),
+        reporter: report::Reporter::console_only(),
         run_config,
-        never_stopped,
-        None,
-    )?;
+        stop_signal: never_stopped,
+        dist: None,
+    })?;
     // Callbacks and metrics see the step and epoch the checkpoint was made at.
     let state = crate::checkpoint::read_json(dir, "trainer_state.json")?;
     trainer.state.global_step = state["global_step"].as_i64().unwrap_or(0);

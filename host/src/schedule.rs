@@ -207,7 +207,7 @@ impl Scheduler {
             SchedulerType::Polynomial => {
                 k.allow(&["lr_end", "power"])?;
                 let lr_end = k.number("lr_end")?.unwrap_or(1e-7);
-                if !(base_lr > lr_end) {
+                if base_lr.is_nan() || lr_end.is_nan() || base_lr <= lr_end {
                     return Err(InputError::new(format!(
                         "lr_scheduler_kwargs: lr_end ({lr_end}) must be smaller than learning_rate ({base_lr})"
                     )));

@@ -108,6 +108,13 @@ fn unknown_training_key_and_bad_values() {
         .assert_clean_error(2, "per_device_train_batch_size must be at least 1 (got 0)");
     host(dir.path(), &["--device", "tpu"]).assert_clean_error(2, "device 'tpu' is not one of: auto, cpu, cuda, cuda:N");
     host(dir.path(), &["--config", "missing.toml"]).assert_clean_error(2, "cannot read config file missing.toml");
+    // Negative numbers are values, so the argument's own check speaks; NaN is refused too.
+    host(dir.path(), &["--save-steps", "-1"]).assert_clean_error(2, "save_steps must be > 0 (got -1)");
+    host(dir.path(), &["train", "--warmup-steps", "-5"]).assert_clean_error(2, "warmup_steps must be >= 0 (got -5)");
+    host(dir.path(), &["--weight-decay", "nan"]).assert_clean_error(2, "weight_decay must be >= 0 (got NaN)");
+    let run = host(dir.path(), &["--max-steps", "-1", "--print-config"]);
+    assert_eq!(run.code, 0, "HF's own default for max_steps is -1:\n{}", run.stderr);
+    assert!(run.stdout.contains("max_steps = -1"), "{}", run.stdout);
     let run = host(dir.path(), &["--no-such-flag"]);
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("unexpected argument '--no-such-flag'"), "{}", run.stderr);

@@ -401,7 +401,7 @@ fn eval_and_predict_work_from_a_checkpoint_alone() {
         host(dir.path(), &["--plugin", path_str(&weighted), "--num-train-epochs", "2", "--save-strategy", "epoch"]);
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     let history_before = std::fs::read(dir.path().join("output/log_history.jsonl")).unwrap();
-    let final_eval = log_history(dir.path()).into_iter().filter(|e| e.get("eval_loss").is_some()).last().unwrap();
+    let final_eval = log_history(dir.path()).into_iter().rfind(|e| e.get("eval_loss").is_some()).unwrap();
 
     // From another folder: everything comes from the checkpoint.
     let elsewhere = tempdir();

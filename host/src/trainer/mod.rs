@@ -69,6 +69,25 @@ pub struct Position {
     pub micro_batches_done: usize,
 }
 
+/// What a trainer is built from: the run's arguments, data and plugins, and where it
+/// reports. Named fields, so a call site says which is which.
+pub struct TrainerSetup {
+    pub args: TrainingArguments,
+    pub device: Device,
+    pub train: Dataset,
+    pub eval: Dataset,
+    /// The loss plugin's component; None for the built-in cross entropy.
+    pub loss: Option<PluginLoss>,
+    pub handler: CallbackHandler,
+    pub reporter: Reporter,
+    /// The resolved run configuration, kept in checkpoints.
+    pub run_config: serde_json::Value,
+    /// Set (to the signal number) when SIGINT or SIGTERM asks the run to stop.
+    pub stop_signal: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The process group of a distributed run.
+    pub dist: Option<Distributed>,
+}
+
 /// What a finished run reports.
 pub struct Outcome {
     pub train_metrics: Vec<(String, f64)>,
@@ -76,18 +95,8 @@ pub struct Outcome {
 }
 
 impl Trainer {
-    pub fn new(
-        args: TrainingArguments,
-        device: Device,
-        train: Dataset,
-        eval: Dataset,
-        loss: Option<PluginLoss>,
-        handler: CallbackHandler,
-        reporter: Reporter,
-        run_config: serde_json::Value,
-        stop_signal: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-        dist: Option<Distributed>,
-    ) -> Result<Self> {
+    pub fn new(setup: TrainerSetup) -> Result<Self> {
+        let TrainerSetup { args, device, train, eval, loss, handler, reporter, run_config, stop_signal, dist } = setup;
         let precision = Precision::choose(args.bf16, args.fp16, device)?;
         if let Some(tf32) = args.tf32 {
             if tf32 && !device.is_cuda() {

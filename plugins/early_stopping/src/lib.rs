@@ -42,7 +42,7 @@ impl EarlyStopping {
                 config.early_stopping_patience
             )));
         }
-        if !(config.early_stopping_threshold >= 0.0) {
+        if config.early_stopping_threshold.is_nan() || config.early_stopping_threshold < 0.0 {
             return Err(PluginError::config(format!(
                 "early_stopping_threshold must be >= 0 (got {})",
                 config.early_stopping_threshold

@@ -29,7 +29,7 @@ struct Focal {
 
 impl Focal {
     fn new(config: Config) -> Result<Self, PluginError> {
-        if !(config.gamma >= 0.0) {
+        if config.gamma.is_nan() || config.gamma < 0.0 {
             return Err(PluginError::config(format!("gamma must be >= 0 (got {})", config.gamma)));
         }
         Ok(Self { gamma: config.gamma, alpha: config.alpha })

@@ -31,7 +31,7 @@ struct KlDiv {
 
 impl KlDiv {
     fn new(config: Config) -> Result<Self, PluginError> {
-        if !(config.temperature > 0.0) {
+        if config.temperature.is_nan() || config.temperature <= 0.0 {
             return Err(PluginError::config(format!("temperature must be > 0 (got {})", config.temperature)));
         }
         if !(0.0..=1.0).contains(&config.alpha) {
