@@ -255,6 +255,24 @@ training_arguments! {
     ddp_bucket_cap_mb: f64 = 25.0, flag f64;
 }
 
+// Written as "ok when the comparison holds", so NaN (for which every comparison is false)
+// is refused too.
+fn at_least_zero(name: &str, value: f64) -> Result<(), InputError> {
+    if value >= 0.0 {
+        Ok(())
+    } else {
+        Err(InputError::new(format!("{name} must be >= 0 (got {value})")))
+    }
+}
+
+fn above_zero(name: &str, value: f64) -> Result<(), InputError> {
+    if value > 0.0 {
+        Ok(())
+    } else {
+        Err(InputError::new(format!("{name} must be > 0 (got {value})")))
+    }
+}
+
 /// The metrics an evaluation reports, without their `eval_` prefix.
 pub const EVAL_METRICS: &[&str] = &["loss", "accuracy", "f1", "perplexity", "exact_match"];
 
@@ -266,22 +284,6 @@ impl TrainingArguments {
                 Ok(())
             } else {
                 Err(InputError::new(format!("{name} must be at least 1 (got {value})")))
-            }
-        };
-        // Written as "ok when the comparison holds", so NaN (for which every comparison is
-        // false) is refused too.
-        let at_least_zero = |name: &str, value: f64| {
-            if value >= 0.0 {
-                Ok(())
-            } else {
-                Err(InputError::new(format!("{name} must be >= 0 (got {value})")))
-            }
-        };
-        let above_zero = |name: &str, value: f64| {
-            if value > 0.0 {
-                Ok(())
-            } else {
-                Err(InputError::new(format!("{name} must be > 0 (got {value})")))
             }
         };
         positive("per_device_train_batch_size", self.per_device_train_batch_size)?;
@@ -374,9 +376,7 @@ impl TrainingArguments {
 
     /// Hugging Face's consistency checks for saving and the best model.
     fn validate_saving(&self) -> Result<(), InputError> {
-        if self.save_steps.is_nan() || self.save_steps <= 0.0 {
-            return Err(InputError::new(format!("save_steps must be > 0 (got {})", self.save_steps)));
-        }
+        above_zero("save_steps", self.save_steps)?;
         if let Some(limit) = self.save_total_limit {
             if limit < 1 {
                 return Err(InputError::new(format!("save_total_limit must be at least 1 (got {limit})")));

@@ -41,8 +41,6 @@ Log verbosity follows RUST_LOG (default: info; ranks other than 0 log warnings o
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about = ABOUT, after_help = AFTER_HELP)]
 #[command(args_conflicts_with_subcommands = true)]
-// HF's own defaults are negative numbers (`--max-steps -1`): read them as values.
-#[command(allow_negative_numbers = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -110,6 +108,8 @@ pub struct PredictOptions {
 }
 
 #[derive(Debug, Clone, Default, Args)]
+// HF's own defaults are negative numbers (`--max-steps -1`): read them as values. This
+// holds for `host train` and for the top level, where these options are flattened.
 #[command(allow_negative_numbers = true)]
 pub struct TrainOptions {
     /// A plugin to load: a .so file, or a name (weighted_ce) found in HOST_PLUGIN_PATH or
