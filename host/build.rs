@@ -10,7 +10,7 @@ fn main() {
     println!("cargo:rerun-if-changed=native/libtorch_shim.cpp");
     println!("cargo:rerun-if-changed=native/distributed.cpp");
     println!("cargo:rerun-if-changed=native/nccl.cpp");
-    println!("cargo:rerun-if-changed=native/tensor_handles.h");
+    println!("cargo:rerun-if-changed=native/shim.h");
     println!("cargo:rustc-check-cfg=cfg(host_distributed)");
     // Where `host new-plugin` points new plugin crates.
     let plugin_api = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../plugin-api");

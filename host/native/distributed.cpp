@@ -3,14 +3,14 @@
 // needs. Compiled only where gloo's headers exist (the torch wheel does not ship them).
 //
 // Every entry point that can fail returns null on success or an error message the caller
-// frees with host_dist_free_error.
+// frees with host_free_error (shim.h).
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
-#include "tensor_handles.h"
+#include "shim.h"
 
 #include <chrono>
 #include <cstring>
@@ -32,30 +32,12 @@ struct Group {
   c10::intrusive_ptr<c10d::Backend> backend;
 };
 
-char* message(const std::string& text) {
-  char* out = static_cast<char*>(std::malloc(text.size() + 1));
-  std::memcpy(out, text.c_str(), text.size() + 1);
-  return out;
-}
-
-// Runs `body`, turning any exception into an error message.
-template <typename F>
-char* guarded(F body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const std::exception& e) {
-    return message(e.what());
-  } catch (...) {
-    return message("unknown C++ exception");
-  }
-}
+using host::guarded;
+using host::message;
 
 }  // namespace
 
 extern "C" {
-
-void host_dist_free_error(char* error) { std::free(error); }
 
 // Connects to (or, with `is_server`, hosts) the TCPStore at addr:port. No process group yet:
 // the caller first checks that every rank arrived, so that a missing one can be named.

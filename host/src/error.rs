@@ -29,7 +29,7 @@ pub fn first_line(text: &str) -> &str {
 /// The exit code for an error: 2 for input mistakes, 128 + the signal for a run stopped by
 /// SIGINT (130) or SIGTERM (143), 1 for everything else.
 pub fn exit_code(error: &anyhow::Error) -> i32 {
-    if let Some(stopped) = error.downcast_ref::<crate::trainer::Interrupted>() {
+    if let Some(stopped) = error.downcast_ref::<crate::engine::trainer::Interrupted>() {
         128 + stopped.signal
     } else if error.chain().any(|cause| cause.is::<InputError>()) {
         2

@@ -2,7 +2,9 @@
 
 use clap::{CommandFactory, FromArgMatches};
 use host::cli::{Cli, Command};
-use host::{args, error, run};
+use host::cli::commands as run;
+use host::config::arguments as args;
+use host::error;
 
 fn main() {
     install_panic_hook();
@@ -14,16 +16,16 @@ fn main() {
         Some(Command::Eval(options)) => run::evaluate(&options),
         Some(Command::Predict(options)) => run::predict(&options),
         Some(Command::Plugins(command)) => run::plugins(&command),
-        Some(Command::Launch(options)) => match host::distributed::launch::run(&options) {
+        Some(Command::Launch(options)) => match host::cli::launch::run(&options) {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),
         },
-        Some(Command::NewPlugin { name, kind, dir }) => host::scaffold::create(&name, kind, &dir).map(|root| {
+        Some(Command::NewPlugin { name, kind, dir }) => host::cli::scaffold::create(&name, kind, &dir).map(|root| {
             println!("created {} ({}): cd there, then cargo build --release", root.display(), name);
         }),
     };
     if let Err(error) = outcome {
-        host::progress::finish();
+        host::engine::progress_bar::finish();
         let message = format!("{error:#}").split_whitespace().collect::<Vec<_>>().join(" ");
         eprintln!("error: {message}");
         std::process::exit(error::exit_code(&error));
@@ -63,7 +65,7 @@ fn init_tracing() {
         .with_target(false)
         .without_time()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(host::progress::LogWriter)
+        .with_writer(host::engine::progress_bar::LogWriter)
         .init();
 }
 

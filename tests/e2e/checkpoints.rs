@@ -278,7 +278,7 @@ fn bad_resume_requests_are_one_line_errors_and_delete_nothing() {
     // A well-formed checkpoint of another model shape.
     let odd = dir.path().join("odd");
     std::fs::create_dir_all(&odd).unwrap();
-    let mut writer = host::checkpoint::Writer::begin(&odd, 5).unwrap();
+    let mut writer = host::engine::checkpoint::Writer::begin(&odd, 5).unwrap();
     let wrong = tch::Tensor::zeros([7, 64], (tch::Kind::Float, tch::Device::Cpu));
     tch::Tensor::write_safetensors(&[("layers.0.weight", &wrong)], writer.path("model.safetensors")).unwrap();
     writer.finish_file("model.safetensors").unwrap();
@@ -390,7 +390,7 @@ fn stop_with_signal(signal: i32, name: &str, code: i32) {
     assert!(error.starts_with(&format!("error: interrupted by {name}: saved output/checkpoint-")), "{error}");
     let saved: Vec<PathBuf> = checkpoints(dir.path()).iter().map(|n| dir.path().join("output").join(n)).collect();
     assert_eq!(saved.len(), 1);
-    host::checkpoint::verify(&saved[0]).unwrap();
+    host::engine::checkpoint::verify(&saved[0]).unwrap();
 }
 
 #[test]

@@ -20,7 +20,7 @@ fn plugin_built_against_plugin_api_1_0_still_works() {
     let old = target.join("debug/libold_recorder.so");
 
     // It really was built against the old version.
-    let lib = host::plugins::Plugin::load(&old).unwrap();
+    let lib = host::plugins::library::Plugin::load(&old).unwrap();
     assert_eq!(lib.info.api_version.as_str(), "1.0.0");
     assert_ne!(plugin_api::API_VERSION, "1.0.0");
 

@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use host::data;
-use host::models::{Mlp, DIGITS_MLP};
+use host::engine::data;
+use host::engine::models::{Mlp, DIGITS_MLP};
 use tch::{nn, Tensor};
 
 use crate::support::*;
@@ -20,7 +20,7 @@ fn default_job_matches_a_plain_pytorch_loop_for_100_steps() {
     let vars = nn::VarStore::new(tch::Device::Cpu);
     let _model = Mlp::new(&vars.root(), DIGITS_MLP, 0.0);
     let init = dir.path().join("init.safetensors");
-    host::weights::save(&vars, &init).unwrap();
+    host::engine::weights::save(&vars, &init).unwrap();
 
     // The training examples and the batches the host will draw (seed 42, batch 64).
     let digits = data::load_digits().unwrap();

@@ -176,7 +176,7 @@ fn stock_losses_equal_pytorch() {
     let fixture: serde_json::Value = serde_json::from_str(include_str!("../fixtures/stock_losses.json")).unwrap();
     for case in fixture["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let lib = host::plugins::Plugin::load(&plugin(case["plugin"].as_str().unwrap())).unwrap();
+        let lib = host::plugins::library::Plugin::load(&plugin(case["plugin"].as_str().unwrap())).unwrap();
         let mut loss = lib.create_loss(case["component"].as_str().unwrap(), &case["config"]).unwrap();
         let logits = tensor(&case["logits"]).set_requires_grad(true);
         let mut outputs = plugin_api::Tensors::new();
@@ -346,7 +346,7 @@ fn timer_stops_with_a_checkpoint_when_the_budget_is_spent() {
     let step = state["global_step"].as_i64().unwrap();
     assert!(step > 0 && step < state["max_steps"].as_i64().unwrap());
     let checkpoint = dir.path().join(format!("output/checkpoint-{step}"));
-    host::checkpoint::verify(&checkpoint).unwrap();
+    host::engine::checkpoint::verify(&checkpoint).unwrap();
     host(dir.path(), &["--plugin", path_str(&lib), "--plugin-config", "timer.max_seconds=0"])
         .assert_clean_error(2, "max_seconds must be > 0 (got 0)");
     host(dir.path(), &["--plugin", path_str(&lib)]).assert_clean_error(2, "missing field `max_seconds`");
@@ -445,7 +445,7 @@ fn nan_guard_skips_or_stops_on_non_finite_gradients() {
     ]);
     let run = host(stopping.path(), &args);
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
-    host::checkpoint::verify(&stopping.path().join("output/checkpoint-3")).unwrap();
+    host::engine::checkpoint::verify(&stopping.path().join("output/checkpoint-3")).unwrap();
     assert_eq!(log_history(stopping.path()).last().unwrap()["step"], 3);
 
     host(stopping.path(), &["--plugin", path_str(&guard), "--plugin-config", "nan_guard.mode=\"retry\""])

@@ -75,7 +75,7 @@ fn help_explains_every_training_argument() {
     let dir = tempdir();
     let run = host(dir.path(), &["--help"]);
     assert_eq!(run.code, 0);
-    for name in host::args::ARGUMENT_NAMES {
+    for name in host::config::arguments::ARGUMENT_NAMES {
         let flag = format!("--{}", name.replace('_', "-"));
         assert!(run.stdout.contains(&flag), "--help lacks {flag}");
     }

@@ -13,8 +13,8 @@ use tch::{Kind, Reduction, Tensor};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let digits = host::data::load_digits()?;
-    let (train, _) = host::data::split(&digits, 20.0, None, None);
+    let digits = host::engine::data::load_digits()?;
+    let (train, _) = host::engine::data::split(&digits, 20.0, None, None);
     let input = train.field("input").expect("digits have input").shallow_clone();
     let labels = train.labels().shallow_clone();
     if args.get(1).map(String::as_str) == Some("--export") {
@@ -40,8 +40,8 @@ fn main() -> Result<()> {
     // The batch lists, as the host draws them (seed 42, epoch by epoch).
     let mut batches: Vec<Tensor> = Vec::new();
     for epoch in 0.. {
-        let order = host::data::epoch_order(train.len(), 42, epoch);
-        batches.extend(host::data::batches(&order, batch_size, false));
+        let order = host::engine::data::epoch_order(train.len(), 42, epoch);
+        batches.extend(host::engine::data::batches(&order, batch_size, false));
         if batches.len() >= steps {
             break;
         }

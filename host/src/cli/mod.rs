@@ -1,0 +1,150 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+pub mod commands;
+pub mod launch;
+pub mod scaffold;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::arguments::TrainingFlags;
+
+const ABOUT: &str = "Train models with Hugging Face Trainer semantics in one native binary, with losses \
+and callbacks loaded from plugin libraries at run time.";
+
+const AFTER_HELP: &str = "\
+Settings are resolved in layers, later ones winning: Hugging Face's TrainingArguments defaults, \
+the default job's preset (shown as [default: ...] above), the --config TOML file, then flags.
+
+A TOML config uses the same names, for example:
+    num_train_epochs = 5
+    learning_rate = 1e-3
+    plugin = [\"target/release/libweighted_ce.so\"]
+    loss = \"weighted_ce\"
+    [plugin_config.weighted_ce]
+    weights = [1.0, 2.0, 3.0]
+
+Examples:
+    host --plugin target/release/libweighted_ce.so
+    host --plugin target/release/libweighted_ce.so --plugin-config weighted_ce.label_smoothing=0.1
+    host train --config run.toml --learning-rate 1e-3
+    host --train-file data.safetensors --eval-file eval.safetensors
+    host --model cnn
+    host --model gpt --train-file corpus.jsonl --tokenizer-file tokenizer.json
+    host --model torchscript:model.pt --train-file data.parquet
+
+Distributed data parallel (Gloo on CPU, NCCL on CUDA):
+    host launch --nproc-per-node 2 -- --plugin weighted_ce
+    torchrun --nproc-per-node 2 --no-python host --plugin weighted_ce
+Multi-node: run on each node, with its --node-rank and node 0's address:
+    host launch --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --nproc-per-node 8 -- ...
+
+Log verbosity follows RUST_LOG (default: info; ranks other than 0 log warnings only).";
+
+#[derive(Debug, Parser)]
+#[command(name = "host", version, about = ABOUT, after_help = AFTER_HELP)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Training options, when no subcommand is given (same as `host train`).
+    #[command(flatten)]
+    pub train: TrainOptions,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train the default job (the same as giving no subcommand).
+    Train(Box<TrainOptions>),
+    /// Evaluate a checkpoint on its run's evaluation data (from the checkpoint alone).
+    Eval(CheckpointOptions),
+    /// Predict with a checkpoint on its run's evaluation data: one JSON line per example.
+    Predict(PredictOptions),
+    /// Start this node's ranks of a distributed run (as torchrun does): `host launch
+    /// --nproc-per-node 2 -- --plugin weighted_ce`. Each rank is `host train` with
+    /// torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set.
+    Launch(crate::cli::launch::LaunchOptions),
+    /// List the plugins found by name, or describe one.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Create a plugin crate that builds against this host's plugin-api, with a working
+    /// example, a unit test and a README.
+    NewPlugin {
+        /// The crate's and the component's name (lowercase, digits, _).
+        name: String,
+        /// What the plugin provides.
+        #[arg(long, value_enum)]
+        kind: crate::cli::scaffold::Kind,
+        /// Where to create it (the crate goes in DIR/NAME).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// The plugins in HOST_PLUGIN_PATH and next to the host binary.
+    List,
+    /// What a plugin is, what it was built against and what it provides.
+    Inspect {
+        /// A .so file or a plugin name.
+        #[arg(value_name = "FILE|NAME")]
+        plugin: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckpointOptions {
+    /// A checkpoint folder (output_dir/checkpoint-N).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PredictOptions {
+    #[command(flatten)]
+    pub checkpoint: CheckpointOptions,
+    /// Where to write the predictions (JSONL: index, label, prediction, probabilities).
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+// HF's own defaults are negative numbers (`--max-steps -1`): read them as values. This
+// holds for `host train` and for the top level, where these options are flattened.
+#[command(allow_negative_numbers = true)]
+pub struct TrainOptions {
+    /// A plugin to load: a .so file, or a name (weighted_ce) found in HOST_PLUGIN_PATH or
+    /// next to the host binary. Repeat for several; their components are available to
+    /// --loss and --callback.
+    #[arg(long = "plugin", value_name = "PATH|NAME", help_heading = "Plugins")]
+    pub plugins: Vec<PathBuf>,
+
+    /// The loss component to train with; `builtin` is the host's cross entropy. Default:
+    /// the only loss the loaded plugins provide, or the built-in one when they provide none.
+    #[arg(long, value_name = "NAME", help_heading = "Plugins")]
+    pub loss: Option<String>,
+
+    /// A callback component to use; repeat for several, called in the order given.
+    /// Default: every callback the loaded plugins provide.
+    #[arg(long = "callback", value_name = "NAME", help_heading = "Plugins")]
+    pub callbacks: Vec<String>,
+
+    /// A component's setting, NAME.KEY=VALUE with a TOML value, e.g.
+    /// weighted_ce.weights=[1,2,3]. Repeat for several.
+    #[arg(long = "plugin-config", value_name = "NAME.KEY=VALUE", help_heading = "Plugins")]
+    pub plugin_config: Vec<String>,
+
+    /// A TOML file of training arguments and plugin settings; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the resolved configuration as TOML (usable with --config) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    #[command(flatten)]
+    pub training: TrainingFlags,
+}

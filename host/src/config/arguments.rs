@@ -1,0 +1,468 @@
+//! Training arguments, with Hugging Face `TrainingArguments` names and meanings.
+//!
+//! Each argument is declared once, below; the macro derives the resolved struct (TOML/JSON
+//! keys) and the command-line flags (`--learning-rate`, also `--learning_rate` as HF
+//! spells it) from that one list.
+
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::error::InputError;
+
+/// When something happens during training (HF `IntervalStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IntervalStrategy {
+    No,
+    Steps,
+    Epoch,
+}
+
+/// When to save checkpoints (HF `SaveStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveStrategy {
+    No,
+    Steps,
+    Epoch,
+    Best,
+}
+
+/// The learning-rate schedule (HF `lr_scheduler_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum SchedulerType {
+    Linear,
+    Cosine,
+    CosineWithRestarts,
+    Polynomial,
+    Constant,
+    ConstantWithWarmup,
+    InverseSqrt,
+    ReduceLrOnPlateau,
+    CosineWithMinLr,
+    CosineWarmupWithMinLr,
+    WarmupStableDecay,
+}
+
+macro_rules! training_arguments {
+    ($(
+        $(#[doc = $doc:literal])*
+        $(#[arg($($flag_attr:tt)*)])?
+        $name:ident : $ty:ty = $default:expr, flag $flag_ty:ty;
+    )*) => {
+        /// The resolved training arguments of a run.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct TrainingArguments {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for TrainingArguments {
+            /// Hugging Face's defaults (the job preset may override some; see `job.rs`).
+            fn default() -> Self {
+                Self { $( $name: $default, )* }
+            }
+        }
+
+        /// Command-line flags for the training arguments; a flag given wins over the file.
+        #[derive(Debug, Default, Clone, clap::Args)]
+        pub struct TrainingFlags {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, alias = stringify!($name), help_heading = "Training arguments")]
+                $(#[arg($($flag_attr)*)])?
+                pub $name: Option<$flag_ty>,
+            )*
+        }
+
+        impl TrainingFlags {
+            /// The flags that were given, as TOML keys and values.
+            pub fn to_table(&self) -> toml::Table {
+                let mut table = toml::Table::new();
+                $(
+                    if let Some(value) = &self.$name {
+                        let value = toml::Value::try_from(value).expect("flag values serialize to TOML");
+                        table.insert(stringify!($name).to_owned(), value);
+                    }
+                )*
+                table
+            }
+        }
+
+        /// Every training argument's name, in declaration order.
+        pub const ARGUMENT_NAMES: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+training_arguments! {
+    /// Where logs and outputs of the run are written.
+    output_dir: String = "output".to_owned(), flag String;
+    /// Total number of training epochs (fractions allowed); ignored when max_steps > 0.
+    num_train_epochs: f64 = 3.0, flag f64;
+    /// Total number of optimizer steps; overrides num_train_epochs when > 0.
+    max_steps: i64 = -1, flag i64;
+    /// Batch size for training.
+    per_device_train_batch_size: i64 = 8, flag i64;
+    /// Batch size for evaluation.
+    per_device_eval_batch_size: i64 = 8, flag i64;
+    /// Micro-batches accumulated before each optimizer step.
+    gradient_accumulation_steps: i64 = 1, flag i64;
+    /// Optimizer: adamw, adam, sgd, rmsprop, adagrad, lion, adafactor (HF names accepted).
+    optim: String = "adamw".to_owned(), flag String;
+    /// Optimizer settings as key=value pairs, e.g. momentum=0.9,nesterov=true (sgd).
+    optim_args: String = String::new(), flag String;
+    /// Peak learning rate.
+    learning_rate: f64 = 5e-5, flag f64;
+    /// Weight decay (not applied to biases and norm weights, as HF); decoupled for adamw and
+    /// lion, an L2 term in the gradient for adam, sgd, rmsprop, adagrad.
+    weight_decay: f64 = 0.0, flag f64;
+    /// AdamW beta1.
+    adam_beta1: f64 = 0.9, flag f64;
+    /// AdamW beta2.
+    adam_beta2: f64 = 0.999, flag f64;
+    /// AdamW epsilon.
+    adam_epsilon: f64 = 1e-8, flag f64;
+    /// Gradient clipping by global norm; 0 disables it.
+    max_grad_norm: f64 = 1.0, flag f64;
+    /// Learning-rate schedule, as HF's lr_scheduler_type.
+    lr_scheduler_type: SchedulerType = SchedulerType::Linear, flag SchedulerType;
+    /// Settings of the schedule, e.g. {"num_cycles": 2} (a JSON object; a table in TOML).
+    #[arg(value_name = "JSON")]
+    lr_scheduler_kwargs: crate::engine::optim::schedule::SchedulerKwargs = Default::default(), flag String;
+    /// Warm-up steps: a whole number of steps, or a fraction (< 1) of the total steps.
+    warmup_steps: f64 = 0.0, flag f64;
+    /// When to log training loss: no, steps, epoch.
+    logging_strategy: IntervalStrategy = IntervalStrategy::Steps, flag IntervalStrategy;
+    /// Log every N optimizer steps (a fraction < 1 means that share of the total steps).
+    logging_steps: f64 = 500.0, flag f64;
+    /// Also log after the first optimizer step.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    logging_first_step: bool = false, flag bool;
+    /// Replace a nan or inf loss in the logged average by the average so far (HF's filter).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    logging_nan_inf_filter: bool = true, flag bool;
+    /// No progress bar (there is one only when stderr is a terminal anyway).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    disable_tqdm: bool = false, flag bool;
+    /// When to evaluate: no, steps, epoch.
+    eval_strategy: IntervalStrategy = IntervalStrategy::No, flag IntervalStrategy;
+    /// Epochs (eval_strategy=epoch) or steps (steps) to wait before the first evaluation.
+    eval_delay: f64 = 0.0, flag f64;
+    /// Evaluate once before training starts, as a sanity check.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    eval_on_start: bool = false, flag bool;
+    /// Evaluate every N optimizer steps (eval_strategy=steps); defaults to logging_steps.
+    eval_steps: Option<f64> = None, flag f64;
+    /// The metric that decides the best model and reduce_lr_on_plateau (e.g. loss,
+    /// accuracy; eval_ is added); defaults to loss where one is needed.
+    metric_for_best_model: Option<String> = None, flag String;
+    /// Whether a larger metric_for_best_model is better; defaults to false for metrics
+    /// ending in "loss", true otherwise.
+    greater_is_better: Option<bool> = None, flag bool;
+    /// When to save a checkpoint: no, steps, epoch, best (when the evaluation metric
+    /// improves).
+    save_strategy: SaveStrategy = SaveStrategy::Steps, flag SaveStrategy;
+    /// Save every N optimizer steps (save_strategy=steps; a fraction < 1 of the total).
+    save_steps: f64 = 500.0, flag f64;
+    /// Keep at most N checkpoints, deleting the oldest; the best one is always kept.
+    save_total_limit: Option<i64> = None, flag i64;
+    /// At the end, load the weights of the best checkpoint (by metric_for_best_model).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    load_best_model_at_end: bool = false, flag bool;
+    /// Continue from a checkpoint: `latest` (the newest complete one in output_dir) or a
+    /// checkpoint folder.
+    #[arg(value_name = "latest|DIR")]
+    resume_from_checkpoint: Option<String> = None, flag String;
+    /// Seed for weight initialisation and everything random in training.
+    seed: u64 = 42, flag u64;
+    /// Seed for data shuffling; defaults to seed.
+    data_seed: Option<u64> = None, flag u64;
+    /// Drop the last incomplete training batch of each epoch.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    dataloader_drop_last: bool = false, flag bool;
+    /// Training data: .safetensors, .npz, .csv, .parquet, .jsonl (text, with
+    /// tokenizer_file) or a folder of .npy files; default: the embedded digits.
+    /// safetensors and .npy are memory-mapped.
+    #[arg(value_name = "FILE")]
+    train_file: Option<String> = None, flag String;
+    /// Evaluation data, in the same form; default: validation_split_percentage of the
+    /// training data.
+    #[arg(value_name = "FILE")]
+    eval_file: Option<String> = None, flag String;
+    /// The field or column holding the labels (default: labels, else label).
+    label_column: Option<String> = None, flag String;
+    /// CSV: the feature columns, comma-separated, in order (default: all but the label).
+    #[arg(value_name = "A,B,...")]
+    feature_columns: Option<String> = None, flag String;
+    /// JSONL text: the key holding the text.
+    text_column: String = "text".to_owned(), flag String;
+    /// A Hugging Face tokenizer.json, which turns JSONL text into input_ids.
+    #[arg(value_name = "FILE")]
+    tokenizer_file: Option<String> = None, flag String;
+    /// Causal LM on text: also evaluate greedy completions after this token (e.g. "=");
+    /// eval_exact_match is the share that reproduce the rest of the text exactly.
+    #[arg(value_name = "TOKEN")]
+    generation_separator: Option<String> = None, flag String;
+    /// Share of the data set held out for evaluation, in percent (fixed-seed split).
+    validation_split_percentage: f64 = 20.0, flag f64;
+    /// Use only the first N training examples (after the split), for quick runs.
+    max_train_samples: Option<i64> = None, flag i64;
+    /// Use only the first N evaluation examples, for quick runs.
+    max_eval_samples: Option<i64> = None, flag i64;
+    /// The model: mlp, cnn (images), transformer (classifier over input_ids), gpt (causal
+    /// language model), or torchscript:FILE.pt (a PyTorch module).
+    #[arg(value_name = "NAME")]
+    model: String = "mlp".to_owned(), flag String;
+    /// Width of the hidden layers (mlp, cnn) or of the model (transformer, gpt).
+    hidden_size: i64 = 256, flag i64;
+    /// Hidden layers (mlp), convolution blocks (cnn) or transformer blocks.
+    num_hidden_layers: i64 = 2, flag i64;
+    /// Attention heads (transformer, gpt); must divide hidden_size.
+    num_attention_heads: i64 = 4, flag i64;
+    /// Longest token sequence: text is truncated to it; the model's context length.
+    max_seq_length: i64 = 128, flag i64;
+    /// Dropout probability inside the model (training only).
+    dropout: f64 = 0.0, flag f64;
+    /// Number of classes; default: the largest label + 1.
+    num_labels: Option<i64> = None, flag i64;
+    /// Vocabulary size (transformer, gpt); default: the tokenizer's, else the largest
+    /// token id + 1.
+    vocab_size: Option<i64> = None, flag i64;
+    /// Start from these weights (a safetensors file with the model's parameter names, as
+    /// PyTorch's state_dict names them) instead of a fresh initialisation.
+    #[arg(value_name = "FILE")]
+    init_weights: Option<String> = None, flag String;
+    /// Mixed precision with bfloat16 autocast (CPU or CUDA).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    bf16: bool = false, flag bool;
+    /// Mixed precision with float16 autocast and dynamic loss scaling (CUDA only).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    fp16: bool = false, flag bool;
+    /// Allow TF32 tensor cores for float32 matmuls on CUDA (unset: libtorch's default).
+    tf32: Option<bool> = None, flag bool;
+    /// Device: auto (CUDA when available), cpu, cuda or cuda:N.
+    device: String = "auto".to_owned(), flag String;
+    /// Distributed runs (torchrun or `host launch`): the c10d backend, gloo or nccl
+    /// (default: nccl on CUDA where this host was built with it, else gloo).
+    #[arg(value_name = "gloo|nccl")]
+    ddp_backend: Option<String> = None, flag String;
+    /// Distributed runs: seconds to wait for the other ranks (at the rendezvous and in each
+    /// collective) before giving up with an error that names the missing rank.
+    ddp_timeout: i64 = 1800, flag i64;
+    /// Distributed runs: gradients are all-reduced in flattened buckets of this many MB.
+    ddp_bucket_cap_mb: f64 = 25.0, flag f64;
+}
+
+// Written as "ok when the comparison holds", so NaN (for which every comparison is false)
+// is refused too.
+fn at_least_zero(name: &str, value: f64) -> Result<(), InputError> {
+    if value >= 0.0 {
+        Ok(())
+    } else {
+        Err(InputError::new(format!("{name} must be >= 0 (got {value})")))
+    }
+}
+
+fn above_zero(name: &str, value: f64) -> Result<(), InputError> {
+    if value > 0.0 {
+        Ok(())
+    } else {
+        Err(InputError::new(format!("{name} must be > 0 (got {value})")))
+    }
+}
+
+/// The metrics an evaluation reports, without their `eval_` prefix.
+pub const EVAL_METRICS: &[&str] = &["loss", "accuracy", "f1", "perplexity", "exact_match"];
+
+impl TrainingArguments {
+    /// Rejects values no run can use, naming the argument and what is allowed.
+    pub fn validate(&self) -> Result<(), crate::error::InputError> {
+        let positive = |name: &str, value: i64| {
+            if value >= 1 {
+                Ok(())
+            } else {
+                Err(InputError::new(format!("{name} must be at least 1 (got {value})")))
+            }
+        };
+        positive("per_device_train_batch_size", self.per_device_train_batch_size)?;
+        positive("per_device_eval_batch_size", self.per_device_eval_batch_size)?;
+        positive("gradient_accumulation_steps", self.gradient_accumulation_steps)?;
+        if self.max_steps <= 0 && !(self.num_train_epochs > 0.0 && self.num_train_epochs.is_finite()) {
+            return Err(InputError::new(format!(
+                "num_train_epochs must be a positive number when max_steps is not set (got {})",
+                self.num_train_epochs
+            )));
+        }
+        if !(self.learning_rate >= 0.0 && self.learning_rate.is_finite()) {
+            return Err(InputError::new(format!("learning_rate must be >= 0 (got {})", self.learning_rate)));
+        }
+        at_least_zero("weight_decay", self.weight_decay)?;
+        for (name, beta) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(InputError::new(format!("{name} must be in [0, 1) (got {beta})")));
+            }
+        }
+        above_zero("adam_epsilon", self.adam_epsilon)?;
+        if self.max_grad_norm.is_nan() || self.max_grad_norm < 0.0 {
+            return Err(InputError::new(format!(
+                "max_grad_norm must be >= 0, 0 disables clipping (got {})",
+                self.max_grad_norm
+            )));
+        }
+        positive("ddp_timeout", self.ddp_timeout)?;
+        above_zero("ddp_bucket_cap_mb", self.ddp_bucket_cap_mb)?;
+        if let Some(backend) = self.ddp_backend.as_deref().filter(|b| !matches!(*b, "gloo" | "nccl")) {
+            return Err(InputError::new(format!("ddp_backend '{backend}' is not one of: gloo, nccl")));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(InputError::new(format!("dropout must be in [0, 1) (got {})", self.dropout)));
+        }
+        at_least_zero("warmup_steps", self.warmup_steps)?;
+        at_least_zero("eval_delay", self.eval_delay)?;
+        if self.eval_on_start && self.eval_strategy == IntervalStrategy::No {
+            return Err(InputError::new(
+                "eval_on_start needs an evaluation set up: set eval_strategy to steps or epoch",
+            ));
+        }
+        above_zero("logging_steps", self.logging_steps)?;
+        if let Some(steps) = self.eval_steps {
+            above_zero("eval_steps", steps)?;
+        }
+        if !(self.validation_split_percentage > 0.0 && self.validation_split_percentage < 100.0) {
+            return Err(InputError::new(format!(
+                "validation_split_percentage must be between 0 and 100, exclusive (got {})",
+                self.validation_split_percentage
+            )));
+        }
+        for (name, value) in
+            [("max_train_samples", self.max_train_samples), ("max_eval_samples", self.max_eval_samples)]
+        {
+            if let Some(v) = value {
+                positive(name, v)?;
+            }
+        }
+        crate::engine::device::parse_device(&self.device)?;
+        if self.bf16 && self.fp16 {
+            return Err(InputError::new("bf16 and fp16 are both set; choose one"));
+        }
+        if let Some(metric) = &self.metric_for_best_model {
+            let name = metric.strip_prefix("eval_").unwrap_or(metric);
+            if !EVAL_METRICS.contains(&name) {
+                return Err(InputError::new(format!(
+                    "metric_for_best_model '{metric}' is not an evaluation metric (one of: {})",
+                    EVAL_METRICS.join(", ")
+                )));
+            }
+        }
+        self.validate_saving()?;
+        if self.lr_scheduler_type == SchedulerType::ReduceLrOnPlateau && self.eval_strategy == IntervalStrategy::No {
+            return Err(InputError::new(
+                "lr_scheduler_type reduce_lr_on_plateau needs evaluations: set eval_strategy to steps or epoch",
+            ));
+        }
+        // Builds nothing: checks the schedule's kwargs early.
+        crate::engine::optim::schedule::Scheduler::new(self.lr_scheduler_type, self.learning_rate, 0, 1, &self.lr_scheduler_kwargs)?;
+        // Builds nothing: checks the optimizer name and its optim_args early.
+        crate::engine::optim::build(
+            &self.optim,
+            &self.optim_args,
+            crate::engine::optim::AdamSettings { beta1: self.adam_beta1, beta2: self.adam_beta2, eps: self.adam_epsilon },
+            Vec::new(),
+        )?;
+        Ok(())
+    }
+
+    /// Hugging Face's consistency checks for saving and the best model.
+    fn validate_saving(&self) -> Result<(), InputError> {
+        above_zero("save_steps", self.save_steps)?;
+        if let Some(limit) = self.save_total_limit {
+            if limit < 1 {
+                return Err(InputError::new(format!("save_total_limit must be at least 1 (got {limit})")));
+            }
+        }
+        let evaluates = self.eval_strategy != IntervalStrategy::No;
+        if self.save_strategy == SaveStrategy::Best && !evaluates {
+            return Err(InputError::new("save_strategy=best needs evaluations: set eval_strategy to steps or epoch"));
+        }
+        if self.load_best_model_at_end {
+            if !evaluates {
+                return Err(InputError::new(
+                    "load_best_model_at_end needs evaluations: set eval_strategy to steps or epoch",
+                ));
+            }
+            let same = matches!(
+                (self.save_strategy, self.eval_strategy),
+                (SaveStrategy::Steps, IntervalStrategy::Steps)
+                    | (SaveStrategy::Epoch, IntervalStrategy::Epoch)
+                    | (SaveStrategy::Best, _)
+            );
+            if !same {
+                return Err(InputError::new(format!(
+                    "load_best_model_at_end needs save_strategy to match eval_strategy (save_strategy={}, eval_strategy={})",
+                    strategy_name(self.save_strategy), interval_name(self.eval_strategy)
+                )));
+            }
+            if self.save_strategy == SaveStrategy::Steps {
+                let eval_steps = self.eval_steps.unwrap_or(self.logging_steps);
+                if eval_steps >= 1.0 && self.save_steps >= 1.0 && (self.save_steps as i64) % (eval_steps as i64) != 0 {
+                    return Err(InputError::new(format!(
+                        "load_best_model_at_end needs save_steps to be a multiple of eval_steps (save_steps={}, eval_steps={eval_steps})",
+                        self.save_steps
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills in metric_for_best_model and greater_is_better where HF's `__post_init__` does,
+    /// so that everyone (plugins included) reads the resolved values.
+    pub fn resolve_best_metric(&mut self) {
+        if let Some((key, greater)) = self.best_metric() {
+            if self.metric_for_best_model.is_none() {
+                self.metric_for_best_model = Some(key.trim_start_matches("eval_").to_owned());
+            }
+            self.greater_is_better.get_or_insert(greater);
+        }
+    }
+
+    /// HF's resolution: metric_for_best_model defaults to "loss" for reduce_lr_on_plateau;
+    /// returned with the `eval_` prefix, with whether greater is better.
+    pub fn best_metric(&self) -> Option<(String, bool)> {
+        let metric = self
+            .metric_for_best_model
+            .clone()
+            .or_else(|| (self.lr_scheduler_type == SchedulerType::ReduceLrOnPlateau).then(|| "loss".to_owned()))?;
+        let greater = self.greater_is_better.unwrap_or(!metric.ends_with("loss"));
+        let key = if metric.starts_with("eval_") { metric } else { format!("eval_{metric}") };
+        Some((key, greater))
+    }
+
+    /// Steps given as "N, or a fraction of the total when < 1" (HF's convention).
+    pub fn resolve_steps(value: f64, max_steps: i64) -> i64 {
+        if value < 1.0 {
+            (value * max_steps as f64).ceil() as i64
+        } else {
+            value as i64
+        }
+    }
+}
+
+fn strategy_name(strategy: SaveStrategy) -> &'static str {
+    match strategy {
+        SaveStrategy::No => "no",
+        SaveStrategy::Steps => "steps",
+        SaveStrategy::Epoch => "epoch",
+        SaveStrategy::Best => "best",
+    }
+}
+
+fn interval_name(strategy: IntervalStrategy) -> &'static str {
+    match strategy {
+        IntervalStrategy::No => "no",
+        IntervalStrategy::Steps => "steps",
+        IntervalStrategy::Epoch => "epoch",
+    }
+}

@@ -1,0 +1,219 @@
+//! Resolving a run's configuration: Hugging Face defaults, then the job's preset, then the
+//! TOML file (`--config`), then flags. Each layer is a TOML table; later layers win.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::config::arguments::{TrainingArguments, ARGUMENT_NAMES};
+use crate::error::InputError;
+
+/// Keys of the config file that are not training arguments.
+const PLUGIN_KEYS: &[&str] = &["plugin", "loss", "callback", "plugin_config"];
+
+/// Which plugins to load and which of their components to use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PluginSelection {
+    /// Plugin library files, in load order.
+    pub plugins: Vec<PathBuf>,
+    /// The loss component to use; `None` picks the only loss the plugins provide, or the
+    /// built-in cross entropy when they provide none.
+    pub loss: Option<String>,
+    /// Callback components to use, in call order; empty means every callback provided.
+    pub callbacks: Vec<String>,
+    /// Each component's config (a JSON object), by component name.
+    pub component_config: BTreeMap<String, serde_json::Value>,
+}
+
+/// A fully resolved run configuration.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub args: TrainingArguments,
+    pub selection: PluginSelection,
+}
+
+/// Reads a TOML config file into a table; errors are one line with the line number.
+pub fn read_config_file(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| InputError::new(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str::<toml::Table>(&text).map_err(|e| {
+        let line = e.span().map(|span| text[..span.start].lines().count().max(1));
+        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        InputError::new(format!("config file {}{at}: {}", path.display(), e.message().trim().replace('\n', "; ")))
+            .into()
+    })
+}
+
+/// Merges `over` into `base`: tables merge key by key, anything else is replaced.
+pub fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Splits the merged table into training arguments and the plugin selection.
+pub fn resolve(mut table: toml::Table, origin: &str) -> Result<RunConfig> {
+    let selection = take_plugin_selection(&mut table, origin)?;
+    for key in table.keys() {
+        if !ARGUMENT_NAMES.contains(&key.as_str()) {
+            return Err(InputError::new(format!(
+                "{origin}: unknown key '{key}'{}; see `host --help` for the training arguments",
+                suggestion(key)
+            ))
+            .into());
+        }
+    }
+    let args: TrainingArguments = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.into_inner().message().trim().replace('\n', "; ");
+        InputError::new(format!("{origin}: {key}: {message}"))
+    })?;
+    args.validate()?;
+    let mut args = args;
+    args.resolve_best_metric();
+    Ok(RunConfig { args, selection })
+}
+
+/// " (did you mean 'x'?)" for a near miss among the known keys.
+fn suggestion(key: &str) -> String {
+    let candidates = ARGUMENT_NAMES.iter().chain(PLUGIN_KEYS.iter());
+    candidates
+        .map(|name| (edit_distance(key, name), name))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, name)| format!(" (did you mean '{name}'?)"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn take_plugin_selection(table: &mut toml::Table, origin: &str) -> Result<PluginSelection> {
+    let bad = |key: &str, want: &str| InputError::new(format!("{origin}: '{key}' must be {want}"));
+    let strings = |value: toml::Value, key: &str| -> Result<Vec<String>, InputError> {
+        match value {
+            toml::Value::String(s) => Ok(vec![s]),
+            toml::Value::Array(items) => items
+                .into_iter()
+                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| bad(key, "a list of strings")))
+                .collect(),
+            _ => Err(bad(key, "a list of strings")),
+        }
+    };
+    let mut selection = PluginSelection::default();
+    if let Some(value) = table.remove("plugin") {
+        selection.plugins = strings(value, "plugin")?.into_iter().map(PathBuf::from).collect();
+    }
+    if let Some(value) = table.remove("loss") {
+        selection.loss = Some(value.as_str().ok_or_else(|| bad("loss", "a component name (a string)"))?.to_owned());
+    }
+    if let Some(value) = table.remove("callback") {
+        selection.callbacks = strings(value, "callback")?;
+    }
+    if let Some(value) = table.remove("plugin_config") {
+        let toml::Value::Table(components) = value else {
+            return Err(bad("plugin_config", "a table of component tables ([plugin_config.NAME])").into());
+        };
+        for (name, config) in components {
+            if !config.is_table() {
+                return Err(bad(&format!("plugin_config.{name}"), "a table of that component's settings").into());
+            }
+            let json =
+                serde_json::to_value(&config).map_err(|e| bad(&format!("plugin_config.{name}"), &e.to_string()))?;
+            selection.component_config.insert(name, json);
+        }
+    }
+    Ok(selection)
+}
+
+/// Parses `--plugin-config NAME.KEY=VALUE` into a table `{plugin_config: {NAME: {KEY: VALUE}}}`.
+/// VALUE is read as a TOML value (`0.1`, `[1, 2, 3]`, `true`, `"text"`); anything that is
+/// not valid TOML is taken as a string.
+pub fn plugin_config_flag(spec: &str) -> Result<toml::Table, InputError> {
+    let bad = || {
+        InputError::new(format!(
+            "--plugin-config '{spec}' is not NAME.KEY=VALUE (for example weighted_ce.label_smoothing=0.1)"
+        ))
+    };
+    let (path, raw_value) = spec.split_once('=').ok_or_else(bad)?;
+    let (component, key) = path.split_once('.').ok_or_else(bad)?;
+    if component.is_empty() || key.is_empty() {
+        return Err(bad());
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw_value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw_value.to_owned()));
+    let mut inner = toml::Table::new();
+    inner.insert(key.to_owned(), value);
+    let mut components = toml::Table::new();
+    components.insert(component.to_owned(), toml::Value::Table(inner));
+    let mut table = toml::Table::new();
+    table.insert("plugin_config".to_owned(), toml::Value::Table(components));
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn later_layers_win_and_tables_merge() {
+        let mut base = table("learning_rate = 0.1\n[plugin_config.a]\nx = 1\ny = 2");
+        merge(&mut base, table("learning_rate = 0.2\n[plugin_config.a]\ny = 3"));
+        let config = resolve(base, "test").unwrap();
+        assert_eq!(config.args.learning_rate, 0.2);
+        assert_eq!(config.selection.component_config["a"], serde_json::json!({"x": 1, "y": 3}));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_a_suggestion() {
+        let err = resolve(table("lerning_rate = 0.1"), "f.toml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "f.toml: unknown key 'lerning_rate' (did you mean 'learning_rate'?); see `host --help` for the training arguments"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = resolve(table("learning_rate = \"fast\""), "f.toml").unwrap_err().to_string();
+        assert!(err.contains("learning_rate"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn plugin_config_flag_parses_toml_values() {
+        let t = plugin_config_flag("weighted_ce.weights=[1, 2, 3]").unwrap();
+        let config = resolve(t, "flags").unwrap();
+        assert_eq!(config.selection.component_config["weighted_ce"], serde_json::json!({"weights": [1, 2, 3]}));
+        let t = plugin_config_flag("x.name=hello world").unwrap();
+        assert_eq!(
+            resolve(t, "flags").unwrap().selection.component_config["x"],
+            serde_json::json!({"name": "hello world"})
+        );
+        assert!(plugin_config_flag("nodot=1").is_err());
+    }
+}

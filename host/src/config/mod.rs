@@ -1,0 +1,3 @@
+pub mod arguments;
+pub mod layers;
+pub mod preset;

@@ -1,0 +1,13 @@
+pub mod callbacks;
+pub mod checkpoint;
+pub mod data;
+pub mod device;
+pub mod distributed;
+pub mod models;
+pub mod optim;
+pub mod precision;
+pub mod progress_bar;
+pub mod report;
+pub mod rng;
+pub mod trainer;
+pub mod weights;

@@ -1,0 +1,271 @@
+//! The host's own optimizers. Owning them (rather than tch's, whose state is hidden inside
+//! libtorch) lets checkpoints save and restore every moment exactly. Each one follows its
+//! reference step for step: `torch.optim` (adamw, adam, sgd, rmsprop, adagrad), the Lion
+//! paper's reference code, and Hugging Face's Adafactor.
+
+mod adafactor;
+mod adagrad;
+mod adam;
+mod lion;
+mod rmsprop;
+pub mod schedule;
+mod sgd;
+
+use std::collections::BTreeMap;
+
+use tch::{Kind, Tensor};
+
+use crate::error::InputError;
+
+/// A trainable tensor and the weight decay that applies to it.
+pub struct Param {
+    pub name: String,
+    pub tensor: Tensor,
+    pub weight_decay: f64,
+}
+
+impl Param {
+    /// The gradient, if the last backward pass reached this parameter.
+    fn grad(&self) -> Option<Tensor> {
+        let grad = self.tensor.grad();
+        grad.defined().then_some(grad)
+    }
+}
+
+/// Hugging Face Trainer's rule: no weight decay for biases and normalisation weights.
+pub fn decays(name: &str) -> bool {
+    let lower = name.to_lowercase();
+    let parts: Vec<&str> = lower.split('.').collect();
+    !(lower.contains("bias")
+        || lower.contains("layernorm")
+        || lower.contains("rmsnorm")
+        || parts.contains(&"norm")
+        || parts.iter().any(|p| p.ends_with("_norm")))
+}
+
+/// What a checkpoint keeps of an optimizer: its state tensors, named
+/// `{parameter}.{slot}` (e.g. `layers.0.weight.exp_avg`), and its counters.
+pub struct OptimizerState {
+    pub tensors: Vec<(String, Tensor)>,
+    pub scalars: serde_json::Value,
+}
+
+/// An optimizer over a fixed list of parameters.
+pub trait Optimizer {
+    /// Applies one update with learning rate `lr` from the parameters' gradients; an error
+    /// is libtorch's (out of memory, say).
+    fn step(&mut self, lr: f64) -> Result<(), String>;
+
+    /// The parameters it updates.
+    fn params(&self) -> &[Param];
+
+    /// Its state, for a checkpoint.
+    fn state(&self) -> OptimizerState;
+
+    /// Restores a state that `state` returned (for the same parameters).
+    fn load_state(&mut self, state: &OptimizerState) -> Result<(), String>;
+
+    /// Clears the gradients (in place, keeping their memory).
+    fn zero_grad(&mut self) -> Result<(), String> {
+        let grads: Vec<Tensor> = self.params().iter().filter_map(Param::grad).collect();
+        if grads.is_empty() {
+            return Ok(());
+        }
+        crate::native::zero_grads(&grads.iter().collect::<Vec<_>>())
+    }
+
+    /// Scales gradients so that their global L2 norm is at most `max_norm` (0 disables),
+    /// as `torch.nn.utils.clip_grad_norm_`. Returns the norm before clipping as a tensor,
+    /// so nothing waits on the device unless it is read.
+    fn clip_grad_norm(&mut self, max_norm: f64) -> Result<Tensor, String> {
+        let _guard = tch::no_grad_guard();
+        let grads: Vec<Tensor> = self.params().iter().filter_map(Param::grad).collect();
+        if grads.is_empty() {
+            return Ok(Tensor::zeros([], (Kind::Float, tch::Device::Cpu)));
+        }
+        crate::native::clip_grad_norm(&grads.iter().collect::<Vec<_>>(), max_norm)
+    }
+}
+
+/// Settings shared by the Adam family, from the training arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamSettings {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+/// Which optimizer, by HF `optim` name (ours, or Hugging Face's spelling).
+pub fn canonical_name(optim: &str) -> Option<&'static str> {
+    Some(match optim {
+        "adamw" | "adamw_torch" | "adamw_torch_fused" => "adamw",
+        "adam" => "adam",
+        "sgd" => "sgd",
+        "rmsprop" => "rmsprop",
+        "adagrad" => "adagrad",
+        "lion" | "lion_32bit" => "lion",
+        "adafactor" => "adafactor",
+        _ => return None,
+    })
+}
+
+pub const OPTIMIZER_NAMES: &str = "adamw (or adamw_torch), adam, sgd, rmsprop, adagrad, lion, adafactor";
+
+/// `optim_args` as Hugging Face writes them: `key=value` pairs separated by commas.
+pub fn parse_optim_args(text: &str) -> Result<BTreeMap<String, String>, InputError> {
+    let mut pairs = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (key, value) = item.split_once('=').ok_or_else(|| {
+            InputError::new(format!("optim_args '{text}': '{item}' is not key=value (e.g. momentum=0.9,nesterov=true)"))
+        })?;
+        pairs.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    Ok(pairs)
+}
+
+/// Reads the `optim_args` a given optimizer accepts, refusing any other key.
+struct OptimArgs<'a> {
+    optim: &'a str,
+    pairs: BTreeMap<String, String>,
+    allowed: &'static [&'static str],
+}
+
+impl OptimArgs<'_> {
+    fn check(&self) -> Result<(), InputError> {
+        for key in self.pairs.keys() {
+            if !self.allowed.contains(&key.as_str()) {
+                let allowed = if self.allowed.is_empty() { "none".to_owned() } else { self.allowed.join(", ") };
+                return Err(InputError::new(format!(
+                    "optim_args: '{key}' is not a setting of {} (it takes: {allowed})",
+                    self.optim
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn float(&self, key: &str, default: f64) -> Result<f64, InputError> {
+        match self.pairs.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| InputError::new(format!("optim_args: {key}={v} is not a number"))),
+        }
+    }
+
+    fn flag(&self, key: &str) -> Result<bool, InputError> {
+        match self.pairs.get(key).map(|v| v.to_lowercase()) {
+            None => Ok(false),
+            Some(v) if ["true", "1", "yes"].contains(&v.as_str()) => Ok(true),
+            Some(v) if ["false", "0", "no"].contains(&v.as_str()) => Ok(false),
+            Some(v) => Err(InputError::new(format!("optim_args: {key}={v} is not true or false"))),
+        }
+    }
+
+    fn optional(&self, key: &str) -> Result<Option<f64>, InputError> {
+        if self.pairs.contains_key(key) {
+            self.float(key, 0.0).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Builds the optimizer named `optim` (HF names) over `params`, with HF `optim_args`.
+pub fn build(
+    optim: &str,
+    optim_args: &str,
+    adam: AdamSettings,
+    params: Vec<Param>,
+) -> Result<Box<dyn Optimizer>, InputError> {
+    let name = canonical_name(optim)
+        .ok_or_else(|| InputError::new(format!("optim '{optim}' is not one of: {OPTIMIZER_NAMES}")))?;
+    let allowed: &'static [&'static str] = match name {
+        "adamw" | "adam" => &["amsgrad"],
+        "sgd" => &["momentum", "dampening", "nesterov"],
+        "rmsprop" => &["alpha", "eps", "momentum", "centered"],
+        "adagrad" => &["lr_decay", "eps", "initial_accumulator_value"],
+        "lion" => &["beta1", "beta2"],
+        "adafactor" => &["beta1", "decay_rate", "clip_threshold", "eps1"],
+        _ => &[],
+    };
+    let args = OptimArgs { optim: name, pairs: parse_optim_args(optim_args)?, allowed };
+    args.check()?;
+    let optimizer: Box<dyn Optimizer> = match name {
+        "adamw" => Box::new(adam::Adam::new(params, adam, args.flag("amsgrad")?, true)),
+        "adam" => Box::new(adam::Adam::new(params, adam, args.flag("amsgrad")?, false)),
+        "sgd" => {
+            let momentum = args.float("momentum", 0.0)?;
+            let nesterov = args.flag("nesterov")?;
+            let dampening = args.float("dampening", 0.0)?;
+            if nesterov && (momentum <= 0.0 || dampening != 0.0) {
+                return Err(InputError::new("optim_args: nesterov needs momentum > 0 and dampening 0"));
+            }
+            Box::new(sgd::Sgd::new(params, momentum, dampening, nesterov))
+        }
+        "rmsprop" => Box::new(rmsprop::RmsProp::new(
+            params,
+            args.float("alpha", 0.99)?,
+            args.float("eps", 1e-8)?,
+            args.float("momentum", 0.0)?,
+            args.flag("centered")?,
+        )),
+        "adagrad" => Box::new(adagrad::Adagrad::new(
+            params,
+            args.float("lr_decay", 0.0)?,
+            args.float("eps", 1e-10)?,
+            args.float("initial_accumulator_value", 0.0)?,
+        )),
+        "lion" => Box::new(lion::Lion::new(params, args.float("beta1", adam.beta1)?, args.float("beta2", adam.beta2)?)),
+        "adafactor" => Box::new(adafactor::Adafactor::new(
+            params,
+            adafactor::Settings {
+                beta1: args.optional("beta1")?,
+                decay_rate: args.float("decay_rate", -0.8)?,
+                clip_threshold: args.float("clip_threshold", 1.0)?,
+                eps1: args.float("eps1", 1e-30)?,
+            },
+        )),
+        _ => unreachable!("canonical names are matched above"),
+    };
+    Ok(optimizer)
+}
+
+/// Names state tensors of one slot `{parameter}.{slot}`.
+fn export_slot(params: &[Param], slot: &str, tensors: &[Tensor], out: &mut Vec<(String, Tensor)>) {
+    for (param, tensor) in params.iter().zip(tensors) {
+        out.push((format!("{}.{slot}", param.name), tensor.shallow_clone()));
+    }
+}
+
+/// Copies a saved slot back into `tensors`, checking names and shapes.
+fn import_slot(params: &[Param], slot: &str, tensors: &mut [Tensor], state: &OptimizerState) -> Result<(), String> {
+    for (param, tensor) in params.iter().zip(tensors.iter_mut()) {
+        let name = format!("{}.{slot}", param.name);
+        let saved = find(state, &name)?;
+        if saved.size() != tensor.size() {
+            return Err(format!("optimizer state {name} is {:?}, expected {:?}", saved.size(), tensor.size()));
+        }
+        tch::no_grad(|| tensor.copy_(saved));
+    }
+    Ok(())
+}
+
+fn find<'a>(state: &'a OptimizerState, name: &str) -> Result<&'a Tensor, String> {
+    state.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t).ok_or_else(|| format!("optimizer state lacks {name}"))
+}
+
+/// The optimizer's step count, saved as `step`.
+fn saved_step(state: &OptimizerState) -> Result<i64, String> {
+    state.scalars["step"].as_i64().ok_or_else(|| "optimizer state lacks its step count".to_owned())
+}
+
+/// Zeroed state tensors like each parameter.
+fn zeros_like(params: &[Param]) -> Vec<Tensor> {
+    params.iter().map(|p| p.tensor.zeros_like().set_requires_grad(false)).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,135 @@
+//! libtorch switches and kernels (native/libtorch_shim.cpp): autocast, TF32, random
+//! generator state, the fused AdamW step, foreach gradient clipping and zeroing.
+
+use std::ffi::{c_char, c_void};
+
+use tch::{Device, Tensor};
+
+use super::{check, handles, take_tensor};
+
+extern "C" {
+    fn host_autocast_enter(cuda: i32, bfloat16: i32) -> *mut c_char;
+    fn host_autocast_exit(cuda: i32) -> *mut c_char;
+    fn host_set_tf32(enabled: i32) -> *mut c_char;
+    fn host_rng_state(cuda: i32, index: i32, out: *mut *mut c_void) -> *mut c_char;
+    fn host_set_rng_state(cuda: i32, index: i32, state: *mut c_void) -> *mut c_char;
+    #[allow(clippy::too_many_arguments)]
+    fn host_fused_adamw(
+        params: *mut *mut c_void,
+        grads: *mut *mut c_void,
+        exp_avgs: *mut *mut c_void,
+        exp_avg_sqs: *mut *mut c_void,
+        step: *mut c_void,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+    ) -> *mut c_char;
+    fn host_clip_grad_norm(grads: *mut *mut c_void, n: usize, max_norm: f64, out: *mut *mut c_void) -> *mut c_char;
+    fn host_zero_grads(grads: *mut *mut c_void, n: usize) -> *mut c_char;
+    fn host_set_grad(param: *mut c_void, grad: *mut c_void) -> *mut c_char;
+}
+
+/// (is CUDA, device index) as the shim takes a device.
+fn device_args(device: Device) -> (i32, i32) {
+    match device {
+        Device::Cuda(index) => (1, index as i32),
+        _ => (0, 0),
+    }
+}
+
+/// Turns autocast on for the device type, lowering to bfloat16 or float16.
+pub fn autocast_enter(cuda: bool, bfloat16: bool) -> Result<(), String> {
+    // SAFETY: plain calls into libtorch's autocast state, no pointers involved.
+    check(unsafe { host_autocast_enter(i32::from(cuda), i32::from(bfloat16)) })
+}
+
+/// Turns autocast off again (clearing its cache at the outermost level).
+pub fn autocast_exit(cuda: bool) -> Result<(), String> {
+    // SAFETY: as autocast_enter.
+    check(unsafe { host_autocast_exit(i32::from(cuda)) })
+}
+
+/// Allows TF32 tensor cores for float32 matmuls and convolutions on CUDA.
+pub fn set_tf32(enabled: bool) -> Result<(), String> {
+    // SAFETY: sets two flags in libtorch's global context.
+    check(unsafe { host_set_tf32(i32::from(enabled)) })
+}
+
+/// The default generator's state for `device` (a uint8 tensor, as torch.get_rng_state).
+pub fn rng_state(device: Device) -> Result<Tensor, String> {
+    let (cuda, index) = device_args(device);
+    let mut out = std::ptr::null_mut();
+    // SAFETY: the shim writes a new heap tensor to `out` on success.
+    check(unsafe { host_rng_state(cuda, index, &mut out) })?;
+    Ok(unsafe { take_tensor(out) })
+}
+
+/// Restores a state that [`rng_state`] returned.
+pub fn set_rng_state(device: Device, state: &Tensor) -> Result<(), String> {
+    let (cuda, index) = device_args(device);
+    // SAFETY: `state` is a live tensor for the call; the shim only reads it.
+    check(unsafe { host_set_rng_state(cuda, index, state.as_ptr() as *mut c_void) })
+}
+
+/// One AdamW step (torch.optim.AdamW with fused=True) over parameters that share a weight
+/// decay. `step` is a float scalar tensor on their device holding the step number.
+#[allow(clippy::too_many_arguments)]
+pub fn fused_adamw(
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    exp_avgs: &[&Tensor],
+    exp_avg_sqs: &[&Tensor],
+    step: &Tensor,
+    lr: f64,
+    (beta1, beta2, eps): (f64, f64, f64),
+    weight_decay: f64,
+) -> Result<(), String> {
+    let n = params.len();
+    if grads.len() != n || exp_avgs.len() != n || exp_avg_sqs.len() != n {
+        return Err(format!("fused AdamW needs as many gradients and moments as parameters ({n})"));
+    }
+    let (mut p, mut g, mut m, mut v) = (handles(params), handles(grads), handles(exp_avgs), handles(exp_avg_sqs));
+    // SAFETY: every handle is a live tch tensor borrowed for the call; the kernel updates
+    // params, exp_avgs and exp_avg_sqs in place, which the caller owns mutably.
+    check(unsafe {
+        host_fused_adamw(
+            p.as_mut_ptr(),
+            g.as_mut_ptr(),
+            m.as_mut_ptr(),
+            v.as_mut_ptr(),
+            step.as_ptr() as *mut c_void,
+            n,
+            lr,
+            beta1,
+            beta2,
+            weight_decay,
+            eps,
+        )
+    })
+}
+
+/// torch.nn.utils.clip_grad_norm_ (foreach): scales the gradients to a global norm of at
+/// most `max_norm` (0: no scaling) and returns the norm before, as a tensor (no wait).
+pub fn clip_grad_norm(grads: &[&Tensor], max_norm: f64) -> Result<Tensor, String> {
+    let mut g = handles(grads);
+    let mut out = std::ptr::null_mut();
+    // SAFETY: the handles are live for the call; the shim writes a new heap tensor to `out`.
+    check(unsafe { host_clip_grad_norm(g.as_mut_ptr(), g.len(), max_norm, &mut out) })?;
+    Ok(unsafe { take_tensor(out) })
+}
+
+/// Sets every gradient to zero in one call.
+pub fn zero_grads(grads: &[&Tensor]) -> Result<(), String> {
+    let mut g = handles(grads);
+    // SAFETY: the handles are live for the call.
+    check(unsafe { host_zero_grads(g.as_mut_ptr(), g.len()) })
+}
+
+/// Makes `grad` the gradient tensor of `param`, so that backward accumulates into it.
+pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<(), String> {
+    // SAFETY: both handles are live tensors for the call; libtorch keeps its own reference.
+    check(unsafe { host_set_grad(param.as_ptr() as *mut c_void, grad.as_ptr() as *mut c_void) })
+}
