@@ -15,7 +15,7 @@ fn main() {
         None => run::train(&cli.train),
         Some(Command::Eval(options)) => run::evaluate(&options),
         Some(Command::Predict(options)) => run::predict(&options),
-        Some(Command::Plugins(command)) => run::plugins(&command),
+        Some(Command::Plugins(command)) => host::cli::plugins_command(&command),
         Some(Command::Launch(options)) => match host::cli::launch::run(&options) {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),

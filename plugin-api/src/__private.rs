@@ -12,14 +12,14 @@ use abi_stable::{
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
 
-use crate::callback::{Callback, Metrics, TrainerControl, TrainerState, TrainingArguments};
+use crate::callback::{Callback, Metrics, TrainerState, TrainingArguments};
 use crate::ffi::{
+    control_from_bits, into_ptr, state_from_ffi, tensors_from_borrowed, tensors_into_owned, write_control_bits,
     CallbackBox, CallbackFfi, CallbackFfi_TO, ComponentInfo, ComponentKind, ControlBits, ErrorKind, Event, EventFfi,
     ExtensionIn, ExtensionOp, ExtensionOut, FfiError, LossBox, LossFfi, LossFfi_TO, NamedTensor, PluginInfo,
     PluginModule, PluginModuleRef, TensorPtr,
 };
 use crate::panic::catch;
-use crate::tensors::{into_ptr, Tensors};
 use crate::{Loss, PluginError};
 
 type CreateLoss =
@@ -192,7 +192,7 @@ impl<L: Loss> LossFfi for LossAdapter<L> {
     ) -> RResult<TensorPtr, FfiError> {
         into_ffi(catch(|| {
             // SAFETY: the host keeps every tensor in `outputs` and `batch` alive for the call.
-            let (outputs, batch) = unsafe { (Tensors::from_ffi(outputs), Tensors::from_ffi(batch)) };
+            let (outputs, batch) = unsafe { (tensors_from_borrowed(outputs), tensors_from_borrowed(batch)) };
             self.0.compute_loss(&outputs, &batch, num_items_in_batch.into_option()).map(into_ptr)
         }))
     }
@@ -224,9 +224,9 @@ struct CallbackAdapter<K> {
 
 impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
     fn on_event(&mut self, event: EventFfi<'_>, bits: &mut ControlBits) -> RResult<(), FfiError> {
-        let state = TrainerState::from_ffi(&event.state);
+        let state = state_from_ffi(&event.state);
         self.last_state = state.clone();
-        let mut control = TrainerControl::from_bits(*bits);
+        let mut control = control_from_bits(*bits);
         let args = &self.args;
         let cb = &mut self.callback;
         let outcome = catch(|| {
@@ -255,7 +255,7 @@ impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
         });
         let result = into_ffi(outcome);
         if result.is_ok() {
-            control.write_bits(bits);
+            write_control_bits(&control, bits);
         }
         result
     }
@@ -265,7 +265,7 @@ impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
         match op {
             ExtensionOp::CALLBACK_STATE_SAVE => into_ffi(catch(|| {
                 let json = callback.state().unwrap_or(serde_json::Value::Null).to_string();
-                Ok(ExtensionOut { json: json.into(), tensors: callback.state_tensors().into_owned_ffi() })
+                Ok(ExtensionOut { json: json.into(), tensors: tensors_into_owned(callback.state_tensors()) })
             })),
             ExtensionOp::CALLBACK_STATE_LOAD => into_ffi(catch(|| {
                 let value = serde_json::from_str(input.json.as_str())
@@ -273,7 +273,7 @@ impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
                 callback.load_state(value)?;
                 if !input.tensors.is_empty() {
                     // SAFETY: the host keeps the tensors alive for the call.
-                    callback.load_state_tensors(unsafe { Tensors::from_ffi(input.tensors) })?;
+                    callback.load_state_tensors(unsafe { tensors_from_borrowed(input.tensors) })?;
                 }
                 Ok(ExtensionOut { json: "null".into(), tensors: RVec::new() })
             })),
@@ -281,7 +281,7 @@ impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
                 let (args, state) = (&self.args, &self.last_state);
                 into_ffi(catch(|| {
                     // SAFETY: the host keeps the parameters alive for the call.
-                    let parameters = unsafe { Tensors::from_ffi(input.tensors) };
+                    let parameters = unsafe { tensors_from_borrowed(input.tensors) };
                     callback.on_parameters(args, state, &parameters)?;
                     Ok(ExtensionOut { json: "null".into(), tensors: RVec::new() })
                 }))
@@ -290,7 +290,7 @@ impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
                 let (args, state) = (&self.args, &self.last_state);
                 into_ffi(catch(|| {
                     let weights = callback.evaluation_weights(args, state)?;
-                    let tensors = weights.map(Tensors::into_owned_ffi).unwrap_or_default();
+                    let tensors = weights.map(tensors_into_owned).unwrap_or_default();
                     Ok(ExtensionOut { json: "null".into(), tensors })
                 }))
             }
@@ -306,7 +306,7 @@ impl<K: Callback> CallbackFfi for CallbackAdapter<K> {
                 let (args, state) = (&self.args, &self.last_state);
                 into_ffi(catch(|| {
                     // SAFETY: the host keeps the gradients alive for the call.
-                    let gradients = unsafe { Tensors::from_ffi(input.tensors) };
+                    let gradients = unsafe { tensors_from_borrowed(input.tensors) };
                     let skip = callback.on_gradients(args, state, &gradients)?;
                     let json = serde_json::json!({ "skip_step": skip }).to_string();
                     Ok(ExtensionOut { json: json.into(), tensors: RVec::new() })
@@ -341,6 +341,7 @@ mod tests {
 mod adapter_tests {
     use super::*;
     use crate::ffi::{CallbackFfi, StateFfi};
+    use crate::TrainerControl;
 
     struct Counter(u64);
 

@@ -3,7 +3,6 @@
 
 use serde::Deserialize;
 
-use crate::ffi::{ControlBits, StateFfi, StateIndex};
 use crate::PluginError;
 
 /// The training arguments of the run (Hugging Face `TrainingArguments` names), read-only.
@@ -51,6 +50,36 @@ impl TrainingArguments {
     pub fn get(&self, name: &str) -> Option<&serde_json::Value> {
         self.raw.get(name)
     }
+
+    /// The metric that decides the best model (`metric_for_best_model`, as evaluation
+    /// metrics name it: `eval_loss`), and its direction (`greater_is_better`, which
+    /// defaults to false for metrics ending in "loss", as Hugging Face resolves it); `None`
+    /// when the run has no such metric. Since plugin-api 1.5.
+    pub fn best_metric(&self) -> Option<BestMetric> {
+        let metric = self.metric_for_best_model.as_deref()?;
+        let key = if metric.starts_with("eval_") { metric.to_owned() } else { format!("eval_{metric}") };
+        let greater_is_better = self.greater_is_better.unwrap_or(!metric.ends_with("loss"));
+        Some(BestMetric { key, greater_is_better })
+    }
+}
+
+/// The metric that decides the best model: [`TrainingArguments::best_metric`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BestMetric {
+    /// The metric's name in evaluation metrics (`eval_loss`, `eval_accuracy`).
+    pub key: String,
+    pub greater_is_better: bool,
+}
+
+impl BestMetric {
+    /// Whether `value` is strictly better than `best` (anything is better than nothing).
+    pub fn improves_on(&self, value: f64, best: Option<f64>) -> bool {
+        match best {
+            None => true,
+            Some(best) if self.greater_is_better => value > best,
+            Some(best) => value < best,
+        }
+    }
 }
 
 /// Hugging Face `TrainerState`, as seen by a callback during one event.
@@ -82,58 +111,6 @@ pub struct TrainerState {
     pub is_hyper_param_search: bool,
 }
 
-impl TrainerState {
-    /// Reads the fields this version knows; ones the host did not send keep their defaults.
-    pub fn from_ffi(state: &StateFfi<'_>) -> Self {
-        let n = state.numbers.as_slice();
-        let num = |i: usize| n.get(i).copied().filter(|v| !v.is_nan());
-        let int = |i: usize| num(i).map(|v| v as i64);
-        let flag = |i: usize| num(i).map(|v| v != 0.0).unwrap_or(false);
-        let checkpoint = state.best_model_checkpoint.as_str();
-        Self {
-            epoch: num(StateIndex::EPOCH).unwrap_or(0.0),
-            global_step: int(StateIndex::GLOBAL_STEP).unwrap_or(0),
-            max_steps: int(StateIndex::MAX_STEPS).unwrap_or(0),
-            num_train_epochs: num(StateIndex::NUM_TRAIN_EPOCHS).unwrap_or(0.0),
-            logging_steps: int(StateIndex::LOGGING_STEPS).unwrap_or(0),
-            eval_steps: int(StateIndex::EVAL_STEPS).unwrap_or(0),
-            save_steps: int(StateIndex::SAVE_STEPS).unwrap_or(0),
-            train_batch_size: int(StateIndex::TRAIN_BATCH_SIZE).unwrap_or(0),
-            best_metric: num(StateIndex::BEST_METRIC),
-            best_global_step: int(StateIndex::BEST_GLOBAL_STEP),
-            best_model_checkpoint: (!checkpoint.is_empty()).then(|| checkpoint.to_owned()),
-            is_local_process_zero: flag(StateIndex::IS_LOCAL_PROCESS_ZERO),
-            is_world_process_zero: flag(StateIndex::IS_WORLD_PROCESS_ZERO),
-            total_flos: num(StateIndex::TOTAL_FLOS).unwrap_or(0.0),
-            num_input_tokens_seen: int(StateIndex::NUM_INPUT_TOKENS_SEEN).unwrap_or(0),
-            is_hyper_param_search: flag(StateIndex::IS_HYPER_PARAM_SEARCH),
-        }
-    }
-
-    /// The numbers slice for [`StateFfi`], in [`StateIndex`] order.
-    pub fn to_numbers(&self) -> [f64; StateIndex::COUNT] {
-        let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
-        let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        let mut n = [0.0; StateIndex::COUNT];
-        n[StateIndex::EPOCH] = self.epoch;
-        n[StateIndex::GLOBAL_STEP] = self.global_step as f64;
-        n[StateIndex::MAX_STEPS] = self.max_steps as f64;
-        n[StateIndex::NUM_TRAIN_EPOCHS] = self.num_train_epochs;
-        n[StateIndex::LOGGING_STEPS] = self.logging_steps as f64;
-        n[StateIndex::EVAL_STEPS] = self.eval_steps as f64;
-        n[StateIndex::SAVE_STEPS] = self.save_steps as f64;
-        n[StateIndex::TRAIN_BATCH_SIZE] = self.train_batch_size as f64;
-        n[StateIndex::BEST_METRIC] = opt(self.best_metric);
-        n[StateIndex::BEST_GLOBAL_STEP] = opt(self.best_global_step.map(|s| s as f64));
-        n[StateIndex::IS_LOCAL_PROCESS_ZERO] = flag(self.is_local_process_zero);
-        n[StateIndex::IS_WORLD_PROCESS_ZERO] = flag(self.is_world_process_zero);
-        n[StateIndex::TOTAL_FLOS] = self.total_flos;
-        n[StateIndex::NUM_INPUT_TOKENS_SEEN] = self.num_input_tokens_seen as f64;
-        n[StateIndex::IS_HYPER_PARAM_SEARCH] = flag(self.is_hyper_param_search);
-        n
-    }
-}
-
 /// Hugging Face `TrainerControl`: flags a callback sets to steer the loop. The host resets
 /// them as Hugging Face does: `should_training_stop` at train begin, `should_epoch_stop` at
 /// epoch begin, `should_log`/`should_evaluate`/`should_save` at step begin and after the
@@ -145,27 +122,6 @@ pub struct TrainerControl {
     pub should_save: bool,
     pub should_evaluate: bool,
     pub should_log: bool,
-}
-
-impl TrainerControl {
-    pub fn from_bits(bits: ControlBits) -> Self {
-        Self {
-            should_training_stop: bits.get(ControlBits::SHOULD_TRAINING_STOP),
-            should_epoch_stop: bits.get(ControlBits::SHOULD_EPOCH_STOP),
-            should_save: bits.get(ControlBits::SHOULD_SAVE),
-            should_evaluate: bits.get(ControlBits::SHOULD_EVALUATE),
-            should_log: bits.get(ControlBits::SHOULD_LOG),
-        }
-    }
-
-    /// Writes the flags into `bits`, keeping bits this version does not know.
-    pub fn write_bits(&self, bits: &mut ControlBits) {
-        bits.set(ControlBits::SHOULD_TRAINING_STOP, self.should_training_stop);
-        bits.set(ControlBits::SHOULD_EPOCH_STOP, self.should_epoch_stop);
-        bits.set(ControlBits::SHOULD_SAVE, self.should_save);
-        bits.set(ControlBits::SHOULD_EVALUATE, self.should_evaluate);
-        bits.set(ControlBits::SHOULD_LOG, self.should_log);
-    }
 }
 
 /// Logs (on_log) or metrics (on_evaluate, on_predict): names in the order the host made them.
@@ -409,30 +365,34 @@ pub trait Callback: 'static {
 mod tests {
     use super::*;
 
-    #[test]
-    fn state_from_a_shorter_or_longer_slice() {
-        let state = TrainerState { global_step: 7, epoch: 1.5, best_metric: Some(0.25), ..Default::default() };
-        let numbers = state.to_numbers();
-        // An older host sends fewer fields: the ones it sends are read, the rest default.
-        let short = StateFfi { numbers: numbers[..3].into(), best_model_checkpoint: "".into() };
-        let read = TrainerState::from_ffi(&short);
-        assert_eq!((read.global_step, read.epoch, read.best_metric), (7, 1.5, None));
-        // A newer host sends more: the unknown tail is ignored.
-        let mut long = numbers.to_vec();
-        long.extend([1.0, 2.0]);
-        let ffi = StateFfi { numbers: long.as_slice().into(), best_model_checkpoint: "ckpt".into() };
-        let read = TrainerState::from_ffi(&ffi);
-        assert_eq!(read, TrainerState { best_model_checkpoint: Some("ckpt".into()), ..state });
+    fn args(json: &str) -> TrainingArguments {
+        TrainingArguments::from_json(json).unwrap()
     }
 
     #[test]
-    fn control_bits_keep_unknown_flags() {
-        let mut bits = ControlBits(1 << 20 | ControlBits::SHOULD_LOG);
-        let mut control = TrainerControl::from_bits(bits);
-        assert!(control.should_log);
-        control.should_log = false;
-        control.should_save = true;
-        control.write_bits(&mut bits);
-        assert_eq!(bits.0, 1 << 20 | ControlBits::SHOULD_SAVE);
+    fn best_metric_resolves_as_hugging_face() {
+        let cases = [
+            (r#"{}"#, None),
+            (r#"{"metric_for_best_model": "loss"}"#, Some(("eval_loss", false))),
+            (r#"{"metric_for_best_model": "eval_accuracy"}"#, Some(("eval_accuracy", true))),
+            (r#"{"metric_for_best_model": "f1", "greater_is_better": false}"#, Some(("eval_f1", false))),
+            (r#"{"metric_for_best_model": "train_loss"}"#, Some(("eval_train_loss", false))),
+        ];
+        for (json, expected) in cases {
+            let got = args(json).best_metric();
+            let expected = expected.map(|(key, greater)| BestMetric { key: key.to_owned(), greater_is_better: greater });
+            assert_eq!(got, expected, "{json}");
+        }
+    }
+
+    #[test]
+    fn improvement_is_strict_and_follows_the_direction() {
+        let lower = BestMetric { key: "eval_loss".into(), greater_is_better: false };
+        assert!(lower.improves_on(0.5, None));
+        assert!(lower.improves_on(0.4, Some(0.5)));
+        assert!(!lower.improves_on(0.5, Some(0.5)));
+        let higher = BestMetric { key: "eval_accuracy".into(), greater_is_better: true };
+        assert!(higher.improves_on(0.9, Some(0.8)));
+        assert!(!higher.improves_on(0.7, Some(0.8)));
     }
 }

@@ -32,16 +32,19 @@
 //! ```
 
 pub mod callback;
-pub mod ffi;
 pub mod items;
 mod loss;
 mod panic;
-pub mod tensors;
+mod tensors;
+
+/// The ABI: what crosses the boundary, and the conversions. Not for plugin code.
+#[doc(hidden)]
+pub mod ffi;
 
 #[doc(hidden)]
 pub mod __private;
 
-pub use callback::{Callback, Metrics, TrainerControl, TrainerState, TrainingArguments};
+pub use callback::{BestMetric, Callback, Metrics, TrainerControl, TrainerState, TrainingArguments};
 pub use loss::Loss;
 pub use tensors::Tensors;
 
@@ -59,8 +62,8 @@ pub const TORCH_VERSION: &str = env!("PLUGIN_API_TORCH_VERSION");
 /// What plugin code imports.
 pub mod prelude {
     pub use crate::{
-        export_plugin, Callback, Loss, Metrics, NoConfig, PluginError, Tensors, TrainerControl, TrainerState,
-        TrainingArguments,
+        export_plugin, BestMetric, Callback, Loss, Metrics, NoConfig, PluginError, Tensors, TrainerControl,
+        TrainerState, TrainingArguments,
     };
     pub use schemars::JsonSchema;
     pub use serde::Deserialize;

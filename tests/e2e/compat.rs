@@ -20,8 +20,8 @@ fn plugin_built_against_plugin_api_1_0_still_works() {
     let old = target.join("debug/libold_recorder.so");
 
     // It really was built against the old version.
-    let lib = host::plugins::library::Plugin::load(&old).unwrap();
-    assert_eq!(lib.info.api_version.as_str(), "1.0.0");
+    let lib = host::plugins::Plugin::load(&old).unwrap();
+    assert_eq!(lib.api_version(), "1.0.0");
     assert_ne!(plugin_api::API_VERSION, "1.0.0");
 
     // Run it next to a current plugin's callback, which has state (a 1.1 feature).

@@ -176,7 +176,7 @@ fn stock_losses_equal_pytorch() {
     let fixture: serde_json::Value = serde_json::from_str(include_str!("../fixtures/stock_losses.json")).unwrap();
     for case in fixture["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let lib = host::plugins::library::Plugin::load(&plugin(case["plugin"].as_str().unwrap())).unwrap();
+        let lib = host::plugins::Plugin::load(&plugin(case["plugin"].as_str().unwrap())).unwrap();
         let mut loss = lib.create_loss(case["component"].as_str().unwrap(), &case["config"]).unwrap();
         let logits = tensor(&case["logits"]).set_requires_grad(true);
         let mut outputs = plugin_api::Tensors::new();

@@ -1,6 +1,6 @@
 //! weighted_ce against PyTorch, through the real plugin ABI.
 
-use host::plugins::library::Plugin;
+use host::plugins::Plugin;
 use plugin_api::Tensors;
 use tch::{Kind, Tensor};
 

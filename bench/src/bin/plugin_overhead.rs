@@ -9,8 +9,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
-use plugin_api::ffi::Event;
-use plugin_api::{Tensors, TrainerState};
+use host::engine::callbacks::Event;
+use host::engine::trainer::state::TrainerState;
+use plugin_api::Tensors;
 use tch::{Kind, Reduction, Tensor};
 
 /// Median of `rounds` timings of `calls` calls, in microseconds per call.
@@ -42,7 +43,7 @@ fn main() -> Result<()> {
     let mut batch = Tensors::new();
     batch.insert("labels", labels.shallow_clone());
 
-    let weighted_ce = host::plugins::library::Plugin::load(&dir.join("libweighted_ce.so"))?;
+    let weighted_ce = host::plugins::Plugin::load(&dir.join("libweighted_ce.so"))?;
     let mut loss = weighted_ce.create_loss("weighted_ce", &serde_json::json!({}))?;
     let (rounds, calls) = (21, 2000);
     let builtin = time_per_call(rounds, calls, || {
@@ -58,14 +59,14 @@ fn main() -> Result<()> {
 
     let args = host::config::arguments::TrainingArguments::default();
     let args_json = serde_json::to_string(&args)?;
-    let fixtures = host::plugins::library::Plugin::load(&dir.join("libtest_fixtures.so"))?;
+    let fixtures = host::plugins::Plugin::load(&dir.join("libtest_fixtures.so"))?;
     let callbacks: Vec<_> =
         (0..10).map(|_| fixtures.create_callback("noop", &serde_json::json!({}), &args_json)).collect::<Result<_>>()?;
     let mut with_ten = host::engine::callbacks::CallbackHandler::new(callbacks);
     let mut with_none = host::engine::callbacks::CallbackHandler::new(Vec::new());
     // As a run sets it: log, evaluate and save every 500 steps.
     let state = TrainerState { logging_steps: 500, eval_steps: 500, save_steps: 500, ..Default::default() };
-    let events = [Event::STEP_BEGIN, Event::PRE_OPTIMIZER_STEP, Event::OPTIMIZER_STEP, Event::STEP_END];
+    let events = [Event::StepBegin, Event::PreOptimizerStep, Event::OptimizerStep, Event::StepEnd];
     let per_step = |handler: &mut host::engine::callbacks::CallbackHandler| -> Result<()> {
         for event in events {
             handler.fire(event, &args, &state, &[])?;

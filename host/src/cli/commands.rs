@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::config::arguments::TrainingArguments;
 use crate::engine::callbacks::CallbackHandler;
-use crate::cli::{CheckpointOptions, PluginsCommand, PredictOptions, TrainOptions};
+use crate::cli::{CheckpointOptions, PredictOptions, TrainOptions};
 use crate::config::layers::{self as config, RunConfig};
 use crate::engine::trainer::{Trainer, TrainerSetup};
 use crate::config::preset as job;
@@ -115,7 +115,7 @@ pub fn train(options: &TrainOptions) -> Result<()> {
     let components = components::build(&config.selection, &args_json)?;
     tracing::info!("device: {}", device::device_name(device));
     for plugin in &components.plugins {
-        tracing::info!("plugin: {} {} ({})", plugin.name(), plugin.info.version, plugin.path.display());
+        tracing::info!("plugin: {} {} ({})", plugin.name(), plugin.version(), plugin.path.display());
     }
     match &components.loss {
         Some(loss) => tracing::info!("loss: {} (plugin {})", loss.name, loss.plugin),
@@ -282,74 +282,6 @@ fn print_metrics(title: &str, metrics: &[(String, f64)]) -> Result<()> {
     writeln!(out, "***** {title} *****")?;
     for (name, value) in metrics {
         writeln!(out, "  {name:<26} = {}", report::show(name, *value))?;
-    }
-    Ok(())
-}
-
-/// `host plugins list` and `host plugins inspect`.
-pub fn plugins(command: &PluginsCommand) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match command {
-        PluginsCommand::List => {
-            let found = crate::plugins::search_path::available();
-            for path in found {
-                match crate::plugins::library::Plugin::load(&path) {
-                    Ok(plugin) => {
-                        let components: Vec<&str> = plugin.info.components.iter().map(|c| c.name.as_str()).collect();
-                        writeln!(
-                            out,
-                            "{:<20} {:<8} {}  ({})",
-                            plugin.name(),
-                            plugin.info.version,
-                            components.join(", "),
-                            path.display()
-                        )?;
-                    }
-                    Err(error) => tracing::debug!("{} is not a usable plugin: {error:#}", path.display()),
-                }
-            }
-        }
-        PluginsCommand::Inspect { plugin } => {
-            let path = crate::plugins::search_path::resolve(plugin)?;
-            let plugin = crate::plugins::library::Plugin::load(&path)?;
-            let info = &plugin.info;
-            writeln!(out, "{} {}", info.name, info.version)?;
-            writeln!(out, "  file:          {}", path.display())?;
-            writeln!(out, "  built against: plugin-api {}, torch {}", info.api_version, info.torch_version)?;
-            for kind in [plugin_api::ffi::ComponentKind::LOSS, plugin_api::ffi::ComponentKind::CALLBACK] {
-                let label = if kind == plugin_api::ffi::ComponentKind::LOSS { "loss" } else { "callback" };
-                for component in info.components.iter().filter(|c| c.kind == kind) {
-                    writeln!(out, "  {label:<13}  {}", component.name)?;
-                    show_config_keys(&mut out, component.name.as_str(), component.extra_json.as_str())?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The config keys a component declares, as `host plugins inspect` shows them.
-fn show_config_keys(out: &mut impl Write, component: &str, extra_json: &str) -> Result<()> {
-    use crate::plugins::config_schema::{declared, Declared};
-    match declared(extra_json) {
-        Declared::Unknown => {
-            writeln!(out, "    config keys not declared (the plugin's config type does not derive JsonSchema)")?
-        }
-        Declared::Keys(keys) if keys.is_empty() => writeln!(out, "    no config keys")?,
-        Declared::Keys(keys) => {
-            writeln!(out, "    config keys ([plugin_config.{component}] or --plugin-config {component}.KEY=VALUE):")?;
-            let name_width = keys.iter().map(|k| k.name.len()).max().unwrap_or(0);
-            for key in keys {
-                let default = match &key.default {
-                    Some(value) => format!("default {value}"),
-                    None => "required".to_owned(),
-                };
-                writeln!(out, "      {:<name_width$}  {}, {default}", key.name, key.kind)?;
-                if !key.help.is_empty() {
-                    writeln!(out, "      {:<name_width$}    {}", "", key.help)?;
-                }
-            }
-        }
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 pub mod commands;
 pub mod launch;
+mod plugins;
 pub mod scaffold;
 
 use clap::{Args, Parser, Subcommand};
@@ -147,4 +148,9 @@ pub struct TrainOptions {
 
     #[command(flatten)]
     pub training: TrainingFlags,
+}
+
+/// `host plugins ...`.
+pub fn plugins_command(command: &PluginsCommand) -> anyhow::Result<()> {
+    plugins::run(command)
 }

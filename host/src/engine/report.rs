@@ -7,7 +7,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use plugin_api::TrainerState;
+use crate::engine::trainer::state::TrainerState;
 
 pub struct Reporter {
     /// None for evaluation and prediction runs, which leave the training files alone.

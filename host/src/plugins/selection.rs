@@ -1,12 +1,13 @@
 //! Turning the user's plugin selection into live components: which loss, which callbacks,
-//! each with its config.
+//! each with its config. The choice itself (`choose`) is a pure function of what the
+//! plugins provide and what the user asked for.
 
 use anyhow::Result;
-use plugin_api::ffi::ComponentKind;
 
+use super::library::{Kind, Plugin};
+use super::{PluginCallback, PluginLoss};
 use crate::config::layers::PluginSelection;
 use crate::error::InputError;
-use crate::plugins::library::{Plugin, PluginCallback, PluginLoss};
 
 /// The `--loss` name of the host's own cross entropy.
 pub const BUILTIN_LOSS: &str = "builtin";
@@ -18,96 +19,194 @@ pub struct Components {
     pub callbacks: Vec<PluginCallback>,
 }
 
+/// A component some loaded plugin provides: which plugin (its index), what, and its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provided {
+    pub plugin: usize,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// What `choose` picked, as indices into the provided list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub loss: Option<usize>,
+    pub callbacks: Vec<usize>,
+}
+
 /// Loads the selected plugin files and creates the selected components.
 pub fn build(selection: &PluginSelection, args_json: &str) -> Result<Components> {
     let plugins = selection
         .plugins
         .iter()
-        .map(|spec| Plugin::load(&crate::plugins::search_path::resolve(spec)?))
+        .map(|spec| Plugin::load(&super::search_path::resolve(spec)?))
         .collect::<Result<Vec<_>>>()?;
-    check_unique_names(&plugins)?;
-
-    let losses: Vec<(&Plugin, &str)> = provided(&plugins, ComponentKind::LOSS);
-    let callbacks: Vec<(&Plugin, &str)> = provided(&plugins, ComponentKind::CALLBACK);
+    let provided: Vec<Provided> = plugins
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| p.components().map(move |c| Provided { plugin: i, kind: c.kind, name: c.name.to_owned() }))
+        .collect();
+    let files: Vec<String> = plugins.iter().map(|p| p.path.display().to_string()).collect();
+    let choice = choose(&provided, &files, selection)?;
 
     let config_for =
         |name: &str| selection.component_config.get(name).cloned().unwrap_or_else(|| serde_json::json!({}));
+    let loss = choice
+        .loss
+        .map(|i| {
+            let c = &provided[i];
+            plugins[c.plugin].create_loss(&c.name, &config_for(&c.name))
+        })
+        .transpose()?;
+    let callbacks = choice
+        .callbacks
+        .iter()
+        .map(|&i| {
+            let c = &provided[i];
+            plugins[c.plugin].create_callback(&c.name, &config_for(&c.name), args_json)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Components { plugins, loss, callbacks })
+}
 
-    let chosen_loss = match &selection.loss {
+/// Hugging Face's defaults, as plugins: the loss is the one named, else the only one
+/// provided, else the built-in cross entropy; the callbacks are those named, in that
+/// order, else all. Config for a component that is not used is a mistake, as are two
+/// components of one kind with the same name (`--loss`/`--callback` would be ambiguous).
+pub fn choose(provided: &[Provided], plugin_files: &[String], selection: &PluginSelection) -> Result<Choice, InputError> {
+    for kind in [Kind::Loss, Kind::Callback] {
+        let of_kind: Vec<&Provided> = provided.iter().filter(|c| c.kind == kind).collect();
+        for (i, c) in of_kind.iter().enumerate() {
+            if let Some(other) = of_kind[..i].iter().find(|o| o.name == c.name) {
+                return Err(InputError::new(format!(
+                    "component name '{}' is provided by both {} and {}; load only one of them",
+                    c.name, plugin_files[other.plugin], plugin_files[c.plugin]
+                )));
+            }
+        }
+    }
+    let of_kind = |kind: Kind| -> Vec<usize> { (0..provided.len()).filter(|&i| provided[i].kind == kind).collect() };
+    let (losses, callbacks) = (of_kind(Kind::Loss), of_kind(Kind::Callback));
+    let names = |indices: &[usize]| -> String {
+        if indices.is_empty() {
+            return "none".to_owned();
+        }
+        indices.iter().map(|&i| provided[i].name.as_str()).collect::<Vec<_>>().join(", ")
+    };
+    let find = |among: &[usize], name: &str, kind: Kind| -> Result<usize, InputError> {
+        among.iter().copied().find(|&i| provided[i].name == name).ok_or_else(|| {
+            InputError::new(format!(
+                "no loaded plugin provides a {} named '{name}' (available: {}); check the name or add the plugin with --plugin",
+                kind.name(),
+                names(among)
+            ))
+        })
+    };
+
+    let loss = match &selection.loss {
         Some(name) if name == BUILTIN_LOSS => None,
-        Some(name) => Some(find(&losses, name, "loss")?),
+        Some(name) => Some(find(&losses, name, Kind::Loss)?),
         None if losses.len() == 1 => Some(losses[0]),
         None if losses.is_empty() => None,
         None => {
             return Err(InputError::new(format!(
                 "the loaded plugins provide several losses ({}); choose one with --loss NAME (or --loss builtin for the built-in cross entropy)",
                 names(&losses)
-            ))
-            .into())
+            )))
         }
     };
-    let chosen_callbacks: Vec<(&Plugin, &str)> = if selection.callbacks.is_empty() {
+    let chosen_callbacks: Vec<usize> = if selection.callbacks.is_empty() {
         callbacks.clone()
     } else {
-        selection.callbacks.iter().map(|name| find(&callbacks, name, "callback")).collect::<Result<_>>()?
+        selection.callbacks.iter().map(|name| find(&callbacks, name, Kind::Callback)).collect::<Result<_, _>>()?
     };
 
+    let in_use: Vec<usize> = loss.into_iter().chain(chosen_callbacks.iter().copied()).collect();
     for name in selection.component_config.keys() {
-        let used = chosen_loss.is_some_and(|(_, n)| n == name) || chosen_callbacks.iter().any(|(_, n)| n == name);
-        if !used {
+        if !in_use.iter().any(|&i| provided[i].name == *name) {
             return Err(InputError::new(format!(
                 "plugin_config for '{name}', but no component of that name is in use (in use: {})",
-                names(&chosen_loss.into_iter().chain(chosen_callbacks.iter().copied()).collect::<Vec<_>>())
-            ))
-            .into());
+                names(&in_use)
+            )));
+        }
+    }
+    Ok(Choice { loss, callbacks: chosen_callbacks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two plugins: the first provides the losses a and b and the callback x, the second
+    /// the loss c and the callbacks y and z.
+    fn provided() -> Vec<Provided> {
+        let c = |plugin, kind, name: &str| Provided { plugin, kind, name: name.to_owned() };
+        vec![
+            c(0, Kind::Loss, "a"),
+            c(0, Kind::Loss, "b"),
+            c(0, Kind::Callback, "x"),
+            c(1, Kind::Loss, "c"),
+            c(1, Kind::Callback, "y"),
+            c(1, Kind::Callback, "z"),
+        ]
+    }
+
+    fn files() -> Vec<String> {
+        vec!["one.so".to_owned(), "two.so".to_owned()]
+    }
+
+    fn selection(loss: Option<&str>, callbacks: &[&str], configs: &[&str]) -> PluginSelection {
+        PluginSelection {
+            plugins: Vec::new(),
+            loss: loss.map(str::to_owned),
+            callbacks: callbacks.iter().map(|c| (*c).to_owned()).collect(),
+            component_config: configs.iter().map(|c| ((*c).to_owned(), serde_json::json!({}))).collect(),
         }
     }
 
-    let loss = chosen_loss.map(|(plugin, name)| plugin.create_loss(name, &config_for(name))).transpose()?;
-    let callbacks = chosen_callbacks
-        .iter()
-        .map(|(plugin, name)| plugin.create_callback(name, &config_for(name), args_json))
-        .collect::<Result<Vec<_>>>()?;
-    drop(losses);
-    Ok(Components { plugins, loss, callbacks })
-}
-
-fn provided(plugins: &[Plugin], kind: ComponentKind) -> Vec<(&Plugin, &str)> {
-    plugins.iter().flat_map(|p| p.components(kind).map(move |name| (p, name))).collect()
-}
-
-fn names(components: &[(&Plugin, &str)]) -> String {
-    if components.is_empty() {
-        return "none".to_owned();
+    /// The names chosen: (loss, callbacks), or the error's text.
+    fn chosen(provided: &[Provided], selection: &PluginSelection) -> Result<(Option<String>, Vec<String>), String> {
+        let choice = choose(provided, &files(), selection).map_err(|e| e.to_string())?;
+        let name = |i: usize| provided[i].name.clone();
+        Ok((choice.loss.map(name), choice.callbacks.into_iter().map(name).collect()))
     }
-    components.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
-}
 
-fn find<'a>(components: &[(&'a Plugin, &'a str)], name: &str, kind: &str) -> Result<(&'a Plugin, &'a str)> {
-    components.iter().copied().find(|(_, n)| *n == name).ok_or_else(|| {
-        InputError::new(format!(
-            "no loaded plugin provides a {kind} named '{name}' (available: {}); check the name or add the plugin with --plugin",
-            names(components)
-        ))
-        .into()
-    })
-}
-
-/// Two components of one kind with the same name would make `--loss`/`--callback`
-/// ambiguous.
-fn check_unique_names(plugins: &[Plugin]) -> Result<()> {
-    for kind in [ComponentKind::LOSS, ComponentKind::CALLBACK] {
-        let all = provided(plugins, kind);
-        for (i, (plugin, name)) in all.iter().enumerate() {
-            if let Some((other, _)) = all[..i].iter().find(|(_, n)| n == name) {
-                return Err(InputError::new(format!(
-                    "component name '{name}' is provided by both {} and {}; load only one of them",
-                    other.path.display(),
-                    plugin.path.display()
-                ))
-                .into());
-            }
+    #[test]
+    fn selection_follows_the_defaults_and_the_names_given() {
+        let all = provided();
+        let only_c: Vec<Provided> = all.iter().filter(|p| p.name != "a" && p.name != "b").cloned().collect();
+        let callbacks_only: Vec<Provided> = all.iter().filter(|p| p.kind == Kind::Callback).cloned().collect();
+        let ok = |loss: Option<&str>, callbacks: &[&str]| {
+            Ok((loss.map(str::to_owned), callbacks.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>()))
+        };
+        let cases = [
+            (&only_c, selection(None, &[], &[]), ok(Some("c"), &["x", "y", "z"])),
+            (&callbacks_only, selection(None, &[], &[]), ok(None, &["x", "y", "z"])),
+            (&all, selection(Some("b"), &[], &[]), ok(Some("b"), &["x", "y", "z"])),
+            (&all, selection(Some("builtin"), &["z", "x"], &[]), ok(None, &["z", "x"])),
+            (&all, selection(Some("c"), &["y"], &["c", "y"]), ok(Some("c"), &["y"])),
+        ];
+        for (provided, selection, expected) in cases {
+            assert_eq!(chosen(provided, &selection), expected, "{selection:?}");
         }
     }
-    Ok(())
+
+    #[test]
+    fn mistakes_are_named() {
+        let all = provided();
+        let cases = [
+            (selection(None, &[], &[]), "several losses (a, b, c); choose one with --loss NAME"),
+            (selection(Some("d"), &[], &[]), "no loaded plugin provides a loss named 'd' (available: a, b, c)"),
+            (selection(Some("a"), &["w"], &[]), "no loaded plugin provides a callback named 'w' (available: x, y, z)"),
+            (selection(Some("a"), &["x"], &["y"]), "plugin_config for 'y', but no component of that name is in use (in use: a, x)"),
+        ];
+        for (selection, expected) in cases {
+            let error = chosen(&all, &selection).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        let mut twice = all.clone();
+        twice.push(Provided { plugin: 1, kind: Kind::Loss, name: "a".to_owned() });
+        let error = chosen(&twice, &selection(Some("a"), &[], &[])).unwrap_err();
+        assert_eq!(error, "component name 'a' is provided by both one.so and two.so; load only one of them");
+    }
 }

@@ -77,17 +77,11 @@ impl Callback for EarlyStopping {
         control: &mut TrainerControl,
         metrics: &Metrics,
     ) -> Result<(), PluginError> {
-        let metric = args.metric_for_best_model.as_deref().unwrap_or("loss");
-        let key = if metric.starts_with("eval_") { metric.to_owned() } else { format!("eval_{metric}") };
-        let Some(value) = metrics.get(&key) else { return Ok(()) };
-        let greater = args.greater_is_better.unwrap_or(!metric.ends_with("loss"));
-        let improved = match state.best_metric {
-            None => true,
-            Some(best) => {
-                let better = if greater { value > best } else { value < best };
-                better && (value - best).abs() > self.threshold
-            }
-        };
+        let Some(best_metric) = args.best_metric() else { return Ok(()) };
+        let Some(value) = metrics.get(&best_metric.key) else { return Ok(()) };
+        // As HF: an improvement must also exceed the threshold.
+        let improved = best_metric.improves_on(value, state.best_metric)
+            && state.best_metric.is_none_or(|best| (value - best).abs() > self.threshold);
         self.counter = if improved { 0 } else { self.counter + 1 };
         if self.counter >= self.patience {
             control.should_training_stop = true;

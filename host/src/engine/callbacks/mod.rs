@@ -1,23 +1,27 @@
 //! The callback handler: Hugging Face's `CallbackHandler` with its `DefaultFlowCallback`
-//! built in, then the plugin callbacks in the order given.
+//! built in (`flow`), then the plugin callbacks in the order given.
+
+pub mod events;
+pub mod flow;
 
 use anyhow::Result;
-use plugin_api::ffi::{ControlBits, Event, EventFfi, Metric, StateFfi};
-use plugin_api::{TrainerControl, TrainerState};
 
-use crate::config::arguments::{IntervalStrategy, SaveStrategy, TrainingArguments};
-use crate::plugins::library::PluginCallback;
+pub use events::{Event, TrainerControl};
+
+use crate::config::arguments::TrainingArguments;
+use crate::engine::trainer::state::TrainerState;
+use crate::plugins::{PluginCallback, PluginCallbacks};
 
 /// Runs events through the default flow and the plugin callbacks, and holds the
 /// `TrainerControl` flags between events.
 pub struct CallbackHandler {
-    callbacks: Vec<PluginCallback>,
+    callbacks: PluginCallbacks,
     pub control: TrainerControl,
 }
 
 impl CallbackHandler {
     pub fn new(callbacks: Vec<PluginCallback>) -> Self {
-        Self { callbacks, control: TrainerControl::default() }
+        Self { callbacks: PluginCallbacks::new(callbacks), control: TrainerControl::default() }
     }
 
     /// Whether plugin callbacks are loaded (only they can set control flags that differ
@@ -35,27 +39,9 @@ impl CallbackHandler {
         state: &TrainerState,
         metrics: &[(String, f64)],
     ) -> Result<()> {
-        reset_before(event, &mut self.control);
-        default_flow(event, args, state, &mut self.control);
-        if self.callbacks.is_empty() {
-            return Ok(());
-        }
-        let numbers = state.to_numbers();
-        let checkpoint = state.best_model_checkpoint.as_deref().unwrap_or("");
-        let metric_views: Vec<Metric<'_>> =
-            metrics.iter().map(|(name, value)| Metric { name: name.as_str().into(), value: *value }).collect();
-        let ffi = EventFfi {
-            event,
-            state: StateFfi { numbers: numbers.as_slice().into(), best_model_checkpoint: checkpoint.into() },
-            metrics: metric_views.as_slice().into(),
-        };
-        let mut bits = ControlBits::default();
-        self.control.write_bits(&mut bits);
-        for callback in &mut self.callbacks {
-            callback.on_event(ffi, &mut bits)?;
-        }
-        self.control = TrainerControl::from_bits(bits);
-        Ok(())
+        flow::reset_before(event, &mut self.control);
+        flow::default_flow(event, args, state, &mut self.control);
+        self.callbacks.fire(event, state, metrics, &mut self.control)
     }
 }
 
@@ -80,7 +66,7 @@ impl CallbackHandler {
             }),
         );
         let mut all_tensors = Vec::new();
-        for callback in &mut self.callbacks {
+        for callback in self.callbacks.iter_mut() {
             let (state, tensors) = callback.state()?;
             if let Some(state) = state {
                 states.insert(callback.name.clone(), serde_json::json!({ "args": {}, "attributes": state }));
@@ -142,7 +128,7 @@ impl CallbackHandler {
 
     /// Restores the callbacks' states from a checkpoint's `stateful_callbacks`.
     pub fn restore_states(&mut self, stateful: &serde_json::Value, tensors: &[(String, tch::Tensor)]) -> Result<()> {
-        for callback in &mut self.callbacks {
+        for callback in self.callbacks.iter_mut() {
             let prefix = format!("{}.", callback.name);
             let mut own = plugin_api::Tensors::new();
             for (name, tensor) in tensors {
@@ -156,67 +142,5 @@ impl CallbackHandler {
             }
         }
         Ok(())
-    }
-}
-
-/// Hugging Face `CallbackHandler`: flags cleared before an event is dispatched.
-fn reset_before(event: Event, control: &mut TrainerControl) {
-    match event {
-        Event::TRAIN_BEGIN => control.should_training_stop = false,
-        Event::EPOCH_BEGIN => control.should_epoch_stop = false,
-        Event::STEP_BEGIN => {
-            control.should_log = false;
-            control.should_evaluate = false;
-            control.should_save = false;
-        }
-        Event::LOG => control.should_log = false,
-        Event::EVALUATE => control.should_evaluate = false,
-        Event::SAVE => control.should_save = false,
-        _ => {}
-    }
-}
-
-/// Hugging Face `DefaultFlowCallback`: when to log, evaluate and stop.
-fn default_flow(event: Event, args: &TrainingArguments, state: &TrainerState, control: &mut TrainerControl) {
-    match event {
-        Event::STEP_END => {
-            if state.global_step == 1 && args.logging_first_step {
-                control.should_log = true;
-            }
-            if args.logging_strategy == IntervalStrategy::Steps && state.global_step % state.logging_steps == 0 {
-                control.should_log = true;
-            }
-            if args.eval_strategy == IntervalStrategy::Steps
-                && state.global_step % state.eval_steps == 0
-                && args.eval_delay <= state.global_step as f64
-            {
-                control.should_evaluate = true;
-            }
-            if args.save_strategy == SaveStrategy::Steps
-                && state.save_steps > 0
-                && state.global_step % state.save_steps == 0
-            {
-                control.should_save = true;
-            }
-            if state.global_step >= state.max_steps {
-                control.should_training_stop = true;
-                // Save the model at the end when saving by steps.
-                if args.save_strategy == SaveStrategy::Steps {
-                    control.should_save = true;
-                }
-            }
-        }
-        Event::EPOCH_END => {
-            if args.logging_strategy == IntervalStrategy::Epoch {
-                control.should_log = true;
-            }
-            if args.eval_strategy == IntervalStrategy::Epoch && args.eval_delay <= state.epoch {
-                control.should_evaluate = true;
-            }
-            if args.save_strategy == SaveStrategy::Epoch {
-                control.should_save = true;
-            }
-        }
-        _ => {}
     }
 }

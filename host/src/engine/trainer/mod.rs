@@ -3,8 +3,9 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use plugin_api::ffi::Event;
-use plugin_api::{Tensors, TrainerState};
+use crate::engine::callbacks::Event;
+use plugin_api::Tensors;
+use state::TrainerState;
 use tch::nn;
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -14,12 +15,13 @@ use crate::engine::data::{self, Batch, Dataset};
 use crate::engine::distributed::{Distributed, GradientBuckets};
 use crate::engine::models::{Model, Outputs, Shape, Task};
 use crate::engine::optim::{self, AdamSettings, Optimizer, Param};
-use crate::plugins::library::PluginLoss;
+use crate::plugins::PluginLoss;
 use crate::engine::precision::{Autocast, GradScaler, Precision};
 use crate::engine::report::Reporter;
 use crate::engine::optim::schedule::Scheduler;
 
 mod persist;
+pub mod state;
 mod data_parallel;
 
 pub use persist::Interrupted;
@@ -163,7 +165,7 @@ impl Trainer {
             dist,
             agreed_signal: 0,
         };
-        trainer.fire(Event::INIT_END, &[])?;
+        trainer.fire(Event::InitEnd, &[])?;
         Ok(trainer)
     }
 
@@ -259,13 +261,13 @@ impl Trainer {
         let data_seed = args.data_seed.unwrap_or(args.seed);
 
         crate::engine::progress_bar::start(max_steps as u64, args.disable_tqdm);
-        self.fire(Event::TRAIN_BEGIN, &[])?;
+        self.fire(Event::TrainBegin, &[])?;
         if args.eval_on_start {
             self.evaluate()?;
         }
         let resume_at = self.position;
         for epoch in resume_at.epoch..num_epochs {
-            self.fire(Event::EPOCH_BEGIN, &[])?;
+            self.fire(Event::EpochBegin, &[])?;
             let epoch_order = data::epoch_order(self.train.len(), data_seed, epoch as u64);
             // Every rank's batches: this rank trains on its own and counts the label items
             // of each global step over all of them.
@@ -292,7 +294,7 @@ impl Trainer {
                 };
                 for (i, batch) in micro.iter().enumerate() {
                     if i == 0 {
-                        self.fire(Event::STEP_BEGIN, &[])?;
+                        self.fire(Event::StepBegin, &[])?;
                     }
                     let loss = self.training_loss(batch, num_items)?;
                     // As HF with num_items_in_batch over all ranks: each rank's loss is its
@@ -315,7 +317,7 @@ impl Trainer {
                         let finite = self.unscale_gradients();
                         self.progress.grad_norm = Some(self.optimizer.clip_grad_norm(args.max_grad_norm).map_err(anyhow::Error::msg)?);
                         let skip = self.show_gradients()?;
-                        self.fire(Event::PRE_OPTIMIZER_STEP, &[])?;
+                        self.fire(Event::PreOptimizerStep, &[])?;
                         if skip {
                             self.skipped_steps += 1;
                         } else if finite {
@@ -324,26 +326,26 @@ impl Trainer {
                             self.skipped_steps += 1;
                             tracing::debug!("fp16 gradients overflowed: optimizer step skipped, loss scale lowered");
                         }
-                        self.fire(Event::OPTIMIZER_STEP, &[])?;
+                        self.fire(Event::OptimizerStep, &[])?;
                         self.show_parameters()?;
                         self.optimizer.zero_grad().map_err(anyhow::Error::msg)?;
                         self.state.global_step += 1;
                         self.state.epoch =
                             epoch as f64 + self.position.micro_batches_done as f64 / steps_in_epoch as f64;
-                        self.fire(Event::STEP_END, &[])?;
+                        self.fire(Event::StepEnd, &[])?;
                         crate::engine::progress_bar::advance(self.state.global_step as u64, None);
                         self.agree_on_control()?;
                         self.maybe_log_save_evaluate()?;
                         self.stop_if_signalled()?;
                     } else {
-                        self.fire(Event::SUBSTEP_END, &[])?;
+                        self.fire(Event::SubstepEnd, &[])?;
                     }
                     if self.handler.control.should_epoch_stop || self.handler.control.should_training_stop {
                         break 'updates;
                     }
                 }
             }
-            self.fire(Event::EPOCH_END, &[])?;
+            self.fire(Event::EpochEnd, &[])?;
             // The epoch is done: a checkpoint from here on resumes at the next one.
             self.position = Position { epoch: epoch + 1, micro_batches_done: 0 };
             self.agree_on_control()?;
@@ -370,7 +372,7 @@ impl Trainer {
             ("train_loss".to_owned(), total_loss / steps),
         ];
         let train_metrics = self.log(train_metrics)?;
-        self.fire(Event::TRAIN_END, &[])?;
+        self.fire(Event::TrainEnd, &[])?;
         let eval_metrics = if !self.eval.is_empty() && args.eval_strategy != IntervalStrategy::No {
             self.reporter.last_eval().cloned()
         } else {
@@ -446,7 +448,7 @@ impl Trainer {
         }
         if self.handler.control.should_save {
             self.save_checkpoint()?;
-            self.fire(Event::SAVE, &[])?;
+            self.fire(Event::Save, &[])?;
         }
         // on_log, on_evaluate and on_save callbacks may set flags too (early stopping does).
         if acts {
@@ -461,7 +463,7 @@ impl Trainer {
         logs.extend(extra);
         logs.push(("epoch".to_owned(), self.state.epoch));
         self.reporter.log(&self.state, &logs)?;
-        self.fire(Event::LOG, &logs)?;
+        self.fire(Event::Log, &logs)?;
         Ok(logs)
     }
 
@@ -562,7 +564,7 @@ impl Trainer {
         let metrics = metrics?;
         // As in HF, the metrics given to on_evaluate carry the epoch that `log` adds.
         let metrics = self.log(metrics)?;
-        self.fire(Event::EVALUATE, &metrics)?;
+        self.fire(Event::Evaluate, &metrics)?;
         // After on_evaluate, as HF: callbacks there still see the previous best metric.
         if let (Some(scheduler), Some((key, _))) = (&mut self.scheduler, self.args.best_metric()) {
             if let Some((_, value)) = metrics.iter().find(|(name, _)| *name == key) {
@@ -705,7 +707,7 @@ impl Trainer {
             Ok(())
         })?;
         out.flush().with_context(|| format!("cannot write {}", output.display()))?;
-        self.fire(Event::PREDICT, &metrics)?;
+        self.fire(Event::Predict, &metrics)?;
         Ok(metrics)
     }
 
@@ -744,7 +746,7 @@ impl Trainer {
             tally.add(&loss, len, logits, labels);
             batches += 1;
             per_batch(logits, labels, start)?;
-            self.fire(Event::PREDICTION_STEP, &[])?;
+            self.fire(Event::PredictionStep, &[])?;
         }
         if self.dist.is_some() {
             let totals = tally.totals();

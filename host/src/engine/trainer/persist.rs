@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use plugin_api::ffi::Event;
+use crate::engine::callbacks::Event;
 use tch::{Device, Kind, Tensor};
 
 use super::{Position, Trainer};
@@ -302,7 +302,7 @@ impl Trainer {
         }
         crate::engine::progress_bar::finish();
         let checkpoint = self.save_checkpoint()?;
-        self.fire(Event::SAVE, &[])?;
+        self.fire(Event::Save, &[])?;
         Err(Interrupted { signal: signal as i32, checkpoint }.into())
     }
 }

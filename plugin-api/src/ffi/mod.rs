@@ -1,4 +1,6 @@
-//! The types that cross the boundary between the host and a plugin library.
+//! The plugin ABI: the types that cross the boundary between the host and a plugin
+//! library, and the conversions between them and the types plugin authors use. Hidden from
+//! the documentation: plugin code never needs it (`export_plugin!` and the host do).
 //!
 //! Everything here is checked by `abi_stable` when the host loads a plugin, so its shape is
 //! the plugin ABI.
@@ -22,10 +24,15 @@
 //! field `is_hyper_param_search`; 1.2.0, callbacks that see gradients before each optimizer
 //! step (and may skip it) and callbacks that add entries to the logs; 1.3.0, callbacks that
 //! see the parameters after each optimizer step, give the weights to evaluate with, and
-//! keep tensors in their state.
+//! keep tensors in their state; 1.4.0, components declare their config keys (a JSON schema
+//! in `ComponentInfo::extra_json`); 1.5.0, `TrainingArguments::best_metric` (no ABI change).
 
 // sabi_trait expands to impls inside a const block; harmless, and not ours to change.
 #![allow(non_local_definitions)]
+
+mod convert;
+
+pub use convert::*;
 
 use std::ffi::c_void;
 
@@ -160,7 +167,7 @@ impl ExtensionOp {
     /// Since 1.1, losses: restores the state given as JSON.
     pub const LOSS_STATE_LOAD: Self = Self(4);
     /// Since 1.2, callbacks: which optional inputs the callback wants, as JSON
-    /// (`{"gradients": bool, "extra_logs": bool}`).
+    /// (`{"gradients": bool, "extra_logs": bool}`; since 1.3 also `"parameters": bool`).
     pub const CALLBACK_WANTS: Self = Self(5);
     /// Since 1.2, callbacks: the gradients (named tensors, read-only) before an optimizer
     /// step; answers `{"skip_step": bool}`.

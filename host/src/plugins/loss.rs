@@ -1,0 +1,64 @@
+//! A loss component from a plugin (Hugging Face's `compute_loss_func`).
+
+use abi_stable::std_types::{ROption, RResult};
+use anyhow::Result;
+use plugin_api::ffi::{tensor_views, ExtensionOp, LossBox};
+use plugin_api::Tensors;
+use tch::Tensor;
+
+use super::extension::{self, component_error};
+
+pub struct PluginLoss {
+    inner: LossBox,
+    pub plugin: String,
+    pub name: String,
+}
+
+impl PluginLoss {
+    pub(super) fn new(inner: LossBox, plugin: &str, name: &str) -> Self {
+        Self { inner, plugin: plugin.to_owned(), name: name.to_owned() }
+    }
+
+    fn who(&self) -> extension::Who<'_> {
+        (self.plugin.as_str(), "loss", self.name.as_str())
+    }
+
+    /// The loss of one micro-batch (see `plugin_api::Loss`): a tensor autograd can flow
+    /// through, whose ownership the plugin hands over.
+    pub fn compute_loss(
+        &mut self,
+        outputs: &Tensors,
+        batch: &Tensors,
+        num_items_in_batch: Option<i64>,
+    ) -> Result<Tensor> {
+        let (outputs_ffi, batch_ffi) = (tensor_views(outputs), tensor_views(batch));
+        let result = self.inner.compute_loss(
+            outputs_ffi.as_slice().into(),
+            batch_ffi.as_slice().into(),
+            ROption::from(num_items_in_batch),
+        );
+        match result {
+            // SAFETY: the plugin handed over ownership of this tensor (see LossFfi).
+            RResult::ROk(ptr) => Ok(unsafe { plugin_api::ffi::take_ptr(ptr) }),
+            RResult::RErr(e) => Err(component_error(self.who(), "compute_loss", e)),
+        }
+    }
+
+    /// Runs an extension operation on the loss.
+    fn call(&mut self, op: ExtensionOp, during: &str, json: &str) -> Result<Option<(String, Tensors)>> {
+        let who = (self.plugin.as_str(), "loss", self.name.as_str());
+        extension::call(who, during, op, json, &Tensors::new(), |op, input| self.inner.extension(op, input))
+    }
+
+    /// The loss's state, `None` when it has none (or its plugin predates plugin-api 1.1).
+    pub fn state(&mut self) -> Result<Option<serde_json::Value>> {
+        let answer = self.call(ExtensionOp::LOSS_STATE_SAVE, "saving its state", "")?;
+        Ok(extension::parse_state(self.who(), answer)?.0)
+    }
+
+    /// Restores a state that `state` returned.
+    pub fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        self.call(ExtensionOp::LOSS_STATE_LOAD, "restoring its state", &state.to_string())?;
+        Ok(())
+    }
+}
