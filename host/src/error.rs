@@ -1,6 +1,8 @@
-//! Errors that are the user's to fix (exit code 2) as opposed to failures during a run.
+//! The errors that decide how the process ends: a user's mistake (exit 2), a run stopped
+//! by a signal (128 + the signal), or a failure during a run (exit 1).
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// A mistake in the user's input: flags, config, plugin files. Printed as one line, exit 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +22,26 @@ impl fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
+/// A run stopped by SIGINT or SIGTERM, after saving a checkpoint.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+    pub checkpoint: PathBuf,
+}
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = if self.signal == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+        write!(
+            f,
+            "interrupted by {name}: saved {}; continue with --resume-from-checkpoint latest",
+            self.checkpoint.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// The first non-empty line of a message: libtorch's errors go on with a C++ backtrace,
 /// which a one-line error leaves out.
 pub fn first_line(text: &str) -> &str {
@@ -29,11 +51,34 @@ pub fn first_line(text: &str) -> &str {
 /// The exit code for an error: 2 for input mistakes, 128 + the signal for a run stopped by
 /// SIGINT (130) or SIGTERM (143), 1 for everything else.
 pub fn exit_code(error: &anyhow::Error) -> i32 {
-    if let Some(stopped) = error.downcast_ref::<crate::engine::trainer::Interrupted>() {
+    if let Some(stopped) = error.downcast_ref::<Interrupted>() {
         128 + stopped.signal
     } else if error.chain().any(|cause| cause.is::<InputError>()) {
         2
     } else {
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_kind_of_error() {
+        let input: anyhow::Error = InputError::new("bad flag").into();
+        assert_eq!(exit_code(&input), 2);
+        assert_eq!(exit_code(&input.context("while reading the config")), 2);
+        let stopped = Interrupted { signal: libc::SIGTERM, checkpoint: "out/checkpoint-3".into() };
+        let stopped: anyhow::Error = stopped.into();
+        assert_eq!(exit_code(&stopped), 143);
+        assert!(stopped.to_string().starts_with("interrupted by SIGTERM: saved out/checkpoint-3;"));
+        assert_eq!(exit_code(&anyhow::anyhow!("the disk is full")), 1);
+    }
+
+    #[test]
+    fn first_line_skips_blank_lines_and_backtraces() {
+        assert_eq!(first_line("\n  out of memory \nException raised from ..."), "out of memory");
+        assert_eq!(first_line("one"), "one");
     }
 }

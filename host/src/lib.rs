@@ -7,3 +7,6 @@ pub mod engine;
 pub mod error;
 pub mod native;
 pub mod plugins;
+
+#[cfg(test)]
+mod architecture;

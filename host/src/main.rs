@@ -1,58 +1,18 @@
 //! `host`: a training host with plugin losses and callbacks.
 
-use clap::{CommandFactory, FromArgMatches};
-use host::cli::{Cli, Command};
-use host::cli::commands as run;
-use host::config::arguments as args;
-use host::error;
-
 fn main() {
     install_panic_hook();
-    let cli = parse_cli();
+    let cli = host::cli::parse();
     init_tracing();
-    let outcome = match cli.command {
-        Some(Command::Train(options)) => run::train(&options),
-        None => run::train(&cli.train),
-        Some(Command::Eval(options)) => run::evaluate(&options),
-        Some(Command::Predict(options)) => run::predict(&options),
-        Some(Command::Plugins(command)) => host::cli::plugins_command(&command),
-        Some(Command::Launch(options)) => match host::cli::launch::run(&options) {
-            Ok(code) => std::process::exit(code),
-            Err(e) => Err(e),
-        },
-        Some(Command::NewPlugin { name, kind, dir }) => host::cli::scaffold::create(&name, kind, &dir).map(|root| {
-            println!("created {} ({}): cd there, then cargo build --release", root.display(), name);
-        }),
-    };
-    if let Err(error) = outcome {
-        host::engine::progress_bar::finish();
-        let message = format!("{error:#}").split_whitespace().collect::<Vec<_>>().join(" ");
-        eprintln!("error: {message}");
-        std::process::exit(error::exit_code(&error));
-    }
-}
-
-/// Parses the command line, showing each training argument's resolved default in --help.
-fn parse_cli() -> Cli {
-    let defaults = run::default_table();
-    let annotate = |mut cmd: clap::Command| {
-        for name in args::ARGUMENT_NAMES {
-            if let Some(value) = defaults.get(*name) {
-                let shown = match value {
-                    toml::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                cmd = cmd.mut_arg(*name, |arg| {
-                    let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-                    arg.help(format!("{help} [default: {shown}]"))
-                });
-            }
+    match host::cli::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            host::engine::progress_bar::finish();
+            let message = format!("{error:#}").split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("error: {message}");
+            std::process::exit(host::error::exit_code(&error));
         }
-        cmd
-    };
-    let command = annotate(Cli::command()).mut_subcommand("train", annotate);
-    let matches = command.get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
 }
 
 fn init_tracing() {
@@ -70,18 +30,24 @@ fn init_tracing() {
 }
 
 /// A panic is a bug in the host, never the user's doing: say so in one line, no backtrace
-/// unless RUST_BACKTRACE asks for one.
+/// unless RUST_BACKTRACE asks for one. libtorch failures that a guard turns into an error
+/// (out of memory, say) are that error's to report.
 fn install_panic_hook() {
-    if std::env::var_os("RUST_BACKTRACE").is_some() {
-        return;
-    }
-    std::panic::set_hook(Box::new(|info| {
+    let default_hook = std::panic::take_hook();
+    let backtraces = std::env::var_os("RUST_BACKTRACE").is_some();
+    std::panic::set_hook(Box::new(move |info| {
         let message = info
             .payload()
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
+        if host::engine::libtorch::inside_guard() && host::engine::libtorch::is_torch_panic(&message) {
+            return;
+        }
+        if backtraces {
+            return default_hook(info);
+        }
         let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
         let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
         eprintln!("error: internal error: {message}{at}; please report it (RUST_BACKTRACE=1 shows where)");

@@ -57,9 +57,7 @@ impl TrainingArguments {
     /// when the run has no such metric. Since plugin-api 1.5.
     pub fn best_metric(&self) -> Option<BestMetric> {
         let metric = self.metric_for_best_model.as_deref()?;
-        let key = if metric.starts_with("eval_") { metric.to_owned() } else { format!("eval_{metric}") };
-        let greater_is_better = self.greater_is_better.unwrap_or(!metric.ends_with("loss"));
-        Some(BestMetric { key, greater_is_better })
+        Some(BestMetric::resolve(metric, self.greater_is_better))
     }
 }
 
@@ -72,6 +70,13 @@ pub struct BestMetric {
 }
 
 impl BestMetric {
+    /// Hugging Face's resolution of `metric_for_best_model` (with or without its `eval_`
+    /// prefix) and `greater_is_better` (default: false for metrics ending in "loss").
+    pub fn resolve(metric: &str, greater_is_better: Option<bool>) -> Self {
+        let key = if metric.starts_with("eval_") { metric.to_owned() } else { format!("eval_{metric}") };
+        Self { key, greater_is_better: greater_is_better.unwrap_or(!metric.ends_with("loss")) }
+    }
+
     /// Whether `value` is strictly better than `best` (anything is better than nothing).
     pub fn improves_on(&self, value: f64, best: Option<f64>) -> bool {
         match best {
@@ -380,7 +385,8 @@ mod tests {
         ];
         for (json, expected) in cases {
             let got = args(json).best_metric();
-            let expected = expected.map(|(key, greater)| BestMetric { key: key.to_owned(), greater_is_better: greater });
+            let expected =
+                expected.map(|(key, greater)| BestMetric { key: key.to_owned(), greater_is_better: greater });
             assert_eq!(got, expected, "{json}");
         }
     }

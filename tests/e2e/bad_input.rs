@@ -212,3 +212,15 @@ fn panic_in_a_constructor_and_non_scalar_loss() {
     host(dir.path(), &args)
         .assert_clean_error(1, "loss 'vector_loss' returned a tensor of shape [64]; compute_loss must return a scalar");
 }
+
+#[test]
+fn a_model_too_large_for_memory_is_named_not_a_crash() {
+    let dir = tempdir();
+    // A 64-1000000-1000000-10 MLP: 4 TB of weights, which no allocator grants.
+    let run = host(dir.path(), &["--hidden-size", "1000000", "--max-steps", "1"]);
+    run.assert_clean_error(
+        1,
+        "out of memory allocating 4.0 TB for the model (hidden_size 1000000, num_hidden_layers 2): use a smaller model or batch",
+    );
+    assert!(!dir.path().join("output/checkpoint-1").exists());
+}

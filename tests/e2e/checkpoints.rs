@@ -238,6 +238,81 @@ fn corrupt(path: &Path) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// Sets a JSON value in a checkpoint file (`None`: empties the file) and records the new
+/// checksum in the manifest, so that the file verifies: what a hand edit or a bug leaves.
+fn edit_verified(checkpoint: &Path, file: &str, pointer: &str, value: Option<serde_json::Value>) {
+    use sha2::{Digest, Sha256};
+    let path = checkpoint.join(file);
+    let text = match value {
+        Some(value) => {
+            let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            *json.pointer_mut(pointer).unwrap() = value;
+            serde_json::to_string_pretty(&json).unwrap()
+        }
+        None => String::new(),
+    };
+    std::fs::write(&path, &text).unwrap();
+    let manifest_path = checkpoint.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    let digest: String = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    manifest["sha256"][file] = digest.into();
+    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+}
+
+#[test]
+fn verified_checkpoints_with_impossible_values_are_refused() {
+    let dir = tempdir();
+    let base = ["--num-train-epochs", "2", "--save-strategy", "epoch", "--eval-strategy", "no"];
+    assert_eq!(host(dir.path(), &base).code, 0);
+    let last = dir.path().join("output/checkpoint-46");
+    let pristine = dir.path().join("pristine");
+    assert!(Command::new("cp").arg("-r").arg(&last).arg(&pristine).status().unwrap().success());
+    let cases: [(&str, &str, Option<serde_json::Value>, &str); 5] = [
+        ("trainer_state.json", "/global_step", Some((-1).into()), "trainer_state.json: global_step -1 is negative"),
+        (
+            "trainer_state.json",
+            "/epoch",
+            Some(999.into()),
+            "trainer_state.json: epoch 999 is not within num_train_epochs 2",
+        ),
+        ("trainer_state.json", "", None, "trainer_state.json is empty"),
+        (
+            "host_state.json",
+            "/position/micro_batches_done",
+            Some((-5).into()),
+            "host_state.json at position.micro_batches_done",
+        ),
+        (
+            "scheduler.json",
+            "/skipped_steps",
+            Some(47.into()),
+            "scheduler.json: skipped_steps 47 is not within global_step 46",
+        ),
+    ];
+    for (file, pointer, value, expected) in cases {
+        std::fs::remove_dir_all(&last).unwrap();
+        assert!(Command::new("cp").arg("-r").arg(&pristine).arg(&last).status().unwrap().success());
+        edit_verified(&last, file, pointer, value);
+        // Named explicitly: a one-line error naming the file and the value, nothing deleted.
+        let mut args = base.to_vec();
+        args.extend(["--resume-from-checkpoint", last.to_str().unwrap()]);
+        host(dir.path(), &args).assert_clean_error(2, expected);
+        assert_eq!(checkpoints(dir.path()), ["checkpoint-23", "checkpoint-46"]);
+        // `latest` skips it with a warning and resumes from the one before.
+        let mut args = base.to_vec();
+        args.extend(["--resume-from-checkpoint", "latest", "--output-dir", "output"]);
+        let run = host(dir.path(), &args);
+        assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+        assert!(
+            run.stderr.contains("skipping output/checkpoint-46: ") && run.stderr.contains(expected),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("resumed from output/checkpoint-23"), "{}", run.stderr);
+    }
+}
+
 #[test]
 fn corrupt_checkpoints_are_detected() {
     let dir = tempdir();

@@ -189,7 +189,8 @@ fn torchscript_module_fine_tunes_with_a_loss_plugin_resumes_and_loads_back_into_
     let input = tch::Tensor::zeros([8, 16], (tch::Kind::Float, tch::Device::Cpu));
     let labels = tch::Tensor::from_slice(&[0i64, 1, 2, 3, 9, 1, 2, 3]);
     tch::Tensor::write_safetensors(&[("input", &input), ("labels", &labels)], d.join("wide.safetensors")).unwrap();
-    host(d, &["--model", "torchscript:model.pt", "--train-file", "wide.safetensors", "--output-dir", "wide"])
+    let wide = ["--model", "torchscript:model.pt", "--train-file", "wide.safetensors", "--output-dir", "wide"];
+    host(d, &[&wide[..], &["--eval-strategy", "epoch"]].concat())
         .assert_clean_error(2, "the labels do not fit the model's logits [");
 
     // Resuming from the step-12 checkpoint ends with the same weights.

@@ -1,13 +1,17 @@
-//! The command line.
+//! The command line: the flags and subcommands (clap), and what each command does. The
+//! rest of the host never sees these types: a command resolves them into a
+//! `ResolvedConfig` or plain values first.
+
+mod evaluate;
+mod launch;
+mod plugins;
+mod scaffold;
+mod train;
 
 use std::path::PathBuf;
 
-pub mod commands;
-pub mod launch;
-mod plugins;
-pub mod scaffold;
-
-use clap::{Args, Parser, Subcommand};
+use anyhow::Result;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::arguments::TrainingFlags;
 
@@ -16,7 +20,8 @@ and callbacks loaded from plugin libraries at run time.";
 
 const AFTER_HELP: &str = "\
 Settings are resolved in layers, later ones winning: Hugging Face's TrainingArguments defaults, \
-the default job's preset (shown as [default: ...] above), the --config TOML file, then flags.
+the default job's preset (the first [default: ...] above; it applies only without train_file, \
+whose runs start from Hugging Face's defaults, shown after it), the --config TOML file, then flags.
 
 A TOML config uses the same names, for example:
     num_train_epochs = 5
@@ -66,7 +71,7 @@ pub enum Command {
     /// Start this node's ranks of a distributed run (as torchrun does): `host launch
     /// --nproc-per-node 2 -- --plugin weighted_ce`. Each rank is `host train` with
     /// torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set.
-    Launch(crate::cli::launch::LaunchOptions),
+    Launch(launch::LaunchOptions),
     /// List the plugins found by name, or describe one.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -77,7 +82,7 @@ pub enum Command {
         name: String,
         /// What the plugin provides.
         #[arg(long, value_enum)]
-        kind: crate::cli::scaffold::Kind,
+        kind: scaffold::Kind,
         /// Where to create it (the crate goes in DIR/NAME).
         #[arg(long, value_name = "DIR", default_value = ".")]
         dir: PathBuf,
@@ -150,7 +155,38 @@ pub struct TrainOptions {
     pub training: TrainingFlags,
 }
 
-/// `host plugins ...`.
-pub fn plugins_command(command: &PluginsCommand) -> anyhow::Result<()> {
-    plugins::run(command)
+/// Parses the command line, showing each training argument's default in --help.
+pub fn parse() -> Cli {
+    let defaults = crate::config::layers::hf_defaults();
+    let annotate = |mut cmd: clap::Command| {
+        for name in crate::config::arguments::ARGUMENT_NAMES {
+            if let Some(shown) = crate::config::preset::help_default(name, &defaults) {
+                cmd = cmd.mut_arg(*name, |arg| {
+                    let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                    arg.help(format!("{help} {shown}"))
+                });
+            }
+        }
+        cmd
+    };
+    let command = annotate(Cli::command()).mut_subcommand("train", annotate);
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Runs the command; returns the process's exit code (launch passes on its ranks').
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Some(Command::Train(options)) => train::train(&options)?,
+        None => train::train(&cli.train)?,
+        Some(Command::Eval(options)) => evaluate::evaluate(&options)?,
+        Some(Command::Predict(options)) => evaluate::predict(&options)?,
+        Some(Command::Plugins(command)) => plugins::run(&command)?,
+        Some(Command::Launch(options)) => return launch::run(&options),
+        Some(Command::NewPlugin { name, kind, dir }) => {
+            let root = scaffold::create(&name, kind, &dir)?;
+            println!("created {} ({}): cd there, then cargo build --release", root.display(), name);
+        }
+    }
+    Ok(0)
 }

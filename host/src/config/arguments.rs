@@ -7,7 +7,9 @@
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::optim::schedule::{SchedulerKwargs, SchedulerType};
 use crate::error::InputError;
+use plugin_api::BestMetric;
 
 /// When something happens during training (HF `IntervalStrategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -26,24 +28,6 @@ pub enum SaveStrategy {
     Steps,
     Epoch,
     Best,
-}
-
-/// The learning-rate schedule (HF `lr_scheduler_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
-#[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
-pub enum SchedulerType {
-    Linear,
-    Cosine,
-    CosineWithRestarts,
-    Polynomial,
-    Constant,
-    ConstantWithWarmup,
-    InverseSqrt,
-    ReduceLrOnPlateau,
-    CosineWithMinLr,
-    CosineWarmupWithMinLr,
-    WarmupStableDecay,
 }
 
 macro_rules! training_arguments {
@@ -130,7 +114,7 @@ training_arguments! {
     lr_scheduler_type: SchedulerType = SchedulerType::Linear, flag SchedulerType;
     /// Settings of the schedule, e.g. {"num_cycles": 2} (a JSON object; a table in TOML).
     #[arg(value_name = "JSON")]
-    lr_scheduler_kwargs: crate::engine::optim::schedule::SchedulerKwargs = Default::default(), flag String;
+    lr_scheduler_kwargs: SchedulerKwargs = Default::default(), flag String;
     /// Warm-up steps: a whole number of steps, or a fraction (< 1) of the total steps.
     warmup_steps: f64 = 0.0, flag f64;
     /// When to log training loss: no, steps, epoch.
@@ -277,8 +261,9 @@ fn above_zero(name: &str, value: f64) -> Result<(), InputError> {
 pub const EVAL_METRICS: &[&str] = &["loss", "accuracy", "f1", "perplexity", "exact_match"];
 
 impl TrainingArguments {
-    /// Rejects values no run can use, naming the argument and what is allowed.
-    pub fn validate(&self) -> Result<(), crate::error::InputError> {
+    /// Rejects values no run can use, naming the argument and what is allowed. (Arguments
+    /// that become a typed spec, such as optim or device, are checked by their parser.)
+    pub fn check_values(&self) -> Result<(), InputError> {
         let positive = |name: &str, value: i64| {
             if value >= 1 {
                 Ok(())
@@ -313,9 +298,6 @@ impl TrainingArguments {
         }
         positive("ddp_timeout", self.ddp_timeout)?;
         above_zero("ddp_bucket_cap_mb", self.ddp_bucket_cap_mb)?;
-        if let Some(backend) = self.ddp_backend.as_deref().filter(|b| !matches!(*b, "gloo" | "nccl")) {
-            return Err(InputError::new(format!("ddp_backend '{backend}' is not one of: gloo, nccl")));
-        }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(InputError::new(format!("dropout must be in [0, 1) (got {})", self.dropout)));
         }
@@ -343,10 +325,6 @@ impl TrainingArguments {
                 positive(name, v)?;
             }
         }
-        crate::engine::device::parse_device(&self.device)?;
-        if self.bf16 && self.fp16 {
-            return Err(InputError::new("bf16 and fp16 are both set; choose one"));
-        }
         if let Some(metric) = &self.metric_for_best_model {
             let name = metric.strip_prefix("eval_").unwrap_or(metric);
             if !EVAL_METRICS.contains(&name) {
@@ -362,15 +340,6 @@ impl TrainingArguments {
                 "lr_scheduler_type reduce_lr_on_plateau needs evaluations: set eval_strategy to steps or epoch",
             ));
         }
-        // Builds nothing: checks the schedule's kwargs early.
-        crate::engine::optim::schedule::Scheduler::new(self.lr_scheduler_type, self.learning_rate, 0, 1, &self.lr_scheduler_kwargs)?;
-        // Builds nothing: checks the optimizer name and its optim_args early.
-        crate::engine::optim::build(
-            &self.optim,
-            &self.optim_args,
-            crate::engine::optim::AdamSettings { beta1: self.adam_beta1, beta2: self.adam_beta2, eps: self.adam_epsilon },
-            Vec::new(),
-        )?;
         Ok(())
     }
 
@@ -417,27 +386,14 @@ impl TrainingArguments {
         Ok(())
     }
 
-    /// Fills in metric_for_best_model and greater_is_better where HF's `__post_init__` does,
-    /// so that everyone (plugins included) reads the resolved values.
-    pub fn resolve_best_metric(&mut self) {
-        if let Some((key, greater)) = self.best_metric() {
-            if self.metric_for_best_model.is_none() {
-                self.metric_for_best_model = Some(key.trim_start_matches("eval_").to_owned());
-            }
-            self.greater_is_better.get_or_insert(greater);
-        }
-    }
-
-    /// HF's resolution: metric_for_best_model defaults to "loss" for reduce_lr_on_plateau;
-    /// returned with the `eval_` prefix, with whether greater is better.
-    pub fn best_metric(&self) -> Option<(String, bool)> {
+    /// The metric that decides the best model, as HF's `__post_init__` resolves it: the one
+    /// named, else "loss" for reduce_lr_on_plateau (which steps on it); `None` without.
+    pub fn best_metric(&self) -> Option<BestMetric> {
         let metric = self
             .metric_for_best_model
             .clone()
             .or_else(|| (self.lr_scheduler_type == SchedulerType::ReduceLrOnPlateau).then(|| "loss".to_owned()))?;
-        let greater = self.greater_is_better.unwrap_or(!metric.ends_with("loss"));
-        let key = if metric.starts_with("eval_") { metric } else { format!("eval_{metric}") };
-        Some((key, greater))
+        Some(BestMetric::resolve(&metric, self.greater_is_better))
     }
 
     /// Steps given as "N, or a fraction of the total when < 1" (HF's convention).

@@ -1,5 +1,7 @@
-//! Resolving a run's configuration: Hugging Face defaults, then the job's preset, then the
-//! TOML file (`--config`), then flags. Each layer is a TOML table; later layers win.
+//! The layers of a run's configuration: Hugging Face defaults, then the default job's
+//! preset (without training data of the user's), then the TOML file (`--config`), then
+//! flags. Each layer is a TOML table; later layers win. `parse` splits the merged table
+//! into training arguments and the plugin selection.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,11 +28,21 @@ pub struct PluginSelection {
     pub component_config: BTreeMap<String, serde_json::Value>,
 }
 
-/// A fully resolved run configuration.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    pub args: TrainingArguments,
-    pub selection: PluginSelection,
+/// Hugging Face's defaults as a table.
+pub fn hf_defaults() -> toml::Table {
+    toml::Value::try_from(TrainingArguments::default()).ok().and_then(|v| v.as_table().cloned()).unwrap_or_default()
+}
+
+/// The user's layers (config file, flags) over the defaults: Hugging Face's, with the
+/// default job's preset between them when the user names no training data (the preset
+/// tunes the digits job; data of the user's own starts from Hugging Face's defaults).
+pub fn with_defaults(user: toml::Table) -> toml::Table {
+    let mut table = hf_defaults();
+    if super::preset::applies(&user) {
+        merge(&mut table, super::preset::digits_preset());
+    }
+    merge(&mut table, user);
+    table
 }
 
 /// Reads a TOML config file into a table; errors are one line with the line number.
@@ -57,8 +69,9 @@ pub fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// Splits the merged table into training arguments and the plugin selection.
-pub fn resolve(mut table: toml::Table, origin: &str) -> Result<RunConfig> {
+/// Splits the merged table into training arguments and the plugin selection; an unknown
+/// key or a value of the wrong type is an error naming the key.
+pub fn parse(mut table: toml::Table, origin: &str) -> Result<(TrainingArguments, PluginSelection)> {
     let selection = take_plugin_selection(&mut table, origin)?;
     for key in table.keys() {
         if !ARGUMENT_NAMES.contains(&key.as_str()) {
@@ -74,10 +87,7 @@ pub fn resolve(mut table: toml::Table, origin: &str) -> Result<RunConfig> {
         let message = e.into_inner().message().trim().replace('\n', "; ");
         InputError::new(format!("{origin}: {key}: {message}"))
     })?;
-    args.validate()?;
-    let mut args = args;
-    args.resolve_best_metric();
-    Ok(RunConfig { args, selection })
+    Ok((args, selection))
 }
 
 /// " (did you mean 'x'?)" for a near miss among the known keys.
@@ -144,6 +154,24 @@ fn take_plugin_selection(table: &mut toml::Table, origin: &str) -> Result<Plugin
     Ok(selection)
 }
 
+/// The plugin keys of a config table, from plugin paths, loss and callback names; lists
+/// that are empty stay out (so that a layer below them still counts).
+pub fn insert_selection(table: &mut toml::Table, plugins: &[PathBuf], loss: Option<&str>, callbacks: &[String]) {
+    if !plugins.is_empty() {
+        let paths = plugins.iter().map(|p| toml::Value::String(p.display().to_string())).collect();
+        table.insert("plugin".to_owned(), toml::Value::Array(paths));
+    }
+    if let Some(loss) = loss {
+        table.insert("loss".to_owned(), toml::Value::String(loss.to_owned()));
+    }
+    if !callbacks.is_empty() {
+        table.insert(
+            "callback".to_owned(),
+            toml::Value::Array(callbacks.iter().cloned().map(toml::Value::String).collect()),
+        );
+    }
+}
+
 /// Parses `--plugin-config NAME.KEY=VALUE` into a table `{plugin_config: {NAME: {KEY: VALUE}}}`.
 /// VALUE is read as a TOML value (`0.1`, `[1, 2, 3]`, `true`, `"text"`); anything that is
 /// not valid TOML is taken as a string.
@@ -174,6 +202,11 @@ pub fn plugin_config_flag(spec: &str) -> Result<toml::Table, InputError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ResolvedConfig;
+
+    fn resolve(table: toml::Table, origin: &str) -> Result<ResolvedConfig> {
+        ResolvedConfig::from_table(table, origin)
+    }
 
     fn table(text: &str) -> toml::Table {
         toml::from_str(text).unwrap()
@@ -185,7 +218,7 @@ mod tests {
         merge(&mut base, table("learning_rate = 0.2\n[plugin_config.a]\ny = 3"));
         let config = resolve(base, "test").unwrap();
         assert_eq!(config.args.learning_rate, 0.2);
-        assert_eq!(config.selection.component_config["a"], serde_json::json!({"x": 1, "y": 3}));
+        assert_eq!(config.plugins.component_config["a"], serde_json::json!({"x": 1, "y": 3}));
     }
 
     #[test]
@@ -208,10 +241,10 @@ mod tests {
     fn plugin_config_flag_parses_toml_values() {
         let t = plugin_config_flag("weighted_ce.weights=[1, 2, 3]").unwrap();
         let config = resolve(t, "flags").unwrap();
-        assert_eq!(config.selection.component_config["weighted_ce"], serde_json::json!({"weights": [1, 2, 3]}));
+        assert_eq!(config.plugins.component_config["weighted_ce"], serde_json::json!({"weights": [1, 2, 3]}));
         let t = plugin_config_flag("x.name=hello world").unwrap();
         assert_eq!(
-            resolve(t, "flags").unwrap().selection.component_config["x"],
+            resolve(t, "flags").unwrap().plugins.component_config["x"],
             serde_json::json!({"name": "hello world"})
         );
         assert!(plugin_config_flag("nodot=1").is_err());

@@ -3,6 +3,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod distributed;
+pub mod libtorch;
 pub mod models;
 pub mod optim;
 pub mod precision;

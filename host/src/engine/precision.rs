@@ -16,17 +16,22 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// From HF's `bf16` / `fp16` flags, checked against the device.
-    pub fn choose(bf16: bool, fp16: bool, device: Device) -> Result<Self, InputError> {
+    /// From HF's `bf16` / `fp16` flags.
+    pub fn from_flags(bf16: bool, fp16: bool) -> Result<Self, InputError> {
         match (bf16, fp16) {
             (true, true) => Err(InputError::new("bf16 and fp16 are both set; choose one")),
-            (false, true) if device == Device::Cpu => {
-                Err(InputError::new("fp16 mixed precision needs a CUDA device; on CPU use bf16, or --device cuda"))
-            }
             (false, true) => Ok(Self::Float16),
             (true, false) => Ok(Self::BFloat16),
             (false, false) => Ok(Self::Full),
         }
+    }
+
+    /// Refuses what the device cannot do: fp16 loss scaling is for CUDA.
+    pub fn check_device(self, device: Device) -> Result<(), InputError> {
+        if self == Self::Float16 && device == Device::Cpu {
+            return Err(InputError::new("fp16 mixed precision needs a CUDA device; on CPU use bf16, or --device cuda"));
+        }
+        Ok(())
     }
 }
 
@@ -133,13 +138,15 @@ mod tests {
 
     #[test]
     fn precision_choices_are_checked() {
-        assert_eq!(Precision::choose(true, false, Device::Cpu), Ok(Precision::BFloat16));
+        let choose =
+            |bf16, fp16, device| Precision::from_flags(bf16, fp16).and_then(|p| p.check_device(device).map(|_| p));
+        assert_eq!(choose(true, false, Device::Cpu), Ok(Precision::BFloat16));
         assert_eq!(
-            Precision::choose(false, true, Device::Cpu).unwrap_err().to_string(),
+            choose(false, true, Device::Cpu).unwrap_err().to_string(),
             "fp16 mixed precision needs a CUDA device; on CPU use bf16, or --device cuda"
         );
-        assert_eq!(Precision::choose(false, true, Device::Cuda(0)), Ok(Precision::Float16));
-        assert!(Precision::choose(true, true, Device::Cuda(0)).is_err());
+        assert_eq!(choose(false, true, Device::Cuda(0)), Ok(Precision::Float16));
+        assert!(choose(true, true, Device::Cuda(0)).is_err());
     }
 
     #[test]

@@ -1,21 +1,18 @@
 //! What a run tells the user: log lines on the console (through `tracing`) and one JSON
 //! object per log event in `output_dir/log_history.jsonl` (HF `log_history` entries).
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use crate::engine::trainer::state::TrainerState;
+use anyhow::{Context, Result};
 
+/// Writes what a run tells the user; it keeps nothing the run needs (the run's state holds
+/// the log history).
 pub struct Reporter {
     /// None for evaluation and prediction runs, which leave the training files alone.
     history_file: Option<BufWriter<File>>,
-    /// Every log event so far (HF `state.log_history`).
-    pub history: Vec<serde_json::Value>,
-    last_eval: Option<Vec<(String, f64)>>,
-    warned: HashSet<String>,
 }
 
 impl Reporter {
@@ -26,17 +23,12 @@ impl Reporter {
         })?;
         let path = output_dir.join("log_history.jsonl");
         let file = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Self {
-            history_file: Some(BufWriter::new(file)),
-            history: Vec::new(),
-            last_eval: None,
-            warned: HashSet::new(),
-        })
+        Ok(Self { history_file: Some(BufWriter::new(file)) })
     }
 
     /// Logs to the console only: writes no file.
     pub fn console_only() -> Self {
-        Self { history_file: None, history: Vec::new(), last_eval: None, warned: HashSet::new() }
+        Self { history_file: None }
     }
 
     pub fn training_starts(
@@ -55,8 +47,9 @@ impl Reporter {
         );
     }
 
-    /// Records one log event (HF `log_history` entry: the logs plus `step`).
-    pub fn log(&mut self, state: &TrainerState, logs: &[(String, f64)]) -> Result<()> {
+    /// Writes one log event and returns it as a `log_history` entry (HF's: the logs plus
+    /// `step`).
+    pub fn log(&mut self, state: &TrainerState, logs: &[(String, f64)]) -> Result<serde_json::Value> {
         let mut entry = serde_json::Map::new();
         for (name, value) in logs {
             entry.insert(name.clone(), json_number(*value));
@@ -67,12 +60,7 @@ impl Reporter {
             writeln!(file, "{entry}").context("cannot write log_history.jsonl")?;
             file.flush().context("cannot write log_history.jsonl")?;
         }
-        self.history.push(entry);
-
         let is_eval = logs.iter().any(|(n, _)| n.starts_with("eval_"));
-        if is_eval {
-            self.last_eval = Some(logs.to_vec());
-        }
         let text: Vec<String> =
             logs.iter().filter(|(n, _)| n != "epoch").map(|(n, v)| format!("{n} {}", show(n, *v))).collect();
         let what = if is_eval {
@@ -89,44 +77,19 @@ impl Reporter {
             state.epoch,
             text.join(" | ")
         );
-        Ok(())
+        Ok(entry)
     }
 
     /// Continues the history of a resumed run: its entries so far, in the file too.
-    pub fn restore_history(&mut self, entries: Vec<serde_json::Value>) -> Result<()> {
-        if let Some(file) = &mut self.history_file {
-            file.flush().context("cannot rewrite log_history.jsonl")?;
-            file.get_mut().set_len(0).context("cannot rewrite log_history.jsonl")?;
-            std::io::Seek::rewind(file.get_mut()).context("cannot rewrite log_history.jsonl")?;
-            for entry in &entries {
-                writeln!(file, "{entry}").context("cannot write log_history.jsonl")?;
-            }
-            file.flush().context("cannot write log_history.jsonl")?;
+    pub fn rewrite_history(&mut self, entries: &[serde_json::Value]) -> Result<()> {
+        let Some(file) = &mut self.history_file else { return Ok(()) };
+        file.flush().context("cannot rewrite log_history.jsonl")?;
+        file.get_mut().set_len(0).context("cannot rewrite log_history.jsonl")?;
+        std::io::Seek::rewind(file.get_mut()).context("cannot rewrite log_history.jsonl")?;
+        for entry in entries {
+            writeln!(file, "{entry}").context("cannot write log_history.jsonl")?;
         }
-        for entry in &entries {
-            let is_eval = entry.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("eval_")));
-            if is_eval {
-                let metrics = entry.as_object().into_iter().flatten();
-                self.last_eval = Some(
-                    metrics
-                        .filter(|(k, _)| *k != "step")
-                        .filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v)))
-                        .collect(),
-                );
-            }
-        }
-        self.history = entries;
-        Ok(())
-    }
-
-    pub fn last_eval(&self) -> Option<&Vec<(String, f64)>> {
-        self.last_eval.as_ref()
-    }
-
-    pub fn warn_once(&mut self, message: &str) {
-        if self.warned.insert(message.to_owned()) {
-            tracing::warn!("{message}");
-        }
+        file.flush().context("cannot write log_history.jsonl")
     }
 }
 

@@ -72,7 +72,10 @@ impl EventCall {
         metrics.extend(self.metrics.iter().map(|(name, value)| Metric { name: name.as_str().into(), value: *value }));
         EventFfi {
             event: event_code(self.event),
-            state: StateFfi { numbers: self.numbers.as_slice().into(), best_model_checkpoint: self.checkpoint.as_str().into() },
+            state: StateFfi {
+                numbers: self.numbers.as_slice().into(),
+                best_model_checkpoint: self.checkpoint.as_str().into(),
+            },
             metrics: metrics.as_slice().into(),
         }
     }

@@ -93,7 +93,13 @@ impl PluginCallback {
     }
 
     /// Runs an extension operation on the callback.
-    fn call(&mut self, op: ExtensionOp, during: &str, json: &str, tensors: &Tensors) -> Result<Option<(String, Tensors)>> {
+    fn call(
+        &mut self,
+        op: ExtensionOp,
+        during: &str,
+        json: &str,
+        tensors: &Tensors,
+    ) -> Result<Option<(String, Tensors)>> {
         let who = (self.plugin.as_str(), "callback", self.name.as_str());
         extension::call(who, during, op, json, tensors, |op, input| self.inner.extension(op, input))
     }

@@ -56,7 +56,10 @@ pub fn call(
 }
 
 /// A state answer: its JSON (`null`, or no answer, means stateless) and its tensors.
-pub fn parse_state((plugin, kind, name): Who<'_>, answer: Option<(String, Tensors)>) -> Result<(Option<serde_json::Value>, Tensors)> {
+pub fn parse_state(
+    (plugin, kind, name): Who<'_>,
+    answer: Option<(String, Tensors)>,
+) -> Result<(Option<serde_json::Value>, Tensors)> {
     let Some((json, tensors)) = answer else { return Ok((None, Tensors::new())) };
     let value: serde_json::Value = serde_json::from_str(&json)
         .map_err(|e| anyhow::anyhow!("plugin '{plugin}' {kind} '{name}' returned a state that is not JSON: {e}"))?;

@@ -73,7 +73,11 @@ pub fn build(selection: &PluginSelection, args_json: &str) -> Result<Components>
 /// provided, else the built-in cross entropy; the callbacks are those named, in that
 /// order, else all. Config for a component that is not used is a mistake, as are two
 /// components of one kind with the same name (`--loss`/`--callback` would be ambiguous).
-pub fn choose(provided: &[Provided], plugin_files: &[String], selection: &PluginSelection) -> Result<Choice, InputError> {
+pub fn choose(
+    provided: &[Provided],
+    plugin_files: &[String],
+    selection: &PluginSelection,
+) -> Result<Choice, InputError> {
     for kind in [Kind::Loss, Kind::Callback] {
         let of_kind: Vec<&Provided> = provided.iter().filter(|c| c.kind == kind).collect();
         for (i, c) in of_kind.iter().enumerate() {
@@ -198,7 +202,10 @@ mod tests {
             (selection(None, &[], &[]), "several losses (a, b, c); choose one with --loss NAME"),
             (selection(Some("d"), &[], &[]), "no loaded plugin provides a loss named 'd' (available: a, b, c)"),
             (selection(Some("a"), &["w"], &[]), "no loaded plugin provides a callback named 'w' (available: x, y, z)"),
-            (selection(Some("a"), &["x"], &["y"]), "plugin_config for 'y', but no component of that name is in use (in use: a, x)"),
+            (
+                selection(Some("a"), &["x"], &["y"]),
+                "plugin_config for 'y', but no component of that name is in use (in use: a, x)",
+            ),
         ];
         for (selection, expected) in cases {
             let error = chosen(&all, &selection).unwrap_err();

@@ -12,6 +12,9 @@ use crate::config::arguments::TrainingArguments;
 use crate::engine::trainer::state::TrainerState;
 use crate::plugins::{PluginCallback, PluginCallbacks};
 
+/// HF `stateful_callbacks`: each stateful callback's saved state, by name.
+pub type StatefulCallbacks = serde_json::Map<String, serde_json::Value>;
+
 /// Runs events through the default flow and the plugin callbacks, and holds the
 /// `TrainerControl` flags between events.
 pub struct CallbackHandler {
@@ -49,7 +52,7 @@ impl CallbackHandler {
     /// HF `stateful_callbacks` (the control flags, and each plugin callback that has state,
     /// by component name), and the tensors of the callbacks' states, named
     /// `{callback}.{tensor}` (plugin-api 1.3); one state call per callback.
-    pub fn states(&mut self) -> Result<(serde_json::Value, Vec<(String, tch::Tensor)>)> {
+    pub fn states(&mut self) -> Result<(StatefulCallbacks, Vec<(String, tch::Tensor)>)> {
         let c = &self.control;
         let mut states = serde_json::Map::new();
         states.insert(
@@ -75,7 +78,7 @@ impl CallbackHandler {
                 all_tensors.push((format!("{}.{name}", callback.name), tensor.shallow_clone()));
             }
         }
-        Ok((serde_json::Value::Object(states), all_tensors))
+        Ok((states, all_tensors))
     }
 
     /// Whether any callback wants the parameters after each step.

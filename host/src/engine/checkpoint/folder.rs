@@ -154,11 +154,12 @@ pub fn list(output_dir: &Path) -> Vec<(i64, PathBuf)> {
     found
 }
 
-/// The newest complete checkpoint; incomplete or corrupt ones are skipped with a warning.
-pub fn latest(output_dir: &Path) -> Result<PathBuf> {
+/// The newest checkpoint that `open` accepts (and what it made of it); incomplete,
+/// corrupt or refused ones are skipped with a warning.
+pub fn latest<T>(output_dir: &Path, open: impl Fn(&Path) -> Result<T, String>) -> Result<(PathBuf, T)> {
     for (_, dir) in list(output_dir).into_iter().rev() {
-        match verify(&dir) {
-            Ok(()) => return Ok(dir),
+        match open(&dir) {
+            Ok(opened) => return Ok((dir, opened)),
             Err(problem) => tracing::warn!("skipping {}: {problem}", dir.display()),
         }
     }
@@ -202,8 +203,10 @@ pub fn rotate(output_dir: &Path, limit: i64, best: Option<&Path>) -> Result<()> 
     Ok(())
 }
 
-/// Test-only fault injection: with `HOST_FAULT_INJECTION=<point>`, the process kills itself
-/// (SIGKILL, as a crash or an OOM kill would) when a save reaches that point.
+/// Fault injection for the crash tests (built with the `fault-injection` feature only):
+/// with `HOST_FAULT_INJECTION=<point>`, the process kills itself (SIGKILL, as a crash or an
+/// OOM kill would) when a save reaches that point.
+#[cfg(feature = "fault-injection")]
 fn fault_point(point: &str) {
     if std::env::var("HOST_FAULT_INJECTION").is_ok_and(|p| p == point) {
         // SAFETY: sends SIGKILL to this process; nothing runs after it.
@@ -213,11 +216,5 @@ fn fault_point(point: &str) {
     }
 }
 
-/// Reads a JSON file of a checkpoint.
-pub fn read_json(dir: &Path, name: &str) -> Result<serde_json::Value> {
-    let path = dir.join(name);
-    let text =
-        fs::read_to_string(&path).map_err(|e| InputError::new(format!("cannot read {}: {e}", path.display())))?;
-    serde_json::from_str(&text)
-        .map_err(|e| InputError::new(format!("{} is not valid JSON: {e}", path.display())).into())
-}
+#[cfg(not(feature = "fault-injection"))]
+fn fault_point(_: &str) {}

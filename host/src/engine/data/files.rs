@@ -12,25 +12,8 @@ use std::path::Path;
 use memmap2::MmapOptions;
 use tch::{Device, Kind, Tensor};
 
-use super::Dataset;
+use super::{Dataset, FileOptions};
 use crate::error::InputError;
-
-/// How to read a file's columns.
-#[derive(Debug, Clone)]
-pub struct FileOptions {
-    /// The field or column holding the labels (default: `labels`, else `label`).
-    pub label_column: Option<String>,
-    /// CSV: the feature columns, in order (default: every column but the label).
-    pub feature_columns: Option<Vec<String>>,
-    /// JSONL: the key holding the text.
-    pub text_column: String,
-    /// JSONL: the tokenizer.json that turns text into token ids.
-    pub tokenizer_file: Option<String>,
-    /// JSONL: texts are truncated to this many tokens.
-    pub max_seq_length: i64,
-    /// JSONL: the token after which completions are evaluated.
-    pub generation_separator: Option<String>,
-}
 
 /// Reads a data file (or a folder of `.npy` files) into a data set with a `labels` field.
 pub fn load_file(path: &Path, options: &FileOptions) -> Result<Dataset, InputError> {

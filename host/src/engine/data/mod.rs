@@ -10,6 +10,8 @@ mod files;
 mod parquet;
 mod text;
 
+use std::path::PathBuf;
+
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -18,7 +20,53 @@ use tch::{Device, Kind, Tensor};
 use crate::error::InputError;
 
 pub use digits::load_digits;
-pub use files::{load_file, FileOptions};
+pub use files::load_file;
+
+/// How to read a file's columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileOptions {
+    /// The field or column holding the labels (default: `labels`, else `label`).
+    pub label_column: Option<String>,
+    /// CSV: the feature columns, in order (default: every column but the label).
+    pub feature_columns: Option<Vec<String>>,
+    /// JSONL: the key holding the text.
+    pub text_column: String,
+    /// JSONL: the tokenizer.json that turns text into token ids.
+    pub tokenizer_file: Option<String>,
+    /// JSONL: texts are truncated to this many tokens.
+    pub max_seq_length: i64,
+    /// JSONL: the token after which completions are evaluated.
+    pub generation_separator: Option<String>,
+}
+
+/// The data a run trains and evaluates on, as the arguments name it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataSpec {
+    /// Training data; `None` for the embedded digits.
+    pub train_file: Option<PathBuf>,
+    /// Evaluation data; `None` to split `validation_split_percentage` off the training data.
+    pub eval_file: Option<PathBuf>,
+    pub files: FileOptions,
+    pub validation_split_percentage: f64,
+    pub max_train_samples: Option<i64>,
+    pub max_eval_samples: Option<i64>,
+}
+
+/// The run's training and evaluation data: the files the spec names, or the embedded
+/// digits; without an eval_file, a fixed-seed split of the training data.
+pub fn load(spec: &DataSpec) -> anyhow::Result<(Dataset, Dataset)> {
+    let train = match &spec.train_file {
+        Some(file) => load_file(file, &spec.files)?,
+        None => load_digits()?,
+    };
+    Ok(match &spec.eval_file {
+        Some(file) => {
+            let eval = load_file(file, &spec.files)?;
+            limit(train, eval, spec.max_train_samples, spec.max_eval_samples)
+        }
+        None => split(&train, spec.validation_split_percentage, spec.max_train_samples, spec.max_eval_samples),
+    })
+}
 
 /// The seed of the train/eval split: fixed, so every run evaluates on the same examples
 /// whatever its training seed.

@@ -13,7 +13,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use tch::{Kind, Tensor};
 
-use super::{files::FileOptions, text, Dataset};
+use super::{text, Dataset, FileOptions};
 use crate::error::InputError;
 
 /// One column's values, by kind.

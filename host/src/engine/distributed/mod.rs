@@ -13,13 +13,47 @@ use crate::error::InputError;
 mod buckets;
 pub mod env;
 
-
+use crate::native::{Group, Reducer, DISTRIBUTED_BUILT, NCCL_BUILT, WITHOUT_DISTRIBUTED};
 pub use buckets::GradientBuckets;
 pub use env::WorldEnv;
-use crate::native::{Group, Reducer, DISTRIBUTED_BUILT, NCCL_BUILT, WITHOUT_DISTRIBUTED};
 
 /// How long a rank that saw a collective fail waits for the others to answer the roll call.
 const ROLL_CALL: Duration = Duration::from_secs(5);
+
+/// The c10d backend: Gloo (CPU, and CUDA too) or NCCL (CUDA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Gloo,
+    Nccl,
+}
+
+impl Backend {
+    pub fn parse(name: &str) -> Result<Self, InputError> {
+        match name {
+            "gloo" => Ok(Self::Gloo),
+            "nccl" => Ok(Self::Nccl),
+            other => Err(InputError::new(format!("ddp_backend '{other}' is not one of: gloo, nccl"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gloo => "gloo",
+            Self::Nccl => "nccl",
+        }
+    }
+}
+
+/// How a distributed run communicates, as the arguments ask (ddp_*).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DistributedSpec {
+    /// `None`: NCCL on CUDA where this host was built with it, else Gloo.
+    pub backend: Option<Backend>,
+    /// How long to wait for the other ranks, at the rendezvous and in each collective.
+    pub timeout: Duration,
+    /// Gradients are all-reduced in flat buckets of at most this many bytes.
+    pub bucket_cap_bytes: usize,
+}
 
 /// This process's membership of a distributed run.
 pub struct Distributed {
@@ -35,16 +69,10 @@ pub struct Distributed {
 impl Distributed {
     /// Meets the other ranks: connects to the store, waits for every rank to arrive with
     /// the same `fingerprint` (of the training arguments), then starts the process group.
-    pub fn connect(
-        env: WorldEnv,
-        device: Device,
-        backend: Option<&str>,
-        timeout: Duration,
-        fingerprint: &str,
-    ) -> Result<Self> {
-        let backend = match backend {
-            Some("nccl") => "nccl",
-            Some(_) => "gloo",
+    pub fn connect(env: WorldEnv, device: Device, spec: &DistributedSpec, fingerprint: &str) -> Result<Self> {
+        let timeout = spec.timeout;
+        let backend = match spec.backend {
+            Some(backend) => backend.name(),
             None if device.is_cuda() && DISTRIBUTED_BUILT && NCCL_BUILT => "nccl",
             None => "gloo",
         };

@@ -7,10 +7,11 @@ mod mlp;
 mod torchscript;
 mod transformer;
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use tch::{nn, Kind, Tensor};
 
-use crate::config::arguments::TrainingArguments;
 use crate::engine::data::{Batch, Dataset};
 use crate::error::InputError;
 
@@ -65,90 +66,147 @@ pub trait Model {
     }
 }
 
-/// What the trainer needs to know of a model beyond its forward pass.
-#[derive(Debug, Clone)]
-pub struct Shape {
-    pub task: Task,
+/// The model the arguments ask for, checked: an architecture and its sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    pub architecture: Architecture,
+    pub sizes: Sizes,
 }
 
-/// Builds the model the arguments name, its parameters under `root`.
-pub fn build(
-    args: &TrainingArguments,
-    root: &nn::Path,
-    train: &Dataset,
-    eval: &Dataset,
-) -> Result<(Box<dyn Model>, Shape)> {
-    let spec = args.model.as_str();
-    if let Some(file) = spec.strip_prefix("torchscript:") {
-        let model = torchscript::TorchScript::load(std::path::Path::new(file), root)?;
-        let shape = Shape { task: Task::Classification };
-        return Ok((Box::new(model), shape));
-    }
-    let positive = |name: &str, value: i64| -> Result<i64, InputError> {
-        if value > 0 {
-            Ok(value)
-        } else {
-            Err(InputError::new(format!("{name} must be > 0 for the {spec} model (got {value})")))
+/// Which model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Architecture {
+    Mlp,
+    Cnn,
+    Transformer,
+    Gpt,
+    /// A TorchScript module saved by PyTorch.
+    TorchScript(PathBuf),
+}
+
+/// The sizes of a built-in model (a TorchScript module has its own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sizes {
+    /// Width of the hidden layers (mlp, cnn) or of the model (transformer, gpt).
+    pub hidden_size: i64,
+    /// Hidden layers (mlp), convolution blocks (cnn) or transformer blocks.
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    /// The context length of a transformer.
+    pub max_seq_length: i64,
+    pub dropout: f64,
+    /// Classes; default: the largest label + 1.
+    pub num_labels: Option<i64>,
+    /// Vocabulary; default: the tokenizer's, else the largest token id + 1.
+    pub vocab_size: Option<i64>,
+}
+
+impl ModelSpec {
+    /// The model named `name` (mlp, cnn, transformer, gpt, torchscript:FILE) with `sizes`,
+    /// refusing sizes it cannot be built with.
+    pub fn parse(name: &str, sizes: Sizes) -> Result<Self, InputError> {
+        let architecture = match name {
+            "mlp" => Architecture::Mlp,
+            "cnn" => Architecture::Cnn,
+            "transformer" => Architecture::Transformer,
+            "gpt" => Architecture::Gpt,
+            other => match other.strip_prefix("torchscript:") {
+                Some(file) => Architecture::TorchScript(PathBuf::from(file)),
+                None => {
+                    return Err(InputError::new(format!(
+                        "model '{other}' is not known; use mlp, cnn, transformer, gpt or torchscript:FILE.pt"
+                    )))
+                }
+            },
+        };
+        let positive = |what: &str, value: i64| {
+            if value > 0 {
+                Ok(())
+            } else {
+                Err(InputError::new(format!("{what} must be > 0 for the {name} model (got {value})")))
+            }
+        };
+        if !matches!(architecture, Architecture::TorchScript(_)) {
+            positive("hidden_size", sizes.hidden_size)?;
+            positive("num_hidden_layers", sizes.num_hidden_layers)?;
         }
+        if matches!(architecture, Architecture::Transformer | Architecture::Gpt) {
+            let (heads, hidden) = (sizes.num_attention_heads, sizes.hidden_size);
+            positive("num_attention_heads", heads)?;
+            if hidden % heads != 0 {
+                return Err(InputError::new(format!(
+                    "num_attention_heads ({heads}) must divide hidden_size ({hidden})"
+                )));
+            }
+            positive("max_seq_length", sizes.max_seq_length)?;
+        }
+        Ok(Self { architecture, sizes })
+    }
+
+    /// The name the arguments give it.
+    pub fn name(&self) -> String {
+        match &self.architecture {
+            Architecture::Mlp => "mlp".to_owned(),
+            Architecture::Cnn => "cnn".to_owned(),
+            Architecture::Transformer => "transformer".to_owned(),
+            Architecture::Gpt => "gpt".to_owned(),
+            Architecture::TorchScript(file) => format!("torchscript:{}", file.display()),
+        }
+    }
+}
+
+/// Builds the model `spec` describes, its parameters under `root`, sized by the data
+/// where the spec leaves a size open (classes, vocabulary, input features).
+pub fn build(spec: &ModelSpec, root: &nn::Path, train: &Dataset, eval: &Dataset) -> Result<(Box<dyn Model>, Task)> {
+    let sizes = &spec.sizes;
+    let name = spec.name();
+    let transformer = || {
+        Ok::<_, InputError>(transformer::Config {
+            vocab: vocab_size(&name, sizes, train, eval)?,
+            width: sizes.hidden_size,
+            layers: sizes.num_hidden_layers,
+            heads: sizes.num_attention_heads,
+            context: sizes.max_seq_length,
+            dropout: sizes.dropout,
+        })
     };
-    let hidden = positive("hidden_size", args.hidden_size)?;
-    let layers = positive("num_hidden_layers", args.num_hidden_layers)?;
-    match spec {
-        "mlp" | "cnn" => {
-            let num_labels = classes(args, train, eval)?;
+    match &spec.architecture {
+        Architecture::TorchScript(file) => {
+            let model = torchscript::TorchScript::load(file, root)?;
+            Ok((Box::new(model), Task::Classification))
+        }
+        Architecture::Mlp | Architecture::Cnn => {
+            let num_labels = classes(sizes, train, eval)?;
             let input = train.field("input").ok_or_else(|| {
                 InputError::new(format!(
-                    "the {spec} model reads the data field 'input', which the data does not have (fields: {}); name the features field 'input' or set feature_columns",
+                    "the {name} model reads the data field 'input', which the data does not have (fields: {}); name the features field 'input' or set feature_columns",
                     train.names().join(", ")
                 ))
             })?;
-            let model: Box<dyn Model> = if spec == "mlp" {
+            let (hidden, layers) = (sizes.hidden_size, sizes.num_hidden_layers);
+            let model: Box<dyn Model> = if spec.architecture == Architecture::Mlp {
                 let features: i64 = input.size()[1..].iter().product();
                 let mut widths = vec![features];
                 widths.extend(std::iter::repeat_n(hidden, layers as usize));
                 widths.push(num_labels);
-                Box::new(Mlp::new(root, &widths, args.dropout))
+                Box::new(Mlp::new(root, &widths, sizes.dropout))
             } else {
-                Box::new(cnn::Cnn::new(root, &input.size(), layers, hidden, num_labels, args.dropout)?)
+                Box::new(cnn::Cnn::new(root, &input.size(), layers, hidden, num_labels, sizes.dropout)?)
             };
-            Ok((model, Shape { task: Task::Classification }))
+            Ok((model, Task::Classification))
         }
-        "transformer" | "gpt" => {
-            let heads = positive("num_attention_heads", args.num_attention_heads)?;
-            if hidden % heads != 0 {
-                return Err(InputError::new(format!(
-                    "num_attention_heads ({heads}) must divide hidden_size ({hidden})"
-                ))
-                .into());
-            }
-            let vocab = vocab_size(args, train, eval)?;
-            let config = transformer::Config {
-                vocab,
-                width: hidden,
-                layers,
-                heads,
-                context: positive("max_seq_length", args.max_seq_length)?,
-                dropout: args.dropout,
-            };
-            if spec == "gpt" {
-                let model = transformer::Gpt::new(root, &config);
-                Ok((Box::new(model), Shape { task: Task::CausalLm }))
-            } else {
-                let num_labels = classes(args, train, eval)?;
-                let model = transformer::EncoderClassifier::new(root, &config, num_labels);
-                Ok((Box::new(model), Shape { task: Task::Classification }))
-            }
+        Architecture::Gpt => Ok((Box::new(transformer::Gpt::new(root, &transformer()?)), Task::CausalLm)),
+        Architecture::Transformer => {
+            let config = transformer()?;
+            let num_labels = classes(sizes, train, eval)?;
+            Ok((Box::new(transformer::EncoderClassifier::new(root, &config, num_labels)), Task::Classification))
         }
-        other => Err(InputError::new(format!(
-            "model '{other}' is not known; use mlp, cnn, transformer, gpt or torchscript:FILE.pt"
-        ))
-        .into()),
     }
 }
 
 /// The number of classes: `num_labels`, else the largest label + 1; every label must be a
 /// class or -100 (ignored).
-fn classes(args: &TrainingArguments, train: &Dataset, eval: &Dataset) -> Result<i64, InputError> {
+fn classes(sizes: &Sizes, train: &Dataset, eval: &Dataset) -> Result<i64, InputError> {
     let labels = [train.labels(), eval.labels()];
     if labels.iter().any(|l| l.is_floating_point()) {
         return Err(InputError::new(
@@ -156,7 +214,7 @@ fn classes(args: &TrainingArguments, train: &Dataset, eval: &Dataset) -> Result<
         ));
     }
     let largest = labels.iter().map(|l| l.max().int64_value(&[])).max().unwrap_or(0);
-    let num_labels = args.num_labels.unwrap_or(largest + 1);
+    let num_labels = sizes.num_labels.unwrap_or(largest + 1);
     for (set, l) in ["training", "evaluation"].iter().zip(labels) {
         let bad = l.ge(num_labels).logical_or(&l.lt(0).logical_and(&l.ne(-100)));
         if bad.any().int64_value(&[]) != 0 {
@@ -175,17 +233,17 @@ fn classes(args: &TrainingArguments, train: &Dataset, eval: &Dataset) -> Result<
 }
 
 /// The vocabulary: `vocab_size`, else the largest token id + 1.
-fn vocab_size(args: &TrainingArguments, train: &Dataset, eval: &Dataset) -> Result<i64, InputError> {
+fn vocab_size(model: &str, sizes: &Sizes, train: &Dataset, eval: &Dataset) -> Result<i64, InputError> {
     let ids: Vec<&Tensor> = [train, eval].iter().filter_map(|d| d.field("input_ids")).collect();
     if ids.len() < 2 {
         return Err(InputError::new(format!(
             "the {} model reads the data field 'input_ids' (token ids), which the data does not have (fields: {}); give JSONL text with tokenizer_file, or a file with input_ids",
-            args.model,
+            model,
             train.names().join(", ")
         )));
     }
     let largest = ids.iter().map(|t| t.max().int64_value(&[])).max().unwrap_or(0);
-    let vocab = args.vocab_size.or(train.vocab_size).unwrap_or(largest + 1);
+    let vocab = sizes.vocab_size.or(train.vocab_size).unwrap_or(largest + 1);
     if largest >= vocab {
         return Err(InputError::new(format!("token id {largest} is outside vocab_size {vocab}")));
     }

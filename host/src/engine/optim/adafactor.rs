@@ -6,7 +6,7 @@ use tch::{Kind, Tensor};
 
 use super::{find, saved_step, Optimizer, OptimizerState, Param};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
     /// First-moment decay; `None` keeps no first moment (HF's default).
     pub beta1: Option<f64>,

@@ -88,28 +88,155 @@ pub trait Optimizer {
 }
 
 /// Settings shared by the Adam family, from the training arguments.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamSettings {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
 }
 
-/// Which optimizer, by HF `optim` name (ours, or Hugging Face's spelling).
-pub fn canonical_name(optim: &str) -> Option<&'static str> {
-    Some(match optim {
-        "adamw" | "adamw_torch" | "adamw_torch_fused" => "adamw",
-        "adam" => "adam",
-        "sgd" => "sgd",
-        "rmsprop" => "rmsprop",
-        "adagrad" => "adagrad",
-        "lion" | "lion_32bit" => "lion",
-        "adafactor" => "adafactor",
-        _ => return None,
-    })
+/// Which optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizerKind {
+    AdamW,
+    Adam,
+    Sgd,
+    RmsProp,
+    Adagrad,
+    Lion,
+    Adafactor,
+}
+
+impl OptimizerKind {
+    /// The optimizer an HF `optim` name means (ours, or Hugging Face's spelling).
+    pub fn from_name(optim: &str) -> Option<Self> {
+        Some(match optim {
+            "adamw" | "adamw_torch" | "adamw_torch_fused" => Self::AdamW,
+            "adam" => Self::Adam,
+            "sgd" => Self::Sgd,
+            "rmsprop" => Self::RmsProp,
+            "adagrad" => Self::Adagrad,
+            "lion" | "lion_32bit" => Self::Lion,
+            "adafactor" => Self::Adafactor,
+            _ => return None,
+        })
+    }
+
+    /// Its canonical name, which runs and checkpoints record.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AdamW => "adamw",
+            Self::Adam => "adam",
+            Self::Sgd => "sgd",
+            Self::RmsProp => "rmsprop",
+            Self::Adagrad => "adagrad",
+            Self::Lion => "lion",
+            Self::Adafactor => "adafactor",
+        }
+    }
+
+    /// The `optim_args` keys it takes.
+    fn settings(self) -> &'static [&'static str] {
+        match self {
+            Self::AdamW | Self::Adam => &["amsgrad"],
+            Self::Sgd => &["momentum", "dampening", "nesterov"],
+            Self::RmsProp => &["alpha", "eps", "momentum", "centered"],
+            Self::Adagrad => &["lr_decay", "eps", "initial_accumulator_value"],
+            Self::Lion => &["beta1", "beta2"],
+            Self::Adafactor => &["beta1", "decay_rate", "clip_threshold", "eps1"],
+        }
+    }
 }
 
 pub const OPTIMIZER_NAMES: &str = "adamw (or adamw_torch), adam, sgd, rmsprop, adagrad, lion, adafactor";
+
+/// An optimizer with its settings, as the arguments ask for it, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptimizerSpec {
+    /// AdamW (`decoupled` weight decay) or Adam (decay as an L2 term of the gradient).
+    Adam {
+        adam: AdamSettings,
+        amsgrad: bool,
+        decoupled: bool,
+    },
+    Sgd {
+        momentum: f64,
+        dampening: f64,
+        nesterov: bool,
+    },
+    RmsProp {
+        alpha: f64,
+        eps: f64,
+        momentum: f64,
+        centered: bool,
+    },
+    Adagrad {
+        lr_decay: f64,
+        eps: f64,
+        initial_accumulator_value: f64,
+    },
+    Lion {
+        beta1: f64,
+        beta2: f64,
+    },
+    Adafactor(adafactor::Settings),
+}
+
+impl OptimizerSpec {
+    /// The optimizer named `optim` (HF names) with HF `optim_args` (`key=value` pairs);
+    /// the Adam family's betas and epsilon come from the training arguments.
+    pub fn parse(optim: &str, optim_args: &str, adam: AdamSettings) -> Result<Self, InputError> {
+        let kind = OptimizerKind::from_name(optim)
+            .ok_or_else(|| InputError::new(format!("optim '{optim}' is not one of: {OPTIMIZER_NAMES}")))?;
+        let args = OptimArgs { optim: kind.name(), pairs: parse_optim_args(optim_args)?, allowed: kind.settings() };
+        args.check()?;
+        Ok(match kind {
+            OptimizerKind::AdamW => Self::Adam { adam, amsgrad: args.flag("amsgrad")?, decoupled: true },
+            OptimizerKind::Adam => Self::Adam { adam, amsgrad: args.flag("amsgrad")?, decoupled: false },
+            OptimizerKind::Sgd => {
+                let momentum = args.float("momentum", 0.0)?;
+                let nesterov = args.flag("nesterov")?;
+                let dampening = args.float("dampening", 0.0)?;
+                if nesterov && (momentum <= 0.0 || dampening != 0.0) {
+                    return Err(InputError::new("optim_args: nesterov needs momentum > 0 and dampening 0"));
+                }
+                Self::Sgd { momentum, dampening, nesterov }
+            }
+            OptimizerKind::RmsProp => Self::RmsProp {
+                alpha: args.float("alpha", 0.99)?,
+                eps: args.float("eps", 1e-8)?,
+                momentum: args.float("momentum", 0.0)?,
+                centered: args.flag("centered")?,
+            },
+            OptimizerKind::Adagrad => Self::Adagrad {
+                lr_decay: args.float("lr_decay", 0.0)?,
+                eps: args.float("eps", 1e-10)?,
+                initial_accumulator_value: args.float("initial_accumulator_value", 0.0)?,
+            },
+            OptimizerKind::Lion => {
+                Self::Lion { beta1: args.float("beta1", adam.beta1)?, beta2: args.float("beta2", adam.beta2)? }
+            }
+            OptimizerKind::Adafactor => Self::Adafactor(adafactor::Settings {
+                beta1: args.optional("beta1")?,
+                decay_rate: args.float("decay_rate", -0.8)?,
+                clip_threshold: args.float("clip_threshold", 1.0)?,
+                eps1: args.float("eps1", 1e-30)?,
+            }),
+        })
+    }
+
+    pub fn kind(&self) -> OptimizerKind {
+        match self {
+            Self::Adam { decoupled: true, .. } => OptimizerKind::AdamW,
+            Self::Adam { decoupled: false, .. } => OptimizerKind::Adam,
+            Self::Sgd { .. } => OptimizerKind::Sgd,
+            Self::RmsProp { .. } => OptimizerKind::RmsProp,
+            Self::Adagrad { .. } => OptimizerKind::Adagrad,
+            Self::Lion { .. } => OptimizerKind::Lion,
+            Self::Adafactor(_) => OptimizerKind::Adafactor,
+        }
+    }
+}
 
 /// `optim_args` as Hugging Face writes them: `key=value` pairs separated by commas.
 pub fn parse_optim_args(text: &str) -> Result<BTreeMap<String, String>, InputError> {
@@ -173,64 +300,22 @@ impl OptimArgs<'_> {
     }
 }
 
-/// Builds the optimizer named `optim` (HF names) over `params`, with HF `optim_args`.
-pub fn build(
-    optim: &str,
-    optim_args: &str,
-    adam: AdamSettings,
-    params: Vec<Param>,
-) -> Result<Box<dyn Optimizer>, InputError> {
-    let name = canonical_name(optim)
-        .ok_or_else(|| InputError::new(format!("optim '{optim}' is not one of: {OPTIMIZER_NAMES}")))?;
-    let allowed: &'static [&'static str] = match name {
-        "adamw" | "adam" => &["amsgrad"],
-        "sgd" => &["momentum", "dampening", "nesterov"],
-        "rmsprop" => &["alpha", "eps", "momentum", "centered"],
-        "adagrad" => &["lr_decay", "eps", "initial_accumulator_value"],
-        "lion" => &["beta1", "beta2"],
-        "adafactor" => &["beta1", "decay_rate", "clip_threshold", "eps1"],
-        _ => &[],
-    };
-    let args = OptimArgs { optim: name, pairs: parse_optim_args(optim_args)?, allowed };
-    args.check()?;
-    let optimizer: Box<dyn Optimizer> = match name {
-        "adamw" => Box::new(adam::Adam::new(params, adam, args.flag("amsgrad")?, true)),
-        "adam" => Box::new(adam::Adam::new(params, adam, args.flag("amsgrad")?, false)),
-        "sgd" => {
-            let momentum = args.float("momentum", 0.0)?;
-            let nesterov = args.flag("nesterov")?;
-            let dampening = args.float("dampening", 0.0)?;
-            if nesterov && (momentum <= 0.0 || dampening != 0.0) {
-                return Err(InputError::new("optim_args: nesterov needs momentum > 0 and dampening 0"));
-            }
+/// The optimizer `spec` describes, over `params`.
+pub fn build(spec: &OptimizerSpec, params: Vec<Param>) -> Box<dyn Optimizer> {
+    match spec.clone() {
+        OptimizerSpec::Adam { adam, amsgrad, decoupled } => Box::new(adam::Adam::new(params, adam, amsgrad, decoupled)),
+        OptimizerSpec::Sgd { momentum, dampening, nesterov } => {
             Box::new(sgd::Sgd::new(params, momentum, dampening, nesterov))
         }
-        "rmsprop" => Box::new(rmsprop::RmsProp::new(
-            params,
-            args.float("alpha", 0.99)?,
-            args.float("eps", 1e-8)?,
-            args.float("momentum", 0.0)?,
-            args.flag("centered")?,
-        )),
-        "adagrad" => Box::new(adagrad::Adagrad::new(
-            params,
-            args.float("lr_decay", 0.0)?,
-            args.float("eps", 1e-10)?,
-            args.float("initial_accumulator_value", 0.0)?,
-        )),
-        "lion" => Box::new(lion::Lion::new(params, args.float("beta1", adam.beta1)?, args.float("beta2", adam.beta2)?)),
-        "adafactor" => Box::new(adafactor::Adafactor::new(
-            params,
-            adafactor::Settings {
-                beta1: args.optional("beta1")?,
-                decay_rate: args.float("decay_rate", -0.8)?,
-                clip_threshold: args.float("clip_threshold", 1.0)?,
-                eps1: args.float("eps1", 1e-30)?,
-            },
-        )),
-        _ => unreachable!("canonical names are matched above"),
-    };
-    Ok(optimizer)
+        OptimizerSpec::RmsProp { alpha, eps, momentum, centered } => {
+            Box::new(rmsprop::RmsProp::new(params, alpha, eps, momentum, centered))
+        }
+        OptimizerSpec::Adagrad { lr_decay, eps, initial_accumulator_value } => {
+            Box::new(adagrad::Adagrad::new(params, lr_decay, eps, initial_accumulator_value))
+        }
+        OptimizerSpec::Lion { beta1, beta2 } => Box::new(lion::Lion::new(params, beta1, beta2)),
+        OptimizerSpec::Adafactor(settings) => Box::new(adafactor::Adafactor::new(params, settings)),
+    }
 }
 
 /// Names state tensors of one slot `{parameter}.{slot}`.

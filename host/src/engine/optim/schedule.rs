@@ -6,8 +6,25 @@ use std::f64::consts::PI;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::arguments::SchedulerType;
 use crate::error::InputError;
+
+/// The learning-rate schedule (HF `lr_scheduler_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum SchedulerType {
+    Linear,
+    Cosine,
+    CosineWithRestarts,
+    Polynomial,
+    Constant,
+    ConstantWithWarmup,
+    InverseSqrt,
+    ReduceLrOnPlateau,
+    CosineWithMinLr,
+    CosineWarmupWithMinLr,
+    WarmupStableDecay,
+}
 
 /// `lr_scheduler_kwargs`: a table in TOML, a JSON object on the command line.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -33,7 +50,7 @@ impl<'de> Deserialize<'de> for SchedulerKwargs {
 }
 
 /// torch's `ReduceLROnPlateau`, which Hugging Face steps with the evaluation metric.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Plateau {
     maximize: bool,
     factor: f64,
@@ -59,9 +76,10 @@ impl Plateau {
     }
 }
 
-/// What the schedule shape needs, resolved from the kwargs.
-#[derive(Debug, Clone)]
-enum Shape {
+/// The formula of a schedule, with its settings from the kwargs. Settings whose default
+/// depends on the run's length are `None` until the scheduler is made.
+#[derive(Debug, Clone, PartialEq)]
+enum Formula {
     Linear,
     Cosine {
         num_cycles: f64,
@@ -76,7 +94,7 @@ enum Shape {
     Constant,
     ConstantWithWarmup,
     InverseSqrt {
-        timescale: f64,
+        timescale: Option<f64>,
     },
     Plateau,
     CosineWithMinLr {
@@ -89,7 +107,7 @@ enum Shape {
         warmup_lr_rate: Option<f64>,
     },
     WarmupStableDecay {
-        stable: f64,
+        stable: Option<f64>,
         decay: f64,
         warmup_type: Curve,
         decay_type: Curve,
@@ -98,20 +116,28 @@ enum Shape {
     },
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Curve {
     Linear,
     Cosine,
     OneMinusSqrt,
 }
 
-/// The learning rate at every optimizer step.
+/// A schedule as the arguments ask for it, checked, before the run's length is known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleSpec {
+    base_lr: f64,
+    formula: Formula,
+    plateau: Option<Plateau>,
+}
+
+/// The learning rate at every optimizer step of a run.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     base_lr: f64,
     warmup: f64,
     total: f64,
-    shape: Shape,
+    formula: Formula,
     plateau: Option<Plateau>,
     plateau_lr: f64,
 }
@@ -178,31 +204,25 @@ impl Kwargs<'_> {
     }
 }
 
-impl Scheduler {
-    /// The schedule of `kind` for `total` optimizer steps with `warmup` warm-up steps.
-    pub fn new(
-        kind: SchedulerType,
-        base_lr: f64,
-        warmup: i64,
-        total: i64,
-        kwargs: &SchedulerKwargs,
-    ) -> Result<Self, InputError> {
+impl ScheduleSpec {
+    /// The schedule of `kind` peaking at `base_lr`, with HF's `lr_scheduler_kwargs`; a
+    /// setting it does not take, or a value out of range, is an error naming it.
+    pub fn new(kind: SchedulerType, base_lr: f64, kwargs: &SchedulerKwargs) -> Result<Self, InputError> {
         let name = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         let k = Kwargs { kind: &name, map: &kwargs.0 };
-        let (warmup_f, total_f) = (warmup as f64, total as f64);
         let mut plateau = None;
-        let shape = match kind {
+        let formula = match kind {
             SchedulerType::Linear => {
                 k.allow(&[])?;
-                Shape::Linear
+                Formula::Linear
             }
             SchedulerType::Cosine => {
                 k.allow(&["num_cycles"])?;
-                Shape::Cosine { num_cycles: k.number("num_cycles")?.unwrap_or(0.5) }
+                Formula::Cosine { num_cycles: k.number("num_cycles")?.unwrap_or(0.5) }
             }
             SchedulerType::CosineWithRestarts => {
                 k.allow(&["num_cycles"])?;
-                Shape::CosineWithRestarts { num_cycles: k.number("num_cycles")?.unwrap_or(1.0) }
+                Formula::CosineWithRestarts { num_cycles: k.number("num_cycles")?.unwrap_or(1.0) }
             }
             SchedulerType::Polynomial => {
                 k.allow(&["lr_end", "power"])?;
@@ -212,20 +232,19 @@ impl Scheduler {
                         "lr_scheduler_kwargs: lr_end ({lr_end}) must be smaller than learning_rate ({base_lr})"
                     )));
                 }
-                Shape::Polynomial { lr_end, power: k.number("power")?.unwrap_or(1.0) }
+                Formula::Polynomial { lr_end, power: k.number("power")?.unwrap_or(1.0) }
             }
             SchedulerType::Constant => {
                 k.allow(&[])?;
-                Shape::Constant
+                Formula::Constant
             }
             SchedulerType::ConstantWithWarmup => {
                 k.allow(&[])?;
-                Shape::ConstantWithWarmup
+                Formula::ConstantWithWarmup
             }
             SchedulerType::InverseSqrt => {
                 k.allow(&["timescale"])?;
-                let default = if warmup > 0 { warmup_f } else { 10_000.0 };
-                Shape::InverseSqrt { timescale: k.number("timescale")?.unwrap_or(default) }
+                Formula::InverseSqrt { timescale: k.number("timescale")? }
             }
             SchedulerType::ReduceLrOnPlateau => {
                 k.allow(&["mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps"])?;
@@ -264,18 +283,18 @@ impl Scheduler {
                     bad_epochs: 0,
                     cooldown_left: 0,
                 });
-                Shape::Plateau
+                Formula::Plateau
             }
             SchedulerType::CosineWithMinLr => {
                 k.allow(&["num_cycles", "min_lr", "min_lr_rate"])?;
-                Shape::CosineWithMinLr {
+                Formula::CosineWithMinLr {
                     num_cycles: k.number("num_cycles")?.unwrap_or(0.5),
                     min_lr_rate: k.min_lr_rate(base_lr)?,
                 }
             }
             SchedulerType::CosineWarmupWithMinLr => {
                 k.allow(&["num_cycles", "min_lr", "min_lr_rate", "warmup_lr_rate"])?;
-                Shape::CosineWarmupWithMinLr {
+                Formula::CosineWarmupWithMinLr {
                     num_cycles: k.number("num_cycles")?.unwrap_or(0.5),
                     min_lr_rate: k.min_lr_rate(base_lr)?,
                     warmup_lr_rate: k.number("warmup_lr_rate")?,
@@ -293,9 +312,8 @@ impl Scheduler {
                 let decay = k
                     .number("num_decay_steps")?
                     .ok_or_else(|| InputError::new("lr_scheduler_kwargs: warmup_stable_decay needs num_decay_steps"))?;
-                let stable = k.number("num_stable_steps")?.unwrap_or(total_f - warmup_f - decay);
-                Shape::WarmupStableDecay {
-                    stable,
+                Formula::WarmupStableDecay {
+                    stable: k.number("num_stable_steps")?,
                     decay,
                     warmup_type: k.curve("warmup_type")?,
                     decay_type: k.curve("decay_type")?,
@@ -304,13 +322,27 @@ impl Scheduler {
                 }
             }
         };
-        Ok(Self { base_lr, warmup: warmup_f, total: total_f, shape, plateau, plateau_lr: base_lr })
+        Ok(Self { base_lr, formula, plateau })
+    }
+}
+
+impl Scheduler {
+    /// The schedule for `total` optimizer steps with `warmup` warm-up steps.
+    pub fn new(spec: &ScheduleSpec, warmup: i64, total: i64) -> Self {
+        Self {
+            base_lr: spec.base_lr,
+            warmup: warmup as f64,
+            total: total as f64,
+            formula: spec.formula.clone(),
+            plateau: spec.plateau.clone(),
+            plateau_lr: spec.base_lr,
+        }
     }
 
     /// The learning rate for the update after `step` optimizer steps.
     pub fn lr(&self, step: i64) -> f64 {
-        match self.shape {
-            Shape::Plateau => self.plateau_lr,
+        match self.formula {
+            Formula::Plateau => self.plateau_lr,
             _ => self.base_lr * self.lambda(step as f64),
         }
     }
@@ -369,30 +401,30 @@ impl Scheduler {
         let warming = step < warmup;
         let warmup_ramp = step / warmup.max(1.0);
         let progress = (step - warmup) / (total - warmup).max(1.0);
-        match self.shape {
-            Shape::Constant | Shape::Plateau => 1.0,
-            Shape::ConstantWithWarmup => {
+        match self.formula {
+            Formula::Constant | Formula::Plateau => 1.0,
+            Formula::ConstantWithWarmup => {
                 if warming {
                     warmup_ramp
                 } else {
                     1.0
                 }
             }
-            Shape::Linear => {
+            Formula::Linear => {
                 if warming {
                     warmup_ramp
                 } else {
                     ((total - step) / (total - warmup).max(1.0)).max(0.0)
                 }
             }
-            Shape::Cosine { num_cycles } => {
+            Formula::Cosine { num_cycles } => {
                 if warming {
                     warmup_ramp
                 } else {
                     (0.5 * (1.0 + (PI * num_cycles * 2.0 * progress).cos())).max(0.0)
                 }
             }
-            Shape::CosineWithRestarts { num_cycles } => {
+            Formula::CosineWithRestarts { num_cycles } => {
                 if warming {
                     warmup_ramp
                 } else if progress >= 1.0 {
@@ -401,7 +433,7 @@ impl Scheduler {
                     (0.5 * (1.0 + (PI * ((num_cycles * progress) % 1.0)).cos())).max(0.0)
                 }
             }
-            Shape::Polynomial { lr_end, power } => {
+            Formula::Polynomial { lr_end, power } => {
                 if warming {
                     warmup_ramp
                 } else if step > total {
@@ -411,14 +443,16 @@ impl Scheduler {
                     ((self.base_lr - lr_end) * remaining.powf(power) + lr_end) / self.base_lr
                 }
             }
-            Shape::InverseSqrt { timescale } => {
+            Formula::InverseSqrt { timescale } => {
+                // HF's default timescale: the warm-up steps, or 10 000 without warm-up.
+                let timescale = timescale.unwrap_or(if warmup > 0.0 { warmup } else { 10_000.0 });
                 if warming {
                     warmup_ramp
                 } else {
                     1.0 / ((step + timescale - warmup) / timescale).sqrt()
                 }
             }
-            Shape::CosineWithMinLr { num_cycles, min_lr_rate } => {
+            Formula::CosineWithMinLr { num_cycles, min_lr_rate } => {
                 if warming {
                     warmup_ramp
                 } else {
@@ -426,7 +460,7 @@ impl Scheduler {
                     (factor * (1.0 - min_lr_rate) + min_lr_rate).max(0.0)
                 }
             }
-            Shape::CosineWarmupWithMinLr { num_cycles, min_lr_rate, warmup_lr_rate } => {
+            Formula::CosineWarmupWithMinLr { num_cycles, min_lr_rate, warmup_lr_rate } => {
                 if warming {
                     match warmup_lr_rate {
                         None => (step + 1.0) / warmup.max(1.0),
@@ -438,7 +472,9 @@ impl Scheduler {
                     (factor * (1.0 - min_lr_rate) + min_lr_rate).max(0.0)
                 }
             }
-            Shape::WarmupStableDecay { stable, decay, warmup_type, decay_type, min_lr_ratio, num_cycles } => {
+            Formula::WarmupStableDecay { stable, decay, warmup_type, decay_type, min_lr_ratio, num_cycles } => {
+                // HF's default: stable for whatever warm-up and decay leave.
+                let stable = stable.unwrap_or(total - warmup - decay);
                 if warming {
                     let p = warmup_ramp;
                     let factor = match warmup_type {
@@ -479,9 +515,9 @@ mod tests {
             let kind: SchedulerType = serde_json::from_value(case["type"].clone()).unwrap();
             let kwargs: SchedulerKwargs = serde_json::from_value(case["kwargs"].clone()).unwrap();
             let base = case["lr"].as_f64().unwrap();
+            let spec = ScheduleSpec::new(kind, base, &kwargs).unwrap();
             let mut scheduler =
-                Scheduler::new(kind, base, case["warmup"].as_i64().unwrap(), case["total"].as_i64().unwrap(), &kwargs)
-                    .unwrap();
+                Scheduler::new(&spec, case["warmup"].as_i64().unwrap(), case["total"].as_i64().unwrap());
             let metrics = case["metrics"].as_array();
             for (step, want) in case["lrs"].as_array().unwrap().iter().enumerate() {
                 let want = want.as_f64().unwrap();
@@ -501,7 +537,7 @@ mod tests {
     #[test]
     fn bad_kwargs_are_clear_errors() {
         let kwargs = |json: &str| serde_json::from_str::<SchedulerKwargs>(json).unwrap();
-        let err = |kind, json: &str| Scheduler::new(kind, 1e-3, 0, 100, &kwargs(json)).unwrap_err().to_string();
+        let err = |kind, json: &str| ScheduleSpec::new(kind, 1e-3, &kwargs(json)).unwrap_err().to_string();
         assert_eq!(
             err(SchedulerType::Cosine, r#"{"num_cycle": 2}"#),
             "lr_scheduler_kwargs: 'num_cycle' is not a setting of cosine (it takes: num_cycles)"

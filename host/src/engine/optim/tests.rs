@@ -41,8 +41,10 @@ fn optimizers_match_their_references() {
             Param { name: "layer.weight".into(), tensor: weight.shallow_clone(), weight_decay: decay },
             Param { name: "layer.bias".into(), tensor: bias.shallow_clone(), weight_decay: 0.0 },
         ];
-        let mut optimizer =
-            build(case["optim"].as_str().unwrap(), case["optim_args"].as_str().unwrap(), adam, params).unwrap();
+        let mut optimizer = build(
+            &OptimizerSpec::parse(case["optim"].as_str().unwrap(), case["optim_args"].as_str().unwrap(), adam).unwrap(),
+            params,
+        );
         let lrs = case["lrs"].as_array().unwrap();
         for (step, (grads, expected)) in
             case["grads"].as_array().unwrap().iter().zip(case["expected"].as_array().unwrap()).enumerate()
@@ -71,7 +73,7 @@ fn weight_decay_skips_biases_and_norms_as_hf() {
 #[test]
 fn bad_optimizer_settings_are_clear_errors() {
     let adam = AdamSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8 };
-    let err = |optim: &str, args: &str| build(optim, args, adam, Vec::new()).err().unwrap().to_string();
+    let err = |optim: &str, args: &str| OptimizerSpec::parse(optim, args, adam).err().unwrap().to_string();
     assert_eq!(
         err("adamm", ""),
         "optim 'adamm' is not one of: adamw (or adamw_torch), adam, sgd, rmsprop, adagrad, lion, adafactor"
@@ -120,7 +122,7 @@ fn state_round_trips_mid_trajectory_for_every_optimizer() {
                 Param { name: "w".into(), tensor: w.shallow_clone(), weight_decay: 0.1 },
                 Param { name: "b".into(), tensor: b.shallow_clone(), weight_decay: 0.0 },
             ];
-            (w, b, build(optim, args, adam, params).unwrap())
+            (w, b, build(&OptimizerSpec::parse(optim, args, adam).unwrap(), params))
         };
         let run = |w: &Tensor, b: &Tensor, opt: &mut Box<dyn Optimizer>, steps: std::ops::Range<usize>| {
             for i in steps {

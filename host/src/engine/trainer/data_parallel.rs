@@ -9,40 +9,43 @@ use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use super::Trainer;
+use crate::config::ResolvedConfig;
 use crate::engine::data;
-use crate::engine::distributed::Distributed;
+use crate::engine::distributed::{self, Distributed, GradientBuckets};
 use crate::engine::optim::Param;
 
-/// Copies rank 0's values of `params` to every rank.
-pub(super) fn broadcast_parameters(dist: &Distributed, params: &[Param], what: &str) -> Result<()> {
-    let tensors: Vec<&Tensor> = params.iter().map(|p| &p.tensor).collect();
-    tch::no_grad(|| dist.broadcast_from_zero(&tensors, what))
+/// A distributed run's process group, the gradient buckets it all-reduces, and the stop
+/// signal the ranks agreed on.
+pub(super) struct DataParallel {
+    pub(super) group: Distributed,
+    buckets: GradientBuckets,
+    /// The stop signal all ranks agreed on (a signal may reach the ranks at different
+    /// steps).
+    agreed_signal: usize,
 }
 
-impl Trainer {
-    /// `value` summed over the ranks (itself without distribution).
-    pub(super) fn sum_across_ranks(&self, value: f64, what: &str) -> Result<f64> {
-        let Some((dist, _)) = &self.dist else { return Ok(value) };
-        let total = crate::engine::distributed::scalar(value, self.device);
-        dist.all_reduce_sum(&[&total], what)?;
-        Ok(total.double_value(&[]))
+impl DataParallel {
+    /// Starts every rank from rank 0's weights (as DDP) and points the gradients into
+    /// buckets that all-reduce during backward.
+    pub(super) fn start(group: Distributed, params: &[Param], config: &ResolvedConfig) -> Result<Self> {
+        broadcast_parameters(&group, params, "the parameter broadcast")?;
+        let tensors: Vec<Tensor> = params.iter().map(|p| p.tensor.shallow_clone()).collect();
+        // Two slots ride along each all-reduce: whether a rank got SIGINT or SIGTERM.
+        let mut buckets = GradientBuckets::new(&tensors, config.distributed.bucket_cap_bytes, 2)?;
+        buckets.overlap_with_backward(&tensors, &group)?;
+        Ok(Self { group, buckets, agreed_signal: 0 })
     }
 
-    /// After the last backward pass of an optimizer step: every gradient becomes its mean
-    /// over the ranks; whether any rank was asked to stop by a signal came along, so that
-    /// all ranks stop at the same step.
-    pub(super) fn average_gradients(&mut self) -> Result<()> {
-        let Some((dist, buckets)) = &self.dist else { return Ok(()) };
-        let agreed = buckets.average(dist)?;
-        self.agree_on_signal(agreed[0] > 0.0, agreed[1] > 0.0);
-        Ok(())
+    pub(super) fn rank(&self) -> usize {
+        self.group.rank()
     }
 
-    /// Before the last backward pass of an optimizer step: lets the gradient buckets
-    /// all-reduce during it, with whether this rank got a stop signal riding along.
-    pub(super) fn arm_gradient_sync(&self) -> Result<()> {
-        let Some((_, buckets)) = &self.dist else { return Ok(()) };
-        buckets.arm(&self.signal_flags())
+    pub(super) fn local_rank(&self) -> usize {
+        self.group.env.local_rank
+    }
+
+    pub(super) fn world_size(&self) -> usize {
+        self.group.world_size()
     }
 
     /// Records the stop signal all ranks agreed on (SIGINT wins over SIGTERM).
@@ -53,12 +56,45 @@ impl Trainer {
             self.agreed_signal = libc::SIGTERM as usize;
         }
     }
+}
+
+/// Copies rank 0's values of `params` to every rank.
+fn broadcast_parameters(dist: &Distributed, params: &[Param], what: &str) -> Result<()> {
+    let tensors: Vec<&Tensor> = params.iter().map(|p| &p.tensor).collect();
+    tch::no_grad(|| dist.broadcast_from_zero(&tensors, what))
+}
+
+impl Trainer {
+    /// `value` summed over the ranks (itself without distribution).
+    pub(super) fn sum_across_ranks(&self, value: f64, what: &str) -> Result<f64> {
+        let Some(dp) = &self.dist else { return Ok(value) };
+        let total = distributed::scalar(value, self.device);
+        dp.group.all_reduce_sum(&[&total], what)?;
+        Ok(total.double_value(&[]))
+    }
+
+    /// After the last backward pass of an optimizer step: every gradient becomes its mean
+    /// over the ranks; whether any rank was asked to stop by a signal came along, so that
+    /// all ranks stop at the same step.
+    pub(super) fn average_gradients(&mut self) -> Result<()> {
+        let Some(dp) = &mut self.dist else { return Ok(()) };
+        let agreed = dp.buckets.average(&dp.group)?;
+        dp.agree_on_signal(agreed[0] > 0.0, agreed[1] > 0.0);
+        Ok(())
+    }
+
+    /// Before the last backward pass of an optimizer step: lets the gradient buckets
+    /// all-reduce during it, with whether this rank got a stop signal riding along.
+    pub(super) fn arm_gradient_sync(&self) -> Result<()> {
+        let Some(dp) = &self.dist else { return Ok(()) };
+        dp.buckets.arm(&self.signal_flags())
+    }
 
     /// The loss summed since the last log, over all ranks (each rank's loss is its share).
     pub(super) fn loss_since_log_all_ranks(&self) -> Result<f64> {
-        let Some((dist, _)) = &self.dist else { return Ok(self.progress.loss_since_log.double_value(&[])) };
-        let total = self.progress.loss_since_log.to_kind(Kind::Double);
-        dist.all_reduce_sum(&[&total], "summing the training loss")?;
+        let Some(dp) = &self.dist else { return Ok(self.meter.since_log.double_value(&[])) };
+        let total = self.meter.since_log.to_kind(Kind::Double);
+        dp.group.all_reduce_sum(&[&total], "summing the training loss")?;
         Ok(total.double_value(&[]))
     }
 
@@ -67,11 +103,10 @@ impl Trainer {
     /// flags follow from the step alone, the same on every rank, and the signal came with
     /// the gradients: no collective is needed.
     pub(super) fn agree_on_control(&mut self) -> Result<()> {
-        let Some((dist, _)) = &self.dist else { return Ok(()) };
-        if !self.handler.has_callbacks() {
+        if self.dist.is_none() || !self.callbacks.has_callbacks() {
             return Ok(());
         }
-        let control = &self.handler.control;
+        let control = &self.callbacks.control;
         let flags = [
             control.should_training_stop,
             control.should_epoch_stop,
@@ -82,24 +117,25 @@ impl Trainer {
         let mut values: Vec<f64> = flags.iter().map(|&flag| flag as u8 as f64).collect();
         values.extend(self.signal_flags());
         let agreed = Tensor::from_slice(&values).to_device(self.device);
-        dist.all_reduce_max(&[&agreed], "agreeing on the next step")?;
+        let Some(dp) = &mut self.dist else { return Ok(()) };
+        dp.group.all_reduce_max(&[&agreed], "agreeing on the next step")?;
         let agreed: Vec<bool> =
             Vec::<f64>::try_from(&agreed.to_device(tch::Device::Cpu))?.into_iter().map(|v| v > 0.0).collect();
-        let control = &mut self.handler.control;
+        dp.agree_on_signal(agreed[5], agreed[6]);
+        let control = &mut self.callbacks.control;
         control.should_training_stop = agreed[0];
         control.should_epoch_stop = agreed[1];
         control.should_save = agreed[2];
         control.should_evaluate = agreed[3];
         control.should_log = agreed[4];
-        self.agree_on_signal(agreed[5], agreed[6]);
         Ok(())
     }
 
     /// The signal that stops the run now: in a distributed run only the one all ranks
     /// agreed on (a signal may reach the ranks at different steps).
     pub(super) fn stop_requested(&self) -> usize {
-        match self.dist {
-            Some(_) => self.agreed_signal,
+        match &self.dist {
+            Some(dp) => dp.agreed_signal,
             None => self.stop_signal.load(Ordering::SeqCst),
         }
     }
@@ -118,7 +154,7 @@ impl Trainer {
     /// Sums evaluation totals (tensors of any shape) over the ranks, in place.
     pub(super) fn sum_tensors_across_ranks(&self, tensors: &[&Tensor], what: &str) -> Result<()> {
         match &self.dist {
-            Some((dist, _)) => dist.all_reduce_sum(tensors, what),
+            Some(dp) => dp.group.all_reduce_sum(tensors, what),
             None => Ok(()),
         }
     }
@@ -126,15 +162,20 @@ impl Trainer {
     /// The block of the evaluation set this rank evaluates: (start, len).
     pub(super) fn eval_share(&self) -> (usize, usize) {
         match &self.dist {
-            Some((dist, _)) => crate::engine::distributed::eval_block(self.eval.len(), dist.rank(), dist.world_size()),
+            Some(dp) => distributed::eval_block(self.eval.len(), dp.rank(), dp.world_size()),
             None => (0, self.eval.len()),
         }
     }
 
     /// Rank 0's parameters on every rank (after rank 0 alone loaded weights).
     pub(super) fn share_rank_zero_weights(&self) -> Result<()> {
-        let Some((dist, _)) = &self.dist else { return Ok(()) };
-        broadcast_parameters(dist, self.optimizer.params(), "sharing the best model")
+        let Some(dp) = &self.dist else { return Ok(()) };
+        broadcast_parameters(&dp.group, self.optimizer.params(), "sharing the best model")
+    }
+
+    /// (this rank, the world size): (0, 1) without distribution.
+    pub(super) fn rank_and_world(&self) -> (usize, usize) {
+        self.dist.as_ref().map_or((0, 1), |dp| (dp.rank(), dp.world_size()))
     }
 
     /// Whether this rank was asked to stop by SIGINT, and by SIGTERM, as 0 or 1 (to sum or
@@ -144,7 +185,22 @@ impl Trainer {
         [(signal == libc::SIGINT) as u8 as f64, (signal == libc::SIGTERM) as u8 as f64]
     }
 
-    pub(super) fn is_world_zero(&self) -> bool {
-        self.state.is_world_process_zero
+    /// Every rank's random generator states, in rank order (this rank's alone without
+    /// distribution), for a checkpoint.
+    pub(super) fn gather_rng_states(
+        &self,
+        mine: Vec<(String, Tensor)>,
+        step: i64,
+    ) -> Result<Vec<Vec<(String, Tensor)>>> {
+        let Some(dp) = &self.dist else { return Ok(vec![mine]) };
+        let as_bytes: Vec<(String, Vec<u8>)> =
+            mine.iter().map(|(name, t)| Ok((name.clone(), Vec::<u8>::try_from(t)?))).collect::<Result<_>>()?;
+        let all = dp.group.gather_bytes(&format!("rng/{step}"), &serde_json::to_vec(&as_bytes)?)?;
+        all.iter()
+            .map(|bytes| {
+                let states: Vec<(String, Vec<u8>)> = serde_json::from_slice(bytes)?;
+                Ok(states.into_iter().map(|(name, b)| (name, Tensor::from_slice(&b))).collect())
+            })
+            .collect()
     }
 }

@@ -5,13 +5,20 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use crate::engine::callbacks::Event;
 use tch::{Device, Kind, Tensor};
 
-use super::{Position, Trainer};
+use super::state::Totals;
+use super::{open_checkpoint, Trainer};
+use crate::engine::callbacks::Event;
+use crate::engine::checkpoint::records::{
+    HostStateRecord, OptimizerRecord, Records, ScalerRecord, SchedulerRecord, TrainerStateExtras, TrainerStateRecord,
+    HOST_STATE, OPTIMIZER, SCHEDULER, TRAINER_STATE, TRAINING_ARGS,
+};
 use crate::engine::checkpoint::{self, Writer};
-use crate::error::InputError;
-use crate::engine::optim::OptimizerState;
+use crate::engine::device::{device_name, device_named};
+use crate::engine::optim::{OptimizerKind, OptimizerState};
+use crate::engine::{progress_bar, rng, weights};
+use crate::error::{InputError, Interrupted};
 
 /// The checkpoint file of a rank's random generator states. As HF: rng_state.pth alone,
 /// rng_state_{rank}.pth for each rank of a distributed run.
@@ -22,160 +29,163 @@ fn rng_state_file(rank: Option<usize>) -> String {
     }
 }
 
-/// A run stopped by SIGINT or SIGTERM, after saving a checkpoint.
-#[derive(Debug)]
-pub struct Interrupted {
-    pub signal: i32,
-    pub checkpoint: PathBuf,
-}
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = if self.signal == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
-        write!(
-            f,
-            "interrupted by {name}: saved {}; continue with --resume-from-checkpoint latest",
-            self.checkpoint.display()
-        )
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
 impl Trainer {
-    /// The checkpoint folder that `resume_from_checkpoint` names.
-    pub(super) fn checkpoint_to_resume(&self, spec: &str) -> Result<PathBuf> {
-        if spec == "latest" {
-            return checkpoint::latest(&self.output_dir());
-        }
-        let dir = PathBuf::from(spec);
-        if !dir.is_dir() {
-            return Err(InputError::new(format!(
-                "resume_from_checkpoint: {spec} is not a checkpoint folder (it does not exist)"
-            ))
-            .into());
-        }
-        checkpoint::verify(&dir).map_err(|problem| InputError::new(format!("resume_from_checkpoint: {problem}")))?;
-        Ok(dir)
-    }
-
     /// Writes `output_dir/checkpoint-{global_step}`, then applies save_total_limit. In a
     /// distributed run every rank calls it (they share their totals and random generator
     /// states) and rank 0 writes.
     pub(super) fn save_checkpoint(&mut self) -> Result<PathBuf> {
         let started = std::time::Instant::now();
-        let step = self.state.global_step;
+        let step = self.run.state.global_step;
         let loss_since_log = self.loss_since_log_all_ranks()?;
-        let rng = self.rng_states_of_all_ranks(step)?;
+        let rng = self.gather_rng_states(self.rng_states()?, step)?;
         // HF records the best checkpoint once the folder of the best step exists (or is this one).
-        if let Some(best_step) = self.state.best_global_step {
+        if let Some(best_step) = self.run.state.best_global_step {
             let best_dir = self.output_dir().join(format!("checkpoint-{best_step}"));
             if best_step == step || best_dir.exists() {
-                self.state.best_model_checkpoint = Some(best_dir.display().to_string());
+                self.run.state.best_model_checkpoint = Some(best_dir.display().to_string());
             }
         }
         if !self.is_world_zero() {
             return Ok(self.output_dir().join(format!("checkpoint-{step}")));
         }
         let mut writer = Writer::begin(&self.output_dir(), step)?;
-
-        crate::engine::weights::save(&self.vars, &writer.path("model.safetensors"))?;
+        weights::save(&self.model.vars, &writer.path("model.safetensors"))?;
         writer.finish_file("model.safetensors")?;
-
         let optimizer = self.optimizer.state();
         writer.write_safetensors("optimizer.safetensors", &optimizer.tensors)?;
-        writer.write_json(
-            "optimizer.json",
-            &serde_json::json!({ "optim": self.args.optim, "optim_args": self.args.optim_args, "scalars": optimizer.scalars }),
-        )?;
-        let scheduler = self.scheduler.as_ref().map(|s| s.state()).unwrap_or_default();
-        writer.write_json(
-            "scheduler.json",
-            &serde_json::json!({ "state": scheduler, "skipped_steps": self.skipped_steps }),
-        )?;
-
+        let args = &self.config.args;
+        let record = OptimizerRecord {
+            optim: args.optim.clone(),
+            optim_args: args.optim_args.clone(),
+            scalars: optimizer.scalars,
+        };
+        writer.write_json(OPTIMIZER, &serde_json::to_value(record)?)?;
+        let state = self.scheduler.as_ref().map(|s| s.state()).unwrap_or_default();
+        let record = SchedulerRecord { state, skipped_steps: self.run.totals.skipped_steps };
+        writer.write_json(SCHEDULER, &serde_json::to_value(record)?)?;
         let distributed = rng.len() > 1;
         for (rank, states) in rng.iter().enumerate() {
             writer.write_safetensors(&rng_state_file(distributed.then_some(rank)), states)?;
         }
         // One call per callback gives both its JSON state and its tensors.
-        let (stateful_callbacks, callback_tensors) = self.handler.states()?;
-        writer.write_json("trainer_state.json", &self.trainer_state_with(stateful_callbacks))?;
+        let (trainer_state, callback_tensors) = self.trainer_state_record()?;
+        writer.write_json(TRAINER_STATE, &serde_json::to_value(trainer_state)?)?;
         if !callback_tensors.is_empty() {
             writer.write_safetensors("callback_tensors.safetensors", &callback_tensors)?;
         }
-        writer.write_json("training_args.json", &serde_json::to_value(&self.args)?)?;
-        let progress = &self.progress;
-        let host_state = serde_json::json!({
-            "position": { "epoch": self.position.epoch, "micro_batches_done": self.position.micro_batches_done },
-            "loss_since_log": loss_since_log,
-            "world_size": self.world_size(),
-            "total_loss": progress.total_loss,
-            "last_logged_step": progress.last_logged_step,
-            "samples_seen": progress.samples_seen,
-            "grad_scaler": self.scaler.as_ref().map(|s| serde_json::json!({ "scale": s.scale })),
-            "loss_state": match &mut self.loss { Some(loss) => loss.state()?, None => None },
-            "run_config": self.run_config,
-        });
-        writer.write_json("host_state.json", &host_state)?;
+        writer.write_json(TRAINING_ARGS, &serde_json::to_value(&self.config.args)?)?;
+        let host_state = self.host_state_record(loss_since_log)?;
+        writer.write_json(HOST_STATE, &serde_json::to_value(host_state)?)?;
         let dir = writer.commit()?;
-        let seconds = started.elapsed().as_secs_f64();
-        let megabytes = std::fs::read_dir(&dir)
-            .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum::<u64>())
-            .unwrap_or(0) as f64
-            / 1e6;
-        tracing::info!(
-            "saved {} ({megabytes:.1} MB in {seconds:.2} s, {:.0} MB/s)",
-            dir.display(),
-            megabytes / seconds.max(1e-9)
-        );
-
-        if let Some(limit) = self.args.save_total_limit {
-            let best = self.state.best_model_checkpoint.as_ref().map(PathBuf::from);
+        log_saved(&dir, started.elapsed().as_secs_f64());
+        if let Some(limit) = self.config.args.save_total_limit {
+            let best = self.run.state.best_model_checkpoint.as_ref().map(PathBuf::from);
             checkpoint::rotate(&self.output_dir(), limit, best.as_deref())?;
         }
         Ok(dir)
     }
 
-    /// This rank's random generator states (CPU, and its CUDA device), and in a
-    /// distributed run every rank's, in rank order.
-    fn rng_states_of_all_ranks(&self, step: i64) -> Result<Vec<Vec<(String, Tensor)>>> {
-        let mut mine = vec![("cpu".to_owned(), crate::engine::rng::state(Device::Cpu)?)];
-        if let Device::Cuda(index) = self.device {
-            mine.push((format!("cuda:{index}"), crate::engine::rng::state(self.device)?));
-        }
-        let Some((dist, _)) = &self.dist else { return Ok(vec![mine]) };
-        let as_bytes: Vec<(String, Vec<u8>)> =
-            mine.iter().map(|(name, t)| Ok((name.clone(), Vec::<u8>::try_from(t)?))).collect::<Result<_>>()?;
-        let all = dist.gather_bytes(&format!("rng/{step}"), &serde_json::to_vec(&as_bytes)?)?;
-        all.iter()
-            .map(|bytes| {
-                let states: Vec<(String, Vec<u8>)> = serde_json::from_slice(bytes)?;
-                Ok(states.into_iter().map(|(name, b)| (name, Tensor::from_slice(&b))).collect())
-            })
-            .collect()
+    /// trainer_state.json as HF writes it (with the callbacks' states), and the tensors of
+    /// the callbacks' states.
+    pub fn trainer_state_record(&mut self) -> Result<(TrainerStateRecord, Vec<(String, Tensor)>)> {
+        let (stateful_callbacks, tensors) = self.callbacks.states()?;
+        let extras = TrainerStateExtras {
+            log_history: self.run.log_history.clone(),
+            stateful_callbacks,
+            trial_name: None,
+            trial_params: None,
+        };
+        let record = TrainerStateRecord { state: self.run.state.clone(), extras };
+        Ok((record, tensors))
     }
 
-    /// Loads everything a checkpoint holds into this trainer.
-    pub(super) fn restore(&mut self, dir: &Path) -> Result<()> {
+    /// host_state.json: the data position, the totals, the loss scale, the loss plugin's
+    /// state and the run's configuration.
+    fn host_state_record(&mut self, loss_since_log: f64) -> Result<HostStateRecord> {
+        let Totals { total_loss, last_logged_step, samples_seen, .. } = self.run.totals;
+        Ok(HostStateRecord {
+            position: self.run.position,
+            loss_since_log,
+            world_size: self.world_size(),
+            total_loss,
+            last_logged_step,
+            samples_seen,
+            grad_scaler: self.scaler.as_ref().map(|s| ScalerRecord { scale: s.scale }),
+            loss_state: match &mut self.loss {
+                Some(loss) => loss.state()?,
+                None => None,
+            },
+            run_config: serde_json::to_value(self.config.to_table()?)?,
+        })
+    }
+
+    /// This rank's random generator states: the CPU's, and its CUDA device's.
+    fn rng_states(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut mine = vec![(device_name(Device::Cpu), rng::state(Device::Cpu)?)];
+        if self.device.is_cuda() {
+            mine.push((device_name(self.device), rng::state(self.device)?));
+        }
+        Ok(mine)
+    }
+
+    /// Continues from the checkpoint that `resume_from_checkpoint` names (`latest`: the
+    /// newest sound one in output_dir).
+    pub(super) fn resume(&mut self, spec: &str) -> Result<()> {
+        let (dir, records) = if spec == "latest" {
+            let (dir, records) = checkpoint::latest(&self.output_dir(), open_checkpoint)?;
+            (dir, Some(records))
+        } else {
+            let dir = PathBuf::from(spec);
+            if !dir.is_dir() {
+                return Err(InputError::new(format!(
+                    "resume_from_checkpoint: {spec} is not a checkpoint folder (it does not exist)"
+                ))
+                .into());
+            }
+            checkpoint::verify(&dir)
+                .map_err(|problem| InputError::new(format!("resume_from_checkpoint: {problem}")))?;
+            (dir, None)
+        };
+        // The weights first: a checkpoint of another model is named as such.
+        weights::load_into(&self.model.vars, &dir.join("model.safetensors"))
+            .map_err(|e| InputError::new(format!("resume_from_checkpoint: {}: {e:#}", dir.display())))?;
+        let records = match records {
+            Some(records) => records,
+            None => {
+                Records::read(&dir).map_err(|problem| InputError::new(format!("resume_from_checkpoint: {problem}")))?
+            }
+        };
+        self.restore(&dir, records)?;
+        tracing::info!(
+            "resumed from {} at step {} (epoch {}, {} micro-batches into it)",
+            dir.display(),
+            self.run.state.global_step,
+            self.run.position.epoch,
+            self.run.position.micro_batches_done
+        );
+        Ok(())
+    }
+
+    /// Loads everything else a checkpoint holds into this trainer.
+    fn restore(&mut self, dir: &Path, records: Records) -> Result<()> {
         let shown = dir.display();
-        crate::engine::weights::load_into(&self.vars, &dir.join("model.safetensors"))
-            .map_err(|e| InputError::new(format!("resume_from_checkpoint: {shown}: {e:#}")))?;
-        let host = checkpoint::read_json(dir, "host_state.json")?;
-        let saved_world = host["world_size"].as_u64().unwrap_or(1) as usize;
-        if saved_world != self.world_size() {
+        let refuse = |problem: String| InputError::new(format!("resume_from_checkpoint: {shown}: {problem}"));
+        let Records { trainer_state, host_state: host, optimizer, scheduler } = records;
+        if host.world_size != self.world_size() {
             return Err(InputError::new(format!(
-                "resume_from_checkpoint: {shown} was written by {saved_world} rank(s), this run has {}: resume with the same number of ranks (WORLD_SIZE, --nproc-per-node)",
+                "resume_from_checkpoint: {shown} was written by {} rank(s), this run has {}: resume with the same number of ranks (WORLD_SIZE, --nproc-per-node)",
+                host.world_size,
                 self.world_size()
             ))
             .into());
         }
+        self.check_position(dir, &host)?;
 
-        let saved_optimizer = checkpoint::read_json(dir, "optimizer.json")?;
-        if saved_optimizer["optim"].as_str() != Some(self.args.optim.as_str()) {
+        let saved_kind = OptimizerKind::from_name(&optimizer.optim);
+        if saved_kind != Some(self.config.optimizer.kind()) {
             return Err(InputError::new(format!(
                 "resume_from_checkpoint: {shown} was made with optim {}, this run uses {}",
-                saved_optimizer["optim"], self.args.optim
+                optimizer.optim, self.config.args.optim
             ))
             .into());
         }
@@ -184,112 +194,100 @@ impl Trainer {
             .into_iter()
             .map(|(n, t)| (n, t.to_device(self.device)))
             .collect();
-        let state = OptimizerState { tensors, scalars: saved_optimizer["scalars"].clone() };
-        self.optimizer
-            .load_state(&state)
-            .map_err(|e| InputError::new(format!("resume_from_checkpoint: {shown}: {e}")))?;
-
-        let scheduler = checkpoint::read_json(dir, "scheduler.json")?;
+        let state = OptimizerState { tensors, scalars: optimizer.scalars };
+        self.optimizer.load_state(&state).map_err(refuse)?;
         if let Some(s) = &mut self.scheduler {
-            s.load_state(&scheduler["state"])
-                .map_err(|e| InputError::new(format!("resume_from_checkpoint: {shown}: {e}")))?;
+            s.load_state(&scheduler.state).map_err(refuse)?;
         }
-        self.skipped_steps = scheduler["skipped_steps"].as_i64().unwrap_or(0);
+        self.restore_rng_states(dir)?;
+        self.restore_trainer_state(dir, trainer_state)?;
 
-        let rng_file = rng_state_file(self.dist.as_ref().map(|(dist, _)| dist.rank()));
-        let rng_states = Tensor::read_safetensors(dir.join(&rng_file))
-            .map_err(|e| InputError::new(format!("resume_from_checkpoint: cannot read {shown}/{rng_file}: {e}")))?;
-        for (name, state) in rng_states {
-            let device =
-                if name == "cpu" { Some(Device::Cpu) } else { crate::engine::device::parse_device(&name).ok().flatten() };
-            match device {
-                Some(device) if device == Device::Cpu || device == self.device => {
-                    crate::engine::rng::set_state(device, &state)?
-                }
+        self.run.position = host.position;
+        // The saved total is every rank's: rank 0 carries it on.
+        let unlogged = if self.is_world_zero() { host.loss_since_log } else { 0.0 };
+        self.meter.since_log = Tensor::from(unlogged as f32).to_device(self.device).to_kind(Kind::Float);
+        self.run.totals = Totals {
+            total_loss: host.total_loss,
+            last_logged_step: host.last_logged_step,
+            samples_seen: self.run.totals.samples_seen,
+            skipped_steps: scheduler.skipped_steps,
+        };
+        if let (Some(scaler), Some(saved)) = (&mut self.scaler, host.grad_scaler) {
+            scaler.scale = saved.scale;
+        }
+        if let (Some(loss), Some(state)) = (&mut self.loss, &host.loss_state) {
+            loss.load_state(state)?;
+        }
+        Ok(())
+    }
+
+    /// The checkpoint's data position must exist in this run's plan (the same data and
+    /// batch size give the same epochs).
+    fn check_position(&self, dir: &Path, host: &HostStateRecord) -> Result<()> {
+        let (epochs, batches) = (self.run.state.num_train_epochs as i64, self.batches_per_epoch());
+        let position = host.position;
+        if position.epoch > epochs || position.micro_batches_done > batches {
+            return Err(InputError::new(format!(
+                "resume_from_checkpoint: {}: its data position (epoch {}, micro-batch {}) is beyond this run's {epochs} epochs of {batches} micro-batches; resume with the data and batch size it was made with",
+                dir.display(),
+                position.epoch,
+                position.micro_batches_done
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    fn restore_rng_states(&self, dir: &Path) -> Result<()> {
+        let rng_file = rng_state_file(self.dist.as_ref().map(|dp| dp.rank()));
+        let states = Tensor::read_safetensors(dir.join(&rng_file)).map_err(|e| {
+            InputError::new(format!("resume_from_checkpoint: cannot read {}/{rng_file}: {e}", dir.display()))
+        })?;
+        for (name, state) in states {
+            match device_named(&name) {
+                Some(device) if device == Device::Cpu || device == self.device => rng::set_state(device, &state)?,
                 _ => tracing::warn!("not restoring the {name} random generator: this run trains on {:?}", self.device),
             }
         }
+        Ok(())
+    }
 
-        let trainer_state = checkpoint::read_json(dir, "trainer_state.json")?;
-        let s = &mut self.state;
-        s.global_step = trainer_state["global_step"].as_i64().unwrap_or(0);
-        s.epoch = trainer_state["epoch"].as_f64().unwrap_or(0.0);
-        s.best_metric = trainer_state["best_metric"].as_f64();
-        s.best_global_step = trainer_state["best_global_step"].as_i64();
-        s.best_model_checkpoint = trainer_state["best_model_checkpoint"].as_str().map(str::to_owned);
-        s.total_flos = trainer_state["total_flos"].as_f64().unwrap_or(0.0);
-        let history = trainer_state["log_history"].as_array().cloned().unwrap_or_default();
-        self.reporter.restore_history(history)?;
+    /// HF's TrainerState (the step, the best metric, the history) and the callbacks' states.
+    fn restore_trainer_state(&mut self, dir: &Path, record: TrainerStateRecord) -> Result<()> {
+        let saved = record.state;
+        let state = &mut self.run.state;
+        state.global_step = saved.global_step;
+        state.epoch = saved.epoch;
+        state.best_metric = saved.best_metric;
+        state.best_global_step = saved.best_global_step;
+        state.best_model_checkpoint = saved.best_model_checkpoint;
+        state.total_flos = saved.total_flos;
+        let extras = record.extras;
+        self.reporter.rewrite_history(&extras.log_history)?;
+        self.last_eval = last_evaluation(&extras.log_history);
+        self.run.log_history = extras.log_history;
         let callback_tensors = match dir.join("callback_tensors.safetensors") {
             path if path.exists() => {
                 Tensor::read_safetensors(&path)?.into_iter().map(|(n, t)| (n, t.to_device(self.device))).collect()
             }
             _ => Vec::new(),
         };
-        self.handler.restore_states(&trainer_state["stateful_callbacks"], &callback_tensors)?;
-
-        self.position = Position {
-            epoch: host["position"]["epoch"].as_i64().unwrap_or(0),
-            micro_batches_done: host["position"]["micro_batches_done"].as_u64().unwrap_or(0) as usize,
-        };
-        // The saved total is every rank's: rank 0 carries it on.
-        let unlogged =
-            if self.state.is_world_process_zero { host["loss_since_log"].as_f64().unwrap_or(0.0) } else { 0.0 };
-        let progress = &mut self.progress;
-        progress.loss_since_log = Tensor::from(unlogged as f32).to_device(self.device).to_kind(Kind::Float);
-        progress.total_loss = host["total_loss"].as_f64().unwrap_or(0.0);
-        progress.last_logged_step = host["last_logged_step"].as_i64().unwrap_or(0);
-        if let (Some(scaler), Some(scale)) = (&mut self.scaler, host["grad_scaler"]["scale"].as_f64()) {
-            scaler.scale = scale;
-        }
-        if let (Some(loss), Some(state)) = (&mut self.loss, host.get("loss_state").filter(|s| !s.is_null())) {
-            loss.load_state(state)?;
-        }
-        Ok(())
-    }
-
-    /// HF `_determine_best_metric`: whether `metrics` improve on the best so far.
-    pub(super) fn determine_best_metric(&mut self, metrics: &[(String, f64)]) -> anyhow::Result<bool> {
-        let Some((key, greater)) = self.args.best_metric() else { return Ok(false) };
-        let Some(value) = metrics.iter().find(|(n, _)| *n == key).map(|(_, v)| *v) else {
-            // As HF: a best-model metric that evaluation does not give is an error.
-            let names: Vec<&str> = metrics.iter().map(|(n, _)| n.as_str()).collect();
-            return Err(crate::error::InputError::new(format!(
-                "metric_for_best_model '{key}' is not among this model's evaluation metrics ({}); choose one of them",
-                names.join(", ")
-            ))
-            .into());
-        };
-        let better = match self.state.best_metric {
-            None => true,
-            Some(best) => {
-                if greater {
-                    value > best
-                } else {
-                    value < best
-                }
-            }
-        };
-        if better {
-            self.state.best_metric = Some(value);
-            self.state.best_global_step = Some(self.state.global_step);
-        }
-        Ok(better)
+        self.callbacks.restore_states(&serde_json::Value::Object(extras.stateful_callbacks), &callback_tensors)
     }
 
     /// load_best_model_at_end: the weights of the best checkpoint.
     pub(super) fn load_best_model(&mut self) -> Result<()> {
         // Rank 0 saw the checkpoints written; the others follow its answer (their disks
         // may not hold the checkpoints on other machines).
-        let best = self.state.best_model_checkpoint.clone().filter(|_| self.is_world_zero());
+        let best = self.run.state.best_model_checkpoint.clone().filter(|_| self.is_world_zero());
         let has_best = self.sum_across_ranks(best.is_some() as u8 as f64, "sharing the best model")? > 0.0;
         if !has_best {
             tracing::warn!("load_best_model_at_end: no best checkpoint was saved; keeping the final weights");
             return Ok(());
         }
         if let Some(best) = best {
-            tracing::info!("loading the best model from {best} (score: {:?})", self.state.best_metric);
-            crate::engine::weights::load_into(&self.vars, &Path::new(&best).join("model.safetensors"))?;
+            tracing::info!("loading the best model from {best} (score: {:?})", self.run.state.best_metric);
+            weights::load_into(&self.model.vars, &Path::new(&best).join("model.safetensors"))?;
         }
         self.share_rank_zero_weights()
     }
@@ -300,9 +298,31 @@ impl Trainer {
         if signal == 0 {
             return Ok(());
         }
-        crate::engine::progress_bar::finish();
+        progress_bar::finish();
         let checkpoint = self.save_checkpoint()?;
         self.fire(Event::Save, &[])?;
         Err(Interrupted { signal: signal as i32, checkpoint }.into())
     }
+}
+
+/// The metrics of the last evaluation in a log history (for the results of a resumed run
+/// that does not evaluate again).
+fn last_evaluation(history: &[serde_json::Value]) -> Option<Vec<(String, f64)>> {
+    let entry =
+        history.iter().rev().find(|e| e.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("eval_"))))?;
+    let metrics = entry.as_object()?.iter().filter(|(k, _)| *k != "step");
+    Some(metrics.filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v))).collect())
+}
+
+/// One line on the console: where, how large, how fast.
+fn log_saved(dir: &Path, seconds: f64) {
+    let megabytes = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum::<u64>())
+        .unwrap_or(0) as f64
+        / 1e6;
+    tracing::info!(
+        "saved {} ({megabytes:.1} MB in {seconds:.2} s, {:.0} MB/s)",
+        dir.display(),
+        megabytes / seconds.max(1e-9)
+    );
 }

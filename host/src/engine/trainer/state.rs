@@ -33,3 +33,34 @@ pub struct Position {
     pub epoch: i64,
     pub micro_batches_done: usize,
 }
+
+/// The run's loss and sample totals, as of the last optimizer step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    /// The sum of the logged loss averages times their steps (HF's `_total_loss_scalar`).
+    pub total_loss: f64,
+    /// The step of the last log event with a training loss.
+    pub last_logged_step: i64,
+    /// Training examples seen by this rank.
+    pub samples_seen: usize,
+    /// Optimizer steps whose update was skipped (fp16 overflow, or a callback asked): the
+    /// schedule does not advance on them, as in HF.
+    pub skipped_steps: i64,
+}
+
+/// Everything about a run that changes as it trains and that a checkpoint carries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub state: TrainerState,
+    /// Every log event so far (HF `state.log_history`): the logs plus `step`.
+    pub log_history: Vec<serde_json::Value>,
+    pub position: Position,
+    pub totals: Totals,
+}
+
+impl RunState {
+    /// The learning-rate schedule's step: optimizer steps that updated the weights.
+    pub fn schedule_step(&self) -> i64 {
+        self.state.global_step - self.totals.skipped_steps
+    }
+}

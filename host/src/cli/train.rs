@@ -1,0 +1,143 @@
+//! `host train` (and `host` alone): resolve the configuration, load the plugins and data,
+//! train, and write the run's results.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use super::TrainOptions;
+use crate::config::{layers, ResolvedConfig};
+use crate::engine::callbacks::CallbackHandler;
+use crate::engine::data;
+use crate::engine::device::device_name;
+use crate::engine::distributed::{Distributed, WorldEnv};
+use crate::engine::report::{self, Reporter};
+use crate::engine::trainer::{Outcome, Trainer, TrainerSetup};
+use crate::plugins::selection::{self, Components};
+
+/// Hugging Face's defaults, the default job's preset (when no training data is named), the
+/// config file, then the flags: later layers win.
+pub fn resolve_config(options: &TrainOptions) -> Result<ResolvedConfig> {
+    let mut user = toml::Table::new();
+    let mut origin = "flags".to_owned();
+    if let Some(path) = &options.config {
+        layers::merge(&mut user, layers::read_config_file(path)?);
+        origin = format!("config {} or flags", path.display());
+    }
+    let mut flags = options.training.to_table();
+    layers::insert_selection(&mut flags, &options.plugins, options.loss.as_deref(), &options.callbacks);
+    layers::merge(&mut user, flags);
+    for spec in &options.plugin_config {
+        layers::merge(&mut user, layers::plugin_config_flag(spec)?);
+    }
+    ResolvedConfig::from_table(layers::with_defaults(user), &origin)
+}
+
+pub fn train(options: &TrainOptions) -> Result<()> {
+    let config = resolve_config(options)?;
+    if options.print_config {
+        print!("{}", toml::to_string(&config.to_table()?)?);
+        return Ok(());
+    }
+    let world = WorldEnv::from_env()?;
+    let device = match &world {
+        Some(world) => config.device.for_rank(world.local_rank)?,
+        None => config.device.select()?,
+    };
+    let components = selection::build(&config.plugins, &serde_json::to_string(&config.args)?)?;
+    log_components(&device_name(device), &components);
+    let (train, eval) = data::load(&config.data)?;
+    let stop_signal = install_signal_handlers()?;
+    let dist = match world {
+        Some(world) => {
+            let fingerprint = serde_json::to_string(&config.to_table()?)?;
+            Some(Distributed::connect(world, device, &config.distributed, &fingerprint)?)
+        }
+        None => None,
+    };
+    // Only the first rank writes the run's files.
+    let writes = dist.as_ref().is_none_or(|d| d.rank() == 0);
+    let output_dir = Path::new(&config.args.output_dir).to_owned();
+    let reporter = if writes { Reporter::create(&output_dir)? } else { Reporter::console_only() };
+    let Components { loss, callbacks, .. } = components;
+    let callbacks = CallbackHandler::new(callbacks);
+    let setup = TrainerSetup { config, device, train, eval, loss, callbacks, reporter, stop_signal, dist };
+    let mut trainer = Trainer::new(setup)?;
+    let outcome = trainer.train()?;
+    if writes {
+        let results = save_results(&mut trainer, &outcome, &output_dir)?;
+        print_summary(&outcome, &results)?;
+    }
+    Ok(())
+}
+
+fn log_components(device: &str, components: &Components) {
+    tracing::info!("device: {device}");
+    for plugin in &components.plugins {
+        tracing::info!("plugin: {} {} ({})", plugin.name(), plugin.version(), plugin.path.display());
+    }
+    match &components.loss {
+        Some(loss) => tracing::info!("loss: {} (plugin {})", loss.name, loss.plugin),
+        None => tracing::info!("loss: built-in cross entropy"),
+    }
+    for callback in &components.callbacks {
+        tracing::info!("callback: {} (plugin {})", callback.name, callback.plugin);
+    }
+}
+
+/// As HF's `trainer.save_model()`, `save_state()` and `save_metrics("all")`: the final
+/// weights, the final state with the callbacks' states, and every metric. Returns where
+/// the metrics went.
+fn save_results(trainer: &mut Trainer, outcome: &Outcome, output_dir: &Path) -> Result<std::path::PathBuf> {
+    trainer.save_model(&output_dir.join("model.safetensors"))?;
+    let (state, _) = trainer.trainer_state_record()?;
+    let state_path = output_dir.join("trainer_state.json");
+    std::fs::write(&state_path, serde_json::to_string_pretty(&serde_json::to_value(state)?)? + "\n")
+        .with_context(|| format!("cannot write {}", state_path.display()))?;
+    let mut results = serde_json::Map::new();
+    for (name, value) in outcome.train_metrics.iter().chain(outcome.eval_metrics.iter().flatten()) {
+        results.insert(name.clone(), serde_json::json!(value));
+    }
+    let results_path = output_dir.join("all_results.json");
+    std::fs::write(&results_path, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("cannot write {}", results_path.display()))?;
+    Ok(results_path)
+}
+
+fn print_summary(outcome: &Outcome, results: &Path) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    write_metrics(&mut out, "train metrics", &outcome.train_metrics)?;
+    if let Some(eval) = &outcome.eval_metrics {
+        write_metrics(&mut out, "eval metrics", eval)?;
+    }
+    writeln!(out, "results: {}", results.display())?;
+    Ok(())
+}
+
+/// Metrics under a title, as HF's `log_metrics` prints them.
+pub(super) fn write_metrics(out: &mut impl Write, title: &str, metrics: &[(String, f64)]) -> Result<()> {
+    writeln!(out, "***** {title} *****")?;
+    for (name, value) in metrics {
+        writeln!(out, "  {name:<26} = {}", report::show(name, *value))?;
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM ask the run to stop after the current optimizer step, with a
+/// checkpoint; a second one ends the process at once (exit 130 or 143). Checkpoints are
+/// written atomically, so even that never leaves a half-written one.
+fn install_signal_handlers() -> Result<Arc<AtomicUsize>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use std::sync::atomic::AtomicBool;
+    let which = Arc::new(AtomicUsize::new(0));
+    let asked = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&asked))?;
+        signal_hook::flag::register_usize(signal, Arc::clone(&which), signal as usize)?;
+        signal_hook::flag::register(signal, Arc::clone(&asked))?;
+    }
+    Ok(which)
+}

@@ -1,0 +1,251 @@
+//! Evaluation and prediction (HF `evaluate`, `predict`, `evaluation_loop`), and the best
+//! model decision that follows each evaluation (HF `_determine_best_metric`).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use super::metrics::{check_scalar, cross_entropy, Tally};
+use super::Trainer;
+use crate::engine::callbacks::Event;
+use crate::engine::libtorch;
+use crate::engine::models::{Outputs, Task};
+use crate::engine::precision::Autocast;
+use crate::error::InputError;
+
+impl Trainer {
+    /// Evaluates on the eval set: eval_loss (the run's loss, batch means weighted by batch
+    /// size, as HF) and the task's metrics. Fires on_prediction_step per batch, then on_log
+    /// and on_evaluate; then steps reduce_lr_on_plateau and records a new best metric.
+    /// Returns the metrics and whether they are the best so far.
+    pub fn evaluate(&mut self) -> Result<(Vec<(String, f64)>, bool)> {
+        let trained = self.swap_in_evaluation_weights()?;
+        let metrics = self.evaluation_loop("eval", |_, _, _| Ok(()));
+        if let Some(trained) = trained {
+            tch::no_grad(|| {
+                for (mut param, weights) in trained {
+                    param.copy_(&weights);
+                }
+            });
+        }
+        let metrics = metrics?;
+        // As in HF, the metrics given to on_evaluate carry the epoch that `log` adds.
+        let metrics = self.log(metrics)?;
+        self.last_eval = Some(metrics.clone());
+        self.fire(Event::Evaluate, &metrics)?;
+        // After on_evaluate, as HF: callbacks there still see the previous best metric.
+        if let (Some(scheduler), Some(best)) = (&mut self.scheduler, &self.config.best_metric) {
+            if let Some((_, value)) = metrics.iter().find(|(name, _)| *name == best.key) {
+                scheduler.on_metric(*value);
+            }
+        }
+        let new_best = self.determine_best_metric(&metrics)?;
+        Ok((metrics, new_best))
+    }
+
+    /// HF `predict`: runs the model over the evaluation data, writes one JSON line per
+    /// example to `output` (its index, label, predicted class and class probabilities; for
+    /// token models the predicted token at each position), and returns `test_*` metrics,
+    /// which on_predict receives.
+    pub fn predict(&mut self, output: &Path) -> Result<Vec<(String, f64)>> {
+        let file = std::fs::File::create(output)
+            .map_err(|e| InputError::new(format!("cannot write predictions to {}: {e}", output.display())))?;
+        let mut out = std::io::BufWriter::new(file);
+        let metrics =
+            self.evaluation_loop("test", |logits, labels, start| write_predictions(&mut out, logits, labels, start))?;
+        out.flush().with_context(|| format!("cannot write {}", output.display()))?;
+        self.fire(Event::Predict, &metrics)?;
+        Ok(metrics)
+    }
+
+    /// HF `_determine_best_metric`: whether `metrics` improve on the best so far (and if
+    /// so, records them as the best, at this step).
+    fn determine_best_metric(&mut self, metrics: &[(String, f64)]) -> Result<bool> {
+        let Some(best) = &self.config.best_metric else { return Ok(false) };
+        let Some(value) = metrics.iter().find(|(n, _)| *n == best.key).map(|(_, v)| *v) else {
+            // As HF: a best-model metric that evaluation does not give is an error.
+            let names: Vec<&str> = metrics.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(InputError::new(format!(
+                "metric_for_best_model '{}' is not among this model's evaluation metrics ({}); choose one of them",
+                best.key,
+                names.join(", ")
+            ))
+            .into());
+        };
+        let better = best.improves_on(value, self.run.state.best_metric);
+        if better {
+            self.run.state.best_metric = Some(value);
+            self.run.state.best_global_step = Some(self.run.state.global_step);
+        }
+        Ok(better)
+    }
+
+    /// Runs the model over the evaluation data in batches and returns `{prefix}_*` metrics:
+    /// the loss (the run's loss, batch means weighted by batch size, as HF), then by task
+    /// accuracy and macro F1 (classification) or accuracy and perplexity (causal LM).
+    /// `per_batch` sees each batch's logits and labels. Fires on_prediction_step per batch.
+    fn evaluation_loop(
+        &mut self,
+        prefix: &str,
+        mut per_batch: impl FnMut(&Tensor, &Tensor, i64) -> Result<()>,
+    ) -> Result<Vec<(String, f64)>> {
+        let started = Instant::now();
+        let n = self.eval.len();
+        // In a distributed run each rank evaluates its block and the totals are summed.
+        let (first, share) = self.eval_share();
+        let (first, end) = (first as i64, (first + share) as i64);
+        let bs = self.config.args.per_device_eval_batch_size;
+        let mut tally = Tally::new(self.device);
+        let mut batches = 0usize;
+        for start in (first..end).step_by(bs as usize) {
+            let len = bs.min(end - start);
+            let what = || format!("evaluation (per_device_eval_batch_size {bs})");
+            // Autocast stays on until the batch is done with, as in the forward pass.
+            let (logits, labels, _autocast) = libtorch::guard(what, || self.evaluation_batch(start, len, &mut tally))?;
+            batches += 1;
+            per_batch(&logits, &labels, start)?;
+            self.fire(Event::PredictionStep, &[])?;
+        }
+        if self.dist.is_some() {
+            let totals = tally.totals();
+            self.sum_tensors_across_ranks(&totals.iter().collect::<Vec<_>>(), "summing the evaluation metrics")?;
+            tally.set_totals(totals);
+            batches = self.sum_across_ranks(batches as f64, "summing the evaluation metrics")? as usize;
+        }
+        let runtime = started.elapsed().as_secs_f64();
+        let mut metrics = vec![(format!("{prefix}_loss"), tally.loss_sum.double_value(&[]) / n.max(1) as f64)];
+        if let Some(accuracy) = tally.accuracy() {
+            metrics.push((format!("{prefix}_accuracy"), accuracy));
+        }
+        match self.model.task {
+            Task::Classification => {
+                if let Some(f1) = tally.macro_f1() {
+                    metrics.push((format!("{prefix}_f1"), f1));
+                }
+            }
+            // As HF's run_clm: the exponential of the mean loss.
+            Task::CausalLm => {
+                metrics.push((format!("{prefix}_perplexity"), metrics[0].1.exp()));
+                if let Some(exact) = self.exact_match()? {
+                    metrics.push((format!("{prefix}_exact_match"), exact));
+                }
+            }
+        }
+        metrics.extend([
+            (format!("{prefix}_runtime"), runtime),
+            (format!("{prefix}_samples_per_second"), n as f64 / runtime),
+            (format!("{prefix}_steps_per_second"), batches as f64 / runtime),
+        ]);
+        Ok(metrics)
+    }
+
+    /// The model and the loss over the examples `start..start + len`, added to `tally`;
+    /// returns the logits and labels, and autocast (on while it lives).
+    fn evaluation_batch(&mut self, start: i64, len: i64, tally: &mut Tally) -> Result<(Tensor, Tensor, Autocast)> {
+        let batch = self.eval.slice(start, len);
+        let autocast = Autocast::enter(self.precision, self.device)?;
+        let outputs: Outputs = tch::no_grad(|| self.model.net.forward(&batch, false))?;
+        let logits = outputs.get_logits();
+        let labels = batch.labels();
+        let loss = match &mut self.loss {
+            Some(loss) => {
+                let value = tch::no_grad(|| loss.compute_loss(&outputs.to_plugin(), &batch.to_plugin(), None))?;
+                check_scalar(loss, &value)?;
+                value
+            }
+            None => cross_entropy(logits, labels, Reduction::Mean)?,
+        };
+        tally.add(&loss, len, logits, labels);
+        Ok((logits.shallow_clone(), labels.shallow_clone(), autocast))
+    }
+
+    /// The share of evaluation texts whose greedy completion after the separator token
+    /// reproduces the rest of the text exactly (generation_separator); `None` without one.
+    fn exact_match(&self) -> Result<Option<f64>> {
+        // Every rank answers, even one whose share has no text, so that the sums match up.
+        let Some(separator) = self.eval.separator_token else { return Ok(None) };
+        let (mut matched, mut asked) = (0usize, 0usize);
+        let (first, share) = self.eval_share();
+        for index in first as i64..(first + share) as i64 {
+            let Some(tokens) = self.eval.tokens(index) else { return Ok(None) };
+            let ids = Vec::<i64>::try_from(&tokens.to_device(Device::Cpu))?;
+            let Some(at) = ids.iter().position(|&id| id == separator) else { continue };
+            let (prompt, target) = (tokens.narrow(0, 0, at as i64 + 1), &ids[at + 1..]);
+            let Some(generated) = self.model.net.generate(&prompt, target.len() as i64, self.eval.end_token) else {
+                return Ok(None);
+            };
+            let generated = Vec::<i64>::try_from(&generated?.to_device(Device::Cpu))?;
+            asked += 1;
+            matched += usize::from(generated[at + 1..] == *target);
+        }
+        let matched = self.sum_across_ranks(matched as f64, "summing exact matches")?;
+        let asked = self.sum_across_ranks(asked as f64, "summing exact matches")?;
+        Ok((asked > 0.0).then(|| matched / asked))
+    }
+
+    /// Puts in place the weights a callback wants evaluations to use (EMA weights, say);
+    /// returns the trained weights to put back afterwards.
+    fn swap_in_evaluation_weights(&mut self) -> Result<Option<Vec<(Tensor, Tensor)>>> {
+        let Some(weights) = self.callbacks.evaluation_weights()? else { return Ok(None) };
+        let mut saved = Vec::new();
+        tch::no_grad(|| -> Result<()> {
+            for param in self.optimizer.params() {
+                let replacement = weights
+                    .require(&param.name)
+                    .map_err(|e| anyhow::anyhow!("evaluation weights from a callback: {}", e.message()))?;
+                anyhow::ensure!(
+                    replacement.size() == param.tensor.size(),
+                    "evaluation weights from a callback: {} has shape {:?}, the model {:?}",
+                    param.name,
+                    replacement.size(),
+                    param.tensor.size()
+                );
+                let trained = param.tensor.detach().copy();
+                param.tensor.shallow_clone().copy_(&replacement.to_device(param.tensor.device()));
+                saved.push((param.tensor.shallow_clone(), trained));
+            }
+            Ok(())
+        })?;
+        Ok(Some(saved))
+    }
+}
+
+/// One JSON line per example of a prediction batch: its index and label, and the
+/// predicted class with the class probabilities, or for token models the predicted token
+/// at each position (class probabilities would be vocabulary-sized).
+fn write_predictions(out: &mut impl Write, logits: &Tensor, labels: &Tensor, start: i64) -> Result<()> {
+    let predicted = logits.argmax(-1, false);
+    if logits.dim() > 2 {
+        let predicted = Vec::<Vec<i64>>::try_from(&predicted.flatten(1, -1))?;
+        let labels = Vec::<Vec<i64>>::try_from(&labels.flatten(1, -1))?;
+        for (i, (prediction, label)) in predicted.iter().zip(&labels).enumerate() {
+            let line = serde_json::json!({"index": start as usize + i, "label": label, "prediction": prediction});
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
+    let probabilities = logits.to_kind(Kind::Float).softmax(-1, Kind::Float);
+    let predicted = Vec::<i64>::try_from(&predicted)?;
+    let rows = Vec::<Vec<f32>>::try_from(&probabilities)?;
+    let labels: Vec<serde_json::Value> = if labels.is_floating_point() {
+        Vec::<Vec<f64>>::try_from(&labels.to_kind(Kind::Double).reshape([labels.size()[0], -1]))?
+            .into_iter()
+            .map(|row| if row.len() == 1 { serde_json::json!(row[0]) } else { serde_json::json!(row) })
+            .collect()
+    } else {
+        Vec::<i64>::try_from(&labels.reshape([-1]))?.into_iter().map(|l| serde_json::json!(l)).collect()
+    };
+    for (i, ((prediction, label), probabilities)) in predicted.iter().zip(&labels).zip(&rows).enumerate() {
+        let line = serde_json::json!({
+            "index": start as usize + i,
+            "label": label,
+            "prediction": prediction,
+            "probabilities": probabilities,
+        });
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}

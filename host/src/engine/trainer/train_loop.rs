@@ -1,0 +1,450 @@
+//! The training loop, in Hugging Face Trainer's order of events (`_inner_training_loop`):
+//! plan the run, then per epoch its optimizer steps, each over gradient-accumulated
+//! micro-batches (`training_step`), then log, evaluate and save as the control flags ask
+//! (`_maybe_log_save_evaluate`).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+use super::metrics::{builtin_training_loss, check_scalar};
+use super::state::Position;
+use super::Trainer;
+use crate::config::arguments::{IntervalStrategy, SaveStrategy, TrainingArguments};
+use crate::engine::callbacks::Event;
+use crate::engine::data::{self, Batch};
+use crate::engine::libtorch;
+use crate::engine::optim::schedule::Scheduler;
+use crate::engine::precision::Autocast;
+use crate::engine::{checkpoint, distributed, progress_bar};
+use crate::error::InputError;
+
+/// What a finished run reports.
+pub struct Outcome {
+    pub train_metrics: Vec<(String, f64)>,
+    pub eval_metrics: Option<Vec<(String, f64)>>,
+}
+
+/// The run's length, known once the data is.
+struct Plan {
+    max_steps: i64,
+    num_epochs: i64,
+    updates_per_epoch: i64,
+    /// Micro-batches per optimizer step (gradient_accumulation_steps).
+    accumulation: usize,
+}
+
+/// One epoch's batches of example indices: every rank's, as each rank counts the label
+/// items of a global step itself; this rank trains on its own.
+struct EpochBatches {
+    shards: Vec<Vec<Tensor>>,
+    rank: usize,
+}
+
+impl EpochBatches {
+    fn mine(&self) -> &[Tensor] {
+        &self.shards[self.rank]
+    }
+}
+
+/// Whether the epoch goes on after an optimizer step.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    StopEpoch,
+}
+
+/// The training loss summed since the last log, and the last gradient norm, kept on the
+/// device so that nothing waits on them until a log line reads them.
+pub(super) struct LossMeter {
+    pub(super) since_log: Tensor,
+    grad_norm: Option<Tensor>,
+}
+
+impl LossMeter {
+    pub(super) fn new(device: Device) -> Self {
+        Self { since_log: Tensor::zeros([], (Kind::Float, device)), grad_norm: None }
+    }
+
+    /// Adds a micro-batch loss. With HF's `logging_nan_inf_filter`, a nan or inf loss counts
+    /// as the average of the `steps` since the last log instead (computed on the device).
+    fn add(&mut self, loss: &Tensor, steps: i64, filter_nan_inf: bool) {
+        let loss = loss.detach().to_kind(Kind::Float);
+        let loss = if filter_nan_inf {
+            let average = &self.since_log / steps as f64;
+            loss.where_self(&loss.isfinite(), &average)
+        } else {
+            loss
+        };
+        let _ = self.since_log.g_add_(&loss);
+    }
+}
+
+impl Trainer {
+    /// Runs training to the end (or until a callback or a signal stops it).
+    pub fn train(&mut self) -> Result<Outcome> {
+        let plan = self.plan()?;
+        self.prepare(&plan)?;
+        let started = Instant::now();
+        self.begin(&plan)?;
+        let resume_at = self.run.position;
+        for epoch in resume_at.epoch..plan.num_epochs {
+            self.fire(Event::EpochBegin, &[])?;
+            let batches = self.epoch_batches(epoch);
+            let steps_in_epoch = batches.mine().len();
+            // A resumed run starts where the checkpoint was: the batch lists are recomputed
+            // from the seed, so no data is read to get there.
+            let skip = if epoch == resume_at.epoch { resume_at.micro_batches_done.min(steps_in_epoch) } else { 0 };
+            self.run.position = Position { epoch, micro_batches_done: skip };
+            for first in (skip..steps_in_epoch).step_by(plan.accumulation) {
+                let count = plan.accumulation.min(steps_in_epoch - first);
+                if self.optimizer_update(&batches, first, count, steps_in_epoch)? == Flow::StopEpoch {
+                    break;
+                }
+            }
+            self.end_epoch(epoch)?;
+            if self.callbacks.control.should_training_stop {
+                break;
+            }
+        }
+        self.finish(started)
+    }
+
+    /// The number of optimizer steps and epochs, as HF computes them, and the schedule.
+    fn plan(&mut self) -> Result<Plan> {
+        let args = &self.config.args;
+        let accumulation = args.gradient_accumulation_steps as usize;
+        let batches_per_epoch = self.batches_per_epoch();
+        if batches_per_epoch == 0 {
+            return Err(InputError::new(format!(
+                "no training batch: {} training examples with per_device_train_batch_size {} and dataloader_drop_last",
+                self.train.len(),
+                args.per_device_train_batch_size
+            ))
+            .into());
+        }
+        let world = self.world_size();
+        if world > 1 && !self.eval.is_empty() && self.eval.len() < world {
+            return Err(InputError::new(format!(
+                "{} evaluation examples for {world} ranks: every rank needs at least one; use more evaluation data or fewer ranks",
+                self.eval.len()
+            ))
+            .into());
+        }
+        let updates_per_epoch = batches_per_epoch.div_ceil(accumulation) as i64;
+        let (max_steps, num_epochs) = if args.max_steps > 0 {
+            (args.max_steps, (args.max_steps + updates_per_epoch - 1) / updates_per_epoch)
+        } else {
+            ((args.num_train_epochs * updates_per_epoch as f64).ceil() as i64, args.num_train_epochs.ceil() as i64)
+        };
+        let warmup = TrainingArguments::resolve_steps(args.warmup_steps, max_steps);
+        let state = &mut self.run.state;
+        state.max_steps = max_steps;
+        state.num_train_epochs = num_epochs as f64;
+        state.train_batch_size = args.per_device_train_batch_size;
+        state.logging_steps = TrainingArguments::resolve_steps(args.logging_steps, max_steps);
+        state.eval_steps = TrainingArguments::resolve_steps(args.eval_steps.unwrap_or(args.logging_steps), max_steps);
+        state.save_steps = TrainingArguments::resolve_steps(args.save_steps, max_steps);
+        self.scheduler = Some(Scheduler::new(&self.config.schedule, warmup, max_steps));
+        Ok(Plan { max_steps, num_epochs, updates_per_epoch, accumulation })
+    }
+
+    /// Micro-batches per epoch (of this rank's share of the data).
+    pub(super) fn batches_per_epoch(&self) -> usize {
+        let args = &self.config.args;
+        let (n, bs) = (self.train.len().div_ceil(self.world_size()), args.per_device_train_batch_size as usize);
+        if args.dataloader_drop_last {
+            n / bs
+        } else {
+            n.div_ceil(bs)
+        }
+    }
+
+    /// Before the clock starts: clears what an interrupted save left, resumes from a
+    /// checkpoint if asked, and says what the run will do.
+    fn prepare(&mut self, plan: &Plan) -> Result<()> {
+        if self.is_world_zero() {
+            checkpoint::remove_stale_temporaries(&self.output_dir());
+        }
+        if let Some(spec) = self.config.args.resume_from_checkpoint.clone() {
+            self.resume(&spec)?;
+        }
+        let (n_train, n_eval) = (self.train.len(), self.eval.len());
+        self.reporter.training_starts(&self.run.state, n_train, n_eval, plan.updates_per_epoch, plan.accumulation);
+        Ok(())
+    }
+
+    /// HF's on_train_begin, and the evaluation eval_on_start asks for.
+    fn begin(&mut self, plan: &Plan) -> Result<()> {
+        progress_bar::start(plan.max_steps as u64, self.config.args.disable_tqdm);
+        self.fire(Event::TrainBegin, &[])?;
+        if self.config.args.eval_on_start {
+            self.evaluate()?;
+        }
+        Ok(())
+    }
+
+    /// The epoch's batches, in the order the data seed and the epoch give.
+    fn epoch_batches(&self, epoch: i64) -> EpochBatches {
+        let args = &self.config.args;
+        let order = data::epoch_order(self.train.len(), args.data_seed.unwrap_or(args.seed), epoch as u64);
+        let (rank, world) = self.rank_and_world();
+        let shards = (0..world)
+            .map(|r| {
+                let shard = distributed::shard(&order, r, world);
+                data::batches(&shard, args.per_device_train_batch_size as usize, args.dataloader_drop_last)
+            })
+            .collect();
+        EpochBatches { shards, rank }
+    }
+
+    /// One optimizer step over the micro-batches `first..first + count` of the epoch: each
+    /// one's forward and backward pass, then the update. A callback may stop the epoch or
+    /// the run between micro-batches, as in HF.
+    fn optimizer_update(
+        &mut self,
+        batches: &EpochBatches,
+        first: usize,
+        count: usize,
+        steps_in_epoch: usize,
+    ) -> Result<Flow> {
+        let micro: Vec<Batch> = batches.mine()[first..first + count].iter().map(|idx| self.train.batch(idx)).collect();
+        // HF counts label items over the whole optimizer step before running it.
+        let num_items = match self.world_size() {
+            1 => micro.iter().map(|batch| data::count_label_items(batch.labels())).sum(),
+            _ => self.global_label_items(&batches.shards, first, count),
+        };
+        for (i, batch) in micro.iter().enumerate() {
+            let last = i + 1 == micro.len();
+            if i == 0 {
+                self.fire(Event::StepBegin, &[])?;
+            }
+            self.training_step(batch, num_items, last)?;
+            if last {
+                self.optimizer_step(steps_in_epoch)?;
+            } else {
+                self.fire(Event::SubstepEnd, &[])?;
+            }
+            let control = &self.callbacks.control;
+            if control.should_epoch_stop || control.should_training_stop {
+                return Ok(Flow::StopEpoch);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// HF `training_step`: one micro-batch's forward and backward pass. The loss is
+    /// normalised by the label items of the whole optimizer step (`num_items_in_batch`), so
+    /// accumulated gradients equal one big batch.
+    fn training_step(&mut self, batch: &Batch, num_items: i64, last_of_step: bool) -> Result<()> {
+        let (step, batch_size) = (self.run.state.global_step + 1, self.config.args.per_device_train_batch_size);
+        let what = move || format!("training step {step} (per_device_train_batch_size {batch_size})");
+        libtorch::guard(what, || {
+            let loss = self.training_loss(batch, num_items)?;
+            // As HF with num_items_in_batch over all ranks: each rank's loss is its share of
+            // the global one; times the world size, DDP's averaging of the gradients gives
+            // the global batch's gradient.
+            let world = self.world_size();
+            let scaled = if world > 1 { &loss * world as f64 } else { loss.shallow_clone() };
+            if last_of_step {
+                self.arm_gradient_sync()?;
+            }
+            let scaled = match &self.scaler {
+                Some(scaler) => scaler.scale_loss(&scaled),
+                None => scaled,
+            };
+            scaled.f_backward()?;
+            let since_log = 1 + self.run.state.global_step - self.run.totals.last_logged_step;
+            self.meter.add(&loss, since_log, self.config.args.logging_nan_inf_filter);
+            Ok(())
+        })?;
+        self.run.totals.samples_seen += batch.len() as usize;
+        self.run.position.micro_batches_done += 1;
+        Ok(())
+    }
+
+    /// The loss of one training micro-batch: the loss plugin's, or the built-in one.
+    fn training_loss(&mut self, batch: &Batch, num_items: i64) -> Result<Tensor> {
+        // HF runs the forward pass and the loss under autocast, the backward pass outside.
+        let _autocast = Autocast::enter(self.precision, self.device)?;
+        let outputs = self.model.net.forward(batch, true)?;
+        match &mut self.loss {
+            Some(loss) => {
+                let value = loss.compute_loss(&outputs.to_plugin(), &batch.to_plugin(), Some(num_items))?;
+                check_scalar(loss, &value)?;
+                Ok(value)
+            }
+            None => builtin_training_loss(outputs.get_logits(), batch.labels(), num_items),
+        }
+    }
+
+    /// After the step's last backward pass: the update, the step's events, then logging,
+    /// evaluation and saving as the flags ask, and a stop if a signal came.
+    fn optimizer_step(&mut self, steps_in_epoch: usize) -> Result<()> {
+        let step = self.run.state.global_step + 1;
+        libtorch::guard(move || format!("optimizer step {step}"), || self.update_weights())?;
+        self.run.state.global_step += 1;
+        let position = self.run.position;
+        self.run.state.epoch = position.epoch as f64 + position.micro_batches_done as f64 / steps_in_epoch as f64;
+        self.fire(Event::StepEnd, &[])?;
+        progress_bar::advance(self.run.state.global_step as u64, None);
+        self.agree_on_control()?;
+        self.maybe_log_save_evaluate()?;
+        self.stop_if_signalled()
+    }
+
+    /// Averages the gradients over the ranks, unscales and clips them, lets callbacks see
+    /// them, and applies the optimizer (unless a callback or an fp16 overflow skips it).
+    fn update_weights(&mut self) -> Result<()> {
+        self.average_gradients()?;
+        let finite = self.unscale_gradients();
+        let norm = self.optimizer.clip_grad_norm(self.config.args.max_grad_norm).map_err(libtorch::Failed)?;
+        self.meter.grad_norm = Some(norm);
+        let skip = self.show_gradients()?;
+        self.fire(Event::PreOptimizerStep, &[])?;
+        if skip {
+            self.run.totals.skipped_steps += 1;
+        } else if finite {
+            let lr = self.current_lr();
+            self.optimizer.step(lr).map_err(libtorch::Failed)?;
+        } else {
+            self.run.totals.skipped_steps += 1;
+            tracing::debug!("fp16 gradients overflowed: optimizer step skipped, loss scale lowered");
+        }
+        self.fire(Event::OptimizerStep, &[])?;
+        self.show_parameters()?;
+        self.optimizer.zero_grad().map_err(libtorch::Failed)?;
+        Ok(())
+    }
+
+    /// The learning rate for the next optimizer step (HF: the scheduler's last lr).
+    fn current_lr(&self) -> f64 {
+        let step = self.run.schedule_step();
+        self.scheduler.as_ref().map_or(self.config.args.learning_rate, |s| s.lr(step))
+    }
+
+    /// fp16: divides the gradients by the loss scale and adapts the scale; returns whether
+    /// the step may be taken (no overflow). Always true without fp16.
+    fn unscale_gradients(&mut self) -> bool {
+        let grads = self.gradients();
+        let Some(scaler) = &mut self.scaler else { return true };
+        let finite = scaler.unscale(&grads);
+        scaler.update(finite);
+        finite
+    }
+
+    /// Shows the gradients to the callbacks that want them (plugin-api 1.2); true when one
+    /// asks to skip this update.
+    fn show_gradients(&mut self) -> Result<bool> {
+        if !self.callbacks.wants_gradients() {
+            return Ok(false);
+        }
+        let mut gradients = plugin_api::Tensors::new();
+        for param in self.optimizer.params() {
+            let grad = param.tensor.grad();
+            if grad.defined() {
+                gradients.insert(param.name.clone(), grad);
+            }
+        }
+        self.callbacks.on_gradients(&gradients)
+    }
+
+    /// Shows the parameters to the callbacks that want them (plugin-api 1.3).
+    fn show_parameters(&mut self) -> Result<()> {
+        if !self.callbacks.wants_parameters() {
+            return Ok(());
+        }
+        let parameters = self.named_parameters(true);
+        self.callbacks.on_parameters(&parameters)
+    }
+
+    /// The end of an epoch: a checkpoint from here on resumes at the next one.
+    fn end_epoch(&mut self, epoch: i64) -> Result<()> {
+        self.fire(Event::EpochEnd, &[])?;
+        self.run.position = Position { epoch: epoch + 1, micro_batches_done: 0 };
+        self.agree_on_control()?;
+        self.maybe_log_save_evaluate()
+    }
+
+    /// HF `_maybe_log_save_evaluate`: log if asked (and a step happened since the last
+    /// log), then evaluate if asked, then save if asked.
+    fn maybe_log_save_evaluate(&mut self) -> Result<()> {
+        let control = &self.callbacks.control;
+        let acts = control.should_log || control.should_evaluate || control.should_save;
+        if self.callbacks.control.should_log && self.run.state.global_step > self.run.totals.last_logged_step {
+            self.log_training_loss()?;
+        }
+        if self.callbacks.control.should_evaluate {
+            let (_, new_best) = self.evaluate()?;
+            if self.config.args.save_strategy == SaveStrategy::Best {
+                self.callbacks.control.should_save = new_best;
+            }
+        }
+        if self.callbacks.control.should_save {
+            self.save_checkpoint()?;
+            self.fire(Event::Save, &[])?;
+        }
+        // on_log, on_evaluate and on_save callbacks may set flags too (early stopping does).
+        if acts {
+            self.agree_on_control()?;
+        }
+        Ok(())
+    }
+
+    /// A training log event: the mean loss since the last one, the gradient norm and the
+    /// learning rate.
+    fn log_training_loss(&mut self) -> Result<()> {
+        let learning_rate = self.current_lr();
+        let summed = self.loss_since_log_all_ranks()?;
+        let _ = self.meter.since_log.zero_();
+        let (step, totals) = (self.run.state.global_step, &mut self.run.totals);
+        totals.total_loss += summed;
+        let loss = summed / (step - totals.last_logged_step) as f64;
+        totals.last_logged_step = step;
+        let mut logs = vec![("loss".to_owned(), loss)];
+        if let Some(norm) = &self.meter.grad_norm {
+            logs.push(("grad_norm".to_owned(), norm.double_value(&[])));
+        }
+        logs.push(("learning_rate".to_owned(), learning_rate));
+        progress_bar::advance(step as u64, Some(format!("loss {loss:.4}")));
+        self.log(logs)?;
+        Ok(())
+    }
+
+    /// HF `Trainer.log`: adds the callbacks' entries and the epoch, records the entry in
+    /// the history, writes it, then fires on_log.
+    pub(super) fn log(&mut self, mut logs: Vec<(String, f64)>) -> Result<Vec<(String, f64)>> {
+        let extra = self.callbacks.extra_logs(&logs)?;
+        logs.extend(extra);
+        logs.push(("epoch".to_owned(), self.run.state.epoch));
+        let entry = self.reporter.log(&self.run.state, &logs)?;
+        self.run.log_history.push(entry);
+        self.fire(Event::Log, &logs)?;
+        Ok(logs)
+    }
+
+    /// The end of training: the best model if asked, the run's metrics (logged), on_train_end.
+    fn finish(&mut self, started: Instant) -> Result<Outcome> {
+        progress_bar::finish();
+        if self.config.args.load_best_model_at_end {
+            self.load_best_model()?;
+        }
+        let unlogged = self.loss_since_log_all_ranks()?;
+        let samples_seen = self.run.totals.samples_seen * self.world_size();
+        let total_loss = self.run.totals.total_loss + unlogged;
+        let runtime = started.elapsed().as_secs_f64();
+        let steps = self.run.state.global_step;
+        let train_metrics = vec![
+            ("train_runtime".to_owned(), runtime),
+            ("train_samples_per_second".to_owned(), samples_seen as f64 / runtime),
+            ("train_steps_per_second".to_owned(), steps as f64 / runtime),
+            ("train_loss".to_owned(), total_loss / steps.max(1) as f64),
+        ];
+        let train_metrics = self.log(train_metrics)?;
+        self.fire(Event::TrainEnd, &[])?;
+        let evaluates = !self.eval.is_empty() && self.config.args.eval_strategy != IntervalStrategy::No;
+        let eval_metrics = if evaluates { self.last_eval.clone() } else { None };
+        Ok(Outcome { train_metrics, eval_metrics })
+    }
+}
