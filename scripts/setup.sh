@@ -2,8 +2,8 @@
 # Installs everything a build needs that may be missing on a fresh Debian machine with a
 # Rust toolchain and Python 3: a C++ compiler (torch-sys compiles a small C++ wrapper),
 # Python's venv module, gloo's headers (the torch wheel lacks them; the distributed shim
-# needs them), and the project-local libtorch venv. Idempotent and quick when
-# everything is already there.
+# needs them), rustfmt and clippy (the test script's checks), and the project-local
+# libtorch venv. Idempotent and quick when everything is already there.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +22,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# scripts/test.sh checks formatting and lints: the toolchain's rustfmt and clippy.
+if ! cargo fmt --version >/dev/null 2>&1; then
+    rustup component add rustfmt
+fi
+if ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add clippy
 fi
 
 "$ROOT/scripts/setup-torch.sh"

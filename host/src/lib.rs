@@ -5,7 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
-pub mod native;
+mod native;
 pub mod plugins;
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! a model, data, a device, a precision and a distributed setup.
 
 pub mod arguments;
-pub mod layers;
-pub mod preset;
+pub(crate) mod layers;
+pub(crate) mod preset;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -115,5 +115,93 @@ impl ResolvedConfig {
             table.insert("plugin_config".to_owned(), components);
         }
         Ok(table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration from TOML over the defaults (as the command line resolves it).
+    fn resolve(toml: &str) -> Result<ResolvedConfig, String> {
+        let user: toml::Table = toml::from_str(toml).unwrap();
+        ResolvedConfig::from_table(layers::with_defaults(user), "test").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn values_no_run_can_use_are_refused_with_the_argument_named() {
+        let cases = [
+            ("per_device_train_batch_size = 0", "per_device_train_batch_size must be at least 1 (got 0)"),
+            ("gradient_accumulation_steps = -2", "gradient_accumulation_steps must be at least 1 (got -2)"),
+            ("learning_rate = -1.0", "learning_rate must be >= 0 (got -1)"),
+            ("learning_rate = nan", "learning_rate must be >= 0 (got NaN)"),
+            ("adam_beta1 = 1.0", "adam_beta1 must be in [0, 1) (got 1)"),
+            ("adam_epsilon = 0.0", "adam_epsilon must be > 0 (got 0)"),
+            ("max_grad_norm = -1.0", "max_grad_norm must be >= 0, 0 disables clipping (got -1)"),
+            ("num_train_epochs = 0.0", "num_train_epochs must be a positive number when max_steps is not set"),
+            ("dropout = 1.0", "dropout must be in [0, 1) (got 1)"),
+            ("warmup_steps = -1.0", "warmup_steps must be >= 0 (got -1)"),
+            ("logging_steps = 0.0", "logging_steps must be > 0 (got 0)"),
+            ("validation_split_percentage = 100.0", "validation_split_percentage must be between 0 and 100"),
+            ("max_eval_samples = 0", "max_eval_samples must be at least 1 (got 0)"),
+            ("ddp_timeout = 0", "ddp_timeout must be at least 1 (got 0)"),
+            ("eval_strategy = \"no\"\neval_on_start = true", "eval_on_start needs an evaluation set up"),
+            ("metric_for_best_model = \"speed\"", "metric_for_best_model 'speed' is not an evaluation metric"),
+            ("save_total_limit = 0", "save_total_limit must be at least 1 (got 0)"),
+            ("save_steps = -1.0", "save_steps must be > 0 (got -1)"),
+            ("eval_strategy = \"no\"\nsave_strategy = \"best\"", "save_strategy=best needs evaluations"),
+            (
+                "load_best_model_at_end = true\nsave_strategy = \"epoch\"\neval_strategy = \"steps\"",
+                "load_best_model_at_end needs save_strategy to match eval_strategy (save_strategy=epoch, eval_strategy=steps)",
+            ),
+            (
+                "load_best_model_at_end = true\nsave_strategy = \"steps\"\neval_strategy = \"steps\"\nsave_steps = 30.0\neval_steps = 20.0",
+                "load_best_model_at_end needs save_steps to be a multiple of eval_steps",
+            ),
+            (
+                "eval_strategy = \"no\"\nlr_scheduler_type = \"reduce_lr_on_plateau\"",
+                "lr_scheduler_type reduce_lr_on_plateau needs evaluations",
+            ),
+            ("lr_scheduler_kwargs = { num_cycles = 2 }", "'num_cycles' is not a setting of linear"),
+            ("optim = \"adamx\"", "optim 'adamx' is not one of: adamw (or adamw_torch), adam, sgd"),
+            ("optim_args = \"momentum=0.9\"", "optim_args: 'momentum' is not a setting of adamw (it takes: amsgrad)"),
+            ("optim = \"sgd\"\noptim_args = \"nesterov=true\"", "nesterov needs momentum > 0 and dampening 0"),
+            ("device = \"tpu\"", "device 'tpu' is not one of: auto, cpu, cuda, cuda:N"),
+            ("bf16 = true\nfp16 = true", "bf16 and fp16 are both set; choose one"),
+            ("ddp_backend = \"mpi\"", "ddp_backend 'mpi' is not one of: gloo, nccl"),
+            ("ddp_bucket_cap_mb = 0.0", "ddp_bucket_cap_mb must be > 0 (got 0)"),
+            ("model = \"resnet\"", "model 'resnet' is not known; use mlp, cnn, transformer, gpt or torchscript:FILE.pt"),
+            ("hidden_size = 0", "hidden_size must be > 0 for the mlp model (got 0)"),
+            ("model = \"gpt\"\nhidden_size = 10", "num_attention_heads (4) must divide hidden_size (10)"),
+            ("model = \"transformer\"\nmax_seq_length = 0", "max_seq_length must be > 0 for the transformer model"),
+        ];
+        for (toml, expected) in cases {
+            let error = resolve(toml).err().unwrap_or_else(|| panic!("{toml} was accepted"));
+            assert!(error.contains(expected), "{toml}: {error}\nshould contain: {expected}");
+        }
+    }
+
+    #[test]
+    fn arguments_become_typed_specs_once() {
+        let config =
+            resolve("optim = \"adamw_torch\"\nlr_scheduler_type = \"reduce_lr_on_plateau\"\ndevice = \"cuda:1\"")
+                .unwrap();
+        // Aliases become the canonical name, which checkpoints record.
+        assert_eq!(config.args.optim, "adamw");
+        assert_eq!(config.optimizer.kind(), crate::engine::optim::OptimizerKind::AdamW);
+        assert_eq!(config.device, DeviceSpec::Cuda(Some(1)));
+        // reduce_lr_on_plateau steps on the loss, as HF fills it in.
+        let best = config.best_metric.unwrap();
+        assert_eq!((best.key.as_str(), best.greater_is_better), ("eval_loss", false));
+        assert_eq!(config.args.metric_for_best_model.as_deref(), Some("loss"));
+        assert_eq!(config.args.greater_is_better, Some(false));
+        let config =
+            resolve("model = \"torchscript:m.pt\"\nddp_bucket_cap_mb = 1.0\nfeature_columns = \"a, b,\"").unwrap();
+        assert_eq!(config.model.architecture, crate::engine::models::Architecture::TorchScript("m.pt".into()));
+        assert_eq!(config.distributed.bucket_cap_bytes, 1 << 20);
+        assert_eq!(config.data.files.feature_columns, Some(vec!["a".to_owned(), "b".to_owned()]));
+        // What the configuration prints is what it reads back.
+        let again = ResolvedConfig::from_table(config.to_table().unwrap(), "printed").unwrap();
+        assert_eq!(again.args, config.args);
     }
 }

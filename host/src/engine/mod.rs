@@ -1,14 +1,17 @@
+//! The training engine: the trainer and what it trains with (models, data, optimizers),
+//! what it writes (checkpoints, reports), and how it runs (device, precision, ranks).
+
 pub mod callbacks;
 pub mod checkpoint;
 pub mod data;
-pub mod device;
-pub mod distributed;
+pub(crate) mod device;
+pub(crate) mod distributed;
 pub mod libtorch;
 pub mod models;
-pub mod optim;
-pub mod precision;
+pub(crate) mod optim;
+pub(crate) mod precision;
 pub mod progress_bar;
-pub mod report;
-pub mod rng;
+pub(crate) mod report;
+pub(crate) mod rng;
 pub mod trainer;
 pub mod weights;

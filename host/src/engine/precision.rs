@@ -2,7 +2,7 @@
 //! gradient scaler that fp16 needs, as `torch.amp.GradScaler`.
 
 use anyhow::{anyhow, Result};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::error::InputError;
 use crate::native;
@@ -116,15 +116,16 @@ impl GradScaler {
     }
 }
 
-/// Whether `t` computes in `kind` under the current autocast (used by tests).
-pub fn matmul_kind(device: Device) -> Kind {
-    let a = Tensor::ones([2, 2], (Kind::Float, device));
-    a.matmul(&a).kind()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
+
+    /// The kind a float32 matmul computes in under the current autocast.
+    fn matmul_kind(device: Device) -> Kind {
+        let a = Tensor::ones([2, 2], (Kind::Float, device));
+        a.matmul(&a).kind()
+    }
 
     #[test]
     fn bf16_autocast_on_cpu_lowers_matmuls_while_it_lives() {

@@ -4,12 +4,12 @@
 
 mod abi;
 mod callback;
-pub mod config_schema;
+pub(crate) mod config_schema;
 mod extension;
 mod library;
 mod loss;
-pub mod search_path;
-pub mod selection;
+pub(crate) mod search_path;
+pub(crate) mod selection;
 
 pub use callback::{PluginCallback, PluginCallbacks};
 pub use library::{Component, Kind, Plugin};

@@ -24,6 +24,7 @@ pub enum Event {
 
 impl Event {
     /// Every event.
+    #[cfg(test)]
     pub const ALL: [Event; 15] = [
         Event::InitEnd,
         Event::TrainBegin,

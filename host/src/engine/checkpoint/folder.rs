@@ -218,3 +218,110 @@ fn fault_point(point: &str) {
 
 #[cfg(not(feature = "fault-injection"))]
 fn fault_point(_: &str) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A committed checkpoint `step` in `output_dir` with one file, `weights.bin`.
+    fn save(output_dir: &Path, step: i64, content: &[u8]) -> PathBuf {
+        let mut writer = Writer::begin(output_dir, step).unwrap();
+        writer.write_bytes("weights.bin", content).unwrap();
+        writer.write_json("state.json", &serde_json::json!({ "step": step })).unwrap();
+        writer.commit().unwrap()
+    }
+
+    fn names(output_dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            fs::read_dir(output_dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_checkpoint_appears_whole_under_its_name_with_a_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Writer::begin(dir.path(), 7).unwrap();
+        // Until commit, only a temporary folder exists.
+        assert!(names(dir.path())[0].starts_with(TEMP_PREFIX));
+        drop(writer);
+        let checkpoint = save(dir.path(), 7, b"abc");
+        assert_eq!(checkpoint, dir.path().join("checkpoint-7"));
+        assert!(names(dir.path()).iter().any(|n| n == "checkpoint-7"));
+        let manifest: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(checkpoint.join(MANIFEST)).unwrap()).unwrap();
+        // sha256("abc")
+        assert_eq!(
+            manifest["sha256"]["weights.bin"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(verify(&checkpoint), Ok(()));
+        // Saving the same step again replaces it whole.
+        save(dir.path(), 7, b"xyz");
+        assert_eq!(fs::read(checkpoint.join("weights.bin")).unwrap(), b"xyz");
+        remove_stale_temporaries(dir.path());
+        assert_eq!(names(dir.path()), ["checkpoint-7"]);
+    }
+
+    #[test]
+    fn verification_names_the_first_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = save(dir.path(), 1, b"abc");
+        fs::write(checkpoint.join("weights.bin"), b"abd").unwrap();
+        assert!(verify(&checkpoint)
+            .unwrap_err()
+            .ends_with("weights.bin is corrupt (its checksum does not match the manifest)"));
+        fs::remove_file(checkpoint.join("weights.bin")).unwrap();
+        assert!(verify(&checkpoint).unwrap_err().ends_with("weights.bin is missing"));
+        fs::remove_file(checkpoint.join(MANIFEST)).unwrap();
+        assert!(verify(&checkpoint).unwrap_err().ends_with("has no manifest.json (an incomplete checkpoint)"));
+    }
+
+    #[test]
+    fn latest_is_the_newest_one_that_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        for step in [2, 10, 9] {
+            save(dir.path(), step, b"w");
+        }
+        fs::create_dir(dir.path().join("checkpoint-x")).unwrap();
+        let steps: Vec<i64> = list(dir.path()).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps, [2, 9, 10]);
+        let (found, _) = latest(dir.path(), verify).unwrap();
+        assert_eq!(found, dir.path().join("checkpoint-10"));
+        // A checkpoint that `open` refuses is skipped for the one before.
+        let (found, step) = latest(dir.path(), |d| {
+            let state: serde_json::Value =
+                serde_json::from_str(&fs::read_to_string(d.join("state.json")).unwrap()).unwrap();
+            let step = state["step"].as_i64().unwrap();
+            if step == 10 {
+                Err("refused".to_owned())
+            } else {
+                Ok(step)
+            }
+        })
+        .unwrap();
+        assert_eq!((found, step), (dir.path().join("checkpoint-9"), 9));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(latest(empty.path(), verify).unwrap_err().to_string().contains("no complete checkpoint in"));
+    }
+
+    #[test]
+    fn rotation_keeps_the_newest_and_the_best() {
+        let cases: [(i64, Option<i64>, &[&str]); 4] = [
+            (2, None, &["checkpoint-4", "checkpoint-5"]),
+            (2, Some(1), &["checkpoint-1", "checkpoint-5"]),
+            (1, Some(5), &["checkpoint-5"]),
+            // A limit of 1 with an older best keeps both, so the run can still resume.
+            (1, Some(2), &["checkpoint-2", "checkpoint-5"]),
+        ];
+        for (limit, best, expected) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            for step in 1..=5 {
+                save(dir.path(), step, b"w");
+            }
+            let best = best.map(|step| dir.path().join(format!("checkpoint-{step}")));
+            rotate(dir.path(), limit, best.as_deref()).unwrap();
+            assert_eq!(names(dir.path()), expected, "limit {limit}, best {best:?}");
+        }
+    }
+}

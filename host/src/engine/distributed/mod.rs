@@ -61,7 +61,6 @@ pub struct Distributed {
     group: Group,
     /// Keys of this attempt (torchrun restarts reuse its store).
     prefix: String,
-    pub backend: &'static str,
     /// How long to wait for the other ranks (ddp_timeout).
     timeout: Duration,
 }
@@ -94,7 +93,7 @@ impl Distributed {
             })?;
         let restart = std::env::var("TORCHELASTIC_RESTART_COUNT").unwrap_or_else(|_| "0".to_owned());
         let prefix = format!("host/{restart}/");
-        let this = Self { env, group, prefix, backend, timeout };
+        let this = Self { env, group, prefix, timeout };
         let missing = this.roll_call("arrived", fingerprint.as_bytes(), timeout)?;
         if !missing.is_empty() {
             anyhow::bail!(

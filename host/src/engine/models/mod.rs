@@ -59,11 +59,6 @@ pub trait Model {
     fn generate(&self, _prompt: &Tensor, _new_tokens: i64, _stop: Option<i64>) -> Option<Result<Tensor>> {
         None
     }
-
-    /// The name PyTorch gives a parameter (the VarStore's name unless the model renames).
-    fn export_name(&self, var_name: &str) -> String {
-        var_name.to_owned()
-    }
 }
 
 /// The model the arguments ask for, checked: an architecture and its sizes.

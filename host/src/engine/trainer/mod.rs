@@ -188,10 +188,6 @@ impl Trainer {
         Ok(trainer)
     }
 
-    pub fn args(&self) -> &crate::config::arguments::TrainingArguments {
-        &self.config.args
-    }
-
     fn output_dir(&self) -> PathBuf {
         PathBuf::from(&self.config.args.output_dir)
     }
