@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::TrainOptions;
 use crate::config::{layers, ResolvedConfig};
@@ -14,6 +14,7 @@ use crate::engine::callbacks::CallbackHandler;
 use crate::engine::data;
 use crate::engine::device::device_name;
 use crate::engine::distributed::{Distributed, WorldEnv};
+use crate::engine::output::{write_text_atomically, OutputDir};
 use crate::engine::report::{self, Reporter};
 use crate::engine::trainer::{Outcome, Trainer, TrainerSetup};
 use crate::plugins::selection::{self, Components};
@@ -27,7 +28,7 @@ pub fn resolve_config(options: &TrainOptions) -> Result<ResolvedConfig> {
         layers::merge(&mut user, layers::read_config_file(path)?);
         origin = format!("config {} or flags", path.display());
     }
-    let mut flags = options.training.to_table();
+    let mut flags = options.training.to_table()?;
     layers::insert_selection(&mut flags, &options.plugins, options.loss.as_deref(), &options.callbacks);
     layers::merge(&mut user, flags);
     for spec in &options.plugin_config {
@@ -58,17 +59,17 @@ pub fn train(options: &TrainOptions) -> Result<()> {
         }
         None => None,
     };
-    // Only the first rank writes the run's files.
+    // Only the first rank writes the run's files, and holds output_dir for the run.
     let writes = dist.as_ref().is_none_or(|d| d.rank() == 0);
-    let output_dir = Path::new(&config.args.output_dir).to_owned();
-    let reporter = if writes { Reporter::create(&output_dir)? } else { Reporter::console_only() };
+    let output = if writes { Some(OutputDir::hold(Path::new(&config.args.output_dir))?) } else { None };
+    let reporter = output.as_ref().map_or_else(Reporter::console_only, |o| Reporter::create(o.path()));
     let Components { loss, callbacks, .. } = components;
     let callbacks = CallbackHandler::new(callbacks);
     let setup = TrainerSetup { config, device, train, eval, loss, callbacks, reporter, stop_signal, dist };
     let mut trainer = Trainer::new(setup)?;
     let outcome = trainer.train()?;
-    if writes {
-        let results = save_results(&mut trainer, &outcome, &output_dir)?;
+    if let Some(output) = output.filter(|_| !outcome.already_complete) {
+        let results = save_results(&mut trainer, &outcome, output.path())?;
         print_summary(&outcome, &results)?;
     }
     Ok(())
@@ -94,16 +95,14 @@ fn log_components(device: &str, components: &Components) {
 fn save_results(trainer: &mut Trainer, outcome: &Outcome, output_dir: &Path) -> Result<std::path::PathBuf> {
     trainer.save_model(&output_dir.join("model.safetensors"))?;
     let (state, _) = trainer.trainer_state_record()?;
-    let state_path = output_dir.join("trainer_state.json");
-    std::fs::write(&state_path, serde_json::to_string_pretty(&serde_json::to_value(state)?)? + "\n")
-        .with_context(|| format!("cannot write {}", state_path.display()))?;
+    let state = serde_json::to_string_pretty(&serde_json::to_value(state)?)? + "\n";
+    write_text_atomically(&output_dir.join("trainer_state.json"), &state)?;
     let mut results = serde_json::Map::new();
     for (name, value) in outcome.train_metrics.iter().chain(outcome.eval_metrics.iter().flatten()) {
         results.insert(name.clone(), serde_json::json!(value));
     }
     let results_path = output_dir.join("all_results.json");
-    std::fs::write(&results_path, serde_json::to_string_pretty(&results)? + "\n")
-        .with_context(|| format!("cannot write {}", results_path.display()))?;
+    write_text_atomically(&results_path, &(serde_json::to_string_pretty(&results)? + "\n"))?;
     Ok(results_path)
 }
 

@@ -62,16 +62,23 @@ macro_rules! training_arguments {
         }
 
         impl TrainingFlags {
-            /// The flags that were given, as TOML keys and values.
-            pub fn to_table(&self) -> toml::Table {
+            /// The flags that were given, as TOML keys and values. TOML's integers are
+            /// 64-bit signed: a larger value (a seed of 2^63) is refused by name.
+            pub fn to_table(&self) -> Result<toml::Table, InputError> {
                 let mut table = toml::Table::new();
                 $(
                     if let Some(value) = &self.$name {
-                        let value = toml::Value::try_from(value).expect("flag values serialize to TOML");
+                        let value = toml::Value::try_from(value).map_err(|e| {
+                            InputError::new(format!(
+                                "--{} {value:?}: {e}; it must be at most {} (2^63 - 1)",
+                                stringify!($name).replace('_', "-"),
+                                i64::MAX
+                            ))
+                        })?;
                         table.insert(stringify!($name).to_owned(), value);
                     }
                 )*
-                table
+                Ok(table)
             }
         }
 
@@ -257,6 +264,10 @@ fn above_zero(name: &str, value: f64) -> Result<(), InputError> {
     }
 }
 
+/// The most optimizer steps a run may plan (about 30 years at a million steps a second):
+/// more is a mistake in max_steps or num_train_epochs, not a run.
+pub const MAX_STEPS: i64 = 1_000_000_000_000;
+
 /// The metrics an evaluation reports, without their `eval_` prefix.
 pub const EVAL_METRICS: &[&str] = &["loss", "accuracy", "f1", "perplexity", "exact_match"];
 
@@ -264,6 +275,15 @@ impl TrainingArguments {
     /// Rejects values no run can use, naming the argument and what is allowed. (Arguments
     /// that become a typed spec, such as optim or device, are checked by their parser.)
     pub fn check_values(&self) -> Result<(), InputError> {
+        if self.output_dir.trim().is_empty() {
+            return Err(InputError::new("output_dir is empty: give the folder for the run's files"));
+        }
+        if self.max_steps > MAX_STEPS {
+            return Err(InputError::new(format!(
+                "max_steps {} is more optimizer steps than any run takes; at most {MAX_STEPS} are supported",
+                self.max_steps
+            )));
+        }
         let positive = |name: &str, value: i64| {
             if value >= 1 {
                 Ok(())

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::engine::trainer::state::TrainerState;
 use anyhow::{Context, Result};
@@ -11,24 +11,34 @@ use anyhow::{Context, Result};
 /// Writes what a run tells the user; it keeps nothing the run needs (the run's state holds
 /// the log history).
 pub struct Reporter {
-    /// None for evaluation and prediction runs, which leave the training files alone.
+    /// Where the log history goes; None for evaluation and prediction runs, which leave the
+    /// training files alone.
+    history_path: Option<PathBuf>,
+    /// Opened (and emptied) at the first log event: a run that trains nothing leaves the
+    /// previous run's history alone.
     history_file: Option<BufWriter<File>>,
 }
 
 impl Reporter {
-    /// Creates `output_dir` and starts a fresh `log_history.jsonl` in it.
-    pub fn create(output_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(output_dir).map_err(|e| {
-            crate::error::InputError::new(format!("cannot create output_dir {}: {e}", output_dir.display()))
-        })?;
-        let path = output_dir.join("log_history.jsonl");
-        let file = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Self { history_file: Some(BufWriter::new(file)) })
+    /// Writes `log_history.jsonl` in `output_dir` (which must exist), from the first event.
+    pub fn create(output_dir: &Path) -> Self {
+        Self { history_path: Some(output_dir.join("log_history.jsonl")), history_file: None }
     }
 
     /// Logs to the console only: writes no file.
     pub fn console_only() -> Self {
-        Self { history_file: None }
+        Self { history_path: None, history_file: None }
+    }
+
+    /// The history file, started fresh on first use.
+    fn history(&mut self) -> Result<Option<&mut BufWriter<File>>> {
+        if self.history_file.is_none() {
+            if let Some(path) = &self.history_path {
+                let file = File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+                self.history_file = Some(BufWriter::new(file));
+            }
+        }
+        Ok(self.history_file.as_mut())
     }
 
     pub fn training_starts(
@@ -56,7 +66,7 @@ impl Reporter {
         }
         entry.insert("step".to_owned(), state.global_step.into());
         let entry = serde_json::Value::Object(entry);
-        if let Some(file) = &mut self.history_file {
+        if let Some(file) = self.history()? {
             writeln!(file, "{entry}").context("cannot write log_history.jsonl")?;
             file.flush().context("cannot write log_history.jsonl")?;
         }
@@ -82,7 +92,7 @@ impl Reporter {
 
     /// Continues the history of a resumed run: its entries so far, in the file too.
     pub fn rewrite_history(&mut self, entries: &[serde_json::Value]) -> Result<()> {
-        let Some(file) = &mut self.history_file else { return Ok(()) };
+        let Some(file) = self.history()? else { return Ok(()) };
         file.flush().context("cannot rewrite log_history.jsonl")?;
         file.get_mut().set_len(0).context("cannot rewrite log_history.jsonl")?;
         std::io::Seek::rewind(file.get_mut()).context("cannot rewrite log_history.jsonl")?;

@@ -84,12 +84,15 @@ impl Writer {
         File::open(&manifest_path).and_then(|f| f.sync_all())?;
         sync_dir(&self.temp)?;
         fault_point("before:rename");
-        if self.target.exists() {
-            // Saving the same step again: put the old one aside, then drop it.
+        if self.target.symlink_metadata().is_ok() {
+            // Saving the same step again (or over a file in the way): put the old one aside
+            // under a temporary name, then drop it.
             let aside = self.temp.with_extension("replaced");
-            fs::rename(&self.target, &aside)?;
-            fs::rename(&self.temp, &self.target)?;
-            fs::remove_dir_all(&aside)?;
+            fs::rename(&self.target, &aside)
+                .with_context(|| format!("cannot move {} aside to replace it", self.target.display()))?;
+            fs::rename(&self.temp, &self.target)
+                .with_context(|| format!("cannot move the checkpoint to {}", self.target.display()))?;
+            remove(&aside)?;
         } else {
             fs::rename(&self.temp, &self.target)
                 .with_context(|| format!("cannot move the checkpoint to {}", self.target.display()))?;
@@ -170,14 +173,27 @@ pub fn latest<T>(output_dir: &Path, open: impl Fn(&Path) -> Result<T, String>) -
     .into())
 }
 
-/// Removes temporary folders that an interrupted save left behind.
+/// Removes what an interrupted save or deletion left behind (temporary folders, or files).
 pub fn remove_stale_temporaries(output_dir: &Path) {
     for entry in fs::read_dir(output_dir).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-            tracing::info!("removing {} (left by an interrupted save)", entry.path().display());
-            let _ = fs::remove_dir_all(entry.path());
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(TEMP_PREFIX) || name.starts_with(crate::engine::output::TEMP_PREFIX) {
+            match remove(&entry.path()) {
+                Ok(()) => tracing::info!("removed {} (left by an interrupted save)", entry.path().display()),
+                Err(e) => tracing::warn!("{e:#}"),
+            }
         }
     }
+}
+
+/// Removes a folder with everything in it, or a file.
+fn remove(path: &Path) -> Result<()> {
+    let removed = if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    removed.with_context(|| format!("cannot remove {}", path.display()))
 }
 
 /// Hugging Face's `_rotate_checkpoints`: keep at most `limit` checkpoints, the newest ones,
@@ -198,7 +214,12 @@ pub fn rotate(output_dir: &Path, limit: i64, best: Option<&Path>) -> Result<()> 
     let excess = sorted.len().saturating_sub(limit);
     for dir in &sorted[..excess] {
         tracing::info!("deleting older checkpoint {} (save_total_limit)", dir.display());
-        fs::remove_dir_all(dir).with_context(|| format!("cannot delete {}", dir.display()))?;
+        // Renamed first: a kill during the removal leaves a temporary folder (which the next
+        // run removes), never a checkpoint with files missing.
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let doomed = output_dir.join(format!("{TEMP_PREFIX}deleting-{name}-{}", std::process::id()));
+        fs::rename(dir, &doomed).with_context(|| format!("cannot delete {}", dir.display()))?;
+        remove(&doomed)?;
     }
     Ok(())
 }
@@ -261,6 +282,13 @@ mod tests {
         assert_eq!(fs::read(checkpoint.join("weights.bin")).unwrap(), b"xyz");
         remove_stale_temporaries(dir.path());
         assert_eq!(names(dir.path()), ["checkpoint-7"]);
+        // A file in the checkpoint's place is replaced too, and nothing is left behind.
+        fs::write(dir.path().join("checkpoint-8"), "in the way").unwrap();
+        save(dir.path(), 8, b"w");
+        assert!(verify(&dir.path().join("checkpoint-8")).is_ok());
+        fs::write(dir.path().join(".tmp-host-model.safetensors-1"), "half").unwrap();
+        remove_stale_temporaries(dir.path());
+        assert_eq!(names(dir.path()), ["checkpoint-7", "checkpoint-8"]);
     }
 
     #[test]

@@ -277,9 +277,19 @@ fn read_csv(path: &Path, options: &FileOptions) -> Result<Dataset, InputError> {
         let line = record.position().map_or(0, |p| p.line());
         let number = |i: usize| -> Result<f64, InputError> {
             let text = &record[i];
-            text.parse::<f64>().map_err(|_| {
-                InputError::new(format!("{shown} line {line}, column '{}': '{text}' is not a number", header[i]))
-            })
+            let place = || format!("{shown} line {line}, column '{}'", header[i]);
+            let value =
+                text.parse::<f64>().map_err(|_| InputError::new(format!("{}: '{text}' is not a number", place())))?;
+            // Models compute in float32: NaN, infinities and values beyond its range would
+            // train to NaN weights.
+            if !(value.is_finite() && value.abs() <= f32::MAX as f64) {
+                return Err(InputError::new(format!(
+                    "{}: '{text}' is not a finite float32 number (at most {:e} in size); clean the data",
+                    place(),
+                    f32::MAX
+                )));
+            }
+            Ok(value)
         };
         for &i in &features {
             values.push(number(i)? as f32);

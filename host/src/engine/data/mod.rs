@@ -59,13 +59,43 @@ pub fn load(spec: &DataSpec) -> anyhow::Result<(Dataset, Dataset)> {
         Some(file) => load_file(file, &spec.files)?,
         None => load_digits()?,
     };
-    Ok(match &spec.eval_file {
+    let (train, eval) = match &spec.eval_file {
         Some(file) => {
             let eval = load_file(file, &spec.files)?;
             limit(train, eval, spec.max_train_samples, spec.max_eval_samples)
         }
+        None if train.len() < 2 => {
+            let source = spec.train_file.as_ref().map_or("the digits".to_owned(), |f| f.display().to_string());
+            return Err(InputError::new(format!(
+                "{source}: 1 example; at least 2 are needed to split off evaluation data (validation_split_percentage): give more data, or an eval_file"
+            ))
+            .into());
+        }
         None => split(&train, spec.validation_split_percentage, spec.max_train_samples, spec.max_eval_samples),
-    })
+    };
+    check_same_shapes(&train, &eval, spec)?;
+    Ok((train, eval))
+}
+
+/// The evaluation data must have the training data's fields, shaped alike per example
+/// (text, padded to each set's longest, may differ in length).
+fn check_same_shapes(train: &Dataset, eval: &Dataset, spec: &DataSpec) -> Result<(), InputError> {
+    let eval_source = spec.eval_file.as_ref().map_or("the evaluation split".to_owned(), |f| f.display().to_string());
+    for (name, tensor) in &train.fields {
+        // A field the evaluation data lacks is named by whatever needs it (the model, a loss).
+        let Some(other) = eval.field(name) else { continue };
+        let padded = |data: &Dataset, t: &Tensor| data.lengths.is_some() && t.dim() >= 2;
+        let skip = if padded(train, tensor) && padded(eval, other) { 2 } else { 1 };
+        let (ours, theirs) = (&tensor.size()[skip.min(tensor.dim())..], &other.size()[skip.min(other.dim())..]);
+        if tensor.dim() != other.dim() || ours != theirs {
+            return Err(InputError::new(format!(
+                "{eval_source}: field '{name}' is shaped {:?} per example, the training data's {:?}; give both the same shape",
+                &other.size()[1..],
+                &tensor.size()[1..]
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The seed of the train/eval split: fixed, so every run evaluates on the same examples
@@ -112,6 +142,14 @@ impl Dataset {
         if rows == 0 {
             return Err(InputError::new(format!("{source}: no examples")));
         }
+        let fields: Vec<(String, Tensor)> = fields
+            .into_iter()
+            .map(|(name, tensor)| {
+                let tensor = as_class_ids(&name, tensor);
+                (name, tensor)
+            })
+            .collect();
+        check_finite(source, &fields)?;
         let lengths = fields
             .iter()
             .find(|(n, t)| n == "attention_mask" && t.dim() == 2)
@@ -236,6 +274,38 @@ impl Dataset {
     }
 }
 
+/// Integer labels of one column ([N, 1], as a table often stores them) are class ids [N].
+fn as_class_ids(name: &str, tensor: Tensor) -> Tensor {
+    let size = tensor.size();
+    if name == "labels" && !tensor.is_floating_point() && size.len() == 2 && size[1] == 1 {
+        tensor.reshape([size[0]])
+    } else {
+        tensor
+    }
+}
+
+/// Every floating value must be a finite float32 number (models compute in float32): a
+/// NaN, an infinity or a float64 beyond float32's range would train to NaN weights. The
+/// error names the field, row and column of the first one.
+fn check_finite(source: &str, fields: &[(String, Tensor)]) -> Result<(), InputError> {
+    for (name, tensor) in fields.iter().filter(|(_, t)| t.is_floating_point() && t.numel() > 0) {
+        let flat = tensor.flatten(0, -1);
+        let bad = flat.isfinite().logical_not().logical_or(&flat.abs().gt(f32::MAX as f64));
+        if bad.any().int64_value(&[]) == 0 {
+            continue;
+        }
+        let index = bad.to_kind(Kind::Int64).argmax(None, false).int64_value(&[]);
+        let per_row = (tensor.numel() as i64 / tensor.size()[0]).max(1);
+        let value = flat.double_value(&[index]);
+        return Err(InputError::new(format!(
+            "{source}: field '{name}' has a value that is not a finite float32 number ({value}) at row {}, column {}; clean the data",
+            index / per_row,
+            index % per_row
+        )));
+    }
+    Ok(())
+}
+
 /// Converts a batch field to what models and losses compute with: floating data to float32
 /// (autocast lowers it where asked), integer labels and token ids to int64. Per batch, so
 /// a mapped file is never copied whole.
@@ -324,6 +394,7 @@ fn pad_rows<T: Copy>(rows: &[Vec<T>], pad: T, width: usize) -> (Vec<T>, Vec<i64>
 /// Splits off `eval_percent` of the examples for evaluation, by a fixed seed.
 pub fn split(data: &Dataset, eval_percent: f64, max_train: Option<i64>, max_eval: Option<i64>) -> (Dataset, Dataset) {
     let n = data.len();
+    debug_assert!(n >= 2, "load checks that a split has examples on both sides");
     let mut order: Vec<i64> = (0..n as i64).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(SPLIT_SEED));
     let n_eval = ((n as f64) * eval_percent / 100.0).round().clamp(1.0, (n - 1).max(1) as f64) as usize;

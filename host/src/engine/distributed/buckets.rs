@@ -85,12 +85,12 @@ impl GradientBuckets {
 
     /// Before the last backward pass of an optimizer step: sets the values that ride along
     /// and lets the buckets all-reduce as backward fills them.
-    pub fn arm(&self, extra: &[f64]) -> Result<()> {
-        anyhow::ensure!(extra.len() as i64 == self.extra, "{} extra values for {} slots", extra.len(), self.extra);
+    pub fn arm(&self, extra: &Tensor) -> Result<()> {
+        anyhow::ensure!(extra.numel() as i64 == self.extra, "{} extra values for {} slots", extra.numel(), self.extra);
         if let Some(first) = self.flats.first() {
             let length = first.size()[0];
             let slots = first.narrow(0, length - self.extra, self.extra);
-            let values = Tensor::from_slice(extra).to_kind(first.kind()).to_device(first.device());
+            let values = extra.to_kind(first.kind()).to_device(first.device());
             tch::no_grad(|| slots.shallow_clone().copy_(&values));
         }
         if let Some(reducer) = &self.reducer {

@@ -22,17 +22,20 @@ pub struct Cnn {
     dropout: f64,
 }
 
-impl Cnn {
+/// The shapes through the convolution blocks, from the data's `input` shape.
+pub struct Geometry {
+    /// Channels, height and width of one image.
+    image: [i64; 3],
+    /// Input and output channels of each block.
+    blocks: Vec<(i64, i64)>,
+    /// Values per example after the blocks.
+    flat: i64,
+}
+
+impl Geometry {
     /// `input_shape` is the data's `input` shape: [N, C, H, W], [N, H, W], or [N, F] with F a
     /// square (one channel, as the digits' 64 pixels are 8x8).
-    pub fn new(
-        root: &nn::Path,
-        input_shape: &[i64],
-        num_blocks: i64,
-        hidden: i64,
-        num_labels: i64,
-        dropout: f64,
-    ) -> Result<Self, InputError> {
+    pub fn of(input_shape: &[i64], num_blocks: i64) -> Result<Self, InputError> {
         let image = match input_shape {
             [_, c, h, w] => [*c, *h, *w],
             [_, h, w] => [1, *h, *w],
@@ -46,29 +49,55 @@ impl Cnn {
                 )))
             }
         };
-        let features = root / "features";
-        let config = nn::ConvConfig { padding: 1, ..Default::default() };
         let (mut channels, mut side) = (image[0], [image[1], image[2]]);
-        let mut convs = Vec::new();
+        let mut blocks = Vec::new();
         for i in 0..num_blocks {
-            if side[0] < 2 || side[1] < 2 {
+            if side[0] < 2 || side[1] < 2 || i >= 24 {
                 return Err(InputError::new(format!(
                     "num_hidden_layers = {num_blocks} conv blocks halve the {}x{} image to nothing; use at most {i}",
                     image[1], image[2]
                 )));
             }
             let out = 32 << i;
-            convs.push(nn::conv2d(&features / (3 * i), channels, out, 3, config));
+            blocks.push((channels, out));
             channels = out;
             side = [side[0] / 2, side[1] / 2];
         }
+        Ok(Self { image, blocks, flat: channels * side[0] * side[1] })
+    }
+
+    /// The parameters of a CNN of this geometry: 3x3 convolutions, the hidden and the
+    /// output linear layers, with biases.
+    pub fn parameter_count(&self, hidden: i64, num_labels: i64) -> u64 {
+        let convs: i64 = self.blocks.iter().map(|(i, o)| i * o * 9 + o).sum();
+        (convs + self.flat * hidden + hidden + hidden * num_labels + num_labels) as u64
+    }
+}
+
+impl Cnn {
+    pub fn new(
+        root: &nn::Path,
+        input_shape: &[i64],
+        num_blocks: i64,
+        hidden: i64,
+        num_labels: i64,
+        dropout: f64,
+    ) -> Result<Self, InputError> {
+        let geometry = Geometry::of(input_shape, num_blocks)?;
+        let features = root / "features";
+        let config = nn::ConvConfig { padding: 1, ..Default::default() };
+        let convs = geometry
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, (c_in, c_out))| nn::conv2d(&features / (3 * i), *c_in, *c_out, 3, config))
+            .collect();
         let classifier = root / "classifier";
-        let flat = channels * side[0] * side[1];
         Ok(Self {
             convs,
-            hidden: nn::linear(&classifier / 0, flat, hidden, Default::default()),
+            hidden: nn::linear(&classifier / 0, geometry.flat, hidden, Default::default()),
             out: nn::linear(&classifier / 3, hidden, num_labels, Default::default()),
-            image,
+            image: geometry.image,
             dropout,
         })
     }

@@ -19,6 +19,11 @@ pub struct Mlp {
     dropout: f64,
 }
 
+/// The parameters of an MLP of these widths (weights and biases).
+pub fn parameter_count(widths: &[i64]) -> u64 {
+    widths.windows(2).map(|w| (w[0] * w[1] + w[1]) as u64).sum()
+}
+
 impl Mlp {
     pub fn new(root: &nn::Path, widths: &[i64], dropout: f64) -> Self {
         let path = root / "layers";

@@ -135,6 +135,12 @@ impl ModelSpec {
             }
             positive("max_seq_length", sizes.max_seq_length)?;
         }
+        if architecture == Architecture::Gpt && sizes.max_seq_length < 2 {
+            return Err(InputError::new(format!(
+                "max_seq_length must be at least 2 for the gpt model, which predicts each next token (got {})",
+                sizes.max_seq_length
+            )));
+        }
         Ok(Self { architecture, sizes })
     }
 
@@ -150,9 +156,29 @@ impl ModelSpec {
     }
 }
 
-/// Builds the model `spec` describes, its parameters under `root`, sized by the data
-/// where the spec leaves a size open (classes, vocabulary, input features).
-pub fn build(spec: &ModelSpec, root: &nn::Path, train: &Dataset, eval: &Dataset) -> Result<(Box<dyn Model>, Task)> {
+/// The most classes a label column may make, and the largest vocabulary: beyond them a
+/// label or token id is a mistake in the data (a count or an identifier in the wrong
+/// column), not a size to allocate.
+pub const MAX_CLASSES: i64 = 1 << 20;
+pub const MAX_VOCAB: i64 = 1 << 22;
+
+/// A model ready to build: the spec with the sizes the data decides (input shape, classes,
+/// vocabulary), checked against the data.
+pub struct ModelPlan {
+    spec: ModelSpec,
+    shape: PlanShape,
+}
+
+enum PlanShape {
+    Mlp { widths: Vec<i64> },
+    Cnn { input_shape: Vec<i64>, num_labels: i64 },
+    Gpt(transformer::Config),
+    Transformer(transformer::Config, i64),
+    TorchScript,
+}
+
+/// The sizes the data leaves to decide, checked against the data.
+pub fn plan(spec: &ModelSpec, train: &Dataset, eval: &Dataset) -> Result<ModelPlan, InputError> {
     let sizes = &spec.sizes;
     let name = spec.name();
     let transformer = || {
@@ -165,11 +191,8 @@ pub fn build(spec: &ModelSpec, root: &nn::Path, train: &Dataset, eval: &Dataset)
             dropout: sizes.dropout,
         })
     };
-    match &spec.architecture {
-        Architecture::TorchScript(file) => {
-            let model = torchscript::TorchScript::load(file, root)?;
-            Ok((Box::new(model), Task::Classification))
-        }
+    let shape = match &spec.architecture {
+        Architecture::TorchScript(_) => PlanShape::TorchScript,
         Architecture::Mlp | Architecture::Cnn => {
             let num_labels = classes(sizes, train, eval)?;
             let input = train.field("input").ok_or_else(|| {
@@ -178,24 +201,69 @@ pub fn build(spec: &ModelSpec, root: &nn::Path, train: &Dataset, eval: &Dataset)
                     train.names().join(", ")
                 ))
             })?;
-            let (hidden, layers) = (sizes.hidden_size, sizes.num_hidden_layers);
-            let model: Box<dyn Model> = if spec.architecture == Architecture::Mlp {
+            if input.dim() < 2 {
+                return Err(InputError::new(format!(
+                    "the {name} model needs 'input' with a row per example and features along the rest ([N, F] or images); the data's is {:?}",
+                    input.size()
+                )));
+            }
+            if spec.architecture == Architecture::Mlp {
                 let features: i64 = input.size()[1..].iter().product();
                 let mut widths = vec![features];
-                widths.extend(std::iter::repeat_n(hidden, layers as usize));
+                widths.extend(std::iter::repeat_n(sizes.hidden_size, sizes.num_hidden_layers as usize));
                 widths.push(num_labels);
-                Box::new(Mlp::new(root, &widths, sizes.dropout))
+                PlanShape::Mlp { widths }
             } else {
-                Box::new(cnn::Cnn::new(root, &input.size(), layers, hidden, num_labels, sizes.dropout)?)
-            };
-            Ok((model, Task::Classification))
+                let input_shape = input.size();
+                cnn::Geometry::of(&input_shape, sizes.num_hidden_layers)?;
+                PlanShape::Cnn { input_shape, num_labels }
+            }
         }
-        Architecture::Gpt => Ok((Box::new(transformer::Gpt::new(root, &transformer()?)), Task::CausalLm)),
+        Architecture::Gpt => PlanShape::Gpt(transformer()?),
         Architecture::Transformer => {
             let config = transformer()?;
-            let num_labels = classes(sizes, train, eval)?;
-            Ok((Box::new(transformer::EncoderClassifier::new(root, &config, num_labels)), Task::Classification))
+            PlanShape::Transformer(config, classes(sizes, train, eval)?)
         }
+    };
+    Ok(ModelPlan { spec: spec.clone(), shape })
+}
+
+impl ModelPlan {
+    /// How many parameters the model will have (`None` for a TorchScript module, whose
+    /// file says).
+    pub fn parameter_count(&self) -> Option<u64> {
+        let sizes = &self.spec.sizes;
+        match &self.shape {
+            PlanShape::Mlp { widths } => Some(mlp::parameter_count(widths)),
+            PlanShape::Cnn { input_shape, num_labels } => {
+                let geometry = cnn::Geometry::of(input_shape, sizes.num_hidden_layers).ok()?;
+                Some(geometry.parameter_count(sizes.hidden_size, *num_labels))
+            }
+            PlanShape::Gpt(config) => Some(transformer::gpt_parameter_count(config)),
+            PlanShape::Transformer(config, labels) => Some(transformer::classifier_parameter_count(config, *labels)),
+            PlanShape::TorchScript => None,
+        }
+    }
+
+    /// Builds the model, its parameters under `root`.
+    pub fn build(&self, root: &nn::Path) -> Result<(Box<dyn Model>, Task)> {
+        let sizes = &self.spec.sizes;
+        Ok(match (&self.shape, &self.spec.architecture) {
+            (PlanShape::TorchScript, Architecture::TorchScript(file)) => {
+                (Box::new(torchscript::TorchScript::load(file, root)?), Task::Classification)
+            }
+            (PlanShape::Mlp { widths }, _) => (Box::new(Mlp::new(root, widths, sizes.dropout)), Task::Classification),
+            (PlanShape::Cnn { input_shape, num_labels }, _) => {
+                let (blocks, hidden) = (sizes.num_hidden_layers, sizes.hidden_size);
+                let model = cnn::Cnn::new(root, input_shape, blocks, hidden, *num_labels, sizes.dropout)?;
+                (Box::new(model), Task::Classification)
+            }
+            (PlanShape::Gpt(config), _) => (Box::new(transformer::Gpt::new(root, config)), Task::CausalLm),
+            (PlanShape::Transformer(config, labels), _) => {
+                (Box::new(transformer::EncoderClassifier::new(root, config, *labels)), Task::Classification)
+            }
+            (PlanShape::TorchScript, _) => unreachable!("a TorchScript plan comes from a TorchScript spec"),
+        })
     }
 }
 
@@ -209,6 +277,18 @@ fn classes(sizes: &Sizes, train: &Dataset, eval: &Dataset) -> Result<i64, InputE
         ));
     }
     let largest = labels.iter().map(|l| l.max().int64_value(&[])).max().unwrap_or(0);
+    if sizes.num_labels.is_none() && largest >= MAX_CLASSES {
+        let (set, l) = if train.labels().max().int64_value(&[]) == largest {
+            ("training", train.labels())
+        } else {
+            ("evaluation", eval.labels())
+        };
+        let item = l.flatten(0, -1).argmax(None, false).int64_value(&[]);
+        return Err(InputError::new(format!(
+            "{set} label {largest} (item {item}) would make {} classes; labels are class ids 0..N-1 (at most {MAX_CLASSES} classes): check the label column",
+            largest + 1
+        )));
+    }
     let num_labels = sizes.num_labels.unwrap_or(largest + 1);
     for (set, l) in ["training", "evaluation"].iter().zip(labels) {
         let bad = l.ge(num_labels).logical_or(&l.lt(0).logical_and(&l.ne(-100)));
@@ -239,6 +319,11 @@ fn vocab_size(model: &str, sizes: &Sizes, train: &Dataset, eval: &Dataset) -> Re
     }
     let largest = ids.iter().map(|t| t.max().int64_value(&[])).max().unwrap_or(0);
     let vocab = sizes.vocab_size.or(train.vocab_size).unwrap_or(largest + 1);
+    if vocab > MAX_VOCAB {
+        return Err(InputError::new(format!(
+            "a vocabulary of {vocab} tokens (token id {largest}) is more than {MAX_VOCAB}: check the input_ids, or vocab_size"
+        )));
+    }
     if largest >= vocab {
         return Err(InputError::new(format!("token id {largest} is outside vocab_size {vocab}")));
     }
@@ -248,4 +333,77 @@ fn vocab_size(model: &str, sizes: &Sizes, train: &Dataset, eval: &Dataset) -> Re
 /// The batch's `input` as the float features a model computes with.
 pub(crate) fn features<'a>(batch: &'a Batch, model: &str) -> Result<&'a Tensor> {
     Ok(batch.require("input", model)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::data;
+
+    fn sizes() -> Sizes {
+        Sizes {
+            hidden_size: 16,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            max_seq_length: 8,
+            dropout: 0.0,
+            num_labels: None,
+            vocab_size: None,
+        }
+    }
+
+    /// Token ids of 6 examples of up to 5 tokens, with labels 0..2.
+    fn texts() -> Dataset {
+        let ids = Tensor::from_slice(&[1i64, 2, 3, 0, 0, 4, 5, 6, 7, 8, 1, 1, 2, 3, 9]).view([3, 5]).repeat([2, 1]);
+        let mask = ids.ne(0).to_kind(Kind::Int64);
+        let labels = Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2]);
+        let fields =
+            vec![("attention_mask".to_owned(), mask), ("input_ids".to_owned(), ids), ("labels".to_owned(), labels)];
+        Dataset::new("texts", fields).unwrap()
+    }
+
+    #[test]
+    fn parameter_counts_match_the_built_models() {
+        let (digits_train, digits_eval) = data::split(&data::load_digits().unwrap(), 20.0, None, None);
+        let texts = texts();
+        let cases = [
+            ("mlp", &digits_train, &digits_eval),
+            ("cnn", &digits_train, &digits_eval),
+            ("transformer", &texts, &texts),
+            ("gpt", &texts, &texts),
+        ];
+        for (name, train, eval) in cases {
+            let spec = ModelSpec::parse(name, sizes()).unwrap();
+            let plan = plan(&spec, train, eval).unwrap();
+            let vars = nn::VarStore::new(tch::Device::Cpu);
+            plan.build(&vars.root()).unwrap();
+            let built: i64 = vars.variables().values().map(|t| t.numel() as i64).sum();
+            assert_eq!(plan.parameter_count(), Some(built as u64), "{name}");
+        }
+    }
+
+    #[test]
+    fn labels_and_token_ids_that_no_model_could_hold_are_refused() {
+        let input = Tensor::zeros([4, 2], (Kind::Float, tch::Device::Cpu));
+        let labels = Tensor::from_slice(&[0i64, 1_000_000_000, 1, 0]);
+        let data = Dataset::new("t", vec![("input".into(), input), ("labels".into(), labels)]).unwrap();
+        let spec = ModelSpec::parse("mlp", sizes()).unwrap();
+        let error = plan(&spec, &data, &data).err().unwrap().to_string();
+        assert_eq!(
+            error,
+            "training label 1000000000 (item 1) would make 1000000001 classes; labels are class ids 0..N-1 (at most 1048576 classes): check the label column"
+        );
+        let flat = Dataset::new(
+            "t",
+            vec![
+                ("input".into(), Tensor::zeros([4], tch::kind::FLOAT_CPU)),
+                ("labels".into(), Tensor::from_slice(&[0i64, 1, 0, 1])),
+            ],
+        )
+        .unwrap();
+        let error = plan(&spec, &flat, &flat).err().unwrap().to_string();
+        assert!(error.starts_with("the mlp model needs 'input' with a row per example"), "{error}");
+        let gpt = ModelSpec::parse("gpt", Sizes { max_seq_length: 1, ..sizes() }).unwrap_err().to_string();
+        assert_eq!(gpt, "max_seq_length must be at least 2 for the gpt model, which predicts each next token (got 1)");
+    }
 }

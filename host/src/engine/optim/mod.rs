@@ -83,6 +83,9 @@ pub trait Optimizer {
         if grads.is_empty() {
             return Ok(Tensor::zeros([], (Kind::Float, tch::Device::Cpu)));
         }
+        // A bound beyond float32's range can never clip (as in PyTorch, where the clipping
+        // coefficient becomes inf and is clamped to 1); libtorch would refuse it as a scalar.
+        let max_norm = if max_norm > f32::MAX as f64 { 0.0 } else { max_norm };
         crate::native::clip_grad_norm(&grads.iter().collect::<Vec<_>>(), max_norm)
     }
 }
@@ -223,6 +226,18 @@ impl OptimizerSpec {
                 eps1: args.float("eps1", 1e-30)?,
             }),
         })
+    }
+
+    /// How many parameter-sized state tensors it keeps (for a memory estimate; Adafactor's
+    /// factored moments count as none).
+    pub fn state_slots(&self) -> u64 {
+        match self {
+            Self::Adam { amsgrad, .. } => 2 + u64::from(*amsgrad),
+            Self::Sgd { momentum, .. } => u64::from(*momentum != 0.0),
+            Self::RmsProp { momentum, centered, .. } => 1 + u64::from(*momentum != 0.0) + u64::from(*centered),
+            Self::Adagrad { .. } | Self::Lion { .. } => 1,
+            Self::Adafactor(settings) => u64::from(settings.beta1.is_some()),
+        }
     }
 
     pub fn kind(&self) -> OptimizerKind {

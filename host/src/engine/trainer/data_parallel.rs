@@ -22,6 +22,8 @@ pub(super) struct DataParallel {
     /// The stop signal all ranks agreed on (a signal may reach the ranks at different
     /// steps).
     agreed_signal: usize,
+    /// Whether any rank's loss was not finite in the last optimizer step.
+    pub(super) any_loss_nonfinite: bool,
 }
 
 impl DataParallel {
@@ -30,10 +32,11 @@ impl DataParallel {
     pub(super) fn start(group: Distributed, params: &[Param], config: &ResolvedConfig) -> Result<Self> {
         broadcast_parameters(&group, params, "the parameter broadcast")?;
         let tensors: Vec<Tensor> = params.iter().map(|p| p.tensor.shallow_clone()).collect();
-        // Two slots ride along each all-reduce: whether a rank got SIGINT or SIGTERM.
-        let mut buckets = GradientBuckets::new(&tensors, config.distributed.bucket_cap_bytes, 2)?;
+        // Three slots ride along each all-reduce: whether a rank got SIGINT or SIGTERM, and
+        // whether its loss was not finite.
+        let mut buckets = GradientBuckets::new(&tensors, config.distributed.bucket_cap_bytes, 3)?;
         buckets.overlap_with_backward(&tensors, &group)?;
-        Ok(Self { group, buckets, agreed_signal: 0 })
+        Ok(Self { group, buckets, agreed_signal: 0, any_loss_nonfinite: false })
     }
 
     pub(super) fn rank(&self) -> usize {
@@ -74,20 +77,24 @@ impl Trainer {
     }
 
     /// After the last backward pass of an optimizer step: every gradient becomes its mean
-    /// over the ranks; whether any rank was asked to stop by a signal came along, so that
-    /// all ranks stop at the same step.
+    /// over the ranks; whether any rank was asked to stop by a signal, or saw a loss that
+    /// is not finite, came along, so that all ranks decide the same.
     pub(super) fn average_gradients(&mut self) -> Result<()> {
         let Some(dp) = &mut self.dist else { return Ok(()) };
         let agreed = dp.buckets.average(&dp.group)?;
         dp.agree_on_signal(agreed[0] > 0.0, agreed[1] > 0.0);
+        dp.any_loss_nonfinite = agreed[2] > 0.0;
         Ok(())
     }
 
     /// Before the last backward pass of an optimizer step: lets the gradient buckets
-    /// all-reduce during it, with whether this rank got a stop signal riding along.
+    /// all-reduce during it, with this rank's stop signal and non-finite loss riding along
+    /// (the latter stays on the device: no wait).
     pub(super) fn arm_gradient_sync(&self) -> Result<()> {
         let Some(dp) = &self.dist else { return Ok(()) };
-        dp.buckets.arm(&self.signal_flags())
+        let signals = Tensor::from_slice(&self.signal_flags()).to_device(self.device);
+        let nonfinite = self.meter.step_nonfinite.to_kind(Kind::Double).view([1]);
+        dp.buckets.arm(&Tensor::cat(&[signals, nonfinite], 0))
     }
 
     /// The loss summed since the last log, over all ranks (each rank's loss is its share).

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::metrics::{check_scalar, cross_entropy, Tally};
+use super::metrics::{check_loss, cross_entropy, Tally};
 use super::Trainer;
 use crate::engine::callbacks::Event;
 use crate::engine::libtorch;
@@ -153,7 +153,7 @@ impl Trainer {
         let loss = match &mut self.loss {
             Some(loss) => {
                 let value = tch::no_grad(|| loss.compute_loss(&outputs.to_plugin(), &batch.to_plugin(), None))?;
-                check_scalar(loss, &value)?;
+                check_loss(loss, &value, false)?;
                 value
             }
             None => cross_entropy(logits, labels, Reduction::Mean)?,

@@ -134,14 +134,23 @@ impl Tally {
     }
 }
 
-/// A loss must be one number; anything else is the plugin's mistake, named as such.
-pub(super) fn check_scalar(loss: &PluginLoss, value: &Tensor) -> Result<()> {
+/// A loss must be one floating-point number, and in training one that backpropagates to
+/// the model (made from the outputs by differentiable operations); anything else is the
+/// plugin's mistake, named as such.
+pub(super) fn check_loss(loss: &PluginLoss, value: &Tensor, training: bool) -> Result<()> {
+    let who = format!("plugin '{}' loss '{}'", loss.plugin, loss.name);
     if value.dim() != 0 {
+        anyhow::bail!("{who} returned a tensor of shape {:?}; compute_loss must return a scalar", value.size());
+    }
+    if !value.is_floating_point() {
         anyhow::bail!(
-            "plugin '{}' loss '{}' returned a tensor of shape {:?}; compute_loss must return a scalar",
-            loss.plugin,
-            loss.name,
-            value.size()
+            "{who} returned a {:?} tensor; a loss must be floating point (compute it in float)",
+            value.kind()
+        );
+    }
+    if training && !value.requires_grad() {
+        anyhow::bail!(
+            "{who} returned a loss without a gradient (requires_grad is false), so training cannot backpropagate; compute it from the outputs with tensor operations (no detach, no .double_value)"
         );
     }
     Ok(())

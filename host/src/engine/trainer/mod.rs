@@ -25,12 +25,12 @@ use crate::engine::callbacks::{CallbackHandler, Event};
 use crate::engine::checkpoint::{self, records::Records};
 use crate::engine::data::{self, Dataset};
 use crate::engine::distributed::Distributed;
-use crate::engine::libtorch;
 use crate::engine::models::{self, Model, Task};
 use crate::engine::optim::schedule::Scheduler;
 use crate::engine::optim::{self, Optimizer, Param};
 use crate::engine::precision::{GradScaler, Precision};
 use crate::engine::report::Reporter;
+use crate::engine::{libtorch, memory};
 use crate::error::InputError;
 use crate::plugins::{selection, PluginLoss};
 use state::RunState;
@@ -103,8 +103,12 @@ impl Trainer {
         }
         tch::manual_seed(config.args.seed as i64);
         let vars = nn::VarStore::new(device);
+        let plan = models::plan(&config.model, &train, &eval)?;
+        if let Some(count) = plan.parameter_count() {
+            memory::check_training_fits(count, device, &config, &model_size_note(&config))?;
+        }
         let what = || format!("the model ({})", model_size_note(&config));
-        let (net, task) = libtorch::guard(what, || models::build(&config.model, &vars.root(), &train, &eval))?;
+        let (net, task) = libtorch::guard(what, || plan.build(&vars.root()))?;
         if loss.is_none() && train.labels().is_floating_point() {
             return Err(InputError::new(
                 "the labels are not whole numbers (regression or multi-label targets): the built-in cross entropy needs class ids; load a loss plugin such as mse, huber or bce_with_logits",
@@ -215,9 +219,12 @@ impl Trainer {
         tensors
     }
 
-    /// Writes the model's weights (HF `save_model`: model.safetensors).
+    /// Writes the model's weights (HF `save_model`: model.safetensors), atomically: a
+    /// failure leaves the previous file whole.
     pub fn save_model(&self, path: &Path) -> Result<()> {
-        crate::engine::weights::save(&self.model.vars, path)
+        crate::engine::output::write_atomically(path, |temporary| {
+            crate::engine::weights::save(&self.model.vars, temporary)
+        })
     }
 
     /// The gradients of the parameters the last backward pass reached.

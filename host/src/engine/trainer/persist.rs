@@ -129,8 +129,9 @@ impl Trainer {
     }
 
     /// Continues from the checkpoint that `resume_from_checkpoint` names (`latest`: the
-    /// newest sound one in output_dir).
-    pub(super) fn resume(&mut self, spec: &str) -> Result<()> {
+    /// newest sound one in output_dir). Returns false, having changed nothing, when the
+    /// checkpoint is already at the run's last step.
+    pub(super) fn resume(&mut self, spec: &str) -> Result<bool> {
         let (dir, records) = if spec == "latest" {
             let (dir, records) = checkpoint::latest(&self.output_dir(), open_checkpoint)?;
             (dir, Some(records))
@@ -163,7 +164,7 @@ impl Trainer {
             self.run.position.epoch,
             self.run.position.micro_batches_done
         );
-        Ok(())
+        Ok(true)
     }
 
     /// Loads everything else a checkpoint holds into this trainer.

@@ -8,10 +8,10 @@ use std::time::Instant;
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
-use super::metrics::{builtin_training_loss, check_scalar};
+use super::metrics::{builtin_training_loss, check_loss};
 use super::state::Position;
 use super::Trainer;
-use crate::config::arguments::{IntervalStrategy, SaveStrategy, TrainingArguments};
+use crate::config::arguments::{IntervalStrategy, SaveStrategy, TrainingArguments, MAX_STEPS};
 use crate::engine::callbacks::Event;
 use crate::engine::data::{self, Batch};
 use crate::engine::libtorch;
@@ -24,6 +24,8 @@ use crate::error::InputError;
 pub struct Outcome {
     pub train_metrics: Vec<(String, f64)>,
     pub eval_metrics: Option<Vec<(String, f64)>>,
+    /// The run resumed from a checkpoint at its last step: nothing was trained or written.
+    pub already_complete: bool,
 }
 
 /// The run's length, known once the data is.
@@ -55,16 +57,38 @@ enum Flow {
     StopEpoch,
 }
 
-/// The training loss summed since the last log, and the last gradient norm, kept on the
-/// device so that nothing waits on them until a log line reads them.
+/// How many optimizer steps in a row may have a loss or gradient that is not finite
+/// (each skipped) before the run stops as diverged.
+const NONFINITE_STEPS_IN_A_ROW: i64 = 10;
+
+/// The training loss summed since the last log and the last gradient norm, kept on the
+/// device so that nothing waits on them until a log line reads them; and the optimizer
+/// steps whose loss or gradient was not finite.
 pub(super) struct LossMeter {
     pub(super) since_log: Tensor,
     grad_norm: Option<Tensor>,
+    /// 1 when a loss of the current optimizer step was not finite (on the device).
+    pub(super) step_nonfinite: Tensor,
+    /// Non-finite steps: in a row now, and since the last log.
+    nonfinite_in_a_row: i64,
+    nonfinite_since_log: i64,
 }
 
 impl LossMeter {
     pub(super) fn new(device: Device) -> Self {
-        Self { since_log: Tensor::zeros([], (Kind::Float, device)), grad_norm: None }
+        Self {
+            since_log: Tensor::zeros([], (Kind::Float, device)),
+            grad_norm: None,
+            step_nonfinite: Tensor::zeros([], (Kind::Float, device)),
+            nonfinite_in_a_row: 0,
+            nonfinite_since_log: 0,
+        }
+    }
+
+    /// Notes whether a micro-batch's loss is finite (on the device: no wait).
+    fn note_loss(&mut self, loss: &Tensor) {
+        let nonfinite = loss.detach().isfinite().logical_not().to_kind(Kind::Float);
+        self.step_nonfinite = self.step_nonfinite.maximum(&nonfinite);
     }
 
     /// Adds a micro-batch loss. With HF's `logging_nan_inf_filter`, a nan or inf loss counts
@@ -85,7 +109,9 @@ impl Trainer {
     /// Runs training to the end (or until a callback or a signal stops it).
     pub fn train(&mut self) -> Result<Outcome> {
         let plan = self.plan()?;
-        self.prepare(&plan)?;
+        if !self.prepare(&plan)? {
+            return Ok(Outcome { train_metrics: Vec::new(), eval_metrics: None, already_complete: true });
+        }
         let started = Instant::now();
         self.begin(&plan)?;
         let resume_at = self.run.position;
@@ -134,9 +160,17 @@ impl Trainer {
         }
         let updates_per_epoch = batches_per_epoch.div_ceil(accumulation) as i64;
         let (max_steps, num_epochs) = if args.max_steps > 0 {
-            (args.max_steps, (args.max_steps + updates_per_epoch - 1) / updates_per_epoch)
+            (args.max_steps, (args.max_steps - 1) / updates_per_epoch + 1)
         } else {
-            ((args.num_train_epochs * updates_per_epoch as f64).ceil() as i64, args.num_train_epochs.ceil() as i64)
+            let steps = (args.num_train_epochs * updates_per_epoch as f64).ceil();
+            if steps > MAX_STEPS as f64 {
+                return Err(InputError::new(format!(
+                    "num_train_epochs {:e} makes {steps:e} optimizer steps ({updates_per_epoch} per epoch); at most {MAX_STEPS} are supported",
+                    args.num_train_epochs
+                ))
+                .into());
+            }
+            (steps as i64, args.num_train_epochs.ceil() as i64)
         };
         let warmup = TrainingArguments::resolve_steps(args.warmup_steps, max_steps);
         let state = &mut self.run.state;
@@ -162,17 +196,20 @@ impl Trainer {
     }
 
     /// Before the clock starts: clears what an interrupted save left, resumes from a
-    /// checkpoint if asked, and says what the run will do.
-    fn prepare(&mut self, plan: &Plan) -> Result<()> {
+    /// checkpoint if asked, and says what the run will do. False when there is nothing to
+    /// train (the checkpoint is at the last step).
+    fn prepare(&mut self, plan: &Plan) -> Result<bool> {
         if self.is_world_zero() {
             checkpoint::remove_stale_temporaries(&self.output_dir());
         }
         if let Some(spec) = self.config.args.resume_from_checkpoint.clone() {
-            self.resume(&spec)?;
+            if !self.resume(&spec)? {
+                return Ok(false);
+            }
         }
         let (n_train, n_eval) = (self.train.len(), self.eval.len());
         self.reporter.training_starts(&self.run.state, n_train, n_eval, plan.updates_per_epoch, plan.accumulation);
-        Ok(())
+        Ok(true)
     }
 
     /// HF's on_train_begin, and the evaluation eval_on_start asks for.
@@ -257,6 +294,7 @@ impl Trainer {
             scaled.f_backward()?;
             let since_log = 1 + self.run.state.global_step - self.run.totals.last_logged_step;
             self.meter.add(&loss, since_log, self.config.args.logging_nan_inf_filter);
+            self.meter.note_loss(&loss);
             Ok(())
         })?;
         self.run.totals.samples_seen += batch.len() as usize;
@@ -272,7 +310,7 @@ impl Trainer {
         match &mut self.loss {
             Some(loss) => {
                 let value = loss.compute_loss(&outputs.to_plugin(), &batch.to_plugin(), Some(num_items))?;
-                check_scalar(loss, &value)?;
+                check_loss(loss, &value, true)?;
                 Ok(value)
             }
             None => builtin_training_loss(outputs.get_logits(), batch.labels(), num_items),
@@ -295,27 +333,71 @@ impl Trainer {
     }
 
     /// Averages the gradients over the ranks, unscales and clips them, lets callbacks see
-    /// them, and applies the optimizer (unless a callback or an fp16 overflow skips it).
+    /// them, and applies the optimizer, unless a callback asks to skip it, fp16 gradients
+    /// overflowed, or the loss or the gradient norm is not finite (skipped with a warning;
+    /// too many in a row stop the run).
     fn update_weights(&mut self) -> Result<()> {
         self.average_gradients()?;
-        let finite = self.unscale_gradients();
+        let overflow_free = self.unscale_gradients();
         let norm = self.optimizer.clip_grad_norm(self.config.args.max_grad_norm).map_err(libtorch::Failed)?;
+        let finite = self.step_is_finite(&norm)?;
         self.meter.grad_norm = Some(norm);
         let skip = self.show_gradients()?;
         self.fire(Event::PreOptimizerStep, &[])?;
         if skip {
             self.run.totals.skipped_steps += 1;
-        } else if finite {
+        } else if !finite {
+            self.run.totals.skipped_steps += 1;
+            self.count_nonfinite_step()?;
+        } else if overflow_free {
             let lr = self.current_lr();
             self.optimizer.step(lr).map_err(libtorch::Failed)?;
         } else {
             self.run.totals.skipped_steps += 1;
             tracing::debug!("fp16 gradients overflowed: optimizer step skipped, loss scale lowered");
         }
+        if finite {
+            self.meter.nonfinite_in_a_row = 0;
+        }
         self.fire(Event::OptimizerStep, &[])?;
         self.show_parameters()?;
         self.optimizer.zero_grad().map_err(libtorch::Failed)?;
         Ok(())
+    }
+
+    /// Whether this step's losses (on every rank) and its gradient norm are finite. With
+    /// fp16, a gradient overflow is the loss scaler's to handle: only the loss counts.
+    fn step_is_finite(&mut self, norm: &Tensor) -> Result<bool> {
+        let loss_nonfinite = match &self.dist {
+            Some(dp) => dp.any_loss_nonfinite,
+            None => self.meter.step_nonfinite.double_value(&[]) > 0.0,
+        };
+        let _ = self.meter.step_nonfinite.zero_();
+        let norm_finite = self.scaler.is_some() || norm.isfinite().int64_value(&[]) != 0;
+        Ok(!loss_nonfinite && norm_finite)
+    }
+
+    /// A step whose loss or gradient norm is not finite: skipped with a warning, and the
+    /// run stops after too many in a row (the weights are still the last finite ones).
+    fn count_nonfinite_step(&mut self) -> Result<()> {
+        let step = self.run.state.global_step + 1;
+        self.meter.nonfinite_in_a_row += 1;
+        self.meter.nonfinite_since_log += 1;
+        let in_a_row = self.meter.nonfinite_in_a_row;
+        tracing::warn!(
+            "step {step}: the loss or the gradient norm is not finite (nan or inf); the update is skipped ({in_a_row} in a row)"
+        );
+        if in_a_row < NONFINITE_STEPS_IN_A_ROW {
+            return Ok(());
+        }
+        let saved =
+            checkpoint::list(&self.output_dir()).last().map_or("no checkpoint was saved".to_owned(), |(_, dir)| {
+                format!("the last checkpoint is {}", dir.display())
+            });
+        anyhow::bail!(
+            "training diverged: the loss or the gradient norm was not finite for {in_a_row} optimizer steps in a row (steps {} to {step}), all skipped; {saved}; lower learning_rate, or check the data and the loss",
+            step + 1 - in_a_row
+        )
     }
 
     /// The learning rate for the next optimizer step (HF: the scheduler's last lr).
@@ -407,6 +489,11 @@ impl Trainer {
             logs.push(("grad_norm".to_owned(), norm.double_value(&[])));
         }
         logs.push(("learning_rate".to_owned(), learning_rate));
+        // Steps skipped because the loss or the gradient was not finite, if any.
+        let nonfinite = std::mem::take(&mut self.meter.nonfinite_since_log);
+        if nonfinite > 0 {
+            logs.push(("nonfinite_steps".to_owned(), nonfinite as f64));
+        }
         progress_bar::advance(step as u64, Some(format!("loss {loss:.4}")));
         self.log(logs)?;
         Ok(())
@@ -445,6 +532,6 @@ impl Trainer {
         self.fire(Event::TrainEnd, &[])?;
         let evaluates = !self.eval.is_empty() && self.config.args.eval_strategy != IntervalStrategy::No;
         let eval_metrics = if evaluates { self.last_eval.clone() } else { None };
-        Ok(Outcome { train_metrics, eval_metrics })
+        Ok(Outcome { train_metrics, eval_metrics, already_complete: false })
     }
 }

@@ -1,0 +1,66 @@
+//! Whether a model fits in memory before it is built. On Linux a process may allocate more
+//! than the machine has and be killed later, when the pages are touched; a model that
+//! cannot fit is refused up front, with the figures, instead.
+
+use tch::Device;
+
+use crate::config::ResolvedConfig;
+use crate::engine::libtorch::human_bytes;
+
+/// Refuses a model of `parameters` float32 parameters whose training (weights, gradients
+/// and the optimizer's state) needs more memory than the machine has available. CUDA
+/// reports its own out-of-memory at once, so only CPU training is estimated.
+pub fn check_training_fits(
+    parameters: u64,
+    device: Device,
+    config: &ResolvedConfig,
+    model: &str,
+) -> anyhow::Result<()> {
+    if device != Device::Cpu {
+        return Ok(());
+    }
+    let Some(available) = available_bytes() else { return Ok(()) };
+    let weights = parameters.saturating_mul(4);
+    let needed = weights.saturating_mul(2 + config.optimizer.state_slots());
+    if needed <= available {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "out of memory allocating {} for the model ({model}): use a smaller model or batch ({} parameters; training them with {} needs about {}, and this machine has {} available)",
+        human_bytes(weights),
+        human_count(parameters),
+        config.args.optim,
+        human_bytes(needed),
+        human_bytes(available)
+    )
+}
+
+/// Memory the kernel says is available for new allocations (MemAvailable), if it says.
+fn available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// "6.6 billion", "12.3 million", "840".
+fn human_count(count: u64) -> String {
+    match count {
+        c if c >= 1_000_000_000_000 => format!("{:.1} trillion", c as f64 / 1e12),
+        c if c >= 1_000_000_000 => format!("{:.1} billion", c as f64 / 1e9),
+        c if c >= 1_000_000 => format!("{:.1} million", c as f64 / 1e6),
+        c => c.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_as_words() {
+        assert_eq!(human_count(6_553_600_000), "6.6 billion");
+        assert_eq!(human_count(840), "840");
+        assert!(available_bytes().is_some_and(|b| b > 0));
+    }
+}
