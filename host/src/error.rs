@@ -22,21 +22,25 @@ impl fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
-/// A run stopped by SIGINT or SIGTERM, after saving a checkpoint.
+/// A run stopped by SIGINT or SIGTERM: after saving a checkpoint, or before training
+/// started (nothing to save).
 #[derive(Debug)]
 pub struct Interrupted {
     pub signal: i32,
-    pub checkpoint: PathBuf,
+    pub checkpoint: Option<PathBuf>,
 }
 
 impl fmt::Display for Interrupted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = if self.signal == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
-        write!(
-            f,
-            "interrupted by {name}: saved {}; continue with --resume-from-checkpoint latest",
-            self.checkpoint.display()
-        )
+        match &self.checkpoint {
+            Some(checkpoint) => write!(
+                f,
+                "interrupted by {name}: saved {}; continue with --resume-from-checkpoint latest",
+                checkpoint.display()
+            ),
+            None => write!(f, "interrupted by {name} before training started; nothing was saved"),
+        }
     }
 }
 
@@ -69,7 +73,7 @@ mod tests {
         let input: anyhow::Error = InputError::new("bad flag").into();
         assert_eq!(exit_code(&input), 2);
         assert_eq!(exit_code(&input.context("while reading the config")), 2);
-        let stopped = Interrupted { signal: libc::SIGTERM, checkpoint: "out/checkpoint-3".into() };
+        let stopped = Interrupted { signal: libc::SIGTERM, checkpoint: Some("out/checkpoint-3".into()) };
         let stopped: anyhow::Error = stopped.into();
         assert_eq!(exit_code(&stopped), 143);
         assert!(stopped.to_string().starts_with("interrupted by SIGTERM: saved out/checkpoint-3;"));

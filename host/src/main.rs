@@ -1,8 +1,18 @@
 //! `host`: a training host with plugin losses and callbacks.
 
+/// Runs before any shared library initializes (libtorch's start-up takes a moment), so that
+/// a stop signal from the first instant is answered, not a silent kill.
+#[used]
+#[unsafe(link_section = ".preinit_array")]
+static EARLY_STOP_HANDLERS: extern "C" fn() = host::fatal::install_early_stop_handlers;
+
 fn main() {
+    host::fatal::install();
     install_panic_hook();
     let cli = host::cli::parse();
+    if !cli.trains() {
+        host::fatal::default_stop_handling();
+    }
     init_tracing();
     match host::cli::run(cli) {
         Ok(code) => std::process::exit(code),

@@ -10,6 +10,7 @@ mod data;
 mod distributed;
 mod events;
 mod example_plugin;
+mod faults;
 mod fidelity;
 mod models;
 mod stock_plugins;

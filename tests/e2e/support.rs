@@ -147,3 +147,94 @@ pub fn history_without_timings(dir: &Path) -> Vec<serde_json::Value> {
 pub fn path_str(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+/// A host run in the background (for signals and kills), its stderr in a file.
+pub struct Background {
+    child: std::process::Child,
+    stderr: PathBuf,
+}
+
+/// How a background run ended: its exit code, or the signal that ended it, and stderr.
+pub struct Ended {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stderr: String,
+}
+
+impl Ended {
+    /// The lines that start with `error`.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr.lines().filter(|l| l.starts_with("error")).collect()
+    }
+
+    /// Asserts nothing in stderr looks like a Rust panic or a debugger's dump.
+    pub fn assert_no_panic(&self) {
+        for crash in ["panicked at", "RUST_BACKTRACE", "stack backtrace", "internal error"] {
+            assert!(!self.stderr.contains(crash), "stderr shows a panic ({crash}):\n{}", self.stderr);
+        }
+    }
+}
+
+impl Background {
+    pub fn start(dir: &Path, args: &[&str]) -> Self {
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let stderr = dir.join(format!("stderr-{n}.txt"));
+        let child = Command::new(env!("CARGO_BIN_EXE_host"))
+            .current_dir(dir)
+            .args(args)
+            .env_remove("LD_LIBRARY_PATH")
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start the host binary");
+        Self { child, stderr }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until stderr contains `needle` (false after `seconds`, or if the run ended).
+    pub fn wait_for(&mut self, needle: &str, seconds: f64) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+        while std::time::Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            if self.child.try_wait().unwrap().is_some() {
+                return self.stderr().contains(needle);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sends a signal to the child this value owns.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits for the end (killing the run after `seconds`, which fails the test).
+    pub fn wait(mut self, seconds: f64) -> Ended {
+        use std::os::unix::process::ExitStatusExt;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Ended { code: status.code(), signal: status.signal(), stderr: self.stderr() };
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("the host ran past {seconds} s; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}

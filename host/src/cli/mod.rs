@@ -174,6 +174,13 @@ pub fn parse() -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
+impl Cli {
+    /// Whether the command trains (it then handles SIGINT and SIGTERM itself).
+    pub fn trains(&self) -> bool {
+        matches!(self.command, None | Some(Command::Train(_)))
+    }
+}
+
 /// Runs the command; returns the process's exit code (launch passes on its ranks').
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {

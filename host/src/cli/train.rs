@@ -17,6 +17,7 @@ use crate::engine::distributed::{Distributed, WorldEnv};
 use crate::engine::output::{write_text_atomically, OutputDir};
 use crate::engine::report::{self, Reporter};
 use crate::engine::trainer::{Outcome, Trainer, TrainerSetup};
+use crate::fatal;
 use crate::plugins::selection::{self, Components};
 
 /// Hugging Face's defaults, the default job's preset (when no training data is named), the
@@ -38,6 +39,8 @@ pub fn resolve_config(options: &TrainOptions) -> Result<ResolvedConfig> {
 }
 
 pub fn train(options: &TrainOptions) -> Result<()> {
+    // First of all: a signal during start-up must find the handlers in place.
+    let stop_signal = install_signal_handlers()?;
     let config = resolve_config(options)?;
     if options.print_config {
         print!("{}", toml::to_string(&config.to_table()?)?);
@@ -51,7 +54,6 @@ pub fn train(options: &TrainOptions) -> Result<()> {
     let components = selection::build(&config.plugins, &serde_json::to_string(&config.args)?)?;
     log_components(&device_name(device), &components);
     let (train, eval) = data::load(&config.data)?;
-    let stop_signal = install_signal_handlers()?;
     let dist = match world {
         Some(world) => {
             let fingerprint = serde_json::to_string(&config.to_table()?)?;
@@ -67,11 +69,13 @@ pub fn train(options: &TrainOptions) -> Result<()> {
     let callbacks = CallbackHandler::new(callbacks);
     let setup = TrainerSetup { config, device, train, eval, loss, callbacks, reporter, stop_signal, dist };
     let mut trainer = Trainer::new(setup)?;
+    let training = fatal::TrainingRun::start();
     let outcome = trainer.train()?;
     if let Some(output) = output.filter(|_| !outcome.already_complete) {
         let results = save_results(&mut trainer, &outcome, output.path())?;
         print_summary(&outcome, &results)?;
     }
+    drop(training);
     Ok(())
 }
 
@@ -127,7 +131,8 @@ pub(super) fn write_metrics(out: &mut impl Write, title: &str, metrics: &[(Strin
 
 /// SIGINT and SIGTERM ask the run to stop after the current optimizer step, with a
 /// checkpoint; a second one ends the process at once (exit 130 or 143). Checkpoints are
-/// written atomically, so even that never leaves a half-written one.
+/// written atomically, so even that never leaves a half-written one. The first signal is
+/// answered at once, naming a plugin call that keeps the step from ending.
 fn install_signal_handlers() -> Result<Arc<AtomicUsize>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     use std::sync::atomic::AtomicBool;
@@ -138,5 +143,24 @@ fn install_signal_handlers() -> Result<Arc<AtomicUsize>> {
         signal_hook::flag::register_usize(signal, Arc::clone(&which), signal as usize)?;
         signal_hook::flag::register(signal, Arc::clone(&asked))?;
     }
+    if let Some(signal) = fatal::take_early_stop() {
+        which.store(signal as usize, std::sync::atomic::Ordering::SeqCst);
+        asked.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new().name("signals".to_owned()).spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+            match fatal::current_call() {
+                Some((call, running)) => tracing::warn!(
+                    "{name}: stopping after the current step, with a checkpoint; {call} has been running for {:.1} s; a second signal exits at once",
+                    running.as_secs_f64()
+                ),
+                None => tracing::warn!(
+                    "{name}: stopping after the current step, with a checkpoint; a second signal exits at once"
+                ),
+            }
+        }
+    })?;
     Ok(which)
 }

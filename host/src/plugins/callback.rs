@@ -21,6 +21,8 @@ pub struct PluginCallback {
     pub wants_extra_logs: bool,
     /// Since plugin-api 1.3: whether it wants the parameters (and may give evaluation weights).
     pub wants_parameters: bool,
+    /// "plugin 'x' callback 'y'", made once for the call record crash reports read.
+    label: String,
 }
 
 /// The plugin callbacks of a run, in call order.
@@ -75,6 +77,7 @@ impl PluginCallback {
             wants_gradients: false,
             wants_extra_logs: false,
             wants_parameters: false,
+            label: extension::label((plugin, "callback", name)),
         };
         callback.ask_wants();
         callback
@@ -86,6 +89,7 @@ impl PluginCallback {
 
     fn on_event(&mut self, call: &EventCall, bits: &mut ControlBits) -> Result<()> {
         let mut metrics = Vec::new();
+        let _call = crate::fatal::PluginCall::start(&self.label, call.event.name());
         match self.inner.on_event(call.views(&mut metrics), bits) {
             RResult::ROk(()) => Ok(()),
             RResult::RErr(e) => Err(component_error(self.who(), call.event.name(), e)),

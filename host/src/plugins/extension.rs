@@ -12,6 +12,11 @@ use crate::error::InputError;
 /// Which component a call went to: (plugin, kind, component name).
 pub type Who<'a> = (&'a str, &'a str, &'a str);
 
+/// "plugin 'x' callback 'y'": how messages name a component.
+pub fn label((plugin, kind, name): Who<'_>) -> String {
+    format!("plugin '{plugin}' {kind} '{name}'")
+}
+
 pub fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -45,6 +50,8 @@ pub fn call(
 ) -> Result<Option<(String, Tensors)>> {
     let views = plugin_api::ffi::tensor_views(tensors);
     let input = ExtensionIn { json: json.into(), tensors: views.as_slice().into() };
+    let (plugin, kind, name) = who;
+    let _call = crate::fatal::PluginCall::start(&label((plugin, kind, name)), during);
     match run(op, input) {
         // SAFETY: the plugin handed these tensors over (ExtensionOut).
         RResult::ROk(out) => {

@@ -125,6 +125,8 @@ impl Plugin {
 
     pub fn create_loss(&self, name: &str, config: &serde_json::Value) -> Result<PluginLoss> {
         let json = config.to_string();
+        let _call =
+            crate::fatal::PluginCall::start(&super::extension::label((self.name(), "loss", name)), "its constructor");
         match (self.module.create_loss())(name.into(), json.as_str().into()) {
             RResult::ROk(inner) => Ok(PluginLoss::new(inner, self.name(), name)),
             RResult::RErr(e) => Err(component_error((self.name(), "loss", name), "its constructor", e)),
@@ -133,6 +135,8 @@ impl Plugin {
 
     pub fn create_callback(&self, name: &str, config: &serde_json::Value, args_json: &str) -> Result<PluginCallback> {
         let json = config.to_string();
+        let label = super::extension::label((self.name(), "callback", name));
+        let _call = crate::fatal::PluginCall::start(&label, "its constructor");
         match (self.module.create_callback())(name.into(), json.as_str().into(), args_json.into()) {
             RResult::ROk(inner) => Ok(PluginCallback::new(inner, self.name(), name)),
             RResult::RErr(e) => Err(component_error((self.name(), "callback", name), "its constructor", e)),

@@ -12,11 +12,14 @@ pub struct PluginLoss {
     inner: LossBox,
     pub plugin: String,
     pub name: String,
+    /// "plugin 'x' loss 'y'", made once for the call record crash reports read.
+    label: String,
 }
 
 impl PluginLoss {
     pub(super) fn new(inner: LossBox, plugin: &str, name: &str) -> Self {
-        Self { inner, plugin: plugin.to_owned(), name: name.to_owned() }
+        let label = extension::label((plugin, "loss", name));
+        Self { inner, plugin: plugin.to_owned(), name: name.to_owned(), label }
     }
 
     fn who(&self) -> extension::Who<'_> {
@@ -32,6 +35,7 @@ impl PluginLoss {
         num_items_in_batch: Option<i64>,
     ) -> Result<Tensor> {
         let (outputs_ffi, batch_ffi) = (tensor_views(outputs), tensor_views(batch));
+        let _call = crate::fatal::PluginCall::start(&self.label, "compute_loss");
         let result = self.inner.compute_loss(
             outputs_ffi.as_slice().into(),
             batch_ffi.as_slice().into(),

@@ -77,6 +77,7 @@ impl Trainer {
         let host_state = self.host_state_record(loss_since_log)?;
         writer.write_json(HOST_STATE, &serde_json::to_value(host_state)?)?;
         let dir = writer.commit()?;
+        crate::fatal::checkpoint_saved(&dir);
         log_saved(&dir, started.elapsed().as_secs_f64());
         if let Some(limit) = self.config.args.save_total_limit {
             let best = self.run.state.best_model_checkpoint.as_ref().map(PathBuf::from);
@@ -156,6 +157,14 @@ impl Trainer {
                 Records::read(&dir).map_err(|problem| InputError::new(format!("resume_from_checkpoint: {problem}")))?
             }
         };
+        let (step, max_steps) = (records.trainer_state.state.global_step, self.run.state.max_steps);
+        if step >= max_steps && self.results_written_at(step) {
+            tracing::info!(
+                "{} is at step {step} of {max_steps}: training is complete and its results are written; nothing to do (to train on, raise max_steps or num_train_epochs)",
+                dir.display()
+            );
+            return Ok(false);
+        }
         self.restore(&dir, records)?;
         tracing::info!(
             "resumed from {} at step {} (epoch {}, {} micro-batches into it)",
@@ -165,6 +174,18 @@ impl Trainer {
             self.run.position.micro_batches_done
         );
         Ok(true)
+    }
+
+    /// Whether output_dir holds the final results of a run that ended at `step` (a run
+    /// killed after its last checkpoint has none: resuming it writes them).
+    fn results_written_at(&self, step: i64) -> bool {
+        let output = self.output_dir();
+        let state: Option<serde_json::Value> =
+            std::fs::read_to_string(output.join("trainer_state.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let state_step = state.as_ref().and_then(|s| s["global_step"].as_i64());
+        state_step == Some(step)
+            && output.join("model.safetensors").is_file()
+            && output.join("all_results.json").is_file()
     }
 
     /// Loads everything else a checkpoint holds into this trainer.
@@ -302,7 +323,7 @@ impl Trainer {
         progress_bar::finish();
         let checkpoint = self.save_checkpoint()?;
         self.fire(Event::Save, &[])?;
-        Err(Interrupted { signal: signal as i32, checkpoint }.into())
+        Err(Interrupted { signal: signal as i32, checkpoint: Some(checkpoint) }.into())
     }
 }
 

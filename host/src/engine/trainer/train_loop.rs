@@ -18,7 +18,7 @@ use crate::engine::libtorch;
 use crate::engine::optim::schedule::Scheduler;
 use crate::engine::precision::Autocast;
 use crate::engine::{checkpoint, distributed, progress_bar};
-use crate::error::InputError;
+use crate::error::{InputError, Interrupted};
 
 /// What a finished run reports.
 pub struct Outcome {
@@ -115,7 +115,9 @@ impl Trainer {
         let started = Instant::now();
         self.begin(&plan)?;
         let resume_at = self.run.position;
-        for epoch in resume_at.epoch..plan.num_epochs {
+        // A run resumed at its last step (killed before writing its results) only finishes.
+        let epochs = if self.run.state.global_step < plan.max_steps { resume_at.epoch..plan.num_epochs } else { 0..0 };
+        for epoch in epochs {
             self.fire(Event::EpochBegin, &[])?;
             let batches = self.epoch_batches(epoch);
             let steps_in_epoch = batches.mine().len();
@@ -212,8 +214,13 @@ impl Trainer {
         Ok(true)
     }
 
-    /// HF's on_train_begin, and the evaluation eval_on_start asks for.
+    /// HF's on_train_begin, and the evaluation eval_on_start asks for; a stop signal that
+    /// came during start-up ends the run here, before any step.
     fn begin(&mut self, plan: &Plan) -> Result<()> {
+        let signal = self.stop_requested();
+        if signal != 0 {
+            return Err(Interrupted { signal: signal as i32, checkpoint: None }.into());
+        }
         progress_bar::start(plan.max_steps as u64, self.config.args.disable_tqdm);
         self.fire(Event::TrainBegin, &[])?;
         if self.config.args.eval_on_start {
@@ -463,7 +470,11 @@ impl Trainer {
                 self.callbacks.control.should_save = new_best;
             }
         }
-        if self.callbacks.control.should_save {
+        if self.callbacks.control.should_save && self.meter.nonfinite_in_a_row > 0 {
+            // The last good checkpoint stays the newest (and rotation keeps it).
+            let step = self.run.state.global_step;
+            tracing::warn!("step {step}: no checkpoint while the loss or the gradient is not finite");
+        } else if self.callbacks.control.should_save {
             self.save_checkpoint()?;
             self.fire(Event::Save, &[])?;
         }

@@ -1,0 +1,265 @@
+//! Faults as an operator meets them: plugins that crash, abort, overflow their stack, exit
+//! or hang; signals at any moment; kill -9 at random points; two runs in one folder; a
+//! run that diverges. Each ends in one clear line and loses nothing already saved.
+
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+
+use crate::support::*;
+
+/// A run with the fixture callback `crash` (at step 3), saving every 2 steps.
+fn crash_args<'a>(fixtures: &'a str, how: &'a str) -> Vec<&'a str> {
+    vec![
+        "--plugin",
+        fixtures,
+        "--loss",
+        "builtin",
+        "--callback",
+        "crash",
+        "--plugin-config",
+        how,
+        "--save-steps",
+        "2",
+        "--max-steps",
+        "8",
+        "--eval-strategy",
+        "no",
+    ]
+}
+
+#[test]
+fn plugin_crashes_name_the_plugin_and_the_last_checkpoint() {
+    let fixtures = plugin("test_fixtures");
+    let cases = [
+        ("crash.how=\"segfault\"", Some(libc::SIGSEGV), None, "crashed the process (SIGSEGV"),
+        ("crash.how=\"stack_overflow\"", Some(libc::SIGSEGV), None, "crashed the process (SIGSEGV"),
+        ("crash.how=\"abort\"", Some(libc::SIGABRT), None, "crashed the process (SIGABRT, an abort)"),
+        ("crash.how=\"exit\"", None, Some(1), "the process exited during training from plugin"),
+    ];
+    for (how, signal, code, expected) in cases {
+        let dir = tempdir();
+        let ended = Background::start(dir.path(), &crash_args(path_str(&fixtures), how)).wait(60.0);
+        assert_eq!((ended.signal, ended.code), (signal, code), "{how}: stderr:\n{}", ended.stderr);
+        let errors = ended.error_lines();
+        assert_eq!(errors.len(), 1, "{how}: one error line:\n{}", ended.stderr);
+        assert!(errors[0].contains("plugin 'test_fixtures' callback 'crash' in on_step_end"), "{}", errors[0]);
+        assert!(errors[0].contains(expected), "{how}: {}", errors[0]);
+        assert!(errors[0].contains("the last checkpoint is output/checkpoint-2"), "{}", errors[0]);
+        ended.assert_no_panic();
+        // What was saved before is whole.
+        host::engine::checkpoint::verify(&dir.path().join("output/checkpoint-2")).unwrap();
+        assert!(!dir.path().join("output/all_results.json").exists(), "{how}: no results for a run that died");
+    }
+}
+
+#[test]
+fn a_hung_plugin_is_named_at_the_first_signal_and_the_second_ends_the_run() {
+    let fixtures = plugin("test_fixtures");
+    let dir = tempdir();
+    let mut run = Background::start(dir.path(), &crash_args(path_str(&fixtures), "crash.how=\"hang\""));
+    assert!(run.wait_for("saved output/checkpoint-2", 30.0), "the run never got going:\n{}", run.stderr());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    run.signal(libc::SIGTERM);
+    let answered = "SIGTERM: stopping after the current step, with a checkpoint; plugin 'test_fixtures' callback 'crash' in on_step_end has been running for";
+    assert!(run.wait_for(answered, 10.0), "no answer to the first signal:\n{}", run.stderr());
+    assert!(run.stderr().contains("a second signal exits at once"));
+    run.signal(libc::SIGTERM);
+    let ended = run.wait(10.0);
+    assert_eq!(ended.code, Some(143), "stderr:\n{}", ended.stderr);
+    ended.assert_no_panic();
+}
+
+/// Whether process `pid` catches SIGINT (its handler is in place), from /proc.
+fn catches_sigint(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).unwrap_or("0").trim().to_owned();
+    u64::from_str_radix(&caught, 16).is_ok_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+}
+
+#[test]
+fn a_stop_signal_at_any_moment_of_start_up_is_answered() {
+    // From the moment the binary runs its own code (before libtorch's start-up, which takes
+    // most of a second): only the dynamic loader's few milliseconds come before that.
+    for delay_ms in [0, 40, 150, 400, 900] {
+        let dir = tempdir();
+        let run = Background::start(dir.path(), &["--max-steps", "400", "--eval-strategy", "no"]);
+        let started = std::time::Instant::now();
+        while !catches_sigint(run.pid()) && started.elapsed().as_secs() < 10 {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        run.signal(libc::SIGINT);
+        let ended = run.wait(60.0);
+        assert_eq!((ended.code, ended.signal), (Some(130), None), "SIGINT at {delay_ms} ms: {}", ended.stderr);
+        let errors = ended.error_lines();
+        assert_eq!(errors.len(), 1, "{}", ended.stderr);
+        assert!(
+            errors[0].contains("interrupted by SIGINT before training started; nothing was saved")
+                || errors[0].contains("interrupted by SIGINT: saved output/checkpoint-"),
+            "SIGINT at {delay_ms} ms: {}",
+            errors[0]
+        );
+    }
+}
+
+#[test]
+fn losses_that_cannot_train_are_named() {
+    let fixtures = plugin("test_fixtures");
+    let cases = [
+        ("bad_loss.integer=false", "plugin 'test_fixtures' loss 'bad_loss' returned a loss without a gradient"),
+        (
+            "bad_loss.integer=true",
+            "plugin 'test_fixtures' loss 'bad_loss' returned a Int64 tensor; a loss must be floating point",
+        ),
+    ];
+    for (config, expected) in cases {
+        let dir = tempdir();
+        let args = [
+            "--plugin",
+            path_str(&fixtures),
+            "--loss",
+            "bad_loss",
+            "--callback",
+            "noop",
+            "--plugin-config",
+            config,
+            "--max-steps",
+            "2",
+        ];
+        host(dir.path(), &args).assert_clean_error(1, expected);
+    }
+}
+
+#[test]
+fn a_diverging_run_skips_the_nonfinite_steps_then_stops_with_its_last_good_checkpoint() {
+    let dir = tempdir();
+    let args = [
+        "--learning-rate",
+        "1e30",
+        "--max-steps",
+        "40",
+        "--save-steps",
+        "1",
+        "--save-total-limit",
+        "2",
+        "--logging-steps",
+        "1",
+        "--eval-strategy",
+        "no",
+    ];
+    let run = host(dir.path(), &args);
+    run.assert_clean_error(
+        1,
+        "training diverged: the loss or the gradient norm was not finite for 10 optimizer steps in a row (steps 2 to 11), all skipped; the last checkpoint is output/checkpoint-1;",
+    );
+    assert!(run.stderr.contains(
+        "step 2: the loss or the gradient norm is not finite (nan or inf); the update is skipped (1 in a row)"
+    ));
+    // No checkpoint was made while the steps were not finite, and rotation kept the good one.
+    let output: Vec<String> = std::fs::read_dir(dir.path().join("output"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(output, ["checkpoint-1"]);
+    let counted: f64 = log_history(dir.path()).iter().filter_map(|e| e.get("nonfinite_steps")?.as_f64()).sum();
+    assert_eq!(counted, 9.0, "each skipped step is counted in the logs (the tenth stops the run first)");
+}
+
+#[test]
+fn two_runs_into_one_output_dir_do_not_mix() {
+    let dir = tempdir();
+    let mut first =
+        Background::start(dir.path(), &["--max-steps", "100000", "--eval-strategy", "no", "--save-strategy", "no"]);
+    assert!(first.wait_for("training:", 30.0), "{}", first.stderr());
+    let second = host(dir.path(), &["--max-steps", "2"]);
+    second.assert_clean_error(
+        2,
+        &format!("output_dir output is in use by another run (process {}); wait for it to finish", first.pid()),
+    );
+    first.signal(libc::SIGKILL);
+    let _ = first.wait(10.0);
+    // The kernel let go of the lock with the process: the folder is free again.
+    let third = host(dir.path(), &["--max-steps", "2", "--eval-strategy", "no"]);
+    assert_eq!(third.code, 0, "stderr:\n{}", third.stderr);
+}
+
+/// The final weights and the log history (without timings) of a run in `dir`.
+fn outcome(dir: &Path) -> (Vec<u8>, Vec<serde_json::Value>) {
+    (std::fs::read(dir.join("output/model.safetensors")).unwrap(), history_without_timings(dir))
+}
+
+#[test]
+fn kill_9_at_random_moments_then_latest_gives_bitwise_the_same_run() {
+    let base = [
+        "--max-steps",
+        "90",
+        "--save-steps",
+        "4",
+        "--save-total-limit",
+        "3",
+        "--logging-steps",
+        "5",
+        "--eval-steps",
+        "30",
+        "--eval-strategy",
+        "steps",
+        "--dropout",
+        "0.1",
+    ];
+    let straight = tempdir();
+    assert_eq!(host(straight.path(), &base).code, 0);
+    let expected = outcome(straight.path());
+
+    // Six kills, each a random moment (0-40 ms) after a random later checkpoint was
+    // saved: during training, a save, a rotation or the final writes.
+    let killed = tempdir();
+    let output = killed.path().join("output");
+    let mut random = rand_chacha::ChaCha8Rng::seed_from_u64(2024);
+    let mut kills = 0;
+    loop {
+        let mut args = base.to_vec();
+        let resumable = host::engine::checkpoint::latest(&output, host::engine::checkpoint::verify).ok();
+        if resumable.is_some() {
+            args.extend(["--resume-from-checkpoint", "latest"]);
+        }
+        let from: u64 =
+            resumable.map_or(0, |(dir, ())| dir.to_string_lossy().rsplit('-').next().unwrap().parse().unwrap());
+        let target = (from + 4 * random.gen_range(1..=5)).min(88);
+        let mut run = Background::start(killed.path(), &args);
+        if kills == 6 || target <= from {
+            let ended = run.wait(60.0);
+            assert_eq!(ended.code, Some(0), "stderr:\n{}", ended.stderr);
+            break;
+        }
+        assert!(run.wait_for(&format!("saved output/checkpoint-{target} "), 60.0), "{}", run.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(random.gen_range(0..40)));
+        run.signal(libc::SIGKILL);
+        let ended = run.wait(30.0);
+        assert!(ended.signal == Some(libc::SIGKILL) || ended.code == Some(0), "stderr:\n{}", ended.stderr);
+        kills += 1;
+    }
+    assert!(outcome(killed.path()) == expected, "the run killed {kills} times ended differently");
+}
+
+#[test]
+fn resuming_a_finished_run_trains_and_writes_nothing() {
+    let dir = tempdir();
+    let args = ["--max-steps", "12", "--save-steps", "6", "--eval-strategy", "no"];
+    assert_eq!(host(dir.path(), &args).code, 0);
+    let before = (outcome(dir.path()), std::fs::read(dir.path().join("output/all_results.json")).unwrap());
+    let run = host(dir.path(), &[&args[..], &["--resume-from-checkpoint", "latest"]].concat());
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "output/checkpoint-12 is at step 12 of 12: training is complete and its results are written; nothing to do"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.path().join("output/checkpoint-13").exists());
+    let after = (outcome(dir.path()), std::fs::read(dir.path().join("output/all_results.json")).unwrap());
+    assert!(before == after, "a finished run's files changed");
+}
