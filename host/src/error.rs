@@ -52,6 +52,22 @@ pub fn first_line(text: &str) -> &str {
     text.lines().find(|l| !l.trim().is_empty()).unwrap_or(text).trim()
 }
 
+/// The operating system's message in an I/O error as libraries word it, such as tch's
+/// `...: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })`:
+/// "No space left on device (os error 28)". Other text: its first line.
+pub fn io_message(text: &str) -> String {
+    let Some(start) = text.find("message: \"").map(|i| i + "message: \"".len()) else {
+        return first_line(text).to_owned();
+    };
+    let message = text[start..].split('"').next().unwrap_or("");
+    let code = text.find("code: ").and_then(|i| text[i + 6..].split([',', ' ', '}']).next()).unwrap_or("");
+    if code.is_empty() {
+        message.to_owned()
+    } else {
+        format!("{message} (os error {code})")
+    }
+}
+
 /// The exit code for an error: 2 for input mistakes, 128 + the signal for a run stopped by
 /// SIGINT (130) or SIGTERM (143), 1 for everything else.
 pub fn exit_code(error: &anyhow::Error) -> i32 {
@@ -78,6 +94,13 @@ mod tests {
         assert_eq!(exit_code(&stopped), 143);
         assert!(stopped.to_string().starts_with("interrupted by SIGTERM: saved out/checkpoint-3;"));
         assert_eq!(exit_code(&anyhow::anyhow!("the disk is full")), 1);
+    }
+
+    #[test]
+    fn io_errors_read_as_the_operating_system_words_them() {
+        let tch = r#"safetensors error out/x.safetensors: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })"#;
+        assert_eq!(io_message(tch), "No space left on device (os error 28)");
+        assert_eq!(io_message("File too large (os error 27)\nmore"), "File too large (os error 27)");
     }
 
     #[test]

@@ -263,3 +263,118 @@ fn resuming_a_finished_run_trains_and_writes_nothing() {
     let after = (outcome(dir.path()), std::fs::read(dir.path().join("output/all_results.json")).unwrap());
     assert!(before == after, "a finished run's files changed");
 }
+
+/// A tmpfs of `size` mounted on `dir` while this lives, where the machine permits mounting.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        status.is_ok_and(|s| s.success()).then(|| Self(dir.to_owned()))
+    }
+
+    /// Bytes free on it.
+    fn free(&self) -> u64 {
+        let path = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // SAFETY: statvfs fills the struct for a valid path.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0);
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_cleanly_and_keeps_what_was_saved() {
+    let dir = tempdir();
+    let disk = dir.path().join("disk");
+    // Checkpoints of about 1 MB (weights and AdamW's moments): the second does not fit.
+    let Some(_tmpfs) = Tmpfs::mount(&disk, "2500k") else {
+        eprintln!(
+            "skipped: this machine does not permit mounting a tmpfs (the RLIMIT_FSIZE test covers failed writes)"
+        );
+        return;
+    };
+    let run = host(&disk, &["--max-steps", "40", "--save-steps", "5", "--eval-strategy", "no"]);
+    run.assert_clean_error(1, "No space left on device (os error 28)");
+    assert!(run.error_line().starts_with("error: cannot write output/checkpoint-"), "{}", run.error_line());
+    // Every checkpoint there is complete, and the disk held at least one.
+    let saved = host::engine::checkpoint::list(&disk.join("output"));
+    assert!(!saved.is_empty());
+    for (_, checkpoint) in saved {
+        host::engine::checkpoint::verify(&checkpoint).unwrap();
+    }
+}
+
+#[test]
+fn a_full_disk_leaves_the_previous_runs_results_whole() {
+    let dir = tempdir();
+    let disk = dir.path().join("disk");
+    let Some(tmpfs) = Tmpfs::mount(&disk, "4m") else {
+        eprintln!(
+            "skipped: this machine does not permit mounting a tmpfs (the RLIMIT_FSIZE test covers failed writes)"
+        );
+        return;
+    };
+    let args = ["--max-steps", "5", "--save-strategy", "no", "--eval-strategy", "no"];
+    assert_eq!(host(&disk, &args).code, 0);
+    let read = |name: &str| std::fs::read(disk.join("output").join(name)).unwrap();
+    let finished = (read("model.safetensors"), read("all_results.json"), read("trainer_state.json"));
+    // Fill the disk but for 100 KB: the new weights (340 KB) cannot be written.
+    let filler = tmpfs.free().saturating_sub(100_000);
+    std::fs::write(disk.join("filler"), vec![0u8; filler as usize]).unwrap();
+    let run = host(&disk, &args);
+    run.assert_clean_error(1, "No space left on device");
+    assert!(finished == (read("model.safetensors"), read("all_results.json"), read("trainer_state.json")));
+    let leftovers: Vec<_> = std::fs::read_dir(disk.join("output"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "half-written files left: {leftovers:?}");
+}
+
+#[test]
+fn a_write_that_fails_midway_leaves_no_checkpoint_and_the_next_run_cleans_up() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir();
+    let args = ["--max-steps", "10", "--save-steps", "5", "--eval-strategy", "no"];
+    // Files may grow to 500 KB: the weights (340 KB) fit, AdamW's moments (680 KB) do not.
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_host"));
+    command.current_dir(dir.path()).args(args).env_remove("LD_LIBRARY_PATH").env_remove("RUST_BACKTRACE");
+    // SAFETY: setrlimit and signal are async-signal-safe, as pre_exec requires.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 500_000, rlim_max: 500_000 };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+            // Without SIGXFSZ the write fails with EFBIG, as a full disk fails with ENOSPC.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let output = command.output().unwrap();
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    run.assert_clean_error(1, "File too large");
+    assert!(run.error_line().contains("optimizer.safetensors"), "names the file: {}", run.error_line());
+    assert!(host::engine::checkpoint::list(&dir.path().join("output")).is_empty(), "no checkpoint may appear");
+    // The next run, with room, removes what the failed save left and trains.
+    let again = host(dir.path(), &args);
+    assert_eq!(again.code, 0, "stderr:\n{}", again.stderr);
+    assert!(again.stderr.contains("(left by an interrupted save)"), "{}", again.stderr);
+    host::engine::checkpoint::verify(&dir.path().join("output/checkpoint-10")).unwrap();
+}

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bad_data;
 mod bad_input;
 mod checkpoints;
 mod compat;
@@ -12,6 +13,7 @@ mod events;
 mod example_plugin;
 mod faults;
 mod fidelity;
+mod fuzz;
 mod models;
 mod stock_plugins;
 mod training;

@@ -69,15 +69,14 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temporary = path.with_file_name(format!("{TEMP_PREFIX}{name}-{}", std::process::id()));
     let written = write(&temporary).and_then(|()| {
-        File::open(&temporary)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("cannot sync {}", temporary.display()))?;
-        fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
+        File::open(&temporary).and_then(|f| f.sync_all())?;
+        Ok(fs::rename(&temporary, path)?)
     });
-    if written.is_err() {
+    if let Err(error) = written {
         let _ = fs::remove_file(&temporary);
+        let cause = error.chain().last().map(|c| c.to_string()).unwrap_or_default();
+        anyhow::bail!("cannot write {}: {}", path.display(), crate::error::io_message(&cause));
     }
-    written?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         File::open(parent).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", parent.display()))?;
     }

@@ -52,9 +52,13 @@ impl Writer {
     }
 
     pub fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        let path = self.path(name);
-        fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        fs::write(self.path(name), bytes).map_err(|e| self.write_error(name, &e.to_string()))?;
         self.finish_file(name)
+    }
+
+    /// A failed write, named by the file's place in the finished checkpoint.
+    pub fn write_error(&self, name: &str, cause: &str) -> anyhow::Error {
+        anyhow::anyhow!("cannot write {}: {}", self.target.join(name).display(), crate::error::io_message(cause))
     }
 
     pub fn write_json(&mut self, name: &str, value: &serde_json::Value) -> Result<()> {
@@ -67,7 +71,7 @@ impl Writer {
         let on_cpu: Vec<(&str, tch::Tensor)> =
             tensors.iter().map(|(n, t)| (n.as_str(), t.to_device(tch::Device::Cpu))).collect();
         let path = self.path(name);
-        tch::Tensor::write_safetensors(&on_cpu, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        tch::Tensor::write_safetensors(&on_cpu, &path).map_err(|e| self.write_error(name, &e.to_string()))?;
         self.finish_file(name)
     }
 

@@ -250,6 +250,9 @@ fn read_csv(path: &Path, options: &FileOptions) -> Result<Dataset, InputError> {
         .iter()
         .map(str::to_owned)
         .collect();
+    if header.iter().all(String::is_empty) {
+        return Err(InputError::new(format!("{shown}: empty file; a CSV needs a header line, then a row per example")));
+    }
     let column = |name: &str, role: &str| {
         header.iter().position(|h| h == name).ok_or_else(|| {
             InputError::new(format!("{shown}: no column '{name}' ({role}); columns: {}", header.join(", ")))

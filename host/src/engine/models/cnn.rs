@@ -69,8 +69,14 @@ impl Geometry {
     /// The parameters of a CNN of this geometry: 3x3 convolutions, the hidden and the
     /// output linear layers, with biases.
     pub fn parameter_count(&self, hidden: i64, num_labels: i64) -> u64 {
-        let convs: i64 = self.blocks.iter().map(|(i, o)| i * o * 9 + o).sum();
-        (convs + self.flat * hidden + hidden + hidden * num_labels + num_labels) as u64
+        let product = |a: i64, b: i64| (a as u64).saturating_mul(b as u64);
+        let convs: u64 =
+            self.blocks.iter().map(|&(i, o)| product(i, o).saturating_mul(9).saturating_add(o as u64)).sum();
+        convs
+            .saturating_add(product(self.flat, hidden))
+            .saturating_add(hidden as u64)
+            .saturating_add(product(hidden, num_labels))
+            .saturating_add(num_labels as u64)
     }
 }
 

@@ -19,9 +19,17 @@ pub struct Mlp {
     dropout: f64,
 }
 
-/// The parameters of an MLP of these widths (weights and biases).
-pub fn parameter_count(widths: &[i64]) -> u64 {
-    widths.windows(2).map(|w| (w[0] * w[1] + w[1]) as u64).sum()
+/// The parameters of an MLP: `features` inputs, `layers` hidden layers of `hidden`, then
+/// `outputs` (weights and biases; saturating, for sizes no machine holds).
+pub fn parameter_count(features: i64, hidden: i64, layers: i64, outputs: i64) -> u64 {
+    let linear =
+        |inputs: i64, outputs: i64| (inputs as u64).saturating_mul(outputs as u64).saturating_add(outputs as u64);
+    match layers {
+        0 => linear(features, outputs),
+        _ => linear(features, hidden)
+            .saturating_add(linear(hidden, hidden).saturating_mul(layers as u64 - 1))
+            .saturating_add(linear(hidden, outputs)),
+    }
 }
 
 impl Mlp {

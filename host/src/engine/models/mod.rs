@@ -170,7 +170,7 @@ pub struct ModelPlan {
 }
 
 enum PlanShape {
-    Mlp { widths: Vec<i64> },
+    Mlp { features: i64, num_labels: i64 },
     Cnn { input_shape: Vec<i64>, num_labels: i64 },
     Gpt(transformer::Config),
     Transformer(transformer::Config, i64),
@@ -207,12 +207,14 @@ pub fn plan(spec: &ModelSpec, train: &Dataset, eval: &Dataset) -> Result<ModelPl
                     input.size()
                 )));
             }
+            if input.size()[1..].contains(&0) {
+                return Err(InputError::new(format!(
+                    "the {name} model needs at least one feature per example; the data's 'input' is {:?} (empty lists or no feature columns)",
+                    input.size()
+                )));
+            }
             if spec.architecture == Architecture::Mlp {
-                let features: i64 = input.size()[1..].iter().product();
-                let mut widths = vec![features];
-                widths.extend(std::iter::repeat_n(sizes.hidden_size, sizes.num_hidden_layers as usize));
-                widths.push(num_labels);
-                PlanShape::Mlp { widths }
+                PlanShape::Mlp { features: input.size()[1..].iter().product(), num_labels }
             } else {
                 let input_shape = input.size();
                 cnn::Geometry::of(&input_shape, sizes.num_hidden_layers)?;
@@ -234,7 +236,9 @@ impl ModelPlan {
     pub fn parameter_count(&self) -> Option<u64> {
         let sizes = &self.spec.sizes;
         match &self.shape {
-            PlanShape::Mlp { widths } => Some(mlp::parameter_count(widths)),
+            PlanShape::Mlp { features, num_labels } => {
+                Some(mlp::parameter_count(*features, sizes.hidden_size, sizes.num_hidden_layers, *num_labels))
+            }
             PlanShape::Cnn { input_shape, num_labels } => {
                 let geometry = cnn::Geometry::of(input_shape, sizes.num_hidden_layers).ok()?;
                 Some(geometry.parameter_count(sizes.hidden_size, *num_labels))
@@ -252,7 +256,12 @@ impl ModelPlan {
             (PlanShape::TorchScript, Architecture::TorchScript(file)) => {
                 (Box::new(torchscript::TorchScript::load(file, root)?), Task::Classification)
             }
-            (PlanShape::Mlp { widths }, _) => (Box::new(Mlp::new(root, widths, sizes.dropout)), Task::Classification),
+            (PlanShape::Mlp { features, num_labels }, _) => {
+                let mut widths = vec![*features];
+                widths.extend(std::iter::repeat_n(sizes.hidden_size, sizes.num_hidden_layers as usize));
+                widths.push(*num_labels);
+                (Box::new(Mlp::new(root, &widths, sizes.dropout)), Task::Classification)
+            }
             (PlanShape::Cnn { input_shape, num_labels }, _) => {
                 let (blocks, hidden) = (sizes.num_hidden_layers, sizes.hidden_size);
                 let model = cnn::Cnn::new(root, input_shape, blocks, hidden, *num_labels, sizes.dropout)?;

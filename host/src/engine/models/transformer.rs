@@ -63,21 +63,23 @@ impl Block {
 }
 
 /// The parameters of the embeddings, the blocks and the final layer norm.
-fn trunk_parameter_count(config: &Config) -> u64 {
-    let (w, vocab, context) = (config.width as u64, config.vocab as u64, config.context as u64);
+/// (Counted in floating point, exact for any size a machine holds, and saturated for the
+/// sizes none does.)
+fn trunk_parameter_count(config: &Config) -> f64 {
+    let (w, vocab, context) = (config.width as f64, config.vocab as f64, config.context as f64);
     // ln1, qkv, proj, ln2, fc, out: weights and biases.
-    let block = 2 * w + (3 * w * w + 3 * w) + (w * w + w) + 2 * w + (4 * w * w + 4 * w) + (4 * w * w + w);
-    vocab * w + context * w + config.layers as u64 * block + 2 * w
+    let block = 2.0 * w + (3.0 * w * w + 3.0 * w) + (w * w + w) + 2.0 * w + (4.0 * w * w + 4.0 * w) + (4.0 * w * w + w);
+    vocab * w + context * w + config.layers as f64 * block + 2.0 * w
 }
 
 /// The parameters of a [`Gpt`] (its head has no bias).
 pub fn gpt_parameter_count(config: &Config) -> u64 {
-    trunk_parameter_count(config) + config.width as u64 * config.vocab as u64
+    (trunk_parameter_count(config) + config.width as f64 * config.vocab as f64) as u64
 }
 
 /// The parameters of an [`EncoderClassifier`].
 pub fn classifier_parameter_count(config: &Config, num_labels: i64) -> u64 {
-    trunk_parameter_count(config) + (config.width as u64 + 1) * num_labels as u64
+    (trunk_parameter_count(config) + (config.width as f64 + 1.0) * num_labels as f64) as u64
 }
 
 /// Token and position embeddings, the blocks and a final layer norm.

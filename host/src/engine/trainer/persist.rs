@@ -49,7 +49,8 @@ impl Trainer {
             return Ok(self.output_dir().join(format!("checkpoint-{step}")));
         }
         let mut writer = Writer::begin(&self.output_dir(), step)?;
-        weights::save(&self.model.vars, &writer.path("model.safetensors"))?;
+        weights::save(&self.model.vars, &writer.path("model.safetensors"))
+            .map_err(|e| writer.write_error("model.safetensors", &format!("{e:#}")))?;
         writer.finish_file("model.safetensors")?;
         let optimizer = self.optimizer.state();
         writer.write_safetensors("optimizer.safetensors", &optimizer.tensors)?;
