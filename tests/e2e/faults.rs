@@ -264,7 +264,8 @@ fn resuming_a_finished_run_trains_and_writes_nothing() {
     assert!(before == after, "a finished run's files changed");
 }
 
-/// A tmpfs of `size` mounted on `dir` while this lives, where the machine permits mounting.
+/// A tmpfs of `size` mounted on `dir` while this lives, where the machine permits mounting
+/// (elsewhere the tests that need one say so and pass).
 struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
@@ -275,7 +276,13 @@ impl Tmpfs {
             .arg(dir)
             .stderr(std::process::Stdio::null())
             .status();
-        status.is_ok_and(|s| s.success()).then(|| Self(dir.to_owned()))
+        if !status.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "skipped: this machine does not permit mounting a tmpfs (the RLIMIT_FSIZE test covers failed writes)"
+            );
+            return None;
+        }
+        Some(Self(dir.to_owned()))
     }
 
     /// Bytes free on it.
@@ -299,12 +306,7 @@ fn a_full_disk_fails_cleanly_and_keeps_what_was_saved() {
     let dir = tempdir();
     let disk = dir.path().join("disk");
     // Checkpoints of about 1 MB (weights and AdamW's moments): the second does not fit.
-    let Some(_tmpfs) = Tmpfs::mount(&disk, "2500k") else {
-        eprintln!(
-            "skipped: this machine does not permit mounting a tmpfs (the RLIMIT_FSIZE test covers failed writes)"
-        );
-        return;
-    };
+    let Some(_tmpfs) = Tmpfs::mount(&disk, "2500k") else { return };
     let run = host(&disk, &["--max-steps", "40", "--save-steps", "5", "--eval-strategy", "no"]);
     run.assert_clean_error(1, "No space left on device (os error 28)");
     assert!(run.error_line().starts_with("error: cannot write output/checkpoint-"), "{}", run.error_line());
@@ -320,12 +322,7 @@ fn a_full_disk_fails_cleanly_and_keeps_what_was_saved() {
 fn a_full_disk_leaves_the_previous_runs_results_whole() {
     let dir = tempdir();
     let disk = dir.path().join("disk");
-    let Some(tmpfs) = Tmpfs::mount(&disk, "4m") else {
-        eprintln!(
-            "skipped: this machine does not permit mounting a tmpfs (the RLIMIT_FSIZE test covers failed writes)"
-        );
-        return;
-    };
+    let Some(tmpfs) = Tmpfs::mount(&disk, "4m") else { return };
     let args = ["--max-steps", "5", "--save-strategy", "no", "--eval-strategy", "no"];
     assert_eq!(host(&disk, &args).code, 0);
     let read = |name: &str| std::fs::read(disk.join("output").join(name)).unwrap();
