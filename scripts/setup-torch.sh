@@ -26,6 +26,17 @@ if ! "$VENV/bin/python" -c "import numpy, safetensors, tensorboard, pyarrow" 2>/
     "$VENV/bin/python" -m pip install --quiet numpy safetensors tensorboard pyarrow
 fi
 
+# The pretrained-model tests make tiny random models with transformers itself and check
+# the host's logits, training steps, saved folders and generations against it (transformers'
+# Trainer needs accelerate). Pinned: the ports follow these versions' modelling code.
+TRANSFORMERS_PINS="transformers==5.24.0 tokenizers==0.23.3 accelerate==1.15.0"
+if ! "$VENV/bin/python" -c "
+import importlib.metadata as m, sys
+want = dict(p.split('==') for p in '$TRANSFORMERS_PINS'.split())
+sys.exit(0 if all(m.version(k) == v for k, v in want.items()) else 1)" 2>/dev/null; then
+    "$VENV/bin/python" -m pip install --quiet $TRANSFORMERS_PINS
+fi
+
 # The NCCL part of the distributed shim compiles against the CUDA runtime headers, which
 # include headers only the crt and cccl wheels ship (small; CUDA torch builds only).
 if [ -d "$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')/../nvidia/nccl" ] &&

@@ -151,5 +151,5 @@ fn random_command_lines_never_panic_crash_or_hang() {
     // The draw reaches training as well as the checks: both outcomes are common.
     let exits = exits.into_inner().unwrap();
     eprintln!("exit codes of the fuzzed runs: {exits:?}");
-    assert!(exits.get(&0).is_some_and(|&n| n >= 20) && exits.get(&2).is_some_and(|&n| n >= 20), "{exits:?}");
+    assert!(exits.get(&0).is_some_and(|&n| n >= 10) && exits.get(&2).is_some_and(|&n| n >= 20), "{exits:?}");
 }

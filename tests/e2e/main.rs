@@ -15,6 +15,7 @@ mod faults;
 mod fidelity;
 mod fuzz;
 mod models;
+mod pretrained;
 mod stock_plugins;
 mod training;
 mod weighted_ce;

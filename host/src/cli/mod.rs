@@ -3,6 +3,7 @@
 //! `ResolvedConfig` or plain values first.
 
 mod evaluate;
+mod generate;
 mod launch;
 mod plugins;
 mod scaffold;
@@ -39,6 +40,8 @@ Examples:
     host --model cnn
     host --model gpt --train-file corpus.jsonl --tokenizer-file tokenizer.json
     host --model torchscript:model.pt --train-file data.parquet
+    host --model-name-or-path models/Qwen2.5-0.5B --train-file reviews.jsonl --num-labels 3
+    host generate --model output --prompt \"Once upon a time\"
 
 Distributed data parallel (Gloo on CPU, NCCL on CUDA):
     host launch --nproc-per-node 2 -- --plugin weighted_ce
@@ -66,8 +69,12 @@ pub enum Command {
     Train(Box<TrainOptions>),
     /// Evaluate a checkpoint on its run's evaluation data (from the checkpoint alone).
     Eval(CheckpointOptions),
-    /// Predict with a checkpoint on its run's evaluation data: one JSON line per example.
+    /// Predict with a checkpoint on its run's evaluation data: one JSON line per example,
+    /// or with --output FILE.safetensors the logits and labels (HF's predictions, label_ids).
     Predict(PredictOptions),
+    /// Complete a prompt greedily with a causal language model folder (a run's output_dir
+    /// or checkpoint of a pretrained model, or any Hugging Face model folder).
+    Generate(generate::GenerateOptions),
     /// Start this node's ranks of a distributed run (as torchrun does): `host launch
     /// --nproc-per-node 2 -- --plugin weighted_ce`. Each rank is `host train` with
     /// torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set.
@@ -112,7 +119,8 @@ pub struct CheckpointOptions {
 pub struct PredictOptions {
     #[command(flatten)]
     pub checkpoint: CheckpointOptions,
-    /// Where to write the predictions (JSONL: index, label, prediction, probabilities).
+    /// Where to write the predictions: JSONL (index, label, prediction, probabilities), or
+    /// a .safetensors file of `predictions` (logits) and `label_ids`.
     #[arg(long, value_name = "FILE")]
     pub output: PathBuf,
 }
@@ -188,6 +196,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         None => train::train(&cli.train)?,
         Some(Command::Eval(options)) => evaluate::evaluate(&options)?,
         Some(Command::Predict(options)) => evaluate::predict(&options)?,
+        Some(Command::Generate(options)) => generate::generate(&options)?,
         Some(Command::Plugins(command)) => plugins::run(&command)?,
         Some(Command::Launch(options)) => return launch::run(&options),
         Some(Command::NewPlugin { name, kind, dir }) => {

@@ -97,7 +97,7 @@ fn log_components(device: &str, components: &Components) {
 /// weights, the final state with the callbacks' states, and every metric. Returns where
 /// the metrics went.
 fn save_results(trainer: &mut Trainer, outcome: &Outcome, output_dir: &Path) -> Result<std::path::PathBuf> {
-    trainer.save_model(&output_dir.join("model.safetensors"))?;
+    trainer.save_model(output_dir)?;
     let (state, _) = trainer.trainer_state_record()?;
     let state = serde_json::to_string_pretty(&serde_json::to_value(state)?)? + "\n";
     write_text_atomically(&output_dir.join("trainer_state.json"), &state)?;

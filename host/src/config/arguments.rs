@@ -159,6 +159,10 @@ training_arguments! {
     save_steps: f64 = 500.0, flag f64;
     /// Keep at most N checkpoints, deleting the oldest; the best one is always kept.
     save_total_limit: Option<i64> = None, flag i64;
+    /// Largest weights file of a saved model; above it the weights are split into shards
+    /// with an index, as transformers' save_pretrained (units KB, MB, GB, TB).
+    #[arg(value_name = "SIZE")]
+    save_max_shard_size: String = "50GB".to_owned(), flag String;
     /// At the end, load the weights of the best checkpoint (by metric_for_best_model).
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     load_best_model_at_end: bool = false, flag bool;
@@ -206,6 +210,15 @@ training_arguments! {
     /// language model), or torchscript:FILE.pt (a PyTorch module).
     #[arg(value_name = "NAME")]
     model: String = "mlp".to_owned(), flag String;
+    /// A Hugging Face model folder to fine-tune (config.json, model.safetensors or a
+    /// sharded index, tokenizer.json): llama, mistral, qwen2, gpt2, bert or roberta. The
+    /// data picks the head: a label per text classifies, plain text trains a causal LM.
+    /// Nothing is downloaded; a hub id must be downloaded first (hf download ID --local-dir DIR).
+    #[arg(value_name = "DIR")]
+    model_name_or_path: Option<String> = None, flag String;
+    /// The dtype of a pretrained model's parameters: auto (config.json's), float32,
+    /// bfloat16 or float16.
+    torch_dtype: String = "auto".to_owned(), flag String;
     /// Width of the hidden layers (mlp, cnn) or of the model (transformer, gpt).
     hidden_size: i64 = 256, flag i64;
     /// Hidden layers (mlp), convolution blocks (cnn) or transformer blocks.

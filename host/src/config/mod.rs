@@ -16,10 +16,12 @@ use plugin_api::BestMetric;
 use crate::engine::data::{DataSpec, FileOptions};
 use crate::engine::device::DeviceSpec;
 use crate::engine::distributed::{Backend, DistributedSpec};
+use crate::engine::models::pretrained::{self, folder::Folder};
 use crate::engine::models::{ModelSpec, Sizes};
 use crate::engine::optim::schedule::ScheduleSpec;
 use crate::engine::optim::{AdamSettings, OptimizerSpec};
 use crate::engine::precision::Precision;
+use crate::engine::weights::write::parse_size;
 use arguments::TrainingArguments;
 use layers::PluginSelection;
 
@@ -40,6 +42,8 @@ pub struct ResolvedConfig {
     pub distributed: DistributedSpec,
     /// metric_for_best_model with greater_is_better, where the run has one.
     pub best_metric: Option<BestMetric>,
+    /// save_max_shard_size in bytes.
+    pub max_shard_bytes: u64,
 }
 
 impl ResolvedConfig {
@@ -59,18 +63,36 @@ impl ResolvedConfig {
         let optimizer = OptimizerSpec::parse(&args.optim, &args.optim_args, adam)?;
         args.optim = optimizer.kind().name().to_owned();
         let schedule = ScheduleSpec::new(args.lr_scheduler_type, args.learning_rate, &args.lr_scheduler_kwargs)?;
-        let model = ModelSpec::parse(
-            &args.model,
-            Sizes {
-                hidden_size: args.hidden_size,
-                num_hidden_layers: args.num_hidden_layers,
-                num_attention_heads: args.num_attention_heads,
-                max_seq_length: args.max_seq_length,
-                dropout: args.dropout,
-                num_labels: args.num_labels,
-                vocab_size: args.vocab_size,
-            },
-        )?;
+        let sizes = Sizes {
+            hidden_size: args.hidden_size,
+            num_hidden_layers: args.num_hidden_layers,
+            num_attention_heads: args.num_attention_heads,
+            max_seq_length: args.max_seq_length,
+            dropout: args.dropout,
+            num_labels: args.num_labels,
+            vocab_size: args.vocab_size,
+        };
+        let dtype = pretrained::parse_dtype(&args.torch_dtype)?;
+        let (model, folder) = match &args.model_name_or_path {
+            Some(dir) => {
+                if !matches!(args.model.as_str(), "mlp" | "pretrained") {
+                    return Err(crate::error::InputError::new(format!(
+                        "model {} and model_name_or_path {dir} are both set: a pretrained folder brings its own architecture; drop model",
+                        args.model
+                    )));
+                }
+                args.model = "pretrained".to_owned();
+                let folder = Folder::open(dir)?;
+                (ModelSpec::pretrained(dir, dtype, sizes), Some(folder))
+            }
+            None => (ModelSpec::parse(&args.model, sizes)?, None),
+        };
+        let max_shard_bytes = parse_size(&args.save_max_shard_size)
+            .map_err(|e| crate::error::InputError::new(format!("save_max_shard_size: {e}")))?;
+        // A pretrained folder's tokenizer reads the text, padding as the model expects.
+        let tokenizer_file =
+            args.tokenizer_file.clone().or_else(|| folder.as_ref().map(|f| f.tokenizer_file().display().to_string()));
+        let pad_candidates = folder.as_ref().map(Folder::pad_candidates).unwrap_or_default();
         let data = DataSpec {
             train_file: args.train_file.as_ref().map(PathBuf::from),
             eval_file: args.eval_file.as_ref().map(PathBuf::from),
@@ -81,9 +103,10 @@ impl ResolvedConfig {
                     .as_ref()
                     .map(|columns| columns.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect()),
                 text_column: args.text_column.clone(),
-                tokenizer_file: args.tokenizer_file.clone(),
+                tokenizer_file,
                 max_seq_length: args.max_seq_length,
                 generation_separator: args.generation_separator.clone(),
+                pad_candidates,
             },
             validation_split_percentage: args.validation_split_percentage,
             max_train_samples: args.max_train_samples,
@@ -102,7 +125,19 @@ impl ResolvedConfig {
             args.metric_for_best_model.get_or_insert_with(|| best.key.trim_start_matches("eval_").to_owned());
             args.greater_is_better.get_or_insert(best.greater_is_better);
         }
-        Ok(Self { args, plugins, optimizer, schedule, model, data, device, precision, distributed, best_metric })
+        Ok(Self {
+            args,
+            plugins,
+            optimizer,
+            schedule,
+            model,
+            data,
+            device,
+            precision,
+            distributed,
+            best_metric,
+            max_shard_bytes,
+        })
     }
 
     /// The configuration as a table that `--config` accepts (and checkpoints keep).

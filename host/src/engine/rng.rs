@@ -18,12 +18,21 @@ pub fn set_state(device: Device, state: &Tensor) -> Result<()> {
     })
 }
 
+/// Unit tests run in parallel and libtorch's CPU generator is one for the process: tests
+/// that seed it and draw from it hold this while they do.
+#[cfg(test)]
+pub(crate) fn lock_generator() -> std::sync::MutexGuard<'static, ()> {
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn restoring_the_state_replays_the_same_numbers() {
+        let _generator = lock_generator();
         tch::manual_seed(9);
         let saved = state(Device::Cpu).unwrap();
         let first = Tensor::rand([5], (tch::Kind::Float, Device::Cpu));

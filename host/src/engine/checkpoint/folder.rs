@@ -108,6 +108,13 @@ impl Writer {
     }
 }
 
+impl crate::engine::weights::FileSink for Writer {
+    fn write_file(&mut self, name: &str, write: &mut dyn FnMut(&Path) -> Result<()>) -> Result<()> {
+        write(&self.path(name)).map_err(|e| self.write_error(name, &format!("{e:#}")))?;
+        self.finish_file(name)
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
 }

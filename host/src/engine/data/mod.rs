@@ -22,6 +22,13 @@ use crate::error::InputError;
 pub use digits::load_digits;
 pub use files::load_file;
 
+/// A token a tokenizer setting names: by its text, or by its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRef {
+    Text(String),
+    Id(i64),
+}
+
 /// How to read a file's columns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileOptions {
@@ -37,6 +44,9 @@ pub struct FileOptions {
     pub max_seq_length: i64,
     /// JSONL: the token after which completions are evaluated.
     pub generation_separator: Option<String>,
+    /// Text: the padding token, first of these the tokenizer knows (a pretrained model's
+    /// settings); else the tokenizer's own padding or a conventional pad token.
+    pub pad_candidates: Vec<TokenRef>,
 }
 
 /// The data a run trains and evaluates on, as the arguments name it.
@@ -118,6 +128,8 @@ pub struct Dataset {
     pub end_token: Option<i64>,
     /// The token after which completions are evaluated (generation_separator).
     pub separator_token: Option<i64>,
+    /// The token text is padded with, for text data.
+    pub pad_token: Option<i64>,
     /// Each example's length in tokens (its attention_mask), for text padded to the
     /// longest of the set: batches are cut to their own longest, as Hugging Face's
     /// DataCollatorWithPadding pads (right padding: only padding is cut).
@@ -154,8 +166,15 @@ impl Dataset {
             .iter()
             .find(|(n, t)| n == "attention_mask" && t.dim() == 2)
             .and_then(|(_, mask)| Vec::<i64>::try_from(&mask.ne(0).sum_dim_intlist(1, false, Kind::Int64)).ok());
-        let dataset =
-            Self { fields, device: Device::Cpu, vocab_size: None, end_token: None, separator_token: None, lengths };
+        let dataset = Self {
+            fields,
+            device: Device::Cpu,
+            vocab_size: None,
+            end_token: None,
+            separator_token: None,
+            pad_token: None,
+            lengths,
+        };
         if dataset.field("labels").is_none() {
             return Err(InputError::new(format!(
                 "{source}: no 'labels' field (fields: {}); name the label column or tensor 'labels'",
@@ -199,6 +218,7 @@ impl Dataset {
             vocab_size: self.vocab_size,
             end_token: self.end_token,
             separator_token: self.separator_token,
+            pad_token: self.pad_token,
             lengths: self.lengths.clone(),
         }
     }

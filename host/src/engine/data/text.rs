@@ -14,7 +14,7 @@ use std::path::Path;
 use tch::Tensor;
 use tokenizers::Tokenizer;
 
-use super::{Dataset, FileOptions};
+use super::{Dataset, FileOptions, TokenRef};
 use crate::error::InputError;
 
 pub fn read_jsonl(path: &Path, options: &FileOptions) -> Result<Dataset, InputError> {
@@ -88,7 +88,7 @@ pub fn from_texts(
     if sequences.is_empty() {
         return Err(InputError::new(format!("{source}: no examples")));
     }
-    let pad = pad_id(tokenizer);
+    let pad = pad_id(tokenizer, &options.pad_candidates);
     let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
     let (n, t) = (sequences.len() as i64, longest as i64);
     let (ids, mask) = super::pad_rows(&sequences, pad, longest);
@@ -107,6 +107,7 @@ pub fn from_texts(
     let mut dataset = Dataset::new(source, fields)?;
     dataset.vocab_size = Some(tokenizer.get_vocab_size(true) as i64);
     dataset.end_token = end_id(tokenizer);
+    dataset.pad_token = Some(pad);
     if let Some(separator) = &options.generation_separator {
         let id = tokenizer.token_to_id(separator).ok_or_else(|| {
             InputError::new(format!(
@@ -119,9 +120,18 @@ pub fn from_texts(
     Ok(dataset)
 }
 
-/// The padding token: the tokenizer's padding setting, else a conventional pad token, else
-/// 0 (padding is masked and never a label, so its id does not matter).
-fn pad_id(tokenizer: &Tokenizer) -> i64 {
+/// The padding token: the first of `candidates` the tokenizer knows (a pretrained model's
+/// pad or end-of-text token), the tokenizer's padding setting, else a conventional pad
+/// token, else 0 (padding is masked and never a label, so its id does not matter).
+fn pad_id(tokenizer: &Tokenizer, candidates: &[TokenRef]) -> i64 {
+    let vocab = tokenizer.get_vocab_size(true) as i64;
+    let known = candidates.iter().find_map(|candidate| match candidate {
+        TokenRef::Text(text) => tokenizer.token_to_id(text).map(i64::from),
+        TokenRef::Id(id) => Some(*id).filter(|id| (0..vocab).contains(id)),
+    });
+    if let Some(id) = known {
+        return id;
+    }
     if let Some(padding) = tokenizer.get_padding() {
         return padding.pad_id as i64;
     }

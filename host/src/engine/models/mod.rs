@@ -1,9 +1,11 @@
-//! The models the host trains: built-in architectures chosen by name, or a TorchScript
-//! module from PyTorch. A model reads the batch fields it needs and returns named outputs,
-//! `logits` first; a loss plugin receives all of them.
+//! The models the host trains: built-in architectures chosen by name, a pretrained
+//! Hugging Face model folder, or a TorchScript module from PyTorch. A model reads the
+//! batch fields it needs and returns named outputs, `logits` first; a loss plugin receives
+//! all of them.
 
 mod cnn;
 mod mlp;
+pub mod pretrained;
 mod torchscript;
 mod transformer;
 
@@ -59,6 +61,12 @@ pub trait Model {
     fn generate(&self, _prompt: &Tensor, _new_tokens: i64, _stop: Option<i64>) -> Option<Result<Tensor>> {
         None
     }
+
+    /// Whether weight decay applies to parameter `name` (Hugging Face's rule: not to
+    /// biases and normalization weights).
+    fn decays(&self, name: &str) -> bool {
+        crate::engine::optim::decays(name)
+    }
 }
 
 /// The model the arguments ask for, checked: an architecture and its sizes.
@@ -77,6 +85,12 @@ pub enum Architecture {
     Gpt,
     /// A TorchScript module saved by PyTorch.
     TorchScript(PathBuf),
+    /// A Hugging Face model folder (model_name_or_path), its parameters in `dtype`
+    /// (None: the dtype config.json names).
+    Pretrained {
+        dir: PathBuf,
+        dtype: Option<Kind>,
+    },
 }
 
 /// The sizes of a built-in model (a TorchScript module has its own).
@@ -105,6 +119,11 @@ impl ModelSpec {
             "cnn" => Architecture::Cnn,
             "transformer" => Architecture::Transformer,
             "gpt" => Architecture::Gpt,
+            "pretrained" => {
+                return Err(InputError::new(
+                    "model 'pretrained' needs model_name_or_path: a Hugging Face model folder (config.json, model.safetensors, tokenizer.json)",
+                ))
+            }
             other => match other.strip_prefix("torchscript:") {
                 Some(file) => Architecture::TorchScript(PathBuf::from(file)),
                 None => {
@@ -121,7 +140,7 @@ impl ModelSpec {
                 Err(InputError::new(format!("{what} must be > 0 for the {name} model (got {value})")))
             }
         };
-        if !matches!(architecture, Architecture::TorchScript(_)) {
+        if !matches!(architecture, Architecture::TorchScript(_) | Architecture::Pretrained { .. }) {
             positive("hidden_size", sizes.hidden_size)?;
             positive("num_hidden_layers", sizes.num_hidden_layers)?;
         }
@@ -144,6 +163,12 @@ impl ModelSpec {
         Ok(Self { architecture, sizes })
     }
 
+    /// The pretrained model in folder `dir` (model_name_or_path, opened by the caller); its
+    /// parameters in `dtype` (None: config.json's).
+    pub fn pretrained(dir: &str, dtype: Option<Kind>, sizes: Sizes) -> Self {
+        Self { architecture: Architecture::Pretrained { dir: PathBuf::from(dir), dtype }, sizes }
+    }
+
     /// The name the arguments give it.
     pub fn name(&self) -> String {
         match &self.architecture {
@@ -152,6 +177,7 @@ impl ModelSpec {
             Architecture::Transformer => "transformer".to_owned(),
             Architecture::Gpt => "gpt".to_owned(),
             Architecture::TorchScript(file) => format!("torchscript:{}", file.display()),
+            Architecture::Pretrained { dir, .. } => dir.display().to_string(),
         }
     }
 }
@@ -175,6 +201,7 @@ enum PlanShape {
     Gpt(transformer::Config),
     Transformer(transformer::Config, i64),
     TorchScript,
+    Pretrained(Box<pretrained::Plan>),
 }
 
 /// The sizes the data leaves to decide, checked against the data.
@@ -193,6 +220,9 @@ pub fn plan(spec: &ModelSpec, train: &Dataset, eval: &Dataset) -> Result<ModelPl
     };
     let shape = match &spec.architecture {
         Architecture::TorchScript(_) => PlanShape::TorchScript,
+        Architecture::Pretrained { dir, dtype } => {
+            PlanShape::Pretrained(Box::new(pretrained::plan(dir, *dtype, sizes, train, eval)?))
+        }
         Architecture::Mlp | Architecture::Cnn => {
             let num_labels = classes(sizes, train, eval)?;
             let input = train.field("input").ok_or_else(|| {
@@ -246,6 +276,23 @@ impl ModelPlan {
             PlanShape::Gpt(config) => Some(transformer::gpt_parameter_count(config)),
             PlanShape::Transformer(config, labels) => Some(transformer::classifier_parameter_count(config, *labels)),
             PlanShape::TorchScript => None,
+            PlanShape::Pretrained(plan) => Some(plan.parameter_count()),
+        }
+    }
+
+    /// The dtype the model's parameters are made in, where it is not float32.
+    pub fn kind(&self) -> Option<Kind> {
+        match &self.shape {
+            PlanShape::Pretrained(plan) => Some(plan.kind()),
+            _ => None,
+        }
+    }
+
+    /// What a saved Hugging Face folder has besides the weights (pretrained models only).
+    pub fn export(&self) -> Option<pretrained::Export> {
+        match &self.shape {
+            PlanShape::Pretrained(plan) => Some(plan.export()),
+            _ => None,
         }
     }
 
@@ -271,6 +318,7 @@ impl ModelPlan {
             (PlanShape::Transformer(config, labels), _) => {
                 (Box::new(transformer::EncoderClassifier::new(root, config, *labels)), Task::Classification)
             }
+            (PlanShape::Pretrained(plan), _) => (plan.build(root)?, plan.task()),
             (PlanShape::TorchScript, _) => unreachable!("a TorchScript plan comes from a TorchScript spec"),
         })
     }
@@ -278,7 +326,7 @@ impl ModelPlan {
 
 /// The number of classes: `num_labels`, else the largest label + 1; every label must be a
 /// class or -100 (ignored).
-fn classes(sizes: &Sizes, train: &Dataset, eval: &Dataset) -> Result<i64, InputError> {
+pub(crate) fn classes(sizes: &Sizes, train: &Dataset, eval: &Dataset) -> Result<i64, InputError> {
     let labels = [train.labels(), eval.labels()];
     if labels.iter().any(|l| l.is_floating_point()) {
         return Err(InputError::new(
@@ -373,6 +421,7 @@ mod tests {
 
     #[test]
     fn parameter_counts_match_the_built_models() {
+        let _generator = crate::engine::rng::lock_generator();
         let (digits_train, digits_eval) = data::split(&data::load_digits().unwrap(), 20.0, None, None);
         let texts = texts();
         let cases = [

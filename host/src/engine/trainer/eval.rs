@@ -51,12 +51,33 @@ impl Trainer {
     /// token models the predicted token at each position), and returns `test_*` metrics,
     /// which on_predict receives.
     pub fn predict(&mut self, output: &Path) -> Result<Vec<(String, f64)>> {
+        if output.extension().is_some_and(|e| e == "safetensors") {
+            return self.predict_tensors(output);
+        }
         let file = std::fs::File::create(output)
             .map_err(|e| InputError::new(format!("cannot write predictions to {}: {e}", output.display())))?;
         let mut out = std::io::BufWriter::new(file);
         let metrics =
             self.evaluation_loop("test", |logits, labels, start| write_predictions(&mut out, logits, labels, start))?;
         out.flush().with_context(|| format!("cannot write {}", output.display()))?;
+        self.fire(Event::Predict, &metrics)?;
+        Ok(metrics)
+    }
+
+    /// `predict` into a safetensors file, as HF's `PredictionOutput`: `predictions` (the
+    /// logits) and `label_ids`, batches of token models padded to the longest with -100.
+    fn predict_tensors(&mut self, output: &Path) -> Result<Vec<(String, f64)>> {
+        let mut logits = Vec::new();
+        let mut labels = Vec::new();
+        let metrics = self.evaluation_loop("test", |batch_logits, batch_labels, _| {
+            logits.push(batch_logits.detach().to_kind(Kind::Float).to_device(tch::Device::Cpu));
+            labels.push(batch_labels.to_device(tch::Device::Cpu));
+            Ok(())
+        })?;
+        let tensors = [("predictions", padded_concat(&logits)), ("label_ids", padded_concat(&labels))]
+            .map(|(name, tensor)| (name.to_owned(), tensor));
+        crate::engine::weights::write::write_file(&tensors, output)
+            .map_err(|e| InputError::new(format!("cannot write predictions to {}: {e:#}", output.display())))?;
         self.fire(Event::Predict, &metrics)?;
         Ok(metrics)
     }
@@ -248,4 +269,24 @@ fn write_predictions(out: &mut impl Write, logits: &Tensor, labels: &Tensor, sta
         writeln!(out, "{line}")?;
     }
     Ok(())
+}
+
+/// Batches joined along the first dimension, each padded with -100 to the longest second
+/// dimension (HF's `nested_concat`).
+fn padded_concat(batches: &[Tensor]) -> Tensor {
+    let longest = batches.iter().filter(|t| t.dim() > 1).map(|t| t.size()[1]).max();
+    let padded: Vec<Tensor> = batches
+        .iter()
+        .map(|t| match longest {
+            Some(longest) if t.size()[1] < longest => {
+                let mut shape = t.size();
+                shape[1] = longest;
+                let out = Tensor::full(shape.as_slice(), -100, (t.kind(), t.device()));
+                out.narrow(1, 0, t.size()[1]).copy_(t);
+                out
+            }
+            _ => t.shallow_clone(),
+        })
+        .collect();
+    Tensor::cat(&padded, 0)
 }

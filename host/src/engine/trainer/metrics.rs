@@ -162,6 +162,7 @@ mod tests {
 
     /// Labels with -100 here and there, split into uneven micro-batches.
     fn problem() -> (Tensor, Tensor, Tensor) {
+        let _generator = crate::engine::rng::lock_generator();
         tch::manual_seed(3);
         let weight = Tensor::randn([5, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let input = Tensor::randn([9, 4], (Kind::Float, Device::Cpu));

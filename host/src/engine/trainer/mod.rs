@@ -25,12 +25,13 @@ use crate::engine::callbacks::{CallbackHandler, Event};
 use crate::engine::checkpoint::{self, records::Records};
 use crate::engine::data::{self, Dataset};
 use crate::engine::distributed::Distributed;
+use crate::engine::models::pretrained::Export;
 use crate::engine::models::{self, Model, Task};
 use crate::engine::optim::schedule::Scheduler;
 use crate::engine::optim::{self, Optimizer, Param};
 use crate::engine::precision::{GradScaler, Precision};
 use crate::engine::report::Reporter;
-use crate::engine::{libtorch, memory};
+use crate::engine::{libtorch, memory, weights};
 use crate::error::InputError;
 use crate::plugins::{selection, PluginLoss};
 use state::RunState;
@@ -72,6 +73,8 @@ struct ModelParts {
     vars: nn::VarStore,
     net: Box<dyn Model>,
     task: Task,
+    /// For a pretrained model: what makes a saved folder a Hugging Face model folder.
+    export: Option<Export>,
 }
 
 /// What a trainer is built from. Named fields, so a call site says which is which.
@@ -102,8 +105,12 @@ impl Trainer {
             crate::engine::precision::set_tf32(tf32)?;
         }
         tch::manual_seed(config.args.seed as i64);
-        let vars = nn::VarStore::new(device);
+        let mut vars = nn::VarStore::new(device);
         let plan = models::plan(&config.model, &train, &eval)?;
+        if let Some(kind) = plan.kind() {
+            // New parameters are made in this dtype (no float32 copy while loading).
+            vars.set_kind(kind);
+        }
         if let Some(count) = plan.parameter_count() {
             memory::check_training_fits(count, device, &config, &model_size_note(&config))?;
         }
@@ -116,9 +123,10 @@ impl Trainer {
             .into());
         }
         if let Some(path) = &config.args.init_weights {
-            crate::engine::weights::load_into(&vars, Path::new(path))?;
+            crate::engine::weights::load_into(&vars, Path::new(path), "init_weights")?;
         }
-        let optimizer = build_optimizer(&config, &vars);
+        let optimizer = build_optimizer(&config, &vars, net.as_ref());
+        let export = plan.export();
         let dist =
             dist.map(|dist| data_parallel::DataParallel::start(dist, optimizer.params(), &config)).transpose()?;
         let (train, eval) = libtorch::guard(
@@ -131,7 +139,7 @@ impl Trainer {
         let mut trainer = Self {
             config,
             device,
-            model: ModelParts { vars, net, task },
+            model: ModelParts { vars, net, task, export },
             optimizer,
             scheduler: None,
             precision,
@@ -170,7 +178,13 @@ impl Trainer {
             }
         };
         let mut config = ResolvedConfig::from_table(table, &format!("checkpoint {}", dir.display()))?;
-        config.args.init_weights = Some(dir.join("model.safetensors").display().to_string());
+        if matches!(config.model.architecture, models::Architecture::Pretrained { .. }) {
+            // The checkpoint is a Hugging Face folder itself: config, weights, tokenizer.
+            config.args.model_name_or_path = Some(dir.display().to_string());
+            config = ResolvedConfig::from_table(config.to_table()?, &format!("checkpoint {}", dir.display()))?;
+        } else {
+            config.args.init_weights = Some(dir.display().to_string());
+        }
         config.args.resume_from_checkpoint = None;
         let device = config.device.select()?;
         let components = selection::build(&config.plugins, &serde_json::to_string(&config.args)?)?;
@@ -219,12 +233,24 @@ impl Trainer {
         tensors
     }
 
-    /// Writes the model's weights (HF `save_model`: model.safetensors), atomically: a
-    /// failure leaves the previous file whole.
-    pub fn save_model(&self, path: &Path) -> Result<()> {
-        crate::engine::output::write_atomically(path, |temporary| {
-            crate::engine::weights::save(&self.model.vars, temporary)
-        })
+    /// Writes the model as HF's `save_model` does into `dir` (output_dir), each file
+    /// atomically: a failure leaves the previous file whole. Weights of an earlier save in
+    /// another layout (one file against shards) are removed after.
+    pub fn save_model(&self, dir: &Path) -> Result<()> {
+        let mut folder = weights::AtomicFolder { dir: dir.to_path_buf() };
+        let written = self.write_model_files(&mut folder)?;
+        folder.remove_stale_weights(&written)
+    }
+
+    /// Writes the weights (model.safetensors, or shards above save_max_shard_size) and,
+    /// for a pretrained model, config.json and the tokenizer's files. Returns the files.
+    fn write_model_files(&self, sink: &mut dyn weights::FileSink) -> Result<Vec<String>> {
+        let tensors = weights::named_tensors(&self.model.vars);
+        let mut written = weights::write_model(&tensors, self.config.max_shard_bytes, sink)?;
+        if let Some(export) = &self.model.export {
+            written.extend(export.write(sink)?);
+        }
+        Ok(written)
     }
 
     /// The gradients of the parameters the last backward pass reached.
@@ -244,19 +270,18 @@ fn model_size_note(config: &ResolvedConfig) -> String {
     let sizes = &config.model.sizes;
     match &config.model.architecture {
         models::Architecture::TorchScript(file) => file.display().to_string(),
+        models::Architecture::Pretrained { dir, .. } => dir.display().to_string(),
         _ => format!("hidden_size {}, num_hidden_layers {}", sizes.hidden_size, sizes.num_hidden_layers),
     }
 }
 
 /// The optimizer the configuration asks for, over the model's parameters (sorted by name),
 /// with weight decay where Hugging Face applies it.
-fn build_optimizer(config: &ResolvedConfig, vars: &nn::VarStore) -> Box<dyn Optimizer> {
-    let mut named: Vec<(String, Tensor)> = vars.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let params = named
+fn build_optimizer(config: &ResolvedConfig, vars: &nn::VarStore, net: &dyn Model) -> Box<dyn Optimizer> {
+    let params = weights::named_tensors(vars)
         .into_iter()
         .map(|(name, tensor)| {
-            let weight_decay = if optim::decays(&name) { config.args.weight_decay } else { 0.0 };
+            let weight_decay = if net.decays(&name) { config.args.weight_decay } else { 0.0 };
             Param { name, tensor, weight_decay }
         })
         .collect();

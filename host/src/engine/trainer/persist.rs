@@ -49,9 +49,7 @@ impl Trainer {
             return Ok(self.output_dir().join(format!("checkpoint-{step}")));
         }
         let mut writer = Writer::begin(&self.output_dir(), step)?;
-        weights::save(&self.model.vars, &writer.path("model.safetensors"))
-            .map_err(|e| writer.write_error("model.safetensors", &format!("{e:#}")))?;
-        writer.finish_file("model.safetensors")?;
+        self.write_model_files(&mut writer)?;
         let optimizer = self.optimizer.state();
         writer.write_safetensors("optimizer.safetensors", &optimizer.tensors)?;
         let args = &self.config.args;
@@ -150,8 +148,7 @@ impl Trainer {
             (dir, None)
         };
         // The weights first: a checkpoint of another model is named as such.
-        weights::load_into(&self.model.vars, &dir.join("model.safetensors"))
-            .map_err(|e| InputError::new(format!("resume_from_checkpoint: {}: {e:#}", dir.display())))?;
+        weights::load_into(&self.model.vars, &dir, "resume_from_checkpoint")?;
         let records = match records {
             Some(records) => records,
             None => {
@@ -310,7 +307,7 @@ impl Trainer {
         }
         if let Some(best) = best {
             tracing::info!("loading the best model from {best} (score: {:?})", self.run.state.best_metric);
-            weights::load_into(&self.model.vars, &Path::new(&best).join("model.safetensors"))?;
+            weights::load_into(&self.model.vars, Path::new(&best), "load_best_model_at_end")?;
         }
         self.share_rank_zero_weights()
     }

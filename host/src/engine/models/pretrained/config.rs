@@ -1,0 +1,424 @@
+//! A Hugging Face model folder's config.json, read into the settings the host's ports of
+//! those architectures take. Defaults are transformers' own; a feature this host does not
+//! implement (another RoPE scaling, an active sliding window, an activation it lacks) is
+//! refused by its key, never run wrong.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The architectures this host implements, by config.json `model_type`.
+pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "gpt2", "bert", "roberta"];
+
+/// A model family and its settings.
+#[derive(Debug, Clone)]
+pub enum Family {
+    /// llama, mistral and qwen2: pre-norm decoders with RMSNorm, RoPE, grouped-query
+    /// attention and a gated MLP.
+    Decoder(DecoderConfig),
+    Gpt2(Gpt2Config),
+    /// bert and roberta: post-norm encoders with absolute positions and token types.
+    Encoder(EncoderConfig),
+}
+
+/// What config.json holds for every family: its type, vocabulary, pad token and labels.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Common {
+    pub model_type: String,
+    #[serde(default)]
+    pub architectures: Option<Vec<String>>,
+    pub vocab_size: i64,
+    #[serde(default, deserialize_with = "token_id")]
+    pub pad_token_id: Option<i64>,
+    #[serde(default, deserialize_with = "token_id")]
+    pub eos_token_id: Option<i64>,
+    #[serde(default)]
+    pub id2label: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub num_labels: Option<i64>,
+    #[serde(default = "initializer_range")]
+    pub initializer_range: f64,
+    /// transformers 5 writes `dtype`, earlier versions `torch_dtype`.
+    #[serde(default)]
+    pub dtype: Option<String>,
+    #[serde(default)]
+    pub torch_dtype: Option<String>,
+}
+
+impl Common {
+    /// The classes config.json names (id2label), if any.
+    pub fn labels(&self) -> Option<i64> {
+        self.id2label.as_ref().map(|m| m.len() as i64).or(self.num_labels)
+    }
+
+    /// The dtype the weights were saved in, as config.json says.
+    pub fn saved_dtype(&self) -> Option<&str> {
+        self.dtype.as_deref().or(self.torch_dtype.as_deref())
+    }
+}
+
+/// A token id, or the first of a list (eos_token_id may be a list).
+fn token_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    Ok(match Option::<Value>::deserialize(deserializer)? {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::Array(ids)) => ids.first().and_then(Value::as_i64),
+        _ => None,
+    })
+}
+
+fn initializer_range() -> f64 {
+    0.02
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DecoderConfig {
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    #[serde(default)]
+    pub num_key_value_heads: Option<i64>,
+    #[serde(default)]
+    pub head_dim: Option<i64>,
+    #[serde(default = "silu")]
+    pub hidden_act: String,
+    #[serde(default = "llama_positions")]
+    pub max_position_embeddings: i64,
+    #[serde(default = "rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_scaling: Option<Value>,
+    #[serde(default)]
+    pub rope_parameters: Option<Value>,
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
+    /// llama: biases on q, k, v and o; qwen2 has them on q, k, v always.
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    #[serde(default)]
+    pub sliding_window: Option<i64>,
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
+    #[serde(default)]
+    pub pretraining_tp: Option<i64>,
+}
+
+fn silu() -> String {
+    "silu".to_owned()
+}
+
+fn llama_positions() -> i64 {
+    2048
+}
+
+fn rms_norm_eps() -> f64 {
+    1e-6
+}
+
+/// Rotary position embeddings: the base, and how the frequencies are scaled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Frequencies divided by `factor`.
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1's piecewise scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+impl DecoderConfig {
+    pub fn head_dim(&self) -> i64 {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    pub fn kv_heads(&self) -> i64 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// The RoPE settings, from transformers 5's `rope_parameters` or the older
+    /// `rope_theta` and `rope_scaling`.
+    pub fn rope(&self) -> Result<Rope, String> {
+        let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref()).filter(|v| !v.is_null());
+        let key = if self.rope_parameters.is_some() { "rope_parameters" } else { "rope_scaling" };
+        let get = |name: &str| params.and_then(|p| p.get(name)).and_then(Value::as_f64);
+        let theta = get("rope_theta").or(self.rope_theta).unwrap_or(10_000.0);
+        if let Some(fraction) = get("partial_rotary_factor").or(self.partial_rotary_factor).filter(|f| *f != 1.0) {
+            return Err(format!("partial_rotary_factor {fraction} is not supported"));
+        }
+        let kind = params
+            .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let need = |name: &str| get(name).ok_or_else(|| format!("{key}.{name} is missing for rope_type '{kind}'"));
+        let scaling = match kind {
+            "default" => RopeScaling::None,
+            "linear" => RopeScaling::Linear { factor: need("factor")? },
+            "llama3" => RopeScaling::Llama3 {
+                factor: need("factor")?,
+                low_freq_factor: need("low_freq_factor")?,
+                high_freq_factor: need("high_freq_factor")?,
+                original_max_position_embeddings: get("original_max_position_embeddings")
+                    .unwrap_or(self.max_position_embeddings as f64),
+            },
+            other => {
+                return Err(format!(
+                    "{key}.rope_type '{other}' is not supported (this host implements default, linear and llama3)"
+                ))
+            }
+        };
+        Ok(Rope { theta, scaling })
+    }
+
+    /// Refuses what the port does not implement, naming the key. `max_seq_length` is the
+    /// longest sequence the run trains on: a sliding window no longer than it would act.
+    pub fn check(&self, model_type: &str, max_seq_length: i64) -> Result<(), String> {
+        self.rope()?;
+        if !matches!(self.hidden_act.as_str(), "silu" | "gelu" | "gelu_pytorch_tanh" | "relu") {
+            return Err(format!(
+                "hidden_act '{}' is not supported (silu, gelu, gelu_pytorch_tanh, relu are)",
+                self.hidden_act
+            ));
+        }
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            return Err(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_attention_heads,
+                self.kv_heads()
+            ));
+        }
+        if self.pretraining_tp.is_some_and(|tp| tp > 1) {
+            return Err(format!("pretraining_tp {} is not supported (1 is)", self.pretraining_tp.unwrap_or(1)));
+        }
+        // Mistral uses its window unless null; Qwen2 only with use_sliding_window.
+        let window = match model_type {
+            "qwen2" => self.sliding_window.filter(|_| self.use_sliding_window == Some(true)),
+            "mistral" => self.sliding_window,
+            _ => None,
+        };
+        if let Some(window) = window.filter(|w| *w < max_seq_length) {
+            return Err(format!(
+                "sliding_window {window} is shorter than max_seq_length {max_seq_length}: sliding-window attention is not supported; use max_seq_length <= {window}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gpt2Config {
+    #[serde(default = "gpt2_positions")]
+    pub n_positions: i64,
+    #[serde(default = "gpt2_width")]
+    pub n_embd: i64,
+    #[serde(default = "gpt2_layers")]
+    pub n_layer: i64,
+    #[serde(default = "gpt2_layers")]
+    pub n_head: i64,
+    #[serde(default)]
+    pub n_inner: Option<i64>,
+    #[serde(default = "gelu_new")]
+    pub activation_function: String,
+    #[serde(default = "dropout")]
+    pub resid_pdrop: f64,
+    #[serde(default = "dropout")]
+    pub embd_pdrop: f64,
+    #[serde(default = "dropout")]
+    pub attn_pdrop: f64,
+    #[serde(default = "gpt2_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "yes")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default)]
+    pub reorder_and_upcast_attn: bool,
+    #[serde(default)]
+    pub add_cross_attention: bool,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+}
+
+fn gpt2_positions() -> i64 {
+    1024
+}
+fn gpt2_width() -> i64 {
+    768
+}
+fn gpt2_layers() -> i64 {
+    12
+}
+fn gelu_new() -> String {
+    "gelu_new".to_owned()
+}
+fn dropout() -> f64 {
+    0.1
+}
+fn gpt2_eps() -> f64 {
+    1e-5
+}
+fn yes() -> bool {
+    true
+}
+
+impl Gpt2Config {
+    pub fn check(&self, max_seq_length: i64) -> Result<(), String> {
+        if !matches!(self.activation_function.as_str(), "gelu_new" | "gelu" | "gelu_pytorch_tanh" | "relu") {
+            return Err(format!("activation_function '{}' is not supported", self.activation_function));
+        }
+        if self.add_cross_attention {
+            return Err("add_cross_attention is not supported (a decoder alone is)".to_owned());
+        }
+        if !self.scale_attn_weights {
+            return Err("scale_attn_weights false is not supported".to_owned());
+        }
+        if max_seq_length > self.n_positions {
+            return Err(format!("max_seq_length {max_seq_length} is beyond n_positions {}", self.n_positions));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EncoderConfig {
+    #[serde(default = "gpt2_width")]
+    pub hidden_size: i64,
+    #[serde(default = "gpt2_layers")]
+    pub num_hidden_layers: i64,
+    #[serde(default = "gpt2_layers")]
+    pub num_attention_heads: i64,
+    #[serde(default = "bert_intermediate")]
+    pub intermediate_size: i64,
+    #[serde(default = "gelu")]
+    pub hidden_act: String,
+    #[serde(default = "dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "bert_positions")]
+    pub max_position_embeddings: i64,
+    #[serde(default = "type_vocab_size")]
+    pub type_vocab_size: i64,
+    #[serde(default = "bert_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+    #[serde(default)]
+    pub is_decoder: bool,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+fn bert_intermediate() -> i64 {
+    3072
+}
+fn gelu() -> String {
+    "gelu".to_owned()
+}
+fn bert_positions() -> i64 {
+    512
+}
+fn type_vocab_size() -> i64 {
+    2
+}
+fn bert_eps() -> f64 {
+    1e-12
+}
+
+impl EncoderConfig {
+    pub fn check(&self, roberta: bool, padding_idx: i64, max_seq_length: i64) -> Result<(), String> {
+        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu") {
+            return Err(format!("hidden_act '{}' is not supported", self.hidden_act));
+        }
+        if self.is_decoder {
+            return Err("is_decoder true is not supported (an encoder is)".to_owned());
+        }
+        if let Some(kind) = self.position_embedding_type.as_deref().filter(|k| *k != "absolute") {
+            return Err(format!("position_embedding_type '{kind}' is not supported (absolute is)"));
+        }
+        // RoBERTa's positions start after the padding index.
+        let positions =
+            if roberta { self.max_position_embeddings - padding_idx - 1 } else { self.max_position_embeddings };
+        if max_seq_length > positions {
+            return Err(format!("max_seq_length {max_seq_length} is beyond the model's {positions} positions"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads config.json: the common keys and the family's. An unknown model_type lists the
+/// supported ones.
+pub fn parse(text: &str) -> Result<(Common, Family), String> {
+    let common: Common = serde_json::from_str(text).map_err(|e| format!("config.json: {e}"))?;
+    let family = |e: serde_json::Error| format!("config.json: {e}");
+    let family = match common.model_type.as_str() {
+        "llama" | "mistral" | "qwen2" => Family::Decoder(serde_json::from_str(text).map_err(family)?),
+        "gpt2" => Family::Gpt2(serde_json::from_str(text).map_err(family)?),
+        "bert" | "roberta" => Family::Encoder(serde_json::from_str(text).map_err(family)?),
+        other => {
+            return Err(format!(
+                "config.json: model_type '{other}' is not supported; this host implements {}",
+                SUPPORTED.join(", ")
+            ))
+        }
+    };
+    Ok((common, family))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder(extra: &str) -> DecoderConfig {
+        let text = format!(
+            r#"{{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4{extra}}}"#
+        );
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn rope_settings_read_both_config_formats() {
+        assert_eq!(decoder("").rope().unwrap(), Rope { theta: 10_000.0, scaling: RopeScaling::None });
+        assert_eq!(decoder(r#", "rope_theta": 500000.0"#).rope().unwrap().theta, 500_000.0);
+        let v5 = decoder(r#", "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}"#);
+        assert_eq!(v5.rope().unwrap().theta, 1_000_000.0);
+        let llama3 = decoder(
+            r#", "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}"#,
+        );
+        assert!(matches!(llama3.rope().unwrap().scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
+        let yarn = decoder(r#", "rope_scaling": {"type": "yarn", "factor": 4.0}"#).rope().unwrap_err();
+        assert_eq!(
+            yarn,
+            "rope_scaling.rope_type 'yarn' is not supported (this host implements default, linear and llama3)"
+        );
+    }
+
+    #[test]
+    fn features_not_implemented_are_named() {
+        let window = decoder(r#", "sliding_window": 16"#).check("mistral", 128).unwrap_err();
+        assert!(window.starts_with("sliding_window 16 is shorter than max_seq_length 128"), "{window}");
+        assert!(decoder(r#", "sliding_window": 4096"#).check("mistral", 128).is_ok());
+        assert!(decoder(r#", "sliding_window": 16, "use_sliding_window": false"#).check("qwen2", 128).is_ok());
+        assert!(decoder(r#", "hidden_act": "swish2""#).check("llama", 8).unwrap_err().contains("hidden_act 'swish2'"));
+        let unknown = parse(r#"{"model_type": "t5", "vocab_size": 10}"#).unwrap_err();
+        assert_eq!(unknown, "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, gpt2, bert, roberta");
+    }
+}

@@ -1,0 +1,99 @@
+//! What makes a saved model folder load in transformers: config.json naming the head's
+//! class, its labels, dtype and pad token, and the tokenizer's and generation files of
+//! the folder the model came from.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use tch::Kind;
+
+use super::folder::{Folder, COMPANION_FILES};
+use super::Head;
+use crate::engine::weights::FileSink;
+
+/// The files a saved model folder has besides its weights.
+#[derive(Debug, Clone)]
+pub struct Export {
+    /// config.json, ready to write.
+    config: Value,
+    /// The folder whose tokenizer and generation files are copied.
+    source: PathBuf,
+}
+
+/// The transformers class of a model type with a head.
+pub fn class_name(model_type: &str, head: &Head) -> String {
+    let stem = match model_type {
+        "llama" => "Llama",
+        "mistral" => "Mistral",
+        "qwen2" => "Qwen2",
+        "gpt2" => "GPT2",
+        "bert" => "Bert",
+        "roberta" => "Roberta",
+        other => other,
+    };
+    match head {
+        Head::CausalLm if model_type == "gpt2" => "GPT2LMHeadModel".to_owned(),
+        Head::CausalLm => format!("{stem}ForCausalLM"),
+        Head::SequenceClassification { .. } => format!("{stem}ForSequenceClassification"),
+    }
+}
+
+/// The name transformers gives a dtype in config.json.
+pub fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BFloat16 => "bfloat16",
+        Kind::Half => "float16",
+        _ => "float32",
+    }
+}
+
+impl Export {
+    /// config.json for the trained model: the folder's, with the head's class, labels
+    /// (`labels`: their names, LABEL_i where none are known), the parameters' dtype and,
+    /// for a classifier, the pad token its last-token rule uses.
+    pub fn new(folder: &Folder, head: &Head, kind: Kind, labels: Option<&[String]>) -> Self {
+        let mut config = folder.raw_config.clone();
+        if let Some(map) = config.as_object_mut() {
+            map.insert("architectures".into(), serde_json::json!([class_name(folder.model_type(), head)]));
+            map.remove("torch_dtype");
+            map.insert("dtype".into(), dtype_name(kind).into());
+            if let Head::SequenceClassification { num_labels, pad } = head {
+                let names: Vec<String> = match labels {
+                    Some(names) if names.len() as i64 == *num_labels => names.to_vec(),
+                    _ => (0..*num_labels).map(|i| format!("LABEL_{i}")).collect(),
+                };
+                let id2label: serde_json::Map<String, Value> =
+                    names.iter().enumerate().map(|(i, n)| (i.to_string(), n.clone().into())).collect();
+                let label2id: serde_json::Map<String, Value> =
+                    names.iter().enumerate().map(|(i, n)| (n.clone(), i.into())).collect();
+                map.insert("id2label".into(), id2label.into());
+                map.insert("label2id".into(), label2id.into());
+                map.remove("num_labels");
+                if let (Some(pad), Value::Null | Value::Bool(_)) =
+                    (pad, map.get("pad_token_id").unwrap_or(&Value::Null))
+                {
+                    map.insert("pad_token_id".into(), (*pad).into());
+                }
+            }
+        }
+        Self { config, source: folder.dir.clone() }
+    }
+
+    /// Writes config.json and copies the companion files the source folder has.
+    pub fn write(&self, sink: &mut dyn FileSink) -> Result<Vec<String>> {
+        let text = serde_json::to_string_pretty(&self.config)? + "\n";
+        sink.write_file("config.json", &mut |path| Ok(std::fs::write(path, &text)?))?;
+        let mut written = vec!["config.json".to_owned()];
+        for name in COMPANION_FILES {
+            let from = self.source.join(name);
+            if from.is_file() {
+                sink.write_file(name, &mut |path| {
+                    std::fs::copy(&from, path).map(|_| ()).with_context(|| format!("cannot copy {}", from.display()))
+                })?;
+                written.push((*name).to_owned());
+            }
+        }
+        Ok(written)
+    }
+}

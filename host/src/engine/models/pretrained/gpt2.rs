@@ -1,0 +1,108 @@
+//! GPT-2, ported from transformers: learned positions, pre-norm blocks whose projections
+//! are `Conv1D` (weights stored [in, out]), the language-model head tied to the token
+//! embedding (`GPT2LMHeadModel`), or a classifier on the last non-padding token
+//! (`GPT2ForSequenceClassification`).
+
+use tch::{nn, Tensor};
+
+use super::config::{Common, Gpt2Config};
+use super::layers::{activate, attend, attention_mask, last_token, merge_heads, pick_rows, split_heads};
+use super::layers::{Conv1D, Embedding, LayerNorm, Linear};
+use super::params::{Need, ParamSource};
+use super::Head;
+
+#[derive(Debug)]
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Conv1D,
+    attn_proj: Conv1D,
+    ln_2: LayerNorm,
+    c_fc: Conv1D,
+    mlp_proj: Conv1D,
+    scale: f64,
+}
+
+#[derive(Debug)]
+pub struct Gpt2 {
+    wte: Embedding,
+    wpe: Embedding,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    score: Option<Linear>,
+    width: i64,
+    head_dim: i64,
+    act: String,
+    resid_pdrop: f64,
+    embd_pdrop: f64,
+    attn_pdrop: f64,
+    pad: Option<i64>,
+}
+
+impl Gpt2 {
+    pub fn new(src: &ParamSource, root: &nn::Path, common: &Common, config: &Gpt2Config, head: &Head) -> Self {
+        let base = root / "transformer";
+        let width = config.n_embd;
+        let inner = config.n_inner.unwrap_or(4 * width);
+        let eps = config.layer_norm_epsilon;
+        let head_dim = width / config.n_head;
+        let blocks = (0..config.n_layer)
+            .map(|i| {
+                let path = &base / "h" / i;
+                let mut scale = if config.scale_attn_weights { (head_dim as f64).powf(-0.5) } else { 1.0 };
+                if config.scale_attn_by_inverse_layer_idx {
+                    scale /= (i + 1) as f64;
+                }
+                Block {
+                    ln_1: LayerNorm::new(src, &(&path / "ln_1"), width, eps, Need::Required),
+                    c_attn: Conv1D::new(src, &(&path / "attn" / "c_attn"), width, 3 * width),
+                    attn_proj: Conv1D::new(src, &(&path / "attn" / "c_proj"), width, width),
+                    ln_2: LayerNorm::new(src, &(&path / "ln_2"), width, eps, Need::Required),
+                    c_fc: Conv1D::new(src, &(&path / "mlp" / "c_fc"), width, inner),
+                    mlp_proj: Conv1D::new(src, &(&path / "mlp" / "c_proj"), inner, width),
+                    scale,
+                }
+            })
+            .collect();
+        let (score, pad) = match head {
+            Head::CausalLm => (None, None),
+            Head::SequenceClassification { num_labels, pad } => {
+                (Some(Linear::new(src, &(root / "score"), width, *num_labels, false, Need::Head)), *pad)
+            }
+        };
+        Self {
+            wte: Embedding::new(src, &(&base / "wte"), common.vocab_size, width, None),
+            wpe: Embedding::new(src, &(&base / "wpe"), config.n_positions, width, None),
+            blocks,
+            ln_f: LayerNorm::new(src, &(&base / "ln_f"), width, eps, Need::Required),
+            score,
+            width,
+            head_dim,
+            act: config.activation_function.clone(),
+            resid_pdrop: config.resid_pdrop,
+            embd_pdrop: config.embd_pdrop,
+            attn_pdrop: config.attn_pdrop,
+            pad,
+        }
+    }
+
+    pub fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        let (b, t) = ids.size2().expect("[batch, time]");
+        let positions = Tensor::arange(t, (tch::Kind::Int64, ids.device()));
+        let mut x = (self.wte.forward(ids) + self.wpe.forward(&positions)).dropout(self.embd_pdrop, train);
+        let mask = attention_mask(mask, b, t, true, ids.device());
+        let attn_dropout = if train { self.attn_pdrop } else { 0.0 };
+        for block in &self.blocks {
+            let qkv = block.c_attn.forward(&block.ln_1.forward(&x)).split(self.width, 2);
+            let [q, k, v] = [0, 1, 2].map(|i| split_heads(&qkv[i], self.head_dim));
+            let out = attend(&q, &k, &v, mask.as_ref(), attn_dropout, block.scale);
+            x = &x + block.attn_proj.forward(&merge_heads(&out)).dropout(self.resid_pdrop, train);
+            let hidden = activate(&self.act, &block.c_fc.forward(&block.ln_2.forward(&x)));
+            x = &x + block.mlp_proj.forward(&hidden).dropout(self.resid_pdrop, train);
+        }
+        let hidden = self.ln_f.forward(&x);
+        match &self.score {
+            None => hidden.linear::<&Tensor>(&self.wte.weight, None),
+            Some(score) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad))),
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! Pretrained Hugging Face models: a local folder (config.json, safetensors weights,
+//! tokenizer) read into ports of transformers' architectures, with the head the data
+//! asks for, and written back as a folder `from_pretrained` loads.
+//!
+//! The data decides the head, as a fine-tuning script would choose its AutoModel class:
+//! one label per text is sequence classification, next-token labels are causal language
+//! modelling. Parameter names are transformers' own, so weights, checkpoints, callbacks
+//! and weight-decay rules see what PyTorch users see.
+
+pub mod config;
+mod decoder;
+mod encoder;
+mod export;
+pub mod folder;
+mod gpt2;
+mod layers;
+mod params;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use tch::{nn, Kind, Tensor};
+
+use super::{Model, Outputs, Sizes, Task};
+use crate::engine::data::{Batch, Dataset};
+use crate::engine::weights::WeightFiles;
+use crate::error::InputError;
+use config::Family;
+pub use export::Export;
+use folder::{Folder, ARGUMENT};
+
+/// The head on the pretrained body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Head {
+    /// Next-token logits [B, T, vocab] (`ForCausalLM`, `GPT2LMHeadModel`).
+    CausalLm,
+    /// Class logits [B, labels] (`ForSequenceClassification`); decoders read the last
+    /// token that is not `pad`.
+    SequenceClassification { num_labels: i64, pad: Option<i64> },
+}
+
+/// The dtype of the parameters: the checkpoint's (`auto`, as transformers 5 loads), or
+/// one named.
+pub fn parse_dtype(name: &str) -> Result<Option<Kind>, InputError> {
+    Ok(match name {
+        "auto" => None,
+        "float32" | "fp32" => Some(Kind::Float),
+        "bfloat16" | "bf16" => Some(Kind::BFloat16),
+        "float16" | "fp16" => Some(Kind::Half),
+        other => {
+            return Err(InputError::new(format!(
+                "torch_dtype '{other}' is not one of: auto (config.json's), float32, bfloat16, float16"
+            )))
+        }
+    })
+}
+
+/// The dtype config.json says the weights were saved in (float32 when it says none).
+fn saved_kind(common: &config::Common) -> Kind {
+    common.saved_dtype().and_then(|name| parse_dtype(name).ok().flatten()).unwrap_or(Kind::Float)
+}
+
+/// A pretrained model ready to build: the folder, its weights' headers, the head.
+pub struct Plan {
+    folder: Folder,
+    weights: WeightFiles,
+    head: Head,
+    kind: Kind,
+}
+
+/// Checks the folder against the data and decides the head.
+pub fn plan(
+    dir: &Path,
+    dtype: Option<Kind>,
+    sizes: &Sizes,
+    train: &Dataset,
+    eval: &Dataset,
+) -> Result<Plan, InputError> {
+    let folder = Folder::open(&dir.display().to_string())?;
+    let shown = dir.display();
+    let refuse = |problem: String| InputError::new(format!("{ARGUMENT} {shown}: {problem}"));
+    let common = &folder.common;
+    match &folder.family {
+        Family::Decoder(config) => config.check(folder.model_type(), sizes.max_seq_length).map_err(refuse)?,
+        Family::Gpt2(config) => config.check(sizes.max_seq_length).map_err(refuse)?,
+        Family::Encoder(config) => {
+            let roberta = folder.model_type() == "roberta";
+            config.check(roberta, common.pad_token_id.unwrap_or(1), sizes.max_seq_length).map_err(refuse)?
+        }
+    }
+    check_tokens(&folder, train, eval)?;
+    let weights = WeightFiles::open_folder(dir, ARGUMENT)?;
+    let head = choose_head(&folder, &weights, sizes, train, eval)?;
+    let kind = dtype.unwrap_or_else(|| saved_kind(common));
+    Ok(Plan { folder, weights, head, kind })
+}
+
+/// A causal language model to generate with (no data to decide the head).
+pub fn plan_generation(dir: &Path, dtype: Option<Kind>) -> Result<Plan, InputError> {
+    let folder = Folder::open(&dir.display().to_string())?;
+    if matches!(folder.family, Family::Encoder(_)) {
+        return Err(InputError::new(format!(
+            "{} is a {} encoder: generation needs a causal language model (llama, mistral, qwen2, gpt2)",
+            dir.display(),
+            folder.model_type()
+        )));
+    }
+    if let Family::Decoder(config) = &folder.family {
+        config.check(folder.model_type(), 0).map_err(|e| InputError::new(format!("{}: {e}", dir.display())))?;
+    }
+    let weights = WeightFiles::open_folder(dir, ARGUMENT)?;
+    let kind = dtype.unwrap_or_else(|| saved_kind(&folder.common));
+    Ok(Plan { folder, weights, head: Head::CausalLm, kind })
+}
+
+/// Token ids must be rows of the model's embedding, and the tokenizer the model's.
+fn check_tokens(folder: &Folder, train: &Dataset, eval: &Dataset) -> Result<(), InputError> {
+    let vocab = folder.common.vocab_size;
+    let shown = folder.dir.display();
+    if let Some(tokenizer) = train.vocab_size.filter(|&v| v > vocab) {
+        return Err(InputError::new(format!(
+            "the tokenizer has {tokenizer} tokens, more than the vocab_size {vocab} of {ARGUMENT} {shown}: it is not this model's tokenizer (use the folder's tokenizer.json)"
+        )));
+    }
+    for (set, data) in [("training", train), ("evaluation", eval)] {
+        let Some(ids) = data.field("input_ids") else {
+            return Err(InputError::new(format!(
+                "{ARGUMENT} {shown}: the {set} data has no input_ids (fields: {}); give text (JSONL, CSV or Parquet with a text column) for the folder's tokenizer, or token ids",
+                data.names().join(", ")
+            )));
+        };
+        let largest = ids.max().int64_value(&[]);
+        if largest >= vocab {
+            return Err(InputError::new(format!(
+                "{set} token id {largest} is outside the vocab_size {vocab} of {ARGUMENT} {shown}: the data was tokenized for another model"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The head: sequence classification for one label per example, causal language
+/// modelling for next-token labels.
+fn choose_head(
+    folder: &Folder,
+    weights: &WeightFiles,
+    sizes: &Sizes,
+    train: &Dataset,
+    eval: &Dataset,
+) -> Result<Head, InputError> {
+    let shown = folder.dir.display();
+    let labels = train.labels();
+    if labels.dim() >= 2 {
+        if matches!(folder.family, Family::Encoder(_)) {
+            return Err(InputError::new(format!(
+                "{ARGUMENT} {shown} is a {} encoder, which this host fine-tunes for sequence classification: give one label per text (label_column); causal language modelling needs a decoder (llama, mistral, qwen2, gpt2)",
+                folder.model_type()
+            )));
+        }
+        return Ok(Head::CausalLm);
+    }
+    // A classifier head in the checkpoint fixes the number of labels, as config.json's
+    // id2label does for a folder saved with one.
+    let head_rows = classifier_weight(folder.model_type())
+        .and_then(|name| weights.shape(name).or_else(|| weights.shape(name.split_once('.').map_or(name, |s| s.1))))
+        .and_then(|shape| shape.first().copied());
+    let saved_labels = head_rows.or_else(|| {
+        let architectures = folder.common.architectures.iter().flatten();
+        let classifier = architectures.clone().any(|a| a.ends_with("ForSequenceClassification"));
+        classifier.then(|| folder.common.labels()).flatten()
+    });
+    let num_labels = match (sizes.num_labels, head_rows) {
+        (Some(asked), Some(saved)) if asked != saved => {
+            return Err(InputError::new(format!(
+                "num_labels {asked} does not match the classification head of {ARGUMENT} {shown}, which has {saved} labels: drop num_labels, or start from the base model without a head"
+            )))
+        }
+        (Some(asked), _) => Some(asked),
+        (None, _) => saved_labels,
+    };
+    let num_labels = if labels.is_floating_point() {
+        num_labels.unwrap_or(1)
+    } else {
+        let sizes = Sizes { num_labels, ..sizes.clone() };
+        super::classes(&sizes, train, eval)?
+    };
+    Ok(Head::SequenceClassification { num_labels, pad: train.pad_token.or(folder.common.pad_token_id) })
+}
+
+/// The classifier weight whose rows are the labels, as the head model names it.
+fn classifier_weight(model_type: &str) -> Option<&'static str> {
+    match model_type {
+        "llama" | "mistral" | "qwen2" | "gpt2" => Some("score.weight"),
+        "bert" => Some("classifier.weight"),
+        "roberta" => Some("classifier.out_proj.weight"),
+        _ => None,
+    }
+}
+
+impl Plan {
+    /// The parameters the checkpoint holds (the estimate the memory check needs).
+    pub fn parameter_count(&self) -> u64 {
+        self.weights.names().filter_map(|n| self.weights.shape(n)).map(|s| s.iter().product::<i64>() as u64).sum()
+    }
+
+    /// The parameters' dtype.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn task(&self) -> Task {
+        match self.head {
+            Head::CausalLm => Task::CausalLm,
+            Head::SequenceClassification { .. } => Task::Classification,
+        }
+    }
+
+    /// What a saved folder has besides the weights.
+    pub fn export(&self) -> Export {
+        let labels: Option<Vec<String>> = self.folder.common.id2label.as_ref().map(|map| {
+            let mut pairs: Vec<(i64, String)> =
+                map.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_owned()))).collect();
+            pairs.sort();
+            pairs.into_iter().map(|(_, name)| name).collect()
+        });
+        Export::new(&self.folder, &self.head, self.kind, labels.as_deref())
+    }
+
+    /// Builds the model under `root` (whose var store makes parameters of `kind()`) and
+    /// reads the checkpoint into it, warning as transformers does about weights newly
+    /// initialized or not used.
+    pub fn build(&self, root: &nn::Path) -> Result<Box<dyn Model>> {
+        let folder = &self.folder;
+        let prefix = match &folder.family {
+            Family::Decoder(_) => "model",
+            Family::Gpt2(_) => "transformer",
+            Family::Encoder(_) => folder.model_type(),
+        };
+        let source = params::ParamSource::new(&self.weights, prefix, folder.common.initializer_range);
+        let shown = folder.dir.display().to_string();
+        let net = match &folder.family {
+            Family::Decoder(config) => Net::Decoder(
+                decoder::Decoder::new(&source, root, folder.model_type(), &folder.common, config, &self.head)
+                    .map_err(|e| InputError::new(format!("{ARGUMENT} {shown}: {e}")))?,
+            ),
+            Family::Gpt2(config) => Net::Gpt2(gpt2::Gpt2::new(&source, root, &folder.common, config, &self.head)),
+            Family::Encoder(config) => {
+                let Head::SequenceClassification { num_labels, .. } = self.head else {
+                    unreachable!("encoders get a classifier (choose_head)")
+                };
+                let roberta = folder.model_type() == "roberta";
+                Net::Encoder(encoder::Encoder::new(&source, root, roberta, &folder.common, config, num_labels))
+            }
+        };
+        let report = source.finish(&format!("{ARGUMENT} {shown}"))?;
+        let class = export::class_name(folder.model_type(), &self.head);
+        if !report.unused.is_empty() {
+            tracing::warn!(
+                "Some weights of the model checkpoint at {shown} were not used when initializing {class}: {:?}",
+                report.unused
+            );
+        }
+        if !report.fresh.is_empty() {
+            tracing::warn!(
+                "Some weights of {class} were not initialized from the model checkpoint at {shown} and are newly initialized: {:?}. You should probably TRAIN this model on a down-stream task to be able to use it for predictions and inference.",
+                report.fresh
+            );
+        }
+        if folder.padding_side() == "left" {
+            tracing::info!("{shown}: the tokenizer pads on the left; this host pads training batches on the right, as transformers does for training");
+        }
+        let max_length = match &folder.family {
+            Family::Decoder(config) => config.max_position_embeddings,
+            Family::Gpt2(config) => config.n_positions,
+            Family::Encoder(config) if folder.model_type() == "roberta" => {
+                config.max_position_embeddings - folder.common.pad_token_id.unwrap_or(1) - 1
+            }
+            Family::Encoder(config) => config.max_position_embeddings,
+        };
+        // Learned position tables end; rotary positions go on, but not past what the model saw.
+        let learned = !matches!(folder.family, Family::Decoder(_));
+        Ok(Box::new(Pretrained { net, task: self.task(), max_length, learned }))
+    }
+
+    /// The folder's tokenizer.json, if it has one.
+    pub fn tokenizer_file(&self) -> Option<PathBuf> {
+        Some(self.folder.tokenizer_file()).filter(|p| p.is_file())
+    }
+
+    /// The token generation stops at: generation_config.json's eos_token_id, else
+    /// config.json's.
+    pub fn end_token(&self) -> Option<i64> {
+        let generation: Option<serde_json::Value> =
+            std::fs::read_to_string(self.folder.dir.join("generation_config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+        let eos = generation.as_ref().and_then(|g| g.get("eos_token_id"));
+        let first = eos.and_then(|e| e.as_i64().or_else(|| e.get(0).and_then(serde_json::Value::as_i64)));
+        first.or(self.folder.common.eos_token_id)
+    }
+}
+
+#[derive(Debug)]
+enum Net {
+    Decoder(decoder::Decoder),
+    Gpt2(gpt2::Gpt2),
+    Encoder(encoder::Encoder),
+}
+
+/// A pretrained model with its head.
+#[derive(Debug)]
+struct Pretrained {
+    net: Net,
+    task: Task,
+    /// The model's positions (max_position_embeddings, n_positions).
+    max_length: i64,
+    /// Whether the positions are a learned table, which longer input would index past.
+    learned: bool,
+}
+
+impl Pretrained {
+    fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, token_types: Option<&Tensor>, train: bool) -> Tensor {
+        match &self.net {
+            Net::Decoder(net) => net.logits(ids, mask, train),
+            Net::Gpt2(net) => net.logits(ids, mask, train),
+            Net::Encoder(net) => net.logits(ids, mask, token_types, train),
+        }
+    }
+}
+
+impl Model for Pretrained {
+    fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs> {
+        let ids = batch.require("input_ids", "pretrained")?;
+        let length = *ids.size().last().unwrap_or(&0);
+        if self.learned && length > self.max_length {
+            return Err(InputError::new(format!(
+                "sequences of {length} tokens are longer than the model's {} positions: lower max_seq_length, or truncate the token ids",
+                self.max_length
+            ))
+            .into());
+        }
+        let logits = self.logits(ids, batch.get("attention_mask"), batch.get("token_type_ids"), train);
+        Ok(Outputs::logits(logits))
+    }
+
+    fn generate(&self, prompt: &Tensor, new_tokens: i64, stop: Option<i64>) -> Option<Result<Tensor>> {
+        if self.task != Task::CausalLm {
+            return None;
+        }
+        let mut ids = prompt.shallow_clone();
+        Some(tch::no_grad(|| {
+            for _ in 0..new_tokens {
+                let t = ids.size()[0];
+                let window = ids.narrow(0, (t - self.max_length).max(0), t.min(self.max_length));
+                let logits = self.logits(&window.unsqueeze(0), None, None, false);
+                let next = logits.get(0).get(-1).argmax(-1, false);
+                let token = next.int64_value(&[]);
+                ids = Tensor::cat(&[ids, next.view([1]).to_kind(prompt.kind())], 0);
+                if Some(token) == stop {
+                    break;
+                }
+            }
+            Ok(ids)
+        }))
+    }
+
+    fn decays(&self, name: &str) -> bool {
+        // HF excludes nn.LayerNorm modules by type; GPT-2's are named ln_1, ln_2, ln_f.
+        let layer_norm =
+            matches!(self.net, Net::Gpt2(_)) && name.split('.').any(|part| matches!(part, "ln_1" | "ln_2" | "ln_f"));
+        crate::engine::optim::decays(name) && !layer_norm
+    }
+}

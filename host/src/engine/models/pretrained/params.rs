@@ -1,0 +1,159 @@
+//! Parameters named as transformers names them, matched to a checkpoint's tensors while the
+//! model is built: each is either found (then read in once the model is complete), or, for
+//! a head the checkpoint does not have, initialized as transformers' `_init_weights` does
+//! and reported as newly initialized. A body weight that is missing or of another shape
+//! is an error naming it; a checkpoint tensor nothing uses is reported as unused.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
+use tch::{nn, Tensor};
+
+use crate::engine::weights::WeightFiles;
+use crate::error::InputError;
+
+/// How a parameter starts when the checkpoint lacks it.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    /// Normal(0, initializer_range): Linear and Embedding weights.
+    Normal,
+    Zeros,
+    Ones,
+}
+
+/// Whether the checkpoint must have a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Part of the pretrained body: missing is an error.
+    Required,
+    /// A task head (or pooler) a base checkpoint may lack: then newly initialized.
+    Head,
+}
+
+/// What loading found, for the warnings transformers prints.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Parameters the checkpoint lacked, newly initialized.
+    pub fresh: Vec<String>,
+    /// Checkpoint tensors the model does not use.
+    pub unused: Vec<String>,
+}
+
+/// A checkpoint being matched against a model under construction.
+pub struct ParamSource<'w> {
+    weights: &'w WeightFiles,
+    /// Checkpoint names lack the base model's prefix (`model.`, `transformer.`, ...) when
+    /// the folder holds a base model (LlamaModel, BertModel) rather than one with a head.
+    strip: Option<String>,
+    init_std: f64,
+    found: RefCell<Vec<(String, Tensor)>>,
+    fresh: RefCell<Vec<String>>,
+    missing: RefCell<Vec<String>>,
+    misshaped: RefCell<Vec<String>>,
+}
+
+/// Tensors saved by some transformers versions that are buffers, not parameters.
+fn is_buffer(name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq")
+        || name.ends_with(".attn.bias")
+        || name.ends_with(".attn.masked_bias")
+        || name.ends_with("embeddings.position_ids")
+        || name.ends_with("embeddings.token_type_ids")
+}
+
+impl<'w> ParamSource<'w> {
+    /// `prefix` is the base model's attribute in the head models (`model`, `transformer`,
+    /// `bert`, `roberta`).
+    pub fn new(weights: &'w WeightFiles, prefix: &str, init_std: f64) -> Self {
+        let with_prefix = format!("{prefix}.");
+        let base_only = !weights.names().any(|n| n.starts_with(&with_prefix));
+        Self {
+            weights,
+            strip: base_only.then_some(with_prefix),
+            init_std,
+            found: RefCell::default(),
+            fresh: RefCell::default(),
+            missing: RefCell::default(),
+            misshaped: RefCell::default(),
+        }
+    }
+
+    /// The checkpoint's name for parameter `full` (transformers' name in the head model),
+    /// if it has one: with or without the base prefix, and BERT's old `gamma`/`beta`.
+    fn checkpoint_name(&self, full: &str) -> Option<String> {
+        let name = match &self.strip {
+            Some(prefix) => full.strip_prefix(prefix.as_str()).unwrap_or(full),
+            None => full,
+        };
+        let legacy = name
+            .strip_suffix("LayerNorm.weight")
+            .map(|stem| format!("{stem}LayerNorm.gamma"))
+            .or_else(|| name.strip_suffix("LayerNorm.bias").map(|stem| format!("{stem}LayerNorm.beta")));
+        [Some(name.to_owned()), legacy].into_iter().flatten().find(|n| self.weights.contains(n))
+    }
+
+    /// Parameter `name` of `shape` under `path`.
+    pub fn param(&self, path: &nn::Path, name: &str, shape: &[i64], need: Need, init: Init) -> Tensor {
+        let full = path.path(name);
+        match self.checkpoint_name(&full) {
+            Some(source) => {
+                let saved = self.weights.shape(&source).unwrap_or_default();
+                if saved != shape {
+                    self.misshaped
+                        .borrow_mut()
+                        .push(format!("{source} is {saved:?} in the checkpoint, {shape:?} by config.json"));
+                }
+                // Zeros now, the checkpoint's values once the whole model is checked.
+                let tensor = path.var(name, shape, nn::Init::Const(0.0));
+                self.found.borrow_mut().push((source, tensor.shallow_clone()));
+                tensor
+            }
+            None => {
+                let start = match init {
+                    Init::Normal => nn::Init::Randn { mean: 0.0, stdev: self.init_std },
+                    Init::Zeros => nn::Init::Const(0.0),
+                    Init::Ones => nn::Init::Const(1.0),
+                };
+                let list = if need == Need::Head { &self.fresh } else { &self.missing };
+                list.borrow_mut().push(full);
+                path.var(name, shape, start)
+            }
+        }
+    }
+
+    /// Checks the match and reads the found tensors in. `what` names the folder.
+    pub fn finish(self, what: &str) -> Result<Report, InputError> {
+        let missing = self.missing.into_inner();
+        let misshaped = self.misshaped.into_inner();
+        if !missing.is_empty() || !misshaped.is_empty() {
+            let mut problems = Vec::new();
+            if !missing.is_empty() {
+                problems.push(format!("missing {}", listed(&missing)));
+            }
+            problems.extend(misshaped.iter().take(3).cloned());
+            if misshaped.len() > 3 {
+                problems.push(format!("{} more of another shape", misshaped.len() - 3));
+            }
+            return Err(InputError::new(format!(
+                "{what}: the weights do not match config.json: {}; the folder's config.json and weights must come from the same model",
+                problems.join("; ")
+            )));
+        }
+        let found = self.found.into_inner();
+        let used: BTreeSet<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        let unused = self.weights.names().filter(|n| !used.contains(n) && !is_buffer(n)).map(str::to_owned).collect();
+        for (source, tensor) in &found {
+            self.weights.read_into(source, tensor).map_err(|e| InputError::new(format!("{what}: {e}")))?;
+        }
+        Ok(Report { fresh: self.fresh.into_inner(), unused })
+    }
+}
+
+/// The first few names and how many more.
+fn listed(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(4).map(String::as_str).collect();
+    match names.len() {
+        n if n > 4 => format!("{} and {} more", shown.join(", "), n - 4),
+        _ => shown.join(", "),
+    }
+}

@@ -1,0 +1,267 @@
+//! Pretrained Hugging Face models, with transformers as the oracle: tiny random models of
+//! every architecture and head are made by transformers itself (tests/pretrained/hf_oracle.py,
+//! nothing downloaded), fine-tuned by the host, and compared with transformers' Trainer on
+//! the same steps, the saved folders loaded back by `from_pretrained`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::support::{host, path_str, repo, target_profile_dir, Run};
+
+/// The models and references, made once for all the tests here (they only read them).
+fn models() -> &'static Path {
+    static MODELS: OnceLock<PathBuf> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        // Under target/, remade by each test run (a few MB).
+        let dir = target_profile_dir().join("pretrained-oracle");
+        let _ = std::fs::remove_dir_all(&dir);
+        oracle(&["make", path_str(&dir)]);
+        dir
+    })
+}
+
+/// Runs tests/pretrained/hf_oracle.py; its report is the failure message.
+fn oracle(args: &[&str]) -> String {
+    let output = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/pretrained/hf_oracle.py"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .output()
+        .expect("run the venv's python (scripts/setup.sh makes it)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "hf_oracle.py {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// The fine-tuning every case runs: full-batch steps, AdamW with weight decay, clipping;
+/// `extra` flags replace these or add to them.
+fn fine_tune(dir: &Path, model: &Path, data: &str, output: &Path, extra: &[&str]) -> Run {
+    let models = models();
+    let train = models.join(format!("{data}_train.jsonl"));
+    let eval = models.join(format!("{data}_eval.jsonl"));
+    let settings = [
+        ("--model-name-or-path", path_str(model)),
+        ("--train-file", path_str(&train)),
+        ("--eval-file", path_str(&eval)),
+        ("--output-dir", path_str(output)),
+        ("--max-steps", "5"),
+        ("--per-device-train-batch-size", "12"),
+        ("--per-device-eval-batch-size", "16"),
+        ("--learning-rate", "1e-3"),
+        ("--weight-decay", "0.1"),
+        ("--logging-steps", "1"),
+        ("--save-steps", "5"),
+        ("--max-seq-length", "32"),
+        ("--device", "cpu"),
+    ];
+    let mut args: Vec<&str> =
+        settings.iter().filter(|(flag, _)| !extra.contains(flag)).flat_map(|(flag, value)| [*flag, *value]).collect();
+    args.extend_from_slice(extra);
+    host(dir, &args)
+}
+
+#[test]
+fn every_architecture_and_head_trains_saves_and_generates_as_transformers() {
+    let models = models();
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(models.join("cases.json")).unwrap()).unwrap();
+    assert_eq!(cases.len(), 9, "every architecture with its heads");
+    for case in &cases {
+        let (name, data) = (case["name"].as_str().unwrap(), case["data"].as_str().unwrap());
+        let work = models.join(name).join("host");
+        let output = work.join("output");
+        let run = fine_tune(models, &models.join(name).join("model"), data, &output, &[]);
+        assert_eq!(run.code, 0, "{name}: stderr:\n{}", run.stderr);
+        let checkpoint = output.join("checkpoint-5");
+        for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+            assert!(checkpoint.join(file).is_file(), "{name}: checkpoint-5 lacks {file}");
+        }
+        let predictions = work.join("predictions.safetensors");
+        let predict =
+            host(models, &["predict", "--checkpoint", path_str(&checkpoint), "--output", path_str(&predictions)]);
+        assert_eq!(predict.code, 0, "{name}: predict: {}", predict.stderr);
+        if data == "text" {
+            let args = ["generate", "--model", path_str(&output), "--prompt", "the cat", "--max-new-tokens", "8"];
+            let generate = host(models, &[&args[..], &["--json"]].concat());
+            assert_eq!(generate.code, 0, "{name}: generate: {}", generate.stderr);
+            std::fs::write(work.join("generated.json"), &generate.stdout).unwrap();
+        }
+    }
+    // Losses, trained weights, loading, logits and generations against transformers.
+    let report = oracle(&["check", path_str(models)]);
+    println!("{report}");
+}
+
+/// A copy of `from` at `to`, without the files named in `leave_out`.
+fn copy_folder(from: &Path, to: &Path, leave_out: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !leave_out.contains(&name.as_str()) && entry.path().is_file() {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// Edits config.json of the folder `dir`.
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(config.as_object_mut().unwrap());
+    std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
+#[test]
+fn bad_model_folders_are_one_line_errors() {
+    let models = models();
+    let dir = crate::support::tempdir();
+    let folder = |name: &str, from: &str, leave_out: &[&str]| {
+        let path = dir.path().join(name);
+        copy_folder(&models.join(from).join("model"), &path, leave_out);
+        path
+    };
+    let no_config = folder("no_config", "llama-classifier", &["config.json"]);
+    let no_weights = folder("no_weights", "llama-classifier", &["model.safetensors"]);
+    let no_tokenizer = folder("no_tokenizer", "llama-classifier", &["tokenizer.json"]);
+    let t5 = folder("t5", "llama-classifier", &[]);
+    edit_config(&t5, |c| drop(c.insert("model_type".into(), "t5".into())));
+    let narrower = folder("narrower", "llama-classifier", &[]);
+    edit_config(&narrower, |c| drop(c.insert("intermediate_size".into(), 96.into())));
+    let deeper = folder("deeper", "llama-classifier", &[]);
+    edit_config(&deeper, |c| drop(c.insert("num_hidden_layers".into(), 3.into())));
+    let small_vocab = folder("small_vocab", "llama-classifier", &[]);
+    edit_config(&small_vocab, |c| drop(c.insert("vocab_size".into(), 200.into())));
+    let window = folder("window", "mistral-causal", &[]);
+    edit_config(&window, |c| drop(c.insert("sliding_window".into(), 8.into())));
+    let yarn = folder("yarn", "llama-causal", &[]);
+    edit_config(&yarn, |c| {
+        c.insert("rope_parameters".into(), serde_json::json!({"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}));
+    });
+    let bert = models.join("bert-classifier/model");
+    let classifier = models.join("llama-classifier/model");
+    let labeled = models.join("labeled_train.jsonl");
+    let text = models.join("text_train.jsonl");
+    let out_of_range = dir.path().join("five.jsonl");
+    let rows: Vec<String> =
+        (0..10).map(|i| format!("{{\"text\": \"the cat {i}\", \"label\": {}}}", i % 3 + 3 * (i / 9))).collect();
+    std::fs::write(&out_of_range, rows.join("\n")).unwrap();
+    let show = |p: &Path| p.display().to_string();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (vec![show(&no_config)], format!("model_name_or_path {} has no config.json: it is not a Hugging Face model folder", show(&no_config))),
+        (vec![show(&no_weights)], format!("model_name_or_path {} has no weights: neither model.safetensors nor model.safetensors.index.json", show(&no_weights))),
+        (vec![show(&t5)], "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, gpt2, bert, roberta".into()),
+        (vec![show(&narrower)], "the weights do not match config.json: model.layers.0.mlp.gate_proj.weight is [128, 64] in the checkpoint, [96, 64] by config.json".into()),
+        (vec![show(&deeper)], "the weights do not match config.json: missing model.layers.2.".into()),
+        (vec![show(&no_tokenizer)], format!("tokenizer_file {}/tokenizer.json does not exist", show(&no_tokenizer))),
+        (vec![show(&small_vocab)], "tokens, more than the vocab_size 200 of model_name_or_path".into()),
+        (vec!["meta-llama/Llama-3.2-1B".into()], "model_name_or_path 'meta-llama/Llama-3.2-1B' is not a local folder, and this host does not download models: download it first (hf download meta-llama/Llama-3.2-1B --local-dir models/Llama-3.2-1B)".into()),
+        (vec![show(&window), "--train-file".into(), show(&text)], "sliding_window 8 is shorter than max_seq_length 32: sliding-window attention is not supported".into()),
+        (vec![show(&yarn), "--train-file".into(), show(&text)], "rope_parameters.rope_type 'yarn' is not supported (this host implements default, linear and llama3)".into()),
+        (vec![show(&bert), "--train-file".into(), show(&text)], "causal language modelling needs a decoder (llama, mistral, qwen2, gpt2)".into()),
+        (vec![show(&classifier), "--num-labels".into(), "5".into()], "num_labels 5 does not match the classification head of model_name_or_path".into()),
+        (vec![show(&classifier), "--train-file".into(), show(&out_of_range)], "label 3 (item".into()),
+        (vec![show(&classifier), "--torch-dtype".into(), "int8".into()], "torch_dtype 'int8' is not one of: auto (config.json's), float32, bfloat16, float16".into()),
+        (vec![show(&classifier), "--model".into(), "gpt".into()], "model gpt and model_name_or_path".into()),
+    ];
+    for (case, expected) in cases {
+        let mut args = vec!["--model-name-or-path", &case[0], "--max-steps", "1", "--max-seq-length", "32"];
+        let rest: Vec<&str> = case[1..].iter().map(String::as_str).collect();
+        if !rest.contains(&"--train-file") {
+            args.extend(["--train-file", path_str(&labeled)]);
+        }
+        args.extend(rest);
+        host(dir.path(), &args).assert_clean_error(2, &expected);
+    }
+}
+
+/// The weights files of a model folder, by name, as bytes.
+fn weight_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("model") && (n.ends_with(".safetensors") || n.ends_with(".index.json")))
+        .map(|n| (n.clone(), std::fs::read(dir.join(&n)).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_base_model_gets_a_new_head_and_sharded_checkpoints_resume_exactly() {
+    let models = models();
+    let dir = crate::support::tempdir();
+    let base = models.join("llama-base/model");
+    let sharded = ["--max-steps", "4", "--save-steps", "2", "--save-max-shard-size", "100KB", "--seed", "7"];
+    let whole = dir.path().join("whole");
+    let run = fine_tune(dir.path(), &base, "labeled", &whole, &sharded);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    // The head transformers would initialize, named as transformers names it.
+    assert!(
+        run.stderr
+            .contains("Some weights of LlamaForSequenceClassification were not initialized from the model checkpoint")
+            && run.stderr.contains("newly initialized: [\"score.weight\"]"),
+        "{}",
+        run.stderr
+    );
+    // Shards with an index in output_dir and in each checkpoint; no stale single file.
+    for folder in [whole.clone(), whole.join("checkpoint-2")] {
+        let files = weight_files(&folder);
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"model.safetensors.index.json"), "{names:?}");
+        assert!(names.len() >= 4 && !names.contains(&"model.safetensors"), "{names:?}");
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"], serde_json::json!(["LlamaForSequenceClassification"]));
+    assert_eq!(config["id2label"], serde_json::json!({"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}));
+    assert_eq!(config["pad_token_id"], serde_json::json!(2));
+    // transformers loads the sharded folder with nothing missing and gives the host's logits.
+    let predictions = dir.path().join("predictions.safetensors");
+    let predict = host(
+        dir.path(),
+        &["predict", "--checkpoint", path_str(&whole.join("checkpoint-4")), "--output", path_str(&predictions)],
+    );
+    assert_eq!(predict.code, 0, "{}", predict.stderr);
+    let eval = models.join("labeled_eval.jsonl");
+    oracle(&["loads", path_str(&whole.join("checkpoint-4")), "classifier", path_str(&eval), path_str(&predictions)]);
+    // Resuming from the sharded checkpoint at step 2 gives the same bytes as the run that
+    // did not stop.
+    let resumed = dir.path().join("resumed");
+    copy_folder(&whole.join("checkpoint-2"), &resumed.join("checkpoint-2"), &[]);
+    let run = fine_tune(
+        dir.path(),
+        &base,
+        "labeled",
+        &resumed,
+        &[&sharded[..], &["--resume-from-checkpoint", "latest"]].concat(),
+    );
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("resumed from"), "{}", run.stderr);
+    assert!(weight_files(&resumed) == weight_files(&whole), "resumed weights differ from the uninterrupted run's");
+}
+
+#[test]
+fn bfloat16_parameters_are_loaded_trained_and_saved_as_bfloat16() {
+    let models = models();
+    let dir = crate::support::tempdir();
+    let output = dir.path().join("output");
+    let model = models.join("qwen2-causal/model");
+    let run = fine_tune(dir.path(), &model, "text", &output, &["--torch-dtype", "bfloat16", "--max-steps", "2"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["dtype"], "bfloat16");
+    let weights = tch::Tensor::read_safetensors(output.join("model.safetensors")).unwrap();
+    assert!(weights.iter().all(|(_, t)| t.kind() == tch::Kind::BFloat16), "every tensor is saved in bfloat16");
+    // torch_dtype auto reads config.json's dtype: fine-tuning the saved folder stays bf16.
+    let again = dir.path().join("again");
+    let run = fine_tune(dir.path(), &output, "text", &again, &["--max-steps", "1"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let weights = tch::Tensor::read_safetensors(again.join("model.safetensors")).unwrap();
+    assert!(weights.iter().all(|(_, t)| t.kind() == tch::Kind::BFloat16));
+    oracle(&["loads", path_str(&again), "causal"]);
+}
