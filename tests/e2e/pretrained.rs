@@ -265,3 +265,92 @@ fn bfloat16_parameters_are_loaded_trained_and_saved_as_bfloat16() {
     assert!(weights.iter().all(|(_, t)| t.kind() == tch::Kind::BFloat16));
     oracle(&["loads", path_str(&again), "causal"]);
 }
+
+#[test]
+fn the_example_fine_tunes_a_base_encoder_with_weighted_ce_and_transformers_agrees() {
+    let dir = crate::support::tempdir();
+    let d = dir.path();
+    let example = repo().join("examples/finetune_pretrained");
+    let python = |args: &[&str]| {
+        let output = Command::new(repo().join(".venv/bin/python")).args(args).current_dir(d).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    python(&[path_str(&example.join("make_tiny_model.py")), "."]);
+    // The job names the plugin; it is found next to the host binary.
+    crate::support::plugin("weighted_ce");
+    let run = host(d, &["--config", path_str(&example.join("job.toml"))]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("loss: weighted_ce (plugin weighted_ce)"), "{}", run.stderr);
+    assert!(run.stderr.contains("newly initialized: [\"classifier.weight\", \"classifier.bias\"]"), "{}", run.stderr);
+    let accuracy = crate::support::results(d)["eval_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.9, "the classifier did not learn the cue words: eval_accuracy {accuracy}");
+    let checked = python(&[path_str(&example.join("check_with_transformers.py")), "output", "eval.jsonl"]);
+    let checked: serde_json::Value = serde_json::from_str(checked.trim()).unwrap();
+    assert_eq!(checked["model"], "BertForSequenceClassification");
+    assert!((checked["accuracy"].as_f64().unwrap() - accuracy).abs() < 1e-6, "{checked} vs {accuracy}");
+}
+
+#[test]
+fn weighted_ce_on_a_causal_lm_is_the_built_in_loss_without_weights() {
+    let models = models();
+    let dir = crate::support::tempdir();
+    let model = models.join("gpt2-causal/model");
+    let plain = fine_tune(dir.path(), &model, "text", &dir.path().join("plain"), &["--max-steps", "2"]);
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    let weighted_ce = crate::support::plugin("weighted_ce");
+    let extra = ["--max-steps", "2", "--plugin", path_str(&weighted_ce)];
+    let plugged = fine_tune(dir.path(), &model, "text", &dir.path().join("plugged"), &extra);
+    assert_eq!(plugged.code, 0, "{}", plugged.stderr);
+    let losses = |out: &str| -> Vec<f64> {
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(out).join("trainer_state.json")).unwrap())
+                .unwrap();
+        state["log_history"].as_array().unwrap().iter().filter_map(|e| e["loss"].as_f64()).collect()
+    };
+    let (a, b) = (losses("plain"), losses("plugged"));
+    assert_eq!(a.len(), 2);
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "{a:?} vs {b:?}");
+}
+
+#[test]
+fn csv_and_parquet_text_columns_feed_a_pretrained_classifier() {
+    let models = models();
+    let dir = crate::support::tempdir();
+    let d = dir.path();
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(models.join("labeled_train.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut csv = String::from("label,text\n");
+    for row in &rows {
+        csv += &format!("{},\"{}\"\n", row["label"], row["text"].as_str().unwrap());
+    }
+    std::fs::write(d.join("train.csv"), csv).unwrap();
+    let script = "import json, sys, pyarrow as pa, pyarrow.parquet as pq\n\
+                  rows = [json.loads(l) for l in open(sys.argv[1])]\n\
+                  pq.write_table(pa.table({'text': [r['text'] for r in rows], 'label': [r['label'] for r in rows]}), 'train.parquet')";
+    let status = Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", script, path_str(&models.join("labeled_train.jsonl"))])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let model = models.join("qwen2-classifier/model");
+    for (i, file) in ["train.csv", "train.parquet", path_str(&models.join("labeled_train.jsonl"))].iter().enumerate() {
+        let output = d.join(format!("out-{i}"));
+        let run = fine_tune(d, &model, "labeled", &output, &["--train-file", file, "--max-steps", "1"]);
+        assert_eq!(run.code, 0, "{file}: {}", run.stderr);
+        assert!(run.stderr.contains("training: 12 examples"), "{file}: {}", run.stderr);
+    }
+    // The same texts and labels from any of the three formats: the same first loss.
+    let first_loss = |i: usize| -> f64 {
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join(format!("out-{i}/trainer_state.json"))).unwrap())
+                .unwrap();
+        state["log_history"][0]["loss"].as_f64().unwrap()
+    };
+    assert_eq!(first_loss(0), first_loss(2), "CSV and JSONL give the same batch");
+    assert_eq!(first_loss(1), first_loss(2), "Parquet and JSONL give the same batch");
+}

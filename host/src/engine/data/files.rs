@@ -258,6 +258,12 @@ fn read_csv(path: &Path, options: &FileOptions) -> Result<Dataset, InputError> {
             InputError::new(format!("{shown}: no column '{name}' ({role}); columns: {}", header.join(", ")))
         })
     };
+    // A text column (text_column, as in JSONL and Parquet) makes text data.
+    if let Some(text) =
+        header.iter().position(|h| *h == options.text_column).filter(|_| options.feature_columns.is_none())
+    {
+        return read_csv_text(reader, &header, text, options, &shown);
+    }
     let label = match &options.label_column {
         Some(name) => column(name, "label_column")?,
         None => super::default_label(header.iter().map(String::as_str)).ok_or_else(|| {
@@ -313,6 +319,39 @@ fn read_csv(path: &Path, options: &FileOptions) -> Result<Dataset, InputError> {
         ("labels".to_owned(), labels),
     ];
     Dataset::new(&shown, fields)
+}
+
+/// A CSV whose `text_column` holds text: tokenized as JSONL text is, with the label
+/// column (whole numbers) for classification, or without one for language modelling.
+fn read_csv_text(
+    mut reader: csv::Reader<std::fs::File>,
+    header: &[String],
+    text: usize,
+    options: &FileOptions,
+    shown: &str,
+) -> Result<Dataset, InputError> {
+    let tokenizer = super::text::load_tokenizer(shown, options)?;
+    let label = match &options.label_column {
+        Some(name) => Some(header.iter().position(|h| h == name).ok_or_else(|| {
+            InputError::new(format!("{shown}: no column '{name}' (label_column); columns: {}", header.join(", ")))
+        })?),
+        None => super::default_label(header.iter().map(String::as_str)),
+    };
+    let (mut texts, mut labels, mut lines) = (Vec::new(), Vec::new(), Vec::new());
+    for record in reader.records() {
+        let record = record.map_err(|e| InputError::new(format!("{shown}: {}", csv_error(&e, header.len()))))?;
+        let line = record.position().map_or(0, |p| p.line());
+        if let Some(i) = label {
+            let value = record[i].parse::<i64>().map_err(|_| {
+                InputError::new(format!("{shown} line {line}: label '{}' is not a whole number", &record[i]))
+            })?;
+            labels.push(value);
+        }
+        texts.push(record[text].to_owned());
+        lines.push(line);
+    }
+    let labels = label.map(|_| labels);
+    super::text::from_texts(shown, &tokenizer, &texts, labels, options, |row| format!("line {}", lines[row]))
 }
 
 fn csv_error(error: &csv::Error, columns: usize) -> String {
