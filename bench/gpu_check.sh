@@ -9,7 +9,9 @@
 #   TORCH_VENV=/opt/torch/.venv bench/gpu_check.sh
 #
 # It trains the default job on CUDA with weighted_ce, then the GPT benchmark in bf16 on the
-# host and in a PyTorch loop, and prints the ratio; last, the distributed path (NCCL through
+# host and in a PyTorch loop, and prints the ratio; then the pretrained Llama-shaped fine-tune
+# (bench/llama_folder.py, written with PyTorch alone) in bf16, beside transformers in a
+# PyTorch loop where transformers is installed; last, the distributed path (NCCL through
 # c10d) at world size 1 against the plain loop. Under five minutes on one GPU.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,6 +45,22 @@ HOST_RATE="$("$PYTHON" -c "import json; r = json.load(open('gpt/all_results.json
 TORCH_RATE="$(cd "$ROOT/bench" && BENCH_DEVICE="$DEVICE" BENCH_BF16=1 "$PYTHON" pytorch_loop.py gpt \
     "$WORK/corpus/train.jsonl" "$TOKENIZER" "$STEPS" | "$PYTHON" -c "import json, sys; print(json.load(sys.stdin)['samples_per_second'])")"
 "$PYTHON" -c "h, t = $HOST_RATE, $TORCH_RATE; print(f'host {h:.0f} samples/s, PyTorch {t:.0f} samples/s, host/PyTorch {h / t:.2f}')"
+
+echo "== pretrained Llama-shaped fine-tune in bf16 (4 x 512, GQA 8/2, sequence 128, batch 8, 50 steps)"
+"$PYTHON" "$ROOT/bench/llama_folder.py" llama >/dev/null
+"$HOST" --device "$DEVICE" --bf16 --model-name-or-path llama --train-file llama/data.safetensors \
+    --eval-file llama/data.safetensors --max-steps 50 --per-device-train-batch-size 8 --max-seq-length 128 \
+    --eval-strategy no --save-strategy no --disable-tqdm --output-dir llama-out >/dev/null 2>llama.log \
+    || { cat llama.log; exit 1; }
+grep -h "loaded " llama.log || true
+LLAMA_HOST="$("$PYTHON" -c "import json; r = json.load(open('llama-out/all_results.json')); print(50 * 8 * 128 / r['train_runtime'])")"
+if "$PYTHON" -c "import transformers" 2>/dev/null; then
+    LLAMA_TORCH="$(BENCH_DEVICE="$DEVICE" BENCH_BF16=1 "$PYTHON" "$ROOT/bench/llama_finetune.py" loop llama 50 8 loop \
+        | "$PYTHON" -c "import json, sys; print(json.load(sys.stdin)['tokens_per_second'])")"
+    "$PYTHON" -c "h, t = $LLAMA_HOST, $LLAMA_TORCH; print(f'host {h:.0f} tokens/s, transformers in a PyTorch loop {t:.0f} tokens/s, host/PyTorch {h / t:.2f}')"
+else
+    "$PYTHON" -c "print(f'host {$LLAMA_HOST:.0f} tokens/s (transformers is not installed here: no PyTorch comparison)')"
+fi
 
 echo "== distributed path at world size 1 (NCCL on CUDA, Gloo on CPU) against the plain loop"
 # The digits MLP, 2000 steps of 64, twice each, interleaved: any cost of the c10d path

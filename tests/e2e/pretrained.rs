@@ -140,6 +140,24 @@ fn bad_model_folders_are_one_line_errors() {
     edit_config(&yarn, |c| {
         c.insert("rope_parameters".into(), serde_json::json!({"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}));
     });
+    // A sharded folder (the host's own output) with one shard gone.
+    let sharded = dir.path().join("sharded");
+    let run = fine_tune(
+        dir.path(),
+        &models.join("llama-classifier/model"),
+        "labeled",
+        &sharded,
+        &["--max-steps", "1", "--save-strategy", "no", "--save-max-shard-size", "100KB"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sharded.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let mut shards: Vec<&str> = index["weight_map"].as_object().unwrap().values().filter_map(|v| v.as_str()).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    assert!(shards.len() >= 3, "{shards:?}");
+    let gone = shards[1].to_owned();
+    std::fs::remove_file(sharded.join(&gone)).unwrap();
     let bert = models.join("bert-classifier/model");
     let classifier = models.join("llama-classifier/model");
     let labeled = models.join("labeled_train.jsonl");
@@ -152,6 +170,7 @@ fn bad_model_folders_are_one_line_errors() {
     let cases: Vec<(Vec<String>, String)> = vec![
         (vec![show(&no_config)], format!("model_name_or_path {} has no config.json: it is not a Hugging Face model folder", show(&no_config))),
         (vec![show(&no_weights)], format!("model_name_or_path {} has no weights: neither model.safetensors nor model.safetensors.index.json", show(&no_weights))),
+        (vec![show(&sharded)], format!("model_name_or_path {}: shard {gone}, listed in model.safetensors.index.json, is missing; download or copy the whole folder", show(&sharded))),
         (vec![show(&t5)], "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, gpt2, bert, roberta".into()),
         (vec![show(&narrower)], "the weights do not match config.json: model.layers.0.mlp.gate_proj.weight is [128, 64] in the checkpoint, [96, 64] by config.json".into()),
         (vec![show(&deeper)], "the weights do not match config.json: missing model.layers.2.".into()),

@@ -8,7 +8,7 @@ use std::f64::consts::PI;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::config::{Common, DecoderConfig, Rope, RopeScaling};
-use super::layers::{activate, attend, attention_mask, last_token, merge_heads, pick_rows, repeat_kv, split_heads};
+use super::layers::{activate, attend, last_token, merge_heads, pick_rows, split_heads, Mask};
 use super::layers::{Embedding, Linear, RmsNorm};
 use super::params::{Need, ParamSource};
 use super::Head;
@@ -131,10 +131,10 @@ impl Decoder {
 
     /// The last hidden states [B, T, hidden] for token ids [B, T].
     fn hidden(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
-        let (b, t) = ids.size2().expect("[batch, time]");
+        let t = ids.size()[1];
         let mut x = self.embed_tokens.forward(ids);
         let (cos, sin) = rotary(&self.inv_freq, t, x.kind());
-        let mask = attention_mask(mask, b, t, true, ids.device());
+        let mask = Mask::new(mask, true);
         let dropout = if train { self.attention_dropout } else { 0.0 };
         let scale = (self.head_dim as f64).powf(-0.5);
         for layer in &self.layers {
@@ -144,7 +144,7 @@ impl Decoder {
             let k = apply_rotary(&split_heads(&attn.k_proj.forward(&h), self.head_dim), &cos, &sin);
             let v = split_heads(&attn.v_proj.forward(&h), self.head_dim);
             let groups = self.heads / self.kv_heads;
-            let out = attend(&q, &repeat_kv(&k, groups), &repeat_kv(&v, groups), mask.as_ref(), dropout, scale);
+            let out = attend(&q, &k, &v, &mask, dropout, scale, groups);
             x = &x + attn.o_proj.forward(&merge_heads(&out));
             let h = layer.post_attention_layernorm.forward(&x);
             let mlp = &layer.mlp;

@@ -7,7 +7,7 @@
 use tch::{nn, Kind, Tensor};
 
 use super::config::{Common, EncoderConfig};
-use super::layers::{activate, attend, attention_mask, merge_heads, split_heads};
+use super::layers::{activate, attend, merge_heads, split_heads, Mask};
 use super::layers::{Embedding, LayerNorm, Linear};
 use super::params::{Need, ParamSource};
 
@@ -142,7 +142,6 @@ impl Encoder {
     }
 
     pub fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, token_types: Option<&Tensor>, train: bool) -> Tensor {
-        let (b, t) = ids.size2().expect("[batch, time]");
         let types = match token_types {
             Some(types) => types.shallow_clone(),
             None => ids.zeros_like(),
@@ -151,13 +150,13 @@ impl Encoder {
             + self.token_type_embeddings.forward(&types)
             + self.position_embeddings.forward(&self.positions(ids));
         let mut x = self.embeddings_norm.forward(&embedded).dropout(self.hidden_dropout, train);
-        let mask = attention_mask(mask, b, t, false, ids.device());
+        let mask = Mask::new(mask, false);
         let attention_dropout = if train { self.attention_dropout } else { 0.0 };
         let scale = (self.head_dim as f64).powf(-0.5);
         for layer in &self.layers {
             let [q, k, v] =
                 [&layer.query, &layer.key, &layer.value].map(|l| split_heads(&l.forward(&x), self.head_dim));
-            let attended = merge_heads(&attend(&q, &k, &v, mask.as_ref(), attention_dropout, scale));
+            let attended = merge_heads(&attend(&q, &k, &v, &mask, attention_dropout, scale, 1));
             let projected = layer.attention_dense.forward(&attended).dropout(self.hidden_dropout, train);
             x = layer.attention_norm.forward(&(projected + &x));
             let inner = activate(&self.act, &layer.intermediate.forward(&x));

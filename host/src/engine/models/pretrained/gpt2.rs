@@ -6,7 +6,7 @@
 use tch::{nn, Tensor};
 
 use super::config::{Common, Gpt2Config};
-use super::layers::{activate, attend, attention_mask, last_token, merge_heads, pick_rows, split_heads};
+use super::layers::{activate, attend, last_token, merge_heads, pick_rows, split_heads, Mask};
 use super::layers::{Conv1D, Embedding, LayerNorm, Linear};
 use super::params::{Need, ParamSource};
 use super::Head;
@@ -86,15 +86,15 @@ impl Gpt2 {
     }
 
     pub fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
-        let (b, t) = ids.size2().expect("[batch, time]");
+        let t = ids.size()[1];
         let positions = Tensor::arange(t, (tch::Kind::Int64, ids.device()));
         let mut x = (self.wte.forward(ids) + self.wpe.forward(&positions)).dropout(self.embd_pdrop, train);
-        let mask = attention_mask(mask, b, t, true, ids.device());
+        let mask = Mask::new(mask, true);
         let attn_dropout = if train { self.attn_pdrop } else { 0.0 };
         for block in &self.blocks {
             let qkv = block.c_attn.forward(&block.ln_1.forward(&x)).split(self.width, 2);
             let [q, k, v] = [0, 1, 2].map(|i| split_heads(&qkv[i], self.head_dim));
-            let out = attend(&q, &k, &v, mask.as_ref(), attn_dropout, block.scale);
+            let out = attend(&q, &k, &v, &mask, attn_dropout, block.scale, 1);
             x = &x + block.attn_proj.forward(&merge_heads(&out)).dropout(self.resid_pdrop, train);
             let hidden = activate(&self.act, &block.c_fc.forward(&block.ln_2.forward(&x)));
             x = &x + block.mlp_proj.forward(&hidden).dropout(self.resid_pdrop, train);

@@ -122,33 +122,54 @@ pub fn activate(name: &str, x: &Tensor) -> Tensor {
     }
 }
 
-/// The attention mask for SDPA, [B, 1, T, T] (true: may attend): padding keys hidden
-/// (`mask` [B, T], 1 for real tokens) and, when `causal`, later positions too. A row with
-/// no key left (a padding query before any real token) may attend to every key, as
-/// transformers does, so that it gives numbers rather than NaN (its output is unused).
-pub fn attention_mask(
-    mask: Option<&Tensor>,
-    batch: i64,
-    length: i64,
-    causal: bool,
-    device: tch::Device,
-) -> Option<Tensor> {
-    let keys = mask.map(|m| m.ne(0).view([batch, 1, 1, length]));
-    let causal =
-        causal.then(|| Tensor::ones([length, length], (Kind::Bool, device)).tril(0).view([1, 1, length, length]));
-    let combined = match (keys, causal) {
-        (Some(keys), Some(causal)) => keys.logical_and(&causal),
-        (Some(keys), None) => keys.expand([batch, 1, length, length], false),
-        (None, Some(causal)) => return Some(causal),
-        (None, None) => return None,
-    };
-    let empty = combined.any_dim(-1, true).logical_not();
-    Some(combined.logical_or(&empty))
+/// Which keys each query may attend to, in the form SDPA runs fastest with.
+#[derive(Debug)]
+pub enum Mask {
+    /// Every key (no padding, bidirectional).
+    All,
+    /// Keys up to the query's position (no padding): SDPA's `is_causal`, which its fused
+    /// kernels take.
+    Causal,
+    /// [B, 1, T, T], true where a query may attend to a key.
+    Explicit(Tensor),
 }
 
-/// Scaled dot-product attention over [B, H, T, D] queries, keys and values.
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, dropout: f64, scale: f64) -> Tensor {
-    Tensor::scaled_dot_product_attention(q, k, v, mask, dropout, false, Some(scale), false)
+impl Mask {
+    /// The mask for a batch: padding keys hidden (`mask` [B, T], 1 for real tokens) and,
+    /// when `causal`, later positions too. As transformers, a batch without padding gets
+    /// no mask tensor at all. A row with no key left (a padding query before any real
+    /// token) may attend to every key, so that it gives numbers rather than NaN (its
+    /// output is never used).
+    pub fn new(mask: Option<&Tensor>, causal: bool) -> Self {
+        let Some(mask) = mask.filter(|m| m.eq_tensor(&m.zeros_like()).any().int64_value(&[]) != 0) else {
+            return if causal { Mask::Causal } else { Mask::All };
+        };
+        let (batch, length) = mask.size2().expect("[batch, time]");
+        let keys = mask.ne(0).view([batch, 1, 1, length]);
+        let combined = if causal {
+            let causal = Tensor::ones([length, length], (Kind::Bool, mask.device())).tril(0);
+            keys.logical_and(&causal.view([1, 1, length, length]))
+        } else {
+            keys.expand([batch, 1, length, length], false)
+        };
+        let empty = combined.any_dim(-1, true).logical_not();
+        Mask::Explicit(combined.logical_or(&empty))
+    }
+}
+
+/// Scaled dot-product attention over [B, H, T, D] queries and [B, H / groups, T, D] keys
+/// and values (grouped-query attention when `groups` > 1).
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Mask, dropout: f64, scale: f64, groups: i64) -> Tensor {
+    match mask {
+        Mask::Explicit(mask) => {
+            let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
+            Tensor::scaled_dot_product_attention(q, &k, &v, Some(mask), dropout, false, Some(scale), false)
+        }
+        Mask::Causal | Mask::All => {
+            let causal = matches!(mask, Mask::Causal);
+            Tensor::scaled_dot_product_attention::<&Tensor>(q, k, v, None, dropout, causal, Some(scale), groups > 1)
+        }
+    }
 }
 
 /// [B, T, H*D] -> [B, H, T, D].
@@ -164,7 +185,7 @@ pub fn merge_heads(x: &Tensor) -> Tensor {
 }
 
 /// Each key/value head repeated for the query heads that share it (grouped-query attention).
-pub fn repeat_kv(x: &Tensor, times: i64) -> Tensor {
+fn repeat_kv(x: &Tensor, times: i64) -> Tensor {
     if times == 1 {
         return x.shallow_clone();
     }

@@ -236,6 +236,7 @@ impl Plan {
             Family::Gpt2(_) => "transformer",
             Family::Encoder(_) => folder.model_type(),
         };
+        let started = std::time::Instant::now();
         let source = params::ParamSource::new(&self.weights, prefix, folder.common.initializer_range);
         let shown = folder.dir.display().to_string();
         let net = match &folder.family {
@@ -254,6 +255,12 @@ impl Plan {
         };
         let report = source.finish(&format!("{ARGUMENT} {shown}"))?;
         let class = export::class_name(folder.model_type(), &self.head);
+        tracing::info!(
+            "loaded {shown} as {class}: {} parameters in {} in {:.2} s",
+            self.parameter_count(),
+            export::dtype_name(self.kind),
+            started.elapsed().as_secs_f64()
+        );
         if !report.unused.is_empty() {
             tracing::warn!(
                 "Some weights of the model checkpoint at {shown} were not used when initializing {class}: {:?}",
