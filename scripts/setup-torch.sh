@@ -28,8 +28,9 @@ fi
 
 # The pretrained-model tests make tiny random models with transformers itself and check
 # the host's logits, training steps, saved folders and generations against it (transformers'
-# Trainer needs accelerate). Pinned: the ports follow these versions' modelling code.
-TRANSFORMERS_PINS="transformers==5.24.0 tokenizers==0.23.3 accelerate==1.15.0"
+# Trainer needs accelerate), and the LoRA tests check adapters against PEFT's. Pinned: the
+# ports follow these versions' modelling code and file formats.
+TRANSFORMERS_PINS="transformers==5.24.0 tokenizers==0.23.3 accelerate==1.15.0 peft==0.21.2"
 if ! "$VENV/bin/python" -c "
 import importlib.metadata as m, sys
 want = dict(p.split('==') for p in '$TRANSFORMERS_PINS'.split())

@@ -14,6 +14,7 @@ mod example_plugin;
 mod faults;
 mod fidelity;
 mod fuzz;
+mod lora;
 mod models;
 mod pretrained;
 mod stock_plugins;

@@ -98,6 +98,7 @@ fn log_components(device: &str, components: &Components) {
 /// the metrics went.
 fn save_results(trainer: &mut Trainer, outcome: &Outcome, output_dir: &Path) -> Result<std::path::PathBuf> {
     trainer.save_model(output_dir)?;
+    trainer.save_merged()?;
     let (state, _) = trainer.trainer_state_record()?;
     let state = serde_json::to_string_pretty(&serde_json::to_value(state)?)? + "\n";
     write_text_atomically(&output_dir.join("trainer_state.json"), &state)?;

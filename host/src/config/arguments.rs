@@ -219,6 +219,36 @@ training_arguments! {
     /// The dtype of a pretrained model's parameters: auto (config.json's), float32,
     /// bfloat16 or float16.
     torch_dtype: String = "auto".to_owned(), flag String;
+    /// Train a LoRA adapter (PEFT's format) on the frozen pretrained model instead of
+    /// every weight (TRL's name). An adapter folder as model_name_or_path implies it.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    use_peft: bool = false, flag bool;
+    /// LoRA rank r: lora_A is [r, in], lora_B [out, r].
+    lora_r: i64 = 16, flag i64;
+    /// LoRA alpha: the adapter's output is scaled by alpha / r (alpha / sqrt(r) with use_rslora).
+    lora_alpha: f64 = 32.0, flag f64;
+    /// Dropout on the adapter's input (training only).
+    lora_dropout: f64 = 0.05, flag f64;
+    /// The linear layers that get an adapter: module names (q_proj,v_proj), matched as PEFT
+    /// matches them (the whole name or its last parts), or all-linear (every linear layer
+    /// but the output head). Default: the architecture's attention projections, as PEFT.
+    #[arg(value_name = "A,B,...|all-linear")]
+    lora_target_modules: Option<String> = None, flag String;
+    /// Modules trained in full and saved with the adapter (e.g. a new head). A sequence
+    /// classifier's head (score, classifier) is always among them, as PEFT's SEQ_CLS.
+    #[arg(value_name = "A,B,...")]
+    lora_modules_to_save: Option<String> = None, flag String;
+    /// Rank-stabilized LoRA: scale by alpha / sqrt(r).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    use_rslora: bool = false, flag bool;
+    /// After training, also write output_dir/merged: the model with the adapter merged
+    /// into its weights, a full Hugging Face folder.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    merge_lora: bool = false, flag bool;
+    /// Recompute each transformer block's activations in the backward pass instead of
+    /// keeping them (pretrained models): less memory, about a third more compute.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    gradient_checkpointing: bool = false, flag bool;
     /// Width of the hidden layers (mlp, cnn) or of the model (transformer, gpt).
     hidden_size: i64 = 256, flag i64;
     /// Hidden layers (mlp), convolution blocks (cnn) or transformer blocks.
@@ -333,6 +363,24 @@ impl TrainingArguments {
         above_zero("ddp_bucket_cap_mb", self.ddp_bucket_cap_mb)?;
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(InputError::new(format!("dropout must be in [0, 1) (got {})", self.dropout)));
+        }
+        positive("lora_r", self.lora_r)?;
+        above_zero("lora_alpha", self.lora_alpha)?;
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(InputError::new(format!("lora_dropout must be in [0, 1) (got {})", self.lora_dropout)));
+        }
+        if !self.use_peft {
+            let adapter_only = [
+                ("lora_target_modules", self.lora_target_modules.is_some()),
+                ("lora_modules_to_save", self.lora_modules_to_save.is_some()),
+                ("use_rslora", self.use_rslora),
+                ("merge_lora", self.merge_lora),
+            ];
+            if let Some((name, _)) = adapter_only.iter().find(|(_, set)| *set) {
+                return Err(InputError::new(format!(
+                    "{name} is a LoRA setting, but use_peft is off: add --use-peft to train an adapter"
+                )));
+            }
         }
         at_least_zero("warmup_steps", self.warmup_steps)?;
         at_least_zero("eval_delay", self.eval_delay)?;

@@ -7,7 +7,7 @@ pub mod arguments;
 pub(crate) mod layers;
 pub(crate) mod preset;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -16,7 +16,7 @@ use plugin_api::BestMetric;
 use crate::engine::data::{DataSpec, FileOptions};
 use crate::engine::device::DeviceSpec;
 use crate::engine::distributed::{Backend, DistributedSpec};
-use crate::engine::models::pretrained::{self, folder::Folder};
+use crate::engine::models::pretrained::{self, folder::Folder, lora};
 use crate::engine::models::{ModelSpec, Sizes};
 use crate::engine::optim::schedule::ScheduleSpec;
 use crate::engine::optim::{AdamSettings, OptimizerSpec};
@@ -58,6 +58,9 @@ impl ResolvedConfig {
         mut args: TrainingArguments,
         plugins: PluginSelection,
     ) -> Result<Self, crate::error::InputError> {
+        if args.model_name_or_path.as_ref().is_some_and(|d| Path::new(d).join(lora::ADAPTER_CONFIG).is_file()) {
+            args.use_peft = true; // An adapter folder trains its adapter on.
+        }
         args.check_values()?;
         let adam = AdamSettings { beta1: args.adam_beta1, beta2: args.adam_beta2, eps: args.adam_epsilon };
         let optimizer = OptimizerSpec::parse(&args.optim, &args.optim_args, adam)?;
@@ -82,10 +85,26 @@ impl ResolvedConfig {
                     )));
                 }
                 args.model = "pretrained".to_owned();
-                let folder = Folder::open(dir)?;
-                (ModelSpec::pretrained(dir, dtype, sizes), Some(folder))
+                // An adapter's text is read with its base model's tokenizer.
+                let (folder, _adapter) = pretrained::open_folder(dir)?;
+                let training = pretrained::Training {
+                    lora: args.use_peft.then(|| lora_spec(&args)),
+                    gradient_checkpointing: args.gradient_checkpointing,
+                };
+                (ModelSpec::pretrained(dir, dtype, training, sizes), Some(folder))
             }
-            None => (ModelSpec::parse(&args.model, sizes)?, None),
+            None => {
+                for (name, set) in
+                    [("use_peft", args.use_peft), ("gradient_checkpointing", args.gradient_checkpointing)]
+                {
+                    if set {
+                        return Err(crate::error::InputError::new(format!(
+                            "{name} applies to pretrained Hugging Face models: set model_name_or_path to a model folder"
+                        )));
+                    }
+                }
+                (ModelSpec::parse(&args.model, sizes)?, None)
+            }
         };
         let max_shard_bytes = parse_size(&args.save_max_shard_size)
             .map_err(|e| crate::error::InputError::new(format!("save_max_shard_size: {e}")))?;
@@ -150,6 +169,18 @@ impl ResolvedConfig {
             table.insert("plugin_config".to_owned(), components);
         }
         Ok(table)
+    }
+}
+
+/// The LoRA settings the arguments give (TRL's names).
+fn lora_spec(args: &TrainingArguments) -> lora::LoraSpec {
+    lora::LoraSpec {
+        r: args.lora_r,
+        alpha: args.lora_alpha,
+        dropout: args.lora_dropout,
+        targets: args.lora_target_modules.as_deref().map(|t| lora::Targets::parse(Some(t), "")),
+        modules_to_save: args.lora_modules_to_save.as_deref().map(lora::split_list).unwrap_or_default(),
+        rslora: args.use_rslora,
     }
 }
 

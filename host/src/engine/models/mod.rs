@@ -62,6 +62,12 @@ pub trait Model {
         None
     }
 
+    /// With gradient checkpointing: after the loss's backward pass, the backward pass
+    /// through the blocks whose activations the forward pass did not keep.
+    fn backward_blocks(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Whether weight decay applies to parameter `name` (Hugging Face's rule: not to
     /// biases and normalization weights).
     fn decays(&self, name: &str) -> bool {
@@ -90,6 +96,7 @@ pub enum Architecture {
     Pretrained {
         dir: PathBuf,
         dtype: Option<Kind>,
+        training: pretrained::Training,
     },
 }
 
@@ -165,8 +172,8 @@ impl ModelSpec {
 
     /// The pretrained model in folder `dir` (model_name_or_path, opened by the caller); its
     /// parameters in `dtype` (None: config.json's).
-    pub fn pretrained(dir: &str, dtype: Option<Kind>, sizes: Sizes) -> Self {
-        Self { architecture: Architecture::Pretrained { dir: PathBuf::from(dir), dtype }, sizes }
+    pub fn pretrained(dir: &str, dtype: Option<Kind>, training: pretrained::Training, sizes: Sizes) -> Self {
+        Self { architecture: Architecture::Pretrained { dir: PathBuf::from(dir), dtype, training }, sizes }
     }
 
     /// The name the arguments give it.
@@ -220,8 +227,8 @@ pub fn plan(spec: &ModelSpec, train: &Dataset, eval: &Dataset) -> Result<ModelPl
     };
     let shape = match &spec.architecture {
         Architecture::TorchScript(_) => PlanShape::TorchScript,
-        Architecture::Pretrained { dir, dtype } => {
-            PlanShape::Pretrained(Box::new(pretrained::plan(dir, *dtype, sizes, train, eval)?))
+        Architecture::Pretrained { dir, dtype, training } => {
+            PlanShape::Pretrained(Box::new(pretrained::plan(dir, *dtype, training, sizes, train, eval)?))
         }
         Architecture::Mlp | Architecture::Cnn => {
             let num_labels = classes(sizes, train, eval)?;
@@ -292,6 +299,14 @@ impl ModelPlan {
     pub fn export(&self) -> Option<pretrained::Export> {
         match &self.shape {
             PlanShape::Pretrained(plan) => Some(plan.export()),
+            _ => None,
+        }
+    }
+
+    /// The adapter folder whose weights the built model starts from.
+    pub fn adapter_dir(&self) -> Option<&std::path::Path> {
+        match &self.shape {
+            PlanShape::Pretrained(plan) => plan.adapter_dir(),
             _ => None,
         }
     }

@@ -35,7 +35,11 @@ impl DataParallel {
         // Three slots ride along each all-reduce: whether a rank got SIGINT or SIGTERM, and
         // whether its loss was not finite.
         let mut buckets = GradientBuckets::new(&tensors, config.distributed.bucket_cap_bytes, 3)?;
-        buckets.overlap_with_backward(&tensors, &group)?;
+        // With gradient checkpointing the backward pass runs block by block, and a tied
+        // weight's gradient arrives in two parts: the buckets all-reduce after it instead.
+        if !config.args.gradient_checkpointing {
+            buckets.overlap_with_backward(&tensors, &group)?;
+        }
         Ok(Self { group, buckets, agreed_signal: 0, any_loss_nonfinite: false })
     }
 

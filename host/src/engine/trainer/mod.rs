@@ -25,7 +25,7 @@ use crate::engine::callbacks::{CallbackHandler, Event};
 use crate::engine::checkpoint::{self, records::Records};
 use crate::engine::data::{self, Dataset};
 use crate::engine::distributed::Distributed;
-use crate::engine::models::pretrained::Export;
+use crate::engine::models::pretrained::{lora, Export};
 use crate::engine::models::{self, Model, Task};
 use crate::engine::optim::schedule::Scheduler;
 use crate::engine::optim::{self, Optimizer, Param};
@@ -125,6 +125,10 @@ impl Trainer {
         if let Some(path) = &config.args.init_weights {
             crate::engine::weights::load_into(&vars, Path::new(path), "init_weights")?;
         }
+        if let Some(dir) = plan.adapter_dir() {
+            lora::load_adapter(&vars, dir, "model_name_or_path")?;
+        }
+        log_trainable(&vars);
         let optimizer = build_optimizer(&config, &vars, net.as_ref());
         let export = plan.export();
         let dist =
@@ -243,19 +247,77 @@ impl Trainer {
     }
 
     /// Writes the weights (model.safetensors, or shards above save_max_shard_size) and,
-    /// for a pretrained model, config.json and the tokenizer's files. Returns the files.
+    /// for a pretrained model, config.json and the tokenizer's files; for a LoRA run,
+    /// the adapter as PEFT saves it. Returns the files.
     fn write_model_files(&self, sink: &mut dyn weights::FileSink) -> Result<Vec<String>> {
-        let tensors = weights::named_tensors(&self.model.vars);
-        let mut written = weights::write_model(&tensors, self.config.max_shard_bytes, sink)?;
+        let mut written = match self.adapter() {
+            Some(_) => {
+                let tensors = lora::adapter_tensors(&self.model.vars);
+                sink.write_file(lora::ADAPTER_WEIGHTS, &mut |path| weights::write::write_file(&tensors, path))?;
+                vec![lora::ADAPTER_WEIGHTS.to_owned()]
+            }
+            None => {
+                let tensors = weights::named_tensors(&self.model.vars);
+                weights::write_model(&tensors, self.config.max_shard_bytes, sink)?
+            }
+        };
         if let Some(export) = &self.model.export {
             written.extend(export.write(sink)?);
         }
         Ok(written)
     }
 
+    /// A LoRA run's adapter config.
+    fn adapter(&self) -> Option<&lora::AdapterConfig> {
+        self.model.export.as_ref().and_then(Export::adapter)
+    }
+
+    /// Reads a checkpoint's (or the best model's) weights: the model's, or a LoRA run's
+    /// adapter. `what` names the argument in errors.
+    fn load_weights(&self, dir: &Path, what: &str) -> Result<()> {
+        match self.adapter() {
+            Some(_) => Ok(lora::load_adapter(&self.model.vars, dir, what)?),
+            None => weights::load_into(&self.model.vars, dir, what),
+        }
+    }
+
+    /// With merge_lora: writes output_dir/merged, the model with the adapter merged in, a
+    /// full Hugging Face folder (PEFT's merge_and_unload, then save_pretrained).
+    pub fn save_merged(&self) -> Result<()> {
+        let (Some(adapter), Some(export)) = (self.adapter(), &self.model.export) else { return Ok(()) };
+        if !self.config.args.merge_lora {
+            return Ok(());
+        }
+        let dir = self.output_dir().join("merged");
+        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        let tensors =
+            lora::merged_tensors(&self.model.vars, adapter).map_err(|e| anyhow::anyhow!("merge_lora: {e}"))?;
+        let mut folder = weights::AtomicFolder { dir: dir.clone() };
+        let mut written = weights::write_model(&tensors, self.config.max_shard_bytes, &mut folder)?;
+        written.extend(export.write_full(&mut folder)?);
+        folder.remove_stale_weights(&written)?;
+        tracing::info!("merge_lora: wrote {} (the adapter merged into the base weights)", dir.display());
+        Ok(())
+    }
+
     /// The gradients of the parameters the last backward pass reached.
     fn gradients(&self) -> Vec<Tensor> {
         self.optimizer.params().iter().map(|p| p.tensor.grad()).filter(Tensor::defined).collect()
+    }
+}
+
+/// As PEFT's print_trainable_parameters, when some parameters are frozen.
+fn log_trainable(vars: &nn::VarStore) {
+    let (mut trainable, mut all) = (0i64, 0i64);
+    for tensor in vars.variables().values() {
+        all += tensor.numel() as i64;
+        if tensor.requires_grad() {
+            trainable += tensor.numel() as i64;
+        }
+    }
+    if trainable < all {
+        let share = 100.0 * trainable as f64 / all.max(1) as f64;
+        tracing::info!("trainable params: {trainable} || all params: {all} || trainable%: {share:.4}");
     }
 }
 
@@ -278,8 +340,10 @@ fn model_size_note(config: &ResolvedConfig) -> String {
 /// The optimizer the configuration asks for, over the model's parameters (sorted by name),
 /// with weight decay where Hugging Face applies it.
 fn build_optimizer(config: &ResolvedConfig, vars: &nn::VarStore, net: &dyn Model) -> Box<dyn Optimizer> {
+    // Frozen parameters (a LoRA run's base model) get no gradient and no optimizer state.
     let params = weights::named_tensors(vars)
         .into_iter()
+        .filter(|(_, tensor)| tensor.requires_grad())
         .map(|(name, tensor)| {
             let weight_decay = if net.decays(&name) { config.args.weight_decay } else { 0.0 };
             Param { name, tensor, weight_decay }

@@ -16,8 +16,9 @@ use crate::engine::checkpoint::records::{
 };
 use crate::engine::checkpoint::{self, Writer};
 use crate::engine::device::{device_name, device_named};
+use crate::engine::models::pretrained::lora;
 use crate::engine::optim::{OptimizerKind, OptimizerState};
-use crate::engine::{progress_bar, rng, weights};
+use crate::engine::{progress_bar, rng};
 use crate::error::{InputError, Interrupted};
 
 /// The checkpoint file of a rank's random generator states. As HF: rng_state.pth alone,
@@ -148,7 +149,7 @@ impl Trainer {
             (dir, None)
         };
         // The weights first: a checkpoint of another model is named as such.
-        weights::load_into(&self.model.vars, &dir, "resume_from_checkpoint")?;
+        self.load_weights(&dir, "resume_from_checkpoint")?;
         let records = match records {
             Some(records) => records,
             None => {
@@ -182,7 +183,7 @@ impl Trainer {
             std::fs::read_to_string(output.join("trainer_state.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
         let state_step = state.as_ref().and_then(|s| s["global_step"].as_i64());
         state_step == Some(step)
-            && output.join("model.safetensors").is_file()
+            && (output.join("model.safetensors").is_file() || output.join(lora::ADAPTER_WEIGHTS).is_file())
             && output.join("all_results.json").is_file()
     }
 
@@ -307,7 +308,7 @@ impl Trainer {
         }
         if let Some(best) = best {
             tracing::info!("loading the best model from {best} (score: {:?})", self.run.state.best_metric);
-            weights::load_into(&self.model.vars, Path::new(&best), "load_best_model_at_end")?;
+            self.load_weights(Path::new(&best), "load_best_model_at_end")?;
         }
         self.share_rank_zero_weights()
     }

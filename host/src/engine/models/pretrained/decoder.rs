@@ -7,6 +7,7 @@ use std::f64::consts::PI;
 
 use tch::{nn, Device, Kind, Tensor};
 
+use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, DecoderConfig, Rope, RopeScaling};
 use super::layers::{activate, attend, last_token, merge_heads, pick_rows, split_heads, Mask};
 use super::layers::{Embedding, Linear, RmsNorm};
@@ -42,8 +43,8 @@ pub struct Decoder {
     embed_tokens: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    /// The language-model head's weight [vocab, hidden] (the embedding's when tied).
-    lm_head: Option<Tensor>,
+    /// The language-model head [vocab, hidden] (the embedding's weight when tied).
+    lm_head: Option<Linear>,
     score: Option<Linear>,
     inv_freq: Tensor,
     heads: i64,
@@ -53,6 +54,7 @@ pub struct Decoder {
     attention_dropout: f64,
     /// The token the classifier's "last token" rule skips.
     pad: Option<i64>,
+    recompute: Recompute,
 }
 
 impl Decoder {
@@ -63,6 +65,7 @@ impl Decoder {
         common: &Common,
         config: &DecoderConfig,
         head: &Head,
+        checkpointing: bool,
     ) -> Result<Self, String> {
         let base = root / "model";
         let (hidden, heads, kv_heads, head_dim) =
@@ -104,10 +107,10 @@ impl Decoder {
             Embedding::new(src, &(&base / "embed_tokens"), common.vocab_size, hidden, common.pad_token_id);
         let norm = RmsNorm::new(src, &(&base / "norm"), hidden, config.rms_norm_eps);
         let (lm_head, score, pad) = match head {
-            Head::CausalLm if config.tie_word_embeddings => (Some(embed_tokens.weight.shallow_clone()), None, None),
+            Head::CausalLm if config.tie_word_embeddings => (Some(Linear::tied(&embed_tokens.weight)), None, None),
             Head::CausalLm => {
                 let head = Linear::new(src, &(root / "lm_head"), hidden, common.vocab_size, false, Need::Head);
-                (Some(head.weight), None, None)
+                (Some(head), None, None)
             }
             Head::SequenceClassification { num_labels, pad } => {
                 (None, Some(Linear::new(src, &(root / "score"), hidden, *num_labels, false, Need::Head)), *pad)
@@ -126,42 +129,57 @@ impl Decoder {
             act: config.hidden_act.clone(),
             attention_dropout: config.attention_dropout,
             pad,
+            recompute: Recompute::new(checkpointing),
         })
     }
 
     /// The last hidden states [B, T, hidden] for token ids [B, T].
     fn hidden(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let t = ids.size()[1];
-        let mut x = self.embed_tokens.forward(ids);
-        let (cos, sin) = rotary(&self.inv_freq, t, x.kind());
-        let mask = Mask::new(mask, true);
-        let dropout = if train { self.attention_dropout } else { 0.0 };
-        let scale = (self.head_dim as f64).powf(-0.5);
-        for layer in &self.layers {
-            let h = layer.input_layernorm.forward(&x);
-            let attn = &layer.self_attn;
-            let q = apply_rotary(&split_heads(&attn.q_proj.forward(&h), self.head_dim), &cos, &sin);
-            let k = apply_rotary(&split_heads(&attn.k_proj.forward(&h), self.head_dim), &cos, &sin);
-            let v = split_heads(&attn.v_proj.forward(&h), self.head_dim);
-            let groups = self.heads / self.kv_heads;
-            let out = attend(&q, &k, &v, &mask, dropout, scale, groups);
-            x = &x + attn.o_proj.forward(&merge_heads(&out));
-            let h = layer.post_attention_layernorm.forward(&x);
-            let mlp = &layer.mlp;
-            let gated = activate(&self.act, &mlp.gate_proj.forward(&h)) * mlp.up_proj.forward(&h);
-            x = &x + mlp.down_proj.forward(&gated);
-        }
-        self.norm.forward(&x)
+        let x = self.embed_tokens.forward(ids);
+        let rotary = Some(rotary(&self.inv_freq, t, x.kind()));
+        let context = Context { mask: Mask::new(mask, true), rotary, train };
+        self.norm.forward(&self.recompute.run(self, x, context))
     }
 
     /// The head's logits: [B, T, vocab] for a language model, [B, labels] for a classifier.
     pub fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let hidden = self.hidden(ids, mask, train);
         match (&self.lm_head, &self.score) {
-            (Some(weight), _) => hidden.linear::<&Tensor>(weight, None),
-            (None, Some(score)) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad))),
+            (Some(head), _) => head.forward(&hidden, train),
+            (None, Some(score)) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad)), train),
             (None, None) => unreachable!("a decoder has a head"),
         }
+    }
+
+    /// With gradient checkpointing: the backward pass through the blocks.
+    pub fn backward_blocks(&self) -> anyhow::Result<()> {
+        self.recompute.backward(self)
+    }
+}
+
+impl Blocks for Decoder {
+    fn count(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn block(&self, index: usize, x: &Tensor, context: &Context) -> Tensor {
+        let layer = &self.layers[index];
+        let train = context.train;
+        let (cos, sin) = context.rotary.as_ref().expect("decoders have rotary positions");
+        let dropout = if train { self.attention_dropout } else { 0.0 };
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let h = layer.input_layernorm.forward(x);
+        let attn = &layer.self_attn;
+        let q = apply_rotary(&split_heads(&attn.q_proj.forward(&h, train), self.head_dim), cos, sin);
+        let k = apply_rotary(&split_heads(&attn.k_proj.forward(&h, train), self.head_dim), cos, sin);
+        let v = split_heads(&attn.v_proj.forward(&h, train), self.head_dim);
+        let out = attend(&q, &k, &v, &context.mask, dropout, scale, self.heads / self.kv_heads);
+        let x = x + attn.o_proj.forward(&merge_heads(&out), train);
+        let h = layer.post_attention_layernorm.forward(&x);
+        let mlp = &layer.mlp;
+        let gated = activate(&self.act, &mlp.gate_proj.forward(&h, train)) * mlp.up_proj.forward(&h, train);
+        x + mlp.down_proj.forward(&gated, train)
     }
 }
 

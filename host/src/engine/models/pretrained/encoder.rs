@@ -6,6 +6,7 @@
 
 use tch::{nn, Kind, Tensor};
 
+use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, EncoderConfig};
 use super::layers::{activate, attend, merge_heads, split_heads, Mask};
 use super::layers::{Embedding, LayerNorm, Linear};
@@ -47,6 +48,7 @@ pub struct Encoder {
     hidden_dropout: f64,
     attention_dropout: f64,
     classifier_dropout: f64,
+    recompute: Recompute,
 }
 
 impl Encoder {
@@ -57,6 +59,7 @@ impl Encoder {
         common: &Common,
         config: &EncoderConfig,
         num_labels: i64,
+        checkpointing: bool,
     ) -> Self {
         let base = root / if roberta { "roberta" } else { "bert" };
         let hidden = config.hidden_size;
@@ -126,6 +129,7 @@ impl Encoder {
             hidden_dropout: config.hidden_dropout_prob,
             attention_dropout: config.attention_probs_dropout_prob,
             classifier_dropout: config.classifier_dropout.unwrap_or(config.hidden_dropout_prob),
+            recompute: Recompute::new(checkpointing),
         }
     }
 
@@ -149,30 +153,44 @@ impl Encoder {
         let embedded = self.word_embeddings.forward(ids)
             + self.token_type_embeddings.forward(&types)
             + self.position_embeddings.forward(&self.positions(ids));
-        let mut x = self.embeddings_norm.forward(&embedded).dropout(self.hidden_dropout, train);
-        let mask = Mask::new(mask, false);
-        let attention_dropout = if train { self.attention_dropout } else { 0.0 };
-        let scale = (self.head_dim as f64).powf(-0.5);
-        for layer in &self.layers {
-            let [q, k, v] =
-                [&layer.query, &layer.key, &layer.value].map(|l| split_heads(&l.forward(&x), self.head_dim));
-            let attended = merge_heads(&attend(&q, &k, &v, &mask, attention_dropout, scale, 1));
-            let projected = layer.attention_dense.forward(&attended).dropout(self.hidden_dropout, train);
-            x = layer.attention_norm.forward(&(projected + &x));
-            let inner = activate(&self.act, &layer.intermediate.forward(&x));
-            let out = layer.output_dense.forward(&inner).dropout(self.hidden_dropout, train);
-            x = layer.output_norm.forward(&(out + &x));
-        }
+        let x = self.embeddings_norm.forward(&embedded).dropout(self.hidden_dropout, train);
+        let context = Context { mask: Mask::new(mask, false), rotary: None, train };
+        let x = self.recompute.run(self, x, context);
         let first = x.select(1, 0);
         match &self.classifier {
             Classifier::Pooled { pooler, classifier } => {
-                let pooled = pooler.forward(&first).tanh();
-                classifier.forward(&pooled.dropout(self.classifier_dropout, train))
+                let pooled = pooler.forward(&first, train).tanh();
+                classifier.forward(&pooled.dropout(self.classifier_dropout, train), train)
             }
             Classifier::Head { dense, out_proj } => {
-                let h = dense.forward(&first.dropout(self.classifier_dropout, train)).tanh();
-                out_proj.forward(&h.dropout(self.classifier_dropout, train))
+                let h = dense.forward(&first.dropout(self.classifier_dropout, train), train).tanh();
+                out_proj.forward(&h.dropout(self.classifier_dropout, train), train)
             }
         }
+    }
+
+    /// With gradient checkpointing: the backward pass through the blocks.
+    pub fn backward_blocks(&self) -> anyhow::Result<()> {
+        self.recompute.backward(self)
+    }
+}
+
+impl Blocks for Encoder {
+    fn count(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn block(&self, index: usize, x: &Tensor, context: &Context) -> Tensor {
+        let (layer, train) = (&self.layers[index], context.train);
+        let attention_dropout = if train { self.attention_dropout } else { 0.0 };
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let [q, k, v] =
+            [&layer.query, &layer.key, &layer.value].map(|l| split_heads(&l.forward(x, train), self.head_dim));
+        let attended = merge_heads(&attend(&q, &k, &v, &context.mask, attention_dropout, scale, 1));
+        let projected = layer.attention_dense.forward(&attended, train).dropout(self.hidden_dropout, train);
+        let x = layer.attention_norm.forward(&(projected + x));
+        let inner = activate(&self.act, &layer.intermediate.forward(&x, train));
+        let out = layer.output_dense.forward(&inner, train).dropout(self.hidden_dropout, train);
+        layer.output_norm.forward(&(out + &x))
     }
 }

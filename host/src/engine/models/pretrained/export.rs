@@ -9,6 +9,7 @@ use serde_json::Value;
 use tch::Kind;
 
 use super::folder::{Folder, COMPANION_FILES};
+use super::lora::{AdapterConfig, ADAPTER_CONFIG};
 use super::Head;
 use crate::engine::weights::FileSink;
 
@@ -19,6 +20,8 @@ pub struct Export {
     config: Value,
     /// The folder whose tokenizer and generation files are copied.
     source: PathBuf,
+    /// A LoRA run saves its adapter (adapter_config.json) rather than the model.
+    adapter: Option<AdapterConfig>,
 }
 
 /// The transformers class of a model type with a head.
@@ -77,14 +80,37 @@ impl Export {
                 }
             }
         }
-        Self { config, source: folder.dir.clone() }
+        Self { config, source: folder.dir.clone(), adapter: None }
     }
 
-    /// Writes config.json and copies the companion files the source folder has.
+    pub fn with_adapter(mut self, adapter: Option<AdapterConfig>) -> Self {
+        self.adapter = adapter;
+        self
+    }
+
+    /// A LoRA run's adapter config.
+    pub fn adapter(&self) -> Option<&AdapterConfig> {
+        self.adapter.as_ref()
+    }
+
+    /// Writes config.json (adapter_config.json for a LoRA run, as PEFT's save_pretrained)
+    /// and copies the companion files the source folder has.
     pub fn write(&self, sink: &mut dyn FileSink) -> Result<Vec<String>> {
-        let text = serde_json::to_string_pretty(&self.config)? + "\n";
-        sink.write_file("config.json", &mut |path| Ok(std::fs::write(path, &text)?))?;
-        let mut written = vec!["config.json".to_owned()];
+        match &self.adapter {
+            Some(adapter) => self.write_with(sink, ADAPTER_CONFIG, &serde_json::to_value(adapter)?),
+            None => self.write_with(sink, "config.json", &self.config),
+        }
+    }
+
+    /// Writes config.json of the whole model (a merged LoRA run too) and the companions.
+    pub fn write_full(&self, sink: &mut dyn FileSink) -> Result<Vec<String>> {
+        self.write_with(sink, "config.json", &self.config)
+    }
+
+    fn write_with(&self, sink: &mut dyn FileSink, name: &str, config: &Value) -> Result<Vec<String>> {
+        let text = serde_json::to_string_pretty(config)? + "\n";
+        sink.write_file(name, &mut |path| Ok(std::fs::write(path, &text)?))?;
+        let mut written = vec![name.to_owned()];
         for name in COMPANION_FILES {
             let from = self.source.join(name);
             if from.is_file() {

@@ -5,6 +5,7 @@
 
 use tch::{nn, Tensor};
 
+use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, Gpt2Config};
 use super::layers::{activate, attend, last_token, merge_heads, pick_rows, split_heads, Mask};
 use super::layers::{Conv1D, Embedding, LayerNorm, Linear};
@@ -36,10 +37,18 @@ pub struct Gpt2 {
     embd_pdrop: f64,
     attn_pdrop: f64,
     pad: Option<i64>,
+    recompute: Recompute,
 }
 
 impl Gpt2 {
-    pub fn new(src: &ParamSource, root: &nn::Path, common: &Common, config: &Gpt2Config, head: &Head) -> Self {
+    pub fn new(
+        src: &ParamSource,
+        root: &nn::Path,
+        common: &Common,
+        config: &Gpt2Config,
+        head: &Head,
+        checkpointing: bool,
+    ) -> Self {
         let base = root / "transformer";
         let width = config.n_embd;
         let inner = config.n_inner.unwrap_or(4 * width);
@@ -82,27 +91,41 @@ impl Gpt2 {
             embd_pdrop: config.embd_pdrop,
             attn_pdrop: config.attn_pdrop,
             pad,
+            recompute: Recompute::new(checkpointing),
         }
     }
 
     pub fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let t = ids.size()[1];
         let positions = Tensor::arange(t, (tch::Kind::Int64, ids.device()));
-        let mut x = (self.wte.forward(ids) + self.wpe.forward(&positions)).dropout(self.embd_pdrop, train);
-        let mask = Mask::new(mask, true);
-        let attn_dropout = if train { self.attn_pdrop } else { 0.0 };
-        for block in &self.blocks {
-            let qkv = block.c_attn.forward(&block.ln_1.forward(&x)).split(self.width, 2);
-            let [q, k, v] = [0, 1, 2].map(|i| split_heads(&qkv[i], self.head_dim));
-            let out = attend(&q, &k, &v, &mask, attn_dropout, block.scale, 1);
-            x = &x + block.attn_proj.forward(&merge_heads(&out)).dropout(self.resid_pdrop, train);
-            let hidden = activate(&self.act, &block.c_fc.forward(&block.ln_2.forward(&x)));
-            x = &x + block.mlp_proj.forward(&hidden).dropout(self.resid_pdrop, train);
-        }
-        let hidden = self.ln_f.forward(&x);
+        let x = (self.wte.forward(ids) + self.wpe.forward(&positions)).dropout(self.embd_pdrop, train);
+        let context = Context { mask: Mask::new(mask, true), rotary: None, train };
+        let hidden = self.ln_f.forward(&self.recompute.run(self, x, context));
         match &self.score {
             None => hidden.linear::<&Tensor>(&self.wte.weight, None),
-            Some(score) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad))),
+            Some(score) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad)), train),
         }
+    }
+
+    /// With gradient checkpointing: the backward pass through the blocks.
+    pub fn backward_blocks(&self) -> anyhow::Result<()> {
+        self.recompute.backward(self)
+    }
+}
+
+impl Blocks for Gpt2 {
+    fn count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn block(&self, index: usize, x: &Tensor, context: &Context) -> Tensor {
+        let (block, train) = (&self.blocks[index], context.train);
+        let attn_dropout = if train { self.attn_pdrop } else { 0.0 };
+        let qkv = block.c_attn.forward(&block.ln_1.forward(x), train).split(self.width, 2);
+        let [q, k, v] = [0, 1, 2].map(|i| split_heads(&qkv[i], self.head_dim));
+        let out = attend(&q, &k, &v, &context.mask, attn_dropout, block.scale, 1);
+        let x = x + block.attn_proj.forward(&merge_heads(&out), train).dropout(self.resid_pdrop, train);
+        let hidden = activate(&self.act, &block.c_fc.forward(&block.ln_2.forward(&x), train));
+        &x + block.mlp_proj.forward(&hidden, train).dropout(self.resid_pdrop, train)
     }
 }

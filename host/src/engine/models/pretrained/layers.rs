@@ -3,6 +3,7 @@
 
 use tch::{nn, Kind, Tensor};
 
+use super::lora::Lora;
 use super::params::{Init, Need, ParamSource};
 
 /// `nn.Linear`: weight [out, in], optional bias; y = x W^T + b.
@@ -10,6 +11,8 @@ use super::params::{Init, Need, ParamSource};
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// A LoRA adapter on the layer.
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
@@ -17,11 +20,22 @@ impl Linear {
         Self {
             weight: src.param(path, "weight", &[outputs, inputs], need, Init::Normal),
             bias: bias.then(|| src.param(path, "bias", &[outputs], need, Init::Zeros)),
+            lora: src.adapter(path, inputs, outputs),
         }
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+    /// A layer over an existing weight (a tied output head), without an adapter.
+    pub fn tied(weight: &Tensor) -> Self {
+        Self { weight: weight.shallow_clone(), bias: None, lora: None }
+    }
+
+    /// `train` enables the adapter's dropout.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.lora {
+            Some(lora) => y + lora.delta(x, train),
+            None => y,
+        }
     }
 }
 
@@ -30,6 +44,8 @@ impl Linear {
 pub struct Conv1D {
     pub weight: Tensor,
     pub bias: Tensor,
+    /// A LoRA adapter (PEFT's fan_in_fan_out: lora_A is [r, in] as for a Linear).
+    pub lora: Option<Lora>,
 }
 
 impl Conv1D {
@@ -37,10 +53,20 @@ impl Conv1D {
         Self {
             weight: src.param(path, "weight", &[inputs, outputs], Need::Required, Init::Normal),
             bias: src.param(path, "bias", &[outputs], Need::Required, Init::Zeros),
+            lora: src.adapter(path, inputs, outputs),
         }
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    /// `train` enables the adapter's dropout.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = self.project(x);
+        match &self.lora {
+            Some(lora) => y + lora.delta(x, train),
+            None => y,
+        }
+    }
+
+    fn project(&self, x: &Tensor) -> Tensor {
         let size = x.size();
         let width = size[size.len() - 1];
         let y = self.bias.addmm(&x.reshape([-1, width]), &self.weight);

@@ -7,6 +7,7 @@
 //! modelling. Parameter names are transformers' own, so weights, checkpoints, callbacks
 //! and weight-decay rules see what PyTorch users see.
 
+mod checkpointing;
 pub mod config;
 mod decoder;
 mod encoder;
@@ -14,8 +15,10 @@ mod export;
 pub mod folder;
 mod gpt2;
 mod layers;
+pub mod lora;
 mod params;
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -28,6 +31,7 @@ use crate::error::InputError;
 use config::Family;
 pub use export::Export;
 use folder::{Folder, ARGUMENT};
+use lora::{AdapterConfig, AdapterFolder, Injector, LoraSpec};
 
 /// The head on the pretrained body.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,23 +64,65 @@ fn saved_kind(common: &config::Common) -> Kind {
     common.saved_dtype().and_then(|name| parse_dtype(name).ok().flatten()).unwrap_or(Kind::Float)
 }
 
+/// How a pretrained model is trained: in full or through LoRA adapters, with or
+/// without gradient checkpointing.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Training {
+    /// LoRA settings (use_peft); an adapter folder's own settings replace them.
+    pub lora: Option<LoraSpec>,
+    pub gradient_checkpointing: bool,
+}
+
 /// A pretrained model ready to build: the folder, its weights' headers, the head.
 pub struct Plan {
     folder: Folder,
     weights: WeightFiles,
     head: Head,
     kind: Kind,
+    training: Training,
+    /// An adapter folder the run starts from (model_name_or_path was one).
+    adapter: Option<AdapterFolder>,
+    /// Filled by `build`: the adapter's config for saving (LoRA runs).
+    adapter_config: RefCell<Option<AdapterConfig>>,
+}
+
+/// Opens model_name_or_path: a model folder, or an adapter folder on top of its base
+/// model's folder.
+pub fn open_folder(spec: &str) -> Result<(Folder, Option<AdapterFolder>), InputError> {
+    match AdapterFolder::open(Path::new(spec), ARGUMENT)? {
+        Some(adapter) => {
+            let base = Folder::open(&adapter.base.display().to_string())
+                .map_err(|e| InputError::new(format!("{ARGUMENT} {spec} is an adapter; its base model: {e}")))?;
+            Ok((base, Some(adapter)))
+        }
+        None => Ok((Folder::open(spec)?, None)),
+    }
 }
 
 /// Checks the folder against the data and decides the head.
 pub fn plan(
     dir: &Path,
     dtype: Option<Kind>,
+    training: &Training,
     sizes: &Sizes,
     train: &Dataset,
     eval: &Dataset,
 ) -> Result<Plan, InputError> {
-    let folder = Folder::open(&dir.display().to_string())?;
+    let (folder, adapter) = open_folder(&dir.display().to_string())?;
+    let mut training = training.clone();
+    if let Some(adapter) = &adapter {
+        let spec = adapter.config.spec().map_err(|e| InputError::new(format!("{}: {e}", adapter.dir.display())))?;
+        tracing::info!(
+            "{ARGUMENT} {} is a LoRA adapter (r {}, alpha {}) on {}: training it on; the lora_* arguments come from its {}",
+            dir.display(),
+            spec.r,
+            spec.alpha,
+            folder.dir.display(),
+            lora::ADAPTER_CONFIG
+        );
+        training.lora = Some(spec);
+    }
+    let dir = folder.dir.clone();
     let shown = dir.display();
     let refuse = |problem: String| InputError::new(format!("{ARGUMENT} {shown}: {problem}"));
     let common = &folder.common;
@@ -89,10 +135,21 @@ pub fn plan(
         }
     }
     check_tokens(&folder, train, eval)?;
-    let weights = WeightFiles::open_folder(dir, ARGUMENT)?;
-    let head = choose_head(&folder, &weights, sizes, train, eval)?;
+    let weights = WeightFiles::open_folder(&dir, ARGUMENT)?;
+    let adapter_head = adapter.as_ref().map(adapter_head_rows).transpose()?.flatten();
+    let head = choose_head(&folder, &weights, adapter_head, sizes, train, eval)?;
     let kind = dtype.unwrap_or_else(|| saved_kind(common));
-    Ok(Plan { folder, weights, head, kind })
+    Ok(Plan { folder, weights, head, kind, training, adapter, adapter_config: RefCell::new(None) })
+}
+
+/// The labels of a classifier head an adapter carries (in its modules_to_save), if any.
+fn adapter_head_rows(adapter: &AdapterFolder) -> Result<Option<i64>, InputError> {
+    let files = WeightFiles::open(&[adapter.dir.join(lora::ADAPTER_WEIGHTS)])
+        .map_err(|e| InputError::new(format!("{ARGUMENT} {}: {e}", adapter.dir.display())))?;
+    let head = ["score.weight", "classifier.weight", "classifier.out_proj.weight"]
+        .iter()
+        .find_map(|name| files.shape(&lora::peft_name(name)));
+    Ok(head.and_then(|shape| shape.first().copied()))
 }
 
 /// A causal language model to generate with (no data to decide the head).
@@ -110,7 +167,8 @@ pub fn plan_generation(dir: &Path, dtype: Option<Kind>) -> Result<Plan, InputErr
     }
     let weights = WeightFiles::open_folder(dir, ARGUMENT)?;
     let kind = dtype.unwrap_or_else(|| saved_kind(&folder.common));
-    Ok(Plan { folder, weights, head: Head::CausalLm, kind })
+    let (training, adapter_config) = (Training::default(), RefCell::new(None));
+    Ok(Plan { folder, weights, head: Head::CausalLm, kind, training, adapter: None, adapter_config })
 }
 
 /// Token ids must be rows of the model's embedding, and the tokenizer the model's.
@@ -144,6 +202,7 @@ fn check_tokens(folder: &Folder, train: &Dataset, eval: &Dataset) -> Result<(), 
 fn choose_head(
     folder: &Folder,
     weights: &WeightFiles,
+    adapter_head: Option<i64>,
     sizes: &Sizes,
     train: &Dataset,
     eval: &Dataset,
@@ -161,9 +220,12 @@ fn choose_head(
     }
     // A classifier head in the checkpoint fixes the number of labels, as config.json's
     // id2label does for a folder saved with one.
-    let head_rows = classifier_weight(folder.model_type())
-        .and_then(|name| weights.shape(name).or_else(|| weights.shape(name.split_once('.').map_or(name, |s| s.1))))
-        .and_then(|shape| shape.first().copied());
+    // An adapter's trained head replaces the base model's.
+    let head_rows = adapter_head.or_else(|| {
+        classifier_weight(folder.model_type())
+            .and_then(|name| weights.shape(name).or_else(|| weights.shape(name.split_once('.').map_or(name, |s| s.1))))
+            .and_then(|shape| shape.first().copied())
+    });
     let saved_labels = head_rows.or_else(|| {
         let architectures = folder.common.architectures.iter().flatten();
         let classifier = architectures.clone().any(|a| a.ends_with("ForSequenceClassification"));
@@ -224,6 +286,12 @@ impl Plan {
             pairs.into_iter().map(|(_, name)| name).collect()
         });
         Export::new(&self.folder, &self.head, self.kind, labels.as_deref())
+            .with_adapter(self.adapter_config.borrow().clone())
+    }
+
+    /// The adapter folder the run starts from, whose weights go into the built model.
+    pub fn adapter_dir(&self) -> Option<&Path> {
+        self.adapter.as_ref().map(|a| a.dir.as_path())
     }
 
     /// Builds the model under `root` (whose var store makes parameters of `kind()`) and
@@ -237,23 +305,45 @@ impl Plan {
             Family::Encoder(_) => folder.model_type(),
         };
         let started = std::time::Instant::now();
-        let source = params::ParamSource::new(&self.weights, prefix, folder.common.initializer_range);
+        let classifier = self.task() == Task::Classification;
+        let injector = self.training.lora.clone().map(|spec| Injector::new(spec, folder.model_type(), classifier));
+        let source =
+            params::ParamSource::new(&self.weights, prefix, folder.common.initializer_range).with_lora(injector);
         let shown = folder.dir.display().to_string();
+        let checkpointing = self.training.gradient_checkpointing;
         let net = match &folder.family {
             Family::Decoder(config) => Net::Decoder(
-                decoder::Decoder::new(&source, root, folder.model_type(), &folder.common, config, &self.head)
-                    .map_err(|e| InputError::new(format!("{ARGUMENT} {shown}: {e}")))?,
+                decoder::Decoder::new(
+                    &source,
+                    root,
+                    folder.model_type(),
+                    &folder.common,
+                    config,
+                    &self.head,
+                    checkpointing,
+                )
+                .map_err(|e| InputError::new(format!("{ARGUMENT} {shown}: {e}")))?,
             ),
-            Family::Gpt2(config) => Net::Gpt2(gpt2::Gpt2::new(&source, root, &folder.common, config, &self.head)),
+            Family::Gpt2(config) => {
+                Net::Gpt2(gpt2::Gpt2::new(&source, root, &folder.common, config, &self.head, checkpointing))
+            }
             Family::Encoder(config) => {
                 let Head::SequenceClassification { num_labels, .. } = self.head else {
                     unreachable!("encoders get a classifier (choose_head)")
                 };
                 let roberta = folder.model_type() == "roberta";
-                Net::Encoder(encoder::Encoder::new(&source, root, roberta, &folder.common, config, num_labels))
+                let common = &folder.common;
+                Net::Encoder(encoder::Encoder::new(&source, root, roberta, common, config, num_labels, checkpointing))
             }
         };
-        let report = source.finish(&format!("{ARGUMENT} {shown}"))?;
+        let mut report = source.finish(&format!("{ARGUMENT} {shown}"))?;
+        if let Some(injector) = report.lora.take() {
+            let task_type = if classifier { "SEQ_CLS" } else { "CAUSAL_LM" };
+            let base = std::fs::canonicalize(&folder.dir).unwrap_or_else(|_| folder.dir.clone());
+            let fan_in_fan_out = matches!(folder.family, Family::Gpt2(_));
+            let config = AdapterConfig::new(&injector, &base.display().to_string(), task_type, fan_in_fan_out);
+            *self.adapter_config.borrow_mut() = Some(config);
+        }
         let class = export::class_name(folder.model_type(), &self.head);
         tracing::info!(
             "loaded {shown} as {class}: {} parameters in {} in {:.2} s",
@@ -369,6 +459,14 @@ impl Model for Pretrained {
             }
             Ok(ids)
         }))
+    }
+
+    fn backward_blocks(&self) -> Result<()> {
+        match &self.net {
+            Net::Decoder(net) => net.backward_blocks(),
+            Net::Gpt2(net) => net.backward_blocks(),
+            Net::Encoder(net) => net.backward_blocks(),
+        }
     }
 
     fn decays(&self, name: &str) -> bool {

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use tch::{nn, Tensor};
 
+use super::lora::{Injector, Lora};
 use crate::engine::weights::WeightFiles;
 use crate::error::InputError;
 
@@ -31,12 +32,14 @@ pub enum Need {
 }
 
 /// What loading found, for the warnings transformers prints.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Report {
     /// Parameters the checkpoint lacked, newly initialized.
     pub fresh: Vec<String>,
     /// Checkpoint tensors the model does not use.
     pub unused: Vec<String>,
+    /// A LoRA run's injector: which layers it adapted.
+    pub lora: Option<Injector>,
 }
 
 /// A checkpoint being matched against a model under construction.
@@ -50,6 +53,8 @@ pub struct ParamSource<'w> {
     fresh: RefCell<Vec<String>>,
     missing: RefCell<Vec<String>>,
     misshaped: RefCell<Vec<String>>,
+    /// A LoRA run: which layers get adapters; every other weight is frozen.
+    lora: Option<Injector>,
 }
 
 /// Tensors saved by some transformers versions that are buffers, not parameters.
@@ -75,7 +80,34 @@ impl<'w> ParamSource<'w> {
             fresh: RefCell::default(),
             missing: RefCell::default(),
             misshaped: RefCell::default(),
+            lora: None,
         }
+    }
+
+    /// Adds LoRA adapters as `injector` decides, freezing the rest.
+    pub fn with_lora(mut self, injector: Option<Injector>) -> Self {
+        self.lora = injector;
+        self
+    }
+
+    /// The adapter of linear layer `path` [outputs, inputs], if LoRA targets it: lora_A
+    /// Kaiming-uniform (a = sqrt(5), PEFT's init: U(-1/sqrt(in), 1/sqrt(in))), lora_B zero,
+    /// both float32 whatever the model's dtype (PEFT's autocast_adapter_dtype).
+    pub fn adapter(&self, path: &nn::Path, inputs: i64, outputs: i64) -> Option<Lora> {
+        let injector = self.lora.as_ref()?;
+        let module = path.path("");
+        let module = module.trim_end_matches('.');
+        if !injector.targets(module) {
+            return None;
+        }
+        let spec = &injector.spec;
+        let options = (tch::Kind::Float, path.device());
+        let bound = 1.0 / (inputs as f64).sqrt();
+        let a = Tensor::empty([spec.r, inputs], options).uniform_(-bound, bound);
+        let b = Tensor::zeros([outputs, spec.r], options);
+        let a = (path / "lora_A").add("weight", a, true);
+        let b = (path / "lora_B").add("weight", b, true);
+        Some(Lora { a, b, scaling: spec.scaling(), dropout: spec.dropout })
     }
 
     /// The checkpoint's name for parameter `full` (transformers' name in the head model),
@@ -95,7 +127,19 @@ impl<'w> ParamSource<'w> {
     /// Parameter `name` of `shape` under `path`.
     pub fn param(&self, path: &nn::Path, name: &str, shape: &[i64], need: Need, init: Init) -> Tensor {
         let full = path.path(name);
-        match self.checkpoint_name(&full) {
+        let tensor = self.make(path, name, &full, shape, need, init);
+        if let Some(injector) = &self.lora {
+            let module = full.rsplit_once('.').map_or("", |(m, _)| m);
+            if !injector.trains(module) {
+                // Frozen: no gradient, so no optimizer state and no place in checkpoints.
+                let _ = tensor.set_requires_grad(false);
+            }
+        }
+        tensor
+    }
+
+    fn make(&self, path: &nn::Path, name: &str, full: &str, shape: &[i64], need: Need, init: Init) -> Tensor {
+        match self.checkpoint_name(full) {
             Some(source) => {
                 let saved = self.weights.shape(&source).unwrap_or_default();
                 if saved != shape {
@@ -115,14 +159,18 @@ impl<'w> ParamSource<'w> {
                     Init::Ones => nn::Init::Const(1.0),
                 };
                 let list = if need == Need::Head { &self.fresh } else { &self.missing };
-                list.borrow_mut().push(full);
+                list.borrow_mut().push(full.to_owned());
                 path.var(name, shape, start)
             }
         }
     }
 
     /// Checks the match and reads the found tensors in. `what` names the folder.
-    pub fn finish(self, what: &str) -> Result<Report, InputError> {
+    pub fn finish(mut self, what: &str) -> Result<Report, InputError> {
+        let lora = self.lora.take();
+        if let Some(injector) = &lora {
+            injector.check().map_err(|e| InputError::new(format!("{what}: {e}")))?;
+        }
         let missing = self.missing.into_inner();
         let misshaped = self.misshaped.into_inner();
         if !missing.is_empty() || !misshaped.is_empty() {
@@ -145,7 +193,7 @@ impl<'w> ParamSource<'w> {
         for (source, tensor) in &found {
             self.weights.read_into(source, tensor).map_err(|e| InputError::new(format!("{what}: {e}")))?;
         }
-        Ok(Report { fresh: self.fresh.into_inner(), unused })
+        Ok(Report { fresh: self.fresh.into_inner(), unused, lora })
     }
 }
 

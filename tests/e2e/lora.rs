@@ -1,0 +1,254 @@
+//! LoRA adapters in PEFT's format and gradient checkpointing, with PEFT as the oracle:
+//! tests/pretrained/peft_oracle.py makes tiny random models and PEFT adapters on them
+//! (nothing downloaded) and the reference training; the host continues PEFT's adapters,
+//! and PEFT loads what the host wrote.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::support::{host, path_str, repo, target_profile_dir, Run};
+
+/// The models, adapters and references, made once for the tests here (they only read them).
+fn work() -> &'static Path {
+    static WORK: OnceLock<PathBuf> = OnceLock::new();
+    WORK.get_or_init(|| {
+        let dir = target_profile_dir().join("peft-oracle");
+        let _ = std::fs::remove_dir_all(&dir);
+        oracle(&["make", path_str(&dir)]);
+        dir
+    })
+}
+
+/// Runs tests/pretrained/peft_oracle.py; its report is the failure message.
+fn oracle(args: &[&str]) -> String {
+    let output = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/pretrained/peft_oracle.py"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .output()
+        .expect("run the venv's python (scripts/setup.sh makes it)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "peft_oracle.py {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// Full-batch steps as the reference takes them; `extra` flags replace these or add to them.
+fn train(model: &Path, data: &str, output: &Path, extra: &[&str]) -> Run {
+    let work = work();
+    let train = work.join(format!("{data}_train.jsonl"));
+    let eval = work.join(format!("{data}_eval.jsonl"));
+    let settings = [
+        ("--model-name-or-path", path_str(model)),
+        ("--train-file", path_str(&train)),
+        ("--eval-file", path_str(&eval)),
+        ("--output-dir", path_str(output)),
+        ("--max-steps", "5"),
+        ("--per-device-train-batch-size", "12"),
+        ("--per-device-eval-batch-size", "16"),
+        ("--learning-rate", "1e-3"),
+        ("--weight-decay", "0.1"),
+        ("--logging-steps", "1"),
+        ("--save-steps", "5"),
+        ("--max-seq-length", "32"),
+        ("--device", "cpu"),
+    ];
+    let mut args: Vec<&str> =
+        settings.iter().filter(|(flag, _)| !extra.contains(flag)).flat_map(|(flag, value)| [*flag, *value]).collect();
+    args.extend_from_slice(extra);
+    host(work, &args)
+}
+
+#[test]
+fn peft_adapters_train_load_and_merge_as_peft_does() {
+    let work = work();
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(work.join("cases.json")).unwrap()).unwrap();
+    assert_eq!(cases.len(), 4);
+    for case in &cases {
+        let (name, data) = (case["name"].as_str().unwrap(), case["data"].as_str().unwrap());
+        let dir = work.join(name);
+        let output = dir.join("host/output");
+        // PEFT's adapter, continued: the adapter folder brings its base and settings.
+        let run = train(&dir.join("init"), data, &output, &["--merge-lora"]);
+        assert_eq!(run.code, 0, "{name}: {}", run.stderr);
+        let checkpoint = output.join("checkpoint-5");
+        assert!(checkpoint.join("adapter_model.safetensors").is_file(), "{name}: no adapter in checkpoint-5");
+        assert!(!checkpoint.join("model.safetensors").exists(), "{name}: a LoRA checkpoint holds the base model");
+        let predictions = dir.join("host/predictions.safetensors");
+        let predict =
+            host(work, &["predict", "--checkpoint", path_str(&checkpoint), "--output", path_str(&predictions)]);
+        assert_eq!(predict.code, 0, "{name}: predict: {}", predict.stderr);
+        // The host's own new adapter on the base, nothing learned (learning rate 0).
+        let targets = case["targets"].as_str().unwrap();
+        let fresh = [
+            "--use-peft",
+            "--lora-r",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--lora-target-modules",
+            targets,
+            "--learning-rate",
+            "0",
+            "--max-steps",
+            "1",
+        ];
+        let run = train(&dir.join("base"), data, &dir.join("host/fresh"), &fresh);
+        assert_eq!(run.code, 0, "{name}: fresh adapter: {}", run.stderr);
+    }
+    println!("{}", oracle(&["check", path_str(work)]));
+}
+
+/// The tensors of a safetensors file, by name, as bytes.
+fn tensor_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<u8>)> =
+        file.tensors().into_iter().map(|(name, view)| (name, view.data().to_vec())).collect();
+    tensors.sort();
+    tensors
+}
+
+fn folder_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).unwrap().flatten().map(|e| e.metadata().unwrap().len()).sum()
+}
+
+#[test]
+fn a_lora_checkpoint_is_small_and_resumes_exactly() {
+    let work = work();
+    let base = work.join("llama-causal/base");
+    let out = tempfile::tempdir().unwrap();
+    let lora = ["--use-peft", "--lora-target-modules", "all-linear", "--lora-dropout", "0.1", "--save-steps", "2"];
+    let full = train(&base, "text", &out.path().join("full"), &[&lora[..], &["--max-steps", "4"]].concat());
+    assert_eq!(full.code, 0, "{}", full.stderr);
+    let checkpoint = out.path().join("full/checkpoint-2");
+    // The checkpoint holds the adapter and its optimizer state, not the frozen base.
+    let adapter = folder_bytes(&checkpoint);
+    let model = std::fs::metadata(base.join("model.safetensors")).unwrap().len();
+    assert!(!checkpoint.join("model.safetensors").exists());
+    let optimizer = tensor_bytes(&checkpoint.join("optimizer.safetensors"));
+    assert!(optimizer.iter().all(|(name, _)| name.contains("lora_")), "optimizer state of frozen weights");
+    assert!(adapter < model, "checkpoint {adapter} bytes, the base model {model}");
+    // Resumed from checkpoint-2, the run ends bitwise where the unbroken one did (dropout
+    // on the adapters' inputs included).
+    let resumed_dir = out.path().join("resumed");
+    std::fs::create_dir_all(&resumed_dir).unwrap();
+    let copy = resumed_dir.join("checkpoint-2");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(&checkpoint).unwrap().flatten() {
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    let extra = [&lora[..], &["--max-steps", "4", "--resume-from-checkpoint", "latest"]].concat();
+    let resumed = train(&base, "text", &resumed_dir, &extra);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    let name = "adapter_model.safetensors";
+    assert_eq!(tensor_bytes(&out.path().join("full").join(name)), tensor_bytes(&resumed_dir.join(name)));
+}
+
+/// The logged losses and gradient norms of a run.
+fn history(output: &Path) -> Vec<(f64, f64)> {
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("trainer_state.json")).unwrap()).unwrap();
+    let entries = state["log_history"].as_array().unwrap();
+    entries.iter().filter_map(|e| Some((e["loss"].as_f64()?, e["grad_norm"].as_f64()?))).collect()
+}
+
+fn largest_difference(a: &Path, b: &Path) -> f64 {
+    let read = |path: &Path| {
+        let mut tensors = tch::Tensor::read_safetensors(path).unwrap();
+        tensors.sort_by(|x, y| x.0.cmp(&y.0));
+        tensors
+    };
+    let (a, b) = (read(a), read(b));
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_gradients_of_the_plain_pass() {
+    let work = work();
+    let out = tempfile::tempdir().unwrap();
+    // LoRA on a decoder with dropout on the adapters (replayed in the recomputation); full
+    // fine-tuning of an encoder, and of GPT-2, whose tied embedding gets its gradient in
+    // two parts (the head's, then the recomputed blocks').
+    let cases: [(&str, &str, &[&str], &str); 3] = [
+        (
+            "llama-causal",
+            "text",
+            &["--use-peft", "--lora-target-modules", "all-linear", "--lora-dropout", "0.2"],
+            "adapter_model.safetensors",
+        ),
+        ("bert-classifier", "labeled", &[], "model.safetensors"),
+        ("gpt2-causal", "text", &[], "model.safetensors"),
+    ];
+    for (name, data, extra, weights) in cases {
+        let base = work.join(name).join("base");
+        let plain = out.path().join(format!("{name}-plain"));
+        let recomputed = out.path().join(format!("{name}-checkpointing"));
+        let steps = ["--max-steps", "3"];
+        let run = train(&base, data, &plain, &[extra, &steps[..]].concat());
+        assert_eq!(run.code, 0, "{name}: {}", run.stderr);
+        let run = train(&base, data, &recomputed, &[extra, &steps[..], &["--gradient-checkpointing"]].concat());
+        assert_eq!(run.code, 0, "{name}: {}", run.stderr);
+        let (a, b) = (history(&plain), history(&recomputed));
+        assert_eq!(a.len(), 3, "{name}");
+        for ((loss_a, norm_a), (loss_b, norm_b)) in a.iter().zip(&b) {
+            assert!((loss_a - loss_b).abs() <= 1e-6, "{name}: losses {a:?} and {b:?}");
+            assert!((norm_a - norm_b).abs() <= 1e-6 * norm_a.max(1.0), "{name}: gradient norms {a:?} and {b:?}");
+        }
+        let difference = largest_difference(&plain.join(weights), &recomputed.join(weights));
+        assert!(difference <= 1e-5, "{name}: trained weights differ by {difference:e}");
+    }
+}
+
+#[test]
+fn lora_mistakes_are_one_line_errors() {
+    let work = work();
+    let out = tempfile::tempdir().unwrap();
+    let base = work.join("llama-causal/base");
+    let check = |model: &Path, extra: &[&str], expected: &str| {
+        let run = train(model, "text", &out.path().join("run"), extra);
+        assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
+        let line = run.stderr.lines().find(|l| l.contains("error")).unwrap_or_default().to_owned();
+        assert!(line.contains(expected), "{extra:?}: {line}\n{}", run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    };
+    check(
+        &base,
+        &["--use-peft", "--lora-target-modules", "q_proj,query"],
+        "lora_target_modules query match no linear layer of the model; its linear layers are: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj (or all-linear)",
+    );
+    check(
+        &base,
+        &["--lora-r", "8", "--lora-target-modules", "q_proj"],
+        "lora_target_modules is a LoRA setting, but use_peft is off",
+    );
+    check(&base, &["--use-peft", "--lora-r", "0"], "lora_r must be at least 1 (got 0)");
+    // An adapter whose base is gone, and one whose config does not match its tensors.
+    let adapter = out.path().join("adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    let init = work.join("llama-causal/init");
+    std::fs::copy(init.join("adapter_model.safetensors"), adapter.join("adapter_model.safetensors")).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(init.join("adapter_config.json")).unwrap()).unwrap();
+    config["base_model_name_or_path"] = "org/some-model".into();
+    std::fs::write(adapter.join("adapter_config.json"), config.to_string()).unwrap();
+    check(&adapter, &[], "its base model org/some-model is not a local folder: download it");
+    config["base_model_name_or_path"] = path_str(&base).into();
+    config["r"] = 8.into();
+    std::fs::write(adapter.join("adapter_config.json"), config.to_string()).unwrap();
+    check(&adapter, &[], "does not fit this model and LoRA settings");
+    config["r"] = 4.into();
+    config["use_dora"] = true.into();
+    std::fs::write(adapter.join("adapter_config.json"), config.to_string()).unwrap();
+    check(&adapter, &[], "use_dora is set, which this host does not implement");
+}
