@@ -269,8 +269,23 @@ fn bfloat16_parameters_are_loaded_trained_and_saved_as_bfloat16() {
     let dir = crate::support::tempdir();
     let output = dir.path().join("output");
     let model = models.join("qwen2-causal/model");
-    let run = fine_tune(dir.path(), &model, "text", &output, &["--torch-dtype", "bfloat16", "--max-steps", "2"]);
+    let bf16 = ["--torch-dtype", "bfloat16", "--max-steps", "2", "--save-steps", "1"];
+    let run = fine_tune(dir.path(), &model, "text", &output, &bf16);
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    // The optimizer steps float32 masters of the bf16 weights, with float32 moments; they
+    // are in the checkpoint, so resuming from step 1 ends bitwise where the run did.
+    let state = tch::Tensor::read_safetensors(output.join("checkpoint-1/optimizer.safetensors")).unwrap();
+    let kinds =
+        |suffix: &str| state.iter().filter(|(n, _)| n.ends_with(suffix)).map(|(_, t)| t.kind()).collect::<Vec<_>>();
+    assert!(!kinds(".master").is_empty() && kinds(".master").iter().all(|k| *k == tch::Kind::Float));
+    assert!(kinds(".exp_avg_sq").iter().all(|k| *k == tch::Kind::Float), "float32 second moments");
+    let resumed = dir.path().join("resumed");
+    std::fs::create_dir_all(&resumed).unwrap();
+    copy_folder(&output.join("checkpoint-1"), &resumed.join("checkpoint-1"), &[]);
+    let run =
+        fine_tune(dir.path(), &model, "text", &resumed, &[&bf16[..], &["--resume-from-checkpoint", "latest"]].concat());
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert_eq!(weight_files(&output), weight_files(&resumed), "bf16 resume is exact");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(output.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["dtype"], "bfloat16");

@@ -8,7 +8,7 @@ use crate::config::ResolvedConfig;
 use crate::engine::libtorch::human_bytes;
 
 /// Refuses a model of `parameters` float32 parameters whose training (weights, gradients
-/// and the optimizer's state) needs more memory than the machine has available. CUDA
+/// and the optimizer's state; a LoRA run's frozen weights alone) needs more memory than the machine has available. CUDA
 /// reports its own out-of-memory at once, so only CPU training is estimated.
 pub fn check_training_fits(
     parameters: u64,
@@ -21,7 +21,9 @@ pub fn check_training_fits(
     }
     let Some(available) = available_bytes() else { return Ok(()) };
     let weights = parameters.saturating_mul(4);
-    let needed = weights.saturating_mul(2 + config.optimizer.state_slots());
+    // A LoRA run's base is frozen: no gradients, no optimizer state (the adapters are small).
+    let copies = if config.args.use_peft { 1 } else { 2 + config.optimizer.state_slots() };
+    let needed = weights.saturating_mul(copies);
     if needed <= available {
         return Ok(());
     }

@@ -7,6 +7,7 @@ mod adafactor;
 mod adagrad;
 mod adam;
 mod lion;
+mod master;
 mod rmsprop;
 pub mod schedule;
 mod sgd;
@@ -64,6 +65,10 @@ pub trait Optimizer {
 
     /// Restores a state that `state` returned (for the same parameters).
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), String>;
+
+    /// After the parameters changed outside the optimizer (rank 0's weights broadcast):
+    /// copies they keep of them follow.
+    fn refresh_from_params(&mut self) {}
 
     /// Clears the gradients (in place, keeping their memory).
     fn zero_grad(&mut self) -> Result<(), String> {
@@ -316,7 +321,12 @@ impl OptimArgs<'_> {
 }
 
 /// The optimizer `spec` describes, over `params`.
+/// 16-bit parameters are stepped through float32 masters (see `master`).
 pub fn build(spec: &OptimizerSpec, params: Vec<Param>) -> Box<dyn Optimizer> {
+    master::MasterWeights::wrap(params, |params| build_plain(spec, params))
+}
+
+fn build_plain(spec: &OptimizerSpec, params: Vec<Param>) -> Box<dyn Optimizer> {
     match spec.clone() {
         OptimizerSpec::Adam { adam, amsgrad, decoupled } => Box::new(adam::Adam::new(params, adam, amsgrad, decoupled)),
         OptimizerSpec::Sgd { momentum, dampening, nesterov } => {

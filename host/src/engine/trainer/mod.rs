@@ -129,10 +129,13 @@ impl Trainer {
             lora::load_adapter(&vars, dir, "model_name_or_path")?;
         }
         log_trainable(&vars);
-        let optimizer = build_optimizer(&config, &vars, net.as_ref());
+        let mut optimizer = build_optimizer(&config, &vars, net.as_ref());
         let export = plan.export();
         let dist =
             dist.map(|dist| data_parallel::DataParallel::start(dist, optimizer.params(), &config)).transpose()?;
+        if dist.is_some() {
+            optimizer.refresh_from_params(); // Rank 0's weights arrived.
+        }
         let (train, eval) = libtorch::guard(
             || "moving the data to the device".to_owned(),
             || Ok((train.to_device(device), eval.to_device(device))),

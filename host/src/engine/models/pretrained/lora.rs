@@ -297,9 +297,11 @@ impl AdapterConfig {
         }
         let targets = match &self.target_modules {
             Value::String(s) if s.eq_ignore_ascii_case("all-linear") => Targets::AllLinear,
-            Value::String(s) => return Err(format!(
+            Value::String(s) => {
+                return Err(format!(
                 "target_modules is the regular expression '{s}', which this host does not match; list the module names"
-            )),
+            ))
+            }
             Value::Array(list) => Targets::Named(list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()),
             other => return Err(format!("target_modules {other} is not a list of module names")),
         };
@@ -411,7 +413,7 @@ pub fn load_adapter(vars: &tch::nn::VarStore, dir: &Path, what: &str) -> Result<
         let name = host_name(saved).unwrap_or_else(|| saved.to_owned());
         match trained.get(&name) {
             None => problems.push(format!("unexpected {saved}")),
-            Some(var) if weights.shape(saved).as_deref() != Some(&var.size()[..]) => problems.push(format!(
+            Some(var) if weights.shape(saved) != Some(&var.size()[..]) => problems.push(format!(
                 "{saved} is {:?}, the model has {:?}",
                 weights.shape(saved).unwrap_or_default(),
                 var.size()
