@@ -11,7 +11,8 @@
 # It trains the default job on CUDA with weighted_ce, then the GPT benchmark in bf16 on the
 # host and in a PyTorch loop, and prints the ratio; then the pretrained Llama-shaped fine-tune
 # (bench/llama_folder.py, written with PyTorch alone) in bf16, beside transformers in a
-# PyTorch loop where transformers is installed; last, the distributed path (NCCL through
+# PyTorch loop where transformers is installed; LoRA against full fine-tuning at sequence
+# 512 with bf16 weights (and PEFT where installed); last, the distributed path (NCCL through
 # c10d) at world size 1 against the plain loop. Under five minutes on one GPU.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -60,6 +61,28 @@ if "$PYTHON" -c "import transformers" 2>/dev/null; then
     "$PYTHON" -c "h, t = $LLAMA_HOST, $LLAMA_TORCH; print(f'host {h:.0f} tokens/s, transformers in a PyTorch loop {t:.0f} tokens/s, host/PyTorch {h / t:.2f}')"
 else
     "$PYTHON" -c "print(f'host {$LLAMA_HOST:.0f} tokens/s (transformers is not installed here: no PyTorch comparison)')"
+fi
+
+LORA_STEPS="${LORA_STEPS:-30}"   # a CPU dry run can take 1
+echo "== LoRA (r 16, all-linear) against full fine-tuning, bf16 weights, sequence 512, batch 8, $LORA_STEPS steps"
+"$PYTHON" "$ROOT/bench/llama_folder.py" llama512 --examples 64 --length 512 >/dev/null
+for mode in full lora lora+gc; do
+    EXTRA=(--torch-dtype bfloat16)
+    case "$mode" in
+        lora) EXTRA+=(--use-peft --lora-target-modules all-linear) ;;
+        lora+gc) EXTRA+=(--use-peft --lora-target-modules all-linear --gradient-checkpointing) ;;
+    esac
+    "$HOST" --device "$DEVICE" --model-name-or-path llama512 --train-file llama512/data.safetensors \
+        --eval-file llama512/data.safetensors --max-steps "$LORA_STEPS" --per-device-train-batch-size 8 --max-seq-length 512 \
+        --eval-strategy no --save-strategy no --disable-tqdm --output-dir "lora-$mode" "${EXTRA[@]}" \
+        >/dev/null 2>"lora-$mode.log" || { cat "lora-$mode.log"; exit 1; }
+    "$PYTHON" -c "import json; r = json.load(open('lora-$mode/all_results.json')); print(f'host $mode: {$LORA_STEPS * 8 * 512 / r[\"train_runtime\"]:.0f} tokens/s')"
+done
+if "$PYTHON" -c "import peft" 2>/dev/null; then
+    for gc in 0 1; do
+        BENCH_DEVICE="$DEVICE" BENCH_BF16=1 BENCH_LORA=1 BENCH_GC=$gc "$PYTHON" "$ROOT/bench/llama_finetune.py" loop \
+            llama512 "$LORA_STEPS" 8 loop512 | "$PYTHON" -c "import json, sys; print(f'PEFT in a PyTorch loop (gc $gc, autocast): {json.load(sys.stdin)[\"tokens_per_second\"]:.0f} tokens/s')"
+    done
 fi
 
 echo "== distributed path at world size 1 (NCCL on CUDA, Gloo on CPU) against the plain loop"

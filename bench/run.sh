@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmarks, one command: builds the release binaries and plugins, then runs
 # bench/run.py (arguments pass through: --repeats, --steps, --gpt-steps) and the pretrained
-# fine-tuning and loading benchmarks (bench/pretrained.py).
+# fine-tuning and loading benchmarks (bench/pretrained.py), and LoRA and gradient
+# checkpointing at sequence 512 (bench/lora.py).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -9,4 +10,5 @@ cd "$ROOT"
 cargo build --release --quiet -p host -p bench -p weighted_ce -p csv_logger -p throughput -p timer -p test_fixtures
 # setup.sh installs the pinned transformers and accelerate (the tests' oracle) as well.
 .venv/bin/python bench/run.py "$@"
-exec .venv/bin/python bench/pretrained.py
+.venv/bin/python bench/pretrained.py
+exec .venv/bin/python bench/lora.py
