@@ -38,27 +38,8 @@ fn oracle(args: &[&str]) -> String {
 /// Full-batch steps as the reference takes them; `extra` flags replace these or add to them.
 fn train(model: &Path, data: &str, output: &Path, extra: &[&str]) -> Run {
     let work = work();
-    let train = work.join(format!("{data}_train.jsonl"));
-    let eval = work.join(format!("{data}_eval.jsonl"));
-    let settings = [
-        ("--model-name-or-path", path_str(model)),
-        ("--train-file", path_str(&train)),
-        ("--eval-file", path_str(&eval)),
-        ("--output-dir", path_str(output)),
-        ("--max-steps", "5"),
-        ("--per-device-train-batch-size", "12"),
-        ("--per-device-eval-batch-size", "16"),
-        ("--learning-rate", "1e-3"),
-        ("--weight-decay", "0.1"),
-        ("--logging-steps", "1"),
-        ("--save-steps", "5"),
-        ("--max-seq-length", "32"),
-        ("--device", "cpu"),
-    ];
-    let mut args: Vec<&str> =
-        settings.iter().filter(|(flag, _)| !extra.contains(flag)).flat_map(|(flag, value)| [*flag, *value]).collect();
-    args.extend_from_slice(extra);
-    host(work, &args)
+    let (train, eval) = (work.join(format!("{data}_train.jsonl")), work.join(format!("{data}_eval.jsonl")));
+    crate::support::fine_tune(work, model, &train, &eval, output, extra)
 }
 
 #[test]

@@ -40,27 +40,8 @@ fn oracle(args: &[&str]) -> String {
 /// `extra` flags replace these or add to them.
 fn fine_tune(dir: &Path, model: &Path, data: &str, output: &Path, extra: &[&str]) -> Run {
     let models = models();
-    let train = models.join(format!("{data}_train.jsonl"));
-    let eval = models.join(format!("{data}_eval.jsonl"));
-    let settings = [
-        ("--model-name-or-path", path_str(model)),
-        ("--train-file", path_str(&train)),
-        ("--eval-file", path_str(&eval)),
-        ("--output-dir", path_str(output)),
-        ("--max-steps", "5"),
-        ("--per-device-train-batch-size", "12"),
-        ("--per-device-eval-batch-size", "16"),
-        ("--learning-rate", "1e-3"),
-        ("--weight-decay", "0.1"),
-        ("--logging-steps", "1"),
-        ("--save-steps", "5"),
-        ("--max-seq-length", "32"),
-        ("--device", "cpu"),
-    ];
-    let mut args: Vec<&str> =
-        settings.iter().filter(|(flag, _)| !extra.contains(flag)).flat_map(|(flag, value)| [*flag, *value]).collect();
-    args.extend_from_slice(extra);
-    host(dir, &args)
+    let (train, eval) = (models.join(format!("{data}_train.jsonl")), models.join(format!("{data}_eval.jsonl")));
+    crate::support::fine_tune(dir, model, &train, &eval, output, extra)
 }
 
 #[test]

@@ -238,3 +238,28 @@ impl Background {
         }
     }
 }
+
+/// A fine-tuning run of a pretrained model folder as the transformers and PEFT oracles'
+/// references take it: full-batch steps (12 examples), AdamW with weight decay 0.1,
+/// clipping, 5 steps. `extra` flags replace these or add to them.
+pub fn fine_tune(dir: &Path, model: &Path, train: &Path, eval: &Path, output: &Path, extra: &[&str]) -> Run {
+    let settings = [
+        ("--model-name-or-path", path_str(model)),
+        ("--train-file", path_str(train)),
+        ("--eval-file", path_str(eval)),
+        ("--output-dir", path_str(output)),
+        ("--max-steps", "5"),
+        ("--per-device-train-batch-size", "12"),
+        ("--per-device-eval-batch-size", "16"),
+        ("--learning-rate", "1e-3"),
+        ("--weight-decay", "0.1"),
+        ("--logging-steps", "1"),
+        ("--save-steps", "5"),
+        ("--max-seq-length", "32"),
+        ("--device", "cpu"),
+    ];
+    let mut args: Vec<&str> =
+        settings.iter().filter(|(flag, _)| !extra.contains(flag)).flat_map(|(flag, value)| [*flag, *value]).collect();
+    args.extend_from_slice(extra);
+    host(dir, &args)
+}
