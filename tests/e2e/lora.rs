@@ -4,35 +4,19 @@
 //! and PEFT loads what the host wrote.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::support::{host, path_str, repo, target_profile_dir, Run};
+use crate::support::{host, path_str, Run};
 
 /// The models, adapters and references, made once for the tests here (they only read them).
 fn work() -> &'static Path {
     static WORK: OnceLock<PathBuf> = OnceLock::new();
-    WORK.get_or_init(|| {
-        let dir = target_profile_dir().join("peft-oracle");
-        let _ = std::fs::remove_dir_all(&dir);
-        oracle(&["make", path_str(&dir)]);
-        dir
-    })
+    WORK.get_or_init(|| crate::support::make_pretrained_oracle("peft_oracle.py", "peft-oracle"))
 }
 
 /// Runs tests/pretrained/peft_oracle.py; its report is the failure message.
 fn oracle(args: &[&str]) -> String {
-    let output = Command::new(repo().join(".venv/bin/python"))
-        .arg(repo().join("tests/pretrained/peft_oracle.py"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TRANSFORMERS_VERBOSITY", "error")
-        .output()
-        .expect("run the venv's python (scripts/setup.sh makes it)");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "peft_oracle.py {args:?} failed:\n{stdout}\n{stderr}");
-    stdout
+    crate::support::pretrained_oracle("peft_oracle.py", args)
 }
 
 /// Full-batch steps as the reference takes them; `extra` flags replace these or add to them.

@@ -7,33 +7,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::support::{host, path_str, repo, target_profile_dir, Run};
+use crate::support::{host, path_str, repo, Run};
 
 /// The models and references, made once for all the tests here (they only read them).
 fn models() -> &'static Path {
     static MODELS: OnceLock<PathBuf> = OnceLock::new();
-    MODELS.get_or_init(|| {
-        // Under target/, remade by each test run (a few MB).
-        let dir = target_profile_dir().join("pretrained-oracle");
-        let _ = std::fs::remove_dir_all(&dir);
-        oracle(&["make", path_str(&dir)]);
-        dir
-    })
+    MODELS.get_or_init(|| crate::support::make_pretrained_oracle("hf_oracle.py", "pretrained-oracle"))
 }
 
 /// Runs tests/pretrained/hf_oracle.py; its report is the failure message.
 fn oracle(args: &[&str]) -> String {
-    let output = Command::new(repo().join(".venv/bin/python"))
-        .arg(repo().join("tests/pretrained/hf_oracle.py"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TRANSFORMERS_VERBOSITY", "error")
-        .output()
-        .expect("run the venv's python (scripts/setup.sh makes it)");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "hf_oracle.py {args:?} failed:\n{stdout}\n{stderr}");
-    stdout
+    crate::support::pretrained_oracle("hf_oracle.py", args)
 }
 
 /// The fine-tuning every case runs: full-batch steps, AdamW with weight decay, clipping;

@@ -263,3 +263,28 @@ pub fn fine_tune(dir: &Path, model: &Path, train: &Path, eval: &Path, output: &P
     args.extend_from_slice(extra);
     host(dir, &args)
 }
+
+/// Runs `tests/pretrained/{script}` (a transformers or PEFT oracle) in the venv, offline;
+/// its report is the failure message.
+pub fn pretrained_oracle(script: &str, args: &[&str]) -> String {
+    let output = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/pretrained").join(script))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .output()
+        .expect("run the venv's python (scripts/setup.sh makes it)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{script} {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// A fresh folder under target/ where `script`'s `make` writes the models and references
+/// the tests then only read.
+pub fn make_pretrained_oracle(script: &str, folder: &str) -> PathBuf {
+    let dir = target_profile_dir().join(folder);
+    let _ = std::fs::remove_dir_all(&dir);
+    pretrained_oracle(script, &["make", path_str(&dir)]);
+    dir
+}
