@@ -58,7 +58,7 @@ impl ResolvedConfig {
         mut args: TrainingArguments,
         plugins: PluginSelection,
     ) -> Result<Self, crate::error::InputError> {
-        if args.model_name_or_path.as_ref().is_some_and(|d| Path::new(d).join(lora::ADAPTER_CONFIG).is_file()) {
+        if args.model_name_or_path.as_ref().is_some_and(|d| lora::AdapterFolder::is_one(Path::new(d))) {
             args.use_peft = true; // An adapter folder trains its adapter on.
         }
         args.check_values()?;
@@ -178,7 +178,7 @@ fn lora_spec(args: &TrainingArguments) -> lora::LoraSpec {
         r: args.lora_r,
         alpha: args.lora_alpha,
         dropout: args.lora_dropout,
-        targets: args.lora_target_modules.as_deref().map(|t| lora::Targets::parse(Some(t), "")),
+        targets: args.lora_target_modules.as_deref().map(lora::Targets::parse),
         modules_to_save: args.lora_modules_to_save.as_deref().map(lora::split_list).unwrap_or_default(),
         rslora: args.use_rslora,
     }

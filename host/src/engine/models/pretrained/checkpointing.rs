@@ -46,7 +46,7 @@ pub struct Recompute {
 struct Pending {
     context: Context,
     /// Each block's input (detached) and the generator state before it ran.
-    inputs: Vec<(Tensor, Option<Tensor>)>,
+    inputs: Vec<(Tensor, Tensor)>,
     /// The blocks' input with its graph (to the embeddings).
     embedded: Tensor,
     /// The last block's output as a leaf: where the loss's backward pass stops.
@@ -94,9 +94,7 @@ impl Recompute {
         let after = generator_state(device);
         for i in (0..blocks.count()).rev() {
             let (input, generator) = &pending.inputs[i];
-            if let Some(state) = generator {
-                rng::set_state(device, state)?;
-            }
+            rng::set_state(device, generator)?;
             let x = input.detach().set_requires_grad(true);
             let y = blocks.block(i, &x, &pending.context);
             backward_from(&y, &grad)?;
@@ -105,9 +103,7 @@ impl Recompute {
                 break;
             }
         }
-        if let Some(state) = &after {
-            rng::set_state(device, state)?;
-        }
+        rng::set_state(device, &after)?;
         if grad.defined() && pending.embedded.requires_grad() {
             backward_from(&pending.embedded, &grad)?;
         }
@@ -123,9 +119,11 @@ fn backward_from(y: &Tensor, grad: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// The generator dropout draws from on `device`, to replay it.
-fn generator_state(device: Device) -> Option<Tensor> {
-    rng::state(device).ok()
+/// The generator dropout draws from on `device`, to replay it. libtorch always has one;
+/// failing to read it is a bug, not something to train on without (the recomputed
+/// dropout masks would differ).
+fn generator_state(device: Device) -> Tensor {
+    rng::state(device).expect("reading the random generator state for gradient checkpointing")
 }
 
 #[cfg(test)]

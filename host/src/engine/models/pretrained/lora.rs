@@ -31,13 +31,17 @@ pub enum Targets {
 }
 
 impl Targets {
-    /// `lora_target_modules` as given; None: PEFT's default for the architecture.
-    pub fn parse(text: Option<&str>, model_type: &str) -> Self {
-        match text.map(str::trim) {
-            Some(t) if t.eq_ignore_ascii_case("all-linear") => Targets::AllLinear,
-            Some(t) => Targets::Named(split_list(t)),
-            None => Targets::Named(default_targets(model_type).iter().map(|s| (*s).to_owned()).collect()),
+    /// `lora_target_modules` as given.
+    pub fn parse(text: &str) -> Self {
+        match text.trim() {
+            t if t.eq_ignore_ascii_case("all-linear") => Targets::AllLinear,
+            t => Targets::Named(split_list(t)),
         }
+    }
+
+    /// PEFT's default for the architecture.
+    fn default_for(model_type: &str) -> Self {
+        Targets::Named(default_targets(model_type).iter().map(|s| (*s).to_owned()).collect())
     }
 }
 
@@ -106,7 +110,7 @@ pub struct Injector {
 
 impl Injector {
     pub fn new(spec: LoraSpec, model_type: &str, classifier: bool) -> Self {
-        let targets = spec.targets.clone().unwrap_or_else(|| Targets::parse(None, model_type));
+        let targets = spec.targets.clone().unwrap_or_else(|| Targets::default_for(model_type));
         let mut modules_to_save = spec.modules_to_save.clone();
         if classifier {
             for head in CLASSIFIER_HEADS {
@@ -158,28 +162,28 @@ impl Injector {
     /// Every named target must have matched a linear layer.
     pub fn check(&self) -> Result<(), String> {
         let injected = self.injected.borrow();
-        if injected.is_empty() || matches!(&self.targets, Targets::Named(_)) {
-            let unmatched: Vec<&String> = match &self.targets {
-                Targets::Named(names) => {
-                    names.iter().filter(|t| !injected.iter().any(|m| named_target(m, t))).collect()
-                }
-                Targets::AllLinear => Vec::new(),
-            };
-            if !unmatched.is_empty() || injected.is_empty() {
-                let mut short: Vec<String> =
-                    self.linear.borrow().iter().map(|m| m.rsplit('.').next().unwrap_or(m).to_owned()).collect();
-                short.sort();
-                short.dedup();
-                let what = if unmatched.is_empty() {
-                    "no linear layer is left to adapt".to_owned()
-                } else {
-                    let names: Vec<&str> = unmatched.iter().map(|s| s.as_str()).collect();
-                    format!("lora_target_modules {} match no linear layer of the model", names.join(", "))
-                };
-                return Err(format!("{what}; its linear layers are: {} (or all-linear)", short.join(", ")));
+        let unmatched: Vec<&str> = match &self.targets {
+            Targets::Named(names) => {
+                names.iter().filter(|t| !injected.iter().any(|m| named_target(m, t))).map(String::as_str).collect()
             }
+            Targets::AllLinear => Vec::new(),
+        };
+        if unmatched.is_empty() && !injected.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut short: Vec<&str> = Vec::new();
+        let linear = self.linear.borrow();
+        for module in linear.iter() {
+            short.push(module.rsplit('.').next().unwrap_or(module));
+        }
+        short.sort_unstable();
+        short.dedup();
+        let what = if unmatched.is_empty() {
+            "no linear layer is left to adapt".to_owned()
+        } else {
+            format!("lora_target_modules {} match no linear layer of the model", unmatched.join(", "))
+        };
+        Err(format!("{what}; its linear layers are: {} (or all-linear)", short.join(", ")))
     }
 }
 
@@ -316,27 +320,33 @@ impl AdapterConfig {
     }
 }
 
-/// An adapter folder given as model_name_or_path: its config, and where its base is.
+/// An adapter folder given as model_name_or_path: its LoRA settings, and where its base is.
 #[derive(Debug, Clone)]
 pub struct AdapterFolder {
     pub dir: PathBuf,
-    pub config: AdapterConfig,
+    /// The LoRA settings its adapter_config.json gives (checked when opened).
+    pub spec: LoraSpec,
     /// The base model's folder (base_model_name_or_path).
     pub base: PathBuf,
 }
 
 impl AdapterFolder {
-    /// `dir` when it holds adapter_config.json, else None.
+    /// Whether `dir` is an adapter folder (it holds adapter_config.json).
+    pub fn is_one(dir: &Path) -> bool {
+        dir.join(ADAPTER_CONFIG).is_file()
+    }
+
+    /// `dir` when it is an adapter folder, else None.
     pub fn open(dir: &Path, argument: &str) -> Result<Option<Self>, InputError> {
-        let path = dir.join(ADAPTER_CONFIG);
-        if !path.is_file() {
+        if !Self::is_one(dir) {
             return Ok(None);
         }
+        let path = dir.join(ADAPTER_CONFIG);
         let shown = dir.display();
         let refuse = |problem: String| InputError::new(format!("{argument} {shown}: {ADAPTER_CONFIG}: {problem}"));
         let text = std::fs::read_to_string(&path).map_err(|e| refuse(e.to_string()))?;
         let config: AdapterConfig = serde_json::from_str(&text).map_err(|e| refuse(e.to_string()))?;
-        config.spec().map_err(refuse)?;
+        let spec = config.spec().map_err(refuse)?;
         let Some(base) = config.base_model_name_or_path.clone().filter(|b| !b.is_empty()) else {
             return Err(refuse(
                 "base_model_name_or_path is not set: the adapter does not say which model it adapts".into(),
@@ -357,7 +367,7 @@ impl AdapterFolder {
                 "{argument} {shown} has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}; save the adapter with safetensors (PEFT's default)"
             )));
         }
-        Ok(Some(Self { dir: dir.to_path_buf(), config, base: base_dir }))
+        Ok(Some(Self { dir: dir.to_path_buf(), spec, base: base_dir }))
     }
 }
 

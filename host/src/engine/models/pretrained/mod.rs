@@ -111,7 +111,7 @@ pub fn plan(
     let (folder, adapter) = open_folder(&dir.display().to_string())?;
     let mut training = training.clone();
     if let Some(adapter) = &adapter {
-        let spec = adapter.config.spec().map_err(|e| InputError::new(format!("{}: {e}", adapter.dir.display())))?;
+        let spec = &adapter.spec;
         tracing::info!(
             "{ARGUMENT} {} is a LoRA adapter (r {}, alpha {}) on {}: training it on; the lora_* arguments come from its {}",
             dir.display(),
@@ -120,7 +120,7 @@ pub fn plan(
             folder.dir.display(),
             lora::ADAPTER_CONFIG
         );
-        training.lora = Some(spec);
+        training.lora = Some(spec.clone());
     }
     let dir = folder.dir.clone();
     let shown = dir.display();
