@@ -4,6 +4,7 @@
 // Every entry point returns null on success or libtorch's error message (shim.h).
 #include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
+#include <torch/script.h>
 
 #include <mutex>
 
@@ -104,3 +105,20 @@ char* host_set_grad(void* param, void* grad) {
 }
 
 }  // extern "C"
+
+// The submodules of a TorchScript file that are torch.nn.LayerNorm, by their dotted names
+// (one per line; "" for the module itself), so that weight decay can leave them out by
+// type as Hugging Face does. `out` receives a malloc'ed string (freed with host_free_error).
+extern "C" char* host_torchscript_layer_norms(const char* path, char** out) {
+  return guarded([&] {
+    auto module = torch::jit::load(path, at::kCPU);
+    std::string names;
+    for (const auto& child : module.named_modules()) {
+      auto type = child.value.type()->name();
+      if (type && type->name() == "LayerNorm" && type->prefix().find("torch.nn") != std::string::npos) {
+        names += child.name + "\n";
+      }
+    }
+    *out = host::message(names);
+  });
+}

@@ -14,6 +14,7 @@ mod example_plugin;
 mod faults;
 mod fidelity;
 mod fuzz;
+mod hf_rules;
 mod lora;
 mod models;
 mod pretrained;

@@ -201,6 +201,10 @@ def make(work):
         model.save_pretrained(f"{case}/reference/trained")
         with open(f"{case}/reference/losses.json", "w") as f:
             json.dump(trainer.losses, f)
+        logged = [e for e in trainer.state.log_history if "loss" in e]
+        with open(f"{case}/reference/state.json", "w") as f:
+            json.dump({"total_flos": trainer.state.total_flos,
+                       "learning_rates": [e["learning_rate"] for e in logged]}, f)
     # A base model without a head (LlamaModel), for the tests of a new head.
     torch.manual_seed(0)
     AutoModel.from_config(CASES["llama-classifier"][1]()).save_pretrained(f"{work}/llama-base/model")
@@ -234,6 +238,18 @@ def check_case(work, name, head, failures):
         measured["losses"] = max(abs(a - b) for a, b in zip(losses, expected))
     if len(losses) != len(expected) or measured["losses"] > TOLERANCE:
         fail(f"losses {losses} differ from transformers' {expected}")
+    # The logged learning rates (the rate each step used, transformers >= 4.51) and the
+    # floating-point operations (6 x tokens x parameters outside embeddings).
+    with open(f"{case}/reference/state.json") as f:
+        reference = json.load(f)
+    with open(f"{host}/trainer_state.json") as f:
+        state = json.load(f)
+    rates = [entry["learning_rate"] for entry in history if "loss" in entry]
+    if len(rates) != len(reference["learning_rates"]) or any(
+            abs(a - b) > 1e-12 for a, b in zip(rates, reference["learning_rates"])):
+        fail(f"logged learning rates {rates} differ from transformers' {reference['learning_rates']}")
+    if state["total_flos"] != reference["total_flos"]:
+        fail(f"total_flos {state['total_flos']} differs from transformers' {reference['total_flos']}")
     # The weights after the steps, and the same tensor names (tied weights written once).
     mine, metadata = tensors(f"{host}/model.safetensors")
     theirs, _ = tensors(f"{case}/reference/trained/model.safetensors")

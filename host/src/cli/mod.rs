@@ -54,6 +54,9 @@ Log verbosity follows RUST_LOG (default: info; ranks other than 0 log warnings o
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about = ABOUT, after_help = AFTER_HELP)]
 #[command(args_conflicts_with_subcommands = true)]
+// As argparse (HF's parser): a flag given twice keeps its last value. Repeatable flags
+// (--plugin, --callback, --plugin-config) still collect every value.
+#[command(args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

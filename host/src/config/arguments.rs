@@ -416,10 +416,11 @@ impl TrainingArguments {
             }
         }
         self.validate_saving()?;
-        if self.lr_scheduler_type == SchedulerType::ReduceLrOnPlateau && self.eval_strategy == IntervalStrategy::No {
-            return Err(InputError::new(
-                "lr_scheduler_type reduce_lr_on_plateau needs evaluations: set eval_strategy to steps or epoch",
-            ));
+        if self.lr_scheduler_type.follows_metric() && self.eval_strategy == IntervalStrategy::No {
+            return Err(InputError::new(format!(
+                "lr_scheduler_type {} needs evaluations: set eval_strategy to steps or epoch",
+                self.lr_scheduler_type.name()
+            )));
         }
         Ok(())
     }
@@ -468,12 +469,13 @@ impl TrainingArguments {
     }
 
     /// The metric that decides the best model, as HF's `__post_init__` resolves it: the one
-    /// named, else "loss" for reduce_lr_on_plateau (which steps on it); `None` without.
+    /// named, else "loss" for reduce_lr_on_plateau and greedy (which step on it); `None`
+    /// without.
     pub fn best_metric(&self) -> Option<BestMetric> {
         let metric = self
             .metric_for_best_model
             .clone()
-            .or_else(|| (self.lr_scheduler_type == SchedulerType::ReduceLrOnPlateau).then(|| "loss".to_owned()))?;
+            .or_else(|| self.lr_scheduler_type.follows_metric().then(|| "loss".to_owned()))?;
         Some(BestMetric::resolve(&metric, self.greater_is_better))
     }
 

@@ -228,6 +228,7 @@ mod tests {
                 "eval_strategy = \"no\"\nlr_scheduler_type = \"reduce_lr_on_plateau\"",
                 "lr_scheduler_type reduce_lr_on_plateau needs evaluations",
             ),
+            ("eval_strategy = \"no\"\nlr_scheduler_type = \"greedy\"", "lr_scheduler_type greedy needs evaluations"),
             ("lr_scheduler_kwargs = { num_cycles = 2 }", "'num_cycles' is not a setting of linear"),
             ("optim = \"adamx\"", "optim 'adamx' is not one of: adamw (or adamw_torch), adam, sgd"),
             ("optim_args = \"momentum=0.9\"", "optim_args: 'momentum' is not a setting of adamw (it takes: amsgrad)"),

@@ -11,7 +11,7 @@ use std::ffi::{c_char, c_void};
 pub use c10d::{Group, Reducer, DISTRIBUTED_BUILT, NCCL_BUILT, WITHOUT_DISTRIBUTED};
 pub use torch::{
     autocast_enter, autocast_exit, clip_grad_norm, fused_adamw, rng_state, set_grad, set_rng_state, set_tf32,
-    zero_grads,
+    torchscript_layer_norms, zero_grads,
 };
 
 extern "C" {
@@ -28,6 +28,16 @@ fn check(error: *mut c_char) -> Result<(), String> {
     let text = unsafe { std::ffi::CStr::from_ptr(error) }.to_string_lossy().into_owned();
     unsafe { host_free_error(error) };
     Err(crate::error::first_line(&text).to_owned())
+}
+
+/// Takes over a string the shim allocated (as `host::message`).
+///
+/// # Safety
+/// `ptr` must be a NUL-terminated string from the shim, taken once.
+unsafe fn take_string(ptr: *mut c_char) -> String {
+    let text = std::ffi::CStr::from_ptr(ptr).to_string_lossy().into_owned();
+    host_free_error(ptr);
+    text
 }
 
 /// The tensors as the shims' `at::Tensor*` handles, borrowed for one call.

@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_void};
 
 use tch::{Device, Tensor};
 
-use super::{check, handles, take_tensor};
+use super::{check, handles, take_string, take_tensor};
 
 extern "C" {
     fn host_autocast_enter(cuda: i32, bfloat16: i32) -> *mut c_char;
@@ -30,6 +30,7 @@ extern "C" {
     fn host_clip_grad_norm(grads: *mut *mut c_void, n: usize, max_norm: f64, out: *mut *mut c_void) -> *mut c_char;
     fn host_zero_grads(grads: *mut *mut c_void, n: usize) -> *mut c_char;
     fn host_set_grad(param: *mut c_void, grad: *mut c_void) -> *mut c_char;
+    fn host_torchscript_layer_norms(path: *const c_char, out: *mut *mut c_char) -> *mut c_char;
 }
 
 /// (is CUDA, device index) as the shim takes a device.
@@ -56,6 +57,17 @@ pub fn autocast_exit(cuda: bool) -> Result<(), String> {
 pub fn set_tf32(enabled: bool) -> Result<(), String> {
     // SAFETY: sets two flags in libtorch's global context.
     check(unsafe { host_set_tf32(i32::from(enabled)) })
+}
+
+/// The dotted names of a TorchScript file's `torch.nn.LayerNorm` submodules.
+pub fn torchscript_layer_norms(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let mut out: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `path` lives for the call; on success the shim writes a malloc'ed C string
+    // to `out`, taken once.
+    check(unsafe { host_torchscript_layer_norms(path.as_ptr(), &mut out) })?;
+    let text = unsafe { take_string(out) };
+    Ok(text.lines().map(str::to_owned).collect())
 }
 
 /// The default generator's state for `device` (a uint8 tensor, as torch.get_rng_state).

@@ -56,6 +56,21 @@ pub trait Model {
     /// The forward pass over a batch; `train` enables dropout (and training-mode layers).
     fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs>;
 
+    /// The built-in training loss of a causal language model computed without keeping its
+    /// logits (the same value and gradients, far less memory); `None` where the model
+    /// cannot, and the loss comes from the logits.
+    fn language_model_loss(&self, _batch: &Batch, _num_items: i64) -> Option<Result<Tensor>> {
+        None
+    }
+
+    /// For models that count floating-point operations as transformers' `PreTrainedModel`
+    /// does (HF's `floating_point_ops`: 6 x input tokens x the parameters outside
+    /// embeddings), the name endings of their embedding weights. `None`: no count, as HF
+    /// counts none for a plain module.
+    fn embedding_weights(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// Greedy completion of a prompt of token ids [T], for causal language models (others:
     /// `None`): the prompt followed by up to `new_tokens` tokens, ending at `stop`.
     fn generate(&self, _prompt: &Tensor, _new_tokens: i64, _stop: Option<i64>) -> Option<Result<Tensor>> {

@@ -27,6 +27,9 @@ pub struct TorchScript {
     /// Whether the module is in training mode (switched only when it changes).
     training: Cell<Option<bool>>,
     file: String,
+    /// The dotted names of its `nn.LayerNorm` submodules, which HF leaves out of weight
+    /// decay by type.
+    layer_norms: Vec<String>,
 }
 
 impl TorchScript {
@@ -56,11 +59,20 @@ impl TorchScript {
             let trainable = tensor.requires_grad();
             let _ = path.add(leaf, tensor, trainable);
         }
-        Ok(Self { module: RefCell::new(module), training: Cell::new(None), file: shown })
+        let layer_norms = crate::native::torchscript_layer_norms(file)
+            .map_err(|e| InputError::new(format!("{shown}: reading its module types: {e}")))?;
+        Ok(Self { module: RefCell::new(module), training: Cell::new(None), file: shown, layer_norms })
     }
 }
 
 impl Model for TorchScript {
+    fn decays(&self, name: &str) -> bool {
+        // HF's get_decay_parameter_names: not the parameters of a LayerNorm (by type), nor
+        // biases and norm weights (by name).
+        let owner = name.rsplit_once('.').map_or("", |(owner, _)| owner);
+        crate::engine::optim::decays(name) && !self.layer_norms.iter().any(|norm| norm == owner)
+    }
+
     fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs> {
         if self.training.get() != Some(train) {
             let mut module = self.module.borrow_mut();

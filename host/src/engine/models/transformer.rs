@@ -155,6 +155,24 @@ impl Model for Gpt {
     fn generate(&self, prompt: &Tensor, new_tokens: i64, stop: Option<i64>) -> Option<Result<Tensor>> {
         Some(greedy(self, prompt, new_tokens, stop))
     }
+
+    fn embedding_weights(&self) -> Option<&'static [&'static str]> {
+        Some(EMBEDDINGS)
+    }
+
+    fn decays(&self, name: &str) -> bool {
+        decays(name)
+    }
+}
+
+/// The token and position tables (left out of the FLOP count, as transformers does).
+const EMBEDDINGS: &[&str] = &["embed_tokens.weight", "embed_positions.weight"];
+
+/// HF's weight-decay rule, which leaves out every `nn.LayerNorm` by type: here the blocks'
+/// ln1, ln2 and the final ln_f, whose names the name rule alone would not catch.
+fn decays(name: &str) -> bool {
+    let layer_norm = name.split('.').any(|part| matches!(part, "ln1" | "ln2" | "ln_f"));
+    crate::engine::optim::decays(name) && !layer_norm
 }
 
 /// Greedy completion of one prompt [T]: the prompt and up to `new_tokens` tokens.
@@ -207,5 +225,13 @@ impl Model for EncoderClassifier {
         let pooled = (hidden * &weights).sum_dim_intlist(1, false, None)
             / weights.sum_dim_intlist(1, false, None).clamp_min(1.0);
         Ok(Outputs::logits(self.head.forward(&pooled)))
+    }
+
+    fn embedding_weights(&self) -> Option<&'static [&'static str]> {
+        Some(EMBEDDINGS)
+    }
+
+    fn decays(&self, name: &str) -> bool {
+        decays(name)
     }
 }

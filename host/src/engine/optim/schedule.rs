@@ -24,6 +24,21 @@ pub enum SchedulerType {
     CosineWithMinLr,
     CosineWarmupWithMinLr,
     WarmupStableDecay,
+    /// transformers 5's `GreedyLR`: raises the rate while the metric keeps improving,
+    /// lowers it on a plateau.
+    Greedy,
+}
+
+impl SchedulerType {
+    /// The name as HF spells it.
+    pub fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+
+    /// Whether the evaluation metric drives the rate (HF steps these with it).
+    pub fn follows_metric(self) -> bool {
+        matches!(self, Self::ReduceLrOnPlateau | Self::Greedy)
+    }
 }
 
 /// `lr_scheduler_kwargs`: a table in TOML, a JSON object on the command line.
@@ -76,6 +91,111 @@ impl Plateau {
     }
 }
 
+/// transformers' `GreedyLR`, stepped with the evaluation metric as `ReduceLROnPlateau`:
+/// the rate is divided by `factor` after more than `patience` improving evaluations and
+/// multiplied by it after more than `patience` others, within [min_lr, max_lr]; after
+/// `reset_start` plateaus at min_lr it starts over.
+#[derive(Debug, Clone, PartialEq)]
+struct Greedy {
+    maximize: bool,
+    factor: f64,
+    patience: i64,
+    threshold: f64,
+    relative: bool,
+    cooldown: i64,
+    warmup: i64,
+    min_lr: f64,
+    max_lr: f64,
+    eps: f64,
+    /// The streaming average's window, when `smooth`.
+    window: Option<usize>,
+    reset_start: i64,
+    // What changes as metrics come:
+    best: f64,
+    bad_epochs: i64,
+    good_epochs: i64,
+    cooldown_left: i64,
+    warmup_left: i64,
+    resets_left: i64,
+    recent: Vec<f64>,
+}
+
+impl Greedy {
+    fn is_better(&self, value: f64) -> bool {
+        match (self.maximize, self.relative) {
+            (false, true) => value < self.best * (1.0 - self.threshold),
+            (false, false) => value < self.best - self.threshold,
+            (true, true) => value > self.best * (1.0 + self.threshold),
+            (true, false) => value > self.best + self.threshold,
+        }
+    }
+
+    fn worst(&self) -> f64 {
+        if self.maximize {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// One evaluation's metric; returns the new rate.
+    fn step(&mut self, metric: f64, lr: f64, initial_lr: f64) -> f64 {
+        let mut current = metric;
+        if let Some(window) = self.window {
+            self.recent.push(metric);
+            if self.recent.len() > window {
+                self.recent.remove(0);
+            }
+            current = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
+        }
+        let mut lr = lr;
+        if self.cooldown_left > 0 {
+            self.cooldown_left -= 1;
+            (self.bad_epochs, self.good_epochs) = (0, 0);
+        } else if self.warmup_left > 0 {
+            self.warmup_left -= 1;
+            (self.bad_epochs, self.good_epochs) = (0, 0);
+        } else {
+            if self.is_better(current) {
+                self.best = current;
+                self.bad_epochs = 0;
+                self.good_epochs += 1;
+            } else {
+                self.bad_epochs += 1;
+                self.good_epochs = 0;
+            }
+            if self.good_epochs > self.patience {
+                let raised = (lr / self.factor).min(self.max_lr);
+                if raised - lr > self.eps {
+                    lr = raised;
+                }
+                self.resets_left = self.reset_start;
+                self.warmup_left = self.warmup;
+                self.good_epochs = 0;
+            } else if self.bad_epochs > self.patience {
+                let lowered = (lr * self.factor).max(self.min_lr);
+                if lr - lowered > self.eps {
+                    lr = lowered;
+                }
+                if lr <= self.min_lr {
+                    self.resets_left -= 1;
+                    if self.resets_left <= 0 {
+                        // Start over (GreedyLR's _reset); the cooldown below still follows.
+                        lr = initial_lr;
+                        self.best = self.worst();
+                        (self.good_epochs, self.warmup_left) = (0, 0);
+                        self.resets_left = self.reset_start;
+                        self.recent.clear();
+                    }
+                }
+                self.cooldown_left = self.cooldown;
+                self.bad_epochs = 0;
+            }
+        }
+        lr
+    }
+}
+
 /// The formula of a schedule, with its settings from the kwargs. Settings whose default
 /// depends on the run's length are `None` until the scheduler is made.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +217,7 @@ enum Formula {
         timescale: Option<f64>,
     },
     Plateau,
+    Greedy,
     CosineWithMinLr {
         num_cycles: f64,
         min_lr_rate: f64,
@@ -129,6 +250,7 @@ pub struct ScheduleSpec {
     base_lr: f64,
     formula: Formula,
     plateau: Option<Plateau>,
+    greedy: Option<Greedy>,
 }
 
 /// The learning rate at every optimizer step of a run.
@@ -139,6 +261,8 @@ pub struct Scheduler {
     total: f64,
     formula: Formula,
     plateau: Option<Plateau>,
+    greedy: Option<Greedy>,
+    /// The rate of a metric-driven schedule (plateau, greedy).
     plateau_lr: f64,
 }
 
@@ -180,6 +304,22 @@ impl Kwargs<'_> {
         }
     }
 
+    fn maximize(&self) -> Result<bool, InputError> {
+        match self.text("mode", "min")?.as_str() {
+            "min" => Ok(false),
+            "max" => Ok(true),
+            other => Err(InputError::new(format!("lr_scheduler_kwargs: mode '{other}' is not min or max"))),
+        }
+    }
+
+    fn relative(&self, default: &str) -> Result<bool, InputError> {
+        match self.text("threshold_mode", default)?.as_str() {
+            "rel" => Ok(true),
+            "abs" => Ok(false),
+            other => Err(InputError::new(format!("lr_scheduler_kwargs: threshold_mode '{other}' is not rel or abs"))),
+        }
+    }
+
     fn curve(&self, key: &str) -> Result<Curve, InputError> {
         match self.text(key, if key == "warmup_type" { "linear" } else { "cosine" })?.as_str() {
             "linear" => Ok(Curve::Linear),
@@ -208,9 +348,10 @@ impl ScheduleSpec {
     /// The schedule of `kind` peaking at `base_lr`, with HF's `lr_scheduler_kwargs`; a
     /// setting it does not take, or a value out of range, is an error naming it.
     pub fn new(kind: SchedulerType, base_lr: f64, kwargs: &SchedulerKwargs) -> Result<Self, InputError> {
-        let name = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let name = kind.name();
         let k = Kwargs { kind: &name, map: &kwargs.0 };
         let mut plateau = None;
+        let mut greedy = None;
         let formula = match kind {
             SchedulerType::Linear => {
                 k.allow(&[])?;
@@ -248,22 +389,7 @@ impl ScheduleSpec {
             }
             SchedulerType::ReduceLrOnPlateau => {
                 k.allow(&["mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps"])?;
-                let maximize = match k.text("mode", "min")?.as_str() {
-                    "min" => false,
-                    "max" => true,
-                    other => {
-                        return Err(InputError::new(format!("lr_scheduler_kwargs: mode '{other}' is not min or max")))
-                    }
-                };
-                let relative = match k.text("threshold_mode", "rel")?.as_str() {
-                    "rel" => true,
-                    "abs" => false,
-                    other => {
-                        return Err(InputError::new(format!(
-                            "lr_scheduler_kwargs: threshold_mode '{other}' is not rel or abs"
-                        )))
-                    }
-                };
+                let (maximize, relative) = (k.maximize()?, k.relative("rel")?);
                 let factor = k.number("factor")?.unwrap_or(0.1);
                 if !(0.0..1.0).contains(&factor) {
                     return Err(InputError::new(format!(
@@ -284,6 +410,56 @@ impl ScheduleSpec {
                     cooldown_left: 0,
                 });
                 Formula::Plateau
+            }
+            SchedulerType::Greedy => {
+                k.allow(&[
+                    "mode",
+                    "factor",
+                    "patience",
+                    "threshold",
+                    "threshold_mode",
+                    "cooldown",
+                    "warmup",
+                    "min_lr",
+                    "max_lr",
+                    "eps",
+                    "verbose",
+                    "smooth",
+                    "window_size",
+                    "reset_start",
+                ])?;
+                let factor = k.number("factor")?.unwrap_or(0.95);
+                if !(factor > 0.0 && factor < 1.0) {
+                    return Err(InputError::new(format!(
+                        "lr_scheduler_kwargs: factor must be in (0, 1) (got {factor})"
+                    )));
+                }
+                let smooth = matches!(k.map.get("smooth"), Some(serde_json::Value::Bool(true)));
+                let window = k.number("window_size")?.unwrap_or(50.0).max(1.0) as usize;
+                let maximize = k.maximize()?;
+                let reset_start = k.number("reset_start")?.unwrap_or(500.0) as i64;
+                greedy = Some(Greedy {
+                    maximize,
+                    factor,
+                    patience: k.number("patience")?.unwrap_or(10.0) as i64,
+                    threshold: k.number("threshold")?.unwrap_or(1e-6),
+                    relative: k.relative("abs")?,
+                    cooldown: k.number("cooldown")?.unwrap_or(0.0) as i64,
+                    warmup: k.number("warmup")?.unwrap_or(0.0) as i64,
+                    min_lr: k.number("min_lr")?.unwrap_or(1e-3),
+                    max_lr: k.number("max_lr")?.unwrap_or(1.0),
+                    eps: k.number("eps")?.unwrap_or(1e-8),
+                    window: smooth.then_some(window),
+                    reset_start,
+                    best: if maximize { f64::NEG_INFINITY } else { f64::INFINITY },
+                    bad_epochs: 0,
+                    good_epochs: 0,
+                    cooldown_left: 0,
+                    warmup_left: 0,
+                    resets_left: reset_start,
+                    recent: Vec::new(),
+                });
+                Formula::Greedy
             }
             SchedulerType::CosineWithMinLr => {
                 k.allow(&["num_cycles", "min_lr", "min_lr_rate"])?;
@@ -322,7 +498,7 @@ impl ScheduleSpec {
                 }
             }
         };
-        Ok(Self { base_lr, formula, plateau })
+        Ok(Self { base_lr, formula, plateau, greedy })
     }
 }
 
@@ -335,6 +511,7 @@ impl Scheduler {
             total: total as f64,
             formula: spec.formula.clone(),
             plateau: spec.plateau.clone(),
+            greedy: spec.greedy.clone(),
             plateau_lr: spec.base_lr,
         }
     }
@@ -342,28 +519,50 @@ impl Scheduler {
     /// The learning rate for the update after `step` optimizer steps.
     pub fn lr(&self, step: i64) -> f64 {
         match self.formula {
-            Formula::Plateau => self.plateau_lr,
+            Formula::Plateau | Formula::Greedy => self.plateau_lr,
             _ => self.base_lr * self.lambda(step as f64),
         }
     }
 
-    /// What a checkpoint keeps: the plateau schedule's state (the others have none).
+    /// What a checkpoint keeps: a metric-driven schedule's state (the others have none).
     pub fn state(&self) -> serde_json::Value {
-        match &self.plateau {
-            Some(p) => serde_json::json!({
+        match (&self.plateau, &self.greedy) {
+            (Some(p), _) => serde_json::json!({
                 "lr": self.plateau_lr,
                 "best": p.best,
                 "num_bad_epochs": p.bad_epochs,
                 "cooldown_counter": p.cooldown_left,
             }),
-            None => serde_json::json!({}),
+            (_, Some(g)) => serde_json::json!({
+                "lr": self.plateau_lr,
+                "best": g.best,
+                "num_bad_epochs": g.bad_epochs,
+                "num_good_epochs": g.good_epochs,
+                "cooldown_counter": g.cooldown_left,
+                "warmup_counter": g.warmup_left,
+                "reset_start": g.resets_left,
+                "values": g.recent,
+            }),
+            _ => serde_json::json!({}),
         }
     }
 
     /// Restores what `state` returned.
     pub fn load_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
-        let Some(p) = &mut self.plateau else { return Ok(()) };
         let number = |key: &str| state[key].as_f64().ok_or_else(|| format!("scheduler state lacks {key}"));
+        if let Some(g) = &mut self.greedy {
+            self.plateau_lr = number("lr")?;
+            g.best = state["best"].as_f64().unwrap_or(g.worst());
+            g.bad_epochs = number("num_bad_epochs")? as i64;
+            g.good_epochs = number("num_good_epochs")? as i64;
+            g.cooldown_left = number("cooldown_counter")? as i64;
+            g.warmup_left = number("warmup_counter")? as i64;
+            g.resets_left = number("reset_start")? as i64;
+            g.recent =
+                state["values"].as_array().map(|v| v.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+            return Ok(());
+        }
+        let Some(p) = &mut self.plateau else { return Ok(()) };
         self.plateau_lr = number("lr")?;
         // JSON has no infinity: a plateau that saw no metric yet saves its best as null.
         p.best = state["best"].as_f64().unwrap_or(if p.maximize { f64::NEG_INFINITY } else { f64::INFINITY });
@@ -372,8 +571,13 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Feeds an evaluation metric to `reduce_lr_on_plateau` (the others ignore it).
+    /// Feeds an evaluation metric to `reduce_lr_on_plateau` and `greedy` (the others
+    /// ignore it).
     pub fn on_metric(&mut self, value: f64) {
+        if let Some(g) = &mut self.greedy {
+            self.plateau_lr = g.step(value, self.plateau_lr, self.base_lr);
+            return;
+        }
         let Some(p) = &mut self.plateau else { return };
         if p.is_better(value) {
             p.best = value;
@@ -402,7 +606,7 @@ impl Scheduler {
         let warmup_ramp = step / warmup.max(1.0);
         let progress = (step - warmup) / (total - warmup).max(1.0);
         match self.formula {
-            Formula::Constant | Formula::Plateau => 1.0,
+            Formula::Constant | Formula::Plateau | Formula::Greedy => 1.0,
             Formula::ConstantWithWarmup => {
                 if warming {
                     warmup_ramp

@@ -102,6 +102,22 @@ impl Trainer {
     }
 
     /// The loss summed since the last log, over all ranks (each rank's loss is its share).
+    /// HF's `store_flos`: adds every rank's floating-point operations since the last call
+    /// to `total_flos`.
+    pub(super) fn store_flos(&mut self) -> Result<()> {
+        let local = std::mem::take(&mut self.meter.current_flos);
+        let all = match &self.dist {
+            None => local,
+            Some(dp) => {
+                let total = Tensor::from(local).to_kind(Kind::Double).to_device(self.device);
+                dp.group.all_reduce_sum(&[&total], "summing the floating-point operations")?;
+                total.double_value(&[])
+            }
+        };
+        self.run.state.total_flos += all;
+        Ok(())
+    }
+
     pub(super) fn loss_since_log_all_ranks(&self) -> Result<f64> {
         let Some(dp) = &self.dist else { return Ok(self.meter.since_log.double_value(&[])) };
         let total = self.meter.since_log.to_kind(Kind::Double);

@@ -75,6 +75,9 @@ struct ModelParts {
     task: Task,
     /// For a pretrained model: what makes a saved folder a Hugging Face model folder.
     export: Option<Export>,
+    /// The parameters HF's FLOP count multiplies (all but the embeddings), for models
+    /// that count FLOPs.
+    flop_parameters: Option<u64>,
 }
 
 /// What a trainer is built from. Named fields, so a call site says which is which.
@@ -131,6 +134,11 @@ impl Trainer {
         log_trainable(&vars);
         let mut optimizer = build_optimizer(&config, &vars, net.as_ref());
         let export = plan.export();
+        let flop_parameters = net.embedding_weights().map(|embeddings| {
+            let variables = vars.variables();
+            let counted = variables.iter().filter(|(name, _)| !embeddings.iter().any(|e| name.ends_with(e)));
+            counted.map(|(_, tensor)| tensor.numel() as u64).sum()
+        });
         let dist =
             dist.map(|dist| data_parallel::DataParallel::start(dist, optimizer.params(), &config)).transpose()?;
         if dist.is_some() {
@@ -146,7 +154,7 @@ impl Trainer {
         let mut trainer = Self {
             config,
             device,
-            model: ModelParts { vars, net, task, export },
+            model: ModelParts { vars, net, task, export, flop_parameters },
             optimizer,
             scheduler: None,
             precision,
@@ -344,7 +352,7 @@ fn model_size_note(config: &ResolvedConfig) -> String {
 /// with weight decay where Hugging Face applies it.
 fn build_optimizer(config: &ResolvedConfig, vars: &nn::VarStore, net: &dyn Model) -> Box<dyn Optimizer> {
     // Frozen parameters (a LoRA run's base model) get no gradient and no optimizer state.
-    let params = weights::named_tensors(vars)
+    let params: Vec<Param> = weights::named_tensors(vars)
         .into_iter()
         .filter(|(_, tensor)| tensor.requires_grad())
         .map(|(name, tensor)| {
@@ -352,5 +360,15 @@ fn build_optimizer(config: &ResolvedConfig, vars: &nn::VarStore, net: &dyn Model
             Param { name, tensor, weight_decay }
         })
         .collect();
+    if config.args.weight_decay > 0.0 {
+        let exempt: Vec<&str> = params.iter().filter(|p| p.weight_decay == 0.0).map(|p| p.name.as_str()).collect();
+        tracing::info!(
+            "weight decay {} on {} of {} parameter tensors; not on: {}",
+            config.args.weight_decay,
+            params.len() - exempt.len(),
+            params.len(),
+            if exempt.is_empty() { "none".to_owned() } else { exempt.join(", ") }
+        );
+    }
     optim::build(&config.optimizer, params)
 }

@@ -38,6 +38,7 @@ impl Trainer {
         let started = std::time::Instant::now();
         let step = self.run.state.global_step;
         let loss_since_log = self.loss_since_log_all_ranks()?;
+        self.store_flos()?;
         let rng = self.gather_rng_states(self.rng_states()?, step)?;
         // HF records the best checkpoint once the folder of the best step exists (or is this one).
         if let Some(best_step) = self.run.state.best_global_step {

@@ -67,6 +67,10 @@ const NONFINITE_STEPS_IN_A_ROW: i64 = 10;
 pub(super) struct LossMeter {
     pub(super) since_log: Tensor,
     grad_norm: Option<Tensor>,
+    /// The learning rate of the last optimizer step (what HF logs since 4.51).
+    step_lr: Option<f64>,
+    /// This rank's floating-point operations since they were last added to total_flos.
+    pub(super) current_flos: f64,
     /// 1 when a loss of the current optimizer step was not finite (on the device).
     pub(super) step_nonfinite: Tensor,
     /// Non-finite steps: in a row now, and since the last log.
@@ -79,6 +83,8 @@ impl LossMeter {
         Self {
             since_log: Tensor::zeros([], (Kind::Float, device)),
             grad_norm: None,
+            step_lr: None,
+            current_flos: 0.0,
             step_nonfinite: Tensor::zeros([], (Kind::Float, device)),
             nonfinite_in_a_row: 0,
             nonfinite_since_log: 0,
@@ -286,6 +292,9 @@ impl Trainer {
         let what = move || format!("training step {step} (per_device_train_batch_size {batch_size})");
         libtorch::guard(what, || {
             let loss = self.training_loss(batch, num_items)?;
+            if let (Some(parameters), Some(ids)) = (self.model.flop_parameters, batch.get("input_ids")) {
+                self.meter.current_flos += 6.0 * ids.numel() as f64 * parameters as f64;
+            }
             // As HF with num_items_in_batch over all ranks: each rank's loss is its share of
             // the global one; times the world size, DDP's averaging of the gradients gives
             // the global batch's gradient.
@@ -319,6 +328,11 @@ impl Trainer {
     fn training_loss(&mut self, batch: &Batch, num_items: i64) -> Result<Tensor> {
         // HF runs the forward pass and the loss under autocast, the backward pass outside.
         let _autocast = Autocast::enter(self.precision, self.device)?;
+        if self.loss.is_none() {
+            if let Some(loss) = self.model.net.language_model_loss(batch, num_items) {
+                return loss;
+            }
+        }
         let outputs = self.model.net.forward(batch, true)?;
         match &mut self.loss {
             Some(loss) => {
@@ -350,6 +364,7 @@ impl Trainer {
     /// overflowed, or the loss or the gradient norm is not finite (skipped with a warning;
     /// too many in a row stop the run).
     fn update_weights(&mut self) -> Result<()> {
+        self.meter.step_lr = Some(self.current_lr());
         self.average_gradients()?;
         let overflow_free = self.unscale_gradients();
         let norm = self.optimizer.clip_grad_norm(self.config.args.max_grad_norm).map_err(libtorch::Failed)?;
@@ -492,15 +507,16 @@ impl Trainer {
     }
 
     /// A training log event: the mean loss since the last one, the gradient norm and the
-    /// learning rate.
+    /// learning rate the last step used (HF's rule since transformers 4.51).
     fn log_training_loss(&mut self) -> Result<()> {
-        let learning_rate = self.current_lr();
+        let learning_rate = self.meter.step_lr.unwrap_or_else(|| self.current_lr());
         let summed = self.loss_since_log_all_ranks()?;
         let _ = self.meter.since_log.zero_();
         let (step, totals) = (self.run.state.global_step, &mut self.run.totals);
         totals.total_loss += summed;
         let loss = summed / (step - totals.last_logged_step) as f64;
         totals.last_logged_step = step;
+        self.store_flos()?;
         let mut logs = vec![("loss".to_owned(), loss)];
         if let Some(norm) = &self.meter.grad_norm {
             logs.push(("grad_norm".to_owned(), norm.double_value(&[])));
@@ -539,10 +555,14 @@ impl Trainer {
         let total_loss = self.run.totals.total_loss + unlogged;
         let runtime = started.elapsed().as_secs_f64();
         let steps = self.run.state.global_step;
+        self.store_flos()?;
+        // Rounded as HF's speed_metrics rounds them.
+        let round = |value: f64, digits: i32| (value * 10f64.powi(digits)).round() / 10f64.powi(digits);
         let train_metrics = vec![
-            ("train_runtime".to_owned(), runtime),
-            ("train_samples_per_second".to_owned(), samples_seen as f64 / runtime),
-            ("train_steps_per_second".to_owned(), steps as f64 / runtime),
+            ("train_runtime".to_owned(), round(runtime, 4)),
+            ("train_samples_per_second".to_owned(), round(samples_seen as f64 / runtime, 3)),
+            ("train_steps_per_second".to_owned(), round(steps as f64 / runtime, 3)),
+            ("total_flos".to_owned(), self.run.state.total_flos),
             ("train_loss".to_owned(), total_loss / steps.max(1) as f64),
         ];
         let train_metrics = self.log(train_metrics)?;

@@ -142,6 +142,13 @@ impl Decoder {
         self.norm.forward(&self.recompute.run(self, x, context))
     }
 
+    /// A language model's last hidden states and its head, for the loss without logits
+    /// (`None` for a classifier, or a head with an adapter).
+    pub fn hidden_and_head(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<(Tensor, &Linear)> {
+        let head = self.lm_head.as_ref().filter(|head| head.lora.is_none())?;
+        Some((self.hidden(ids, mask, train), head))
+    }
+
     /// The head's logits: [B, T, vocab] for a language model, [B, labels] for a classifier.
     pub fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let hidden = self.hidden(ids, mask, train);

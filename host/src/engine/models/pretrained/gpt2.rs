@@ -95,12 +95,23 @@ impl Gpt2 {
         }
     }
 
-    pub fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+    /// The last hidden states [B, T, width] for token ids [B, T].
+    fn hidden(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let t = ids.size()[1];
         let positions = Tensor::arange(t, (tch::Kind::Int64, ids.device()));
         let x = (self.wte.forward(ids) + self.wpe.forward(&positions)).dropout(self.embd_pdrop, train);
         let context = Context { mask: Mask::new(mask, true), rotary: None, train };
-        let hidden = self.ln_f.forward(&self.recompute.run(self, x, context));
+        self.ln_f.forward(&self.recompute.run(self, x, context))
+    }
+
+    /// The language model's last hidden states and its head weight (the token embedding),
+    /// for the loss without logits; `None` for a classifier.
+    pub fn hidden_and_head(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<(Tensor, &Tensor)> {
+        self.score.is_none().then(|| (self.hidden(ids, mask, train), &self.wte.weight))
+    }
+
+    pub fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        let hidden = self.hidden(ids, mask, train);
         match &self.score {
             None => hidden.linear::<&Tensor>(&self.wte.weight, None),
             Some(score) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad)), train),

@@ -15,6 +15,7 @@ mod export;
 pub mod folder;
 mod gpt2;
 mod layers;
+mod lm_loss;
 pub mod lora;
 mod params;
 
@@ -425,8 +426,9 @@ impl Pretrained {
     }
 }
 
-impl Model for Pretrained {
-    fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs> {
+impl Pretrained {
+    /// The batch's token ids, checked against the model's positions.
+    fn token_ids<'a>(&self, batch: &'a Batch) -> Result<&'a Tensor> {
         let ids = batch.require("input_ids", "pretrained")?;
         let length = *ids.size().last().unwrap_or(&0);
         if self.learned && length > self.max_length {
@@ -436,8 +438,42 @@ impl Model for Pretrained {
             ))
             .into());
         }
+        Ok(ids)
+    }
+}
+
+impl Model for Pretrained {
+    fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs> {
+        let ids = self.token_ids(batch)?;
         let logits = self.logits(ids, batch.get("attention_mask"), batch.get("token_type_ids"), train);
         Ok(Outputs::logits(logits))
+    }
+
+    fn embedding_weights(&self) -> Option<&'static [&'static str]> {
+        Some(&[
+            "embed_tokens.weight",
+            "wte.weight",
+            "wpe.weight",
+            "word_embeddings.weight",
+            "position_embeddings.weight",
+            "token_type_embeddings.weight",
+        ])
+    }
+
+    fn language_model_loss(&self, batch: &Batch, num_items: i64) -> Option<Result<Tensor>> {
+        let ids = match self.token_ids(batch) {
+            Ok(ids) => ids,
+            Err(e) => return Some(Err(e)),
+        };
+        let mask = batch.get("attention_mask");
+        let (hidden, weight, bias) = match &self.net {
+            Net::Decoder(net) => {
+                net.hidden_and_head(ids, mask, true).map(|(h, head)| (h, &head.weight, head.bias.as_ref()))?
+            }
+            Net::Gpt2(net) => net.hidden_and_head(ids, mask, true).map(|(h, weight)| (h, weight, None))?,
+            Net::Encoder(_) => return None,
+        };
+        Some(Ok(lm_loss::chunked_cross_entropy(&hidden, weight, bias, batch.labels(), num_items)))
     }
 
     fn generate(&self, prompt: &Tensor, new_tokens: i64, stop: Option<i64>) -> Option<Result<Tensor>> {
