@@ -15,6 +15,7 @@ use anyhow::Result;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::arguments::TrainingFlags;
+use crate::config::hf_arguments::AnsweredFlags;
 
 const ABOUT: &str = "Train models with Hugging Face Trainer semantics in one native binary, with losses \
 and callbacks loaded from plugin libraries at run time.";
@@ -164,6 +165,10 @@ pub struct TrainOptions {
 
     #[command(flatten)]
     pub training: TrainingFlags,
+
+    /// The other TrainingArguments names (hidden; see config::hf_arguments).
+    #[command(flatten)]
+    pub answered: AnsweredFlags,
 }
 
 /// Parses the command line, showing each training argument's default in --help.

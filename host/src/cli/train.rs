@@ -30,6 +30,7 @@ pub fn resolve_config(options: &TrainOptions) -> Result<ResolvedConfig> {
         origin = format!("config {} or flags", path.display());
     }
     let mut flags = options.training.to_table()?;
+    layers::merge(&mut flags, options.answered.to_table());
     layers::insert_selection(&mut flags, &options.plugins, options.loss.as_deref(), &options.callbacks);
     layers::merge(&mut user, flags);
     for spec in &options.plugin_config {

@@ -246,8 +246,9 @@ training_arguments! {
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     merge_lora: bool = false, flag bool;
     /// Recompute each transformer block's activations in the backward pass instead of
-    /// keeping them (pretrained models): less memory, about a third more compute.
-    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    /// keeping them (pretrained models): less memory, about a third more compute. Also
+    /// --activation-checkpointing, transformers 5's name.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", aliases = ["activation-checkpointing", "activation_checkpointing"])]
     gradient_checkpointing: bool = false, flag bool;
     /// Width of the hidden layers (mlp, cnn) or of the model (transformer, gpt).
     hidden_size: i64 = 256, flag i64;
@@ -287,7 +288,61 @@ training_arguments! {
     ddp_timeout: i64 = 1800, flag i64;
     /// Distributed runs: gradients are all-reduced in flattened buckets of this many MB.
     ddp_bucket_cap_mb: f64 = 25.0, flag f64;
+    /// Distributed runs: normalize the loss by the label items of all ranks together
+    /// (exact global-batch gradients); false: by each rank's own.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    average_tokens_across_devices: bool = true, flag bool;
+    /// Train on the CPU even where CUDA is available (the same as device = cpu).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    use_cpu: bool = false, flag bool;
+    /// A name for the run, for the logging integrations (default: output_dir).
+    run_name: Option<String> = None, flag String;
+    /// Where logs go besides log_history.jsonl: none, all, or a list of tensorboard, csv
+    /// (the stock tensorboard and csv_logger callback plugins, found as --plugin NAME is).
+    #[arg(value_name = "none|all|tensorboard,csv")]
+    report_to: String = "none".to_owned(), flag String;
+    /// Smooth the built-in cross entropy's targets by this much (HF's LabelSmoother).
+    label_smoothing_factor: f64 = 0.0, flag f64;
+    /// Evaluation reports only the loss (no accuracy, F1, perplexity).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    prediction_loss_only: bool = false, flag bool;
+    /// Count the input tokens trained on (num_input_tokens_seen in the state and each log
+    /// entry): no, all (padding included) or non_padding (true means all).
+    #[arg(value_name = "no|all|non_padding")]
+    include_num_input_tokens_seen: String = "no".to_owned(), flag String;
+    /// Checkpoints hold the model only (no optimizer, scheduler or random state): smaller,
+    /// but a run cannot resume from them.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    save_only_model: bool = false, flag bool;
+    /// Deterministic libtorch kernels (and an error where an operation has none), for
+    /// bitwise-repeatable CUDA runs; slower.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    full_determinism: bool = false, flag bool;
+    /// On CUDA, return cached memory to the device every N optimizer steps.
+    torch_empty_cache_steps: Option<i64> = None, flag i64;
+    /// The main process's log level: debug, info, warning, error, critical, or passive
+    /// (RUST_LOG, else info).
+    log_level: String = "passive".to_owned(), flag String;
+    /// The other ranks' log level (same choices; passive: warning).
+    log_level_replica: String = "warning".to_owned(), flag String;
+    /// The batch field holding the labels (HF's label_names; one name).
+    #[arg(value_name = "NAME")]
+    label_names: Option<String> = None, flag String;
+    /// Run training (default: yes). With false, only do_eval and do_predict run, on the
+    /// model as loaded.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    do_train: Option<bool> = None, flag bool;
+    /// Evaluate at the end (eval_results.json), whatever eval_strategy says.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    do_eval: bool = false, flag bool;
+    /// Predict on the evaluation data at the end: output_dir/predictions.jsonl and
+    /// predict_results.json.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    do_predict: bool = false, flag bool;
 }
+
+/// Other spellings of training arguments in TOML (flags take them as aliases).
+pub const ARGUMENT_ALIASES: &[(&str, &str)] = &[("activation_checkpointing", "gradient_checkpointing")];
 
 // Written as "ok when the comparison holds", so NaN (for which every comparison is false)
 // is refused too.
@@ -416,6 +471,7 @@ impl TrainingArguments {
             }
         }
         self.validate_saving()?;
+        self.validate_reporting()?;
         if self.lr_scheduler_type.follows_metric() && self.eval_strategy == IntervalStrategy::No {
             return Err(InputError::new(format!(
                 "lr_scheduler_type {} needs evaluations: set eval_strategy to steps or epoch",
@@ -423,6 +479,66 @@ impl TrainingArguments {
             )));
         }
         Ok(())
+    }
+
+    /// The arguments about what a run reports and does.
+    fn validate_reporting(&self) -> Result<(), InputError> {
+        self.report_targets()?;
+        if !matches!(self.include_num_input_tokens_seen.as_str(), "no" | "all" | "non_padding" | "true" | "false") {
+            return Err(InputError::new(format!(
+                "include_num_input_tokens_seen '{}' is not one of: no, all, non_padding (or true, false)",
+                self.include_num_input_tokens_seen
+            )));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing_factor) {
+            return Err(InputError::new(format!(
+                "label_smoothing_factor must be in [0, 1) (got {})",
+                self.label_smoothing_factor
+            )));
+        }
+        if let Some(steps) = self.torch_empty_cache_steps {
+            if steps < 1 {
+                return Err(InputError::new(format!("torch_empty_cache_steps must be at least 1 (got {steps})")));
+            }
+        }
+        for (name, level) in [("log_level", &self.log_level), ("log_level_replica", &self.log_level_replica)] {
+            log_filter(level).map_err(|e| InputError::new(format!("{name} {e}")))?;
+        }
+        if let Some(names) = &self.label_names {
+            if names.split(',').filter(|n| !n.trim().is_empty()).count() != 1 {
+                return Err(InputError::new(format!(
+                    "label_names '{names}': the host's batches have one labels field; give one name"
+                )));
+            }
+        }
+        if self.do_train == Some(false) && !self.do_eval && !self.do_predict {
+            return Err(InputError::new("do_train is false and neither do_eval nor do_predict is set: nothing to do"));
+        }
+        Ok(())
+    }
+
+    /// report_to as the stock callback plugins it names (HF's "none" and "all" too).
+    pub fn report_targets(&self) -> Result<Vec<&'static str>, InputError> {
+        let mut targets = Vec::new();
+        for name in self.report_to.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let plugins: &[&'static str] = match name {
+                "none" => &[],
+                "all" => &["tensorboard", "csv_logger"],
+                "tensorboard" => &["tensorboard"],
+                "csv" | "csv_logger" => &["csv_logger"],
+                other => {
+                    return Err(InputError::new(format!(
+                        "report_to '{other}' is not available: the host has no Python integrations (wandb, mlflow, trackio, ...); use tensorboard, csv, all or none, or a callback plugin of your own"
+                    )))
+                }
+            };
+            for plugin in plugins {
+                if !targets.contains(plugin) {
+                    targets.push(*plugin);
+                }
+            }
+        }
+        Ok(targets)
     }
 
     /// Hugging Face's consistency checks for saving and the best model.
@@ -486,6 +602,18 @@ impl TrainingArguments {
         } else {
             value as i64
         }
+    }
+}
+
+/// A log level by HF's name as a tracing filter; `None` for passive (RUST_LOG decides).
+pub fn log_filter(level: &str) -> Result<Option<&'static str>, String> {
+    match level {
+        "passive" => Ok(None),
+        "debug" => Ok(Some("debug")),
+        "info" => Ok(Some("info")),
+        "warning" => Ok(Some("warn")),
+        "error" | "critical" => Ok(Some("error")),
+        other => Err(format!("'{other}' is not one of: debug, info, warning, error, critical, passive")),
     }
 }
 

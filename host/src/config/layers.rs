@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::config::arguments::{TrainingArguments, ARGUMENT_NAMES};
+use crate::config::arguments::{TrainingArguments, ARGUMENT_ALIASES, ARGUMENT_NAMES};
 use crate::error::InputError;
 
 /// Keys of the config file that are not training arguments.
@@ -73,6 +73,12 @@ pub fn merge(base: &mut toml::Table, over: toml::Table) {
 /// key or a value of the wrong type is an error naming the key.
 pub fn parse(mut table: toml::Table, origin: &str) -> Result<(TrainingArguments, PluginSelection)> {
     let selection = take_plugin_selection(&mut table, origin)?;
+    for (alias, name) in ARGUMENT_ALIASES {
+        if let Some(value) = table.remove(*alias) {
+            table.insert((*name).to_owned(), value);
+        }
+    }
+    super::hf_arguments::take_answered(&mut table, origin)?;
     for key in table.keys() {
         if !ARGUMENT_NAMES.contains(&key.as_str()) {
             return Err(InputError::new(format!(

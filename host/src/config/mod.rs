@@ -4,6 +4,7 @@
 //! a model, data, a device, a precision and a distributed setup.
 
 pub mod arguments;
+pub mod hf_arguments;
 pub(crate) mod layers;
 pub(crate) mod preset;
 
@@ -62,6 +63,12 @@ impl ResolvedConfig {
             args.use_peft = true; // An adapter folder trains its adapter on.
         }
         args.check_values()?;
+        // HF maps booleans to its names.
+        match args.include_num_input_tokens_seen.as_str() {
+            "true" => args.include_num_input_tokens_seen = "all".to_owned(),
+            "false" => args.include_num_input_tokens_seen = "no".to_owned(),
+            _ => {}
+        }
         let adam = AdamSettings { beta1: args.adam_beta1, beta2: args.adam_beta2, eps: args.adam_epsilon };
         let optimizer = OptimizerSpec::parse(&args.optim, &args.optim_args, adam)?;
         args.optim = optimizer.kind().name().to_owned();
@@ -131,7 +138,16 @@ impl ResolvedConfig {
             max_train_samples: args.max_train_samples,
             max_eval_samples: args.max_eval_samples,
         };
-        let device = DeviceSpec::parse(&args.device)?;
+        let device = match DeviceSpec::parse(&args.device)? {
+            DeviceSpec::Cuda(_) if args.use_cpu => {
+                return Err(crate::error::InputError::new(format!(
+                    "use_cpu and device {} are both set; choose one",
+                    args.device
+                )))
+            }
+            _ if args.use_cpu => DeviceSpec::Cpu,
+            device => device,
+        };
         let precision = Precision::from_flags(args.bf16, args.fp16)?;
         let distributed = DistributedSpec {
             backend: args.ddp_backend.as_deref().map(Backend::parse).transpose()?,

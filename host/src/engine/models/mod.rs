@@ -59,7 +59,7 @@ pub trait Model {
     /// The built-in training loss of a causal language model computed without keeping its
     /// logits (the same value and gradients, far less memory); `None` where the model
     /// cannot, and the loss comes from the logits.
-    fn language_model_loss(&self, _batch: &Batch, _num_items: i64) -> Option<Result<Tensor>> {
+    fn language_model_loss(&self, _batch: &Batch, _num_items: i64, _smoothing: f64) -> Option<Result<Tensor>> {
         None
     }
 

@@ -118,6 +118,39 @@ impl Trainer {
         Ok(())
     }
 
+    /// HF's `include_num_input_tokens_seen`: the input tokens of a micro-batch (all, or
+    /// without padding); 0 when not counting or the batch has no token ids.
+    pub(super) fn input_tokens(&self, batch: &data::Batch) -> i64 {
+        let Some(ids) = batch.get("input_ids") else { return 0 };
+        match self.config.args.include_num_input_tokens_seen.as_str() {
+            "all" => ids.numel() as i64,
+            "non_padding" => match (batch.get("attention_mask"), self.train.pad_token) {
+                (Some(mask), _) => mask.sum(Kind::Int64).int64_value(&[]),
+                (None, Some(pad)) => ids.ne(pad).sum(Kind::Int64).int64_value(&[]),
+                (None, None) => ids.numel() as i64,
+            },
+            _ => 0,
+        }
+    }
+
+    /// After an optimizer step: every rank's input tokens of the step into the state.
+    pub(super) fn add_input_tokens_seen(&mut self) -> Result<()> {
+        if self.config.args.include_num_input_tokens_seen == "no" {
+            return Ok(());
+        }
+        let local = std::mem::take(&mut self.meter.current_tokens);
+        let all = match &self.dist {
+            None => local,
+            Some(dp) => {
+                let total = Tensor::from(local).to_device(self.device);
+                dp.group.all_reduce_sum(&[&total], "summing the input tokens seen")?;
+                total.int64_value(&[])
+            }
+        };
+        self.run.state.num_input_tokens_seen += all;
+        Ok(())
+    }
+
     pub(super) fn loss_since_log_all_ranks(&self) -> Result<f64> {
         let Some(dp) = &self.dist else { return Ok(self.meter.since_log.double_value(&[])) };
         let total = self.meter.since_log.to_kind(Kind::Double);

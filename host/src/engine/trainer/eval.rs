@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::metrics::{check_loss, cross_entropy, Tally};
+use super::metrics::{check_loss, cross_entropy, speed_metrics, Tally};
 use super::Trainer;
 use crate::engine::callbacks::Event;
 use crate::engine::libtorch;
@@ -138,6 +138,10 @@ impl Trainer {
         }
         let runtime = started.elapsed().as_secs_f64();
         let mut metrics = vec![(format!("{prefix}_loss"), tally.loss_sum.double_value(&[]) / n.max(1) as f64)];
+        if self.config.args.prediction_loss_only {
+            metrics.extend(speed_metrics(prefix, runtime, n as f64, batches as f64));
+            return Ok(metrics);
+        }
         if let Some(accuracy) = tally.accuracy() {
             metrics.push((format!("{prefix}_accuracy"), accuracy));
         }
@@ -155,11 +159,7 @@ impl Trainer {
                 }
             }
         }
-        metrics.extend([
-            (format!("{prefix}_runtime"), runtime),
-            (format!("{prefix}_samples_per_second"), n as f64 / runtime),
-            (format!("{prefix}_steps_per_second"), batches as f64 / runtime),
-        ]);
+        metrics.extend(speed_metrics(prefix, runtime, n as f64, batches as f64));
         Ok(metrics)
     }
 
@@ -177,7 +177,8 @@ impl Trainer {
                 check_loss(loss, &value, false)?;
                 value
             }
-            None => cross_entropy(logits, labels, Reduction::Mean)?,
+            // HF's LabelSmoother, when on, gives the evaluation loss too.
+            None => cross_entropy(logits, labels, Reduction::Mean, self.config.args.label_smoothing_factor)?,
         };
         tally.add(&loss, len, logits, labels);
         Ok((logits.shallow_clone(), labels.shallow_clone(), autocast))

@@ -10,19 +10,36 @@ use crate::plugins::PluginLoss;
 
 /// The built-in training loss: cross entropy summed over the micro-batch's label items
 /// (labels of -100 ignored), divided by the label items of the whole optimizer step, as
-/// HF's loss with `num_items_in_batch`.
-pub(super) fn builtin_training_loss(logits: &Tensor, labels: &Tensor, num_items_in_batch: i64) -> Result<Tensor> {
-    Ok(cross_entropy(logits, labels, Reduction::Sum)? / num_items_in_batch.max(1) as f64)
+/// HF's loss with `num_items_in_batch`. With `smoothing` > 0 it is HF's LabelSmoother
+/// (PyTorch's label_smoothing: the target puts smoothing / classes on every class).
+pub(super) fn builtin_training_loss(
+    logits: &Tensor,
+    labels: &Tensor,
+    num_items_in_batch: i64,
+    smoothing: f64,
+) -> Result<Tensor> {
+    Ok(cross_entropy(logits, labels, Reduction::Sum, smoothing)? / num_items_in_batch.max(1) as f64)
+}
+
+/// HF's `speed_metrics`: `{prefix}_runtime` (rounded to 4 decimals) and the samples and
+/// steps per second (3 decimals).
+pub(super) fn speed_metrics(prefix: &str, runtime: f64, samples: f64, steps: f64) -> Vec<(String, f64)> {
+    let round = |value: f64, digits: i32| (value * 10f64.powi(digits)).round() / 10f64.powi(digits);
+    vec![
+        (format!("{prefix}_runtime"), round(runtime, 4)),
+        (format!("{prefix}_samples_per_second"), round(samples / runtime, 3)),
+        (format!("{prefix}_steps_per_second"), round(steps / runtime, 3)),
+    ]
 }
 
 /// Cross entropy over label items of any shape: logits [..., classes], labels [...]. Labels
 /// that do not fit the logits (a TorchScript model with fewer outputs than classes) are the
 /// user's data not fitting the model: an error, not a crash.
-pub(super) fn cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction) -> Result<Tensor> {
+pub(super) fn cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction, smoothing: f64) -> Result<Tensor> {
     let classes = *logits.size().last().unwrap_or(&0);
     logits
         .reshape([-1, classes])
-        .f_cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, reduction, -100, 0.0)
+        .f_cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, reduction, -100, smoothing)
         .map_err(|e| {
             InputError::new(format!(
                 "the labels do not fit the model's logits {:?} (labels {:?}, largest {}): {}",
@@ -199,7 +216,7 @@ mod tests {
         let (weight, input, labels) = problem();
         let items = crate::engine::data::count_label_items(&labels);
         assert_eq!(items, 6);
-        let full = builtin_training_loss(&input.matmul(&weight.tr()), &labels, items).unwrap();
+        let full = builtin_training_loss(&input.matmul(&weight.tr()), &labels, items, 0.0).unwrap();
         // The full-batch value is PyTorch's mean over the label items.
         let mean = input.matmul(&weight.tr()).cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0);
         assert!((full.double_value(&[]) - mean.double_value(&[])).abs() < 1e-6);
@@ -208,7 +225,7 @@ mod tests {
         let mut accumulated = weight.zeros_like();
         for (start, len) in [(0, 4), (4, 3), (7, 2)] {
             let (x, y) = (input.narrow(0, start, len), labels.narrow(0, start, len));
-            accumulated += grad_of(&weight, builtin_training_loss(&x.matmul(&weight.tr()), &y, items).unwrap());
+            accumulated += grad_of(&weight, builtin_training_loss(&x.matmul(&weight.tr()), &y, items, 0.0).unwrap());
         }
         let difference = (accumulated - full_grad).abs().max().double_value(&[]);
         assert!(difference < 1e-6, "gradients differ by {difference}");

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
-use super::metrics::{builtin_training_loss, check_loss};
+use super::metrics::{builtin_training_loss, check_loss, speed_metrics};
 use super::state::Position;
 use super::Trainer;
 use crate::config::arguments::{IntervalStrategy, SaveStrategy, TrainingArguments, MAX_STEPS};
@@ -71,6 +71,10 @@ pub(super) struct LossMeter {
     step_lr: Option<f64>,
     /// This rank's floating-point operations since they were last added to total_flos.
     pub(super) current_flos: f64,
+    /// This rank's input tokens since the last optimizer step (include_num_input_tokens_seen).
+    pub(super) current_tokens: i64,
+    /// When this session's training began, and num_input_tokens_seen then.
+    session: Option<(Instant, i64)>,
     /// 1 when a loss of the current optimizer step was not finite (on the device).
     pub(super) step_nonfinite: Tensor,
     /// Non-finite steps: in a row now, and since the last log.
@@ -85,6 +89,8 @@ impl LossMeter {
             grad_norm: None,
             step_lr: None,
             current_flos: 0.0,
+            current_tokens: 0,
+            session: None,
             step_nonfinite: Tensor::zeros([], (Kind::Float, device)),
             nonfinite_in_a_row: 0,
             nonfinite_since_log: 0,
@@ -119,6 +125,7 @@ impl Trainer {
             return Ok(Outcome { train_metrics: Vec::new(), eval_metrics: None, already_complete: true });
         }
         let started = Instant::now();
+        self.meter.session = Some((started, self.run.state.num_input_tokens_seen));
         self.begin(&plan)?;
         let resume_at = self.run.position;
         // A run resumed at its last step (killed before writing its results) only finishes.
@@ -260,10 +267,12 @@ impl Trainer {
         steps_in_epoch: usize,
     ) -> Result<Flow> {
         let micro: Vec<Batch> = batches.mine()[first..first + count].iter().map(|idx| self.train.batch(idx)).collect();
-        // HF counts label items over the whole optimizer step before running it.
-        let num_items = match self.world_size() {
-            1 => micro.iter().map(|batch| data::count_label_items(batch.labels())).sum(),
-            _ => self.global_label_items(&batches.shards, first, count),
+        // HF counts label items over the whole optimizer step before running it, over
+        // every rank with average_tokens_across_devices.
+        let across_ranks = self.world_size() > 1 && self.config.args.average_tokens_across_devices;
+        let num_items = match across_ranks {
+            false => micro.iter().map(|batch| data::count_label_items(batch.labels())).sum(),
+            true => self.global_label_items(&batches.shards, first, count),
         };
         for (i, batch) in micro.iter().enumerate() {
             let last = i + 1 == micro.len();
@@ -295,11 +304,13 @@ impl Trainer {
             if let (Some(parameters), Some(ids)) = (self.model.flop_parameters, batch.get("input_ids")) {
                 self.meter.current_flos += 6.0 * ids.numel() as f64 * parameters as f64;
             }
+            self.meter.current_tokens += self.input_tokens(batch);
             // As HF with num_items_in_batch over all ranks: each rank's loss is its share of
             // the global one; times the world size, DDP's averaging of the gradients gives
             // the global batch's gradient.
             let world = self.world_size();
-            let scaled = if world > 1 { &loss * world as f64 } else { loss.shallow_clone() };
+            let across_ranks = world > 1 && self.config.args.average_tokens_across_devices;
+            let scaled = if across_ranks { &loss * world as f64 } else { loss.shallow_clone() };
             if last_of_step {
                 self.arm_gradient_sync()?;
             }
@@ -329,7 +340,8 @@ impl Trainer {
         // HF runs the forward pass and the loss under autocast, the backward pass outside.
         let _autocast = Autocast::enter(self.precision, self.device)?;
         if self.loss.is_none() {
-            if let Some(loss) = self.model.net.language_model_loss(batch, num_items) {
+            let smoothing = self.config.args.label_smoothing_factor;
+            if let Some(loss) = self.model.net.language_model_loss(batch, num_items, smoothing) {
                 return loss;
             }
         }
@@ -340,7 +352,12 @@ impl Trainer {
                 check_loss(loss, &value, true)?;
                 Ok(value)
             }
-            None => builtin_training_loss(outputs.get_logits(), batch.labels(), num_items),
+            None => builtin_training_loss(
+                outputs.get_logits(),
+                batch.labels(),
+                num_items,
+                self.config.args.label_smoothing_factor,
+            ),
         }
     }
 
@@ -350,6 +367,7 @@ impl Trainer {
         let step = self.run.state.global_step + 1;
         libtorch::guard(move || format!("optimizer step {step}"), || self.update_weights())?;
         self.run.state.global_step += 1;
+        self.add_input_tokens_seen()?;
         let position = self.run.position;
         self.run.state.epoch = position.epoch as f64 + position.micro_batches_done as f64 / steps_in_epoch as f64;
         self.fire(Event::StepEnd, &[])?;
@@ -538,6 +556,19 @@ impl Trainer {
         let extra = self.callbacks.extra_logs(&logs)?;
         logs.extend(extra);
         logs.push(("epoch".to_owned(), self.run.state.epoch));
+        if self.config.args.include_num_input_tokens_seen != "no" {
+            let seen = self.run.state.num_input_tokens_seen;
+            // HF passes the training start to the log of a training loss, which then also
+            // reports this session's token rate.
+            let training_loss = logs.first().is_some_and(|(name, _)| name == "loss");
+            logs.push(("num_input_tokens_seen".to_owned(), seen as f64));
+            if let (true, Some((started, initial))) = (training_loss, self.meter.session) {
+                let runtime = started.elapsed().as_secs_f64();
+                let round = |value: f64, digits: i32| (value * 10f64.powi(digits)).round() / 10f64.powi(digits);
+                logs.push(("train_runtime".to_owned(), round(runtime, 4)));
+                logs.push(("train_tokens_per_second".to_owned(), round((seen - initial) as f64 / runtime, 3)));
+            }
+        }
         let entry = self.reporter.log(&self.run.state, &logs)?;
         self.run.log_history.push(entry);
         self.fire(Event::Log, &logs)?;
@@ -556,15 +587,11 @@ impl Trainer {
         let runtime = started.elapsed().as_secs_f64();
         let steps = self.run.state.global_step;
         self.store_flos()?;
-        // Rounded as HF's speed_metrics rounds them.
-        let round = |value: f64, digits: i32| (value * 10f64.powi(digits)).round() / 10f64.powi(digits);
-        let train_metrics = vec![
-            ("train_runtime".to_owned(), round(runtime, 4)),
-            ("train_samples_per_second".to_owned(), round(samples_seen as f64 / runtime, 3)),
-            ("train_steps_per_second".to_owned(), round(steps as f64 / runtime, 3)),
+        let mut train_metrics = speed_metrics("train", runtime, samples_seen as f64, steps as f64);
+        train_metrics.extend([
             ("total_flos".to_owned(), self.run.state.total_flos),
             ("train_loss".to_owned(), total_loss / steps.max(1) as f64),
-        ];
+        ]);
         let train_metrics = self.log(train_metrics)?;
         self.fire(Event::TrainEnd, &[])?;
         let evaluates = !self.eval.is_empty() && self.config.args.eval_strategy != IntervalStrategy::No;

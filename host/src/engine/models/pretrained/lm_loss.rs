@@ -17,14 +17,16 @@ const CHUNK_ELEMENTS: i64 = 1 << 22;
 
 /// Cross entropy of `hidden` [.., width] through the head (`weight` [vocab, width], `bias`)
 /// against `labels` [..] (-100 ignored), summed and divided by `num_items`: the value of
-/// HF's `ForCausalLMLoss` with `num_items_in_batch` on the head's logits, with the same
-/// gradients for the hidden states and the head's trainable parameters.
+/// HF's `ForCausalLMLoss` with `num_items_in_batch` on the head's logits (HF's
+/// LabelSmoother with `smoothing` > 0), with the same gradients for the hidden states and
+/// the head's trainable parameters.
 pub fn chunked_cross_entropy(
     hidden: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     labels: &Tensor,
     num_items: i64,
+    smoothing: f64,
 ) -> Tensor {
     let width = *hidden.size().last().expect("hidden states have a width");
     let vocab = weight.size()[0];
@@ -47,11 +49,19 @@ pub fn chunked_cross_entropy(
             let logits = xc.linear(weight, bias).to_kind(Kind::Float);
             let log_z = logits.logsumexp([1], true);
             let picked = logits.gather(1, &yc.unsqueeze(1), false);
-            value += (&log_z - &picked).sum(Kind::Float);
-            // d(loss)/d(logits) = (softmax - one-hot) / num_items, in place of the logits.
+            // -log p(label), and with smoothing the mean of -log p over the vocabulary.
+            value += (&log_z - &picked).sum(Kind::Float) * (1.0 - smoothing);
+            if smoothing > 0.0 {
+                value += (&log_z - logits.mean_dim(1, true, Kind::Float)).sum(Kind::Float) * smoothing;
+            }
+            // d(loss)/d(logits) = (softmax - target) / num_items, in place of the logits;
+            // the target is the one-hot label, smoothed by smoothing / vocab.
             let mut grad_logits = logits;
             let _ = grad_logits.g_sub_(&log_z).exp_();
-            let _ = grad_logits.scatter_add_(1, &yc.unsqueeze(1), &Tensor::full_like(&picked, -1.0));
+            if smoothing > 0.0 {
+                let _ = grad_logits.g_sub_scalar_(smoothing / vocab as f64);
+            }
+            let _ = grad_logits.scatter_add_(1, &yc.unsqueeze(1), &Tensor::full_like(&picked, smoothing - 1.0));
             let _ = grad_logits.g_mul_scalar_(scale);
             let grad_logits = grad_logits.to_kind(weight.kind());
             grad_x.push(grad_logits.matmul(weight).to_kind(Kind::Float));
@@ -86,10 +96,18 @@ mod tests {
     use super::*;
     use tch::{Device, Reduction};
 
-    fn reference(hidden: &Tensor, weight: &Tensor, bias: Option<&Tensor>, labels: &Tensor, items: i64) -> Tensor {
+    fn reference(
+        hidden: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        labels: &Tensor,
+        items: i64,
+        smoothing: f64,
+    ) -> Tensor {
         let logits = hidden.linear(weight, bias);
         let vocab = weight.size()[0];
-        logits.reshape([-1, vocab]).cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, Reduction::Sum, -100, 0.0)
+        let flat = labels.reshape([-1]);
+        logits.reshape([-1, vocab]).cross_entropy_loss::<Tensor>(&flat, None, Reduction::Sum, -100, smoothing)
             / items as f64
     }
 
@@ -105,24 +123,27 @@ mod tests {
         let labels = Tensor::randint(9000, [3, 700], (Kind::Int64, Device::Cpu));
         let _ = labels.narrow(1, 690, 10).fill_(-100);
         let items = 2 * 700;
-        let expected = reference(&hidden, &weight, Some(&bias), &labels, items);
-        let expected_grads = Tensor::run_backward(&[&expected], &[&hidden, &weight, &bias], false, false);
-        let got = chunked_cross_entropy(&hidden, &weight, Some(&bias), &labels, items);
-        let grads = Tensor::run_backward(&[&got], &[&hidden, &weight, &bias], false, false);
-        assert!((got.double_value(&[]) - expected.double_value(&[])).abs() < 1e-5, "{got:?} vs {expected:?}");
-        for (g, e) in grads.iter().zip(&expected_grads) {
-            let diff = (g - e).abs().max().double_value(&[]);
-            assert!(diff < 1e-6, "gradient differs by {diff}");
+        for smoothing in [0.0, 0.1] {
+            let expected = reference(&hidden, &weight, Some(&bias), &labels, items, smoothing);
+            let expected_grads = Tensor::run_backward(&[&expected], &[&hidden, &weight, &bias], false, false);
+            let got = chunked_cross_entropy(&hidden, &weight, Some(&bias), &labels, items, smoothing);
+            let grads = Tensor::run_backward(&[&got], &[&hidden, &weight, &bias], false, false);
+            let (a, b) = (got.double_value(&[]), expected.double_value(&[]));
+            assert!((a - b).abs() < 1e-5 * b.abs(), "smoothing {smoothing}: {a} vs {b}");
+            for (g, e) in grads.iter().zip(&expected_grads) {
+                let diff = (g - e).abs().max().double_value(&[]);
+                assert!(diff < 1e-6, "smoothing {smoothing}: gradient differs by {diff}");
+            }
+            // Ignored positions get no gradient.
+            assert_eq!(grads[0].narrow(1, 690, 10).abs().sum(Kind::Float).double_value(&[]), 0.0);
         }
-        // Ignored positions get no gradient.
-        assert_eq!(grads[0].narrow(1, 690, 10).abs().sum(Kind::Float).double_value(&[]), 0.0);
     }
 
     #[test]
     fn a_frozen_head_gets_no_gradient_and_all_ignored_labels_give_zero() {
         let (hidden, weight) = (leaves(&[2, 5, 4]), Tensor::randn([11, 4], (Kind::Float, Device::Cpu)));
         let labels = Tensor::full([2, 5], -100, (Kind::Int64, Device::Cpu));
-        let loss = chunked_cross_entropy(&hidden, &weight, None, &labels, 0);
+        let loss = chunked_cross_entropy(&hidden, &weight, None, &labels, 0, 0.0);
         assert_eq!(loss.double_value(&[]), 0.0);
         loss.backward();
         assert_eq!(hidden.grad().abs().sum(Kind::Float).double_value(&[]), 0.0);

@@ -460,7 +460,7 @@ impl Model for Pretrained {
         ])
     }
 
-    fn language_model_loss(&self, batch: &Batch, num_items: i64) -> Option<Result<Tensor>> {
+    fn language_model_loss(&self, batch: &Batch, num_items: i64, smoothing: f64) -> Option<Result<Tensor>> {
         let ids = match self.token_ids(batch) {
             Ok(ids) => ids,
             Err(e) => return Some(Err(e)),
@@ -473,7 +473,7 @@ impl Model for Pretrained {
             Net::Gpt2(net) => net.hidden_and_head(ids, mask, true).map(|(h, weight)| (h, weight, None))?,
             Net::Encoder(_) => return None,
         };
-        Some(Ok(lm_loss::chunked_cross_entropy(&hidden, weight, bias, batch.labels(), num_items)))
+        Some(Ok(lm_loss::chunked_cross_entropy(&hidden, weight, bias, batch.labels(), num_items, smoothing)))
     }
 
     fn generate(&self, prompt: &Tensor, new_tokens: i64, stop: Option<i64>) -> Option<Result<Tensor>> {
