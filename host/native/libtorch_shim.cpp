@@ -3,6 +3,7 @@
 // generators' state, and the multi-tensor kernels of the optimizer step.
 // Every entry point returns null on success or libtorch's error message (shim.h).
 #include <ATen/Context.h>
+#include <ATen/DeviceAccelerator.h>
 #include <ATen/autocast_mode.h>
 #include <torch/script.h>
 
@@ -37,6 +38,26 @@ char* host_autocast_exit(int cuda) {
       at::autocast::clear_cache();
     }
     at::autocast::set_autocast_enabled(device_type(cuda), false);
+  });
+}
+
+// transformers' enable_full_determinism: deterministic kernels (an error where an
+// operation has none), deterministic cuDNN without benchmarking, and cuBLAS's workspace
+// setting (read when CUDA starts, so set before).
+char* host_full_determinism() {
+  return guarded([&] {
+    setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8", 0);
+    at::globalContext().setDeterministicAlgorithms(true, false);
+    at::globalContext().setDeterministicCuDNN(true);
+    at::globalContext().setBenchmarkCuDNN(false);
+  });
+}
+
+// torch.accelerator.empty_cache(): cached device memory back to the device (CUDA); a
+// no-op without an accelerator.
+char* host_empty_cache() {
+  return guarded([&] {
+    if (at::getAccelerator(false).has_value()) at::accelerator::emptyCache();
   });
 }
 

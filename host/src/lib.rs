@@ -6,6 +6,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fatal;
+pub mod logging;
 mod native;
 pub mod plugins;
 

@@ -13,7 +13,7 @@ fn main() {
     if !cli.trains() {
         host::fatal::default_stop_handling();
     }
-    init_tracing();
+    host::logging::init();
     match host::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(error) => {
@@ -23,20 +23,6 @@ fn main() {
             std::process::exit(host::error::exit_code(&error));
         }
     }
-}
-
-fn init_tracing() {
-    // As HF's log_level_replica: ranks other than 0 of a distributed run log warnings only.
-    let replica = std::env::var("RANK").is_ok_and(|rank| rank.trim() != "0");
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if replica { "warn" } else { "info" }));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .without_time()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(host::engine::progress_bar::LogWriter)
-        .init();
 }
 
 /// A panic is a bug in the host, never the user's doing: say so in one line, no backtrace

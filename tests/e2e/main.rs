@@ -3,6 +3,7 @@
 
 mod support;
 
+mod arguments;
 mod bad_data;
 mod bad_input;
 mod checkpoints;

@@ -38,7 +38,10 @@ fn every_architecture_and_head_trains_saves_and_generates_as_transformers() {
         let (name, data) = (case["name"].as_str().unwrap(), case["data"].as_str().unwrap());
         let work = models.join(name).join("host");
         let output = work.join("output");
-        let run = fine_tune(models, &models.join(name).join("model"), data, &output, &[]);
+        // Some cases train with HF's label smoother, as their reference did.
+        let smoothing = case["smoothing"].as_f64().unwrap_or(0.0).to_string();
+        let extra = if smoothing != "0" { vec!["--label-smoothing-factor", smoothing.as_str()] } else { vec![] };
+        let run = fine_tune(models, &models.join(name).join("model"), data, &output, &extra);
         assert_eq!(run.code, 0, "{name}: stderr:\n{}", run.stderr);
         let checkpoint = output.join("checkpoint-5");
         for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {

@@ -54,6 +54,10 @@ DECODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_a
                max_position_embeddings=128, vocab_size=VOCAB, bos_token_id=0, eos_token_id=2)
 ENCODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                vocab_size=VOCAB, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=1)
+# Cases trained with HF's LabelSmoother (label_smoothing_factor): a causal LM (the host's
+# chunked loss) and a classifier (the full logits).
+SMOOTHING = {"llama-causal": 0.1, "bert-classifier": 0.1}
+
 CASES = {
     # Llama 3.x: grouped-query attention, an explicit head_dim, llama3 RoPE scaling, no pad token.
     "llama-causal": ("causal", lambda: LlamaConfig(
@@ -194,7 +198,8 @@ def make(work):
         args = TrainingArguments(
             output_dir=f"{case}/reference/run", per_device_train_batch_size=len(rows), max_steps=STEPS,
             learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, optim="adamw_torch", logging_steps=1,
-            save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=42)
+            save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=42,
+            label_smoothing_factor=SMOOTHING.get(name, 0.0))
         trainer = RecordingTrainer(model=model, args=args, train_dataset=Rows(batch(tokenizer, rows, head)))
         trainer.losses = []
         trainer.train()
@@ -210,7 +215,8 @@ def make(work):
     AutoModel.from_config(CASES["llama-classifier"][1]()).save_pretrained(f"{work}/llama-base/model")
     tokenizer_for(base, "llama").save_pretrained(f"{work}/llama-base/model")
     with open(f"{work}/cases.json", "w") as f:
-        json.dump([{"name": n, "head": h, "data": "text" if h == "causal" else "labeled"}
+        json.dump([{"name": n, "head": h, "data": "text" if h == "causal" else "labeled",
+                    "smoothing": SMOOTHING.get(n, 0.0)}
                    for n, (h, _) in CASES.items()], f)
 
 

@@ -39,10 +39,24 @@ pub fn resolve_config(options: &TrainOptions) -> Result<ResolvedConfig> {
     ResolvedConfig::from_table(layers::with_defaults(user), &origin)
 }
 
+/// log_level (rank 0) or log_level_replica (the other ranks), where they ask for a level.
+fn apply_log_level(args: &crate::config::arguments::TrainingArguments) {
+    let level = if crate::logging::is_replica() {
+        // The default ("warning") is what replicas log anyway; only another choice acts.
+        Some(args.log_level_replica.as_str()).filter(|level| *level != "warning")
+    } else {
+        Some(args.log_level.as_str())
+    };
+    if let Some(Ok(Some(directive))) = level.map(crate::config::arguments::log_filter) {
+        crate::logging::set_level(directive);
+    }
+}
+
 pub fn train(options: &TrainOptions) -> Result<()> {
     // First of all: a signal during start-up must find the handlers in place.
     let stop_signal = install_signal_handlers()?;
     let config = resolve_config(options)?;
+    apply_log_level(&config.args);
     if options.print_config {
         print!("{}", toml::to_string(&config.to_table()?)?);
         return Ok(());
@@ -68,16 +82,87 @@ pub fn train(options: &TrainOptions) -> Result<()> {
     let reporter = output.as_ref().map_or_else(Reporter::console_only, |o| Reporter::create(o.path()));
     let Components { loss, callbacks, .. } = components;
     let callbacks = CallbackHandler::new(callbacks);
+    let phases = Phases::of(&config.args);
+    if phases.predict && dist.is_some() {
+        return Err(crate::error::InputError::new(
+            "do_predict is not available in a distributed run yet: predict afterwards with host predict --checkpoint DIR --output FILE",
+        )
+        .into());
+    }
     let setup = TrainerSetup { config, device, train, eval, loss, callbacks, reporter, stop_signal, dist };
     let mut trainer = Trainer::new(setup)?;
     let training = fatal::TrainingRun::start();
-    let outcome = trainer.train()?;
-    if let Some(output) = output.filter(|_| !outcome.already_complete) {
-        let results = save_results(&mut trainer, &outcome, output.path())?;
+    let mut outcome = match phases.train {
+        true => trainer.train()?,
+        false => Outcome { train_metrics: Vec::new(), eval_metrics: None, already_complete: false },
+    };
+    if outcome.already_complete {
+        return Ok(());
+    }
+    // As HF's example scripts: evaluate and predict after training, each with its file.
+    let mut extra = Vec::new();
+    if phases.eval {
+        let (metrics, _) = trainer.evaluate()?;
+        outcome.eval_metrics = Some(metrics.clone());
+        extra.push(("eval_results.json", metrics));
+    }
+    if let (true, Some(output)) = (phases.predict, &output) {
+        let metrics = trainer.predict(&output.path().join("predictions.jsonl"))?;
+        extra.push(("predict_results.json", metrics));
+    }
+    if let Some(output) = output {
+        let results = match phases.train {
+            true => save_results(&mut trainer, &outcome, output.path())?,
+            false => output.path().join("all_results.json"),
+        };
+        for (file, metrics) in &extra {
+            write_metrics_file(&output.path().join(file), metrics)?;
+            merge_metrics_file(&results, metrics)?;
+        }
         print_summary(&outcome, &results)?;
+        for (file, metrics) in extra.iter().filter(|(file, _)| *file == "predict_results.json") {
+            write_metrics(&mut std::io::stdout().lock(), "test metrics", metrics)?;
+            println!("predictions: {} ({file})", output.path().join("predictions.jsonl").display());
+        }
     }
     drop(training);
     Ok(())
+}
+
+/// What the run does: HF's do_train (default: yes, unlike HF's scripts, since training
+/// is what the host is for), do_eval and do_predict.
+struct Phases {
+    train: bool,
+    eval: bool,
+    predict: bool,
+}
+
+impl Phases {
+    fn of(args: &crate::config::arguments::TrainingArguments) -> Self {
+        Self { train: args.do_train != Some(false), eval: args.do_eval, predict: args.do_predict }
+    }
+}
+
+/// `metrics` as a JSON object file (HF's save_metrics).
+fn write_metrics_file(path: &Path, metrics: &[(String, f64)]) -> Result<()> {
+    let object: serde_json::Map<String, serde_json::Value> =
+        metrics.iter().map(|(name, value)| (name.clone(), serde_json::json!(value))).collect();
+    write_text_atomically(path, &(serde_json::to_string_pretty(&object)? + "\n"))
+}
+
+/// Adds `metrics` to all_results.json (HF's save_metrics does the same).
+fn merge_metrics_file(path: &Path, metrics: &[(String, f64)]) -> Result<()> {
+    let mut all: Vec<(String, f64)> = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).ok())
+        .map(|map| map.into_iter().filter_map(|(k, v)| v.as_f64().map(|v| (k, v))).collect())
+        .unwrap_or_default();
+    for (name, value) in metrics {
+        all.retain(|(n, _)| n != name);
+        all.push((name.clone(), *value));
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    write_metrics_file(path, &all)
 }
 
 fn log_components(device: &str, components: &Components) {

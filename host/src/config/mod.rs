@@ -57,12 +57,26 @@ impl ResolvedConfig {
     /// Checks the arguments and turns them into the typed specs.
     pub fn from_arguments(
         mut args: TrainingArguments,
-        plugins: PluginSelection,
+        mut plugins: PluginSelection,
     ) -> Result<Self, crate::error::InputError> {
         if args.model_name_or_path.as_ref().is_some_and(|d| lora::AdapterFolder::is_one(Path::new(d))) {
             args.use_peft = true; // An adapter folder trains its adapter on.
         }
         args.check_values()?;
+        // As HF's __post_init__: the run is named after its output folder by default.
+        args.run_name.get_or_insert_with(|| args.output_dir.clone());
+        report_to(&args, &mut plugins)?;
+        if let Some(names) = &args.label_names {
+            let name = names.trim().trim_end_matches(',').trim().to_owned();
+            match &args.label_column {
+                Some(column) if *column != name => {
+                    return Err(crate::error::InputError::new(format!(
+                        "label_names {name} and label_column {column} disagree; give one of them"
+                    )))
+                }
+                _ => args.label_column = Some(name),
+            }
+        }
         // HF maps booleans to its names.
         match args.include_num_input_tokens_seen.as_str() {
             "true" => args.include_num_input_tokens_seen = "all".to_owned(),
@@ -186,6 +200,24 @@ impl ResolvedConfig {
         }
         Ok(table)
     }
+}
+
+/// report_to's integrations as the stock callback plugins that do them: each is loaded by
+/// name (as --plugin NAME) and, where callbacks are chosen by name, added to them.
+fn report_to(args: &TrainingArguments, plugins: &mut PluginSelection) -> Result<(), crate::error::InputError> {
+    for name in args.report_targets()? {
+        let loaded = plugins.plugins.iter().any(|path| {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            stem.strip_prefix("lib").unwrap_or(&stem) == name
+        });
+        if !loaded {
+            plugins.plugins.push(PathBuf::from(name));
+        }
+        if !plugins.callbacks.is_empty() && !plugins.callbacks.iter().any(|c| c == name) {
+            plugins.callbacks.push(name.to_owned());
+        }
+    }
+    Ok(())
 }
 
 /// The LoRA settings the arguments give (TRL's names).

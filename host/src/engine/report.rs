@@ -116,6 +116,11 @@ pub fn show(name: &str, value: f64) -> String {
         format!("{value:.1}")
     } else if name == "learning_rate" {
         format!("{value:.3e}")
+    } else if name == "total_flos" {
+        // As HF's metrics_format: whole gigaFLOPs (2^30).
+        format!("{}GF", value as u64 >> 30)
+    } else if name == "num_input_tokens_seen" {
+        format!("{value}")
     } else {
         format!("{value:.4}")
     }

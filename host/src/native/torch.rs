@@ -11,6 +11,8 @@ extern "C" {
     fn host_autocast_enter(cuda: i32, bfloat16: i32) -> *mut c_char;
     fn host_autocast_exit(cuda: i32) -> *mut c_char;
     fn host_set_tf32(enabled: i32) -> *mut c_char;
+    fn host_full_determinism() -> *mut c_char;
+    fn host_empty_cache() -> *mut c_char;
     fn host_rng_state(cuda: i32, index: i32, out: *mut *mut c_void) -> *mut c_char;
     fn host_set_rng_state(cuda: i32, index: i32, state: *mut c_void) -> *mut c_char;
     #[allow(clippy::too_many_arguments)]
@@ -51,6 +53,18 @@ pub fn autocast_enter(cuda: bool, bfloat16: bool) -> Result<(), String> {
 pub fn autocast_exit(cuda: bool) -> Result<(), String> {
     // SAFETY: as autocast_enter.
     check(unsafe { host_autocast_exit(i32::from(cuda)) })
+}
+
+/// Deterministic kernels everywhere (transformers' `enable_full_determinism`).
+pub fn full_determinism() -> Result<(), String> {
+    // SAFETY: sets flags in libtorch's global context and one environment variable.
+    check(unsafe { host_full_determinism() })
+}
+
+/// Returns cached accelerator memory to the device (`torch.accelerator.empty_cache`).
+pub fn empty_cache() -> Result<(), String> {
+    // SAFETY: a plain call into the device allocator.
+    check(unsafe { host_empty_cache() })
 }
 
 /// Allows TF32 tensor cores for float32 matmuls and convolutions on CUDA.

@@ -107,6 +107,9 @@ impl Trainer {
             }
             crate::engine::precision::set_tf32(tf32)?;
         }
+        if config.args.full_determinism {
+            crate::native::full_determinism().map_err(|e| anyhow::anyhow!("full_determinism: {e}"))?;
+        }
         tch::manual_seed(config.args.seed as i64);
         let mut vars = nn::VarStore::new(device);
         let plan = models::plan(&config.model, &train, &eval)?;

@@ -52,6 +52,24 @@ impl Trainer {
         }
         let mut writer = Writer::begin(&self.output_dir(), step)?;
         self.write_model_files(&mut writer)?;
+        // save_only_model: the model and the records, nothing to resume with.
+        if !self.config.args.save_only_model {
+            self.write_resume_files(&mut writer, &rng)?;
+        }
+        self.write_state_files(&mut writer, loss_since_log)?;
+        let dir = writer.commit()?;
+        crate::fatal::checkpoint_saved(&dir);
+        log_saved(&dir, started.elapsed().as_secs_f64());
+        if let Some(limit) = self.config.args.save_total_limit {
+            let best = self.run.state.best_model_checkpoint.as_ref().map(PathBuf::from);
+            checkpoint::rotate(&self.output_dir(), limit, best.as_deref())?;
+        }
+        Ok(dir)
+    }
+
+    /// What only resuming needs: the optimizer's state, the scheduler's and every rank's
+    /// random generator states.
+    fn write_resume_files(&mut self, writer: &mut Writer, rng: &[Vec<(String, Tensor)>]) -> Result<()> {
         let optimizer = self.optimizer.state();
         writer.write_safetensors("optimizer.safetensors", &optimizer.tensors)?;
         let args = &self.config.args;
@@ -68,6 +86,12 @@ impl Trainer {
         for (rank, states) in rng.iter().enumerate() {
             writer.write_safetensors(&rng_state_file(distributed.then_some(rank)), states)?;
         }
+        Ok(())
+    }
+
+    /// The records every checkpoint has: trainer_state.json (with the callbacks' states
+    /// and tensors), the arguments and host_state.json.
+    fn write_state_files(&mut self, writer: &mut Writer, loss_since_log: f64) -> Result<()> {
         // One call per callback gives both its JSON state and its tensors.
         let (trainer_state, callback_tensors) = self.trainer_state_record()?;
         writer.write_json(TRAINER_STATE, &serde_json::to_value(trainer_state)?)?;
@@ -77,14 +101,18 @@ impl Trainer {
         writer.write_json(TRAINING_ARGS, &serde_json::to_value(&self.config.args)?)?;
         let host_state = self.host_state_record(loss_since_log)?;
         writer.write_json(HOST_STATE, &serde_json::to_value(host_state)?)?;
-        let dir = writer.commit()?;
-        crate::fatal::checkpoint_saved(&dir);
-        log_saved(&dir, started.elapsed().as_secs_f64());
-        if let Some(limit) = self.config.args.save_total_limit {
-            let best = self.run.state.best_model_checkpoint.as_ref().map(PathBuf::from);
-            checkpoint::rotate(&self.output_dir(), limit, best.as_deref())?;
+        Ok(())
+    }
+
+    /// If `dir` was saved with save_only_model, the error that says it cannot resume.
+    fn refuse_model_only(dir: &Path) -> Result<(), InputError> {
+        if dir.join(OPTIMIZER).exists() || !dir.join(TRAINING_ARGS).exists() {
+            return Ok(());
         }
-        Ok(dir)
+        Err(InputError::new(format!(
+            "resume_from_checkpoint: {} was saved with save_only_model (the model alone, without optimizer, scheduler or random state), so training cannot resume from it; start a new run from its weights (model_name_or_path, or init_weights with its model.safetensors)",
+            dir.display()
+        )))
     }
 
     /// trainer_state.json as HF writes it (with the callbacks' states), and the tensors of
@@ -134,6 +162,11 @@ impl Trainer {
     /// newest sound one in output_dir). Returns false, having changed nothing, when the
     /// checkpoint is already at the run's last step.
     pub(super) fn resume(&mut self, spec: &str) -> Result<bool> {
+        let newest = checkpoint::list(&self.output_dir()).pop().map(|(_, dir)| dir);
+        let named = if spec == "latest" { newest } else { Some(PathBuf::from(spec)) };
+        if let Some(dir) = named {
+            Self::refuse_model_only(&dir)?;
+        }
         let (dir, records) = if spec == "latest" {
             let (dir, records) = checkpoint::latest(&self.output_dir(), open_checkpoint)?;
             (dir, Some(records))

@@ -368,6 +368,11 @@ impl Trainer {
         libtorch::guard(move || format!("optimizer step {step}"), || self.update_weights())?;
         self.run.state.global_step += 1;
         self.add_input_tokens_seen()?;
+        if let Some(every) = self.config.args.torch_empty_cache_steps {
+            if self.run.state.global_step % every == 0 {
+                crate::native::empty_cache().map_err(libtorch::Failed)?;
+            }
+        }
         let position = self.run.position;
         self.run.state.epoch = position.epoch as f64 + position.micro_batches_done as f64 / steps_in_epoch as f64;
         self.fire(Event::StepEnd, &[])?;

@@ -1,0 +1,179 @@
+//! transformers' TrainingArguments names beyond the basics: every name answered (each
+//! refusal with its own reason), and the ones implemented, end to end.
+
+use std::path::Path;
+
+use host::config::hf_arguments::{Answer, ANSWERS};
+
+use crate::support::*;
+
+/// A value that is not Hugging Face's default for the name.
+fn other_than(defaults: &[&str]) -> &'static str {
+    match defaults {
+        d if d.contains(&"false") => "true",
+        ["true"] => "false",
+        ["0"] => "2",
+        _ => "x",
+    }
+}
+
+#[test]
+fn every_other_transformers_name_is_accepted_or_refused_with_its_reason() {
+    let dir = tempdir();
+    for (name, answer) in ANSWERS {
+        let flag = format!("--{}", name.replace('_', "-"));
+        match answer {
+            Answer::Refused { defaults, reason } => {
+                let value = other_than(defaults);
+                let run = host(dir.path(), &["--print-config", &flag, value]);
+                let expected = format!("flags: {name} = {value} is not supported: {reason}");
+                run.assert_clean_error(2, &expected);
+                // Hugging Face's default value is fine.
+                if let Some(default) = defaults.first().filter(|d| !d.is_empty()) {
+                    let run = host(dir.path(), &["--print-config", &flag, default]);
+                    assert_eq!(run.code, 0, "{flag} {default}: {}", run.stderr);
+                }
+            }
+            Answer::NoEffect(reason) => {
+                let run = host(dir.path(), &["--print-config", &flag, "1"]);
+                assert_eq!(run.code, 0, "{flag}: {}", run.stderr);
+                assert!(run.stderr.contains(&format!("{name} = 1: no effect here: {reason}")), "{}", run.stderr);
+            }
+        }
+    }
+    // The same names in a config file, with Python's spelling of booleans.
+    std::fs::write(dir.path().join("run.toml"), "push_to_hub = \"True\"\n").unwrap();
+    let run = host(dir.path(), &["--print-config", "--config", "run.toml"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.error_line().starts_with(
+            "error: config run.toml or flags: push_to_hub = true is not supported: the host never uploads"
+        ),
+        "{}",
+        run.error_line()
+    );
+}
+
+#[test]
+fn report_to_loads_the_stock_logging_callbacks_by_name() {
+    plugin("tensorboard"); // Builds the stock plugins next to the host binary.
+    let dir = tempdir();
+    let run = host(dir.path(), &["--max-steps", "4", "--logging-steps", "2", "--report-to", "all", "--run-name", "r1"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("callback: tensorboard"), "{}", run.stderr);
+    let runs: Vec<_> = std::fs::read_dir(dir.path().join("output/runs")).unwrap().flatten().collect();
+    assert!(runs.iter().any(|e| e.file_name().to_string_lossy().starts_with("events.out.tfevents")), "{runs:?}");
+    let csv = std::fs::read_to_string(dir.path().join("output/log.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 + 1 + 1, "header, two loss logs, the evaluation, the final metrics:\n{csv}");
+    let run = host(dir.path(), &["--max-steps", "1", "--report-to", "wandb"]);
+    assert_eq!(run.code, 2);
+    assert!(run.error_line().contains("report_to 'wandb' is not available"), "{}", run.error_line());
+}
+
+/// Token data for `--model gpt`: 16 sequences of 8 ids, next-token labels.
+fn token_data(dir: &Path) {
+    let ids = tch::Tensor::randint(40, [16, 8], (tch::Kind::Int64, tch::Device::Cpu));
+    let labels = tch::Tensor::cat(
+        &[ids.narrow(1, 1, 7), tch::Tensor::full([16, 1], -100, (tch::Kind::Int64, tch::Device::Cpu))],
+        1,
+    );
+    let file = dir.join("tokens.safetensors");
+    tch::Tensor::write_safetensors(&[("input_ids", &ids), ("labels", &labels)], file).unwrap();
+}
+
+#[test]
+fn token_counts_loss_only_evaluation_and_log_level() {
+    let dir = tempdir();
+    token_data(dir.path());
+    let args = [
+        "--model",
+        "gpt",
+        "--train-file",
+        "tokens.safetensors",
+        "--eval-file",
+        "tokens.safetensors",
+        "--hidden-size",
+        "16",
+        "--num-hidden-layers",
+        "1",
+        "--max-seq-length",
+        "8",
+        "--per-device-train-batch-size",
+        "8",
+        "--max-steps",
+        "4",
+        "--logging-steps",
+        "1",
+        "--eval-strategy",
+        "steps",
+        "--eval-steps",
+        "2",
+        "--include-num-input-tokens-seen",
+        "true",
+        "--prediction-loss-only",
+        "--label-smoothing-factor",
+        "0.1",
+        "--full-determinism",
+        "--log-level",
+        "warning",
+        "--use-cpu",
+    ];
+    let run = host(dir.path(), &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("INFO"), "log_level warning:\n{}", run.stderr);
+    let history = log_history(dir.path());
+    for entry in &history {
+        let step = entry["step"].as_i64().unwrap();
+        // 8 sequences of 8 tokens a step, padding included ("all").
+        assert_eq!(entry["num_input_tokens_seen"].as_f64(), Some((64 * step) as f64), "{entry}");
+        if entry.get("loss").is_some() {
+            assert!(entry["train_tokens_per_second"].as_f64().unwrap() > 0.0, "{entry}");
+        }
+        if entry.get("eval_loss").is_some() {
+            let keys: Vec<&str> = entry.as_object().unwrap().keys().map(String::as_str).collect();
+            assert!(!keys.iter().any(|k| k.contains("accuracy") || k.contains("perplexity")), "{keys:?}");
+        }
+    }
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("output/trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(state["num_input_tokens_seen"], 256);
+    // total_flos: 6 x tokens x the parameters outside the embeddings.
+    assert!(state["total_flos"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn do_eval_and_do_predict_without_training() {
+    let dir = tempdir();
+    let run = host(dir.path(), &["--do-train", "false", "--do-eval", "--do-predict", "--max-eval-samples", "50"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let output = dir.path().join("output");
+    assert!(!output.join("model.safetensors").exists(), "nothing trained, nothing saved");
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("eval_results.json")).unwrap()).unwrap();
+    assert!(eval["eval_loss"].as_f64().unwrap() > 1.0, "an untrained model: {eval}");
+    let predict: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("predict_results.json")).unwrap()).unwrap();
+    assert_eq!(predict["test_loss"], eval["eval_loss"], "the same model on the same data");
+    assert_eq!(std::fs::read_to_string(output.join("predictions.jsonl")).unwrap().lines().count(), 50);
+    let all = results(dir.path());
+    assert_eq!(all["test_loss"], predict["test_loss"]);
+    let run = host(dir.path(), &["--do-train", "false"]);
+    assert_eq!(run.code, 2);
+    assert!(run.error_line().contains("nothing to do"), "{}", run.error_line());
+}
+
+#[test]
+fn model_only_checkpoints_cannot_resume_and_say_so() {
+    let dir = tempdir();
+    let run =
+        host(dir.path(), &["--max-steps", "4", "--save-steps", "2", "--save-only-model", "--eval-strategy", "no"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let checkpoint = dir.path().join("output/checkpoint-4");
+    assert!(checkpoint.join("model.safetensors").is_file());
+    for resume_only in ["optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_state.safetensors"] {
+        assert!(!checkpoint.join(resume_only).exists(), "{resume_only} in a model-only checkpoint");
+    }
+    let run = host(dir.path(), &["--max-steps", "6", "--resume-from-checkpoint", "latest", "--eval-strategy", "no"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.error_line().contains("was saved with save_only_model"), "{}", run.error_line());
+}
