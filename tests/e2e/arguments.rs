@@ -142,6 +142,53 @@ fn token_counts_loss_only_evaluation_and_log_level() {
 }
 
 #[test]
+fn neftune_noise_changes_training_not_evaluation() {
+    let dir = tempdir();
+    token_data(dir.path());
+    let base = [
+        "--model",
+        "gpt",
+        "--train-file",
+        "tokens.safetensors",
+        "--eval-file",
+        "tokens.safetensors",
+        "--hidden-size",
+        "16",
+        "--num-hidden-layers",
+        "1",
+        "--max-seq-length",
+        "8",
+        "--max-steps",
+        "3",
+        "--logging-steps",
+        "1",
+        "--eval-strategy",
+        "no",
+        "--learning-rate",
+        "0",
+    ];
+    let losses = |extra: &[&str], out: &str| -> (Vec<f64>, f64) {
+        let run = host(dir.path(), &[&base[..], extra, &["--output-dir", out, "--do-eval"]].concat());
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let text = std::fs::read_to_string(dir.path().join(out).join("log_history.jsonl")).unwrap();
+        let history: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let train = history.iter().filter_map(|e| e["loss"].as_f64()).collect();
+        let eval = history.iter().find_map(|e| e["eval_loss"].as_f64()).unwrap();
+        (train, eval)
+    };
+    // Learning rate 0: the weights never change, so only the noise moves the losses.
+    let (plain, plain_eval) = losses(&[], "plain");
+    let (noisy, noisy_eval) = losses(&["--neftune-noise-alpha", "15"], "noisy");
+    assert!(plain.iter().zip(&noisy).all(|(a, b)| a != b), "{plain:?} vs {noisy:?}");
+    assert_eq!(plain_eval, noisy_eval, "no noise in evaluation");
+    let run = host(dir.path(), &["--max-steps", "1", "--neftune-noise-alpha", "5"]);
+    run.assert_clean_error(
+        2,
+        "neftune_noise_alpha needs a model with token embeddings (pretrained, transformer, gpt), not mlp",
+    );
+}
+
+#[test]
 fn do_eval_and_do_predict_without_training() {
     let dir = tempdir();
     let run = host(dir.path(), &["--do-train", "false", "--do-eval", "--do-predict", "--max-eval-samples", "50"]);

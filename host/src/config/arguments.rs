@@ -303,6 +303,9 @@ training_arguments! {
     report_to: String = "none".to_owned(), flag String;
     /// Smooth the built-in cross entropy's targets by this much (HF's LabelSmoother).
     label_smoothing_factor: f64 = 0.0, flag f64;
+    /// NEFTune: uniform noise of this alpha on the input token embeddings in training
+    /// (pretrained, transformer and gpt models; typical 5-15).
+    neftune_noise_alpha: Option<f64> = None, flag f64;
     /// Evaluation reports only the loss (no accuracy, F1, perplexity).
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     prediction_loss_only: bool = false, flag bool;
@@ -495,6 +498,9 @@ impl TrainingArguments {
                 "label_smoothing_factor must be in [0, 1) (got {})",
                 self.label_smoothing_factor
             )));
+        }
+        if let Some(alpha) = self.neftune_noise_alpha {
+            above_zero("neftune_noise_alpha", alpha)?;
         }
         if let Some(steps) = self.torch_empty_cache_steps {
             if steps < 1 {

@@ -308,10 +308,6 @@ pub const ANSWERS: &[(&str, Answer)] = &[
         },
     ),
     (
-        "neftune_noise_alpha",
-        Answer::Refused { defaults: NONE, reason: "NEFTune embedding noise is not available yet" },
-    ),
-    (
         "dataloader_num_workers",
         Answer::Refused {
             defaults: &["0"],

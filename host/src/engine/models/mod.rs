@@ -63,6 +63,12 @@ pub trait Model {
         None
     }
 
+    /// Turns on NEFTune noise on the input token embeddings (neftune_noise_alpha); false
+    /// for models without token embeddings.
+    fn enable_neftune(&mut self, _alpha: f64) -> bool {
+        false
+    }
+
     /// For models that count floating-point operations as transformers' `PreTrainedModel`
     /// does (HF's `floating_point_ops`: 6 x input tokens x the parameters outside
     /// embeddings), the name endings of their embedding weights. `None`: no count, as HF
@@ -87,6 +93,20 @@ pub trait Model {
     /// biases and normalization weights).
     fn decays(&self, name: &str) -> bool {
         crate::engine::optim::decays(name)
+    }
+}
+
+/// NEFTune (Jain et al. 2023, transformers' `neftune_post_forward_hook`): in training,
+/// uniform noise in [-m, m] on the input embeddings [B, T, D], m = alpha / sqrt(T * D).
+pub(crate) fn neftune_noise(embedded: Tensor, alpha: Option<f64>, train: bool) -> Tensor {
+    match alpha {
+        Some(alpha) if train => {
+            let size = embedded.size();
+            let magnitude = alpha / ((size[size.len() - 2] * size[size.len() - 1]) as f64).sqrt();
+            let noise = embedded.zeros_like().uniform_(-magnitude, magnitude);
+            embedded + noise
+        }
+        _ => embedded,
     }
 }
 
@@ -447,6 +467,20 @@ mod tests {
         let fields =
             vec![("attention_mask".to_owned(), mask), ("input_ids".to_owned(), ids), ("labels".to_owned(), labels)];
         Dataset::new("texts", fields).unwrap()
+    }
+
+    #[test]
+    fn neftune_adds_bounded_uniform_noise_in_training_only() {
+        let x = Tensor::zeros([4, 50, 20], (Kind::Float, tch::Device::Cpu));
+        let noisy = neftune_noise(x.shallow_clone(), Some(5.0), true);
+        let magnitude = 5.0 / 1000f64.sqrt();
+        let largest = noisy.abs().max().double_value(&[]);
+        assert!(largest <= magnitude && largest > 0.99 * magnitude, "{largest} vs {magnitude}");
+        // Uniform in [-m, m]: mean |noise| is m / 2.
+        let mean = noisy.abs().mean(Kind::Float).double_value(&[]);
+        assert!((mean / magnitude - 0.5).abs() < 0.02, "{mean}");
+        assert!(neftune_noise(x.shallow_clone(), Some(5.0), false).equal(&x));
+        assert!(neftune_noise(x.shallow_clone(), None, true).equal(&x));
     }
 
     #[test]

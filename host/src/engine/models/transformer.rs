@@ -90,6 +90,8 @@ struct Trunk {
     blocks: Vec<Block>,
     ln_f: nn::LayerNorm,
     config: Config,
+    /// NEFTune's alpha (neftune_noise_alpha).
+    neftune: Option<f64>,
 }
 
 impl Trunk {
@@ -101,6 +103,7 @@ impl Trunk {
             blocks: (0..config.layers).map(|i| Block::new(&(&blocks / i), config.width, config.heads)).collect(),
             ln_f: nn::layer_norm(root / "ln_f", vec![config.width], Default::default()),
             config: config.clone(),
+            neftune: None,
         }
     }
 
@@ -114,8 +117,8 @@ impl Trunk {
             .into());
         }
         let positions = Tensor::arange(t, (Kind::Int64, ids.device()));
-        let mut x = (self.embed_tokens.forward(ids) + self.embed_positions.forward(&positions))
-            .dropout(self.config.dropout, train);
+        let tokens = super::neftune_noise(self.embed_tokens.forward(ids), self.neftune, train);
+        let mut x = (tokens + self.embed_positions.forward(&positions)).dropout(self.config.dropout, train);
         for block in &self.blocks {
             x = block.forward(&x, mask, causal, self.config.dropout, train);
         }
@@ -158,6 +161,11 @@ impl Model for Gpt {
 
     fn embedding_weights(&self) -> Option<&'static [&'static str]> {
         Some(EMBEDDINGS)
+    }
+
+    fn enable_neftune(&mut self, alpha: f64) -> bool {
+        self.trunk.neftune = Some(alpha);
+        true
     }
 
     fn decays(&self, name: &str) -> bool {
@@ -229,6 +237,11 @@ impl Model for EncoderClassifier {
 
     fn embedding_weights(&self) -> Option<&'static [&'static str]> {
         Some(EMBEDDINGS)
+    }
+
+    fn enable_neftune(&mut self, alpha: f64) -> bool {
+        self.trunk.neftune = Some(alpha);
+        true
     }
 
     fn decays(&self, name: &str) -> bool {

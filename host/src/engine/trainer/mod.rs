@@ -121,7 +121,16 @@ impl Trainer {
             memory::check_training_fits(count, device, &config, &model_size_note(&config))?;
         }
         let what = || format!("the model ({})", model_size_note(&config));
-        let (net, task) = libtorch::guard(what, || plan.build(&vars.root()))?;
+        let (mut net, task) = libtorch::guard(what, || plan.build(&vars.root()))?;
+        if let Some(alpha) = config.args.neftune_noise_alpha {
+            if !net.enable_neftune(alpha) {
+                return Err(InputError::new(format!(
+                    "neftune_noise_alpha needs a model with token embeddings (pretrained, transformer, gpt), not {}",
+                    config.args.model
+                ))
+                .into());
+            }
+        }
         if loss.is_none() && train.labels().is_floating_point() {
             return Err(InputError::new(
                 "the labels are not whole numbers (regression or multi-label targets): the built-in cross entropy needs class ids; load a loss plugin such as mse, huber or bce_with_logits",

@@ -136,10 +136,15 @@ impl Decoder {
     /// The last hidden states [B, T, hidden] for token ids [B, T].
     fn hidden(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let t = ids.size()[1];
-        let x = self.embed_tokens.forward(ids);
+        let x = self.embed_tokens.forward_input(ids, train);
         let rotary = Some(rotary(&self.inv_freq, t, x.kind()));
         let context = Context { mask: Mask::new(mask, true), rotary, train };
         self.norm.forward(&self.recompute.run(self, x, context))
+    }
+
+    /// The input embedding (where NEFTune adds its noise).
+    pub fn input_embeddings(&mut self) -> &mut Embedding {
+        &mut self.embed_tokens
     }
 
     /// A language model's last hidden states and its head, for the loss without logits

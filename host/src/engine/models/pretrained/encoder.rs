@@ -145,12 +145,17 @@ impl Encoder {
         }
     }
 
+    /// The input embedding (where NEFTune adds its noise).
+    pub fn input_embeddings(&mut self) -> &mut Embedding {
+        &mut self.word_embeddings
+    }
+
     pub fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, token_types: Option<&Tensor>, train: bool) -> Tensor {
         let types = match token_types {
             Some(types) => types.shallow_clone(),
             None => ids.zeros_like(),
         };
-        let embedded = self.word_embeddings.forward(ids)
+        let embedded = self.word_embeddings.forward_input(ids, train)
             + self.token_type_embeddings.forward(&types)
             + self.position_embeddings.forward(&self.positions(ids));
         let x = self.embeddings_norm.forward(&embedded).dropout(self.hidden_dropout, train);

@@ -99,9 +99,14 @@ impl Gpt2 {
     fn hidden(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let t = ids.size()[1];
         let positions = Tensor::arange(t, (tch::Kind::Int64, ids.device()));
-        let x = (self.wte.forward(ids) + self.wpe.forward(&positions)).dropout(self.embd_pdrop, train);
+        let x = (self.wte.forward_input(ids, train) + self.wpe.forward(&positions)).dropout(self.embd_pdrop, train);
         let context = Context { mask: Mask::new(mask, true), rotary: None, train };
         self.ln_f.forward(&self.recompute.run(self, x, context))
+    }
+
+    /// The input embedding (where NEFTune adds its noise).
+    pub fn input_embeddings(&mut self) -> &mut Embedding {
+        &mut self.wte
     }
 
     /// The language model's last hidden states and its head weight (the token embedding),

@@ -81,16 +81,23 @@ impl Conv1D {
 pub struct Embedding {
     pub weight: Tensor,
     pub padding_idx: Option<i64>,
+    /// NEFTune's alpha, on the model's input embedding (neftune_noise_alpha).
+    pub neftune: Option<f64>,
 }
 
 impl Embedding {
     pub fn new(src: &ParamSource, path: &nn::Path, count: i64, width: i64, padding_idx: Option<i64>) -> Self {
         let weight = src.param(path, "weight", &[count, width], Need::Required, Init::Normal);
-        Self { weight, padding_idx: padding_idx.filter(|&p| (0..count).contains(&p)) }
+        Self { weight, padding_idx: padding_idx.filter(|&p| (0..count).contains(&p)), neftune: None }
     }
 
     pub fn forward(&self, ids: &Tensor) -> Tensor {
         Tensor::embedding(&self.weight, ids, self.padding_idx.unwrap_or(-1), false, false)
+    }
+
+    /// The model's input embedding of token ids: with NEFTune noise in training.
+    pub fn forward_input(&self, ids: &Tensor, train: bool) -> Tensor {
+        crate::engine::models::neftune_noise(self.forward(ids), self.neftune, train)
     }
 }
 

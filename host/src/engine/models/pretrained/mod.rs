@@ -449,6 +449,16 @@ impl Model for Pretrained {
         Ok(Outputs::logits(logits))
     }
 
+    fn enable_neftune(&mut self, alpha: f64) -> bool {
+        let embedding = match &mut self.net {
+            Net::Decoder(net) => net.input_embeddings(),
+            Net::Gpt2(net) => net.input_embeddings(),
+            Net::Encoder(net) => net.input_embeddings(),
+        };
+        embedding.neftune = Some(alpha);
+        true
+    }
+
     fn embedding_weights(&self) -> Option<&'static [&'static str]> {
         Some(&[
             "embed_tokens.weight",
