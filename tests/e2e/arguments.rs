@@ -210,6 +210,33 @@ fn do_eval_and_do_predict_without_training() {
 }
 
 #[test]
+fn auto_find_batch_size_runs_the_step_again_in_smaller_micro_batches() {
+    let dir = tempdir();
+    let common = ["--max-steps", "6", "--eval-strategy", "no", "--save-strategy", "no", "--logging-steps", "2"];
+    // Micro-batches of more than 8 examples fail as a CPU allocation failure does.
+    let oom = [("HOST_FAULT_OOM_ABOVE_BATCH", "8")];
+    let big = ["--per-device-train-batch-size", "32", "--output-dir", "auto"];
+    let run = host_with_env(dir.path(), &[&common[..], &big, &["--auto-find-batch-size"]].concat(), &oom);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for (from, to, accumulation) in [(32, 16, 2), (16, 8, 4)] {
+        let said = format!("out of memory at per_device_train_batch_size {from}; the step runs again with {to} and gradient_accumulation_steps {accumulation} (the same 32 examples a step)");
+        assert!(run.stderr.contains(&said), "{}", run.stderr);
+    }
+    // The same examples in each step as a run made with those sizes from the start.
+    let small = ["--per-device-train-batch-size", "8", "--gradient-accumulation-steps", "4", "--output-dir", "small"];
+    let run = host(dir.path(), &[&common[..], &small].concat());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let weights = |out: &str| std::fs::read(dir.path().join(out).join("model.safetensors")).unwrap();
+    assert!(weights("auto") == weights("small"), "the retried run trained on other data");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("auto/trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(state["train_batch_size"], 8);
+    // Without it, the failure is an error naming the batch size.
+    let run = host_with_env(dir.path(), &[&common[..], &big].concat(), &oom);
+    run.assert_clean_error(1, "out of memory allocating 32.0 MB for training step 1 (per_device_train_batch_size 32)");
+}
+
+#[test]
 fn model_only_checkpoints_cannot_resume_and_say_so() {
     let dir = tempdir();
     let run =

@@ -100,9 +100,15 @@ impl Run {
 
 /// Runs the host with `args` in `dir` (its output_dir defaults below it).
 pub fn host(dir: &Path, args: &[&str]) -> Run {
+    host_with_env(dir, args, &[])
+}
+
+/// `host` with environment variables set (test-only fault points, say).
+pub fn host_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let output: Output = Command::new(env!("CARGO_BIN_EXE_host"))
         .current_dir(dir)
         .args(args)
+        .envs(env.iter().copied())
         // The binary must find libtorch through its rpath, not the environment.
         .env_remove("LD_LIBRARY_PATH")
         .env("RUST_LOG", "info")

@@ -89,6 +89,13 @@ pub fn train(options: &TrainOptions) -> Result<()> {
         )
         .into());
     }
+    if config.args.auto_find_batch_size && dist.is_some() {
+        // One rank retrying a step while the others wait in its all-reduce would hang.
+        return Err(crate::error::InputError::new(
+            "auto_find_batch_size is not available in a distributed run yet: set per_device_train_batch_size and gradient_accumulation_steps",
+        )
+        .into());
+    }
     let setup = TrainerSetup { config, device, train, eval, loss, callbacks, reporter, stop_signal, dist };
     let mut trainer = Trainer::new(setup)?;
     let training = fatal::TrainingRun::start();

@@ -303,6 +303,11 @@ training_arguments! {
     report_to: String = "none".to_owned(), flag String;
     /// Smooth the built-in cross entropy's targets by this much (HF's LabelSmoother).
     label_smoothing_factor: f64 = 0.0, flag f64;
+    /// On running out of memory in a training step, run the step again with micro-batches
+    /// of half the size or less and more gradient accumulation (the same examples a step),
+    /// as often as needed; the sizes chosen are logged and checkpointed.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    auto_find_batch_size: bool = false, flag bool;
     /// NEFTune: uniform noise of this alpha on the input token embeddings in training
     /// (pretrained, transformer and gpt models; typical 5-15).
     neftune_noise_alpha: Option<f64> = None, flag f64;

@@ -301,13 +301,6 @@ pub const ANSWERS: &[(&str, Answer)] = &[
     ("local_rank", Answer::NoEffect("the rank comes from LOCAL_RANK, which torchrun and host launch set")),
     // Not built yet (the issue on TrainingArguments coverage tracks them).
     (
-        "auto_find_batch_size",
-        Answer::Refused {
-            defaults: FALSE,
-            reason: "not available yet: lower per_device_train_batch_size and raise gradient_accumulation_steps to keep the batch",
-        },
-    ),
-    (
         "dataloader_num_workers",
         Answer::Refused {
             defaults: &["0"],

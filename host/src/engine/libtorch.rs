@@ -57,13 +57,27 @@ pub fn is_torch_panic(message: &str) -> bool {
     torch_message(message).is_some()
 }
 
+/// An allocation that failed in libtorch (its message says what and for what); the one
+/// libtorch failure a caller may answer (auto_find_batch_size retries with less).
+#[derive(Debug)]
+pub struct OutOfMemory(pub String);
+
+impl std::fmt::Display for OutOfMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OutOfMemory {}
+
 /// The error for a libtorch failure during `what`.
 pub fn failure(what: &str, message: &str) -> anyhow::Error {
     match allocation(message) {
-        Some(bytes) => anyhow::anyhow!(
+        Some(bytes) => OutOfMemory(format!(
             "out of memory allocating {} for {what}: use a smaller model or batch",
             bytes.map_or("memory".to_owned(), human_bytes)
-        ),
+        ))
+        .into(),
         None => anyhow::anyhow!("{what} failed in libtorch: {}", first_line(message)),
     }
 }

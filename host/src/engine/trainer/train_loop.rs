@@ -55,6 +55,49 @@ impl EpochBatches {
 enum Flow {
     Continue,
     StopEpoch,
+    /// The step ran out of memory and will run again in smaller micro-batches (of the
+    /// same examples); `from` is the micro-batch size it failed with.
+    Resized {
+        from: usize,
+    },
+}
+
+/// Test builds only (the `fault-injection` feature): HOST_FAULT_OOM_ABOVE_BATCH=N makes a
+/// micro-batch of more than N examples fail as libtorch's CPU allocator does.
+#[cfg(feature = "fault-injection")]
+fn simulated_out_of_memory(batch: i64) -> Result<()> {
+    let limit = std::env::var("HOST_FAULT_OOM_ABOVE_BATCH").ok().and_then(|v| v.parse::<i64>().ok());
+    match limit {
+        Some(limit) if batch > limit => Err(libtorch::Failed(format!(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate {} bytes",
+            batch * 1_000_000
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn simulated_out_of_memory(_batch: i64) -> Result<()> {
+    Ok(())
+}
+
+/// A step's bookkeeping before its first micro-batch (see `retry_smaller`).
+struct StepSnapshot {
+    samples_seen: usize,
+    micro_batches_done: usize,
+    since_log: Tensor,
+    step_nonfinite: Tensor,
+    current_flos: f64,
+    current_tokens: i64,
+}
+
+/// The next micro-batch size to try after running out of memory: the largest that is at
+/// most half of `batch` and divides the step's examples, so gradient accumulation makes up
+/// the rest exactly; `None` at 1.
+fn smaller_batch(batch: i64, accumulation: i64) -> Option<i64> {
+    let examples = batch * accumulation;
+    (1..=batch / 2).rev().find(|size| examples % size == 0)
 }
 
 /// How many optimizer steps in a row may have a loss or gradient that is not finite
@@ -138,10 +181,19 @@ impl Trainer {
             // from the seed, so no data is read to get there.
             let skip = if epoch == resume_at.epoch { resume_at.micro_batches_done.min(steps_in_epoch) } else { 0 };
             self.run.position = Position { epoch, micro_batches_done: skip };
-            for first in (skip..steps_in_epoch).step_by(plan.accumulation) {
-                let count = plan.accumulation.min(steps_in_epoch - first);
-                if self.optimizer_update(&batches, first, count, steps_in_epoch)? == Flow::StopEpoch {
-                    break;
+            let (mut batches, mut steps_in_epoch, mut first) = (batches, steps_in_epoch, skip);
+            while first < steps_in_epoch {
+                let count = (self.config.args.gradient_accumulation_steps as usize).min(steps_in_epoch - first);
+                match self.optimizer_update(&batches, first, count, steps_in_epoch)? {
+                    Flow::Continue => first += count,
+                    Flow::StopEpoch => break,
+                    Flow::Resized { from } => {
+                        // The same examples in smaller micro-batches: the data order holds.
+                        first = first * from / self.config.args.per_device_train_batch_size as usize;
+                        batches = self.epoch_batches(epoch);
+                        steps_in_epoch = batches.mine().len();
+                        self.run.position.micro_batches_done = first;
+                    }
                 }
             }
             self.end_epoch(epoch)?;
@@ -274,12 +326,15 @@ impl Trainer {
             false => micro.iter().map(|batch| data::count_label_items(batch.labels())).sum(),
             true => self.global_label_items(&batches.shards, first, count),
         };
+        let before = self.step_snapshot();
         for (i, batch) in micro.iter().enumerate() {
             let last = i + 1 == micro.len();
             if i == 0 {
                 self.fire(Event::StepBegin, &[])?;
             }
-            self.training_step(batch, num_items, last)?;
+            if let Err(error) = self.training_step(batch, num_items, last) {
+                return self.retry_smaller(error, before);
+            }
             if last {
                 self.optimizer_step(steps_in_epoch)?;
             } else {
@@ -293,6 +348,50 @@ impl Trainer {
         Ok(Flow::Continue)
     }
 
+    /// What a step's micro-batches change before its update, to undo for a retry.
+    fn step_snapshot(&self) -> StepSnapshot {
+        StepSnapshot {
+            samples_seen: self.run.totals.samples_seen,
+            micro_batches_done: self.run.position.micro_batches_done,
+            since_log: self.meter.since_log.copy(),
+            step_nonfinite: self.meter.step_nonfinite.copy(),
+            current_flos: self.meter.current_flos,
+            current_tokens: self.meter.current_tokens,
+        }
+    }
+
+    /// auto_find_batch_size (HF's, through accelerate's find_executable_batch_size): a step
+    /// that ran out of memory runs again with smaller micro-batches and more of them, so
+    /// the step still covers the same examples. Any other error, or no smaller size,
+    /// stays an error.
+    fn retry_smaller(&mut self, error: anyhow::Error, before: StepSnapshot) -> Result<Flow> {
+        let args = &self.config.args;
+        let out_of_memory = error.downcast_ref::<libtorch::OutOfMemory>().is_some();
+        if !(out_of_memory && args.auto_find_batch_size) {
+            return Err(error);
+        }
+        let (batch, accumulation) = (args.per_device_train_batch_size, args.gradient_accumulation_steps);
+        let Some(smaller) = smaller_batch(batch, accumulation) else {
+            return Err(error.context("auto_find_batch_size: per_device_train_batch_size 1 still does not fit"));
+        };
+        let examples = batch * accumulation;
+        tracing::warn!(
+            "auto_find_batch_size: out of memory at per_device_train_batch_size {batch}; the step runs again with {smaller} and gradient_accumulation_steps {} (the same {examples} examples a step)",
+            examples / smaller
+        );
+        self.optimizer.zero_grad().map_err(libtorch::Failed)?;
+        self.run.totals.samples_seen = before.samples_seen;
+        self.run.position.micro_batches_done = before.micro_batches_done;
+        self.meter.since_log = before.since_log;
+        self.meter.step_nonfinite = before.step_nonfinite;
+        self.meter.current_flos = before.current_flos;
+        self.meter.current_tokens = before.current_tokens;
+        let args = &mut self.config.args;
+        (args.per_device_train_batch_size, args.gradient_accumulation_steps) = (smaller, examples / smaller);
+        self.run.state.train_batch_size = smaller;
+        Ok(Flow::Resized { from: batch as usize })
+    }
+
     /// HF `training_step`: one micro-batch's forward and backward pass. The loss is
     /// normalised by the label items of the whole optimizer step (`num_items_in_batch`), so
     /// accumulated gradients equal one big batch.
@@ -300,6 +399,7 @@ impl Trainer {
         let (step, batch_size) = (self.run.state.global_step + 1, self.config.args.per_device_train_batch_size);
         let what = move || format!("training step {step} (per_device_train_batch_size {batch_size})");
         libtorch::guard(what, || {
+            simulated_out_of_memory(batch.len())?;
             let loss = self.training_loss(batch, num_items)?;
             if let (Some(parameters), Some(ids)) = (self.model.flop_parameters, batch.get("input_ids")) {
                 self.meter.current_flos += 6.0 * ids.numel() as f64 * parameters as f64;
