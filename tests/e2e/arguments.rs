@@ -237,6 +237,22 @@ fn auto_find_batch_size_runs_the_step_again_in_smaller_micro_batches() {
 }
 
 #[test]
+fn dataloader_workers_hand_out_the_same_batches_in_the_same_order() {
+    let dir = tempdir();
+    let common = ["--max-steps", "40", "--eval-strategy", "no", "--save-strategy", "no", "--logging-steps", "10"];
+    let weights = |extra: &[&str], out: &str| {
+        let run = host(dir.path(), &[&common[..], extra, &["--output-dir", out]].concat());
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        std::fs::read(dir.path().join(out).join("model.safetensors")).unwrap()
+    };
+    let plain = weights(&[], "plain");
+    let three = weights(&["--dataloader-num-workers", "3", "--dataloader-prefetch-factor", "1"], "three");
+    assert!(plain == three, "three workers trained on other batches");
+    let run = host(dir.path(), &["--max-steps", "1", "--dataloader-prefetch-factor", "2"]);
+    run.assert_clean_error(2, "dataloader_prefetch_factor needs dataloader_num_workers > 0");
+}
+
+#[test]
 fn model_only_checkpoints_cannot_resume_and_say_so() {
     let dir = tempdir();
     let run =

@@ -308,6 +308,11 @@ training_arguments! {
     /// as often as needed; the sizes chosen are logged and checkpointed.
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     auto_find_batch_size: bool = false, flag bool;
+    /// Background threads that prepare the next training batches (gathering rows, copying
+    /// them to the device) while a step runs; 0: in the training thread.
+    dataloader_num_workers: i64 = 0, flag i64;
+    /// Batches each dataloader worker keeps ready (default 2, as PyTorch).
+    dataloader_prefetch_factor: Option<i64> = None, flag i64;
     /// NEFTune: uniform noise of this alpha on the input token embeddings in training
     /// (pretrained, transformer and gpt models; typical 5-15).
     neftune_noise_alpha: Option<f64> = None, flag f64;
@@ -503,6 +508,23 @@ impl TrainingArguments {
                 "label_smoothing_factor must be in [0, 1) (got {})",
                 self.label_smoothing_factor
             )));
+        }
+        if self.dataloader_num_workers < 0 {
+            return Err(InputError::new(format!(
+                "dataloader_num_workers must be >= 0 (got {})",
+                self.dataloader_num_workers
+            )));
+        }
+        match self.dataloader_prefetch_factor {
+            Some(_) if self.dataloader_num_workers == 0 => {
+                return Err(InputError::new(
+                    "dataloader_prefetch_factor needs dataloader_num_workers > 0 (as HF): set both",
+                ))
+            }
+            Some(factor) if factor < 1 => {
+                return Err(InputError::new(format!("dataloader_prefetch_factor must be at least 1 (got {factor})")))
+            }
+            _ => {}
         }
         if let Some(alpha) = self.neftune_noise_alpha {
             above_zero("neftune_noise_alpha", alpha)?;

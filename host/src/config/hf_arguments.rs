@@ -299,29 +299,17 @@ pub const ANSWERS: &[(&str, Answer)] = &[
         },
     ),
     ("local_rank", Answer::NoEffect("the rank comes from LOCAL_RANK, which torchrun and host launch set")),
-    // Not built yet (the issue on TrainingArguments coverage tracks them).
-    (
-        "dataloader_num_workers",
-        Answer::Refused {
-            defaults: &["0"],
-            reason: "batches are sliced in the training thread from data already in memory; background workers are not available yet",
-        },
-    ),
-    (
-        "dataloader_prefetch_factor",
-        Answer::Refused { defaults: NONE, reason: "it needs dataloader_num_workers, which is not available yet" },
-    ),
     (
         "dataloader_persistent_workers",
-        Answer::Refused { defaults: FALSE, reason: "it needs dataloader_num_workers, which is not available yet (no workers to keep)" },
+        Answer::NoEffect("the data-loading threads hold no state worth keeping; each epoch starts its own in a moment"),
     ),
     (
         "dataloader_in_order",
-        Answer::Refused { defaults: &["true"], reason: "batches always come in order: there are no workers to finish out of order" },
+        Answer::Refused { defaults: &["true"], reason: "batches always come in order: the workers deal them out in turn and the training thread takes them so" },
     ),
     (
         "dataloader_multiprocessing_context",
-        Answer::Refused { defaults: NONE, reason: "the host starts no data-loading processes (no fork, spawn or forkserver)" },
+        Answer::Refused { defaults: NONE, reason: "the host's data workers are threads, not processes (no fork, spawn or forkserver)" },
     ),
 ];
 

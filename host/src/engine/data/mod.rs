@@ -8,6 +8,7 @@
 mod digits;
 mod files;
 mod parquet;
+pub mod prefetch;
 mod text;
 
 use std::path::PathBuf;
@@ -260,6 +261,11 @@ impl Dataset {
         };
         placed.device = device;
         placed
+    }
+
+    /// The same data, sharing its tensors (for a data-loading thread).
+    pub fn shallow_copy(&self) -> Dataset {
+        self.map(Tensor::shallow_clone)
     }
 
     /// One batch by example indices (a CPU tensor, as `batches` makes them).

@@ -13,6 +13,7 @@ use super::state::Position;
 use super::Trainer;
 use crate::config::arguments::{IntervalStrategy, SaveStrategy, TrainingArguments, MAX_STEPS};
 use crate::engine::callbacks::Event;
+use crate::engine::data::prefetch::BatchLoader;
 use crate::engine::data::{self, Batch};
 use crate::engine::libtorch;
 use crate::engine::optim::schedule::Scheduler;
@@ -182,9 +183,10 @@ impl Trainer {
             let skip = if epoch == resume_at.epoch { resume_at.micro_batches_done.min(steps_in_epoch) } else { 0 };
             self.run.position = Position { epoch, micro_batches_done: skip };
             let (mut batches, mut steps_in_epoch, mut first) = (batches, steps_in_epoch, skip);
+            let mut loader = self.batch_loader(&batches, first);
             while first < steps_in_epoch {
                 let count = (self.config.args.gradient_accumulation_steps as usize).min(steps_in_epoch - first);
-                match self.optimizer_update(&batches, first, count, steps_in_epoch)? {
+                match self.optimizer_update(&batches, loader.as_mut(), first, count, steps_in_epoch)? {
                     Flow::Continue => first += count,
                     Flow::StopEpoch => break,
                     Flow::Resized { from } => {
@@ -193,6 +195,7 @@ impl Trainer {
                         batches = self.epoch_batches(epoch);
                         steps_in_epoch = batches.mine().len();
                         self.run.position.micro_batches_done = first;
+                        loader = self.batch_loader(&batches, first);
                     }
                 }
             }
@@ -294,6 +297,15 @@ impl Trainer {
         Ok(())
     }
 
+    /// Background threads preparing the epoch's batches from `first` on, with
+    /// dataloader_num_workers > 0 (PyTorch's default prefetch_factor: 2).
+    fn batch_loader(&self, batches: &EpochBatches, first: usize) -> Option<BatchLoader> {
+        let args = &self.config.args;
+        let workers = args.dataloader_num_workers as usize;
+        let prefetch = args.dataloader_prefetch_factor.unwrap_or(2) as usize;
+        (workers > 0).then(|| BatchLoader::start(&self.train, batches.mine(), first, workers, prefetch))
+    }
+
     /// The epoch's batches, in the order the data seed and the epoch give.
     fn epoch_batches(&self, epoch: i64) -> EpochBatches {
         let args = &self.config.args;
@@ -314,11 +326,15 @@ impl Trainer {
     fn optimizer_update(
         &mut self,
         batches: &EpochBatches,
+        mut loader: Option<&mut BatchLoader>,
         first: usize,
         count: usize,
         steps_in_epoch: usize,
     ) -> Result<Flow> {
-        let micro: Vec<Batch> = batches.mine()[first..first + count].iter().map(|idx| self.train.batch(idx)).collect();
+        let mine = batches.mine();
+        let micro: Vec<Batch> = (first..first + count)
+            .map(|i| loader.as_mut().and_then(|l| l.take(i)).unwrap_or_else(|| self.train.batch(&mine[i])))
+            .collect();
         // HF counts label items over the whole optimizer step before running it, over
         // every rank with average_tokens_across_devices.
         let across_ranks = self.world_size() > 1 && self.config.args.average_tokens_across_devices;
