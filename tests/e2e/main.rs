@@ -18,6 +18,7 @@ mod fuzz;
 mod hf_rules;
 mod lora;
 mod models;
+mod plots;
 mod pretrained;
 mod stock_plugins;
 mod training;

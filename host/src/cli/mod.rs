@@ -76,6 +76,13 @@ pub enum Command {
     /// Predict with a checkpoint on its run's evaluation data: one JSON line per example,
     /// or with --output FILE.safetensors the logits and labels (HF's predictions, label_ids).
     Predict(PredictOptions),
+    /// Draw a run's charts (loss, learning rate, gradient norm, evaluation metrics) as PNG
+    /// files in OUTPUT_DIR/plots, from its log history; also while it is running.
+    Plot {
+        /// The run's output_dir.
+        #[arg(value_name = "OUTPUT_DIR")]
+        output_dir: PathBuf,
+    },
     /// Complete a prompt greedily with a causal language model folder (a run's output_dir
     /// or checkpoint of a pretrained model, or any Hugging Face model folder).
     Generate(generate::GenerateOptions),
@@ -206,6 +213,16 @@ pub fn run(cli: Cli) -> Result<i32> {
         Some(Command::Predict(options)) => evaluate::predict(&options)?,
         Some(Command::Generate(options)) => generate::generate(&options)?,
         Some(Command::Plugins(command)) => plugins::run(&command)?,
+        Some(Command::Plot { output_dir }) => {
+            if !output_dir.join("log_history.jsonl").is_file() {
+                return Err(crate::error::InputError::new(format!(
+                    "{} has no log_history.jsonl: give the output_dir of a run",
+                    output_dir.display()
+                ))
+                .into());
+            }
+            println!("plots: {}", crate::engine::plots::write(&output_dir)?.display());
+        }
         Some(Command::Launch(options)) => return launch::run(&options),
         Some(Command::NewPlugin { name, kind, dir }) => {
             let root = scaffold::create(&name, kind, &dir)?;

@@ -127,6 +127,11 @@ pub fn train(options: &TrainOptions) -> Result<()> {
             merge_metrics_file(&results, metrics)?;
         }
         print_summary(&outcome, &results)?;
+        // Charts are for looking at: a failure to draw them is said, not fatal.
+        match crate::engine::plots::write(output.path()) {
+            Ok(dir) => tracing::info!("plots: {}", dir.display()),
+            Err(error) => tracing::warn!("no plots: {error:#}"),
+        }
         for (file, metrics) in extra.iter().filter(|(file, _)| *file == "predict_results.json") {
             write_metrics(&mut std::io::stdout().lock(), "test metrics", metrics)?;
             println!("predictions: {} ({file})", output.path().join("predictions.jsonl").display());

@@ -11,6 +11,7 @@ mod memory;
 pub mod models;
 pub(crate) mod optim;
 pub(crate) mod output;
+pub(crate) mod plots;
 pub(crate) mod precision;
 pub mod progress_bar;
 pub(crate) mod report;
