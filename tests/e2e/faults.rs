@@ -83,7 +83,8 @@ fn a_stop_signal_at_any_moment_of_start_up_is_answered() {
     // most of a second): only the dynamic loader's few milliseconds come before that.
     for delay_ms in [0, 40, 150, 400, 900] {
         let dir = tempdir();
-        let run = Background::start(dir.path(), &["--max-steps", "400", "--eval-strategy", "no"]);
+        // Long enough that the last signal still finds it training (400 steps take 0.5 s).
+        let run = Background::start(dir.path(), &["--max-steps", "20000", "--eval-strategy", "no"]);
         let started = std::time::Instant::now();
         while !catches_sigint(run.pid()) && started.elapsed().as_secs() < 10 {
             std::thread::sleep(std::time::Duration::from_micros(200));

@@ -277,6 +277,17 @@ mod tests {
                 "lr_scheduler_type reduce_lr_on_plateau needs evaluations",
             ),
             ("eval_strategy = \"no\"\nlr_scheduler_type = \"greedy\"", "lr_scheduler_type greedy needs evaluations"),
+            ("use_cpu = true\ndevice = \"cuda\"", "use_cpu and device cuda are both set; choose one"),
+            ("label_smoothing_factor = 1.0", "label_smoothing_factor must be in [0, 1) (got 1)"),
+            ("include_num_input_tokens_seen = \"some\"", "include_num_input_tokens_seen 'some' is not one of"),
+            ("log_level = \"loud\"", "log_level 'loud' is not one of: debug, info, warning"),
+            ("label_names = \"labels,aux\"", "label_names 'labels,aux': the host's batches have one labels field"),
+            ("label_names = \"y\"\nlabel_column = \"z\"", "label_names y and label_column z disagree"),
+            ("dataloader_num_workers = -1", "dataloader_num_workers must be >= 0 (got -1)"),
+            ("neftune_noise_alpha = 0.0", "neftune_noise_alpha must be > 0 (got 0)"),
+            ("torch_empty_cache_steps = 0", "torch_empty_cache_steps must be at least 1 (got 0)"),
+            ("report_to = \"wandb\"", "report_to 'wandb' is not available"),
+            ("do_train = false", "do_train is false and neither do_eval nor do_predict is set: nothing to do"),
             ("lr_scheduler_kwargs = { num_cycles = 2 }", "'num_cycles' is not a setting of linear"),
             ("optim = \"adamx\"", "optim 'adamx' is not one of: adamw (or adamw_torch), adam, sgd"),
             ("optim_args = \"momentum=0.9\"", "optim_args: 'momentum' is not a setting of adamw (it takes: amsgrad)"),
@@ -294,6 +305,18 @@ mod tests {
             let error = resolve(toml).err().unwrap_or_else(|| panic!("{toml} was accepted"));
             assert!(error.contains(expected), "{toml}: {error}\nshould contain: {expected}");
         }
+    }
+
+    #[test]
+    fn report_to_selects_the_stock_logging_plugins_once() {
+        let config = resolve("report_to = \"all\"\ncallback = [\"early_stopping\"]").unwrap();
+        let plugins: Vec<String> = config.plugins.plugins.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(plugins, ["tensorboard", "csv_logger"]);
+        assert_eq!(config.plugins.callbacks, ["early_stopping", "tensorboard", "csv_logger"]);
+        // Read back from what it prints, nothing doubles.
+        let again = ResolvedConfig::from_table(config.to_table().unwrap(), "printed").unwrap();
+        assert_eq!(again.plugins, config.plugins);
+        assert_eq!(config.args.run_name.as_deref(), Some("output"), "named after output_dir, as HF");
     }
 
     #[test]
