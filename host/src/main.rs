@@ -12,6 +12,13 @@ fn main() {
     let cli = host::cli::parse();
     if !cli.trains() {
         host::fatal::default_stop_handling();
+        // As Unix tools: output into a closed pipe (`host plugins inspect X | head`) ends
+        // the process quietly. (Training keeps Rust's default: a closed pipe must not cost
+        // a run its results.)
+        // SAFETY: restores the default action for one signal, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
     }
     host::logging::init();
     match host::cli::run(cli) {

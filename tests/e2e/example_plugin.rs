@@ -88,3 +88,30 @@ fn new_plugin_scaffolds_build_test_and_load() {
     host(dir.path(), &["new-plugin", "Bad-Name", "--kind", "loss"])
         .assert_clean_error(2, "plugin name 'Bad-Name' must be lowercase");
 }
+
+#[test]
+fn plugin_command_line_slips_get_plain_answers() {
+    let dir = tempdir();
+    // A folder where a library belongs is named as a folder, not as missing.
+    host(dir.path(), &["--plugin", path_str(&repo().join("plugins/weighted_ce")), "--max-steps", "1"])
+        .assert_clean_error(2, "is a folder, not a plugin library");
+    // `builtin` is the host's own loss name.
+    host(dir.path(), &["new-plugin", "builtin", "--kind", "loss"])
+        .assert_clean_error(2, "plugin name 'builtin' is the host's own loss");
+    // New crates share one build folder.
+    let run = host(dir.path(), &["new-plugin", "shared_one", "--kind", "callback"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let config = std::fs::read_to_string(dir.path().join("shared_one/.cargo/config.toml")).unwrap();
+    let shared = repo().join("target/plugin-crates");
+    assert!(config.contains(&format!("target-dir = \"{}\"", shared.display())), "{config}");
+    assert!(run.stdout.contains(&format!("{}/release/libshared_one.so", shared.display())), "{}", run.stdout);
+    // Output into a closed pipe ends the command quietly, as Unix tools do. (`true` exits
+    // without reading, long before the host has started: every write finds the pipe closed.)
+    let library = plugin("weighted_ce");
+    let piped = Command::new("sh")
+        .arg("-c")
+        .arg(format!("'{}' plugins inspect '{}' | true", env!("CARGO_BIN_EXE_host"), library.display()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&piped.stderr), "", "nothing about a broken pipe");
+}

@@ -227,7 +227,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Some(Command::Launch(options)) => return launch::run(&options),
         Some(Command::NewPlugin { name, kind, dir }) => {
             let root = scaffold::create(&name, kind, &dir)?;
-            println!("created {} ({}): cd there, then cargo build --release", root.display(), name);
+            let library = scaffold::shared_target_dir().join(format!("release/lib{name}.so"));
+            println!("created {} ({name}): cd there, then cargo build --release", root.display());
+            println!("the library: {} (a build folder all new plugins share)", library.display());
         }
     }
     Ok(0)

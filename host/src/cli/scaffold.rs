@@ -25,6 +25,12 @@ pub fn create(name: &str, kind: Kind, dir: &Path) -> Result<PathBuf> {
         ))
         .into());
     }
+    if name == "builtin" {
+        return Err(InputError::new(
+            "plugin name 'builtin' is the host's own loss (--loss builtin); choose another name",
+        )
+        .into());
+    }
     let root = dir.join(name);
     if root.exists() {
         return Err(InputError::new(format!("{} already exists; choose another name or --dir", root.display())).into());
@@ -42,6 +48,7 @@ pub fn create(name: &str, kind: Kind, dir: &Path) -> Result<PathBuf> {
             .replace("{{kind}}", kind_name)
             .replace("{{plugin_api}}", env!("HOST_PLUGIN_API_DIR"))
             .replace("{{libtorch}}", option_env!("HOST_LIBTORCH_DIR").unwrap_or(""))
+            .replace("{{target_dir}}", &shared_target_dir().display().to_string())
     };
     let body = match kind {
         Kind::Loss => include_str!("../../templates/loss.rs.txt"),
@@ -62,4 +69,12 @@ pub fn create(name: &str, kind: Kind, dir: &Path) -> Result<PathBuf> {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(root)
+}
+
+/// The build folder every crate made by `host new-plugin` shares (in the host's own
+/// `target/`): the plugin API and its dependencies (tch, torch-sys, abi_stable) compile
+/// once, and every later plugin crate builds in seconds.
+pub fn shared_target_dir() -> PathBuf {
+    let plugin_api = Path::new(env!("HOST_PLUGIN_API_DIR"));
+    plugin_api.parent().unwrap_or(plugin_api).join("target/plugin-crates")
 }

@@ -46,11 +46,29 @@ pub struct Plugin {
     module: PluginModuleRef,
 }
 
+/// The plugin library a crate folder has built, if any (target/release or target/debug).
+fn built_library(dir: &Path) -> Option<std::path::PathBuf> {
+    ["target/release", "target/debug"].iter().find_map(|sub| {
+        let entries = std::fs::read_dir(dir.join(sub)).ok()?;
+        entries.flatten().map(|e| e.path()).find(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            name.starts_with("lib") && name.ends_with(".so")
+        })
+    })
+}
+
 impl Plugin {
     /// Loads and checks one plugin file. Each file is loaded on its own:
     /// `RootModule::load_from_file` would return the first plugin for every file.
     pub fn load(path: &Path) -> Result<Self> {
         let shown = path.display();
+        if path.is_dir() {
+            return Err(InputError::new(format!(
+                "plugin {shown} is a folder, not a plugin library: give the lib*.so file that building a plugin crate makes{}",
+                built_library(path).map(|lib| format!(" ({})", lib.display())).unwrap_or_default()
+            ))
+            .into());
+        }
         if !path.is_file() {
             return Err(InputError::new(format!(
                 "plugin file {shown} does not exist; build the plugin (cargo build --release) or fix the path"
