@@ -7,12 +7,19 @@
 //! ```ignore
 //! use plugin_api::prelude::*;
 //!
-//! #[derive(Deserialize, JsonSchema, Default)]
+//! #[derive(Deserialize, JsonSchema)]
 //! #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
 //! #[schemars(crate = "plugin_api::schemars")]
 //! struct Config {
 //!     /// Multiplies the cross entropy.
 //!     scale: f64,
+//! }
+//!
+//! // By hand: a derived Default would make scale 0.0, and the loss zero.
+//! impl Default for Config {
+//!     fn default() -> Self {
+//!         Self { scale: 1.0 }
+//!     }
 //! }
 //!
 //! struct ScaledCe { scale: f64 }
