@@ -5,6 +5,7 @@
 //! holds the losses and evaluation metrics, `persist` saves and restores checkpoints,
 //! `data_parallel` is what changes with several ranks, and `state` is the run's state.
 
+mod auto_batch;
 mod data_parallel;
 mod eval;
 mod metrics;

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
+use super::auto_batch::simulated_out_of_memory;
 use super::metrics::{builtin_training_loss, check_loss, speed_metrics};
 use super::state::Position;
 use super::Trainer;
@@ -53,7 +54,7 @@ impl EpochBatches {
 
 /// Whether the epoch goes on after an optimizer step.
 #[derive(PartialEq, Eq)]
-enum Flow {
+pub(super) enum Flow {
     Continue,
     StopEpoch,
     /// The step ran out of memory and will run again in smaller micro-batches (of the
@@ -61,44 +62,6 @@ enum Flow {
     Resized {
         from: usize,
     },
-}
-
-/// Test builds only (the `fault-injection` feature): HOST_FAULT_OOM_ABOVE_BATCH=N makes a
-/// micro-batch of more than N examples fail as libtorch's CPU allocator does.
-#[cfg(feature = "fault-injection")]
-fn simulated_out_of_memory(batch: i64) -> Result<()> {
-    let limit = std::env::var("HOST_FAULT_OOM_ABOVE_BATCH").ok().and_then(|v| v.parse::<i64>().ok());
-    match limit {
-        Some(limit) if batch > limit => Err(libtorch::Failed(format!(
-            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate {} bytes",
-            batch * 1_000_000
-        ))
-        .into()),
-        _ => Ok(()),
-    }
-}
-
-#[cfg(not(feature = "fault-injection"))]
-fn simulated_out_of_memory(_batch: i64) -> Result<()> {
-    Ok(())
-}
-
-/// A step's bookkeeping before its first micro-batch (see `retry_smaller`).
-struct StepSnapshot {
-    samples_seen: usize,
-    micro_batches_done: usize,
-    since_log: Tensor,
-    step_nonfinite: Tensor,
-    current_flos: f64,
-    current_tokens: i64,
-}
-
-/// The next micro-batch size to try after running out of memory: the largest that is at
-/// most half of `batch` and divides the step's examples, so gradient accumulation makes up
-/// the rest exactly; `None` at 1.
-fn smaller_batch(batch: i64, accumulation: i64) -> Option<i64> {
-    let examples = batch * accumulation;
-    (1..=batch / 2).rev().find(|size| examples % size == 0)
 }
 
 /// How many optimizer steps in a row may have a loss or gradient that is not finite
@@ -362,50 +325,6 @@ impl Trainer {
             }
         }
         Ok(Flow::Continue)
-    }
-
-    /// What a step's micro-batches change before its update, to undo for a retry.
-    fn step_snapshot(&self) -> StepSnapshot {
-        StepSnapshot {
-            samples_seen: self.run.totals.samples_seen,
-            micro_batches_done: self.run.position.micro_batches_done,
-            since_log: self.meter.since_log.copy(),
-            step_nonfinite: self.meter.step_nonfinite.copy(),
-            current_flos: self.meter.current_flos,
-            current_tokens: self.meter.current_tokens,
-        }
-    }
-
-    /// auto_find_batch_size (HF's, through accelerate's find_executable_batch_size): a step
-    /// that ran out of memory runs again with smaller micro-batches and more of them, so
-    /// the step still covers the same examples. Any other error, or no smaller size,
-    /// stays an error.
-    fn retry_smaller(&mut self, error: anyhow::Error, before: StepSnapshot) -> Result<Flow> {
-        let args = &self.config.args;
-        let out_of_memory = error.downcast_ref::<libtorch::OutOfMemory>().is_some();
-        if !(out_of_memory && args.auto_find_batch_size) {
-            return Err(error);
-        }
-        let (batch, accumulation) = (args.per_device_train_batch_size, args.gradient_accumulation_steps);
-        let Some(smaller) = smaller_batch(batch, accumulation) else {
-            return Err(error.context("auto_find_batch_size: per_device_train_batch_size 1 still does not fit"));
-        };
-        let examples = batch * accumulation;
-        tracing::warn!(
-            "auto_find_batch_size: out of memory at per_device_train_batch_size {batch}; the step runs again with {smaller} and gradient_accumulation_steps {} (the same {examples} examples a step)",
-            examples / smaller
-        );
-        self.optimizer.zero_grad().map_err(libtorch::Failed)?;
-        self.run.totals.samples_seen = before.samples_seen;
-        self.run.position.micro_batches_done = before.micro_batches_done;
-        self.meter.since_log = before.since_log;
-        self.meter.step_nonfinite = before.step_nonfinite;
-        self.meter.current_flos = before.current_flos;
-        self.meter.current_tokens = before.current_tokens;
-        let args = &mut self.config.args;
-        (args.per_device_train_batch_size, args.gradient_accumulation_steps) = (smaller, examples / smaller);
-        self.run.state.train_batch_size = smaller;
-        Ok(Flow::Resized { from: batch as usize })
     }
 
     /// HF `training_step`: one micro-batch's forward and backward pass. The loss is
