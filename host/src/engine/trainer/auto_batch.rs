@@ -6,7 +6,6 @@
 use anyhow::Result;
 use tch::Tensor;
 
-use super::train_loop::Flow;
 use super::Trainer;
 use crate::engine::libtorch;
 
@@ -65,7 +64,8 @@ impl Trainer {
     /// that ran out of memory runs again with smaller micro-batches and more of them, so
     /// the step still covers the same examples. Any other error, or no smaller size,
     /// stays an error.
-    pub(super) fn retry_smaller(&mut self, error: anyhow::Error, before: StepSnapshot) -> Result<Flow> {
+    /// Returns the micro-batch size that failed; the new one is in the arguments.
+    pub(super) fn retry_smaller(&mut self, error: anyhow::Error, before: StepSnapshot) -> Result<usize> {
         let args = &self.config.args;
         let out_of_memory = error.downcast_ref::<libtorch::OutOfMemory>().is_some();
         if !(out_of_memory && args.auto_find_batch_size) {
@@ -90,7 +90,7 @@ impl Trainer {
         let args = &mut self.config.args;
         (args.per_device_train_batch_size, args.gradient_accumulation_steps) = (smaller, examples / smaller);
         self.run.state.train_batch_size = smaller;
-        Ok(Flow::Resized { from: batch as usize })
+        Ok(batch as usize)
     }
 }
 

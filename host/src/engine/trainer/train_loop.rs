@@ -54,7 +54,7 @@ impl EpochBatches {
 
 /// Whether the epoch goes on after an optimizer step.
 #[derive(PartialEq, Eq)]
-pub(super) enum Flow {
+enum Flow {
     Continue,
     StopEpoch,
     /// The step ran out of memory and will run again in smaller micro-batches (of the
@@ -312,7 +312,7 @@ impl Trainer {
                 self.fire(Event::StepBegin, &[])?;
             }
             if let Err(error) = self.training_step(batch, num_items, last) {
-                return self.retry_smaller(error, before);
+                return Ok(Flow::Resized { from: self.retry_smaller(error, before)? });
             }
             if last {
                 self.optimizer_step(steps_in_epoch)?;
