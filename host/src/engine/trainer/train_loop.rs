@@ -80,8 +80,8 @@ pub(super) struct LossMeter {
     pub(super) current_flos: f64,
     /// This rank's input tokens since the last optimizer step (include_num_input_tokens_seen).
     pub(super) current_tokens: i64,
-    /// When this session's training began, and num_input_tokens_seen then.
-    session: Option<(Instant, i64)>,
+    /// When this process began training (after a resume, too), and num_input_tokens_seen then.
+    started: Option<(Instant, i64)>,
     /// 1 when a loss of the current optimizer step was not finite (on the device).
     pub(super) step_nonfinite: Tensor,
     /// Non-finite steps: in a row now, and since the last log.
@@ -97,7 +97,7 @@ impl LossMeter {
             step_lr: None,
             current_flos: 0.0,
             current_tokens: 0,
-            session: None,
+            started: None,
             step_nonfinite: Tensor::zeros([], (Kind::Float, device)),
             nonfinite_in_a_row: 0,
             nonfinite_since_log: 0,
@@ -132,7 +132,7 @@ impl Trainer {
             return Ok(Outcome { train_metrics: Vec::new(), eval_metrics: None, already_complete: true });
         }
         let started = Instant::now();
-        self.meter.session = Some((started, self.run.state.num_input_tokens_seen));
+        self.meter.started = Some((started, self.run.state.num_input_tokens_seen));
         self.begin(&plan)?;
         let resume_at = self.run.position;
         // A run resumed at its last step (killed before writing its results) only finishes.
@@ -599,10 +599,10 @@ impl Trainer {
         if self.config.args.include_num_input_tokens_seen != "no" {
             let seen = self.run.state.num_input_tokens_seen;
             // HF passes the training start to the log of a training loss, which then also
-            // reports this session's token rate.
+            // reports the token rate since this process began training.
             let training_loss = logs.first().is_some_and(|(name, _)| name == "loss");
             logs.push(("num_input_tokens_seen".to_owned(), seen as f64));
-            if let (true, Some((started, initial))) = (training_loss, self.meter.session) {
+            if let (true, Some((started, initial))) = (training_loss, self.meter.started) {
                 let runtime = started.elapsed().as_secs_f64();
                 let round = |value: f64, digits: i32| (value * 10f64.powi(digits)).round() / 10f64.powi(digits);
                 logs.push(("train_runtime".to_owned(), round(runtime, 4)));
