@@ -266,4 +266,8 @@ fn model_only_checkpoints_cannot_resume_and_say_so() {
     let run = host(dir.path(), &["--max-steps", "6", "--resume-from-checkpoint", "latest", "--eval-strategy", "no"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.error_line().contains("was saved with save_only_model"), "{}", run.error_line());
+    // Its model evaluates as any checkpoint's does.
+    let run = host(dir.path(), &["eval", "--checkpoint", path_str(&checkpoint)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("eval_accuracy"), "{}", run.stdout);
 }

@@ -109,6 +109,14 @@ impl Records {
         Ok(records)
     }
 
+    /// What evaluating a checkpoint's model needs: its trainer state and host state (the
+    /// run's configuration). Unlike `read`, fine for a model-only checkpoint
+    /// (save_only_model), which has no optimizer or scheduler records.
+    pub fn read_for_evaluation(dir: &Path) -> Result<(TrainerState, HostStateRecord), String> {
+        let trainer_state: Value = read(dir, TRAINER_STATE)?;
+        Ok((from_value(dir, TRAINER_STATE, &trainer_state)?, read(dir, HOST_STATE)?))
+    }
+
     /// Values no run can have written, and values that contradict each other.
     fn check(&self) -> Result<(), String> {
         let s = &self.trainer_state.state;

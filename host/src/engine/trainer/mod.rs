@@ -194,8 +194,10 @@ impl Trainer {
         if !dir.is_dir() {
             return Err(InputError::new(format!("checkpoint {} does not exist", dir.display())).into());
         }
-        let records = open_checkpoint(dir).map_err(|problem| InputError::new(format!("checkpoint: {problem}")))?;
-        let table = match toml::Value::try_from(&records.host_state.run_config) {
+        let (saved, host_state) = checkpoint::verify(dir)
+            .and_then(|()| Records::read_for_evaluation(dir))
+            .map_err(|problem| InputError::new(format!("checkpoint: {problem}")))?;
+        let table = match toml::Value::try_from(&host_state.run_config) {
             Ok(toml::Value::Table(table)) => table,
             _ => {
                 return Err(InputError::new(format!(
@@ -228,7 +230,6 @@ impl Trainer {
             stop_signal: Arc::new(AtomicUsize::new(0)),
             dist: None,
         })?;
-        let saved = &records.trainer_state.state;
         let state = &mut trainer.run.state;
         (state.global_step, state.epoch, state.max_steps) = (saved.global_step, saved.epoch, saved.max_steps);
         Ok(trainer)
