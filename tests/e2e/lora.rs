@@ -167,7 +167,11 @@ fn gradient_checkpointing_gives_the_gradients_of_the_plain_pass() {
         let (a, b) = (history(&plain), history(&recomputed));
         assert_eq!(a.len(), 3, "{name}");
         for ((loss_a, norm_a), (loss_b, norm_b)) in a.iter().zip(&b) {
-            assert!((loss_a - loss_b).abs() <= 1e-6, "{name}: losses {a:?} and {b:?}");
+            // The checkpointed forward pass runs the blocks without autograd, where libtorch
+            // may pick other kernels (attention): the loss it reports can differ in the last
+            // float32 digits (2.6e-6 relative seen once on a busy machine). The gradients
+            // come from the recomputation with autograd, and are held to 1e-6.
+            assert!((loss_a - loss_b).abs() <= 1e-5 * loss_a.abs().max(1.0), "{name}: losses {a:?} and {b:?}");
             assert!((norm_a - norm_b).abs() <= 1e-6 * norm_a.max(1.0), "{name}: gradient norms {a:?} and {b:?}");
         }
         let difference = largest_difference(&plain.join(weights), &recomputed.join(weights));
