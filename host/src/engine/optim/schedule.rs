@@ -80,14 +80,20 @@ struct Plateau {
     cooldown_left: i64,
 }
 
+/// Whether `value` beats `best` by more than `threshold` (a share of `best` when
+/// `relative`): torch's ReduceLROnPlateau rule, which GreedyLR shares.
+fn improves(value: f64, best: f64, maximize: bool, relative: bool, threshold: f64) -> bool {
+    match (maximize, relative) {
+        (false, true) => value < best * (1.0 - threshold),
+        (false, false) => value < best - threshold,
+        (true, true) => value > best * (1.0 + threshold),
+        (true, false) => value > best + threshold,
+    }
+}
+
 impl Plateau {
     fn is_better(&self, value: f64) -> bool {
-        match (self.maximize, self.relative) {
-            (false, true) => value < self.best * (1.0 - self.threshold),
-            (false, false) => value < self.best - self.threshold,
-            (true, true) => value > self.best * (1.0 + self.threshold),
-            (true, false) => value > self.best + self.threshold,
-        }
+        improves(value, self.best, self.maximize, self.relative, self.threshold)
     }
 }
 
@@ -122,12 +128,7 @@ struct Greedy {
 
 impl Greedy {
     fn is_better(&self, value: f64) -> bool {
-        match (self.maximize, self.relative) {
-            (false, true) => value < self.best * (1.0 - self.threshold),
-            (false, false) => value < self.best - self.threshold,
-            (true, true) => value > self.best * (1.0 + self.threshold),
-            (true, false) => value > self.best + self.threshold,
-        }
+        improves(value, self.best, self.maximize, self.relative, self.threshold)
     }
 
     fn worst(&self) -> f64 {

@@ -24,12 +24,16 @@ pub(super) fn builtin_training_loss(
 /// HF's `speed_metrics`: `{prefix}_runtime` (rounded to 4 decimals) and the samples and
 /// steps per second (3 decimals).
 pub(super) fn speed_metrics(prefix: &str, runtime: f64, samples: f64, steps: f64) -> Vec<(String, f64)> {
-    let round = |value: f64, digits: i32| (value * 10f64.powi(digits)).round() / 10f64.powi(digits);
     vec![
-        (format!("{prefix}_runtime"), round(runtime, 4)),
-        (format!("{prefix}_samples_per_second"), round(samples / runtime, 3)),
-        (format!("{prefix}_steps_per_second"), round(steps / runtime, 3)),
+        (format!("{prefix}_runtime"), round_to(runtime, 4)),
+        (format!("{prefix}_samples_per_second"), round_to(samples / runtime, 3)),
+        (format!("{prefix}_steps_per_second"), round_to(steps / runtime, 3)),
     ]
+}
+
+/// Python's `round(value, digits)` as speed_metrics uses it.
+pub(super) fn round_to(value: f64, digits: i32) -> f64 {
+    (value * 10f64.powi(digits)).round() / 10f64.powi(digits)
 }
 
 /// Cross entropy over label items of any shape: logits [..., classes], labels [...]. Labels

@@ -9,7 +9,7 @@ use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use super::auto_batch::simulated_out_of_memory;
-use super::metrics::{builtin_training_loss, check_loss, speed_metrics};
+use super::metrics::{builtin_training_loss, check_loss, round_to, speed_metrics};
 use super::state::Position;
 use super::Trainer;
 use crate::config::arguments::{IntervalStrategy, SaveStrategy, TrainingArguments, MAX_STEPS};
@@ -604,9 +604,8 @@ impl Trainer {
             logs.push(("num_input_tokens_seen".to_owned(), seen as f64));
             if let (true, Some((started, initial))) = (training_loss, self.meter.started) {
                 let runtime = started.elapsed().as_secs_f64();
-                let round = |value: f64, digits: i32| (value * 10f64.powi(digits)).round() / 10f64.powi(digits);
-                logs.push(("train_runtime".to_owned(), round(runtime, 4)));
-                logs.push(("train_tokens_per_second".to_owned(), round((seen - initial) as f64 / runtime, 3)));
+                logs.push(("train_runtime".to_owned(), round_to(runtime, 4)));
+                logs.push(("train_tokens_per_second".to_owned(), round_to((seen - initial) as f64 / runtime, 3)));
             }
         }
         let entry = self.reporter.log(&self.run.state, &logs)?;
