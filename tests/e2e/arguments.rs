@@ -70,6 +70,22 @@ fn report_to_loads_the_stock_logging_callbacks_by_name() {
     assert!(run.error_line().contains("report_to 'wandb' is not available"), "{}", run.error_line());
 }
 
+/// A tiny `--model gpt` on the data `token_data` writes.
+const TINY_GPT: [&str; 12] = [
+    "--model",
+    "gpt",
+    "--train-file",
+    "tokens.safetensors",
+    "--eval-file",
+    "tokens.safetensors",
+    "--hidden-size",
+    "16",
+    "--num-hidden-layers",
+    "1",
+    "--max-seq-length",
+    "8",
+];
+
 /// Token data for `--model gpt`: 16 sequences of 8 ids, next-token labels.
 fn token_data(dir: &Path) {
     let ids = tch::Tensor::randint(40, [16, 8], (tch::Kind::Int64, tch::Device::Cpu));
@@ -86,38 +102,30 @@ fn token_counts_loss_only_evaluation_and_log_level() {
     let dir = tempdir();
     token_data(dir.path());
     let args = [
-        "--model",
-        "gpt",
-        "--train-file",
-        "tokens.safetensors",
-        "--eval-file",
-        "tokens.safetensors",
-        "--hidden-size",
-        "16",
-        "--num-hidden-layers",
-        "1",
-        "--max-seq-length",
-        "8",
-        "--per-device-train-batch-size",
-        "8",
-        "--max-steps",
-        "4",
-        "--logging-steps",
-        "1",
-        "--eval-strategy",
-        "steps",
-        "--eval-steps",
-        "2",
-        "--include-num-input-tokens-seen",
-        "true",
-        "--prediction-loss-only",
-        "--label-smoothing-factor",
-        "0.1",
-        "--full-determinism",
-        "--log-level",
-        "warning",
-        "--use-cpu",
-    ];
+        &TINY_GPT[..],
+        &[
+            "--per-device-train-batch-size",
+            "8",
+            "--max-steps",
+            "4",
+            "--logging-steps",
+            "1",
+            "--eval-strategy",
+            "steps",
+            "--eval-steps",
+            "2",
+            "--include-num-input-tokens-seen",
+            "true",
+            "--prediction-loss-only",
+            "--label-smoothing-factor",
+            "0.1",
+            "--full-determinism",
+            "--log-level",
+            "warning",
+            "--use-cpu",
+        ][..],
+    ]
+    .concat();
     let run = host(dir.path(), &args);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(!run.stderr.contains("INFO"), "log_level warning:\n{}", run.stderr);
@@ -146,27 +154,10 @@ fn neftune_noise_changes_training_not_evaluation() {
     let dir = tempdir();
     token_data(dir.path());
     let base = [
-        "--model",
-        "gpt",
-        "--train-file",
-        "tokens.safetensors",
-        "--eval-file",
-        "tokens.safetensors",
-        "--hidden-size",
-        "16",
-        "--num-hidden-layers",
-        "1",
-        "--max-seq-length",
-        "8",
-        "--max-steps",
-        "3",
-        "--logging-steps",
-        "1",
-        "--eval-strategy",
-        "no",
-        "--learning-rate",
-        "0",
-    ];
+        &TINY_GPT[..],
+        &["--max-steps", "3", "--logging-steps", "1", "--eval-strategy", "no", "--learning-rate", "0"][..],
+    ]
+    .concat();
     let losses = |extra: &[&str], out: &str| -> (Vec<f64>, f64) {
         let run = host(dir.path(), &[&base[..], extra, &["--output-dir", out, "--do-eval"]].concat());
         assert_eq!(run.code, 0, "{}", run.stderr);
