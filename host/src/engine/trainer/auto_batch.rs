@@ -49,15 +49,19 @@ pub(super) fn smaller_batch(batch: i64, accumulation: i64) -> Option<i64> {
 
 impl Trainer {
     /// What a step's micro-batches change before its update, to undo for a retry.
-    pub(super) fn step_snapshot(&self) -> StepSnapshot {
-        StepSnapshot {
+    /// `None` without auto_find_batch_size: nothing is ever undone, so nothing is copied.
+    pub(super) fn step_snapshot(&self) -> Option<StepSnapshot> {
+        if !self.config.args.auto_find_batch_size {
+            return None;
+        }
+        Some(StepSnapshot {
             samples_seen: self.run.totals.samples_seen,
             micro_batches_done: self.run.position.micro_batches_done,
             since_log: self.meter.since_log.copy(),
             step_nonfinite: self.meter.step_nonfinite.copy(),
             current_flos: self.meter.current_flos,
             current_tokens: self.meter.current_tokens,
-        }
+        })
     }
 
     /// auto_find_batch_size (HF's, through accelerate's find_executable_batch_size): a step
@@ -65,12 +69,12 @@ impl Trainer {
     /// the step still covers the same examples. Any other error, or no smaller size,
     /// stays an error.
     /// Returns the micro-batch size that failed; the new one is in the arguments.
-    pub(super) fn retry_smaller(&mut self, error: anyhow::Error, before: StepSnapshot) -> Result<usize> {
+    pub(super) fn retry_smaller(&mut self, error: anyhow::Error, before: Option<StepSnapshot>) -> Result<usize> {
         let args = &self.config.args;
         let out_of_memory = error.downcast_ref::<libtorch::OutOfMemory>().is_some();
-        if !(out_of_memory && args.auto_find_batch_size) {
+        let Some(before) = before.filter(|_| out_of_memory) else {
             return Err(error);
-        }
+        };
         let (batch, accumulation) = (args.per_device_train_batch_size, args.gradient_accumulation_steps);
         let Some(smaller) = smaller_batch(batch, accumulation) else {
             return Err(error.context("auto_find_batch_size: per_device_train_batch_size 1 still does not fit"));
