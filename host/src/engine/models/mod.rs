@@ -471,6 +471,7 @@ mod tests {
 
     #[test]
     fn neftune_adds_bounded_uniform_noise_in_training_only() {
+        let _generator = crate::engine::rng::lock_generator();
         let x = Tensor::zeros([4, 50, 20], (Kind::Float, tch::Device::Cpu));
         let noisy = neftune_noise(x.shallow_clone(), Some(5.0), true);
         let magnitude = 5.0 / 1000f64.sqrt();

@@ -92,6 +92,7 @@ fn bad_optimizer_settings_are_clear_errors() {
 
 #[test]
 fn state_round_trips_mid_trajectory_for_every_optimizer() {
+    let _generator = crate::engine::rng::lock_generator();
     // Two steps, save, a fresh optimizer loads the state, three more steps: the same as five
     // steps straight, bit for bit.
     let adam = AdamSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8 };

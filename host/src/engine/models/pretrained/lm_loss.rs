@@ -117,6 +117,7 @@ mod tests {
 
     #[test]
     fn loss_and_gradients_equal_cross_entropy_over_the_full_logits() {
+        let _generator = crate::engine::rng::lock_generator();
         tch::manual_seed(3);
         // 3 x 700 positions over a vocabulary of 9000: several chunks, a short last one.
         let (hidden, weight, bias) = (leaves(&[3, 700, 16]), leaves(&[9000, 16]), leaves(&[9000]));
@@ -141,6 +142,7 @@ mod tests {
 
     #[test]
     fn a_frozen_head_gets_no_gradient_and_all_ignored_labels_give_zero() {
+        let _generator = crate::engine::rng::lock_generator();
         let (hidden, weight) = (leaves(&[2, 5, 4]), Tensor::randn([11, 4], (Kind::Float, Device::Cpu)));
         let labels = Tensor::full([2, 5], -100, (Kind::Int64, Device::Cpu));
         let loss = chunked_cross_entropy(&hidden, &weight, None, &labels, 0, 0.0);
