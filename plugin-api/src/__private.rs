@@ -61,7 +61,19 @@ pub extern "C" fn module_extension(op: ExtensionOp, _input: ExtensionIn<'_>) -> 
 /// `JsonSchema`, the JSON schema of its config keys.
 pub type ComponentDecl = (&'static str, Option<String>);
 
-pub fn plugin_info(name: &str, version: &str, losses: &[ComponentDecl], callbacks: &[ComponentDecl]) -> PluginInfo {
+pub use crate::adapters::{make_batch_transform, make_metric, make_optimizer, make_scheduler};
+
+/// The components of a plugin for [`plugin_info`], by kind.
+pub struct Declared<'a> {
+    pub losses: &'a [ComponentDecl],
+    pub callbacks: &'a [ComponentDecl],
+    pub metrics: &'a [ComponentDecl],
+    pub optimizers: &'a [ComponentDecl],
+    pub schedulers: &'a [ComponentDecl],
+    pub batch_transforms: &'a [ComponentDecl],
+}
+
+pub fn plugin_info(name: &str, version: &str, declared: Declared<'_>) -> PluginInfo {
     let component = |kind, (name, schema): &ComponentDecl| {
         let extra = match schema {
             Some(schema) => format!("{{\"config_schema\":{schema}}}"),
@@ -69,11 +81,16 @@ pub fn plugin_info(name: &str, version: &str, losses: &[ComponentDecl], callback
         };
         ComponentInfo { kind, name: (*name).into(), extra_json: extra.into() }
     };
-    let components: RVec<ComponentInfo> = losses
-        .iter()
-        .map(|c| component(ComponentKind::LOSS, c))
-        .chain(callbacks.iter().map(|c| component(ComponentKind::CALLBACK, c)))
-        .collect();
+    let kinds = [
+        (ComponentKind::LOSS, declared.losses),
+        (ComponentKind::CALLBACK, declared.callbacks),
+        (ComponentKind::METRIC, declared.metrics),
+        (ComponentKind::OPTIMIZER, declared.optimizers),
+        (ComponentKind::SCHEDULER, declared.schedulers),
+        (ComponentKind::BATCH_TRANSFORM, declared.batch_transforms),
+    ];
+    let components: RVec<ComponentInfo> =
+        kinds.iter().flat_map(|(kind, decls)| decls.iter().map(|c| component(*kind, c))).collect();
     PluginInfo {
         name: name.into(),
         version: version.into(),
@@ -130,7 +147,7 @@ pub fn guard_create<T>(create: impl FnOnce() -> Result<T, FfiError>) -> RResult<
 }
 
 /// Parses a component's JSON config into its config type; errors name the key path.
-fn parse_config<C: DeserializeOwned>(json: &str) -> Result<C, FfiError> {
+pub(crate) fn parse_config<C: DeserializeOwned>(json: &str) -> Result<C, FfiError> {
     let value: serde_json::Value = serde_json::from_str(if json.trim().is_empty() { "{}" } else { json })
         .map_err(|e| ffi_error(ErrorKind::BAD_CONFIG, format!("config is not valid JSON: {e}")))?;
     serde_path_to_error::deserialize(value).map_err(|e| {
@@ -143,7 +160,7 @@ fn parse_config<C: DeserializeOwned>(json: &str) -> Result<C, FfiError> {
     })
 }
 
-fn config_error(error: PluginError) -> FfiError {
+pub(crate) fn config_error(error: PluginError) -> FfiError {
     ffi_error(ErrorKind::BAD_CONFIG, error.message().to_owned())
 }
 
@@ -170,7 +187,7 @@ where
 }
 
 /// Turns the result of plugin code (or its panic) into an FFI result.
-fn into_ffi<T>(outcome: Result<Result<T, PluginError>, String>) -> RResult<T, FfiError> {
+pub(crate) fn into_ffi<T>(outcome: Result<Result<T, PluginError>, String>) -> RResult<T, FfiError> {
     match outcome {
         Ok(Ok(value)) => RResult::ROk(value),
         Ok(Err(error)) => {

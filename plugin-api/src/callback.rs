@@ -136,6 +136,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `name`, or replaces its value; the order of first insertion is kept. Since
+    /// plugin-api 1.6.
+    pub fn insert(&mut self, name: impl Into<String>, value: f64) {
+        let name = name.into();
+        match self.entries.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 = value,
+            None => self.entries.push((name, value)),
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<f64> {
         self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
     }

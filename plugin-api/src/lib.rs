@@ -38,11 +38,17 @@
 //! }
 //! ```
 
+#[doc(hidden)]
+pub mod adapters;
 pub mod callback;
 pub mod items;
 mod loss;
+mod metric;
+pub mod optimizer;
 mod panic;
+mod scheduler;
 mod tensors;
+mod transform;
 
 /// The ABI: what crosses the boundary, and the conversions. Not for plugin code.
 #[doc(hidden)]
@@ -53,7 +59,11 @@ pub mod __private;
 
 pub use callback::{BestMetric, Callback, Metrics, TrainerControl, TrainerState, TrainingArguments};
 pub use loss::Loss;
+pub use metric::{Metric, MetricResults};
+pub use optimizer::{Optimizer, Parameter};
+pub use scheduler::{Schedule, Scheduler};
 pub use tensors::Tensors;
+pub use transform::{BatchContext, BatchTransform};
 
 pub use schemars;
 pub use serde;
@@ -69,8 +79,9 @@ pub const TORCH_VERSION: &str = env!("PLUGIN_API_TORCH_VERSION");
 /// What plugin code imports.
 pub mod prelude {
     pub use crate::{
-        export_plugin, BestMetric, Callback, Loss, Metrics, NoConfig, PluginError, Tensors, TrainerControl,
-        TrainerState, TrainingArguments,
+        export_plugin, BatchContext, BatchTransform, BestMetric, Callback, Loss, Metric, MetricResults, Metrics,
+        NoConfig, Optimizer, Parameter, PluginError, Schedule, Scheduler, Tensors, TrainerControl, TrainerState,
+        TrainingArguments,
     };
     pub use schemars::JsonSchema;
     pub use serde::Deserialize;
@@ -154,6 +165,10 @@ macro_rules! export_plugin {
         $(version: $version:expr,)?
         $(losses: { $($loss_name:literal => $loss_ctor:expr),* $(,)? } $(,)?)?
         $(callbacks: { $($cb_name:literal => $cb_ctor:expr),* $(,)? } $(,)?)?
+        $(metrics: { $($metric_name:literal => $metric_ctor:expr),* $(,)? } $(,)?)?
+        $(optimizers: { $($optim_name:literal => $optim_ctor:expr),* $(,)? } $(,)?)?
+        $(schedulers: { $($sched_name:literal => $sched_ctor:expr),* $(,)? } $(,)?)?
+        $(batch_transforms: { $($bt_name:literal => $bt_ctor:expr),* $(,)? } $(,)?)?
     ) => {
         const _: () = {
             use $crate::__private::abi_stable::std_types::{RResult, RStr};
@@ -168,12 +183,14 @@ macro_rules! export_plugin {
                 $(version = $version;)?
                 #[allow(unused_imports)]
                 use $crate::__private::{DeclaredConfig as _, UndeclaredConfig as _};
-                $crate::__private::plugin_info(
-                    name,
-                    version,
-                    &[$($(($loss_name, (&$crate::__private::config_type_of(&$loss_ctor)).config_schema())),*)?],
-                    &[$($(($cb_name, (&$crate::__private::config_type_of(&$cb_ctor)).config_schema())),*)?],
-                )
+                $crate::__private::plugin_info(name, version, $crate::__private::Declared {
+                    losses: &[$($(($loss_name, (&$crate::__private::config_type_of(&$loss_ctor)).config_schema())),*)?],
+                    callbacks: &[$($(($cb_name, (&$crate::__private::config_type_of(&$cb_ctor)).config_schema())),*)?],
+                    metrics: &[$($(($metric_name, (&$crate::__private::config_type_of(&$metric_ctor)).config_schema())),*)?],
+                    optimizers: &[$($(($optim_name, (&$crate::__private::config_type_of(&$optim_ctor)).config_schema())),*)?],
+                    schedulers: &[$($(($sched_name, (&$crate::__private::config_type_of(&$sched_ctor)).config_schema())),*)?],
+                    batch_transforms: &[$($(($bt_name, (&$crate::__private::config_type_of(&$bt_ctor)).config_schema())),*)?],
+                })
             }
 
             extern "C" fn create_loss(name: RStr<'_>, config: RStr<'_>) -> RResult<LossBox, FfiError> {
@@ -188,8 +205,13 @@ macro_rules! export_plugin {
                 config: RStr<'_>,
                 args: RStr<'_>,
             ) -> RResult<CallbackBox, FfiError> {
+                // The kinds added in 1.6 come through here too, their names prefixed.
                 $crate::__private::guard_create(|| match name.as_str() {
                     $($($cb_name => $crate::__private::make_callback(config.as_str(), args.as_str(), $cb_ctor),)*)?
+                    $($(concat!("metric:", $metric_name) => $crate::__private::make_metric(config.as_str(), $metric_ctor),)*)?
+                    $($(concat!("optimizer:", $optim_name) => $crate::__private::make_optimizer(config.as_str(), $optim_ctor),)*)?
+                    $($(concat!("scheduler:", $sched_name) => $crate::__private::make_scheduler(config.as_str(), $sched_ctor),)*)?
+                    $($(concat!("batch_transform:", $bt_name) => $crate::__private::make_batch_transform(config.as_str(), $bt_ctor),)*)?
                     other => Err($crate::__private::unknown_component("callback", other)),
                 })
             }

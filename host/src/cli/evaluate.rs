@@ -1,5 +1,7 @@
 //! `host eval` and `host predict`: a checkpoint's model on its run's evaluation data.
 
+use std::io::Write;
+
 use anyhow::Result;
 
 use super::train::write_metrics;
@@ -10,7 +12,12 @@ use crate::engine::trainer::Trainer;
 pub fn evaluate(options: &CheckpointOptions) -> Result<()> {
     let mut trainer = Trainer::from_checkpoint(&options.checkpoint)?;
     let (metrics, _) = trainer.evaluate()?;
-    write_metrics(&mut std::io::stdout().lock(), "eval metrics", &metrics)
+    let mut out = std::io::stdout().lock();
+    write_metrics(&mut out, "eval metrics", &metrics)?;
+    for (name, report) in trainer.metric_reports() {
+        writeln!(out, "{name} report: {report}")?;
+    }
+    Ok(())
 }
 
 /// `host predict --checkpoint DIR --output FILE`.
@@ -19,5 +26,14 @@ pub fn predict(options: &PredictOptions) -> Result<()> {
     let metrics = trainer.predict(&options.output)?;
     write_metrics(&mut std::io::stdout().lock(), "test metrics", &metrics)?;
     println!("predictions: {}", options.output.display());
+    // Each metric plugin's report next to the predictions: predictions.<metric>.json.
+    let stem = options.output.with_extension("");
+    for (name, report) in trainer.metric_reports() {
+        let path = stem.with_extension(format!("{name}.json"));
+        let text = serde_json::to_string_pretty(report)? + "\n";
+        std::fs::write(&path, text)
+            .map_err(|e| crate::error::InputError::new(format!("cannot write {}: {e}", path.display())))?;
+        println!("{name} report: {}", path.display());
+    }
     Ok(())
 }

@@ -57,7 +57,7 @@ Log verbosity follows RUST_LOG (default: info; ranks other than 0 log warnings o
 #[command(name = "host", version, about = ABOUT, after_help = AFTER_HELP)]
 #[command(args_conflicts_with_subcommands = true)]
 // As argparse (HF's parser): a flag given twice keeps its last value. Repeatable flags
-// (--plugin, --callback, --plugin-config) still collect every value.
+// (--plugin, --callback, --metric, --batch-transform, --plugin-config) still collect every value.
 #[command(args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -157,6 +157,18 @@ pub struct TrainOptions {
     /// Default: every callback the loaded plugins provide.
     #[arg(long = "callback", value_name = "NAME", help_heading = "Plugins")]
     pub callbacks: Vec<String>,
+
+    /// A metric component to evaluate with (compute_metrics); repeat for several. Its
+    /// results are logged as eval_NAME. Default: every metric the loaded plugins provide.
+    #[arg(long = "metric", value_name = "NAME", help_heading = "Plugins")]
+    pub metrics: Vec<String>,
+
+    /// A batch transform (augmentation such as mixup) applied to each training batch;
+    /// repeat for several, applied in the order given. Default: every batch transform the
+    /// loaded plugins provide. A plugin optimizer is chosen with --optim plugin:NAME, a
+    /// plugin schedule with --lr-scheduler-type plugin:NAME.
+    #[arg(long = "batch-transform", value_name = "NAME", help_heading = "Plugins")]
+    pub batch_transforms: Vec<String>,
 
     /// A component's setting, NAME.KEY=VALUE with a TOML value, e.g.
     /// weighted_ce.weights=[1,2,3]. Repeat for several.

@@ -36,9 +36,9 @@ pub fn run(command: &PluginsCommand) -> Result<()> {
             writeln!(out, "{} {}", plugin.name(), plugin.version())?;
             writeln!(out, "  file:          {}", path.display())?;
             writeln!(out, "  built against: plugin-api {}, torch {}", plugin.api_version(), plugin.torch_version())?;
-            for kind in [Kind::Loss, Kind::Callback] {
+            for kind in Kind::ALL {
                 for component in plugin.components().filter(|c| c.kind == kind) {
-                    writeln!(out, "  {:<13}  {}", kind.name(), component.name)?;
+                    writeln!(out, "  {:<15}  {}", kind.name(), component.name)?;
                     show_config_keys(&mut out, component.name, component.extra_json)?;
                 }
             }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use super::TrainOptions;
+use crate::config::layers::PluginSelection;
 use crate::config::{layers, ResolvedConfig};
 use crate::engine::callbacks::CallbackHandler;
 use crate::engine::data;
@@ -31,7 +32,15 @@ pub fn resolve_config(options: &TrainOptions) -> Result<ResolvedConfig> {
     }
     let mut flags = options.training.to_table()?;
     layers::merge(&mut flags, options.answered.to_table());
-    layers::insert_selection(&mut flags, &options.plugins, options.loss.as_deref(), &options.callbacks);
+    let selection = PluginSelection {
+        plugins: options.plugins.clone(),
+        loss: options.loss.clone(),
+        callbacks: options.callbacks.clone(),
+        metrics: options.metrics.clone(),
+        batch_transforms: options.batch_transforms.clone(),
+        ..Default::default()
+    };
+    layers::insert_selection(&mut flags, &selection);
     layers::merge(&mut user, flags);
     for spec in &options.plugin_config {
         layers::merge(&mut user, layers::plugin_config_flag(spec)?);
@@ -80,7 +89,7 @@ pub fn train(options: &TrainOptions) -> Result<()> {
     let writes = dist.as_ref().is_none_or(|d| d.rank() == 0);
     let output = if writes { Some(OutputDir::hold(Path::new(&config.args.output_dir))?) } else { None };
     let reporter = output.as_ref().map_or_else(Reporter::console_only, |o| Reporter::create(o.path()));
-    let Components { loss, callbacks, .. } = components;
+    let Components { loss, callbacks, overrides, .. } = components;
     let callbacks = CallbackHandler::new(callbacks);
     let phases = Phases::of(&config.args);
     if phases.predict && dist.is_some() {
@@ -96,7 +105,7 @@ pub fn train(options: &TrainOptions) -> Result<()> {
         )
         .into());
     }
-    let setup = TrainerSetup { config, device, train, eval, loss, callbacks, reporter, stop_signal, dist };
+    let setup = TrainerSetup { config, device, train, eval, loss, callbacks, overrides, reporter, stop_signal, dist };
     let mut trainer = Trainer::new(setup)?;
     let training = fatal::TrainingRun::start();
     let mut outcome = match phases.train {
@@ -188,6 +197,19 @@ fn log_components(device: &str, components: &Components) {
     }
     for callback in &components.callbacks {
         tracing::info!("callback: {} (plugin {})", callback.name, callback.plugin);
+    }
+    let overrides = &components.overrides;
+    for metric in &overrides.metrics {
+        tracing::info!("metric: {}", metric.name());
+    }
+    if let Some(optimizer) = &overrides.optimizer {
+        tracing::info!("optimizer: {}", optimizer.name());
+    }
+    if let Some(scheduler) = &overrides.scheduler {
+        tracing::info!("lr schedule: {}", scheduler.name());
+    }
+    for transform in &overrides.batch_transforms {
+        tracing::info!("batch transform: {}", transform.name());
     }
 }
 

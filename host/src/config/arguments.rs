@@ -7,7 +7,7 @@
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::optim::schedule::{SchedulerKwargs, SchedulerType};
+use crate::engine::optim::schedule::{LrSchedulerType, SchedulerKwargs, SchedulerType};
 use crate::error::InputError;
 use plugin_api::BestMetric;
 
@@ -100,7 +100,8 @@ training_arguments! {
     per_device_eval_batch_size: i64 = 8, flag i64;
     /// Micro-batches accumulated before each optimizer step.
     gradient_accumulation_steps: i64 = 1, flag i64;
-    /// Optimizer: adamw, adam, sgd, rmsprop, adagrad, lion, adafactor (HF names accepted).
+    /// Optimizer: adamw, adam, sgd, rmsprop, adagrad, lion, adafactor (HF names accepted),
+    /// or plugin:NAME, a plugin's optimizer.
     optim: String = "adamw".to_owned(), flag String;
     /// Optimizer settings as key=value pairs, e.g. momentum=0.9,nesterov=true (sgd).
     optim_args: String = String::new(), flag String;
@@ -117,8 +118,12 @@ training_arguments! {
     adam_epsilon: f64 = 1e-8, flag f64;
     /// Gradient clipping by global norm; 0 disables it.
     max_grad_norm: f64 = 1.0, flag f64;
-    /// Learning-rate schedule, as HF's lr_scheduler_type.
-    lr_scheduler_type: SchedulerType = SchedulerType::Linear, flag SchedulerType;
+    /// Learning-rate schedule, as HF's lr_scheduler_type: linear, cosine,
+    /// cosine_with_restarts, polynomial, constant, constant_with_warmup, inverse_sqrt,
+    /// reduce_lr_on_plateau, cosine_with_min_lr, cosine_warmup_with_min_lr,
+    /// warmup_stable_decay, greedy; or plugin:NAME, a plugin's schedule.
+    #[arg(value_name = "NAME")]
+    lr_scheduler_type: LrSchedulerType = LrSchedulerType::Builtin(SchedulerType::Linear), flag LrSchedulerType;
     /// Settings of the schedule, e.g. {"num_cycles": 2} (a JSON object; a table in TOML).
     #[arg(value_name = "JSON")]
     lr_scheduler_kwargs: SchedulerKwargs = Default::default(), flag String;
@@ -385,6 +390,21 @@ pub const EVAL_METRICS: &[&str] = &["loss", "accuracy", "f1", "perplexity", "exa
 impl TrainingArguments {
     /// Rejects values no run can use, naming the argument and what is allowed. (Arguments
     /// that become a typed spec, such as optim or device, are checked by their parser.)
+    /// metric_for_best_model names one of the host's own metrics (with metric plugins
+    /// loaded, the first evaluation checks it against theirs too).
+    pub fn check_best_metric_is_builtin(&self) -> Result<(), InputError> {
+        if let Some(metric) = &self.metric_for_best_model {
+            let name = metric.strip_prefix("eval_").unwrap_or(metric);
+            if !EVAL_METRICS.contains(&name) {
+                return Err(InputError::new(format!(
+                    "metric_for_best_model '{metric}' is not an evaluation metric (one of: {}, or a metric plugin's)",
+                    EVAL_METRICS.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn check_values(&self) -> Result<(), InputError> {
         if self.output_dir.trim().is_empty() {
             return Err(InputError::new("output_dir is empty: give the folder for the run's files"));
@@ -472,15 +492,6 @@ impl TrainingArguments {
         {
             if let Some(v) = value {
                 positive(name, v)?;
-            }
-        }
-        if let Some(metric) = &self.metric_for_best_model {
-            let name = metric.strip_prefix("eval_").unwrap_or(metric);
-            if !EVAL_METRICS.contains(&name) {
-                return Err(InputError::new(format!(
-                    "metric_for_best_model '{metric}' is not an evaluation metric (one of: {})",
-                    EVAL_METRICS.join(", ")
-                )));
             }
         }
         self.validate_saving()?;

@@ -12,7 +12,7 @@ use crate::config::arguments::{TrainingArguments, ARGUMENT_ALIASES, ARGUMENT_NAM
 use crate::error::InputError;
 
 /// Keys of the config file that are not training arguments.
-const PLUGIN_KEYS: &[&str] = &["plugin", "loss", "callback", "plugin_config"];
+const PLUGIN_KEYS: &[&str] = &["plugin", "loss", "callback", "metric", "batch_transform", "plugin_config"];
 
 /// Which plugins to load and which of their components to use.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -24,6 +24,14 @@ pub struct PluginSelection {
     pub loss: Option<String>,
     /// Callback components to use, in call order; empty means every callback provided.
     pub callbacks: Vec<String>,
+    /// Metric components to use (plugin-api 1.6); empty means every metric provided.
+    pub metrics: Vec<String>,
+    /// Batch transforms, in order; empty means every batch transform provided.
+    pub batch_transforms: Vec<String>,
+    /// The optimizer component, from `optim = "plugin:NAME"`.
+    pub optimizer: Option<String>,
+    /// The schedule component, from `lr_scheduler_type = "plugin:NAME"`.
+    pub scheduler: Option<String>,
     /// Each component's config (a JSON object), by component name.
     pub component_config: BTreeMap<String, serde_json::Value>,
 }
@@ -144,6 +152,12 @@ fn take_plugin_selection(table: &mut toml::Table, origin: &str) -> Result<Plugin
     if let Some(value) = table.remove("callback") {
         selection.callbacks = strings(value, "callback")?;
     }
+    if let Some(value) = table.remove("metric") {
+        selection.metrics = strings(value, "metric")?;
+    }
+    if let Some(value) = table.remove("batch_transform") {
+        selection.batch_transforms = strings(value, "batch_transform")?;
+    }
     if let Some(value) = table.remove("plugin_config") {
         let toml::Value::Table(components) = value else {
             return Err(bad("plugin_config", "a table of component tables ([plugin_config.NAME])").into());
@@ -160,21 +174,22 @@ fn take_plugin_selection(table: &mut toml::Table, origin: &str) -> Result<Plugin
     Ok(selection)
 }
 
-/// The plugin keys of a config table, from plugin paths, loss and callback names; lists
-/// that are empty stay out (so that a layer below them still counts).
-pub fn insert_selection(table: &mut toml::Table, plugins: &[PathBuf], loss: Option<&str>, callbacks: &[String]) {
-    if !plugins.is_empty() {
-        let paths = plugins.iter().map(|p| toml::Value::String(p.display().to_string())).collect();
+/// The plugin keys of a config table, from a selection (its component configs aside);
+/// lists that are empty stay out (so that a layer below them still counts).
+pub fn insert_selection(table: &mut toml::Table, selection: &PluginSelection) {
+    if !selection.plugins.is_empty() {
+        let paths = selection.plugins.iter().map(|p| toml::Value::String(p.display().to_string())).collect();
         table.insert("plugin".to_owned(), toml::Value::Array(paths));
     }
-    if let Some(loss) = loss {
+    if let Some(loss) = &selection.loss {
         table.insert("loss".to_owned(), toml::Value::String(loss.to_owned()));
     }
-    if !callbacks.is_empty() {
-        table.insert(
-            "callback".to_owned(),
-            toml::Value::Array(callbacks.iter().cloned().map(toml::Value::String).collect()),
-        );
+    for (key, names) in
+        [("callback", &selection.callbacks), ("metric", &selection.metrics), ("batch_transform", &selection.batch_transforms)]
+    {
+        if !names.is_empty() {
+            table.insert(key.to_owned(), toml::Value::Array(names.iter().cloned().map(toml::Value::String).collect()));
+        }
     }
 }
 

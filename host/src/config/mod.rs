@@ -19,7 +19,7 @@ use crate::engine::device::DeviceSpec;
 use crate::engine::distributed::{Backend, DistributedSpec};
 use crate::engine::models::pretrained::{self, folder::Folder, lora};
 use crate::engine::models::{ModelSpec, Sizes};
-use crate::engine::optim::schedule::ScheduleSpec;
+use crate::engine::optim::schedule::{LrSchedulerType, ScheduleSpec, SchedulerType};
 use crate::engine::optim::{AdamSettings, OptimizerSpec};
 use crate::engine::precision::Precision;
 use crate::engine::weights::write::parse_size;
@@ -63,6 +63,9 @@ impl ResolvedConfig {
             args.use_peft = true; // An adapter folder trains its adapter on.
         }
         args.check_values()?;
+        if plugins.plugins.is_empty() {
+            args.check_best_metric_is_builtin()?;
+        }
         // As HF's __post_init__: the run is named after its output folder by default.
         args.run_name.get_or_insert_with(|| args.output_dir.clone());
         report_to(&args, &mut plugins)?;
@@ -84,9 +87,21 @@ impl ResolvedConfig {
             _ => {}
         }
         let adam = AdamSettings { beta1: args.adam_beta1, beta2: args.adam_beta2, eps: args.adam_epsilon };
-        let optimizer = OptimizerSpec::parse(&args.optim, &args.optim_args, adam)?;
-        args.optim = optimizer.kind().name().to_owned();
-        let schedule = ScheduleSpec::new(args.lr_scheduler_type, args.learning_rate, &args.lr_scheduler_kwargs)?;
+        let optimizer = match args.optim.strip_prefix("plugin:") {
+            Some(name) => plugin_component("optim", name, "optim_args", !args.optim_args.is_empty(), &mut plugins.optimizer)?,
+            None => OptimizerSpec::parse(&args.optim, &args.optim_args, adam)?,
+        };
+        if let Some(kind) = optimizer.kind() {
+            args.optim = kind.name().to_owned();
+        }
+        let schedule = match &args.lr_scheduler_type {
+            LrSchedulerType::Builtin(kind) => ScheduleSpec::new(*kind, args.learning_rate, &args.lr_scheduler_kwargs)?,
+            LrSchedulerType::Plugin(name) => {
+                let kwargs = !args.lr_scheduler_kwargs.0.is_empty();
+                plugin_component("lr_scheduler_type", name, "lr_scheduler_kwargs", kwargs, &mut plugins.scheduler)?;
+                ScheduleSpec::new(SchedulerType::Constant, args.learning_rate, &Default::default())?
+            }
+        };
         let sizes = Sizes {
             hidden_size: args.hidden_size,
             num_hidden_layers: args.num_hidden_layers,
@@ -193,13 +208,36 @@ impl ResolvedConfig {
     pub fn to_table(&self) -> Result<toml::Table> {
         let mut table = toml::Value::try_from(&self.args)?.as_table().cloned().unwrap_or_default();
         let selection = &self.plugins;
-        layers::insert_selection(&mut table, &selection.plugins, selection.loss.as_deref(), &selection.callbacks);
+        layers::insert_selection(&mut table, selection);
         if !selection.component_config.is_empty() {
             let components = toml::Value::try_from(&selection.component_config)?;
             table.insert("plugin_config".to_owned(), components);
         }
         Ok(table)
     }
+}
+
+/// `plugin:NAME` for `argument`: the component to select, with its settings in
+/// plugin_config, not in `settings` (the built-in ones' settings argument).
+fn plugin_component(
+    argument: &str,
+    name: &str,
+    settings: &str,
+    settings_given: bool,
+    selected: &mut Option<String>,
+) -> Result<OptimizerSpec, crate::error::InputError> {
+    if name.is_empty() {
+        return Err(crate::error::InputError::new(format!(
+            "{argument} plugin: needs the component's name (plugin:NAME)"
+        )));
+    }
+    if settings_given {
+        return Err(crate::error::InputError::new(format!(
+            "{settings} configure the built-in ones; {argument} plugin:{name} takes its settings from [plugin_config.{name}] (or --plugin-config {name}.KEY=VALUE)"
+        )));
+    }
+    *selected = Some(name.to_owned());
+    Ok(OptimizerSpec::Plugin(name.to_owned()))
 }
 
 /// report_to's integrations as the stock callback plugins that do them: each is loaded by
@@ -326,7 +364,7 @@ mod tests {
                 .unwrap();
         // Aliases become the canonical name, which checkpoints record.
         assert_eq!(config.args.optim, "adamw");
-        assert_eq!(config.optimizer.kind(), crate::engine::optim::OptimizerKind::AdamW);
+        assert_eq!(config.optimizer.kind(), Some(crate::engine::optim::OptimizerKind::AdamW));
         assert_eq!(config.device, DeviceSpec::Cuda(Some(1)));
         // reduce_lr_on_plateau steps on the loss, as HF fills it in.
         let best = config.best_metric.unwrap();

@@ -9,6 +9,7 @@ use anyhow::Result;
 use plugin_api::ffi::{ComponentKind, PluginInfo, PluginModuleRef};
 
 use super::callback::PluginCallback;
+use super::component::PluginComponent;
 use super::extension::{component_error, one_line};
 use super::loss::PluginLoss;
 use crate::error::InputError;
@@ -18,13 +19,50 @@ use crate::error::InputError;
 pub enum Kind {
     Loss,
     Callback,
+    /// Since plugin-api 1.6, the kinds below.
+    Metric,
+    Optimizer,
+    Scheduler,
+    BatchTransform,
 }
 
 impl Kind {
+    /// Every kind, in the order `host plugins inspect` lists them.
+    pub const ALL: [Kind; 6] =
+        [Kind::Loss, Kind::Callback, Kind::Metric, Kind::Optimizer, Kind::Scheduler, Kind::BatchTransform];
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Loss => "loss",
             Kind::Callback => "callback",
+            Kind::Metric => "metric",
+            Kind::Optimizer => "optimizer",
+            Kind::Scheduler => "scheduler",
+            Kind::BatchTransform => "batch transform",
+        }
+    }
+
+    fn of(kind: ComponentKind) -> Option<Self> {
+        Some(match kind {
+            ComponentKind::LOSS => Kind::Loss,
+            ComponentKind::CALLBACK => Kind::Callback,
+            ComponentKind::METRIC => Kind::Metric,
+            ComponentKind::OPTIMIZER => Kind::Optimizer,
+            ComponentKind::SCHEDULER => Kind::Scheduler,
+            ComponentKind::BATCH_TRANSFORM => Kind::BatchTransform,
+            // A kind added after this host: not one it can use.
+            _ => return None,
+        })
+    }
+
+    fn code(self) -> ComponentKind {
+        match self {
+            Kind::Loss => ComponentKind::LOSS,
+            Kind::Callback => ComponentKind::CALLBACK,
+            Kind::Metric => ComponentKind::METRIC,
+            Kind::Optimizer => ComponentKind::OPTIMIZER,
+            Kind::Scheduler => ComponentKind::SCHEDULER,
+            Kind::BatchTransform => ComponentKind::BATCH_TRANSFORM,
         }
     }
 }
@@ -131,13 +169,7 @@ impl Plugin {
     /// The components it provides, losses and callbacks, in its own order.
     pub fn components(&self) -> impl Iterator<Item = Component<'_>> {
         self.info.components.iter().filter_map(|c| {
-            let kind = match c.kind {
-                ComponentKind::LOSS => Kind::Loss,
-                ComponentKind::CALLBACK => Kind::Callback,
-                // A kind added after this host: not one it can use.
-                _ => return None,
-            };
-            Some(Component { kind, name: c.name.as_str(), extra_json: c.extra_json.as_str() })
+            Some(Component { kind: Kind::of(c.kind)?, name: c.name.as_str(), extra_json: c.extra_json.as_str() })
         })
     }
 
@@ -158,6 +190,28 @@ impl Plugin {
         match (self.module.create_callback())(name.into(), json.as_str().into(), args_json.into()) {
             RResult::ROk(inner) => Ok(PluginCallback::new(inner, self.name(), name)),
             RResult::RErr(e) => Err(component_error((self.name(), "callback", name), "its constructor", e)),
+        }
+    }
+}
+
+impl Plugin {
+    /// Creates a component of a kind added in plugin-api 1.6 (metric, optimizer, scheduler,
+    /// batch transform): through `create_callback`, its name prefixed by the kind.
+    pub fn create_component(
+        &self,
+        kind: Kind,
+        name: &str,
+        config: &serde_json::Value,
+        args_json: &str,
+    ) -> Result<PluginComponent> {
+        let prefix = kind.code().prefix().expect("losses and callbacks have their own constructors");
+        let json = config.to_string();
+        let label = super::extension::label((self.name(), kind.name(), name));
+        let _call = crate::fatal::PluginCall::start(&label, "its constructor");
+        let full_name = format!("{prefix}{name}");
+        match (self.module.create_callback())(full_name.as_str().into(), json.as_str().into(), args_json.into()) {
+            RResult::ROk(inner) => Ok(PluginComponent::new(inner, self.name(), kind.name(), name)),
+            RResult::RErr(e) => Err(component_error((self.name(), kind.name(), name), "its constructor", e)),
         }
     }
 }

@@ -4,13 +4,23 @@
 
 mod abi;
 mod callback;
+mod component;
 pub(crate) mod config_schema;
 mod extension;
 mod library;
 mod loss;
+mod metric;
+mod optimizer;
+mod scheduler;
 pub(crate) mod search_path;
 pub(crate) mod selection;
+mod transform;
 
 pub use callback::{PluginCallback, PluginCallbacks};
 pub use library::{Component, Kind, Plugin};
 pub use loss::PluginLoss;
+pub use metric::{MetricReport, PluginMetric};
+pub use optimizer::{PluginOptimizer, PluginOptimizer0};
+pub use scheduler::PluginScheduler;
+pub use selection::Overrides;
+pub use transform::PluginTransform;

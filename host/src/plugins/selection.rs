@@ -5,6 +5,10 @@
 use anyhow::Result;
 
 use super::library::{Kind, Plugin};
+use super::metric::PluginMetric;
+use super::optimizer::PluginOptimizer0;
+use super::scheduler::PluginScheduler;
+use super::transform::PluginTransform;
 use super::{PluginCallback, PluginLoss};
 use crate::config::layers::PluginSelection;
 use crate::error::InputError;
@@ -17,6 +21,17 @@ pub struct Components {
     pub plugins: Vec<Plugin>,
     pub loss: Option<PluginLoss>,
     pub callbacks: Vec<PluginCallback>,
+    pub overrides: Overrides,
+}
+
+/// The components of the kinds added in plugin-api 1.6: what replaces the trainer's own
+/// metrics, optimizer, schedule and (adds to) its batches.
+#[derive(Default)]
+pub struct Overrides {
+    pub metrics: Vec<PluginMetric>,
+    pub optimizer: Option<PluginOptimizer0>,
+    pub scheduler: Option<PluginScheduler>,
+    pub batch_transforms: Vec<PluginTransform>,
 }
 
 /// A component some loaded plugin provides: which plugin (its index), what, and its name.
@@ -32,6 +47,10 @@ pub struct Provided {
 pub struct Choice {
     pub loss: Option<usize>,
     pub callbacks: Vec<usize>,
+    pub metrics: Vec<usize>,
+    pub optimizer: Option<usize>,
+    pub scheduler: Option<usize>,
+    pub batch_transforms: Vec<usize>,
 }
 
 /// Loads the selected plugin files and creates the selected components.
@@ -66,7 +85,17 @@ pub fn build(selection: &PluginSelection, args_json: &str) -> Result<Components>
             plugins[c.plugin].create_callback(&c.name, &config_for(&c.name), args_json)
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Components { plugins, loss, callbacks })
+    let create = |i: usize| {
+        let c = &provided[i];
+        plugins[c.plugin].create_component(c.kind, &c.name, &config_for(&c.name), args_json)
+    };
+    let overrides = Overrides {
+        metrics: choice.metrics.iter().map(|&i| create(i).map(PluginMetric)).collect::<Result<_>>()?,
+        optimizer: choice.optimizer.map(|i| create(i).map(PluginOptimizer0)).transpose()?,
+        scheduler: choice.scheduler.map(|i| create(i).map(PluginScheduler)).transpose()?,
+        batch_transforms: choice.batch_transforms.iter().map(|&i| create(i).map(PluginTransform)).collect::<Result<_>>()?,
+    };
+    Ok(Components { plugins, loss, callbacks, overrides })
 }
 
 /// Hugging Face's defaults, as plugins: the loss is the one named, else the only one
@@ -78,7 +107,7 @@ pub fn choose(
     plugin_files: &[String],
     selection: &PluginSelection,
 ) -> Result<Choice, InputError> {
-    for kind in [Kind::Loss, Kind::Callback] {
+    for kind in Kind::ALL {
         let of_kind: Vec<&Provided> = provided.iter().filter(|c| c.kind == kind).collect();
         for (i, c) in of_kind.iter().enumerate() {
             if let Some(other) = of_kind[..i].iter().find(|o| o.name == c.name) {
@@ -90,7 +119,7 @@ pub fn choose(
         }
     }
     let of_kind = |kind: Kind| -> Vec<usize> { (0..provided.len()).filter(|&i| provided[i].kind == kind).collect() };
-    let (losses, callbacks) = (of_kind(Kind::Loss), of_kind(Kind::Callback));
+    let (losses, callbacks, metrics) = (of_kind(Kind::Loss), of_kind(Kind::Callback), of_kind(Kind::Metric));
     let names = |indices: &[usize]| -> String {
         if indices.is_empty() {
             return "none".to_owned();
@@ -125,7 +154,29 @@ pub fn choose(
         selection.callbacks.iter().map(|name| find(&callbacks, name, Kind::Callback)).collect::<Result<_, _>>()?
     };
 
-    let in_use: Vec<usize> = loss.into_iter().chain(chosen_callbacks.iter().copied()).collect();
+    // Metrics and batch transforms as callbacks: those named, in order, else all.
+    let named_or_all = |names: &[String], kind: Kind| -> Result<Vec<usize>, InputError> {
+        match names.is_empty() {
+            true => Ok(of_kind(kind)),
+            false => names.iter().map(|name| find(&of_kind(kind), name, kind)).collect(),
+        }
+    };
+    let chosen_metrics = named_or_all(&selection.metrics, Kind::Metric)?;
+    let batch_transforms = named_or_all(&selection.batch_transforms, Kind::BatchTransform)?;
+    // An optimizer or a schedule only when the arguments name one (optim plugin:NAME).
+    let named = |name: &Option<String>, kind: Kind| name.as_ref().map(|n| find(&of_kind(kind), n, kind)).transpose();
+    let optimizer = named(&selection.optimizer, Kind::Optimizer)?;
+    let scheduler = named(&selection.scheduler, Kind::Scheduler)?;
+    let _ = metrics;
+
+    let in_use: Vec<usize> = loss
+        .into_iter()
+        .chain(chosen_callbacks.iter().copied())
+        .chain(chosen_metrics.iter().copied())
+        .chain(optimizer)
+        .chain(scheduler)
+        .chain(batch_transforms.iter().copied())
+        .collect();
     for name in selection.component_config.keys() {
         if !in_use.iter().any(|&i| provided[i].name == *name) {
             return Err(InputError::new(format!(
@@ -134,7 +185,7 @@ pub fn choose(
             )));
         }
     }
-    Ok(Choice { loss, callbacks: chosen_callbacks })
+    Ok(Choice { loss, callbacks: chosen_callbacks, metrics: chosen_metrics, optimizer, scheduler, batch_transforms })
 }
 
 #[cfg(test)]
@@ -161,10 +212,10 @@ mod tests {
 
     fn selection(loss: Option<&str>, callbacks: &[&str], configs: &[&str]) -> PluginSelection {
         PluginSelection {
-            plugins: Vec::new(),
             loss: loss.map(str::to_owned),
             callbacks: callbacks.iter().map(|c| (*c).to_owned()).collect(),
             component_config: configs.iter().map(|c| ((*c).to_owned(), serde_json::json!({}))).collect(),
+            ..Default::default()
         }
     }
 

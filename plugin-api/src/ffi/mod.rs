@@ -25,7 +25,10 @@
 //! step (and may skip it) and callbacks that add entries to the logs; 1.3.0, callbacks that
 //! see the parameters after each optimizer step, give the weights to evaluate with, and
 //! keep tensors in their state; 1.4.0, components declare their config keys (a JSON schema
-//! in `ComponentInfo::extra_json`); 1.5.0, `TrainingArguments::best_metric` (no ABI change).
+//! in `ComponentInfo::extra_json`); 1.5.0, `TrainingArguments::best_metric` (no ABI change);
+//! 1.6.0, four new component kinds (metrics, optimizers, schedulers, batch transforms),
+//! created through `create_callback` under a kind prefix and driven by new extension
+//! operations.
 
 // sabi_trait expands to impls inside a const block; harmless, and not ours to change.
 #![allow(non_local_definitions)]
@@ -102,6 +105,25 @@ pub struct ComponentKind(pub u32);
 impl ComponentKind {
     pub const LOSS: Self = Self(0);
     pub const CALLBACK: Self = Self(1);
+    /// Since 1.6. The kinds below are created through `create_callback`, with the name
+    /// prefixed by the kind (`metric:accuracy`, see [`ComponentKind::prefix`]); their
+    /// calls go through the callback box's `extension` entry point.
+    pub const METRIC: Self = Self(2);
+    pub const OPTIMIZER: Self = Self(3);
+    pub const SCHEDULER: Self = Self(4);
+    pub const BATCH_TRANSFORM: Self = Self(5);
+
+    /// What goes before the component's name in `create_callback` for the kinds added in
+    /// 1.6 (`None` for losses and callbacks, which keep their own entry points).
+    pub fn prefix(self) -> Option<&'static str> {
+        match self {
+            Self::METRIC => Some("metric:"),
+            Self::OPTIMIZER => Some("optimizer:"),
+            Self::SCHEDULER => Some("scheduler:"),
+            Self::BATCH_TRANSFORM => Some("batch_transform:"),
+            _ => None,
+        }
+    }
 }
 
 /// An error returned across the boundary.
@@ -182,6 +204,33 @@ impl ExtensionOp {
     /// tensors, owned by the host), or none; the host puts them in place and restores the
     /// trained weights afterwards.
     pub const CALLBACK_EVAL_WEIGHTS: Self = Self(9);
+    /// Since 1.6, metrics: an evaluation starts.
+    pub const METRIC_RESET: Self = Self(10);
+    /// Since 1.6, metrics: one evaluation batch; tensors named `outputs.<name>` and
+    /// `batch.<name>`.
+    pub const METRIC_UPDATE: Self = Self(11);
+    /// Since 1.6, metrics: the results, `{"values": {name: number}, "report": any}`.
+    pub const METRIC_COMPUTE: Self = Self(12);
+    /// Since 1.6, metrics: the running totals to sum across ranks (tensors out).
+    pub const METRIC_TOTALS: Self = Self(13);
+    /// Since 1.6, metrics: the totals summed across ranks (tensors in).
+    pub const METRIC_SET_TOTALS: Self = Self(14);
+    /// Since 1.6, optimizers: one step; the parameters as tensors (borrowed, updated in
+    /// place), `{"lr": number, "weight_decay": [number per tensor]}`.
+    pub const OPTIMIZER_STEP: Self = Self(20);
+    /// Since 1.6, optimizers: the state, JSON and tensors out.
+    pub const OPTIMIZER_STATE_SAVE: Self = Self(21);
+    /// Since 1.6, optimizers: restores the state, JSON and tensors in.
+    pub const OPTIMIZER_STATE_LOAD: Self = Self(22);
+    /// Since 1.6, schedulers: `{"step", "base_lr", "max_steps", "warmup_steps"}` in,
+    /// `{"lr": number}` out. Schedulers save and load their state with
+    /// `CALLBACK_STATE_SAVE`/`_LOAD`.
+    pub const SCHEDULER_LR: Self = Self(30);
+    /// Since 1.6, schedulers: `{"value": number}`, an evaluation's metric_for_best_model.
+    pub const SCHEDULER_METRIC: Self = Self(31);
+    /// Since 1.6, batch transforms: a training batch (tensors, borrowed) and
+    /// `{"global_step", "epoch", "num_labels"}` in, the new batch (tensors, owned) out.
+    pub const BATCH_TRANSFORM: Self = Self(40);
 }
 
 /// What an extension operation receives: JSON and borrowed tensors.

@@ -10,6 +10,11 @@
 //! label items of the whole optimizer step) and the loss is the weighted sum divided by it,
 //! so gradient accumulation is exact; without it (evaluation) the loss is PyTorch's
 //! weighted mean (the weighted sum divided by the sum of the targets' weights).
+//!
+//! Labels given as class probabilities (a float tensor shaped as the logits, as mixup and
+//! cutmix make) are soft targets, as in PyTorch: each row's loss is
+//! -sum_c weight_c * p_c * log_softmax(logits)_c, and the evaluation mean divides by the
+//! rows (PyTorch's rule for probability targets), not by a sum of weights.
 
 use plugin_api::prelude::*;
 
@@ -90,7 +95,12 @@ impl Loss for WeightedCe {
         let labels = batch.require("labels")?;
         // Token models give logits [N, T, classes] for labels [N, T]: one item per position.
         let classes = *logits.size().last().unwrap_or(&0);
-        let (logits, labels) = if logits.dim() > 2 {
+        // Class probabilities (mixup's or cutmix's labels, [N, classes]) are soft targets:
+        // PyTorch's cross entropy with probabilities, one item per row.
+        let soft = labels.is_floating_point() && labels.size() == logits.size();
+        let (logits, labels) = if soft {
+            (logits.reshape([-1, classes]), labels.reshape([-1, classes]).to_kind(logits.kind()))
+        } else if logits.dim() > 2 {
             (logits.reshape([-1, classes]), labels.reshape([-1]))
         } else {
             (logits.shallow_clone(), labels.shallow_clone())

@@ -387,6 +387,27 @@ impl Batch {
         self.get("labels").expect("every data set has labels")
     }
 
+    /// A batch a plugin made (a batch transform's), checked: labels present and one row
+    /// count across the fields. The error completes "the batch transforms (...) ...".
+    pub fn from_plugin(tensors: plugin_api::Tensors) -> Result<Batch, String> {
+        let fields: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.to_owned(), t.shallow_clone())).collect();
+        if !fields.iter().any(|(n, _)| n == "labels") {
+            let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(format!("returned a batch without 'labels' (fields: {})", names.join(", ")));
+        }
+        let rows = |t: &Tensor| t.size().first().copied();
+        let first = rows(&fields[0].1);
+        if let Some((name, tensor)) = fields.iter().find(|(_, t)| rows(t) != first || first.is_none()) {
+            return Err(format!(
+                "returned fields with different numbers of rows ({name} is {:?}, {} is {:?})",
+                tensor.size(),
+                fields[0].0,
+                fields[0].1.size()
+            ));
+        }
+        Ok(Batch { fields })
+    }
+
     /// The fields as a loss plugin receives them (shallow copies, no data copied).
     pub fn to_plugin(&self) -> plugin_api::Tensors {
         let mut tensors = plugin_api::Tensors::new();

@@ -246,6 +246,18 @@ enum PlanShape {
     Pretrained(Box<pretrained::Plan>),
 }
 
+impl ModelPlan {
+    /// The classes of a classifier the host sizes from the data (built-in models);
+    /// `None` for other models.
+    pub fn num_labels(&self) -> Option<i64> {
+        match &self.shape {
+            PlanShape::Mlp { num_labels, .. } | PlanShape::Cnn { num_labels, .. } => Some(*num_labels),
+            PlanShape::Transformer(_, num_labels) => Some(*num_labels),
+            _ => None,
+        }
+    }
+}
+
 /// The sizes the data leaves to decide, checked against the data.
 pub fn plan(spec: &ModelSpec, train: &Dataset, eval: &Dataset) -> Result<ModelPlan, InputError> {
     let sizes = &spec.sizes;

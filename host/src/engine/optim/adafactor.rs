@@ -63,7 +63,8 @@ impl Optimizer for Adafactor {
         &self.params
     }
 
-    fn state(&self) -> OptimizerState {
+    fn state(&self) -> Result<OptimizerState, String> {
+        Ok({
         let mut tensors = Vec::new();
         for ((param, second), first) in self.params.iter().zip(&self.second).zip(&self.first) {
             match second {
@@ -78,6 +79,7 @@ impl Optimizer for Adafactor {
             }
         }
         OptimizerState { tensors, scalars: serde_json::json!({ "step": self.step }) }
+    })
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {

@@ -24,10 +24,12 @@ impl Optimizer for Lion {
         &self.params
     }
 
-    fn state(&self) -> OptimizerState {
+    fn state(&self) -> Result<OptimizerState, String> {
+        Ok({
         let mut tensors = Vec::new();
         export_slot(&self.params, "exp_avg", &self.exp_avg, &mut tensors);
         OptimizerState { tensors, scalars: serde_json::json!({}) }
+    })
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {

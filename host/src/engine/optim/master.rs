@@ -76,14 +76,16 @@ impl Optimizer for MasterWeights {
         &self.params
     }
 
-    fn state(&self) -> OptimizerState {
-        let mut state = self.inner.state();
+    fn state(&self) -> Result<OptimizerState, String> {
+        Ok({
+        let mut state = self.inner.state()?;
         for (param, master) in self.params.iter().zip(&self.masters) {
             if let Some((master, _)) = master {
                 state.tensors.push((format!("{}.{MASTER}", param.name), master.detach()));
             }
         }
         state
+    })
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {
@@ -152,7 +154,7 @@ mod tests {
         let weight = Tensor::ones([3], options).set_requires_grad(true);
         let mut optimizer = MasterWeights::wrap(param(&weight), |p| Box::new(Sgd::new(p, 0.0, 0.0, false)));
         steps(&weight, optimizer.as_mut(), 100);
-        let master = optimizer.state().tensors.into_iter().find(|(n, _)| n == "w.master").unwrap().1;
+        let master = optimizer.state().unwrap().tensors.into_iter().find(|(n, _)| n == "w.master").unwrap().1;
         let expected = (0..100).fold(1.0f32, |w, _| w - 1e-4);
         assert_eq!(Vec::<f32>::try_from(&master).unwrap(), vec![expected; 3]);
         let rounded = Tensor::from_slice(&[expected; 3]).to_kind(Kind::BFloat16);

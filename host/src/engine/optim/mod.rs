@@ -61,7 +61,7 @@ pub trait Optimizer {
     fn params(&self) -> &[Param];
 
     /// Its state, for a checkpoint.
-    fn state(&self) -> OptimizerState;
+    fn state(&self) -> Result<OptimizerState, String>;
 
     /// Restores a state that `state` returned (for the same parameters).
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), String>;
@@ -188,6 +188,8 @@ pub enum OptimizerSpec {
         beta2: f64,
     },
     Adafactor(adafactor::Settings),
+    /// A plugin's optimizer component (`optim = "plugin:NAME"`), built by the trainer.
+    Plugin(String),
 }
 
 impl OptimizerSpec {
@@ -242,11 +244,14 @@ impl OptimizerSpec {
             Self::RmsProp { momentum, centered, .. } => 1 + u64::from(*momentum != 0.0) + u64::from(*centered),
             Self::Adagrad { .. } | Self::Lion { .. } => 1,
             Self::Adafactor(settings) => u64::from(settings.beta1.is_some()),
+            // Unknown: counted as Adam's two moments.
+            Self::Plugin(_) => 2,
         }
     }
 
-    pub fn kind(&self) -> OptimizerKind {
-        match self {
+    /// The built-in optimizer; `None` for a plugin's.
+    pub fn kind(&self) -> Option<OptimizerKind> {
+        Some(match self {
             Self::Adam { decoupled: true, .. } => OptimizerKind::AdamW,
             Self::Adam { decoupled: false, .. } => OptimizerKind::Adam,
             Self::Sgd { .. } => OptimizerKind::Sgd,
@@ -254,7 +259,8 @@ impl OptimizerSpec {
             Self::Adagrad { .. } => OptimizerKind::Adagrad,
             Self::Lion { .. } => OptimizerKind::Lion,
             Self::Adafactor(_) => OptimizerKind::Adafactor,
-        }
+            Self::Plugin(_) => return None,
+        })
     }
 }
 
@@ -323,7 +329,16 @@ impl OptimArgs<'_> {
 /// The optimizer `spec` describes, over `params`.
 /// 16-bit parameters are stepped through float32 masters (see `master`).
 pub fn build(spec: &OptimizerSpec, params: Vec<Param>) -> Box<dyn Optimizer> {
-    master::MasterWeights::wrap(params, |params| build_plain(spec, params))
+    with_master_weights(params, |params| build_plain(spec, params))
+}
+
+/// `build` over the parameters, through float32 master weights for 16-bit ones (a plugin
+/// optimizer is wrapped as the host's own are).
+pub fn with_master_weights(
+    params: Vec<Param>,
+    build: impl FnOnce(Vec<Param>) -> Box<dyn Optimizer>,
+) -> Box<dyn Optimizer> {
+    master::MasterWeights::wrap(params, build)
 }
 
 fn build_plain(spec: &OptimizerSpec, params: Vec<Param>) -> Box<dyn Optimizer> {
@@ -340,6 +355,7 @@ fn build_plain(spec: &OptimizerSpec, params: Vec<Param>) -> Box<dyn Optimizer> {
         }
         OptimizerSpec::Lion { beta1, beta2 } => Box::new(lion::Lion::new(params, beta1, beta2)),
         OptimizerSpec::Adafactor(settings) => Box::new(adafactor::Adafactor::new(params, settings)),
+        OptimizerSpec::Plugin(name) => unreachable!("the trainer builds plugin optimizer {name} itself"),
     }
 }
 

@@ -41,6 +41,57 @@ impl SchedulerType {
     }
 }
 
+/// `lr_scheduler_type` as the arguments give it: one of HF's schedules, or
+/// `plugin:NAME`, a schedule component of a loaded plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LrSchedulerType {
+    Builtin(SchedulerType),
+    Plugin(String),
+}
+
+impl LrSchedulerType {
+    pub fn name(&self) -> String {
+        match self {
+            Self::Builtin(kind) => kind.name(),
+            Self::Plugin(name) => format!("plugin:{name}"),
+        }
+    }
+
+    pub fn follows_metric(&self) -> bool {
+        matches!(self, Self::Builtin(kind) if kind.follows_metric())
+    }
+}
+
+impl std::str::FromStr for LrSchedulerType {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(name) = text.strip_prefix("plugin:") {
+            return match name.is_empty() {
+                true => Err("plugin: needs the schedule component's name (plugin:NAME)".to_owned()),
+                false => Ok(Self::Plugin(name.to_owned())),
+            };
+        }
+        <SchedulerType as clap::ValueEnum>::from_str(text, false).map(Self::Builtin).map_err(|_| {
+            let names: Vec<String> =
+                <SchedulerType as clap::ValueEnum>::value_variants().iter().map(|k| k.name()).collect();
+            format!("'{text}' is not a schedule: one of {}, or plugin:NAME", names.join(", "))
+        })
+    }
+}
+
+impl Serialize for LrSchedulerType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for LrSchedulerType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `lr_scheduler_kwargs`: a table in TOML, a JSON object on the command line.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(transparent)]

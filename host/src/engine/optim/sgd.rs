@@ -24,7 +24,8 @@ impl Optimizer for Sgd {
         &self.params
     }
 
-    fn state(&self) -> OptimizerState {
+    fn state(&self) -> Result<OptimizerState, String> {
+        Ok({
         let tensors = self
             .params
             .iter()
@@ -32,6 +33,7 @@ impl Optimizer for Sgd {
             .filter_map(|(p, b)| b.as_ref().map(|b| (format!("{}.momentum_buffer", p.name), b.shallow_clone())))
             .collect();
         OptimizerState { tensors, scalars: serde_json::json!({}) }
+    })
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {

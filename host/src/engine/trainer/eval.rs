@@ -34,12 +34,15 @@ impl Trainer {
         let metrics = metrics?;
         // As in HF, the metrics given to on_evaluate carry the epoch that `log` adds.
         let metrics = self.log(metrics)?;
+        if let Some(dir) = &self.report_dir {
+            self.write_metric_reports(dir)?;
+        }
         self.last_eval = Some(metrics.clone());
         self.fire(Event::Evaluate, &metrics)?;
         // After on_evaluate, as HF: callbacks there still see the previous best metric.
-        if let (Some(scheduler), Some(best)) = (&mut self.scheduler, &self.config.best_metric) {
-            if let Some((_, value)) = metrics.iter().find(|(name, _)| *name == best.key) {
-                scheduler.on_metric(*value);
+        if let Some(best) = &self.config.best_metric {
+            if let Some(&(_, value)) = metrics.iter().find(|(name, _)| *name == best.key) {
+                self.schedule_on_metric(value)?;
             }
         }
         let new_best = self.determine_best_metric(&metrics)?;
@@ -121,11 +124,18 @@ impl Trainer {
         let bs = self.config.args.per_device_eval_batch_size;
         let mut tally = Tally::new(self.device);
         let mut batches = 0usize;
+        let with_plugin_metrics = !self.config.args.prediction_loss_only;
+        if with_plugin_metrics {
+            for metric in &mut self.metrics {
+                metric.reset()?;
+            }
+        }
         for start in (first..end).step_by(bs as usize) {
             let len = bs.min(end - start);
             let what = || format!("evaluation (per_device_eval_batch_size {bs})");
             // Autocast stays on until the batch is done with, as in the forward pass.
-            let (logits, labels, _autocast) = libtorch::guard(what, || self.evaluation_batch(start, len, &mut tally))?;
+            let (logits, labels, _autocast) =
+                libtorch::guard(what, || self.evaluation_batch(start, len, &mut tally, with_plugin_metrics))?;
             batches += 1;
             per_batch(&logits, &labels, start)?;
             self.fire(Event::PredictionStep, &[])?;
@@ -159,13 +169,65 @@ impl Trainer {
                 }
             }
         }
+        for (name, value) in self.plugin_metric_results()? {
+            // A plugin's metric of the same name replaces the built-in one.
+            let key = format!("{prefix}_{name}");
+            metrics.retain(|(k, _)| *k != key);
+            metrics.push((key, value));
+        }
         metrics.extend(speed_metrics(prefix, runtime, n as f64, batches as f64));
         Ok(metrics)
     }
 
+    /// The metric plugins' results, their totals summed over the ranks first; their
+    /// reports are kept for [`write_metric_reports`](Self::write_metric_reports).
+    fn plugin_metric_results(&mut self) -> Result<Vec<(String, f64)>> {
+        let mut values = Vec::new();
+        self.metric_reports.clear();
+        for i in 0..self.metrics.len() {
+            if self.dist.is_some() {
+                let totals = self.metrics[i].totals()?;
+                if !totals.is_empty() {
+                    let summed: Vec<Tensor> = totals.iter().map(|(_, t)| t.to_device(self.device)).collect();
+                    self.sum_tensors_across_ranks(&summed.iter().collect::<Vec<_>>(), "summing a metric's totals")?;
+                    let names: Vec<String> = totals.names().map(str::to_owned).collect();
+                    self.metrics[i].set_totals(&names.into_iter().zip(summed).collect())?;
+                }
+            }
+            let results = self.metrics[i].compute()?;
+            values.extend(results.values);
+            if let Some(report) = results.report {
+                self.metric_reports.push((self.metrics[i].name().to_owned(), report));
+            }
+        }
+        Ok(values)
+    }
+
+    /// Writes each metric plugin's last report as JSON: `<dir>/<metric>.json`.
+    pub fn write_metric_reports(&self, dir: &Path) -> Result<()> {
+        for (name, report) in &self.metric_reports {
+            let path = dir.join(format!("{name}.json"));
+            let text = serde_json::to_string_pretty(report)? + "\n";
+            crate::engine::output::write_text_atomically(&path, &text)
+                .with_context(|| format!("cannot write the {name} report to {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The metric plugins' last reports, by metric.
+    pub fn metric_reports(&self) -> &[(String, serde_json::Value)] {
+        &self.metric_reports
+    }
+
     /// The model and the loss over the examples `start..start + len`, added to `tally`;
     /// returns the logits and labels, and autocast (on while it lives).
-    fn evaluation_batch(&mut self, start: i64, len: i64, tally: &mut Tally) -> Result<(Tensor, Tensor, Autocast)> {
+    fn evaluation_batch(
+        &mut self,
+        start: i64,
+        len: i64,
+        tally: &mut Tally,
+        plugin_metrics: bool,
+    ) -> Result<(Tensor, Tensor, Autocast)> {
         let batch = self.eval.slice(start, len);
         let autocast = Autocast::enter(self.precision, self.device)?;
         let outputs: Outputs = tch::no_grad(|| self.model.net.forward(&batch, false))?;
@@ -181,6 +243,12 @@ impl Trainer {
             None => cross_entropy(logits, labels, Reduction::Mean, self.config.args.label_smoothing_factor)?,
         };
         tally.add(&loss, len, logits, labels);
+        if plugin_metrics && !self.metrics.is_empty() {
+            let (outputs, batch) = (outputs.to_plugin(), batch.to_plugin());
+            for metric in &mut self.metrics {
+                metric.update(&outputs, &batch)?;
+            }
+        }
         Ok((logits.shallow_clone(), labels.shallow_clone(), autocast))
     }
 

@@ -41,6 +41,18 @@ pub(super) fn round_to(value: f64, digits: i32) -> f64 {
 /// user's data not fitting the model: an error, not a crash.
 pub(super) fn cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction, smoothing: f64) -> Result<Tensor> {
     let classes = *logits.size().last().unwrap_or(&0);
+    if labels.is_floating_point() && labels.size() == logits.size() {
+        // Class probabilities (a batch transform's mixed labels): PyTorch's soft-target
+        // cross entropy, one item per row.
+        let probabilities = labels.reshape([-1, classes]).to_kind(logits.kind());
+        return Ok(logits.reshape([-1, classes]).f_cross_entropy_loss::<Tensor>(
+            &probabilities,
+            None,
+            reduction,
+            -100,
+            smoothing,
+        )?);
+    }
     logits
         .reshape([-1, classes])
         .f_cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, reduction, -100, smoothing)

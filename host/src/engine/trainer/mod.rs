@@ -8,6 +8,7 @@
 mod auto_batch;
 mod data_parallel;
 mod eval;
+mod lr_schedule;
 mod metrics;
 mod persist;
 pub mod state;
@@ -34,7 +35,7 @@ use crate::engine::precision::{GradScaler, Precision};
 use crate::engine::report::Reporter;
 use crate::engine::{libtorch, memory, weights};
 use crate::error::InputError;
-use crate::plugins::{selection, PluginLoss};
+use crate::plugins::{selection, Overrides, PluginLoss, PluginMetric, PluginOptimizer, PluginOptimizer0, PluginTransform};
 use state::RunState;
 
 pub use train_loop::Outcome;
@@ -47,6 +48,17 @@ pub struct Trainer {
     optimizer: Box<dyn Optimizer>,
     /// Made when training starts, once the number of steps is known.
     scheduler: Option<Scheduler>,
+    /// A plugin's schedule (lr_scheduler_type plugin:NAME), which then gives the rates.
+    plugin_schedule: Option<lr_schedule::PluginSchedule>,
+    /// Metric plugins (compute_metrics), evaluated alongside the built-in metrics.
+    metrics: Vec<PluginMetric>,
+    /// Batch transform plugins, applied to each training batch in order.
+    batch_transforms: Vec<PluginTransform>,
+    /// The metric plugins' reports of the last evaluation, by metric.
+    metric_reports: Vec<(String, serde_json::Value)>,
+    /// Where evaluations write the metric reports: output_dir on the first rank of a
+    /// training run; none for `host eval` and `host predict`.
+    report_dir: Option<PathBuf>,
     precision: Precision,
     /// For fp16: loss scaling.
     scaler: Option<GradScaler>,
@@ -79,6 +91,8 @@ struct ModelParts {
     /// The parameters HF's FLOP count multiplies (all but the embeddings), for models
     /// that count FLOPs.
     flop_parameters: Option<u64>,
+    /// A built-in classifier's classes (what batch transforms one-hot labels to).
+    num_labels: Option<i64>,
 }
 
 /// What a trainer is built from. Named fields, so a call site says which is which.
@@ -90,6 +104,8 @@ pub struct TrainerSetup {
     /// The loss plugin's component; None for the built-in cross entropy.
     pub loss: Option<PluginLoss>,
     pub callbacks: CallbackHandler,
+    /// Plugin metrics, optimizer, schedule and batch transforms (plugin-api 1.6).
+    pub overrides: Overrides,
     pub reporter: Reporter,
     /// Set (to the signal number) when SIGINT or SIGTERM asks the run to stop.
     pub stop_signal: Arc<AtomicUsize>,
@@ -99,7 +115,10 @@ pub struct TrainerSetup {
 
 impl Trainer {
     pub fn new(setup: TrainerSetup) -> Result<Self> {
-        let TrainerSetup { config, device, train, eval, loss, callbacks, reporter, stop_signal, dist } = setup;
+        let TrainerSetup { config, device, train, eval, loss, callbacks, overrides, reporter, stop_signal, dist } =
+            setup;
+        let Overrides { metrics, optimizer: plugin_optimizer, scheduler: plugin_scheduler, batch_transforms } =
+            overrides;
         let precision = config.precision;
         precision.check_device(device)?;
         if let Some(tf32) = config.args.tf32 {
@@ -132,7 +151,7 @@ impl Trainer {
                 .into());
             }
         }
-        if loss.is_none() && train.labels().is_floating_point() {
+        if loss.is_none() && train.labels().is_floating_point() && batch_transforms.is_empty() {
             return Err(InputError::new(
                 "the labels are not whole numbers (regression or multi-label targets): the built-in cross entropy needs class ids; load a loss plugin such as mse, huber or bce_with_logits",
             )
@@ -145,8 +164,9 @@ impl Trainer {
             lora::load_adapter(&vars, dir, "model_name_or_path")?;
         }
         log_trainable(&vars);
-        let mut optimizer = build_optimizer(&config, &vars, net.as_ref());
+        let mut optimizer = build_optimizer(&config, &vars, net.as_ref(), plugin_optimizer);
         let export = plan.export();
+        let num_labels = plan.num_labels();
         let flop_parameters = net.embedding_weights().map(|embeddings| {
             let variables = vars.variables();
             let counted = variables.iter().filter(|(name, _)| !embeddings.iter().any(|e| name.ends_with(e)));
@@ -167,9 +187,14 @@ impl Trainer {
         let mut trainer = Self {
             config,
             device,
-            model: ModelParts { vars, net, task, export, flop_parameters },
+            model: ModelParts { vars, net, task, export, flop_parameters, num_labels },
             optimizer,
             scheduler: None,
+            plugin_schedule: plugin_scheduler.map(lr_schedule::PluginSchedule::new),
+            metrics,
+            batch_transforms,
+            metric_reports: Vec::new(),
+            report_dir: None,
             precision,
             scaler: (precision == Precision::Float16).then(GradScaler::default),
             loss,
@@ -183,6 +208,9 @@ impl Trainer {
             stop_signal,
             dist,
         };
+        if trainer.is_world_zero() {
+            trainer.report_dir = Some(trainer.output_dir());
+        }
         trainer.fire(Event::InitEnd, &[])?;
         Ok(trainer)
     }
@@ -226,12 +254,14 @@ impl Trainer {
             eval,
             loss: components.loss,
             callbacks: CallbackHandler::new(components.callbacks),
+            overrides: components.overrides,
             reporter: Reporter::console_only(),
             stop_signal: Arc::new(AtomicUsize::new(0)),
             dist: None,
         })?;
         let state = &mut trainer.run.state;
         (state.global_step, state.epoch, state.max_steps) = (saved.global_step, saved.epoch, saved.max_steps);
+        trainer.report_dir = None;
         Ok(trainer)
     }
 
@@ -364,7 +394,12 @@ fn model_size_note(config: &ResolvedConfig) -> String {
 
 /// The optimizer the configuration asks for, over the model's parameters (sorted by name),
 /// with weight decay where Hugging Face applies it.
-fn build_optimizer(config: &ResolvedConfig, vars: &nn::VarStore, net: &dyn Model) -> Box<dyn Optimizer> {
+fn build_optimizer(
+    config: &ResolvedConfig,
+    vars: &nn::VarStore,
+    net: &dyn Model,
+    plugin: Option<PluginOptimizer0>,
+) -> Box<dyn Optimizer> {
     // Frozen parameters (a LoRA run's base model) get no gradient and no optimizer state.
     let params: Vec<Param> = weights::named_tensors(vars)
         .into_iter()
@@ -384,5 +419,8 @@ fn build_optimizer(config: &ResolvedConfig, vars: &nn::VarStore, net: &dyn Model
             if exempt.is_empty() { "none".to_owned() } else { exempt.join(", ") }
         );
     }
-    optim::build(&config.optimizer, params)
+    match plugin {
+        Some(plugin) => optim::with_master_weights(params, |params| Box::new(PluginOptimizer::new(plugin, params))),
+        None => optim::build(&config.optimizer, params),
+    }
 }

@@ -70,7 +70,7 @@ impl Trainer {
     /// What only resuming needs: the optimizer's state, the scheduler's and every rank's
     /// random generator states.
     fn write_resume_files(&mut self, writer: &mut Writer, rng: &[Vec<(String, Tensor)>]) -> Result<()> {
-        let optimizer = self.optimizer.state();
+        let optimizer = self.optimizer.state().map_err(|e| anyhow::anyhow!("saving the optimizer state: {e}"))?;
         writer.write_safetensors("optimizer.safetensors", &optimizer.tensors)?;
         let args = &self.config.args;
         let record = OptimizerRecord {
@@ -79,7 +79,7 @@ impl Trainer {
             scalars: optimizer.scalars,
         };
         writer.write_json(OPTIMIZER, &serde_json::to_value(record)?)?;
-        let state = self.scheduler.as_ref().map(|s| s.state()).unwrap_or_default();
+        let state = self.schedule_state()?;
         let record = SchedulerRecord { state, skipped_steps: self.run.totals.skipped_steps };
         writer.write_json(SCHEDULER, &serde_json::to_value(record)?)?;
         let distributed = rng.len() > 1;
@@ -237,7 +237,11 @@ impl Trainer {
         self.check_position(dir, &host)?;
 
         let saved_kind = OptimizerKind::from_name(&optimizer.optim);
-        if saved_kind != Some(self.config.optimizer.kind()) {
+        let same_optimizer = match self.config.optimizer.kind() {
+            Some(kind) => saved_kind == Some(kind),
+            None => optimizer.optim == self.config.args.optim,
+        };
+        if !same_optimizer {
             return Err(InputError::new(format!(
                 "resume_from_checkpoint: {shown} was made with optim {}, this run uses {}",
                 optimizer.optim, self.config.args.optim
@@ -251,9 +255,7 @@ impl Trainer {
             .collect();
         let state = OptimizerState { tensors, scalars: optimizer.scalars };
         self.optimizer.load_state(&state).map_err(refuse)?;
-        if let Some(s) = &mut self.scheduler {
-            s.load_state(&scheduler.state).map_err(refuse)?;
-        }
+        self.load_schedule_state(&scheduler.state).map_err(|e| refuse(format!("{e:#}")))?;
         self.restore_rng_states(dir)?;
         self.restore_trainer_state(dir, trainer_state)?;
 

@@ -214,6 +214,10 @@ impl Trainer {
         state.eval_steps = TrainingArguments::resolve_steps(args.eval_steps.unwrap_or(args.logging_steps), max_steps);
         state.save_steps = TrainingArguments::resolve_steps(args.save_steps, max_steps);
         self.scheduler = Some(Scheduler::new(&self.config.schedule, warmup, max_steps));
+        if let Some(plugin) = &mut self.plugin_schedule {
+            let base_lr = args.learning_rate;
+            plugin.schedule = Some(plugin_api::Schedule { base_lr, max_steps, warmup_steps: warmup });
+        }
         Ok(Plan { max_steps, num_epochs, updates_per_epoch, accumulation })
     }
 
@@ -335,6 +339,8 @@ impl Trainer {
         let what = move || format!("training step {step} (per_device_train_batch_size {batch_size})");
         libtorch::guard(what, || {
             simulated_out_of_memory(batch.len())?;
+            let transformed = self.transform_batch(batch)?;
+            let batch = transformed.as_ref().unwrap_or(batch);
             let loss = self.training_loss(batch, num_items)?;
             if let (Some(parameters), Some(ids)) = (self.model.flop_parameters, batch.get("input_ids")) {
                 self.meter.current_flos += 6.0 * ids.numel() as f64 * parameters as f64;
@@ -368,6 +374,25 @@ impl Trainer {
         self.run.totals.samples_seen += batch.len() as usize;
         self.run.position.micro_batches_done += 1;
         Ok(())
+    }
+
+    /// The batch after the batch transform plugins, in order; `None` without any.
+    fn transform_batch(&mut self, batch: &Batch) -> Result<Option<Batch>> {
+        if self.batch_transforms.is_empty() {
+            return Ok(None);
+        }
+        let context = plugin_api::BatchContext {
+            global_step: self.run.state.global_step,
+            epoch: self.run.state.epoch,
+            num_labels: self.model.num_labels,
+        };
+        let mut tensors = batch.to_plugin();
+        for transform in &mut self.batch_transforms {
+            tensors = transform.transform(&tensors, &context)?;
+        }
+        Ok(Some(Batch::from_plugin(tensors).map_err(|e| {
+            anyhow::anyhow!("the batch transforms ({}) {e}", self.batch_transforms.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "))
+        })?))
     }
 
     /// The loss of one training micro-batch: the loss plugin's, or the built-in one.
@@ -422,7 +447,7 @@ impl Trainer {
     /// overflowed, or the loss or the gradient norm is not finite (skipped with a warning;
     /// too many in a row stop the run).
     fn update_weights(&mut self) -> Result<()> {
-        self.meter.step_lr = Some(self.current_lr());
+        self.meter.step_lr = Some(self.current_lr()?);
         self.average_gradients()?;
         let overflow_free = self.unscale_gradients();
         let norm = self.optimizer.clip_grad_norm(self.config.args.max_grad_norm).map_err(libtorch::Failed)?;
@@ -436,7 +461,7 @@ impl Trainer {
             self.run.totals.skipped_steps += 1;
             self.count_nonfinite_step()?;
         } else if overflow_free {
-            let lr = self.current_lr();
+            let lr = self.current_lr()?;
             self.optimizer.step(lr).map_err(libtorch::Failed)?;
         } else {
             self.run.totals.skipped_steps += 1;
@@ -486,11 +511,6 @@ impl Trainer {
         )
     }
 
-    /// The learning rate for the next optimizer step (HF: the scheduler's last lr).
-    fn current_lr(&self) -> f64 {
-        let step = self.run.schedule_step();
-        self.scheduler.as_ref().map_or(self.config.args.learning_rate, |s| s.lr(step))
-    }
 
     /// fp16: divides the gradients by the loss scale and adapts the scale; returns whether
     /// the step may be taken (no overflow). Always true without fp16.
@@ -567,7 +587,10 @@ impl Trainer {
     /// A training log event: the mean loss since the last one, the gradient norm and the
     /// learning rate the last step used (HF's rule since transformers 4.51).
     fn log_training_loss(&mut self) -> Result<()> {
-        let learning_rate = self.meter.step_lr.unwrap_or_else(|| self.current_lr());
+        let learning_rate = match self.meter.step_lr {
+            Some(lr) => lr,
+            None => self.current_lr()?,
+        };
         let summed = self.loss_since_log_all_ranks()?;
         let _ = self.meter.since_log.zero_();
         let (step, totals) = (self.run.state.global_step, &mut self.run.totals);
