@@ -30,7 +30,9 @@ fi
 # the host's logits, training steps, saved folders and generations against it (transformers'
 # Trainer needs accelerate), and the LoRA tests check adapters against PEFT's. Pinned: the
 # ports follow these versions' modelling code and file formats.
-TRANSFORMERS_PINS="transformers==5.24.0 tokenizers==0.23.3 accelerate==1.15.0 peft==0.21.2"
+# The stock metric, optimizer and augmentation plugins are checked against scikit-learn,
+# torch.optim and torchvision (0.26 is the torchvision built for torch 2.11).
+TRANSFORMERS_PINS="transformers==5.24.0 tokenizers==0.23.3 accelerate==1.15.0 peft==0.21.2 scikit-learn==1.9.1 torchvision==0.26.0"
 if ! "$VENV/bin/python" -c "
 import importlib.metadata as m, sys
 want = dict(p.split('==') for p in '$TRANSFORMERS_PINS'.split())

@@ -64,6 +64,7 @@ pub type ComponentDecl = (&'static str, Option<String>);
 pub use crate::adapters::{make_batch_transform, make_metric, make_optimizer, make_scheduler};
 
 /// The components of a plugin for [`plugin_info`], by kind.
+#[derive(Default)]
 pub struct Declared<'a> {
     pub losses: &'a [ComponentDecl],
     pub callbacks: &'a [ComponentDecl],

@@ -18,6 +18,7 @@ mod fuzz;
 mod hf_rules;
 mod lora;
 mod models;
+mod override_plugins;
 mod plots;
 mod pretrained;
 mod stock_plugins;

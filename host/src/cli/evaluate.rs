@@ -26,14 +26,8 @@ pub fn predict(options: &PredictOptions) -> Result<()> {
     let metrics = trainer.predict(&options.output)?;
     write_metrics(&mut std::io::stdout().lock(), "test metrics", &metrics)?;
     println!("predictions: {}", options.output.display());
-    // Each metric plugin's report next to the predictions: predictions.<metric>.json.
-    let stem = options.output.with_extension("");
-    for (name, report) in trainer.metric_reports() {
-        let path = stem.with_extension(format!("{name}.json"));
-        let text = serde_json::to_string_pretty(report)? + "\n";
-        std::fs::write(&path, text)
-            .map_err(|e| crate::error::InputError::new(format!("cannot write {}: {e}", path.display())))?;
-        println!("{name} report: {}", path.display());
+    for (name, _) in trainer.metric_reports() {
+        println!("{name} report: {}", Trainer::report_next_to(&options.output, name).display());
     }
     Ok(())
 }

@@ -184,9 +184,11 @@ pub fn insert_selection(table: &mut toml::Table, selection: &PluginSelection) {
     if let Some(loss) = &selection.loss {
         table.insert("loss".to_owned(), toml::Value::String(loss.to_owned()));
     }
-    for (key, names) in
-        [("callback", &selection.callbacks), ("metric", &selection.metrics), ("batch_transform", &selection.batch_transforms)]
-    {
+    for (key, names) in [
+        ("callback", &selection.callbacks),
+        ("metric", &selection.metrics),
+        ("batch_transform", &selection.batch_transforms),
+    ] {
         if !names.is_empty() {
             table.insert(key.to_owned(), toml::Value::Array(names.iter().cloned().map(toml::Value::String).collect()));
         }

@@ -88,7 +88,9 @@ impl ResolvedConfig {
         }
         let adam = AdamSettings { beta1: args.adam_beta1, beta2: args.adam_beta2, eps: args.adam_epsilon };
         let optimizer = match args.optim.strip_prefix("plugin:") {
-            Some(name) => plugin_component("optim", name, "optim_args", !args.optim_args.is_empty(), &mut plugins.optimizer)?,
+            Some(name) => {
+                plugin_component("optim", name, "optim_args", !args.optim_args.is_empty(), &mut plugins.optimizer)?
+            }
             None => OptimizerSpec::parse(&args.optim, &args.optim_args, adam)?,
         };
         if let Some(kind) = optimizer.kind() {

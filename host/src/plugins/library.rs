@@ -12,6 +12,7 @@ use super::callback::PluginCallback;
 use super::component::PluginComponent;
 use super::extension::{component_error, one_line};
 use super::loss::PluginLoss;
+use super::{PluginMetric, PluginOptimizer, PluginScheduler, PluginTransform};
 use crate::error::InputError;
 
 /// What a plugin component is.
@@ -195,9 +196,30 @@ impl Plugin {
 }
 
 impl Plugin {
+    pub fn create_metric(&self, name: &str, config: &serde_json::Value, args_json: &str) -> Result<PluginMetric> {
+        self.create_component(Kind::Metric, name, config, args_json).map(PluginMetric)
+    }
+
+    pub fn create_optimizer(&self, name: &str, config: &serde_json::Value, args_json: &str) -> Result<PluginOptimizer> {
+        self.create_component(Kind::Optimizer, name, config, args_json).map(PluginOptimizer)
+    }
+
+    pub fn create_scheduler(&self, name: &str, config: &serde_json::Value, args_json: &str) -> Result<PluginScheduler> {
+        self.create_component(Kind::Scheduler, name, config, args_json).map(PluginScheduler)
+    }
+
+    pub fn create_batch_transform(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+        args_json: &str,
+    ) -> Result<PluginTransform> {
+        self.create_component(Kind::BatchTransform, name, config, args_json).map(PluginTransform)
+    }
+
     /// Creates a component of a kind added in plugin-api 1.6 (metric, optimizer, scheduler,
     /// batch transform): through `create_callback`, its name prefixed by the kind.
-    pub fn create_component(
+    fn create_component(
         &self,
         kind: Kind,
         name: &str,

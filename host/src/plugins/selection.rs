@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::library::{Kind, Plugin};
 use super::metric::PluginMetric;
-use super::optimizer::PluginOptimizer0;
+use super::optimizer::PluginOptimizer;
 use super::scheduler::PluginScheduler;
 use super::transform::PluginTransform;
 use super::{PluginCallback, PluginLoss};
@@ -29,7 +29,7 @@ pub struct Components {
 #[derive(Default)]
 pub struct Overrides {
     pub metrics: Vec<PluginMetric>,
-    pub optimizer: Option<PluginOptimizer0>,
+    pub optimizer: Option<PluginOptimizer>,
     pub scheduler: Option<PluginScheduler>,
     pub batch_transforms: Vec<PluginTransform>,
 }
@@ -85,15 +85,16 @@ pub fn build(selection: &PluginSelection, args_json: &str) -> Result<Components>
             plugins[c.plugin].create_callback(&c.name, &config_for(&c.name), args_json)
         })
         .collect::<Result<Vec<_>>>()?;
-    let create = |i: usize| {
-        let c = &provided[i];
-        plugins[c.plugin].create_component(c.kind, &c.name, &config_for(&c.name), args_json)
-    };
+    let parts = |i: usize| (&plugins[provided[i].plugin], provided[i].name.as_str());
+    let metric = |i| parts(i).0.create_metric(parts(i).1, &config_for(parts(i).1), args_json);
+    let optimizer = |i| parts(i).0.create_optimizer(parts(i).1, &config_for(parts(i).1), args_json);
+    let scheduler = |i| parts(i).0.create_scheduler(parts(i).1, &config_for(parts(i).1), args_json);
+    let transform = |&i: &usize| parts(i).0.create_batch_transform(parts(i).1, &config_for(parts(i).1), args_json);
     let overrides = Overrides {
-        metrics: choice.metrics.iter().map(|&i| create(i).map(PluginMetric)).collect::<Result<_>>()?,
-        optimizer: choice.optimizer.map(|i| create(i).map(PluginOptimizer0)).transpose()?,
-        scheduler: choice.scheduler.map(|i| create(i).map(PluginScheduler)).transpose()?,
-        batch_transforms: choice.batch_transforms.iter().map(|&i| create(i).map(PluginTransform)).collect::<Result<_>>()?,
+        metrics: choice.metrics.iter().map(|&i| metric(i)).collect::<Result<_>>()?,
+        optimizer: choice.optimizer.map(optimizer).transpose()?,
+        scheduler: choice.scheduler.map(scheduler).transpose()?,
+        batch_transforms: choice.batch_transforms.iter().map(transform).collect::<Result<_>>()?,
     };
     Ok(Components { plugins, loss, callbacks, overrides })
 }
@@ -129,7 +130,8 @@ pub fn choose(
     let find = |among: &[usize], name: &str, kind: Kind| -> Result<usize, InputError> {
         among.iter().copied().find(|&i| provided[i].name == name).ok_or_else(|| {
             InputError::new(format!(
-                "no loaded plugin provides a {} named '{name}' (available: {}); check the name or add the plugin with --plugin",
+                "no loaded plugin provides {} {} named '{name}' (available: {}); check the name or add the plugin with --plugin",
+                if kind == Kind::Optimizer { "an" } else { "a" },
                 kind.name(),
                 names(among)
             ))

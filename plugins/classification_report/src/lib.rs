@@ -70,7 +70,9 @@ impl Metric for Report {
         let logits = outputs.require("logits")?;
         let labels = batch.require("labels")?;
         if labels.is_floating_point() {
-            return Err(PluginError::new("labels are not class ids (float labels): classification_report needs a classifier's labels"));
+            return Err(PluginError::new(
+                "labels are not class ids (float labels): classification_report needs a classifier's labels",
+            ));
         }
         let classes = *logits.size().last().unwrap_or(&0);
         let scores = logits.detach().reshape([-1, classes]);
@@ -156,7 +158,10 @@ impl Metric for Report {
             }
             let name = match &self.config.target_names {
                 Some(names) => names.get(c).cloned().ok_or_else(|| {
-                    PluginError::config(format!("target_names has {} names but the model has {classes} classes", names.len()))
+                    PluginError::config(format!(
+                        "target_names has {} names but the model has {classes} classes",
+                        names.len()
+                    ))
                 })?,
                 None => c.to_string(),
             };

@@ -180,7 +180,9 @@ impl Optimizer for Muon {
 
     fn state(&self) -> (Value, Tensors) {
         let mut tensors = Tensors::new();
-        for (slot, map) in [("momentum_buffer", &self.momentum), ("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
+        for (slot, map) in
+            [("momentum_buffer", &self.momentum), ("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)]
+        {
             for (name, tensor) in map {
                 tensors.insert(format!("{name}.{slot}"), tensor.shallow_clone());
             }

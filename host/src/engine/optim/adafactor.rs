@@ -65,21 +65,21 @@ impl Optimizer for Adafactor {
 
     fn state(&self) -> Result<OptimizerState, String> {
         Ok({
-        let mut tensors = Vec::new();
-        for ((param, second), first) in self.params.iter().zip(&self.second).zip(&self.first) {
-            match second {
-                SecondMoment::Factored { row, col } => {
-                    tensors.push((format!("{}.exp_avg_sq_row", param.name), row.shallow_clone()));
-                    tensors.push((format!("{}.exp_avg_sq_col", param.name), col.shallow_clone()));
+            let mut tensors = Vec::new();
+            for ((param, second), first) in self.params.iter().zip(&self.second).zip(&self.first) {
+                match second {
+                    SecondMoment::Factored { row, col } => {
+                        tensors.push((format!("{}.exp_avg_sq_row", param.name), row.shallow_clone()));
+                        tensors.push((format!("{}.exp_avg_sq_col", param.name), col.shallow_clone()));
+                    }
+                    SecondMoment::Full(v) => tensors.push((format!("{}.exp_avg_sq", param.name), v.shallow_clone())),
                 }
-                SecondMoment::Full(v) => tensors.push((format!("{}.exp_avg_sq", param.name), v.shallow_clone())),
+                if let Some(first) = first {
+                    tensors.push((format!("{}.exp_avg", param.name), first.shallow_clone()));
+                }
             }
-            if let Some(first) = first {
-                tensors.push((format!("{}.exp_avg", param.name), first.shallow_clone()));
-            }
-        }
-        OptimizerState { tensors, scalars: serde_json::json!({ "step": self.step }) }
-    })
+            OptimizerState { tensors, scalars: serde_json::json!({ "step": self.step }) }
+        })
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {

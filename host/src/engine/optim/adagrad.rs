@@ -29,10 +29,10 @@ impl Optimizer for Adagrad {
 
     fn state(&self) -> Result<OptimizerState, String> {
         Ok({
-        let mut tensors = Vec::new();
-        export_slot(&self.params, "sum", &self.sum, &mut tensors);
-        OptimizerState { tensors, scalars: serde_json::json!({ "step": self.step }) }
-    })
+            let mut tensors = Vec::new();
+            export_slot(&self.params, "sum", &self.sum, &mut tensors);
+            OptimizerState { tensors, scalars: serde_json::json!({ "step": self.step }) }
+        })
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {

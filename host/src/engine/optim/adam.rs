@@ -95,14 +95,14 @@ impl Optimizer for Adam {
 
     fn state(&self) -> Result<OptimizerState, String> {
         Ok({
-        let mut tensors = Vec::new();
-        export_slot(&self.params, "exp_avg", &self.exp_avg, &mut tensors);
-        export_slot(&self.params, "exp_avg_sq", &self.exp_avg_sq, &mut tensors);
-        if let Some(max) = &self.max_exp_avg_sq {
-            export_slot(&self.params, "max_exp_avg_sq", max, &mut tensors);
-        }
-        OptimizerState { tensors, scalars: serde_json::json!({ "step": self.step }) }
-    })
+            let mut tensors = Vec::new();
+            export_slot(&self.params, "exp_avg", &self.exp_avg, &mut tensors);
+            export_slot(&self.params, "exp_avg_sq", &self.exp_avg_sq, &mut tensors);
+            if let Some(max) = &self.max_exp_avg_sq {
+                export_slot(&self.params, "max_exp_avg_sq", max, &mut tensors);
+            }
+            OptimizerState { tensors, scalars: serde_json::json!({ "step": self.step }) }
+        })
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {

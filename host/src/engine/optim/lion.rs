@@ -26,10 +26,10 @@ impl Optimizer for Lion {
 
     fn state(&self) -> Result<OptimizerState, String> {
         Ok({
-        let mut tensors = Vec::new();
-        export_slot(&self.params, "exp_avg", &self.exp_avg, &mut tensors);
-        OptimizerState { tensors, scalars: serde_json::json!({}) }
-    })
+            let mut tensors = Vec::new();
+            export_slot(&self.params, "exp_avg", &self.exp_avg, &mut tensors);
+            OptimizerState { tensors, scalars: serde_json::json!({}) }
+        })
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {

@@ -78,14 +78,14 @@ impl Optimizer for MasterWeights {
 
     fn state(&self) -> Result<OptimizerState, String> {
         Ok({
-        let mut state = self.inner.state()?;
-        for (param, master) in self.params.iter().zip(&self.masters) {
-            if let Some((master, _)) = master {
-                state.tensors.push((format!("{}.{MASTER}", param.name), master.detach()));
+            let mut state = self.inner.state()?;
+            for (param, master) in self.params.iter().zip(&self.masters) {
+                if let Some((master, _)) = master {
+                    state.tensors.push((format!("{}.{MASTER}", param.name), master.detach()));
+                }
             }
-        }
-        state
-    })
+            state
+        })
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {

@@ -29,12 +29,12 @@ impl Optimizer for RmsProp {
 
     fn state(&self) -> Result<OptimizerState, String> {
         Ok({
-        let mut tensors = Vec::new();
-        export_slot(&self.params, "square_avg", &self.square_avg, &mut tensors);
-        export_slot(&self.params, "grad_avg", &self.grad_avg, &mut tensors);
-        export_slot(&self.params, "momentum_buffer", &self.momentum_buffer, &mut tensors);
-        OptimizerState { tensors, scalars: serde_json::json!({}) }
-    })
+            let mut tensors = Vec::new();
+            export_slot(&self.params, "square_avg", &self.square_avg, &mut tensors);
+            export_slot(&self.params, "grad_avg", &self.grad_avg, &mut tensors);
+            export_slot(&self.params, "momentum_buffer", &self.momentum_buffer, &mut tensors);
+            OptimizerState { tensors, scalars: serde_json::json!({}) }
+        })
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {

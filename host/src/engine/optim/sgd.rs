@@ -26,14 +26,14 @@ impl Optimizer for Sgd {
 
     fn state(&self) -> Result<OptimizerState, String> {
         Ok({
-        let tensors = self
-            .params
-            .iter()
-            .zip(&self.momentum_buffers)
-            .filter_map(|(p, b)| b.as_ref().map(|b| (format!("{}.momentum_buffer", p.name), b.shallow_clone())))
-            .collect();
-        OptimizerState { tensors, scalars: serde_json::json!({}) }
-    })
+            let tensors = self
+                .params
+                .iter()
+                .zip(&self.momentum_buffers)
+                .filter_map(|(p, b)| b.as_ref().map(|b| (format!("{}.momentum_buffer", p.name), b.shallow_clone())))
+                .collect();
+            OptimizerState { tensors, scalars: serde_json::json!({}) }
+        })
     }
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<(), String> {

@@ -63,6 +63,7 @@ impl Trainer {
         let metrics =
             self.evaluation_loop("test", |logits, labels, start| write_predictions(&mut out, logits, labels, start))?;
         out.flush().with_context(|| format!("cannot write {}", output.display()))?;
+        self.write_reports_next_to(output)?;
         self.fire(Event::Predict, &metrics)?;
         Ok(metrics)
     }
@@ -81,6 +82,7 @@ impl Trainer {
             .map(|(name, tensor)| (name.to_owned(), tensor));
         crate::engine::weights::write::write_file(&tensors, output)
             .map_err(|e| InputError::new(format!("cannot write predictions to {}: {e:#}", output.display())))?;
+        self.write_reports_next_to(output)?;
         self.fire(Event::Predict, &metrics)?;
         Ok(metrics)
     }
@@ -206,10 +208,20 @@ impl Trainer {
     /// Writes each metric plugin's last report as JSON: `<dir>/<metric>.json`.
     pub fn write_metric_reports(&self, dir: &Path) -> Result<()> {
         for (name, report) in &self.metric_reports {
-            let path = dir.join(format!("{name}.json"));
-            let text = serde_json::to_string_pretty(report)? + "\n";
-            crate::engine::output::write_text_atomically(&path, &text)
-                .with_context(|| format!("cannot write the {name} report to {}", path.display()))?;
+            write_report(&dir.join(format!("{name}.json")), name, report)?;
+        }
+        Ok(())
+    }
+
+    /// Where a prediction's report from metric `name` goes: beside the predictions file,
+    /// `predictions.jsonl` -> `predictions.<name>.json`.
+    pub fn report_next_to(predictions: &Path, name: &str) -> std::path::PathBuf {
+        predictions.with_extension(format!("{name}.json"))
+    }
+
+    fn write_reports_next_to(&self, predictions: &Path) -> Result<()> {
+        for (name, report) in &self.metric_reports {
+            write_report(&Self::report_next_to(predictions, name), name, report)?;
         }
         Ok(())
     }
@@ -301,6 +313,12 @@ impl Trainer {
         })?;
         Ok(Some(saved))
     }
+}
+
+fn write_report(path: &Path, name: &str, report: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(report)? + "\n";
+    crate::engine::output::write_text_atomically(path, &text)
+        .map_err(|e| InputError::new(format!("cannot write the {name} report to {}: {e:#}", path.display())).into())
 }
 
 /// One JSON line per example of a prediction batch: its index and label, and the

@@ -35,7 +35,9 @@ use crate::engine::precision::{GradScaler, Precision};
 use crate::engine::report::Reporter;
 use crate::engine::{libtorch, memory, weights};
 use crate::error::InputError;
-use crate::plugins::{selection, Overrides, PluginLoss, PluginMetric, PluginOptimizer, PluginOptimizer0, PluginTransform};
+use crate::plugins::{
+    selection, OptimizerAdapter, Overrides, PluginLoss, PluginMetric, PluginOptimizer, PluginTransform,
+};
 use state::RunState;
 
 pub use train_loop::Outcome;
@@ -398,7 +400,7 @@ fn build_optimizer(
     config: &ResolvedConfig,
     vars: &nn::VarStore,
     net: &dyn Model,
-    plugin: Option<PluginOptimizer0>,
+    plugin: Option<PluginOptimizer>,
 ) -> Box<dyn Optimizer> {
     // Frozen parameters (a LoRA run's base model) get no gradient and no optimizer state.
     let params: Vec<Param> = weights::named_tensors(vars)
@@ -420,7 +422,7 @@ fn build_optimizer(
         );
     }
     match plugin {
-        Some(plugin) => optim::with_master_weights(params, |params| Box::new(PluginOptimizer::new(plugin, params))),
+        Some(plugin) => optim::with_master_weights(params, |params| Box::new(OptimizerAdapter::new(plugin, params))),
         None => optim::build(&config.optimizer, params),
     }
 }

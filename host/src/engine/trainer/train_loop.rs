@@ -391,7 +391,10 @@ impl Trainer {
             tensors = transform.transform(&tensors, &context)?;
         }
         Ok(Some(Batch::from_plugin(tensors).map_err(|e| {
-            anyhow::anyhow!("the batch transforms ({}) {e}", self.batch_transforms.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "))
+            anyhow::anyhow!(
+                "the batch transforms ({}) {e}",
+                self.batch_transforms.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+            )
         })?))
     }
 
@@ -510,7 +513,6 @@ impl Trainer {
             step + 1 - in_a_row
         )
     }
-
 
     /// fp16: divides the gradients by the loss scale and adapts the scale; returns whether
     /// the step may be taken (no overflow). Always true without fp16.

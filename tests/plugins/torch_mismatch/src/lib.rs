@@ -3,11 +3,14 @@
 //! root module by hand to claim torch 1.13.1.
 
 use abi_stable::std_types::{RResult, RStr};
-use plugin_api::__private::{abi_stable, lib_header, module_extension, plugin_info, root_module, unknown_component};
+use plugin_api::__private::{
+    abi_stable, lib_header, module_extension, plugin_info, root_module, unknown_component, Declared,
+};
 use plugin_api::ffi::{CallbackBox, FfiError, LossBox, PluginInfo};
 
 extern "C" fn info() -> PluginInfo {
-    let mut info = plugin_info("torch_mismatch", "0.1.0", &[("old_loss", None)], &[]);
+    let mut info =
+        plugin_info("torch_mismatch", "0.1.0", Declared { losses: &[("old_loss", None)], ..Default::default() });
     info.torch_version = "1.13.1+cpu".into();
     info
 }

@@ -1,0 +1,139 @@
+"""Oracles for the stock plugins of the kinds added in plugin-api 1.6, run by
+tests/e2e/override_plugins.rs in the project venv. Each subcommand recomputes what a
+plugin produced with the reference library and exits non-zero, naming the difference,
+when they disagree.
+
+  report PREDICTIONS REPORT METRICS K...   classification_report vs scikit-learn
+  muon DIR                                 muon vs torch.optim.Muon + torch.optim.AdamW
+  one_cycle LOG MAX_STEPS MAX_LR CONFIG    one_cycle's logged rates vs OneCycleLR
+  mixup DIR                                mixup/cutmix vs torchvision.transforms.v2
+"""
+
+import json
+import math
+import sys
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+
+def fail(message):
+    print(message)
+    sys.exit(1)
+
+
+def close(name, got, want, tol):
+    if isinstance(want, dict):
+        if set(got) != set(want):
+            fail(f"{name}: keys {sorted(got)} != {sorted(want)}")
+        for key in want:
+            close(f"{name}.{key}", got[key], want[key], tol)
+        return
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        fail(f"{name}: shape {got.shape} != {want.shape}")
+    diff = float(np.max(np.abs(got - want))) if got.size else 0.0
+    if not diff <= tol:
+        fail(f"{name}: differs by {diff} (tolerance {tol})\n got {got}\nwant {want}")
+
+
+def report(predictions, report_path, metrics_path, *ks):
+    from sklearn.metrics import classification_report, confusion_matrix, top_k_accuracy_score
+
+    rows = [json.loads(line) for line in open(predictions)]
+    y_true = np.array([r["label"] for r in rows])
+    scores = np.array([r["probabilities"] for r in rows])
+    y_pred = scores.argmax(1)
+    got = json.load(open(report_path))
+    labels = sorted(set(y_true) | set(y_pred))
+    if got["labels"] != [int(l) for l in labels]:
+        fail(f"labels {got['labels']} != {labels}")
+    want = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
+    close("classification_report", got["classification_report"], want, 1e-12)
+    close("confusion_matrix", got["confusion_matrix"], confusion_matrix(y_true, y_pred), 0)
+    classes = np.arange(scores.shape[1])
+    metrics = json.loads(open(metrics_path).read())
+    for k in ks:
+        want_k = top_k_accuracy_score(y_true, scores, k=int(k), labels=classes)
+        close(f"top_{k}_accuracy (report)", got["top_k_accuracy"][k], want_k, 1e-12)
+        close(f"test_top_{k}_accuracy", metrics[f"test_top_{k}_accuracy"], want_k, 1e-12)
+    avg = want["macro avg"]
+    for name, value in [
+        ("test_accuracy", want["accuracy"]),
+        ("test_macro_precision", avg["precision"]),
+        ("test_macro_recall", avg["recall"]),
+        ("test_macro_f1", avg["f1-score"]),
+        ("test_weighted_f1", want["weighted avg"]["f1-score"]),
+    ]:
+        close(name, metrics[name], value, 1e-12)
+    print(f"classification_report equals scikit-learn over {len(rows)} predictions")
+
+
+def muon(folder):
+    case = load_file(f"{folder}/case.safetensors")
+    host = load_file(f"{folder}/host.safetensors")
+    config = json.load(open(f"{folder}/case.json"))
+    names = config["names"]
+    params = {n: torch.nn.Parameter(case[f"init.{n}"].clone()) for n in names}
+    matrices = [n for n in names if params[n].ndim == 2]
+    others = [n for n in names if params[n].ndim != 2]
+    decay = config["weight_decay"]
+    groups = lambda chosen: [
+        {"params": [params[n] for n in chosen if decay[n] > 0], "weight_decay": config["decay"]},
+        {"params": [params[n] for n in chosen if decay[n] == 0], "weight_decay": 0.0},
+    ]
+    optimizers = [
+        torch.optim.Muon(groups(matrices), lr=config["lrs"][0], momentum=0.95, nesterov=True),
+        torch.optim.AdamW(groups(others), lr=config["lrs"][0], betas=(0.9, 0.999), eps=1e-8),
+    ]
+    for step, lr in enumerate(config["lrs"]):
+        for n in names:
+            params[n].grad = case[f"grad{step}.{n}"].clone()
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+    worst = 0.0
+    for n in names:
+        diff = (params[n].detach() - host[n]).abs().max().item()
+        worst = max(worst, diff)
+        if not diff <= 1e-6:
+            fail(f"muon: {n} differs from torch by {diff} after {len(config['lrs'])} steps")
+    print(f"muon equals torch.optim.Muon + AdamW over {len(config['lrs'])} steps (largest difference {worst:.2e})")
+
+
+def one_cycle(log, max_steps, max_lr, config):
+    max_steps, max_lr, config = int(max_steps), float(max_lr), json.loads(config)
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=max_lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=max_steps, cycle_momentum=False, **config
+    )
+    want = []
+    for _ in range(max_steps):
+        want.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    got = [entry["learning_rate"] for entry in map(json.loads, open(log)) if "loss" in entry]
+    close("one_cycle learning rates", got, want, 1e-12 * max_lr)
+    print(f"one_cycle equals OneCycleLR over {max_steps} steps")
+
+
+def mixup(folder):
+    from torchvision.transforms import v2
+
+    case = json.load(open(f"{folder}/case.json"))
+    batch = load_file(f"{folder}/batch.safetensors")
+    for mode, transform in [("mixup", v2.MixUp), ("cutmix", v2.CutMix)]:
+        host = load_file(f"{folder}/{mode}.safetensors")
+        torch.manual_seed(case["seed"])
+        images = batch["input"].reshape(-1, 1, 8, 8)
+        images, labels = transform(alpha=case["alpha"], num_classes=case["num_classes"])(images, batch["labels"])
+        close(f"{mode} input", host["input"].numpy(), images.reshape(len(images), -1).numpy(), 1e-6)
+        close(f"{mode} labels", host["labels"].numpy(), labels.numpy(), 1e-6)
+    print("mixup and cutmix equal torchvision's MixUp and CutMix")
+
+
+if __name__ == "__main__":
+    {"report": report, "muon": muon, "one_cycle": one_cycle, "mixup": mixup}[sys.argv[1]](*sys.argv[2:])
