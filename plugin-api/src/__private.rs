@@ -61,7 +61,7 @@ pub extern "C" fn module_extension(op: ExtensionOp, _input: ExtensionIn<'_>) -> 
 /// `JsonSchema`, the JSON schema of its config keys.
 pub type ComponentDecl = (&'static str, Option<String>);
 
-pub use crate::adapters::{make_batch_transform, make_metric, make_optimizer, make_scheduler};
+pub use crate::adapters::{make_batch_transform, make_metric, make_model, make_optimizer, make_scheduler};
 
 /// The components of a plugin for [`plugin_info`], by kind.
 #[derive(Default)]
@@ -72,6 +72,7 @@ pub struct Declared<'a> {
     pub optimizers: &'a [ComponentDecl],
     pub schedulers: &'a [ComponentDecl],
     pub batch_transforms: &'a [ComponentDecl],
+    pub models: &'a [ComponentDecl],
 }
 
 pub fn plugin_info(name: &str, version: &str, declared: Declared<'_>) -> PluginInfo {
@@ -89,6 +90,7 @@ pub fn plugin_info(name: &str, version: &str, declared: Declared<'_>) -> PluginI
         (ComponentKind::OPTIMIZER, declared.optimizers),
         (ComponentKind::SCHEDULER, declared.schedulers),
         (ComponentKind::BATCH_TRANSFORM, declared.batch_transforms),
+        (ComponentKind::MODEL, declared.models),
     ];
     let components: RVec<ComponentInfo> =
         kinds.iter().flat_map(|(kind, decls)| decls.iter().map(|c| component(*kind, c))).collect();

@@ -1,5 +1,5 @@
 //! Adapters from the component traits added in 1.6 (metrics, optimizers, schedulers, batch
-//! transforms) to the callback box they cross the boundary in. Each answers its kind's
+//! transforms, models) to the callback box they cross the boundary in. Each answers its kind's
 //! extension operations and ignores trainer events. Not a public API.
 
 use abi_stable::sabi_trait::TD_Opaque;
@@ -14,7 +14,9 @@ use crate::ffi::{
 };
 use crate::optimizer::Parameter;
 use crate::panic::catch;
-use crate::{BatchContext, BatchTransform, Metric, Optimizer, PluginError, Schedule, Scheduler, Tensors};
+use crate::{
+    BatchContext, BatchTransform, Metric, Model, ModelInputs, Optimizer, PluginError, Schedule, Scheduler, Tensors,
+};
 
 fn answer(json: Value, tensors: Tensors) -> ExtensionOut {
     ExtensionOut { json: json.to_string().into(), tensors: tensors_into_owned(tensors) }
@@ -234,6 +236,77 @@ impl<T: BatchTransform> CallbackFfi for TransformAdapter<T> {
                 // SAFETY: the host keeps the batch alive for the call.
                 let batch = unsafe { borrowed(&input) };
                 Ok(answer(Value::Null, transform.transform(&batch, &context)?))
+            }),
+            _ => return unsupported(op),
+        };
+        into_ffi(outcome)
+    }
+}
+
+// ---- models
+
+struct ModelAdapter<M>(M);
+
+pub fn make_model<C, M, F>(config_json: &str, ctor: F) -> Result<CallbackBox, FfiError>
+where
+    C: DeserializeOwned,
+    M: Model,
+    F: FnOnce(C) -> Result<M, PluginError>,
+{
+    Ok(boxed(ModelAdapter(ctor(parse_config(config_json)?).map_err(config_error)?)))
+}
+
+/// Splits `<prefix>.<name>` tensors by prefix.
+fn split(tensors: Tensors, prefixes: [&str; 2]) -> [Tensors; 2] {
+    let mut parts = [Tensors::new(), Tensors::new()];
+    for (name, tensor) in tensors.into_entries() {
+        for (part, prefix) in parts.iter_mut().zip(prefixes) {
+            if let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) {
+                part.insert(rest, tensor.shallow_clone());
+            }
+        }
+    }
+    parts
+}
+
+impl<M: Model> CallbackFfi for ModelAdapter<M> {
+    fn on_event(&mut self, _: EventFfi<'_>, _: &mut ControlBits) -> RResult<(), FfiError> {
+        RResult::ROk(())
+    }
+
+    fn extension(&mut self, op: ExtensionOp, input: ExtensionIn<'_>) -> RResult<ExtensionOut, FfiError> {
+        let model = &mut self.0;
+        let outcome = match op {
+            ExtensionOp::MODEL_INIT => catch(|| {
+                let request = read_json(&input, "the model inputs")?;
+                let fields = request["fields"]
+                    .as_array()
+                    .map(|fields| {
+                        fields
+                            .iter()
+                            .filter_map(|f| {
+                                let name = f[0].as_str()?.to_owned();
+                                let shape = f[1].as_array()?.iter().filter_map(Value::as_i64).collect();
+                                Some((name, shape))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let inputs = ModelInputs { fields, num_labels: request["num_labels"].as_i64() };
+                let weights = model.init(&inputs)?;
+                let mut out = Tensors::new();
+                for (prefix, part) in [("parameter", weights.parameters), ("buffer", weights.buffers)] {
+                    for (name, tensor) in part.into_entries() {
+                        out.insert(format!("{prefix}.{name}"), tensor);
+                    }
+                }
+                Ok(answer(Value::Null, out))
+            }),
+            ExtensionOp::MODEL_FORWARD => catch(|| {
+                let train = read_json(&input, "the forward request")?["train"].as_bool().unwrap_or(false);
+                // SAFETY: the host keeps the weights and the batch alive for the call.
+                let [weights, batch] = split(unsafe { borrowed(&input) }, ["weight", "batch"]);
+                Ok(answer(Value::Null, model.forward(&weights, &batch, train)?))
             }),
             _ => return unsupported(op),
         };

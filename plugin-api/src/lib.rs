@@ -44,6 +44,7 @@ pub mod callback;
 pub mod items;
 mod loss;
 mod metric;
+mod model;
 pub mod optimizer;
 mod panic;
 mod scheduler;
@@ -60,6 +61,7 @@ pub mod __private;
 pub use callback::{BestMetric, Callback, Metrics, TrainerControl, TrainerState, TrainingArguments};
 pub use loss::Loss;
 pub use metric::{Metric, MetricResults};
+pub use model::{Model, ModelInputs, ModelWeights};
 pub use optimizer::{Optimizer, Parameter};
 pub use scheduler::{Schedule, Scheduler};
 pub use tensors::Tensors;
@@ -79,9 +81,9 @@ pub const TORCH_VERSION: &str = env!("PLUGIN_API_TORCH_VERSION");
 /// What plugin code imports.
 pub mod prelude {
     pub use crate::{
-        export_plugin, BatchContext, BatchTransform, BestMetric, Callback, Loss, Metric, MetricResults, Metrics,
-        NoConfig, Optimizer, Parameter, PluginError, Schedule, Scheduler, Tensors, TrainerControl, TrainerState,
-        TrainingArguments,
+        export_plugin, BatchContext, BatchTransform, BestMetric, Callback, Loss, Metric, MetricResults, Metrics, Model,
+        ModelInputs, ModelWeights, NoConfig, Optimizer, Parameter, PluginError, Schedule, Scheduler, Tensors,
+        TrainerControl, TrainerState, TrainingArguments,
     };
     pub use schemars::JsonSchema;
     pub use serde::Deserialize;
@@ -169,6 +171,7 @@ macro_rules! export_plugin {
         $(optimizers: { $($optim_name:literal => $optim_ctor:expr),* $(,)? } $(,)?)?
         $(schedulers: { $($sched_name:literal => $sched_ctor:expr),* $(,)? } $(,)?)?
         $(batch_transforms: { $($bt_name:literal => $bt_ctor:expr),* $(,)? } $(,)?)?
+        $(models: { $($model_name:literal => $model_ctor:expr),* $(,)? } $(,)?)?
     ) => {
         const _: () = {
             use $crate::__private::abi_stable::std_types::{RResult, RStr};
@@ -190,6 +193,7 @@ macro_rules! export_plugin {
                     optimizers: &[$($(($optim_name, (&$crate::__private::config_type_of(&$optim_ctor)).config_schema())),*)?],
                     schedulers: &[$($(($sched_name, (&$crate::__private::config_type_of(&$sched_ctor)).config_schema())),*)?],
                     batch_transforms: &[$($(($bt_name, (&$crate::__private::config_type_of(&$bt_ctor)).config_schema())),*)?],
+                    models: &[$($(($model_name, (&$crate::__private::config_type_of(&$model_ctor)).config_schema())),*)?],
                 })
             }
 
@@ -212,6 +216,7 @@ macro_rules! export_plugin {
                     $($(concat!("optimizer:", $optim_name) => $crate::__private::make_optimizer(config.as_str(), $optim_ctor),)*)?
                     $($(concat!("scheduler:", $sched_name) => $crate::__private::make_scheduler(config.as_str(), $sched_ctor),)*)?
                     $($(concat!("batch_transform:", $bt_name) => $crate::__private::make_batch_transform(config.as_str(), $bt_ctor),)*)?
+                    $($(concat!("model:", $model_name) => $crate::__private::make_model(config.as_str(), $model_ctor),)*)?
                     other => Err($crate::__private::unknown_component("callback", other)),
                 })
             }

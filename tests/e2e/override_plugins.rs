@@ -329,3 +329,67 @@ fn override_plugin_mistakes_are_one_line_errors() {
     assert!(inspect.stdout.contains("  metric           classification_report"), "{}", inspect.stdout);
     assert!(inspect.stdout.contains("top_k"), "{}", inspect.stdout);
 }
+
+/// A resnet run on the digits files in `dir`, with the recorder callback (which can stop
+/// it).
+fn resnet_run(dir: &Path, extra: &[&str]) -> Run {
+    let (resnet, fixtures) = (plugin("resnet"), plugin("test_fixtures"));
+    let mut args = vec![
+        "--plugin",
+        path_str(&resnet),
+        "--plugin",
+        path_str(&fixtures),
+        "--loss",
+        "builtin",
+        "--callback",
+        "recorder",
+        "--plugin-config",
+        "recorder.path=events.txt",
+        "--model",
+        "plugin:resnet",
+        "--train-file",
+        "train.safetensors",
+        "--eval-file",
+        "eval.safetensors",
+        "--learning-rate",
+        "0.003",
+        "--per-device-train-batch-size",
+        "32",
+        "--max-steps",
+        "80",
+        "--eval-strategy",
+        "steps",
+        "--eval-steps",
+        "40",
+        "--save-steps",
+        "30",
+        "--logging-steps",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    host(dir, &args)
+}
+
+#[test]
+fn a_resnet_plugin_trains_on_the_digits_and_equals_torchvision_and_resumes_exactly() {
+    let straight = tempdir();
+    oracle(&["digits", path_str(straight.path())]);
+    let run = resnet_run(straight.path(), &["--do-predict"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("model: resnet (plugin)"), "{}", run.stderr);
+    let accuracy = results(straight.path())["eval_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.85, "80 steps reach {accuracy}");
+    oracle(&["resnet", path_str(straight.path())]);
+
+    // Batch norm's running statistics are buffers: saved, restored, not trained.
+    let resumed = tempdir();
+    oracle(&["digits", path_str(resumed.path())]);
+    assert_eq!(resnet_run(resumed.path(), &["--plugin-config", "recorder.stop_at_step=45"]).code, 0);
+    let run = resnet_run(resumed.path(), &["--resume-from-checkpoint", "output/checkpoint-30"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(history_without_timings(straight.path()), history_without_timings(resumed.path()));
+    let weights = |dir: &Path| std::fs::read(dir.join("output/model.safetensors")).unwrap();
+    assert!(weights(straight.path()) == weights(resumed.path()), "final weights differ");
+    let saved = Tensor::read_safetensors(straight.path().join("output/model.safetensors")).unwrap();
+    assert!(saved.iter().any(|(n, _)| n == "layer2.0.downsample.1.running_var"));
+}

@@ -35,6 +35,7 @@ const PLUGIN_PACKAGES: &[&str] = &[
     "muon",
     "one_cycle",
     "mixup",
+    "resnet",
     "test_fixtures",
     "future_api",
     "no_root_module",

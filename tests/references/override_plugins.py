@@ -7,6 +7,8 @@ when they disagree.
   muon DIR                                 muon vs torch.optim.Muon + torch.optim.AdamW
   one_cycle LOG MAX_STEPS MAX_LR CONFIG    one_cycle's logged rates vs OneCycleLR
   mixup DIR                                mixup/cutmix vs torchvision.transforms.v2
+  digits DIR                               writes the digits as train/eval.safetensors
+  resnet DIR                               resnet's predictions vs torchvision's blocks
 """
 
 import json
@@ -135,5 +137,63 @@ def mixup(folder):
     print("mixup and cutmix equal torchvision's MixUp and CutMix")
 
 
+
+
+def digits(folder):
+    """The digits as training and evaluation files (scikit-learn's copy, scaled to [0, 1])."""
+    from safetensors.torch import save_file
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.tensor(data.data / 16.0, dtype=torch.float32)
+    labels = torch.tensor(data.target, dtype=torch.int64)
+    save_file({"input": images[:1400].contiguous(), "labels": labels[:1400].contiguous()}, f"{folder}/train.safetensors")
+    save_file({"input": images[1400:].contiguous(), "labels": labels[1400:].contiguous()}, f"{folder}/eval.safetensors")
+
+
+class SmallResNet(torch.nn.Module):
+    """The resnet plugin's architecture from torchvision's BasicBlock."""
+
+    def __init__(self, widths, classes):
+        from torchvision.models.resnet import BasicBlock, conv1x1
+
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, widths[0], 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(widths[0])
+        channels = widths[0]
+        for stage, width in enumerate(widths):
+            stride = 1 if stage == 0 else 2
+            downsample = None
+            if stride != 1 or channels != width:
+                downsample = torch.nn.Sequential(conv1x1(channels, width, stride), torch.nn.BatchNorm2d(width))
+            setattr(self, f"layer{stage + 1}", torch.nn.Sequential(BasicBlock(channels, width, stride, downsample)))
+            channels = width
+        self.stages = len(widths)
+        self.fc = torch.nn.Linear(channels, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x.reshape(-1, 1, 8, 8))))
+        for stage in range(self.stages):
+            x = getattr(self, f"layer{stage + 1}")(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def resnet(folder):
+    """The trained model's predictions against the same weights in torchvision's blocks."""
+    weights = load_file(f"{folder}/output/model.safetensors")
+    model = SmallResNet([16, 32], 10).eval()
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any(not m.endswith("num_batches_tracked") for m in missing):
+        fail(f"weights do not fit torchvision's names: missing {missing}, unexpected {unexpected}")
+    data = load_file(f"{folder}/eval.safetensors")
+    with torch.no_grad():
+        want = torch.softmax(model(data["input"]), -1).numpy()
+    rows = [json.loads(line) for line in open(f"{folder}/output/predictions.jsonl")]
+    close("resnet probabilities", np.array([r["probabilities"] for r in rows]), want, 1e-5)
+    accuracy = float((want.argmax(1) == data["labels"].numpy()).mean())
+    print(f"resnet equals the torchvision-built module on {len(rows)} images (accuracy {accuracy:.3f})")
+
+
 if __name__ == "__main__":
-    {"report": report, "muon": muon, "one_cycle": one_cycle, "mixup": mixup}[sys.argv[1]](*sys.argv[2:])
+    commands = {"report": report, "muon": muon, "one_cycle": one_cycle, "mixup": mixup, "digits": digits, "resnet": resnet}
+    commands[sys.argv[1]](*sys.argv[2:])

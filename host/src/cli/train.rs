@@ -211,6 +211,9 @@ fn log_components(device: &str, components: &Components) {
     for transform in &overrides.batch_transforms {
         tracing::info!("batch transform: {}", transform.name());
     }
+    if let Some(model) = &overrides.model {
+        tracing::info!("model: {} (plugin)", model.name());
+    }
 }
 
 /// As HF's `trainer.save_model()`, `save_state()` and `save_metrics("all")`: the final

@@ -32,6 +32,8 @@ pub struct PluginSelection {
     pub optimizer: Option<String>,
     /// The schedule component, from `lr_scheduler_type = "plugin:NAME"`.
     pub scheduler: Option<String>,
+    /// The model component, from `model = "plugin:NAME"`.
+    pub model: Option<String>,
     /// Each component's config (a JSON object), by component name.
     pub component_config: BTreeMap<String, serde_json::Value>,
 }

@@ -18,7 +18,7 @@ use crate::engine::data::{DataSpec, FileOptions};
 use crate::engine::device::DeviceSpec;
 use crate::engine::distributed::{Backend, DistributedSpec};
 use crate::engine::models::pretrained::{self, folder::Folder, lora};
-use crate::engine::models::{ModelSpec, Sizes};
+use crate::engine::models::{self, ModelSpec, Sizes};
 use crate::engine::optim::schedule::{LrSchedulerType, ScheduleSpec, SchedulerType};
 use crate::engine::optim::{AdamSettings, OptimizerSpec};
 use crate::engine::precision::Precision;
@@ -141,7 +141,11 @@ impl ResolvedConfig {
                         )));
                     }
                 }
-                (ModelSpec::parse(&args.model, sizes)?, None)
+                let spec = ModelSpec::parse(&args.model, sizes)?;
+                if let models::Architecture::Plugin(name) = &spec.architecture {
+                    plugins.model = Some(name.clone());
+                }
+                (spec, None)
             }
         };
         let max_shard_bytes = parse_size(&args.save_max_shard_size)

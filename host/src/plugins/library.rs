@@ -12,7 +12,7 @@ use super::callback::PluginCallback;
 use super::component::PluginComponent;
 use super::extension::{component_error, one_line};
 use super::loss::PluginLoss;
-use super::{PluginMetric, PluginOptimizer, PluginScheduler, PluginTransform};
+use super::{PluginMetric, PluginModel, PluginOptimizer, PluginScheduler, PluginTransform};
 use crate::error::InputError;
 
 /// What a plugin component is.
@@ -25,12 +25,13 @@ pub enum Kind {
     Optimizer,
     Scheduler,
     BatchTransform,
+    Model,
 }
 
 impl Kind {
     /// Every kind, in the order `host plugins inspect` lists them.
-    pub const ALL: [Kind; 6] =
-        [Kind::Loss, Kind::Callback, Kind::Metric, Kind::Optimizer, Kind::Scheduler, Kind::BatchTransform];
+    pub const ALL: [Kind; 7] =
+        [Kind::Loss, Kind::Callback, Kind::Metric, Kind::Optimizer, Kind::Scheduler, Kind::BatchTransform, Kind::Model];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -40,6 +41,7 @@ impl Kind {
             Kind::Optimizer => "optimizer",
             Kind::Scheduler => "scheduler",
             Kind::BatchTransform => "batch transform",
+            Kind::Model => "model",
         }
     }
 
@@ -51,6 +53,7 @@ impl Kind {
             ComponentKind::OPTIMIZER => Kind::Optimizer,
             ComponentKind::SCHEDULER => Kind::Scheduler,
             ComponentKind::BATCH_TRANSFORM => Kind::BatchTransform,
+            ComponentKind::MODEL => Kind::Model,
             // A kind added after this host: not one it can use.
             _ => return None,
         })
@@ -64,6 +67,7 @@ impl Kind {
             Kind::Optimizer => ComponentKind::OPTIMIZER,
             Kind::Scheduler => ComponentKind::SCHEDULER,
             Kind::BatchTransform => ComponentKind::BATCH_TRANSFORM,
+            Kind::Model => ComponentKind::MODEL,
         }
     }
 }
@@ -215,6 +219,10 @@ impl Plugin {
         args_json: &str,
     ) -> Result<PluginTransform> {
         self.create_component(Kind::BatchTransform, name, config, args_json).map(PluginTransform)
+    }
+
+    pub fn create_model(&self, name: &str, config: &serde_json::Value, args_json: &str) -> Result<PluginModel> {
+        self.create_component(Kind::Model, name, config, args_json).map(PluginModel)
     }
 
     /// Creates a component of a kind added in plugin-api 1.6 (metric, optimizer, scheduler,

@@ -6,6 +6,7 @@ use anyhow::Result;
 
 use super::library::{Kind, Plugin};
 use super::metric::PluginMetric;
+use super::model::PluginModel;
 use super::optimizer::PluginOptimizer;
 use super::scheduler::PluginScheduler;
 use super::transform::PluginTransform;
@@ -32,6 +33,7 @@ pub struct Overrides {
     pub optimizer: Option<PluginOptimizer>,
     pub scheduler: Option<PluginScheduler>,
     pub batch_transforms: Vec<PluginTransform>,
+    pub model: Option<PluginModel>,
 }
 
 /// A component some loaded plugin provides: which plugin (its index), what, and its name.
@@ -51,6 +53,7 @@ pub struct Choice {
     pub optimizer: Option<usize>,
     pub scheduler: Option<usize>,
     pub batch_transforms: Vec<usize>,
+    pub model: Option<usize>,
 }
 
 /// Loads the selected plugin files and creates the selected components.
@@ -90,11 +93,13 @@ pub fn build(selection: &PluginSelection, args_json: &str) -> Result<Components>
     let optimizer = |i| parts(i).0.create_optimizer(parts(i).1, &config_for(parts(i).1), args_json);
     let scheduler = |i| parts(i).0.create_scheduler(parts(i).1, &config_for(parts(i).1), args_json);
     let transform = |&i: &usize| parts(i).0.create_batch_transform(parts(i).1, &config_for(parts(i).1), args_json);
+    let model = |i| parts(i).0.create_model(parts(i).1, &config_for(parts(i).1), args_json);
     let overrides = Overrides {
         metrics: choice.metrics.iter().map(|&i| metric(i)).collect::<Result<_>>()?,
         optimizer: choice.optimizer.map(optimizer).transpose()?,
         scheduler: choice.scheduler.map(scheduler).transpose()?,
         batch_transforms: choice.batch_transforms.iter().map(transform).collect::<Result<_>>()?,
+        model: choice.model.map(model).transpose()?,
     };
     Ok(Components { plugins, loss, callbacks, overrides })
 }
@@ -165,10 +170,11 @@ pub fn choose(
     };
     let chosen_metrics = named_or_all(&selection.metrics, Kind::Metric)?;
     let batch_transforms = named_or_all(&selection.batch_transforms, Kind::BatchTransform)?;
-    // An optimizer or a schedule only when the arguments name one (optim plugin:NAME).
+    // An optimizer, a schedule or a model only when the arguments name one (plugin:NAME).
     let named = |name: &Option<String>, kind: Kind| name.as_ref().map(|n| find(&of_kind(kind), n, kind)).transpose();
     let optimizer = named(&selection.optimizer, Kind::Optimizer)?;
     let scheduler = named(&selection.scheduler, Kind::Scheduler)?;
+    let model = named(&selection.model, Kind::Model)?;
     let _ = metrics;
 
     let in_use: Vec<usize> = loss
@@ -178,6 +184,7 @@ pub fn choose(
         .chain(optimizer)
         .chain(scheduler)
         .chain(batch_transforms.iter().copied())
+        .chain(model)
         .collect();
     for name in selection.component_config.keys() {
         if !in_use.iter().any(|&i| provided[i].name == *name) {
@@ -187,7 +194,15 @@ pub fn choose(
             )));
         }
     }
-    Ok(Choice { loss, callbacks: chosen_callbacks, metrics: chosen_metrics, optimizer, scheduler, batch_transforms })
+    Ok(Choice {
+        loss,
+        callbacks: chosen_callbacks,
+        metrics: chosen_metrics,
+        optimizer,
+        scheduler,
+        batch_transforms,
+        model,
+    })
 }
 
 #[cfg(test)]

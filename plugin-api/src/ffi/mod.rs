@@ -26,7 +26,8 @@
 //! see the parameters after each optimizer step, give the weights to evaluate with, and
 //! keep tensors in their state; 1.4.0, components declare their config keys (a JSON schema
 //! in `ComponentInfo::extra_json`); 1.5.0, `TrainingArguments::best_metric` (no ABI change);
-//! 1.6.0, four new component kinds (metrics, optimizers, schedulers, batch transforms),
+//! 1.6.0, five new component kinds (metrics, optimizers, schedulers, batch transforms,
+//! models),
 //! created through `create_callback` under a kind prefix and driven by new extension
 //! operations.
 
@@ -112,6 +113,7 @@ impl ComponentKind {
     pub const OPTIMIZER: Self = Self(3);
     pub const SCHEDULER: Self = Self(4);
     pub const BATCH_TRANSFORM: Self = Self(5);
+    pub const MODEL: Self = Self(6);
 
     /// What goes before the component's name in `create_callback` for the kinds added in
     /// 1.6 (`None` for losses and callbacks, which keep their own entry points).
@@ -121,6 +123,7 @@ impl ComponentKind {
             Self::OPTIMIZER => Some("optimizer:"),
             Self::SCHEDULER => Some("scheduler:"),
             Self::BATCH_TRANSFORM => Some("batch_transform:"),
+            Self::MODEL => Some("model:"),
             _ => None,
         }
     }
@@ -231,6 +234,12 @@ impl ExtensionOp {
     /// Since 1.6, batch transforms: a training batch (tensors, borrowed) and
     /// `{"global_step", "epoch", "num_labels"}` in, the new batch (tensors, owned) out.
     pub const BATCH_TRANSFORM: Self = Self(40);
+    /// Since 1.6, models: `{"fields": [[name, [shape]]], "num_labels": number|null}` in; the
+    /// initial weights out, named `parameter.<name>` and `buffer.<name>`.
+    pub const MODEL_INIT: Self = Self(50);
+    /// Since 1.6, models: `{"train": bool}` and tensors `weight.<name>` and `batch.<name>`
+    /// (borrowed) in; the outputs (owned) out.
+    pub const MODEL_FORWARD: Self = Self(51);
 }
 
 /// What an extension operation receives: JSON and borrowed tensors.

@@ -5,6 +5,7 @@
 
 mod cnn;
 mod mlp;
+mod plugin;
 pub mod pretrained;
 mod torchscript;
 mod transformer;
@@ -16,6 +17,7 @@ use tch::{nn, Kind, Tensor};
 
 use crate::engine::data::{Batch, Dataset};
 use crate::error::InputError;
+use crate::plugins::PluginModel;
 
 pub use mlp::{Mlp, DIGITS_MLP};
 
@@ -126,6 +128,8 @@ pub enum Architecture {
     Gpt,
     /// A TorchScript module saved by PyTorch.
     TorchScript(PathBuf),
+    /// A plugin's model component (`plugin:NAME`).
+    Plugin(String),
     /// A Hugging Face model folder (model_name_or_path), its parameters in `dtype`
     /// (None: the dtype config.json names).
     Pretrained {
@@ -166,11 +170,15 @@ impl ModelSpec {
                     "model 'pretrained' needs model_name_or_path: a Hugging Face model folder (config.json, model.safetensors, tokenizer.json)",
                 ))
             }
-            other => match other.strip_prefix("torchscript:") {
-                Some(file) => Architecture::TorchScript(PathBuf::from(file)),
-                None => {
+            other => match (other.strip_prefix("torchscript:"), other.strip_prefix("plugin:")) {
+                (Some(file), _) => Architecture::TorchScript(PathBuf::from(file)),
+                (_, Some("")) => {
+                    return Err(InputError::new("model plugin: needs the model component's name (plugin:NAME)"))
+                }
+                (_, Some(component)) => Architecture::Plugin(component.to_owned()),
+                _ => {
                     return Err(InputError::new(format!(
-                        "model '{other}' is not known; use mlp, cnn, transformer, gpt or torchscript:FILE.pt"
+                        "model '{other}' is not known; use mlp, cnn, transformer, gpt, torchscript:FILE.pt or plugin:NAME"
                     )))
                 }
             },
@@ -182,7 +190,10 @@ impl ModelSpec {
                 Err(InputError::new(format!("{what} must be > 0 for the {name} model (got {value})")))
             }
         };
-        if !matches!(architecture, Architecture::TorchScript(_) | Architecture::Pretrained { .. }) {
+        if !matches!(
+            architecture,
+            Architecture::TorchScript(_) | Architecture::Pretrained { .. } | Architecture::Plugin(_)
+        ) {
             positive("hidden_size", sizes.hidden_size)?;
             positive("num_hidden_layers", sizes.num_hidden_layers)?;
         }
@@ -219,6 +230,7 @@ impl ModelSpec {
             Architecture::Transformer => "transformer".to_owned(),
             Architecture::Gpt => "gpt".to_owned(),
             Architecture::TorchScript(file) => format!("torchscript:{}", file.display()),
+            Architecture::Plugin(component) => format!("plugin:{component}"),
             Architecture::Pretrained { dir, .. } => dir.display().to_string(),
         }
     }
@@ -238,12 +250,23 @@ pub struct ModelPlan {
 }
 
 enum PlanShape {
-    Mlp { features: i64, num_labels: i64 },
-    Cnn { input_shape: Vec<i64>, num_labels: i64 },
+    Mlp {
+        features: i64,
+        num_labels: i64,
+    },
+    Cnn {
+        input_shape: Vec<i64>,
+        num_labels: i64,
+    },
     Gpt(transformer::Config),
     Transformer(transformer::Config, i64),
     TorchScript,
     Pretrained(Box<pretrained::Plan>),
+    /// A plugin's model over examples of these field shapes, with these classes.
+    Plugin {
+        fields: Vec<(String, Vec<i64>)>,
+        num_labels: Option<i64>,
+    },
 }
 
 impl ModelPlan {
@@ -252,6 +275,7 @@ impl ModelPlan {
     pub fn num_labels(&self) -> Option<i64> {
         match &self.shape {
             PlanShape::Mlp { num_labels, .. } | PlanShape::Cnn { num_labels, .. } => Some(*num_labels),
+            PlanShape::Plugin { num_labels, .. } => *num_labels,
             PlanShape::Transformer(_, num_labels) => Some(*num_labels),
             _ => None,
         }
@@ -274,6 +298,15 @@ pub fn plan(spec: &ModelSpec, train: &Dataset, eval: &Dataset) -> Result<ModelPl
     };
     let shape = match &spec.architecture {
         Architecture::TorchScript(_) => PlanShape::TorchScript,
+        Architecture::Plugin(_) => {
+            let names = train.names();
+            let fields = names.iter().filter_map(|n| Some((n.to_string(), train.field(n)?.size()[1..].to_vec())));
+            let num_labels = match train.labels().is_floating_point() {
+                true => None,
+                false => Some(classes(sizes, train, eval)?),
+            };
+            PlanShape::Plugin { fields: fields.collect(), num_labels }
+        }
         Architecture::Pretrained { dir, dtype, training } => {
             PlanShape::Pretrained(Box::new(pretrained::plan(dir, *dtype, training, sizes, train, eval)?))
         }
@@ -329,7 +362,7 @@ impl ModelPlan {
             }
             PlanShape::Gpt(config) => Some(transformer::gpt_parameter_count(config)),
             PlanShape::Transformer(config, labels) => Some(transformer::classifier_parameter_count(config, *labels)),
-            PlanShape::TorchScript => None,
+            PlanShape::TorchScript | PlanShape::Plugin { .. } => None,
             PlanShape::Pretrained(plan) => Some(plan.parameter_count()),
         }
     }
@@ -358,8 +391,15 @@ impl ModelPlan {
         }
     }
 
-    /// Builds the model, its parameters under `root`.
-    pub fn build(&self, root: &nn::Path) -> Result<(Box<dyn Model>, Task)> {
+    /// Builds the model, its parameters under `root`; a plugin's model (model plugin:NAME)
+    /// from its component.
+    pub fn build(&self, root: &nn::Path, plugin: Option<PluginModel>) -> Result<(Box<dyn Model>, Task)> {
+        if let (PlanShape::Plugin { fields, num_labels }, Architecture::Plugin(name)) =
+            (&self.shape, &self.spec.architecture)
+        {
+            let model = plugin.ok_or_else(|| anyhow::anyhow!("model plugin:{name} was not created"))?;
+            return Ok((Box::new(plugin::PluginNet::build(root, model, fields, *num_labels)?), Task::Classification));
+        }
         let sizes = &self.spec.sizes;
         Ok(match (&self.shape, &self.spec.architecture) {
             (PlanShape::TorchScript, Architecture::TorchScript(file)) => {
@@ -382,6 +422,7 @@ impl ModelPlan {
             }
             (PlanShape::Pretrained(plan), _) => (plan.build(root)?, plan.task()),
             (PlanShape::TorchScript, _) => unreachable!("a TorchScript plan comes from a TorchScript spec"),
+            (PlanShape::Plugin { .. }, _) => unreachable!("a plugin plan comes from a plugin spec"),
         })
     }
 }
@@ -511,7 +552,7 @@ mod tests {
             let spec = ModelSpec::parse(name, sizes()).unwrap();
             let plan = plan(&spec, train, eval).unwrap();
             let vars = nn::VarStore::new(tch::Device::Cpu);
-            plan.build(&vars.root()).unwrap();
+            plan.build(&vars.root(), None).unwrap();
             let built: i64 = vars.variables().values().map(|t| t.numel() as i64).sum();
             assert_eq!(plan.parameter_count(), Some(built as u64), "{name}");
         }

@@ -119,8 +119,13 @@ impl Trainer {
     pub fn new(setup: TrainerSetup) -> Result<Self> {
         let TrainerSetup { config, device, train, eval, loss, callbacks, overrides, reporter, stop_signal, dist } =
             setup;
-        let Overrides { metrics, optimizer: plugin_optimizer, scheduler: plugin_scheduler, batch_transforms } =
-            overrides;
+        let Overrides {
+            metrics,
+            optimizer: plugin_optimizer,
+            scheduler: plugin_scheduler,
+            batch_transforms,
+            model: plugin_model,
+        } = overrides;
         let precision = config.precision;
         precision.check_device(device)?;
         if let Some(tf32) = config.args.tf32 {
@@ -143,7 +148,7 @@ impl Trainer {
             memory::check_training_fits(count, device, &config, &model_size_note(&config))?;
         }
         let what = || format!("the model ({})", model_size_note(&config));
-        let (mut net, task) = libtorch::guard(what, || plan.build(&vars.root()))?;
+        let (mut net, task) = libtorch::guard(what, || plan.build(&vars.root(), plugin_model))?;
         if let Some(alpha) = config.args.neftune_noise_alpha {
             if !net.enable_neftune(alpha) {
                 return Err(InputError::new(format!(
@@ -165,7 +170,9 @@ impl Trainer {
         if let Some(dir) = plan.adapter_dir() {
             lora::load_adapter(&vars, dir, "model_name_or_path")?;
         }
-        log_trainable(&vars);
+        if config.args.use_peft {
+            log_trainable(&vars);
+        }
         let mut optimizer = build_optimizer(&config, &vars, net.as_ref(), plugin_optimizer);
         let export = plan.export();
         let num_labels = plan.num_labels();
@@ -363,7 +370,7 @@ impl Trainer {
     }
 }
 
-/// As PEFT's print_trainable_parameters, when some parameters are frozen.
+/// As PEFT's print_trainable_parameters (LoRA runs, whose base model is frozen).
 fn log_trainable(vars: &nn::VarStore) {
     let (mut trainable, mut all) = (0i64, 0i64);
     for tensor in vars.variables().values() {
