@@ -313,3 +313,163 @@ impl<M: Model> CallbackFfi for ModelAdapter<M> {
         into_ffi(outcome)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::{tensor_views, tensors_from_owned, ErrorKind};
+    use crate::{MetricResults, ModelWeights};
+    use tch::Tensor;
+
+    fn call(adapter: &mut dyn CallbackFfi, op: ExtensionOp, json: &str, tensors: &Tensors) -> (Value, Tensors) {
+        let views = tensor_views(tensors);
+        let input = ExtensionIn { json: json.into(), tensors: views.as_slice().into() };
+        let out = adapter.extension(op, input).unwrap();
+        // SAFETY: the adapter handed these over.
+        let tensors = unsafe { tensors_from_owned(out.tensors) };
+        (serde_json::from_str(out.json.as_str()).unwrap(), tensors)
+    }
+
+    /// Counts the batch rows it sees and the outputs' names.
+    #[derive(Default)]
+    struct Rows {
+        rows: i64,
+        names: Vec<String>,
+    }
+
+    impl Metric for Rows {
+        fn reset(&mut self) -> Result<(), PluginError> {
+            self.rows = 0;
+            Ok(())
+        }
+        fn update(&mut self, outputs: &Tensors, batch: &Tensors) -> Result<(), PluginError> {
+            self.rows += batch.require("labels")?.size()[0];
+            self.names = outputs.names().chain(batch.names()).map(str::to_owned).collect();
+            Ok(())
+        }
+        fn compute(&mut self) -> Result<MetricResults, PluginError> {
+            let mut results = MetricResults::default();
+            results.values.insert("rows", self.rows as f64);
+            results.report = Some(json!({ "names": self.names }));
+            Ok(results)
+        }
+    }
+
+    #[test]
+    fn metric_calls_split_outputs_from_the_batch_and_answer_values_and_report() {
+        let mut adapter = MetricAdapter(Rows::default());
+        let mut tensors = Tensors::new();
+        tensors.insert("outputs.logits", Tensor::zeros([3, 2], tch::kind::FLOAT_CPU));
+        tensors.insert("batch.labels", Tensor::zeros([3], tch::kind::INT64_CPU));
+        for _ in 0..2 {
+            call(&mut adapter, ExtensionOp::METRIC_UPDATE, "{}", &tensors);
+        }
+        let (answer, _) = call(&mut adapter, ExtensionOp::METRIC_COMPUTE, "{}", &Tensors::new());
+        assert_eq!(answer, json!({"values": {"rows": 6.0}, "report": {"names": ["logits", "labels"]}}));
+        call(&mut adapter, ExtensionOp::METRIC_RESET, "{}", &Tensors::new());
+        let (answer, _) = call(&mut adapter, ExtensionOp::METRIC_COMPUTE, "{}", &Tensors::new());
+        assert_eq!(answer["values"]["rows"], 0.0);
+        let views = tensor_views(&tensors);
+        let input = ExtensionIn { json: "".into(), tensors: views.as_slice().into() };
+        assert_eq!(adapter.extension(ExtensionOp::OPTIMIZER_STEP, input).unwrap_err().kind, ErrorKind::UNSUPPORTED);
+    }
+
+    /// Plain SGD with decoupled weight decay, recording what it was given.
+    #[derive(Default)]
+    struct Sgd {
+        seen: Vec<(String, f64)>,
+    }
+
+    impl Optimizer for Sgd {
+        fn step(&mut self, parameters: &[Parameter<'_>], lr: f64) -> Result<(), PluginError> {
+            for p in parameters {
+                self.seen.push((p.name.to_owned(), p.weight_decay));
+                let mut t = p.tensor.shallow_clone();
+                let _ = t.g_mul_scalar_(1.0 - lr * p.weight_decay);
+            }
+            Ok(())
+        }
+        fn state(&self) -> (Value, Tensors) {
+            (json!({ "seen": self.seen.len() }), Tensors::new())
+        }
+        fn load_state(&mut self, _: Value, _: Tensors) -> Result<(), PluginError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn optimizer_steps_get_each_parameter_with_its_weight_decay() {
+        let mut adapter = OptimizerAdapter(Sgd::default());
+        let mut params = Tensors::new();
+        params.insert("w", Tensor::ones([2], tch::kind::FLOAT_CPU));
+        params.insert("b", Tensor::ones([2], tch::kind::FLOAT_CPU));
+        call(&mut adapter, ExtensionOp::OPTIMIZER_STEP, r#"{"lr": 0.5, "weight_decay": [0.1, 0.0]}"#, &params);
+        assert_eq!(adapter.0.seen, [("w".to_owned(), 0.1), ("b".to_owned(), 0.0)]);
+        assert!((params.get("w").unwrap().double_value(&[0]) - 0.95).abs() < 1e-7, "updated in place");
+        let (state, _) = call(&mut adapter, ExtensionOp::OPTIMIZER_STATE_SAVE, "{}", &Tensors::new());
+        assert_eq!(state, json!({"seen": 2}));
+    }
+
+    struct Halving;
+
+    impl Scheduler for Halving {
+        fn lr(&mut self, step: i64, schedule: &Schedule) -> Result<f64, PluginError> {
+            Ok(schedule.base_lr * 0.5f64.powi(step as i32) + schedule.max_steps as f64 * 0.0)
+        }
+    }
+
+    #[test]
+    fn schedulers_answer_the_rate_and_stateless_ones_save_null() {
+        let mut adapter = SchedulerAdapter(Halving);
+        let request = r#"{"step": 2, "base_lr": 0.8, "max_steps": 10, "warmup_steps": 0}"#;
+        let (answer, _) = call(&mut adapter, ExtensionOp::SCHEDULER_LR, request, &Tensors::new());
+        assert_eq!(answer, json!({"lr": 0.2}));
+        let (state, _) = call(&mut adapter, ExtensionOp::CALLBACK_STATE_SAVE, "", &Tensors::new());
+        assert_eq!(state, Value::Null);
+    }
+
+    /// y = x w: one parameter, one buffer counting forward passes.
+    struct Linear;
+
+    impl Model for Linear {
+        fn init(&mut self, inputs: &ModelInputs) -> Result<ModelWeights, PluginError> {
+            let features = inputs.shape("input")?[0];
+            let mut weights = ModelWeights::default();
+            weights.parameters.insert("layer.w", Tensor::ones([features, 2], tch::kind::FLOAT_CPU));
+            weights.buffers.insert("count", Tensor::zeros([1], tch::kind::FLOAT_CPU));
+            Ok(weights)
+        }
+        fn forward(&mut self, weights: &Tensors, batch: &Tensors, _train: bool) -> Result<Tensors, PluginError> {
+            let _ = weights.require("count")?.shallow_clone().g_add_scalar_(1.0);
+            let mut out = Tensors::new();
+            out.insert("logits", batch.require("input")?.matmul(weights.require("layer.w")?));
+            Ok(out)
+        }
+    }
+
+    #[test]
+    fn models_declare_prefixed_weights_and_get_them_back_by_name() {
+        let mut adapter = ModelAdapter(Linear);
+        let request = r#"{"fields": [["input", [3]], ["labels", []]], "num_labels": 2}"#;
+        let (_, weights) = call(&mut adapter, ExtensionOp::MODEL_INIT, request, &Tensors::new());
+        assert_eq!(weights.names().collect::<Vec<_>>(), ["parameter.layer.w", "buffer.count"]);
+        let count = Tensor::zeros([1], tch::kind::FLOAT_CPU);
+        let mut tensors = Tensors::new();
+        tensors.insert("weight.layer.w", Tensor::ones([3, 2], tch::kind::FLOAT_CPU) * 2.0);
+        tensors.insert("weight.count", count.shallow_clone());
+        tensors.insert("batch.input", Tensor::ones([4, 3], tch::kind::FLOAT_CPU));
+        let (_, outputs) = call(&mut adapter, ExtensionOp::MODEL_FORWARD, r#"{"train": true}"#, &tensors);
+        assert_eq!(outputs.get("logits").unwrap().size(), [4, 2]);
+        assert_eq!(outputs.get("logits").unwrap().double_value(&[0, 0]), 6.0);
+        assert_eq!(count.double_value(&[0]), 1.0, "buffers are the host's, updated in place");
+        let empty = Tensors::new();
+        let views = tensor_views(&empty);
+        let input =
+            ExtensionIn { json: r#"{"fields": [], "num_labels": null}"#.into(), tensors: views.as_slice().into() };
+        let error = adapter.extension(ExtensionOp::MODEL_INIT, input).unwrap_err();
+        assert_eq!(
+            (error.kind, error.message.as_str()),
+            (ErrorKind::BAD_CONFIG, "the data has no field 'input' (fields: )")
+        );
+    }
+}

@@ -70,10 +70,14 @@ fn metric(entry: &serde_json::Value, name: &str) -> Option<f64> {
 #[test]
 fn two_ranks_train_as_one_process_with_the_same_global_batch() {
     let weighted_ce = plugin("weighted_ce");
+    // A metric plugin too: its totals are summed over the ranks' uneven shares.
+    let report = plugin("classification_report");
+    let with_metric =
+        |batch: &str| [job(&weighted_ce, batch), vec!["--plugin".into(), path_str(&report).into()]].concat();
     let (one, two) = (tempdir(), tempdir());
-    let single = host(one.path(), &job(&weighted_ce, "16").iter().map(String::as_str).collect::<Vec<_>>());
+    let single = host(one.path(), &with_metric("16").iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(single.code, 0, "{}", single.stderr);
-    let run = launch(two.path(), 2, &job(&weighted_ce, "8"));
+    let run = launch(two.path(), 2, &with_metric("8"));
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stderr.contains("rank 0 of 2"), "{}", run.stderr);
 
@@ -82,7 +86,7 @@ fn two_ranks_train_as_one_process_with_the_same_global_batch() {
     let mut losses = 0;
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x["step"], y["step"]);
-        for name in ["loss", "grad_norm", "eval_loss", "eval_accuracy", "eval_f1", "train_loss"] {
+        for name in ["loss", "grad_norm", "eval_loss", "eval_accuracy", "eval_f1", "eval_macro_f1", "train_loss"] {
             if let (Some(p), Some(q)) = (metric(x, name), metric(y, name)) {
                 assert!((p - q).abs() < 1e-5, "step {}: {name} {p} (1 rank) vs {q} (2 ranks)", x["step"]);
                 losses += usize::from(name == "loss");
@@ -90,6 +94,15 @@ fn two_ranks_train_as_one_process_with_the_same_global_batch() {
         }
     }
     assert_eq!(losses, 12, "a loss per step");
+    let confusion = |dir: &Path| {
+        let text = std::fs::read_to_string(dir.join("output/classification_report.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["confusion_matrix"].clone()
+    };
+    let matrix = confusion(two.path());
+    assert_eq!(matrix, confusion(one.path()), "the metric's totals cover both ranks' shares");
+    let counted: i64 =
+        matrix.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|v| v.as_i64().unwrap()).sum();
+    assert_eq!(counted, 101, "every evaluation example, once");
     // Throughput counts every rank's samples.
     let samples = |dir: &Path| results(dir)["train_samples_per_second"].as_f64().unwrap();
     assert!(samples(two.path()) > 0.0 && samples(one.path()) > 0.0);

@@ -125,7 +125,7 @@ pub fn choose(
         }
     }
     let of_kind = |kind: Kind| -> Vec<usize> { (0..provided.len()).filter(|&i| provided[i].kind == kind).collect() };
-    let (losses, callbacks, metrics) = (of_kind(Kind::Loss), of_kind(Kind::Callback), of_kind(Kind::Metric));
+    let (losses, callbacks) = (of_kind(Kind::Loss), of_kind(Kind::Callback));
     let names = |indices: &[usize]| -> String {
         if indices.is_empty() {
             return "none".to_owned();
@@ -175,7 +175,6 @@ pub fn choose(
     let optimizer = named(&selection.optimizer, Kind::Optimizer)?;
     let scheduler = named(&selection.scheduler, Kind::Scheduler)?;
     let model = named(&selection.model, Kind::Model)?;
-    let _ = metrics;
 
     let in_use: Vec<usize> = loss
         .into_iter()
@@ -280,8 +279,54 @@ mod tests {
             assert!(error.contains(expected), "{error}");
         }
         let mut twice = all.clone();
+        // One name in two kinds is no clash: a loss and a metric may share it.
+        let mut shared = all.clone();
+        shared.push(Provided { plugin: 1, kind: Kind::Metric, name: "a".to_owned() });
+        assert!(chosen(&shared, &selection(Some("a"), &[], &[])).is_ok());
         twice.push(Provided { plugin: 1, kind: Kind::Loss, name: "a".to_owned() });
         let error = chosen(&twice, &selection(Some("a"), &[], &[])).unwrap_err();
         assert_eq!(error, "component name 'a' is provided by both one.so and two.so; load only one of them");
+    }
+
+    #[test]
+    fn the_new_kinds_follow_hugging_face_defaults_and_names() {
+        let c = |plugin, kind, name: &str| Provided { plugin, kind, name: name.to_owned() };
+        let provided = vec![
+            c(0, Kind::Metric, "report"),
+            c(0, Kind::Metric, "bleu"),
+            c(0, Kind::Optimizer, "muon"),
+            c(0, Kind::Scheduler, "one_cycle"),
+            c(1, Kind::BatchTransform, "mixup"),
+            c(1, Kind::BatchTransform, "cutout"),
+            c(1, Kind::Model, "resnet"),
+        ];
+        let names = |indices: &[usize]| indices.iter().map(|&i| provided[i].name.clone()).collect::<Vec<_>>();
+        // Loaded metrics and transforms are used; an optimizer, schedule or model only when named.
+        let choice = choose(&provided, &files(), &PluginSelection::default()).unwrap();
+        assert_eq!(names(&choice.metrics), ["report", "bleu"]);
+        assert_eq!(names(&choice.batch_transforms), ["mixup", "cutout"]);
+        assert_eq!((choice.optimizer, choice.scheduler, choice.model), (None, None, None));
+        let selection = PluginSelection {
+            metrics: vec!["bleu".into()],
+            batch_transforms: vec!["cutout".into(), "mixup".into()],
+            optimizer: Some("muon".into()),
+            scheduler: Some("one_cycle".into()),
+            model: Some("resnet".into()),
+            component_config: [("muon".to_owned(), serde_json::json!({}))].into(),
+            ..Default::default()
+        };
+        let choice = choose(&provided, &files(), &selection).unwrap();
+        assert_eq!(names(&choice.metrics), ["bleu"]);
+        assert_eq!(names(&choice.batch_transforms), ["cutout", "mixup"]);
+        assert_eq!([choice.optimizer, choice.scheduler, choice.model], [Some(2), Some(3), Some(6)]);
+        let unused = PluginSelection {
+            component_config: [("muon".to_owned(), serde_json::json!({}))].into(),
+            ..Default::default()
+        };
+        let error = choose(&provided, &files(), &unused).unwrap_err().to_string();
+        assert!(error.starts_with("plugin_config for 'muon', but no component of that name is in use"), "{error}");
+        let wrong = PluginSelection { model: Some("vit".into()), ..Default::default() };
+        let error = choose(&provided, &files(), &wrong).unwrap_err().to_string();
+        assert!(error.starts_with("no loaded plugin provides a model named 'vit' (available: resnet)"), "{error}");
     }
 }
