@@ -46,7 +46,16 @@ fn example_crate_builds_alone_and_trains() {
 fn new_plugin_scaffolds_build_test_and_load() {
     let dir = tempdir();
     let target = target_profile_dir().parent().unwrap().to_owned();
-    for (name, kind) in [("scaled_ce", "loss"), ("eval_counter", "callback")] {
+    let kinds = [
+        ("scaled_ce", "loss"),
+        ("eval_counter", "callback"),
+        ("hits", "metric"),
+        ("heavy_ball", "optimizer"),
+        ("step_decay", "scheduler"),
+        ("jitter", "batch-transform"),
+        ("two_layer", "model"),
+    ];
+    for (name, kind) in kinds {
         let run = host(dir.path(), &["new-plugin", name, "--kind", kind]);
         assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
         let root = dir.path().join(name);
@@ -69,21 +78,33 @@ fn new_plugin_scaffolds_build_test_and_load() {
         assert!(cargo(&["build", "--quiet"]).success(), "{name}: cargo build failed");
         let lib = target.join(format!("debug/lib{name}.so"));
         let mut args = vec!["--plugin", path_str(&lib), "--max-steps", "20", "--logging-steps", "10"];
-        if kind == "callback" {
-            args.extend([
-                "--plugin-config",
-                "eval_counter.stop_at_step=12",
-                "--eval-strategy",
-                "steps",
-                "--eval-steps",
-                "5",
-            ]);
-        }
+        // What makes the run use the component, and what shows that it did.
+        let (extra, shows): (&[&str], &str) = match kind {
+            "callback" => (
+                &["--plugin-config", "eval_counter.stop_at_step=12", "--eval-strategy", "steps", "--eval-steps", "5"],
+                "",
+            ),
+            "metric" => (&["--eval-strategy", "steps", "--eval-steps", "20"], "eval_hits_accuracy"),
+            "optimizer" => (&["--optim", "plugin:heavy_ball", "--learning-rate", "0.05"], "optimizer: heavy_ball"),
+            "scheduler" => (&["--lr-scheduler-type", "plugin:step_decay"], "lr schedule: step_decay"),
+            "batch-transform" => (&[], "batch transform: jitter"),
+            "model" => (&["--model", "plugin:two_layer", "--learning-rate", "0.01"], "model: two_layer (plugin)"),
+            _ => (&[], ""),
+        };
+        args.extend_from_slice(extra);
         let run = host(dir.path(), &args);
         assert_eq!(run.code, 0, "{name}: stderr:\n{}", run.stderr);
+        assert!(run.stderr.contains(shows), "{name}: {shows:?} not in\n{}", run.stderr);
         let last_step = log_history(dir.path()).last().unwrap()["step"].as_i64().unwrap();
         assert_eq!(last_step, if kind == "callback" { 12 } else { 20 });
+        if kind == "scheduler" {
+            // Decay by 0.1 every 6 of the 20 steps: step 10 uses decay 1, step 20 decay 3.
+            let rates: Vec<f64> = log_history(dir.path()).iter().filter_map(|e| e["learning_rate"].as_f64()).collect();
+            assert_eq!(rates.len(), 2, "{rates:?}");
+            assert!((rates[0] / rates[1] - 100.0).abs() < 1e-6, "{rates:?}");
+        }
     }
+
     host(dir.path(), &["new-plugin", "scaled_ce", "--kind", "loss"]).assert_clean_error(2, "already exists");
     host(dir.path(), &["new-plugin", "Bad-Name", "--kind", "loss"])
         .assert_clean_error(2, "plugin name 'Bad-Name' must be lowercase");

@@ -1,4 +1,4 @@
-//! `host new-plugin NAME --kind loss|callback`: a plugin crate that builds out of the tree
+//! `host new-plugin NAME --kind loss|callback|metric|optimizer|scheduler|batch-transform|model`: a plugin crate that builds out of the tree
 //! against this host's plugin-api, with a working example body, a unit test and a README.
 
 use std::path::{Path, PathBuf};
@@ -12,6 +12,11 @@ use crate::error::InputError;
 pub enum Kind {
     Loss,
     Callback,
+    Metric,
+    Optimizer,
+    Scheduler,
+    BatchTransform,
+    Model,
 }
 
 /// Writes the crate into `dir/name`; returns its folder.
@@ -40,6 +45,11 @@ pub fn create(name: &str, kind: Kind, dir: &Path) -> Result<PathBuf> {
     let kind_name = match kind {
         Kind::Loss => "loss",
         Kind::Callback => "callback",
+        Kind::Metric => "metric",
+        Kind::Optimizer => "optimizer",
+        Kind::Scheduler => "learning-rate schedule",
+        Kind::BatchTransform => "batch transform",
+        Kind::Model => "model",
     };
     let fill = |template: &str| {
         template
@@ -53,6 +63,11 @@ pub fn create(name: &str, kind: Kind, dir: &Path) -> Result<PathBuf> {
     let body = match kind {
         Kind::Loss => include_str!("../../templates/loss.rs.txt"),
         Kind::Callback => include_str!("../../templates/callback.rs.txt"),
+        Kind::Metric => include_str!("../../templates/metric.rs.txt"),
+        Kind::Optimizer => include_str!("../../templates/optimizer.rs.txt"),
+        Kind::Scheduler => include_str!("../../templates/scheduler.rs.txt"),
+        Kind::BatchTransform => include_str!("../../templates/batch_transform.rs.txt"),
+        Kind::Model => include_str!("../../templates/model.rs.txt"),
     };
     let files = [
         ("Cargo.toml", fill(include_str!("../../templates/Cargo.toml.txt"))),
