@@ -116,7 +116,10 @@ fn bad_data_is_a_one_line_error_with_the_place() {
         (&["--train-file", "text.jsonl"], "text.jsonl: text data needs tokenizer_file"),
         (&["--train-file", "text.jsonl", "--tokenizer-file", "nope.json"], "tokenizer_file nope.json does not exist"),
         (&["--model", "gpt"], "the gpt model reads the data field 'input_ids'"),
-        (&["--model", "resnet"], "model 'resnet' is not known; use mlp, cnn, transformer, gpt or torchscript:FILE.pt"),
+        (
+            &["--model", "resnet"],
+            "model 'resnet' is not known; use mlp, cnn, transformer, gpt, torchscript:FILE.pt or plugin:NAME",
+        ),
     ];
     for (args, needle) in cases {
         host(d, args).assert_clean_error(2, needle);

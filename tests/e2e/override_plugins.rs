@@ -393,3 +393,33 @@ fn a_resnet_plugin_trains_on_the_digits_and_equals_torchvision_and_resumes_exact
     let saved = Tensor::read_safetensors(straight.path().join("output/model.safetensors")).unwrap();
     assert!(saved.iter().any(|(n, _)| n == "layer2.0.downsample.1.running_var"));
 }
+
+/// weighted_ce takes the class probabilities mixup makes: PyTorch's soft-target cross
+/// entropy, -sum_c w_c p_c log_softmax_c per row, summed over num_items_in_batch in
+/// training, averaged over the rows in evaluation.
+#[test]
+fn weighted_ce_takes_soft_labels_as_pytorch_does() {
+    let plugin = host::plugins::Plugin::load(&plugin("weighted_ce")).unwrap();
+    let weights = [1.0f32, 2.0, 0.5];
+    let config = serde_json::json!({ "weights": weights });
+    let mut loss = plugin.create_loss("weighted_ce", &config).unwrap();
+    let logits = Tensor::from_slice(&[2.0f32, 0.5, -1.0, 0.1, 0.2, 3.0, -0.4, 1.5, 0.0]).view([3, 3]);
+    let labels = Tensor::from_slice(&[0.7f32, 0.3, 0.0, 0.0, 0.0, 1.0, 0.2, 0.2, 0.6]).view([3, 3]);
+    let mut outputs = plugin_api::Tensors::new();
+    outputs.insert("logits", logits.shallow_clone());
+    let mut batch = plugin_api::Tensors::new();
+    batch.insert("labels", labels.shallow_clone());
+    // By hand: each row's weighted soft cross entropy.
+    let rows: Vec<f64> = (0..3)
+        .map(|r| {
+            let log_p = Vec::<f32>::try_from(logits.get(r).log_softmax(0, Kind::Float)).unwrap();
+            let p = Vec::<f32>::try_from(labels.get(r)).unwrap();
+            -(0..3).map(|c| (weights[c] * p[c] * log_p[c]) as f64).sum::<f64>()
+        })
+        .collect();
+    let sum: f64 = rows.iter().sum();
+    let eval = loss.compute_loss(&outputs, &batch, None).unwrap().double_value(&[]);
+    assert!((eval - sum / 3.0).abs() < 1e-6, "{eval} vs {}", sum / 3.0);
+    let train = loss.compute_loss(&outputs, &batch, Some(6)).unwrap().double_value(&[]);
+    assert!((train - sum / 6.0).abs() < 1e-6, "{train} vs {}", sum / 6.0);
+}

@@ -16,6 +16,9 @@
 use plugin_api::prelude::*;
 use plugin_api::serde_json::{json, Map, Value};
 
+/// The most classes a confusion matrix is kept for.
+const MAX_CLASSES: i64 = 4096;
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(crate = "plugin_api::serde", deny_unknown_fields, default)]
 #[schemars(crate = "plugin_api::schemars")]
@@ -75,6 +78,12 @@ impl Metric for Report {
             ));
         }
         let classes = *logits.size().last().unwrap_or(&0);
+        if classes > MAX_CLASSES {
+            // A confusion matrix of a vocabulary (a language model's logits) would not fit.
+            return Err(PluginError::config(format!(
+                "the logits have {classes} classes; classification_report is for classifiers (at most {MAX_CLASSES} classes)"
+            )));
+        }
         let scores = logits.detach().reshape([-1, classes]);
         let labels = labels.reshape([-1]);
         if labels.size()[0] != scores.size()[0] {
