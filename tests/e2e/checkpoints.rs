@@ -557,7 +557,7 @@ fn inconsistent_saving_settings_are_one_line_errors() {
     host(dir.path(), &["--save-total-limit", "0"]).assert_clean_error(2, "save_total_limit must be at least 1 (got 0)");
     host(dir.path(), &["--metric-for-best-model", "f2"]).assert_clean_error(
         2,
-        "metric_for_best_model 'f2' is not an evaluation metric (one of: loss, accuracy, f1, perplexity, exact_match)",
+        "metric_for_best_model 'f2' is not an evaluation metric (one of: loss, accuracy, f1, perplexity, exact_match, or a metric plugin's)",
     );
     // Known, but not one the digits classifier reports: found at the first evaluation.
     host(dir.path(), &["--metric-for-best-model", "perplexity", "--eval-strategy", "steps", "--eval-steps", "2"])

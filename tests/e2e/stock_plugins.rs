@@ -120,7 +120,7 @@ fn plugins_are_found_by_name_and_described() {
     assert_eq!(inspect.code, 0, "stderr:\n{}", inspect.stderr);
     assert!(inspect.stdout.starts_with("early_stopping 0.1.0\n"), "{}", inspect.stdout);
     assert!(inspect.stdout.contains(&format!("built against: plugin-api {}, torch 2.11.0", plugin_api::API_VERSION)));
-    assert!(inspect.stdout.contains("callback       early_stopping"), "{}", inspect.stdout);
+    assert!(inspect.stdout.contains("callback         early_stopping"), "{}", inspect.stdout);
     // Declared config keys: type, default and help (the field's doc comment).
     assert!(
         inspect.stdout.contains(
@@ -135,10 +135,10 @@ fn plugins_are_found_by_name_and_described() {
     let guard = host(dir.path(), &["plugins", "inspect", path_str(&plugin("nan_guard"))]);
     assert!(guard.stdout.contains("mode  one of \"skip\", \"stop\", default \"skip\""), "{}", guard.stdout);
     let throughput = host(dir.path(), &["plugins", "inspect", path_str(&plugin("throughput"))]);
-    assert!(throughput.stdout.contains("callback       throughput\n    no config keys\n"), "{}", throughput.stdout);
+    assert!(throughput.stdout.contains("callback         throughput\n    no config keys\n"), "{}", throughput.stdout);
     // A config type without the JsonSchema derive still loads; its keys are undeclared.
     let fixtures = host(dir.path(), &["plugins", "inspect", path_str(&plugin("test_fixtures"))]);
-    assert!(fixtures.stdout.contains("callback       recorder\n    config keys not declared"), "{}", fixtures.stdout);
+    assert!(fixtures.stdout.contains("callback         recorder\n    config keys not declared"), "{}", fixtures.stdout);
 
     host(dir.path(), &["--plugin", "no_such_plugin"])
         .assert_clean_error(2, "no plugin named 'no_such_plugin' (libno_such_plugin.so) in");
