@@ -397,6 +397,7 @@ fn model_size_note(config: &ResolvedConfig) -> String {
     match &config.model.architecture {
         models::Architecture::TorchScript(file) => file.display().to_string(),
         models::Architecture::Pretrained { dir, .. } => dir.display().to_string(),
+        models::Architecture::Plugin(name) => format!("model plugin:{name}"),
         _ => format!("hidden_size {}, num_hidden_layers {}", sizes.hidden_size, sizes.num_hidden_layers),
     }
 }
