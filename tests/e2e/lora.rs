@@ -159,7 +159,10 @@ fn gradient_checkpointing_gives_the_gradients_of_the_plain_pass() {
         let base = work.join(name).join("base");
         let plain = out.path().join(format!("{name}-plain"));
         let recomputed = out.path().join(format!("{name}-checkpointing"));
-        let steps = ["--max-steps", "3"];
+        // SGD: the weights move by lr x gradient, so they keep the gradients' agreement.
+        // Adam divides by the gradient's own size, which turns a 1e-9 difference in a
+        // near-zero gradient element into a full step (2e-5 seen on a busy machine).
+        let steps = ["--max-steps", "3", "--optim", "sgd"];
         let run = train(&base, data, &plain, &[extra, &steps[..]].concat());
         assert_eq!(run.code, 0, "{name}: {}", run.stderr);
         let run = train(&base, data, &recomputed, &[extra, &steps[..], &["--gradient-checkpointing"]].concat());
@@ -175,7 +178,7 @@ fn gradient_checkpointing_gives_the_gradients_of_the_plain_pass() {
             assert!((norm_a - norm_b).abs() <= 1e-6 * norm_a.max(1.0), "{name}: gradient norms {a:?} and {b:?}");
         }
         let difference = largest_difference(&plain.join(weights), &recomputed.join(weights));
-        assert!(difference <= 1e-5, "{name}: trained weights differ by {difference:e}");
+        assert!(difference <= 1e-6, "{name}: trained weights differ by {difference:e}");
     }
 }
 
