@@ -100,8 +100,14 @@ def muon(folder):
     for n in names:
         diff = (params[n].detach() - host[n]).abs().max().item()
         worst = max(worst, diff)
-        if not diff <= 1e-6:
-            fail(f"muon: {n} differs from torch by {diff} after {len(config['lrs'])} steps")
+        # Muon's Newton-Schulz runs in bfloat16. The plugin sums each product in float32
+        # and rounds once, as PyTorch's bfloat16 addmm does, and matches it to 3e-8 on a
+        # CPU with bfloat16 units; on another CPU PyTorch's kernel may sum in another order
+        # and round one element to the neighbouring bfloat16 (0.4%), which moves a matrix
+        # by about 2e-5. AdamW's parameters are float32 throughout.
+        tolerance = 1e-4 if n in matrices else 1e-6
+        if not diff <= tolerance:
+            fail(f"muon: {n} differs from torch by {diff} after {len(config['lrs'])} steps (tolerance {tolerance})")
     print(f"muon equals torch.optim.Muon + AdamW over {len(config['lrs'])} steps (largest difference {worst:.2e})")
 
 
