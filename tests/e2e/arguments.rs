@@ -88,7 +88,9 @@ const TINY_GPT: [&str; 12] = [
 
 /// Token data for `--model gpt`: 16 sequences of 8 ids, next-token labels.
 fn token_data(dir: &Path) {
+    let generator = generator_lock();
     let ids = tch::Tensor::randint(40, [16, 8], (tch::Kind::Int64, tch::Device::Cpu));
+    drop(generator);
     let labels = tch::Tensor::cat(
         &[ids.narrow(1, 1, 7), tch::Tensor::full([16, 1], -100, (tch::Kind::Int64, tch::Device::Cpu))],
         1,

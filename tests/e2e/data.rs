@@ -9,6 +9,7 @@ use crate::support::*;
 
 /// A small two-class problem: 200 examples of 6 features.
 fn problem() -> (Tensor, Tensor) {
+    let _generator = generator_lock();
     tch::manual_seed(11);
     let input = Tensor::randn([200, 6], (Kind::Float, tch::Device::Cpu));
     let labels = input.narrow(1, 0, 1).squeeze_dim(1).gt(0.0).to_kind(Kind::Int64);

@@ -16,11 +16,13 @@ fn default_job_matches_a_plain_pytorch_loop_for_100_steps() {
     let steps = 100usize;
 
     // Initial weights, made by the host's own model code.
+    let generator = generator_lock();
     tch::manual_seed(123);
     let vars = nn::VarStore::new(tch::Device::Cpu);
     let _model = Mlp::new(&vars.root(), DIGITS_MLP, 0.0);
     let init = dir.path().join("init.safetensors");
     host::engine::weights::save(&vars, &init).unwrap();
+    drop(generator);
 
     // The training examples and the batches the host will draw (seed 42, batch 64).
     let digits = data::load_digits().unwrap();

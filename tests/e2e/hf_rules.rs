@@ -57,8 +57,10 @@ print(json.dumps(sorted(n for n, _ in net.named_parameters() if n not in decayed
 
     // The built-in transformer: every LayerNorm (ln1, ln2, ln_f) and every bias.
     let texts = dir.path().join("texts.safetensors");
+    let generator = generator_lock();
     let ids = tch::Tensor::randint(50, [16, 8], (tch::Kind::Int64, tch::Device::Cpu));
     let labels = tch::Tensor::randint(2, [16], (tch::Kind::Int64, tch::Device::Cpu));
+    drop(generator);
     tch::Tensor::write_safetensors(&[("input_ids", &ids), ("labels", &labels)], &texts).unwrap();
     let run = host(
         dir.path(),

@@ -4,14 +4,10 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
 
 use tch::{Kind, Tensor};
 
 use crate::support::*;
-
-/// The in-process tests draw from libtorch's one CPU generator: one at a time.
-static GENERATOR: Mutex<()> = Mutex::new(());
 
 /// Runs the oracle; its message is the failure.
 fn oracle(args: &[&str]) {
@@ -89,7 +85,7 @@ fn set_grad(param: &Tensor, grad: &Tensor) {
 
 #[test]
 fn muon_equals_torch_muon_with_adamw_and_its_state_resumes_exactly() {
-    let lock = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+    let lock = generator_lock();
     let dir = tempdir();
     let plugin = host::plugins::Plugin::load(&plugin("muon")).unwrap();
     // A tall and a wide matrix (Muon), a bias and a norm weight (AdamW, no decay).
@@ -198,7 +194,7 @@ fn one_cycle_rates_equal_pytorch_one_cycle_lr() {
 
 #[test]
 fn mixup_and_cutmix_equal_torchvision() {
-    let _lock = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+    let _lock = generator_lock();
     let dir = tempdir();
     let plugin = host::plugins::Plugin::load(&plugin("mixup")).unwrap();
     tch::manual_seed(11);

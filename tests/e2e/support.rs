@@ -127,6 +127,14 @@ pub fn host_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
+/// libtorch's CPU generator is one for the whole test process: a test that seeds it or
+/// draws from it holds this meanwhile, so that another test's draw cannot land between a
+/// seed and the numbers it should give.
+pub fn generator_lock() -> std::sync::MutexGuard<'static, ()> {
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A fresh temporary directory.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("create a temporary directory")

@@ -77,6 +77,7 @@ fn uniform_weights_equal_the_builtin_loss() {
 fn accumulation_with_weighted_ce_equals_one_big_batch() {
     let lib = Plugin::load(&plugin("weighted_ce")).unwrap();
     let mut loss = lib.create_loss("weighted_ce", &serde_json::json!({"weights": [1.0, 2.0, 3.0]})).unwrap();
+    let _generator = generator_lock();
     tch::manual_seed(5);
     let weight = Tensor::randn([3, 4], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
     let input = Tensor::randn([7, 4], (Kind::Float, tch::Device::Cpu));
