@@ -85,7 +85,10 @@ fn new_plugin_scaffolds_build_test_and_load() {
                 "",
             ),
             "metric" => (&["--eval-strategy", "steps", "--eval-steps", "20"], "eval_hits_accuracy"),
-            "optimizer" => (&["--optim", "plugin:heavy_ball", "--learning-rate", "0.05"], "optimizer: heavy_ball"),
+            "optimizer" => (
+                &["--optim", "plugin:heavy_ball", "--learning-rate", "0.05", "--weight-decay", "0"],
+                "optimizer: heavy_ball",
+            ),
             "scheduler" => (&["--lr-scheduler-type", "plugin:step_decay"], "lr schedule: step_decay"),
             "batch-transform" => (&[], "batch transform: jitter"),
             "model" => (&["--model", "plugin:two_layer", "--learning-rate", "0.01"], "model: two_layer (plugin)"),
@@ -97,6 +100,17 @@ fn new_plugin_scaffolds_build_test_and_load() {
         assert!(run.stderr.contains(shows), "{name}: {shows:?} not in\n{}", run.stderr);
         let last_step = log_history(dir.path()).last().unwrap()["step"].as_i64().unwrap();
         assert_eq!(last_step, if kind == "callback" { 12 } else { 20 });
+        if kind == "optimizer" {
+            // The template's SGD with momentum is PyTorch's: the built-in sgd trains to the
+            // same weights, byte for byte.
+            let builtin = ["--optim", "sgd", "--optim-args", "momentum=0.9", "--output-dir", "builtin_sgd"];
+            let common =
+                ["--max-steps", "20", "--logging-steps", "10", "--learning-rate", "0.05", "--weight-decay", "0"];
+            let run = host(dir.path(), &[&common[..], &builtin].concat());
+            assert_eq!(run.code, 0, "{}", run.stderr);
+            let weights = |folder: &str| std::fs::read(dir.path().join(folder).join("model.safetensors")).unwrap();
+            assert!(weights("output") == weights("builtin_sgd"), "heavy_ball and the built-in sgd differ");
+        }
         if kind == "scheduler" {
             // Decay by 0.1 every 6 of the 20 steps: step 10 uses decay 1, step 20 decay 3.
             let rates: Vec<f64> = log_history(dir.path()).iter().filter_map(|e| e["learning_rate"].as_f64()).collect();
