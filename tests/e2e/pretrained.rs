@@ -316,7 +316,9 @@ fn weighted_ce_on_a_causal_lm_is_the_built_in_loss_without_weights() {
     };
     let (a, b) = (losses("plain"), losses("plugged"));
     assert_eq!(a.len(), 2);
-    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "{a:?} vs {b:?}");
+    // Relative: the chunked head multiplies other shapes than the full one, so libtorch's
+    // kernels round the logits differently (2.7e-6 relative seen at step 1 on a busy machine).
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs()), "{a:?} vs {b:?}");
 }
 
 #[test]
