@@ -20,20 +20,6 @@ fn checkpoints(dir: &Path) -> Vec<String> {
     names
 }
 
-/// A run with the recorder callback (which can stop training at a step), so that runs that
-/// stop and runs that do not load the same plugins.
-fn run_with(dir: &Path, base: &[&str], extra: &[&str]) -> Run {
-    let fixtures = plugin("test_fixtures");
-    let mut args =
-        vec!["--plugin", path_str(&fixtures), "--callback", "recorder", "--plugin-config", "recorder.path=events.txt"];
-    if !base.contains(&"--loss") {
-        args.extend(["--loss", "builtin"]);
-    }
-    args.extend_from_slice(base);
-    args.extend_from_slice(extra);
-    host(dir, &args)
-}
-
 fn assert_same_run(straight: &Path, resumed: &Path) {
     assert_eq!(history_without_timings(straight), history_without_timings(resumed));
     assert!(weights(straight) == weights(resumed), "final weights differ");
@@ -43,11 +29,11 @@ fn assert_same_run(straight: &Path, resumed: &Path) {
 fn resume_after_an_epoch_equals_the_run_that_never_stopped() {
     let base = ["--num-train-epochs", "2", "--save-strategy", "epoch", "--logging-steps", "5"];
     let straight = tempdir();
-    assert_eq!(run_with(straight.path(), &base, &[]).code, 0);
+    assert_eq!(run_with_recorder(straight.path(), &base, &[]).code, 0);
     let resumed = tempdir();
-    assert_eq!(run_with(resumed.path(), &base, &["--plugin-config", "recorder.stop_at_step=23"]).code, 0);
+    assert_eq!(run_with_recorder(resumed.path(), &base, &["--plugin-config", "recorder.stop_at_step=23"]).code, 0);
     assert_eq!(checkpoints(resumed.path()), ["checkpoint-23"]);
-    let run = run_with(resumed.path(), &base, &["--resume-from-checkpoint", "latest"]);
+    let run = run_with_recorder(resumed.path(), &base, &["--resume-from-checkpoint", "latest"]);
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     assert!(run.stderr.contains("resumed from output/checkpoint-23 at step 23 (epoch 1, 0 micro-batches into it)"));
     assert_same_run(straight.path(), resumed.path());
@@ -87,12 +73,12 @@ fn resume_mid_epoch_with_accumulation_and_a_plugin_loss_is_exact() {
         "9",
     ];
     let straight = tempdir();
-    assert_eq!(run_with(straight.path(), &base, &[]).code, 0);
+    assert_eq!(run_with_recorder(straight.path(), &base, &[]).code, 0);
     let resumed = tempdir();
-    assert_eq!(run_with(resumed.path(), &base, &["--plugin-config", "recorder.stop_at_step=10"]).code, 0);
+    assert_eq!(run_with_recorder(resumed.path(), &base, &["--plugin-config", "recorder.stop_at_step=10"]).code, 0);
     // Saved at step 7 only (save_steps multiples, and the end when it is reached).
     assert_eq!(checkpoints(resumed.path()), ["checkpoint-7"]);
-    let run = run_with(
+    let run = run_with_recorder(
         resumed.path(),
         &base,
         &["--resume-from-checkpoint", resumed.path().join("output/checkpoint-7").to_str().unwrap()],
@@ -414,7 +400,7 @@ fn a_crash_after_good_checkpoints_resumes_from_the_last_complete_one() {
     let dir = tempdir();
     // A run stopped after saving 4 and 8; checkpoint-8 then lost; a resume from 4 killed
     // in the middle of saving 8 again.
-    assert_eq!(run_with(dir.path(), &base, &["--plugin-config", "recorder.stop_at_step=8"]).code, 0);
+    assert_eq!(run_with_recorder(dir.path(), &base, &["--plugin-config", "recorder.stop_at_step=8"]).code, 0);
     std::fs::remove_dir_all(dir.path().join("output/checkpoint-8")).unwrap();
     let mut resume = base.to_vec();
     resume.extend(["--resume-from-checkpoint", "latest"]);
@@ -525,14 +511,14 @@ fn a_stateful_loss_plugin_resumes_with_its_state() {
         "no",
     ];
     let straight = tempdir();
-    assert_eq!(run_with(straight.path(), &base, &[]).code, 0);
+    assert_eq!(run_with_recorder(straight.path(), &base, &[]).code, 0);
     let resumed = tempdir();
-    assert_eq!(run_with(resumed.path(), &base, &["--plugin-config", "recorder.stop_at_step=12"]).code, 0);
+    assert_eq!(run_with_recorder(resumed.path(), &base, &["--plugin-config", "recorder.stop_at_step=12"]).code, 0);
     let checkpoint = resumed.path().join("output/checkpoint-10");
     let host_state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(checkpoint.join("host_state.json")).unwrap()).unwrap();
     assert_eq!(host_state["loss_state"], serde_json::json!({ "calls": 10 }));
-    let run = run_with(resumed.path(), &base, &["--resume-from-checkpoint", checkpoint.to_str().unwrap()]);
+    let run = run_with_recorder(resumed.path(), &base, &["--resume-from-checkpoint", checkpoint.to_str().unwrap()]);
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     assert_same_run(straight.path(), resumed.path());
 }

@@ -1,14 +1,15 @@
-//! ABI evolution: a plugin compiled against an older plugin-api (1.0.0, frozen in
-//! tests/compat) still loads into this host and works, although the API has grown since
-//! (1.1.0 added callback state hooks to the callback vtable).
+//! ABI evolution: plugins compiled against older plugin-api versions (1.0.0 and 1.5.0,
+//! frozen in tests/compat) still load into this host and work, although the API has grown
+//! since (1.1.0 added callback state hooks to the callback vtable; 1.6.0 component kinds).
 
 use std::process::Command;
 
 use crate::support::*;
 
-#[test]
-fn plugin_built_against_plugin_api_1_0_still_works() {
-    let manifest = repo().join("tests/compat/old_recorder/Cargo.toml");
+/// Builds the plugin crate tests/compat/`name` (a workspace of its own, against a frozen
+/// plugin-api) into the test build's target folder; returns its library.
+fn build_compat_plugin(name: &str) -> std::path::PathBuf {
+    let manifest = repo().join(format!("tests/compat/{name}/Cargo.toml"));
     let target = target_profile_dir().parent().unwrap().to_owned();
     let status = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "--manifest-path"])
@@ -16,8 +17,13 @@ fn plugin_built_against_plugin_api_1_0_still_works() {
         .env("CARGO_TARGET_DIR", &target)
         .status()
         .unwrap();
-    assert!(status.success(), "building the plugin against plugin-api 1.0.0 failed");
-    let old = target.join("debug/libold_recorder.so");
+    assert!(status.success(), "building tests/compat/{name} against its frozen plugin-api failed");
+    target.join(format!("debug/lib{name}.so"))
+}
+
+#[test]
+fn plugin_built_against_plugin_api_1_0_still_works() {
+    let old = build_compat_plugin("old_recorder");
 
     // It really was built against the old version.
     let lib = host::plugins::Plugin::load(&old).unwrap();
@@ -90,16 +96,7 @@ fn plugin_built_against_plugin_api_1_0_still_works() {
 /// next to 1.6 components.
 #[test]
 fn plugin_built_against_plugin_api_1_5_still_works_next_to_the_new_kinds() {
-    let manifest = repo().join("tests/compat/recent_plugin/Cargo.toml");
-    let target = target_profile_dir().parent().unwrap().to_owned();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--manifest-path"])
-        .arg(&manifest)
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the plugin against plugin-api 1.5.0 failed");
-    let recent = target.join("debug/librecent_plugin.so");
+    let recent = build_compat_plugin("recent_plugin");
     assert_eq!(host::plugins::Plugin::load(&recent).unwrap().api_version(), "1.5.0");
 
     let dir = tempdir();

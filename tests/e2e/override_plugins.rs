@@ -3,7 +3,6 @@
 //! (tests/references/override_plugins.py): scikit-learn, torch.optim, torchvision.
 
 use std::path::Path;
-use std::process::Command;
 
 use tch::{Kind, Tensor};
 
@@ -11,13 +10,7 @@ use crate::support::*;
 
 /// Runs the oracle; its message is the failure.
 fn oracle(args: &[&str]) {
-    let output = Command::new(repo().join(".venv/bin/python"))
-        .arg(repo().join("tests/references/override_plugins.py"))
-        .args(args)
-        .output()
-        .expect("run the venv's python (scripts/setup.sh makes it)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "oracle {args:?}:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    venv_oracle(Path::new("tests/references/override_plugins.py"), args);
 }
 
 fn json_file(path: &Path) -> serde_json::Value {
@@ -221,23 +214,14 @@ fn mixup_and_cutmix_equal_torchvision() {
 
 /// A run with the three stock plugins and the recorder callback, which can stop it.
 fn override_run(dir: &Path, extra: &[&str]) -> Run {
-    let (muon, one_cycle, mixup, fixtures) =
-        (plugin("muon"), plugin("one_cycle"), plugin("mixup"), plugin("test_fixtures"));
-    let mut args = vec![
+    let (muon, one_cycle, mixup) = (plugin("muon"), plugin("one_cycle"), plugin("mixup"));
+    let base = [
         "--plugin",
         path_str(&muon),
         "--plugin",
         path_str(&one_cycle),
         "--plugin",
         path_str(&mixup),
-        "--plugin",
-        path_str(&fixtures),
-        "--loss",
-        "builtin",
-        "--callback",
-        "recorder",
-        "--plugin-config",
-        "recorder.path=events.txt",
         "--optim",
         "plugin:muon",
         "--lr-scheduler-type",
@@ -255,8 +239,7 @@ fn override_run(dir: &Path, extra: &[&str]) -> Run {
         "--eval-steps",
         "6",
     ];
-    args.extend_from_slice(extra);
-    host(dir, &args)
+    run_with_recorder(dir, &base, extra)
 }
 
 #[test]
@@ -329,18 +312,10 @@ fn override_plugin_mistakes_are_one_line_errors() {
 /// A resnet run on the digits files in `dir`, with the recorder callback (which can stop
 /// it).
 fn resnet_run(dir: &Path, extra: &[&str]) -> Run {
-    let (resnet, fixtures) = (plugin("resnet"), plugin("test_fixtures"));
-    let mut args = vec![
+    let resnet = plugin("resnet");
+    let base = [
         "--plugin",
         path_str(&resnet),
-        "--plugin",
-        path_str(&fixtures),
-        "--loss",
-        "builtin",
-        "--callback",
-        "recorder",
-        "--plugin-config",
-        "recorder.path=events.txt",
         "--model",
         "plugin:resnet",
         "--train-file",
@@ -362,8 +337,7 @@ fn resnet_run(dir: &Path, extra: &[&str]) -> Run {
         "--logging-steps",
         "10",
     ];
-    args.extend_from_slice(extra);
-    host(dir, &args)
+    run_with_recorder(dir, &base, extra)
 }
 
 #[test]

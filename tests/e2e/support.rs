@@ -135,6 +135,21 @@ pub fn generator_lock() -> std::sync::MutexGuard<'static, ()> {
     GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A run with the recorder callback of test_fixtures (which can stop training at a step,
+/// recorder.stop_at_step), so that runs that stop and runs that do not load the same
+/// plugins; the built-in loss unless `base` names one.
+pub fn run_with_recorder(dir: &Path, base: &[&str], extra: &[&str]) -> Run {
+    let fixtures = plugin("test_fixtures");
+    let mut args =
+        vec!["--plugin", path_str(&fixtures), "--callback", "recorder", "--plugin-config", "recorder.path=events.txt"];
+    if !base.contains(&"--loss") {
+        args.extend(["--loss", "builtin"]);
+    }
+    args.extend_from_slice(base);
+    args.extend_from_slice(extra);
+    host(dir, &args)
+}
+
 /// A fresh temporary directory.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("create a temporary directory")
@@ -286,8 +301,14 @@ pub fn fine_tune(dir: &Path, model: &Path, train: &Path, eval: &Path, output: &P
 /// Runs `tests/pretrained/{script}` (a transformers or PEFT oracle) in the venv, offline;
 /// its report is the failure message.
 pub fn pretrained_oracle(script: &str, args: &[&str]) -> String {
+    venv_oracle(&Path::new("tests/pretrained").join(script), args)
+}
+
+/// Runs the Python reference script `script` (a path under the repository) in the venv,
+/// offline; returns what it printed, and fails the test with it when the script fails.
+pub fn venv_oracle(script: &Path, args: &[&str]) -> String {
     let output = Command::new(repo().join(".venv/bin/python"))
-        .arg(repo().join("tests/pretrained").join(script))
+        .arg(repo().join(script))
         .args(args)
         .env("HF_HUB_OFFLINE", "1")
         .env("TRANSFORMERS_VERBOSITY", "error")
@@ -295,7 +316,7 @@ pub fn pretrained_oracle(script: &str, args: &[&str]) -> String {
         .expect("run the venv's python (scripts/setup.sh makes it)");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{script} {args:?} failed:\n{stdout}\n{stderr}");
+    assert!(output.status.success(), "{} {args:?} failed:\n{stdout}\n{stderr}", script.display());
     stdout
 }
 

@@ -89,7 +89,8 @@ impl ResolvedConfig {
         let adam = AdamSettings { beta1: args.adam_beta1, beta2: args.adam_beta2, eps: args.adam_epsilon };
         let optimizer = match args.optim.strip_prefix("plugin:") {
             Some(name) => {
-                plugin_component("optim", name, "optim_args", !args.optim_args.is_empty(), &mut plugins.optimizer)?
+                select_plugin("optim", name, "optim_args", !args.optim_args.is_empty(), &mut plugins.optimizer)?;
+                OptimizerSpec::Plugin(name.to_owned())
             }
             None => OptimizerSpec::parse(&args.optim, &args.optim_args, adam)?,
         };
@@ -100,7 +101,7 @@ impl ResolvedConfig {
             LrSchedulerType::Builtin(kind) => ScheduleSpec::new(*kind, args.learning_rate, &args.lr_scheduler_kwargs)?,
             LrSchedulerType::Plugin(name) => {
                 let kwargs = !args.lr_scheduler_kwargs.0.is_empty();
-                plugin_component("lr_scheduler_type", name, "lr_scheduler_kwargs", kwargs, &mut plugins.scheduler)?;
+                select_plugin("lr_scheduler_type", name, "lr_scheduler_kwargs", kwargs, &mut plugins.scheduler)?;
                 ScheduleSpec::new(SchedulerType::Constant, args.learning_rate, &Default::default())?
             }
         };
@@ -223,15 +224,15 @@ impl ResolvedConfig {
     }
 }
 
-/// `plugin:NAME` for `argument`: the component to select, with its settings in
-/// plugin_config, not in `settings` (the built-in ones' settings argument).
-fn plugin_component(
+/// `plugin:NAME` for `argument`: selects the component, whose settings come from
+/// plugin_config, not from `settings` (the built-in ones' settings argument).
+fn select_plugin(
     argument: &str,
     name: &str,
     settings: &str,
     settings_given: bool,
     selected: &mut Option<String>,
-) -> Result<OptimizerSpec, crate::error::InputError> {
+) -> Result<(), crate::error::InputError> {
     if name.is_empty() {
         return Err(crate::error::InputError::new(format!(
             "{argument} plugin: needs the component's name (plugin:NAME)"
@@ -243,7 +244,7 @@ fn plugin_component(
         )));
     }
     *selected = Some(name.to_owned());
-    Ok(OptimizerSpec::Plugin(name.to_owned()))
+    Ok(())
 }
 
 /// report_to's integrations as the stock callback plugins that do them: each is loaded by
