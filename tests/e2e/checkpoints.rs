@@ -392,6 +392,70 @@ fn a_crash_during_a_save_never_breaks_resume() {
     }
 }
 
+/// A JSON value without its wall-clock figures, at any depth.
+fn without_timings(mut value: serde_json::Value) -> serde_json::Value {
+    match &mut value {
+        serde_json::Value::Object(map) => {
+            map.retain(|k, _| !k.contains("runtime") && !k.contains("per_second"));
+            for v in map.values_mut() {
+                *v = without_timings(v.take());
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items.iter_mut() {
+                *v = without_timings(v.take());
+            }
+        }
+        _ => {}
+    }
+    value
+}
+
+fn json_file(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_run_killed_after_its_last_checkpoint_finishes_everything_on_resume() {
+    // The last step (30) lies inside the second epoch (23 steps each): its checkpoint is
+    // saved before that epoch's end, whose evaluation the resumed run must still make.
+    let base = ["--max-steps", "30", "--save-steps", "10", "--save-total-limit", "3", "--logging-steps", "10"];
+    let straight = tempdir();
+    assert_eq!(host(straight.path(), &base).code, 0);
+    let last_eval = log_history(straight.path()).into_iter().rev().find(|e| e.get("eval_loss").is_some()).unwrap();
+    assert_eq!(last_eval["step"], 30, "the final evaluation follows the last step: {last_eval}");
+    assert!(last_eval["epoch"].as_f64().unwrap().fract() > 0.0, "the last step should end inside an epoch");
+
+    let resumed = tempdir();
+    assert_eq!(host(resumed.path(), &base).code, 0);
+    // Killed after checkpoint-30 was saved, before the final evaluation and files.
+    for file in ["all_results.json", "model.safetensors", "trainer_state.json"] {
+        std::fs::remove_file(resumed.path().join("output").join(file)).unwrap();
+    }
+    let mut args = base.to_vec();
+    args.extend(["--resume-from-checkpoint", "latest"]);
+    let run = host(resumed.path(), &args);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("resumed from output/checkpoint-30 at step 30"), "{}", run.stderr);
+
+    let (a, b) = (straight.path().join("output"), resumed.path().join("output"));
+    assert_eq!(file_names(&a), file_names(&b));
+    for file in ["all_results.json", "trainer_state.json", "checkpoint-30/trainer_state.json"] {
+        assert_eq!(without_timings(json_file(&a.join(file))), without_timings(json_file(&b.join(file))), "{file}");
+    }
+    assert_eq!(history_without_timings(straight.path()), history_without_timings(resumed.path()));
+    assert!(weights(straight.path()) == weights(resumed.path()), "final weights differ");
+    assert_eq!(results(resumed.path())["eval_loss"], last_eval["eval_loss"]);
+}
+
 #[test]
 fn a_crash_after_good_checkpoints_resumes_from_the_last_complete_one() {
     let base = ["--max-steps", "12", "--save-steps", "4", "--logging-steps", "2", "--eval-strategy", "no"];

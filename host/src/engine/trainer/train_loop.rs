@@ -135,9 +135,13 @@ impl Trainer {
         self.meter.started = Some((started, self.run.state.num_input_tokens_seen));
         self.begin(&plan)?;
         let resume_at = self.run.position;
-        // A run resumed at its last step (killed before writing its results) only finishes.
-        let epochs = if self.run.state.global_step < plan.max_steps { resume_at.epoch..plan.num_epochs } else { 0..0 };
-        for epoch in epochs {
+        if self.run.state.global_step >= plan.max_steps {
+            // Resumed at the last step (killed before the final files): no step is left,
+            // but what the uninterrupted run did after that checkpoint is.
+            self.end_interrupted_epoch(resume_at)?;
+            return self.finish(started);
+        }
+        for epoch in resume_at.epoch..plan.num_epochs {
             self.fire(Event::EpochBegin, &[])?;
             let batches = self.epoch_batches(epoch);
             let steps_in_epoch = batches.mine().len();
@@ -168,6 +172,19 @@ impl Trainer {
             }
         }
         self.finish(started)
+    }
+
+    /// A checkpoint saved at the run's last step inside an epoch (its step end, or a
+    /// signal's) came before that epoch's end: the end-of-epoch log, evaluation and save
+    /// still follow, as in the run that never stopped. A checkpoint saved at an epoch's end
+    /// (position at the next epoch's start) has nothing left to do.
+    fn end_interrupted_epoch(&mut self, at: Position) -> Result<()> {
+        if at.micro_batches_done == 0 {
+            return Ok(());
+        }
+        // The last step's end asked the run to stop (max_steps reached).
+        self.callbacks.control.should_training_stop = true;
+        self.end_epoch(at.epoch)
     }
 
     /// The number of optimizer steps and epochs, as HF computes them, and the schedule.
