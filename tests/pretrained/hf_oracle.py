@@ -8,6 +8,12 @@
                               with transformers: losses, trained weights, the saved folder
                               loading with no missing or unexpected keys, its logits on the
                               evaluation batch, greedy generations; exits 1 on a mismatch
+    hf_oracle.py token_files DIR TEXT OUT
+                              token-id files as Trainer and TRL users make them from TEXT
+                              (JSONL) with DIR's tokenizer: OUT/labeled.safetensors (labels
+                              aligned with input_ids, partly masked), OUT/ids.safetensors
+    hf_oracle.py eval_loss DIR DATA DTYPE
+                              transformers' loss of DIR (loaded in DTYPE) on token file DATA
     hf_oracle.py loads DIR HEAD [EVAL PREDICTIONS]
                               DIR loads in transformers (HEAD: causal or classifier) with no
                               missing or unexpected keys; with EVAL (JSONL) and PREDICTIONS
@@ -75,6 +81,11 @@ CASES = {
     "gpt2-causal": ("causal", lambda: GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB,
                                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                                  bos_token_id=0, eos_token_id=2)),
+    # GPT-2 with its own lm_head (tie_word_embeddings false): the head is lm_head.weight.
+    "gpt2-untied-causal": ("causal", lambda: GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                                        vocab_size=VOCAB, resid_pdrop=0.0, embd_pdrop=0.0,
+                                                        attn_pdrop=0.0, bos_token_id=0, eos_token_id=2,
+                                                        tie_word_embeddings=False)),
     "gpt2-classifier": ("classifier", lambda: GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                                          vocab_size=VOCAB, resid_pdrop=0.0, embd_pdrop=0.0,
                                                          attn_pdrop=0.0, pad_token_id=1)),
@@ -336,6 +347,33 @@ def loads(folder, head, eval_file=None, predictions=None):
     print(f"{folder}: {type(model).__name__} loads with nothing missing or unexpected")
 
 
+def token_files(folder, text_file, out_dir):
+    """Token-id data as Trainer and TRL users build it, from the text file's rows:
+    labeled.safetensors (labels aligned with input_ids, -100 on padding and on each row's
+    first two tokens, a completion-only mask) and ids.safetensors (input_ids alone)."""
+    from safetensors.torch import save_file
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    inputs = batch(tokenizer, read_jsonl(text_file), "causal")
+    labels = inputs["labels"].clone()
+    labels[:, :2] = -100
+    save_file({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "labels": labels},
+              f"{out_dir}/labeled.safetensors")
+    save_file({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]},
+              f"{out_dir}/ids.safetensors")
+
+
+def eval_loss(folder, data, dtype):
+    """transformers' loss on a token file, in one batch (Trainer's eval_loss for it), with the
+    model in `dtype`; labels = input_ids on real tokens where the file has none."""
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
+    inputs, _ = tensors(data)
+    labels = inputs.get("labels", inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100))
+    with torch.no_grad():
+        loss = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels).loss
+    print(json.dumps({"eval_loss": loss.item()}))
+
+
 if __name__ == "__main__":
     command, arguments = sys.argv[1], sys.argv[2:]
-    {"make": make, "check": check, "loads": loads}[command](*arguments)
+    {"make": make, "check": check, "loads": loads, "token_files": token_files,
+     "eval_loss": eval_loss}[command](*arguments)

@@ -36,6 +36,9 @@ CASES = {
     "llama-classifier": ("llama-classifier", "SEQ_CLS", "all-linear", None),
     "llama-causal": ("llama-causal", "CAUSAL_LM", ["q_proj", "v_proj"], None),
     "bert-classifier": ("bert-classifier", "SEQ_CLS", "all-linear", None),
+    # PEFT lists RoBERTa's classifier.dense and classifier.out_proj in target_modules and
+    # trains the classifier in full: those targets are matched, not missing.
+    "roberta-classifier": ("roberta-classifier", "SEQ_CLS", "all-linear", None),
     # GPT-2's Conv1D: fan_in_fan_out.
     "gpt2-causal": ("gpt2-causal", "CAUSAL_LM", ["c_attn", "c_fc"], None),
 }

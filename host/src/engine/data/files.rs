@@ -43,6 +43,12 @@ pub fn load_file(path: &Path, options: &FileOptions) -> Result<Dataset, InputErr
             }
         }
     };
+    let mut fields = fields;
+    let label_field = match options.label_column.as_deref() {
+        Some(name) => Some(name.to_owned()),
+        None => super::default_label(fields.iter().map(|(n, _)| n.as_str())).map(|i| fields[i].0.clone()),
+    };
+    super::token_labels::shift_for_causal_lm(&shown, &mut fields, label_field.as_deref())?;
     let mut fields = name_labels(&shown, fields, options.label_column.as_deref())?;
     if let Some(columns) = &options.feature_columns {
         name_features(&shown, &mut fields, columns)?;

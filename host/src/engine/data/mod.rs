@@ -10,6 +10,7 @@ mod files;
 mod parquet;
 pub mod prefetch;
 mod text;
+mod token_labels;
 
 use std::path::PathBuf;
 

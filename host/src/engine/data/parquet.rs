@@ -158,6 +158,8 @@ pub fn read_parquet(path: &Path, options: &FileOptions) -> Result<Dataset, Input
     for (name, values) in scalars.into_iter().filter(|(n, _)| !chosen.iter().any(|(c, _)| c == n)) {
         fields.push((name, Tensor::from_slice(&values).to_kind(Kind::Float)));
     }
+    let label_field = (label != usize::MAX).then_some("labels");
+    super::token_labels::shift_for_causal_lm(&shown, &mut fields, label_field)?;
     Dataset::new(&shown, fields)
 }
 

@@ -41,6 +41,16 @@ pub(super) fn round_to(value: f64, digits: i32) -> f64 {
 /// user's data not fitting the model: an error, not a crash.
 pub(super) fn cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction, smoothing: f64) -> Result<Tensor> {
     let classes = *logits.size().last().unwrap_or(&0);
+    // Token logits (a language model's [B, T, vocab]) in bf16 or fp16 are upcast first, as
+    // transformers' ForCausalLMLoss does: a vocabulary-wide logsumexp in bf16 is off by
+    // about 1e-2 relative.
+    let upcast;
+    let logits = if logits.dim() > 2 && matches!(logits.kind(), Kind::BFloat16 | Kind::Half) {
+        upcast = logits.to_kind(Kind::Float);
+        &upcast
+    } else {
+        logits
+    };
     if labels.is_floating_point() && labels.size() == logits.size() {
         // Class probabilities (a batch transform's mixed labels): PyTorch's soft-target
         // cross entropy, one item per row.

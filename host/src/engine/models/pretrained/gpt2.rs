@@ -1,7 +1,7 @@
 //! GPT-2, ported from transformers: learned positions, pre-norm blocks whose projections
-//! are `Conv1D` (weights stored [in, out]), the language-model head tied to the token
-//! embedding (`GPT2LMHeadModel`), or a classifier on the last non-padding token
-//! (`GPT2ForSequenceClassification`).
+//! are `Conv1D` (weights stored [in, out]), the language-model head (`GPT2LMHeadModel`:
+//! the token embedding when tie_word_embeddings, as by default, else its own `lm_head`),
+//! or a classifier on the last non-padding token (`GPT2ForSequenceClassification`).
 
 use tch::{nn, Tensor};
 
@@ -29,6 +29,8 @@ pub struct Gpt2 {
     wpe: Embedding,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
+    /// The language model's own head (tie_word_embeddings false); tied: `wte`.
+    lm_head: Option<Linear>,
     score: Option<Linear>,
     width: i64,
     head_dim: i64,
@@ -72,10 +74,13 @@ impl Gpt2 {
                 }
             })
             .collect();
-        let (score, pad) = match head {
-            Head::CausalLm => (None, None),
+        let (lm_head, score, pad) = match head {
+            Head::CausalLm if config.tie_word_embeddings => (None, None, None),
+            Head::CausalLm => {
+                (Some(Linear::new(src, &(root / "lm_head"), width, common.vocab_size, false, Need::Head)), None, None)
+            }
             Head::SequenceClassification { num_labels, pad } => {
-                (Some(Linear::new(src, &(root / "score"), width, *num_labels, false, Need::Head)), *pad)
+                (None, Some(Linear::new(src, &(root / "score"), width, *num_labels, false, Need::Head)), *pad)
             }
         };
         Self {
@@ -83,6 +88,7 @@ impl Gpt2 {
             wpe: Embedding::new(src, &(&base / "wpe"), config.n_positions, width, None),
             blocks,
             ln_f: LayerNorm::new(src, &(&base / "ln_f"), width, eps, Need::Required),
+            lm_head,
             score,
             width,
             head_dim,
@@ -109,17 +115,27 @@ impl Gpt2 {
         &mut self.wte
     }
 
-    /// The language model's last hidden states and its head weight (the token embedding),
-    /// for the loss without logits; `None` for a classifier.
+    /// The language model's last hidden states and its head weight (the token embedding
+    /// when tied), for the loss without logits; `None` for a classifier, or a head with an
+    /// adapter.
     pub fn hidden_and_head(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<(Tensor, &Tensor)> {
-        self.score.is_none().then(|| (self.hidden(ids, mask, train), &self.wte.weight))
+        if self.score.is_some() {
+            return None;
+        }
+        let weight = match &self.lm_head {
+            Some(head) if head.lora.is_some() => return None,
+            Some(head) => &head.weight,
+            None => &self.wte.weight,
+        };
+        Some((self.hidden(ids, mask, train), weight))
     }
 
     pub fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let hidden = self.hidden(ids, mask, train);
-        match &self.score {
-            None => hidden.linear::<&Tensor>(&self.wte.weight, None),
-            Some(score) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad)), train),
+        match (&self.lm_head, &self.score) {
+            (_, Some(score)) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad)), train),
+            (Some(head), None) => head.forward(&hidden, train),
+            (None, None) => hidden.linear::<&Tensor>(&self.wte.weight, None),
         }
     }
 

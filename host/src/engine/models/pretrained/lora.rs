@@ -162,17 +162,22 @@ impl Injector {
     /// Every named target must have matched a linear layer.
     pub fn check(&self) -> Result<(), String> {
         let injected = self.injected.borrow();
+        let linear = self.linear.borrow();
+        // A target inside a module trained in full (PEFT lists a classifier's layers in
+        // target_modules and trains the classifier through modules_to_save) is matched.
+        let trained_in_full = |t: &str| linear.iter().any(|m| self.trains(m) && named_target(m, t));
         let unmatched: Vec<&str> = match &self.targets {
-            Targets::Named(names) => {
-                names.iter().filter(|t| !injected.iter().any(|m| named_target(m, t))).map(String::as_str).collect()
-            }
+            Targets::Named(names) => names
+                .iter()
+                .filter(|t| !injected.iter().any(|m| named_target(m, t)) && !trained_in_full(t))
+                .map(String::as_str)
+                .collect(),
             Targets::AllLinear => Vec::new(),
         };
         if unmatched.is_empty() && !injected.is_empty() {
             return Ok(());
         }
         let mut short: Vec<&str> = Vec::new();
-        let linear = self.linear.borrow();
         for module in linear.iter() {
             short.push(module.rsplit('.').next().unwrap_or(module));
         }
