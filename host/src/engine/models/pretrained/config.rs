@@ -1,24 +1,10 @@
 //! A Hugging Face model folder's config.json, read into the settings the host's ports of
-//! those architectures take. Defaults are transformers' own; a feature this host does not
+//! those architectures take (the registry in `arch` picks the shape by model_type). Defaults are transformers' own; a feature this host does not
 //! implement (another RoPE scaling, an active sliding window, an activation it lacks) is
 //! refused by its key, never run wrong.
 
 use serde::Deserialize;
 use serde_json::Value;
-
-/// The architectures this host implements, by config.json `model_type`.
-pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "gpt2", "bert", "roberta"];
-
-/// A model family and its settings.
-#[derive(Debug, Clone)]
-pub enum Family {
-    /// llama, mistral and qwen2: pre-norm decoders with RMSNorm, RoPE, grouped-query
-    /// attention and a gated MLP.
-    Decoder(DecoderConfig),
-    Gpt2(Gpt2Config),
-    /// bert and roberta: post-norm encoders with absolute positions and token types.
-    Encoder(EncoderConfig),
-}
 
 /// What config.json holds for every family: its type, vocabulary, pad token and labels.
 #[derive(Debug, Clone, Deserialize)]
@@ -188,9 +174,10 @@ impl DecoderConfig {
         Ok(Rope { theta, scaling })
     }
 
-    /// Refuses what the port does not implement, naming the key. `max_seq_length` is the
-    /// longest sequence the run trains on: a sliding window no longer than it would act.
-    pub fn check(&self, model_type: &str, max_seq_length: i64) -> Result<(), String> {
+    /// Refuses what the port does not implement, naming the key. `window` is the sliding
+    /// attention window the architecture uses (its own rule), `max_seq_length` the longest
+    /// sequence the run trains on: a window shorter than that would act.
+    pub fn check(&self, window: Option<i64>, max_seq_length: i64) -> Result<(), String> {
         self.rope()?;
         if !matches!(self.hidden_act.as_str(), "silu" | "gelu" | "gelu_pytorch_tanh" | "relu") {
             return Err(format!(
@@ -208,12 +195,6 @@ impl DecoderConfig {
         if self.pretraining_tp.is_some_and(|tp| tp > 1) {
             return Err(format!("pretraining_tp {} is not supported (1 is)", self.pretraining_tp.unwrap_or(1)));
         }
-        // Mistral uses its window unless null; Qwen2 only with use_sliding_window.
-        let window = match model_type {
-            "qwen2" => self.sliding_window.filter(|_| self.use_sliding_window == Some(true)),
-            "mistral" => self.sliding_window,
-            _ => None,
-        };
         if let Some(window) = window.filter(|w| *w < max_seq_length) {
             return Err(format!(
                 "sliding_window {window} is shorter than max_seq_length {max_seq_length}: sliding-window attention is not supported; use max_seq_length <= {window}"
@@ -364,25 +345,6 @@ impl EncoderConfig {
     }
 }
 
-/// Reads config.json: the common keys and the family's. An unknown model_type lists the
-/// supported ones.
-pub fn parse(text: &str) -> Result<(Common, Family), String> {
-    let common: Common = serde_json::from_str(text).map_err(|e| format!("config.json: {e}"))?;
-    let family = |e: serde_json::Error| format!("config.json: {e}");
-    let family = match common.model_type.as_str() {
-        "llama" | "mistral" | "qwen2" => Family::Decoder(serde_json::from_str(text).map_err(family)?),
-        "gpt2" => Family::Gpt2(serde_json::from_str(text).map_err(family)?),
-        "bert" | "roberta" => Family::Encoder(serde_json::from_str(text).map_err(family)?),
-        other => {
-            return Err(format!(
-                "config.json: model_type '{other}' is not supported; this host implements {}",
-                SUPPORTED.join(", ")
-            ))
-        }
-    };
-    Ok((common, family))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,12 +375,9 @@ mod tests {
 
     #[test]
     fn features_not_implemented_are_named() {
-        let window = decoder(r#", "sliding_window": 16"#).check("mistral", 128).unwrap_err();
+        let window = decoder("").check(Some(16), 128).unwrap_err();
         assert!(window.starts_with("sliding_window 16 is shorter than max_seq_length 128"), "{window}");
-        assert!(decoder(r#", "sliding_window": 4096"#).check("mistral", 128).is_ok());
-        assert!(decoder(r#", "sliding_window": 16, "use_sliding_window": false"#).check("qwen2", 128).is_ok());
-        assert!(decoder(r#", "hidden_act": "swish2""#).check("llama", 8).unwrap_err().contains("hidden_act 'swish2'"));
-        let unknown = parse(r#"{"model_type": "t5", "vocab_size": 10}"#).unwrap_err();
-        assert_eq!(unknown, "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, gpt2, bert, roberta");
+        assert!(decoder("").check(Some(4096), 128).is_ok());
+        assert!(decoder(r#", "hidden_act": "swish2""#).check(None, 8).unwrap_err().contains("hidden_act 'swish2'"));
     }
 }

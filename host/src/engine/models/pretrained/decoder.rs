@@ -7,12 +7,22 @@ use std::f64::consts::PI;
 
 use tch::{nn, Device, Kind, Tensor};
 
+use super::arch::{HiddenAndHead, Network};
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, DecoderConfig, Rope, RopeScaling};
 use super::layers::{activate, attend, last_token, merge_heads, pick_rows, split_heads, Mask};
 use super::layers::{Embedding, Linear, RmsNorm};
 use super::params::{Need, ParamSource};
 use super::Head;
+
+/// Which attention projections carry biases (the architecture's rule).
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionBiases {
+    /// q, k and v.
+    pub qkv: bool,
+    /// o.
+    pub output: bool,
+}
 
 #[derive(Debug)]
 struct Attention {
@@ -61,18 +71,16 @@ impl Decoder {
     pub fn new(
         src: &ParamSource,
         root: &nn::Path,
-        model_type: &str,
         common: &Common,
         config: &DecoderConfig,
+        biases: AttentionBiases,
         head: &Head,
         checkpointing: bool,
     ) -> Result<Self, String> {
         let base = root / "model";
         let (hidden, heads, kv_heads, head_dim) =
             (config.hidden_size, config.num_attention_heads, config.kv_heads(), config.head_dim());
-        // Qwen2 has biases on q, k and v always; Llama where attention_bias says, on o too.
-        let qkv_bias = model_type == "qwen2" || config.attention_bias;
-        let o_bias = model_type != "qwen2" && config.attention_bias;
+        let (qkv_bias, o_bias) = (biases.qkv, biases.output);
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let path = &base / "layers" / i;
@@ -141,21 +149,20 @@ impl Decoder {
         let context = Context { mask: Mask::new(mask, true), rotary, train };
         self.norm.forward(&self.recompute.run(self, x, context))
     }
+}
 
-    /// The input embedding (where NEFTune adds its noise).
-    pub fn input_embeddings(&mut self) -> &mut Embedding {
+impl Network for Decoder {
+    fn input_embeddings(&mut self) -> &mut Embedding {
         &mut self.embed_tokens
     }
 
-    /// A language model's last hidden states and its head, for the loss without logits
-    /// (`None` for a classifier, or a head with an adapter).
-    pub fn hidden_and_head(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<(Tensor, &Linear)> {
+    fn hidden_and_head(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HiddenAndHead<'_>> {
         let head = self.lm_head.as_ref().filter(|head| head.lora.is_none())?;
-        Some((self.hidden(ids, mask, train), head))
+        let hidden = self.hidden(ids, mask, train);
+        Some(HiddenAndHead { hidden, weight: &head.weight, bias: head.bias.as_ref() })
     }
 
-    /// The head's logits: [B, T, vocab] for a language model, [B, labels] for a classifier.
-    pub fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+    fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, _: Option<&Tensor>, train: bool) -> Tensor {
         let hidden = self.hidden(ids, mask, train);
         match (&self.lm_head, &self.score) {
             (Some(head), _) => head.forward(&hidden, train),
@@ -164,8 +171,7 @@ impl Decoder {
         }
     }
 
-    /// With gradient checkpointing: the backward pass through the blocks.
-    pub fn backward_blocks(&self) -> anyhow::Result<()> {
+    fn backward_blocks(&self) -> anyhow::Result<()> {
         self.recompute.backward(self)
     }
 }

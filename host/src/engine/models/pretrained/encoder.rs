@@ -6,6 +6,7 @@
 
 use tch::{nn, Kind, Tensor};
 
+use super::arch::{HiddenAndHead, Network};
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, EncoderConfig};
 use super::layers::{activate, attend, merge_heads, split_heads, Mask};
@@ -144,13 +145,19 @@ impl Encoder {
             }
         }
     }
+}
 
-    /// The input embedding (where NEFTune adds its noise).
-    pub fn input_embeddings(&mut self) -> &mut Embedding {
+impl Network for Encoder {
+    fn input_embeddings(&mut self) -> &mut Embedding {
         &mut self.word_embeddings
     }
 
-    pub fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, token_types: Option<&Tensor>, train: bool) -> Tensor {
+    /// A classifier: no language-model head.
+    fn hidden_and_head(&self, _: &Tensor, _: Option<&Tensor>, _: bool) -> Option<HiddenAndHead<'_>> {
+        None
+    }
+
+    fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, token_types: Option<&Tensor>, train: bool) -> Tensor {
         let types = match token_types {
             Some(types) => types.shallow_clone(),
             None => ids.zeros_like(),
@@ -174,8 +181,7 @@ impl Encoder {
         }
     }
 
-    /// With gradient checkpointing: the backward pass through the blocks.
-    pub fn backward_blocks(&self) -> anyhow::Result<()> {
+    fn backward_blocks(&self) -> anyhow::Result<()> {
         self.recompute.backward(self)
     }
 }

@@ -24,24 +24,6 @@ pub struct Export {
     adapter: Option<AdapterConfig>,
 }
 
-/// The transformers class of a model type with a head.
-pub fn class_name(model_type: &str, head: &Head) -> String {
-    let stem = match model_type {
-        "llama" => "Llama",
-        "mistral" => "Mistral",
-        "qwen2" => "Qwen2",
-        "gpt2" => "GPT2",
-        "bert" => "Bert",
-        "roberta" => "Roberta",
-        other => other,
-    };
-    match head {
-        Head::CausalLm if model_type == "gpt2" => "GPT2LMHeadModel".to_owned(),
-        Head::CausalLm => format!("{stem}ForCausalLM"),
-        Head::SequenceClassification { .. } => format!("{stem}ForSequenceClassification"),
-    }
-}
-
 /// The name transformers gives a dtype in config.json.
 pub fn dtype_name(kind: Kind) -> &'static str {
     match kind {
@@ -58,7 +40,7 @@ impl Export {
     pub fn new(folder: &Folder, head: &Head, kind: Kind, labels: Option<&[String]>) -> Self {
         let mut config = folder.raw_config.clone();
         if let Some(map) = config.as_object_mut() {
-            map.insert("architectures".into(), serde_json::json!([class_name(folder.model_type(), head)]));
+            map.insert("architectures".into(), serde_json::json!([folder.arch.class_name(head)]));
             map.remove("torch_dtype");
             map.insert("dtype".into(), dtype_name(kind).into());
             if let Head::SequenceClassification { num_labels, pad } = head {

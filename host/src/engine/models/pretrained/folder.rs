@@ -3,10 +3,12 @@
 //! download it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::config::{self, Common, Family};
+use super::arch::{self, Architecture};
+use super::config::Common;
 use crate::engine::data::TokenRef;
 use crate::error::InputError;
 
@@ -36,7 +38,8 @@ pub struct Folder {
     /// config.json as it is, which a saved folder's config.json starts from.
     pub raw_config: Value,
     pub common: Common,
-    pub family: Family,
+    /// The architecture config.json names, its settings read.
+    pub arch: Arc<dyn Architecture>,
     /// tokenizer_config.json, if the folder has one.
     tokenizer_config: Option<Value>,
 }
@@ -67,12 +70,12 @@ impl Folder {
         }
         let text = std::fs::read_to_string(&config_path)
             .map_err(|e| InputError::new(format!("cannot read {}: {e}", config_path.display())))?;
-        let (common, family) = config::parse(&text).map_err(|e| InputError::new(format!("{ARGUMENT} {spec}: {e}")))?;
+        let (common, arch) = arch::parse(&text).map_err(|e| InputError::new(format!("{ARGUMENT} {spec}: {e}")))?;
         let raw_config = serde_json::from_str(&text).unwrap_or(Value::Null);
         let tokenizer_config = std::fs::read_to_string(dir.join("tokenizer_config.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        Ok(Self { dir: dir.to_path_buf(), raw_config, common, family, tokenizer_config })
+        Ok(Self { dir: dir.to_path_buf(), raw_config, common, arch: Arc::from(arch), tokenizer_config })
     }
 
     /// The folder's tokenizer.json (which text data is read with unless tokenizer_file

@@ -5,6 +5,7 @@
 
 use tch::{nn, Tensor};
 
+use super::arch::{HiddenAndHead, Network};
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, Gpt2Config};
 use super::layers::{activate, attend, last_token, merge_heads, pick_rows, split_heads, Mask};
@@ -109,16 +110,15 @@ impl Gpt2 {
         let context = Context { mask: Mask::new(mask, true), rotary: None, train };
         self.ln_f.forward(&self.recompute.run(self, x, context))
     }
+}
 
-    /// The input embedding (where NEFTune adds its noise).
-    pub fn input_embeddings(&mut self) -> &mut Embedding {
+impl Network for Gpt2 {
+    fn input_embeddings(&mut self) -> &mut Embedding {
         &mut self.wte
     }
 
-    /// The language model's last hidden states and its head weight (the token embedding
-    /// when tied), for the loss without logits; `None` for a classifier, or a head with an
-    /// adapter.
-    pub fn hidden_and_head(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<(Tensor, &Tensor)> {
+    /// The head weight is the token embedding when tied.
+    fn hidden_and_head(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HiddenAndHead<'_>> {
         if self.score.is_some() {
             return None;
         }
@@ -127,10 +127,10 @@ impl Gpt2 {
             Some(head) => &head.weight,
             None => &self.wte.weight,
         };
-        Some((self.hidden(ids, mask, train), weight))
+        Some(HiddenAndHead { hidden: self.hidden(ids, mask, train), weight, bias: None })
     }
 
-    pub fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+    fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, _: Option<&Tensor>, train: bool) -> Tensor {
         let hidden = self.hidden(ids, mask, train);
         match (&self.lm_head, &self.score) {
             (_, Some(score)) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad)), train),
@@ -139,8 +139,7 @@ impl Gpt2 {
         }
     }
 
-    /// With gradient checkpointing: the backward pass through the blocks.
-    pub fn backward_blocks(&self) -> anyhow::Result<()> {
+    fn backward_blocks(&self) -> anyhow::Result<()> {
         self.recompute.backward(self)
     }
 }

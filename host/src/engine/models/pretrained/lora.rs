@@ -39,19 +39,9 @@ impl Targets {
         }
     }
 
-    /// PEFT's default for the architecture.
-    fn default_for(model_type: &str) -> Self {
-        Targets::Named(default_targets(model_type).iter().map(|s| (*s).to_owned()).collect())
-    }
-}
-
-/// PEFT's default target modules per architecture (its
-/// TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
-fn default_targets(model_type: &str) -> &'static [&'static str] {
-    match model_type {
-        "gpt2" => &["c_attn"],
-        "bert" | "roberta" => &["query", "value"],
-        _ => &["q_proj", "v_proj"],
+    /// PEFT's default for the architecture (its `lora_targets`).
+    fn defaults(targets: &[&str]) -> Self {
+        Targets::Named(targets.iter().map(|s| (*s).to_owned()).collect())
     }
 }
 
@@ -109,8 +99,9 @@ pub struct Injector {
 }
 
 impl Injector {
-    pub fn new(spec: LoraSpec, model_type: &str, classifier: bool) -> Self {
-        let targets = spec.targets.clone().unwrap_or_else(|| Targets::default_for(model_type));
+    /// `default_targets`: PEFT's for the architecture, used when the spec names none.
+    pub fn new(spec: LoraSpec, default_targets: &[&str], classifier: bool) -> Self {
+        let targets = spec.targets.clone().unwrap_or_else(|| Targets::defaults(default_targets));
         let mut modules_to_save = spec.modules_to_save.clone();
         if classifier {
             for head in CLASSIFIER_HEADS {

@@ -7,6 +7,7 @@
 //! modelling. Parameter names are transformers' own, so weights, checkpoints, callbacks
 //! and weight-decay rules see what PyTorch users see.
 
+pub mod arch;
 mod checkpointing;
 pub mod config;
 mod decoder;
@@ -29,7 +30,7 @@ use super::{Model, Outputs, Sizes, Task};
 use crate::engine::data::{Batch, Dataset};
 use crate::engine::weights::WeightFiles;
 use crate::error::InputError;
-use config::Family;
+use arch::{Network, Positions};
 pub use export::Export;
 use folder::{Folder, ARGUMENT};
 use lora::{AdapterConfig, AdapterFolder, Injector, LoraSpec};
@@ -127,14 +128,7 @@ pub fn plan(
     let shown = dir.display();
     let refuse = |problem: String| InputError::new(format!("{ARGUMENT} {shown}: {problem}"));
     let common = &folder.common;
-    match &folder.family {
-        Family::Decoder(config) => config.check(folder.model_type(), sizes.max_seq_length).map_err(refuse)?,
-        Family::Gpt2(config) => config.check(sizes.max_seq_length).map_err(refuse)?,
-        Family::Encoder(config) => {
-            let roberta = folder.model_type() == "roberta";
-            config.check(roberta, common.pad_token_id.unwrap_or(1), sizes.max_seq_length).map_err(refuse)?
-        }
-    }
+    folder.arch.check(common, sizes.max_seq_length).map_err(refuse)?;
     check_tokens(&folder, train, eval)?;
     let weights = WeightFiles::open_folder(&dir, ARGUMENT)?;
     let adapter_head = adapter.as_ref().map(adapter_head_rows).transpose()?.flatten();
@@ -156,16 +150,15 @@ fn adapter_head_rows(adapter: &AdapterFolder) -> Result<Option<i64>, InputError>
 /// A causal language model to generate with (no data to decide the head).
 pub fn plan_generation(dir: &Path, dtype: Option<Kind>) -> Result<Plan, InputError> {
     let folder = Folder::open(&dir.display().to_string())?;
-    if matches!(folder.family, Family::Encoder(_)) {
+    if !folder.arch.causal_lm() {
         return Err(InputError::new(format!(
-            "{} is a {} encoder: generation needs a causal language model (llama, mistral, qwen2, gpt2)",
+            "{} is a {} encoder: generation needs a causal language model ({})",
             dir.display(),
-            folder.model_type()
+            folder.model_type(),
+            arch::causal_language_models().join(", ")
         )));
     }
-    if let Family::Decoder(config) = &folder.family {
-        config.check(folder.model_type(), 0).map_err(|e| InputError::new(format!("{}: {e}", dir.display())))?;
-    }
+    folder.arch.check(&folder.common, 0).map_err(|e| InputError::new(format!("{}: {e}", dir.display())))?;
     let weights = WeightFiles::open_folder(dir, ARGUMENT)?;
     let kind = dtype.unwrap_or_else(|| saved_kind(&folder.common));
     let (training, adapter_config) = (Training::default(), RefCell::new(None));
@@ -211,10 +204,11 @@ fn choose_head(
     let shown = folder.dir.display();
     let labels = train.labels();
     if labels.dim() >= 2 {
-        if matches!(folder.family, Family::Encoder(_)) {
+        if !folder.arch.causal_lm() {
             return Err(InputError::new(format!(
-                "{ARGUMENT} {shown} is a {} encoder, which this host fine-tunes for sequence classification: give one label per text (label_column); causal language modelling needs a decoder (llama, mistral, qwen2, gpt2)",
-                folder.model_type()
+                "{ARGUMENT} {shown} is a {} encoder, which this host fine-tunes for sequence classification: give one label per text (label_column); causal language modelling needs a decoder ({})",
+                folder.model_type(),
+                arch::causal_language_models().join(", ")
             )));
         }
         return Ok(Head::CausalLm);
@@ -223,9 +217,9 @@ fn choose_head(
     // id2label does for a folder saved with one.
     // An adapter's trained head replaces the base model's.
     let head_rows = adapter_head.or_else(|| {
-        classifier_weight(folder.model_type())
-            .and_then(|name| weights.shape(name).or_else(|| weights.shape(name.split_once('.').map_or(name, |s| s.1))))
-            .and_then(|shape| shape.first().copied())
+        let name = folder.arch.classifier_weight();
+        let shape = weights.shape(name).or_else(|| weights.shape(name.split_once('.').map_or(name, |s| s.1)));
+        shape.and_then(|shape| shape.first().copied())
     });
     let saved_labels = head_rows.or_else(|| {
         let architectures = folder.common.architectures.iter().flatten();
@@ -248,16 +242,6 @@ fn choose_head(
         super::classes(&sizes, train, eval)?
     };
     Ok(Head::SequenceClassification { num_labels, pad: train.pad_token.or(folder.common.pad_token_id) })
-}
-
-/// The classifier weight whose rows are the labels, as the head model names it.
-fn classifier_weight(model_type: &str) -> Option<&'static str> {
-    match model_type {
-        "llama" | "mistral" | "qwen2" | "gpt2" => Some("score.weight"),
-        "bert" => Some("classifier.weight"),
-        "roberta" => Some("classifier.out_proj.weight"),
-        _ => None,
-    }
 }
 
 impl Plan {
@@ -299,53 +283,25 @@ impl Plan {
     /// reads the checkpoint into it, warning as transformers does about weights newly
     /// initialized or not used.
     pub fn build(&self, root: &nn::Path) -> Result<Box<dyn Model>> {
-        let folder = &self.folder;
-        let prefix = match &folder.family {
-            Family::Decoder(_) => "model",
-            Family::Gpt2(_) => "transformer",
-            Family::Encoder(_) => folder.model_type(),
-        };
+        let (folder, arch) = (&self.folder, &self.folder.arch);
         let started = std::time::Instant::now();
         let classifier = self.task() == Task::Classification;
-        let injector = self.training.lora.clone().map(|spec| Injector::new(spec, folder.model_type(), classifier));
-        let source =
-            params::ParamSource::new(&self.weights, prefix, folder.common.initializer_range).with_lora(injector);
+        let injector = self.training.lora.clone().map(|spec| Injector::new(spec, arch.lora_targets(), classifier));
+        let source = params::ParamSource::new(&self.weights, arch.weight_prefix(), folder.common.initializer_range)
+            .with_lora(injector);
         let shown = folder.dir.display().to_string();
         let checkpointing = self.training.gradient_checkpointing;
-        let net = match &folder.family {
-            Family::Decoder(config) => Net::Decoder(
-                decoder::Decoder::new(
-                    &source,
-                    root,
-                    folder.model_type(),
-                    &folder.common,
-                    config,
-                    &self.head,
-                    checkpointing,
-                )
-                .map_err(|e| InputError::new(format!("{ARGUMENT} {shown}: {e}")))?,
-            ),
-            Family::Gpt2(config) => {
-                Net::Gpt2(gpt2::Gpt2::new(&source, root, &folder.common, config, &self.head, checkpointing))
-            }
-            Family::Encoder(config) => {
-                let Head::SequenceClassification { num_labels, .. } = self.head else {
-                    unreachable!("encoders get a classifier (choose_head)")
-                };
-                let roberta = folder.model_type() == "roberta";
-                let common = &folder.common;
-                Net::Encoder(encoder::Encoder::new(&source, root, roberta, common, config, num_labels, checkpointing))
-            }
-        };
+        let net = arch
+            .build(&source, root, &folder.common, &self.head, checkpointing)
+            .map_err(|e| InputError::new(format!("{ARGUMENT} {shown}: {e}")))?;
         let mut report = source.finish(&format!("{ARGUMENT} {shown}"))?;
         if let Some(injector) = report.lora.take() {
             let task_type = if classifier { "SEQ_CLS" } else { "CAUSAL_LM" };
             let base = std::fs::canonicalize(&folder.dir).unwrap_or_else(|_| folder.dir.clone());
-            let fan_in_fan_out = matches!(folder.family, Family::Gpt2(_));
-            let config = AdapterConfig::new(&injector, &base.display().to_string(), task_type, fan_in_fan_out);
+            let config = AdapterConfig::new(&injector, &base.display().to_string(), task_type, arch.fan_in_fan_out());
             *self.adapter_config.borrow_mut() = Some(config);
         }
-        let class = export::class_name(folder.model_type(), &self.head);
+        let class = arch.class_name(&self.head);
         tracing::info!(
             "loaded {shown} as {class}: {} parameters in {} in {:.2} s",
             self.parameter_count(),
@@ -367,17 +323,12 @@ impl Plan {
         if folder.padding_side() == "left" {
             tracing::info!("{shown}: the tokenizer pads on the left; this host pads training batches on the right, as transformers does for training");
         }
-        let max_length = match &folder.family {
-            Family::Decoder(config) => config.max_position_embeddings,
-            Family::Gpt2(config) => config.n_positions,
-            Family::Encoder(config) if folder.model_type() == "roberta" => {
-                config.max_position_embeddings - folder.common.pad_token_id.unwrap_or(1) - 1
-            }
-            Family::Encoder(config) => config.max_position_embeddings,
-        };
-        // Learned position tables end; rotary positions go on, but not past what the model saw.
-        let learned = !matches!(folder.family, Family::Decoder(_));
-        Ok(Box::new(Pretrained { net, task: self.task(), max_length, learned }))
+        Ok(Box::new(Pretrained {
+            net,
+            task: self.task(),
+            positions: arch.positions(&folder.common),
+            layer_norm_modules: arch.layer_norm_modules(),
+        }))
     }
 
     /// The folder's tokenizer.json, if it has one.
@@ -398,32 +349,14 @@ impl Plan {
     }
 }
 
-#[derive(Debug)]
-enum Net {
-    Decoder(decoder::Decoder),
-    Gpt2(gpt2::Gpt2),
-    Encoder(encoder::Encoder),
-}
-
 /// A pretrained model with its head.
 #[derive(Debug)]
 struct Pretrained {
-    net: Net,
+    net: Box<dyn Network>,
     task: Task,
-    /// The model's positions (max_position_embeddings, n_positions).
-    max_length: i64,
-    /// Whether the positions are a learned table, which longer input would index past.
-    learned: bool,
-}
-
-impl Pretrained {
-    fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, token_types: Option<&Tensor>, train: bool) -> Tensor {
-        match &self.net {
-            Net::Decoder(net) => net.logits(ids, mask, train),
-            Net::Gpt2(net) => net.logits(ids, mask, train),
-            Net::Encoder(net) => net.logits(ids, mask, token_types, train),
-        }
-    }
+    positions: Positions,
+    /// Modules that weight decay leaves out by type beyond the default name rule.
+    layer_norm_modules: &'static [&'static str],
 }
 
 impl Pretrained {
@@ -431,31 +364,26 @@ impl Pretrained {
     fn token_ids<'a>(&self, batch: &'a Batch) -> Result<&'a Tensor> {
         let ids = batch.require("input_ids", "pretrained")?;
         let length = *ids.size().last().unwrap_or(&0);
-        if self.learned && length > self.max_length {
-            return Err(InputError::new(format!(
-                "sequences of {length} tokens are longer than the model's {} positions: lower max_seq_length, or truncate the token ids",
-                self.max_length
+        // Learned position tables end; rotary positions go on.
+        match self.positions {
+            Positions::Learned(positions) if length > positions => Err(InputError::new(format!(
+                "sequences of {length} tokens are longer than the model's {positions} positions: lower max_seq_length, or truncate the token ids"
             ))
-            .into());
+            .into()),
+            _ => Ok(ids),
         }
-        Ok(ids)
     }
 }
 
 impl Model for Pretrained {
     fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs> {
         let ids = self.token_ids(batch)?;
-        let logits = self.logits(ids, batch.get("attention_mask"), batch.get("token_type_ids"), train);
+        let logits = self.net.logits(ids, batch.get("attention_mask"), batch.get("token_type_ids"), train);
         Ok(Outputs::logits(logits))
     }
 
     fn enable_neftune(&mut self, alpha: f64) -> bool {
-        let embedding = match &mut self.net {
-            Net::Decoder(net) => net.input_embeddings(),
-            Net::Gpt2(net) => net.input_embeddings(),
-            Net::Encoder(net) => net.input_embeddings(),
-        };
-        embedding.neftune = Some(alpha);
+        self.net.input_embeddings().neftune = Some(alpha);
         true
     }
 
@@ -475,14 +403,8 @@ impl Model for Pretrained {
             Ok(ids) => ids,
             Err(e) => return Some(Err(e)),
         };
-        let mask = batch.get("attention_mask");
-        let (hidden, weight, bias) = match &self.net {
-            Net::Decoder(net) => {
-                net.hidden_and_head(ids, mask, true).map(|(h, head)| (h, &head.weight, head.bias.as_ref()))?
-            }
-            Net::Gpt2(net) => net.hidden_and_head(ids, mask, true).map(|(h, weight)| (h, weight, None))?,
-            Net::Encoder(_) => return None,
-        };
+        let arch::HiddenAndHead { hidden, weight, bias } =
+            self.net.hidden_and_head(ids, batch.get("attention_mask"), true)?;
         Some(Ok(lm_loss::chunked_cross_entropy(&hidden, weight, bias, batch.labels(), num_items, smoothing)))
     }
 
@@ -494,8 +416,9 @@ impl Model for Pretrained {
         Some(tch::no_grad(|| {
             for _ in 0..new_tokens {
                 let t = ids.size()[0];
-                let window = ids.narrow(0, (t - self.max_length).max(0), t.min(self.max_length));
-                let logits = self.logits(&window.unsqueeze(0), None, None, false);
+                let longest = self.positions.max_length();
+                let window = ids.narrow(0, (t - longest).max(0), t.min(longest));
+                let logits = self.net.logits(&window.unsqueeze(0), None, None, false);
                 let next = logits.get(0).get(-1).argmax(-1, false);
                 let token = next.int64_value(&[]);
                 ids = Tensor::cat(&[ids, next.view([1]).to_kind(prompt.kind())], 0);
@@ -508,17 +431,12 @@ impl Model for Pretrained {
     }
 
     fn backward_blocks(&self) -> Result<()> {
-        match &self.net {
-            Net::Decoder(net) => net.backward_blocks(),
-            Net::Gpt2(net) => net.backward_blocks(),
-            Net::Encoder(net) => net.backward_blocks(),
-        }
+        self.net.backward_blocks()
     }
 
     fn decays(&self, name: &str) -> bool {
-        // HF excludes nn.LayerNorm modules by type; GPT-2's are named ln_1, ln_2, ln_f.
-        let layer_norm =
-            matches!(self.net, Net::Gpt2(_)) && name.split('.').any(|part| matches!(part, "ln_1" | "ln_2" | "ln_f"));
+        // HF excludes nn.LayerNorm modules by type, whatever their names (GPT-2's ln_*).
+        let layer_norm = name.split('.').any(|part| self.layer_norm_modules.contains(&part));
         crate::engine::optim::decays(name) && !layer_norm
     }
 }

@@ -1,0 +1,71 @@
+//! GPT-2: learned positions, `Conv1D` projections (PEFT stores their adapters
+//! fan_in_fan_out), LayerNorms named `ln_*`; `GPT2LMHeadModel` or a last-token classifier.
+
+use tch::nn;
+
+use super::{Architecture, Network, Positions, Registration};
+use crate::engine::models::pretrained::config::{Common, Gpt2Config};
+use crate::engine::models::pretrained::gpt2::Gpt2;
+use crate::engine::models::pretrained::params::ParamSource;
+use crate::engine::models::pretrained::Head;
+
+pub const REGISTRATION: Registration = Registration {
+    model_type: "gpt2",
+    causal_lm: true,
+    parse: |text| Ok(Box::new(Gpt2Arch(serde_json::from_str(text)?))),
+};
+
+#[derive(Debug)]
+struct Gpt2Arch(Gpt2Config);
+
+impl Architecture for Gpt2Arch {
+    fn model_type(&self) -> &'static str {
+        "gpt2"
+    }
+
+    fn class_name(&self, head: &Head) -> String {
+        match head {
+            Head::CausalLm => "GPT2LMHeadModel".to_owned(),
+            Head::SequenceClassification { .. } => "GPT2ForSequenceClassification".to_owned(),
+        }
+    }
+
+    fn weight_prefix(&self) -> &'static str {
+        "transformer"
+    }
+
+    fn classifier_weight(&self) -> &'static str {
+        "score.weight"
+    }
+
+    fn lora_targets(&self) -> &'static [&'static str] {
+        &["c_attn"]
+    }
+
+    fn fan_in_fan_out(&self) -> bool {
+        true
+    }
+
+    fn positions(&self, _: &Common) -> Positions {
+        Positions::Learned(self.0.n_positions)
+    }
+
+    fn layer_norm_modules(&self) -> &'static [&'static str] {
+        &["ln_1", "ln_2", "ln_f"]
+    }
+
+    fn check(&self, _: &Common, max_seq_length: i64) -> Result<(), String> {
+        self.0.check(max_seq_length)
+    }
+
+    fn build(
+        &self,
+        src: &ParamSource,
+        root: &nn::Path,
+        common: &Common,
+        head: &Head,
+        checkpointing: bool,
+    ) -> Result<Box<dyn Network>, String> {
+        Ok(Box::new(Gpt2::new(src, root, common, &self.0, head, checkpointing)))
+    }
+}

@@ -1,0 +1,16 @@
+//! Llama (1 to 3.x): RMSNorm, RoPE (default, linear or llama3 scaling), grouped-query
+//! attention, a gated MLP; biases where attention_bias says; no attention window.
+
+use super::decoders::{self, DecoderKind};
+use super::Registration;
+use crate::engine::models::pretrained::decoder::AttentionBiases;
+
+pub const REGISTRATION: Registration =
+    Registration { model_type: "llama", causal_lm: true, parse: |text| decoders::parse(text, &LLAMA) };
+
+static LLAMA: DecoderKind = DecoderKind {
+    model_type: "llama",
+    class_stem: "Llama",
+    biases: |config| AttentionBiases { qkv: config.attention_bias, output: config.attention_bias },
+    window: |_| None,
+};

@@ -1,0 +1,189 @@
+//! The architecture registry: one file per architecture declares what the host knows of it
+//! (config.json's `model_type`, transformers' class names, how its config is read and
+//! checked, the base model's weight prefix, PEFT's default LoRA targets, its positions) and
+//! builds its network from the shared blocks (decoder, encoder, GPT-2). Adding an
+//! architecture is its file plus one line in [`REGISTRY`].
+
+mod bert;
+mod decoders;
+mod encoders;
+mod gpt2;
+mod llama;
+mod mistral;
+mod qwen2;
+mod roberta;
+
+use tch::{nn, Tensor};
+
+use super::config::Common;
+use super::layers::Embedding;
+use super::params::ParamSource;
+use super::Head;
+
+/// Every architecture the host implements, in the order errors list them.
+const REGISTRY: &[Registration] = &[
+    llama::REGISTRATION,
+    mistral::REGISTRATION,
+    qwen2::REGISTRATION,
+    gpt2::REGISTRATION,
+    bert::REGISTRATION,
+    roberta::REGISTRATION,
+];
+
+/// An architecture's entry: its model_type, whether the port has a language-model head
+/// (the encoders are classifiers), and how its config.json is read.
+pub struct Registration {
+    pub model_type: &'static str,
+    pub causal_lm: bool,
+    pub parse: fn(&str) -> serde_json::Result<Box<dyn Architecture>>,
+}
+
+/// How a model knows where a token stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// A learned table of this many positions: longer input would index past it.
+    Learned(i64),
+    /// Rotary embeddings: they go on, but not past the positions the model was trained on.
+    Rotary(i64),
+}
+
+impl Positions {
+    pub fn max_length(self) -> i64 {
+        match self {
+            Positions::Learned(n) | Positions::Rotary(n) => n,
+        }
+    }
+}
+
+/// One architecture, its config.json read.
+pub trait Architecture: std::fmt::Debug + Send + Sync {
+    fn model_type(&self) -> &'static str;
+
+    /// transformers' class for the model with `head` (config.json's `architectures`).
+    fn class_name(&self, head: &Head) -> String;
+
+    /// The base model's module in weight names (`model`, `transformer`, `bert`).
+    fn weight_prefix(&self) -> &'static str;
+
+    /// The classifier weight whose rows are the labels, as the head model names it.
+    fn classifier_weight(&self) -> &'static str;
+
+    /// PEFT's default LoRA targets (its TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
+    fn lora_targets(&self) -> &'static [&'static str];
+
+    /// Whether PEFT stores this architecture's adapters fan_in_fan_out (GPT-2's Conv1D).
+    fn fan_in_fan_out(&self) -> bool {
+        false
+    }
+
+    /// Whether the port has a causal language-model head (its registration says).
+    fn causal_lm(&self) -> bool {
+        REGISTRY.iter().any(|r| r.model_type == self.model_type() && r.causal_lm)
+    }
+
+    fn positions(&self, common: &Common) -> Positions;
+
+    /// Modules HF's weight decay leaves out by type that the default name rule misses
+    /// (GPT-2's LayerNorms are named ln_1, ln_2, ln_f).
+    fn layer_norm_modules(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Refuses what the port does not implement, naming the key. `max_seq_length` is the
+    /// longest sequence the run uses (0 when none is known, as for generation).
+    fn check(&self, common: &Common, max_seq_length: i64) -> Result<(), String>;
+
+    /// The network with its head, its parameters made through `src` under `root`.
+    fn build(
+        &self,
+        src: &ParamSource,
+        root: &nn::Path,
+        common: &Common,
+        head: &Head,
+        checkpointing: bool,
+    ) -> Result<Box<dyn Network>, String>;
+}
+
+/// A built network: what the trainer and the generator ask of it.
+pub trait Network: std::fmt::Debug {
+    /// The head's logits: [B, T, vocab] for a language model, [B, labels] for a classifier.
+    fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, token_types: Option<&Tensor>, train: bool) -> Tensor;
+
+    /// A language model's last hidden states and its head (weight, bias), for the loss
+    /// without logits; `None` for a classifier or a head with an adapter.
+    fn hidden_and_head(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HiddenAndHead<'_>>;
+
+    /// The input embedding (where NEFTune adds its noise).
+    fn input_embeddings(&mut self) -> &mut Embedding;
+
+    /// With gradient checkpointing: the backward pass through the blocks.
+    fn backward_blocks(&self) -> anyhow::Result<()>;
+}
+
+/// The last hidden states and the output head that turns them into logits.
+pub struct HiddenAndHead<'a> {
+    pub hidden: Tensor,
+    pub weight: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+}
+
+/// Reads config.json into its architecture. An unknown model_type lists the known ones.
+pub fn parse(text: &str) -> Result<(Common, Box<dyn Architecture>), String> {
+    let common: Common = serde_json::from_str(text).map_err(|e| format!("config.json: {e}"))?;
+    let Some(registration) = REGISTRY.iter().find(|r| r.model_type == common.model_type) else {
+        return Err(format!(
+            "config.json: model_type '{}' is not supported; this host implements {}",
+            common.model_type,
+            supported().join(", ")
+        ));
+    };
+    let arch = (registration.parse)(text).map_err(|e| format!("config.json: {e}"))?;
+    Ok((common, arch))
+}
+
+/// The model_types the host implements.
+pub fn supported() -> Vec<&'static str> {
+    REGISTRY.iter().map(|r| r.model_type).collect()
+}
+
+/// The model_types that can be causal language models.
+pub fn causal_language_models() -> Vec<&'static str> {
+    REGISTRY.iter().filter(|r| r.causal_lm).map(|r| r.model_type).collect()
+}
+
+/// transformers' class name of a model with `head`: `{stem}ForCausalLM` or
+/// `{stem}ForSequenceClassification`.
+fn head_class(stem: &str, head: &Head) -> String {
+    match head {
+        Head::CausalLm => format!("{stem}ForCausalLM"),
+        Head::SequenceClassification { .. } => format!("{stem}ForSequenceClassification"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_architecture_reads_its_own_model_type() {
+        for registration in REGISTRY {
+            let text = format!(
+                r#"{{"model_type": "{}", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}}"#,
+                registration.model_type
+            );
+            let (common, arch) = parse(&text).unwrap();
+            assert_eq!(arch.model_type(), registration.model_type);
+            assert_eq!(common.model_type, registration.model_type);
+            assert_eq!(arch.causal_lm(), registration.causal_lm, "{}", registration.model_type);
+        }
+    }
+
+    #[test]
+    fn an_unknown_model_type_lists_the_known_ones() {
+        let unknown = parse(r#"{"model_type": "t5", "vocab_size": 10}"#).unwrap_err();
+        assert_eq!(
+            unknown,
+            "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, gpt2, bert, roberta"
+        );
+    }
+}
