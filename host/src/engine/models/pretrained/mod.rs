@@ -291,9 +291,8 @@ impl Plan {
             .with_lora(injector);
         let shown = folder.dir.display().to_string();
         let checkpointing = self.training.gradient_checkpointing;
-        let net = arch
-            .build(&source, root, &folder.common, &self.head, checkpointing)
-            .map_err(|e| InputError::new(format!("{ARGUMENT} {shown}: {e}")))?;
+        let place = arch::Build { src: &source, root, common: &folder.common, head: &self.head, checkpointing };
+        let net = arch.build(&place).map_err(|e| InputError::new(format!("{ARGUMENT} {shown}: {e}")))?;
         let mut report = source.finish(&format!("{ARGUMENT} {shown}"))?;
         if let Some(injector) = report.lora.take() {
             let task_type = if classifier { "SEQ_CLS" } else { "CAUSAL_LM" };

@@ -2,12 +2,9 @@
 //! network ([`Decoder`]); each architecture's file says only what differs, as a
 //! [`DecoderKind`].
 
-use tch::nn;
-
-use super::{head_class, Architecture, Network, Positions};
+use super::{head_class, Architecture, Build, Network, Positions};
 use crate::engine::models::pretrained::config::{Common, DecoderConfig};
 use crate::engine::models::pretrained::decoder::{AttentionBiases, Decoder};
-use crate::engine::models::pretrained::params::ParamSource;
 use crate::engine::models::pretrained::Head;
 
 /// One decoder architecture's own rules.
@@ -63,15 +60,8 @@ impl Architecture for DecoderArch {
         self.config.check((self.kind.window)(&self.config), max_seq_length)
     }
 
-    fn build(
-        &self,
-        src: &ParamSource,
-        root: &nn::Path,
-        common: &Common,
-        head: &Head,
-        checkpointing: bool,
-    ) -> Result<Box<dyn Network>, String> {
+    fn build(&self, b: &Build) -> Result<Box<dyn Network>, String> {
         let biases = (self.kind.biases)(&self.config);
-        Ok(Box::new(Decoder::new(src, root, common, &self.config, biases, head, checkpointing)?))
+        Ok(Box::new(Decoder::new(b.src, b.root, b.common, &self.config, biases, b.head, b.checkpointing)?))
     }
 }

@@ -1,12 +1,9 @@
 //! What BERT and RoBERTa share: one config shape, one post-norm encoder network
 //! ([`Encoder`]) fine-tuned for sequence classification; each file says what differs.
 
-use tch::nn;
-
-use super::{head_class, Architecture, Network, Positions};
+use super::{head_class, Architecture, Build, Network, Positions};
 use crate::engine::models::pretrained::config::{Common, EncoderConfig};
 use crate::engine::models::pretrained::encoder::Encoder;
-use crate::engine::models::pretrained::params::ParamSource;
 use crate::engine::models::pretrained::Head;
 
 /// One encoder architecture's own rules.
@@ -67,20 +64,14 @@ impl Architecture for EncoderArch {
         self.config.check(self.kind.roberta, Self::padding_index(common), max_seq_length)
     }
 
-    fn build(
-        &self,
-        src: &ParamSource,
-        root: &nn::Path,
-        common: &Common,
-        head: &Head,
-        checkpointing: bool,
-    ) -> Result<Box<dyn Network>, String> {
-        let Head::SequenceClassification { num_labels, .. } = head else {
+    fn build(&self, b: &Build) -> Result<Box<dyn Network>, String> {
+        let Head::SequenceClassification { num_labels, .. } = b.head else {
             return Err(format!(
                 "{} is an encoder: this host fine-tunes it for sequence classification",
                 self.kind.model_type
             ));
         };
-        Ok(Box::new(Encoder::new(src, root, self.kind.roberta, common, &self.config, *num_labels, checkpointing)))
+        let (roberta, config) = (self.kind.roberta, &self.config);
+        Ok(Box::new(Encoder::new(b.src, b.root, roberta, b.common, config, *num_labels, b.checkpointing)))
     }
 }

@@ -1,12 +1,9 @@
 //! GPT-2: learned positions, `Conv1D` projections (PEFT stores their adapters
 //! fan_in_fan_out), LayerNorms named `ln_*`; `GPT2LMHeadModel` or a last-token classifier.
 
-use tch::nn;
-
-use super::{Architecture, Network, Positions, Registration};
+use super::{Architecture, Build, Network, Positions, Registration};
 use crate::engine::models::pretrained::config::{Common, Gpt2Config};
 use crate::engine::models::pretrained::gpt2::Gpt2;
-use crate::engine::models::pretrained::params::ParamSource;
 use crate::engine::models::pretrained::Head;
 
 pub const REGISTRATION: Registration = Registration {
@@ -58,14 +55,7 @@ impl Architecture for Gpt2Arch {
         self.0.check(max_seq_length)
     }
 
-    fn build(
-        &self,
-        src: &ParamSource,
-        root: &nn::Path,
-        common: &Common,
-        head: &Head,
-        checkpointing: bool,
-    ) -> Result<Box<dyn Network>, String> {
-        Ok(Box::new(Gpt2::new(src, root, common, &self.0, head, checkpointing)))
+    fn build(&self, b: &Build) -> Result<Box<dyn Network>, String> {
+        Ok(Box::new(Gpt2::new(b.src, b.root, b.common, &self.0, b.head, b.checkpointing)))
     }
 }

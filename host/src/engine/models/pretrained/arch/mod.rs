@@ -93,15 +93,18 @@ pub trait Architecture: std::fmt::Debug + Send + Sync {
     /// longest sequence the run uses (0 when none is known, as for generation).
     fn check(&self, common: &Common, max_seq_length: i64) -> Result<(), String>;
 
-    /// The network with its head, its parameters made through `src` under `root`.
-    fn build(
-        &self,
-        src: &ParamSource,
-        root: &nn::Path,
-        common: &Common,
-        head: &Head,
-        checkpointing: bool,
-    ) -> Result<Box<dyn Network>, String>;
+    /// The network with its head.
+    fn build(&self, place: &Build) -> Result<Box<dyn Network>, String>;
+}
+
+/// What a network is built from: the checkpoint's parameters (`src`) made under `root`,
+/// config.json's common keys, the head, and whether blocks recompute in the backward pass.
+pub struct Build<'a> {
+    pub src: &'a ParamSource<'a>,
+    pub root: &'a nn::Path<'a>,
+    pub common: &'a Common,
+    pub head: &'a Head,
+    pub checkpointing: bool,
 }
 
 /// A built network: what the trainer and the generator ask of it.
