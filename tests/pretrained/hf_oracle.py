@@ -73,10 +73,16 @@ CASES = {
     "llama-classifier": ("classifier", lambda: LlamaConfig(
         **DECODER, num_key_value_heads=2, tie_word_embeddings=True, pad_token_id=2)),
     "mistral-causal": ("causal", lambda: MistralConfig(**DECODER, num_key_value_heads=2, sliding_window=4096)),
+    # A sliding window shorter than the texts: every layer sees 4 positions back at most.
+    "mistral-window-causal": ("causal", lambda: MistralConfig(**DECODER, num_key_value_heads=2, sliding_window=4)),
     # Qwen2: q/k/v biases, tied embeddings, a pad token of its own.
     "qwen2-causal": ("causal", lambda: Qwen2Config(**DECODER, num_key_value_heads=2, tie_word_embeddings=True,
                                                    pad_token_id=1)),
     "qwen2-classifier": ("classifier", lambda: Qwen2Config(**DECODER, num_key_value_heads=1, pad_token_id=1)),
+    # Per-layer attention: layer 0 full, layer 1 a window of 3 (max_window_layers 1).
+    "qwen2-window-causal": ("causal", lambda: Qwen2Config(**DECODER, num_key_value_heads=2, pad_token_id=1,
+                                                          use_sliding_window=True, sliding_window=3,
+                                                          max_window_layers=1)),
     # GPT-2: Conv1D weights, tied head, LayerNorms named ln_* (no weight decay by type).
     "gpt2-causal": ("causal", lambda: GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB,
                                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,

@@ -9,6 +9,7 @@ pub(crate) mod distributed;
 pub mod libtorch;
 mod memory;
 pub mod models;
+pub mod ops;
 pub(crate) mod optim;
 pub(crate) mod output;
 pub(crate) mod plots;

@@ -14,17 +14,33 @@ use std::cell::RefCell;
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
-use super::layers::Mask;
+use crate::engine::ops::attention::Mask;
+use crate::engine::ops::rope::RopeTables;
 use crate::engine::rng;
 
-/// What every block of one forward pass shares.
+/// What every block of one forward pass shares, computed once for all of them.
 #[derive(Debug)]
 pub struct Context {
-    pub mask: Mask,
-    /// RoPE's cos and sin, for models with rotary positions.
-    pub rotary: Option<(Tensor, Tensor)>,
+    /// The attention mask of each attention window the blocks use (None: no window).
+    pub masks: Vec<(Option<i64>, Mask)>,
+    /// RoPE's tables, one per set of frequencies the model has (none without rotary
+    /// positions).
+    pub rotary: Vec<RopeTables>,
     /// Training mode: dropout on.
     pub train: bool,
+}
+
+impl Context {
+    /// One mask for every block, no rotary positions.
+    pub fn plain(mask: Mask, train: bool) -> Self {
+        Self { masks: vec![(None, mask)], rotary: Vec::new(), train }
+    }
+
+    /// The mask of the blocks with attention window `window`.
+    pub fn mask(&self, window: Option<i64>) -> &Mask {
+        let found = self.masks.iter().find(|(w, _)| *w == window);
+        &found.expect("a mask is made for every window the blocks use").1
+    }
 }
 
 /// A stack of transformer blocks.
@@ -156,7 +172,7 @@ mod tests {
         let embedding = Tensor::randn([6, 6], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let x = Tensor::ones([4, 6], (Kind::Float, Device::Cpu)).matmul(&embedding);
         let recompute = Recompute::new(checkpointing);
-        let context = Context { mask: Mask::All, rotary: None, train: true };
+        let context = Context::plain(Mask::All, true);
         let out = recompute.run(&toy, x, context);
         out.pow_tensor_scalar(2).sum(Kind::Float).backward();
         let blocks_had_gradients = toy.weights[0].grad().defined();

@@ -6,6 +6,15 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::engine::ops::activation::Activation;
+pub use crate::engine::ops::rope::{Rope, RopeScaling};
+
+/// An activation name the ports implement, or the error naming `key`.
+fn activation(key: &str, name: &str) -> Result<Activation, String> {
+    Activation::parse(name)
+        .ok_or_else(|| format!("{key} '{name}' is not supported ({} are)", Activation::NAMES.join(", ")))
+}
+
 /// What config.json holds for every family: its type, vocabulary, pad token and labels.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Common {
@@ -92,6 +101,12 @@ pub struct DecoderConfig {
     pub sliding_window: Option<i64>,
     #[serde(default)]
     pub use_sliding_window: Option<bool>,
+    /// Qwen2: the layers from this one on use the window (unless layer_types says).
+    #[serde(default)]
+    pub max_window_layers: Option<i64>,
+    /// transformers 5: each layer's attention, "full_attention" or "sliding_attention".
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
     #[serde(default)]
     pub pretraining_tp: Option<i64>,
 }
@@ -106,29 +121,6 @@ fn llama_positions() -> i64 {
 
 fn rms_norm_eps() -> f64 {
     1e-6
-}
-
-/// Rotary position embeddings: the base, and how the frequencies are scaled.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rope {
-    pub theta: f64,
-    pub scaling: RopeScaling,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum RopeScaling {
-    None,
-    /// Frequencies divided by `factor`.
-    Linear {
-        factor: f64,
-    },
-    /// Llama 3.1's piecewise scaling.
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: f64,
-    },
 }
 
 impl DecoderConfig {
@@ -174,17 +166,14 @@ impl DecoderConfig {
         Ok(Rope { theta, scaling })
     }
 
-    /// Refuses what the port does not implement, naming the key. `window` is the sliding
-    /// attention window the architecture uses (its own rule), `max_seq_length` the longest
-    /// sequence the run trains on: a window shorter than that would act.
-    pub fn check(&self, window: Option<i64>, max_seq_length: i64) -> Result<(), String> {
+    pub fn activation(&self) -> Result<Activation, String> {
+        activation("hidden_act", &self.hidden_act)
+    }
+
+    /// Refuses what the port does not implement, naming the key.
+    pub fn check(&self) -> Result<(), String> {
         self.rope()?;
-        if !matches!(self.hidden_act.as_str(), "silu" | "gelu" | "gelu_pytorch_tanh" | "relu") {
-            return Err(format!(
-                "hidden_act '{}' is not supported (silu, gelu, gelu_pytorch_tanh, relu are)",
-                self.hidden_act
-            ));
-        }
+        self.activation()?;
         if self.num_attention_heads % self.kv_heads() != 0 {
             return Err(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
@@ -195,10 +184,8 @@ impl DecoderConfig {
         if self.pretraining_tp.is_some_and(|tp| tp > 1) {
             return Err(format!("pretraining_tp {} is not supported (1 is)", self.pretraining_tp.unwrap_or(1)));
         }
-        if let Some(window) = window.filter(|w| *w < max_seq_length) {
-            return Err(format!(
-                "sliding_window {window} is shorter than max_seq_length {max_seq_length}: sliding-window attention is not supported; use max_seq_length <= {window}"
-            ));
+        if let Some(window) = self.sliding_window.filter(|w| *w < 1) {
+            return Err(format!("sliding_window {window} must be at least 1 (or null for none)"));
         }
         Ok(())
     }
@@ -261,10 +248,12 @@ fn yes() -> bool {
 }
 
 impl Gpt2Config {
+    pub fn activation(&self) -> Result<Activation, String> {
+        activation("activation_function", &self.activation_function)
+    }
+
     pub fn check(&self, max_seq_length: i64) -> Result<(), String> {
-        if !matches!(self.activation_function.as_str(), "gelu_new" | "gelu" | "gelu_pytorch_tanh" | "relu") {
-            return Err(format!("activation_function '{}' is not supported", self.activation_function));
-        }
+        self.activation()?;
         if self.add_cross_attention {
             return Err("add_cross_attention is not supported (a decoder alone is)".to_owned());
         }
@@ -325,10 +314,12 @@ fn bert_eps() -> f64 {
 }
 
 impl EncoderConfig {
+    pub fn activation(&self) -> Result<Activation, String> {
+        activation("hidden_act", &self.hidden_act)
+    }
+
     pub fn check(&self, roberta: bool, padding_idx: i64, max_seq_length: i64) -> Result<(), String> {
-        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu") {
-            return Err(format!("hidden_act '{}' is not supported", self.hidden_act));
-        }
+        self.activation()?;
         if self.is_decoder {
             return Err("is_decoder true is not supported (an encoder is)".to_owned());
         }
@@ -375,9 +366,10 @@ mod tests {
 
     #[test]
     fn features_not_implemented_are_named() {
-        let window = decoder("").check(Some(16), 128).unwrap_err();
-        assert!(window.starts_with("sliding_window 16 is shorter than max_seq_length 128"), "{window}");
-        assert!(decoder("").check(Some(4096), 128).is_ok());
-        assert!(decoder(r#", "hidden_act": "swish2""#).check(None, 8).unwrap_err().contains("hidden_act 'swish2'"));
+        let window = decoder(r#", "sliding_window": 0"#).check().unwrap_err();
+        assert_eq!(window, "sliding_window 0 must be at least 1 (or null for none)");
+        assert!(decoder(r#", "sliding_window": 16"#).check().is_ok());
+        let act = decoder(r#", "hidden_act": "swish2""#).check().unwrap_err();
+        assert!(act.starts_with("hidden_act 'swish2' is not supported (silu, swish, relu"), "{act}");
     }
 }

@@ -1,27 +1,56 @@
-//! Llama, Mistral and Qwen2, ported from transformers: pre-norm decoder layers with
-//! RMSNorm, rotary position embeddings, grouped-query attention and a gated MLP; with a
+//! The Llama-style decoder (Llama, Mistral, Qwen2), ported from transformers: pre-norm
+//! layers with RMSNorm, rotary position embeddings, grouped-query attention and a gated
+//! MLP, each layer shaped by the [`LayerSpec`] its architecture fills in; with a
 //! language-model head (`ForCausalLM`) or a classifier on the last non-padding token
 //! (`ForSequenceClassification`).
 
-use std::f64::consts::PI;
-
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Tensor};
 
 use super::arch::{HiddenAndHead, Network};
 use super::checkpointing::{Blocks, Context, Recompute};
-use super::config::{Common, DecoderConfig, Rope, RopeScaling};
-use super::layers::{activate, attend, last_token, merge_heads, pick_rows, split_heads, Mask};
+use super::config::{Common, DecoderConfig};
+use super::layers::{last_token, pick_rows};
 use super::layers::{Embedding, Linear, RmsNorm};
 use super::params::{Need, ParamSource};
 use super::Head;
+use crate::engine::ops::activation::{gated, Activation};
+use crate::engine::ops::attention::{attention, merge_heads, split_heads, Mask};
+use crate::engine::ops::rope::{apply_rotary, RopeTables};
 
-/// Which attention projections carry biases (the architecture's rule).
-#[derive(Debug, Clone, Copy)]
+/// Which attention projections carry biases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionBiases {
     /// q, k and v.
     pub qkv: bool,
     /// o.
     pub output: bool,
+}
+
+/// One decoder layer's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerSpec {
+    pub biases: AttentionBiases,
+    /// The gated MLP's activation: down(act(gate(x)) * up(x)).
+    pub activation: Activation,
+    /// How many positions back a query sees, itself included (None: every earlier one).
+    pub window: Option<i64>,
+    /// Which of the model's RoPE frequency sets the layer uses.
+    pub rope: usize,
+    /// The attention scale.
+    pub scale: f64,
+}
+
+impl LayerSpec {
+    /// Llama's layer, from config.json: biases where attention_bias says, no window.
+    pub fn llama(config: &DecoderConfig) -> Result<Self, String> {
+        Ok(Self {
+            biases: AttentionBiases { qkv: config.attention_bias, output: config.attention_bias },
+            activation: config.activation()?,
+            window: None,
+            rope: 0,
+            scale: (config.head_dim() as f64).powf(-0.5),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -41,6 +70,7 @@ struct Mlp {
 
 #[derive(Debug)]
 struct Layer {
+    spec: LayerSpec,
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
@@ -56,11 +86,11 @@ pub struct Decoder {
     /// The language-model head [vocab, hidden] (the embedding's weight when tied).
     lm_head: Option<Linear>,
     score: Option<Linear>,
-    inv_freq: Tensor,
+    /// RoPE's inverse frequencies, one set per [`LayerSpec::rope`] id.
+    inv_freqs: Vec<Tensor>,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
-    act: String,
     attention_dropout: f64,
     /// The token the classifier's "last token" rule skips.
     pad: Option<i64>,
@@ -68,52 +98,52 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// `specs` holds one spec per layer (config.json's num_hidden_layers of them).
     pub fn new(
         src: &ParamSource,
         root: &nn::Path,
         common: &Common,
         config: &DecoderConfig,
-        biases: AttentionBiases,
+        specs: Vec<LayerSpec>,
         head: &Head,
         checkpointing: bool,
     ) -> Result<Self, String> {
         let base = root / "model";
         let (hidden, heads, kv_heads, head_dim) =
             (config.hidden_size, config.num_attention_heads, config.kv_heads(), config.head_dim());
-        let (qkv_bias, o_bias) = (biases.qkv, biases.output);
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| {
-                let path = &base / "layers" / i;
+        let eps = config.rms_norm_eps;
+        let layers = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let path = &base / "layers" / i as i64;
                 let attn = &path / "self_attn";
                 let mlp = &path / "mlp";
                 let (inner, bias) = (config.intermediate_size, config.mlp_bias);
                 let linear =
                     |p: &nn::Path, inputs, outputs, bias| Linear::new(src, p, inputs, outputs, bias, Need::Required);
+                let (qkv_bias, o_bias) = (spec.biases.qkv, spec.biases.output);
                 Layer {
-                    input_layernorm: RmsNorm::new(src, &(&path / "input_layernorm"), hidden, config.rms_norm_eps),
+                    input_layernorm: RmsNorm::new(src, &(&path / "input_layernorm"), hidden, eps),
                     self_attn: Attention {
                         q_proj: linear(&(&attn / "q_proj"), hidden, heads * head_dim, qkv_bias),
                         k_proj: linear(&(&attn / "k_proj"), hidden, kv_heads * head_dim, qkv_bias),
                         v_proj: linear(&(&attn / "v_proj"), hidden, kv_heads * head_dim, qkv_bias),
                         o_proj: linear(&(&attn / "o_proj"), heads * head_dim, hidden, o_bias),
                     },
-                    post_attention_layernorm: RmsNorm::new(
-                        src,
-                        &(&path / "post_attention_layernorm"),
-                        hidden,
-                        config.rms_norm_eps,
-                    ),
+                    post_attention_layernorm: RmsNorm::new(src, &(&path / "post_attention_layernorm"), hidden, eps),
                     mlp: Mlp {
                         gate_proj: linear(&(&mlp / "gate_proj"), hidden, inner, bias),
                         up_proj: linear(&(&mlp / "up_proj"), hidden, inner, bias),
                         down_proj: linear(&(&mlp / "down_proj"), inner, hidden, bias),
                     },
+                    spec,
                 }
             })
             .collect();
         let embed_tokens =
             Embedding::new(src, &(&base / "embed_tokens"), common.vocab_size, hidden, common.pad_token_id);
-        let norm = RmsNorm::new(src, &(&base / "norm"), hidden, config.rms_norm_eps);
+        let norm = RmsNorm::new(src, &(&base / "norm"), hidden, eps);
         let (lm_head, score, pad) = match head {
             Head::CausalLm if config.tie_word_embeddings => (Some(Linear::tied(&embed_tokens.weight)), None, None),
             Head::CausalLm => {
@@ -130,11 +160,10 @@ impl Decoder {
             norm,
             lm_head,
             score,
-            inv_freq: inverse_frequencies(&config.rope()?, head_dim, root.device()),
+            inv_freqs: vec![config.rope()?.inverse_frequencies(head_dim, root.device())],
             heads,
             kv_heads,
             head_dim,
-            act: config.hidden_act.clone(),
             attention_dropout: config.attention_dropout,
             pad,
             recompute: Recompute::new(checkpointing),
@@ -145,8 +174,14 @@ impl Decoder {
     fn hidden(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
         let t = ids.size()[1];
         let x = self.embed_tokens.forward_input(ids, train);
-        let rotary = Some(rotary(&self.inv_freq, t, x.kind()));
-        let context = Context { mask: Mask::new(mask, true), rotary, train };
+        // Once per forward pass: RoPE's tables for each frequency set, and the mask for
+        // each attention window some layer uses.
+        let rotary = self.inv_freqs.iter().map(|inv_freq| RopeTables::new(inv_freq, t, x.kind())).collect();
+        let mut windows: Vec<Option<i64>> = self.layers.iter().map(|l| l.spec.window).collect();
+        windows.sort_unstable();
+        windows.dedup();
+        let masks = windows.into_iter().map(|w| (w, Mask::new(ids, mask, true, w))).collect();
+        let context = Context { masks, rotary, train };
         self.norm.forward(&self.recompute.run(self, x, context))
     }
 }
@@ -183,56 +218,20 @@ impl Blocks for Decoder {
 
     fn block(&self, index: usize, x: &Tensor, context: &Context) -> Tensor {
         let layer = &self.layers[index];
-        let train = context.train;
-        let (cos, sin) = context.rotary.as_ref().expect("decoders have rotary positions");
+        let (spec, train) = (&layer.spec, context.train);
+        let rotary = &context.rotary[spec.rope];
         let dropout = if train { self.attention_dropout } else { 0.0 };
-        let scale = (self.head_dim as f64).powf(-0.5);
         let h = layer.input_layernorm.forward(x);
         let attn = &layer.self_attn;
-        let q = apply_rotary(&split_heads(&attn.q_proj.forward(&h, train), self.head_dim), cos, sin);
-        let k = apply_rotary(&split_heads(&attn.k_proj.forward(&h, train), self.head_dim), cos, sin);
+        let q = apply_rotary(&split_heads(&attn.q_proj.forward(&h, train), self.head_dim), rotary);
+        let k = apply_rotary(&split_heads(&attn.k_proj.forward(&h, train), self.head_dim), rotary);
         let v = split_heads(&attn.v_proj.forward(&h, train), self.head_dim);
-        let out = attend(&q, &k, &v, &context.mask, dropout, scale, self.heads / self.kv_heads);
+        let groups = self.heads / self.kv_heads;
+        let out = attention(&q, &k, &v, context.mask(spec.window), dropout, spec.scale, groups);
         let x = x + attn.o_proj.forward(&merge_heads(&out), train);
         let h = layer.post_attention_layernorm.forward(&x);
         let mlp = &layer.mlp;
-        let gated = activate(&self.act, &mlp.gate_proj.forward(&h, train)) * mlp.up_proj.forward(&h, train);
-        x + mlp.down_proj.forward(&gated, train)
+        let inner = gated(spec.activation, &mlp.gate_proj.forward(&h, train), &mlp.up_proj.forward(&h, train));
+        x + mlp.down_proj.forward(&inner, train)
     }
-}
-
-/// RoPE's inverse frequencies [head_dim / 2], in float32 as transformers computes them.
-fn inverse_frequencies(rope: &Rope, dim: i64, device: Device) -> Tensor {
-    let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / dim as f64;
-    let inv_freq = Tensor::pow_scalar(rope.theta, &exponents).reciprocal();
-    match rope.scaling {
-        RopeScaling::None => inv_freq,
-        RopeScaling::Linear { factor } => inv_freq / factor,
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
-            let low_freq_wavelen = old / low_freq_factor;
-            let high_freq_wavelen = old / high_freq_factor;
-            let wavelen = inv_freq.reciprocal() * (2.0 * PI);
-            let scaled = inv_freq.where_self(&wavelen.le(low_freq_wavelen), &(&inv_freq / factor));
-            let smooth = (wavelen.reciprocal() * old - low_freq_factor) / (high_freq_factor - low_freq_factor);
-            let smoothed = (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
-            let medium = wavelen.ge(high_freq_wavelen).logical_and(&wavelen.le(low_freq_wavelen));
-            smoothed.where_self(&medium, &scaled)
-        }
-    }
-}
-
-/// cos and sin [1, 1, T, head_dim] for positions 0..T, in `kind`.
-fn rotary(inv_freq: &Tensor, length: i64, kind: Kind) -> (Tensor, Tensor) {
-    let positions = Tensor::arange(length, (Kind::Float, inv_freq.device()));
-    let freqs = positions.outer(inv_freq);
-    let emb = Tensor::cat(&[&freqs, &freqs], -1).view([1, 1, length, -1]);
-    (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
-}
-
-/// x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1].
-fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    let half = x.size()[3] / 2;
-    let (x1, x2) = (x.narrow(3, 0, half), x.narrow(3, half, half));
-    let rotated = Tensor::cat(&[&x2.neg(), &x1], -1);
-    x * cos + rotated * sin
 }

@@ -9,9 +9,10 @@ use tch::{nn, Kind, Tensor};
 use super::arch::{HiddenAndHead, Network};
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, EncoderConfig};
-use super::layers::{activate, attend, merge_heads, split_heads, Mask};
 use super::layers::{Embedding, LayerNorm, Linear};
 use super::params::{Need, ParamSource};
+use crate::engine::ops::activation::Activation;
+use crate::engine::ops::attention::{attention, merge_heads, split_heads, Mask};
 
 #[derive(Debug)]
 struct Layer {
@@ -45,7 +46,7 @@ pub struct Encoder {
     /// RoBERTa's padding index, from which its positions count; None for BERT.
     position_padding: Option<i64>,
     head_dim: i64,
-    act: String,
+    act: Activation,
     hidden_dropout: f64,
     attention_dropout: f64,
     classifier_dropout: f64,
@@ -61,7 +62,7 @@ impl Encoder {
         config: &EncoderConfig,
         num_labels: i64,
         checkpointing: bool,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let base = root / if roberta { "roberta" } else { "bert" };
         let hidden = config.hidden_size;
         let eps = config.layer_norm_eps;
@@ -99,7 +100,7 @@ impl Encoder {
             }
         };
         let padding = common.pad_token_id;
-        Self {
+        Ok(Self {
             word_embeddings: Embedding::new(
                 src,
                 &(&embeddings / "word_embeddings"),
@@ -126,12 +127,12 @@ impl Encoder {
             classifier,
             position_padding: if roberta { Some(padding.unwrap_or(1)) } else { None },
             head_dim: hidden / config.num_attention_heads,
-            act: config.hidden_act.clone(),
+            act: config.activation()?,
             hidden_dropout: config.hidden_dropout_prob,
             attention_dropout: config.attention_probs_dropout_prob,
             classifier_dropout: config.classifier_dropout.unwrap_or(config.hidden_dropout_prob),
             recompute: Recompute::new(checkpointing),
-        }
+        })
     }
 
     /// Position ids [B, T]: 0..T (BERT), or RoBERTa's count of real tokens after its pad.
@@ -166,7 +167,7 @@ impl Network for Encoder {
             + self.token_type_embeddings.forward(&types)
             + self.position_embeddings.forward(&self.positions(ids));
         let x = self.embeddings_norm.forward(&embedded).dropout(self.hidden_dropout, train);
-        let context = Context { mask: Mask::new(mask, false), rotary: None, train };
+        let context = Context::plain(Mask::new(ids, mask, false, None), train);
         let x = self.recompute.run(self, x, context);
         let first = x.select(1, 0);
         match &self.classifier {
@@ -197,10 +198,10 @@ impl Blocks for Encoder {
         let scale = (self.head_dim as f64).powf(-0.5);
         let [q, k, v] =
             [&layer.query, &layer.key, &layer.value].map(|l| split_heads(&l.forward(x, train), self.head_dim));
-        let attended = merge_heads(&attend(&q, &k, &v, &context.mask, attention_dropout, scale, 1));
+        let attended = merge_heads(&attention(&q, &k, &v, context.mask(None), attention_dropout, scale, 1));
         let projected = layer.attention_dense.forward(&attended, train).dropout(self.hidden_dropout, train);
         let x = layer.attention_norm.forward(&(projected + x));
-        let inner = activate(&self.act, &layer.intermediate.forward(&x, train));
+        let inner = self.act.apply(&layer.intermediate.forward(&x, train));
         let out = layer.output_dense.forward(&inner, train).dropout(self.hidden_dropout, train);
         layer.output_norm.forward(&(out + &x))
     }

@@ -8,10 +8,12 @@ use tch::{nn, Tensor};
 use super::arch::{HiddenAndHead, Network};
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, Gpt2Config};
-use super::layers::{activate, attend, last_token, merge_heads, pick_rows, split_heads, Mask};
+use super::layers::{last_token, pick_rows};
 use super::layers::{Conv1D, Embedding, LayerNorm, Linear};
 use super::params::{Need, ParamSource};
 use super::Head;
+use crate::engine::ops::activation::Activation;
+use crate::engine::ops::attention::{attention, merge_heads, split_heads, Mask};
 
 #[derive(Debug)]
 struct Block {
@@ -35,7 +37,7 @@ pub struct Gpt2 {
     score: Option<Linear>,
     width: i64,
     head_dim: i64,
-    act: String,
+    act: Activation,
     resid_pdrop: f64,
     embd_pdrop: f64,
     attn_pdrop: f64,
@@ -51,7 +53,7 @@ impl Gpt2 {
         config: &Gpt2Config,
         head: &Head,
         checkpointing: bool,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let base = root / "transformer";
         let width = config.n_embd;
         let inner = config.n_inner.unwrap_or(4 * width);
@@ -84,7 +86,7 @@ impl Gpt2 {
                 (None, Some(Linear::new(src, &(root / "score"), width, *num_labels, false, Need::Head)), *pad)
             }
         };
-        Self {
+        Ok(Self {
             wte: Embedding::new(src, &(&base / "wte"), common.vocab_size, width, None),
             wpe: Embedding::new(src, &(&base / "wpe"), config.n_positions, width, None),
             blocks,
@@ -93,13 +95,13 @@ impl Gpt2 {
             score,
             width,
             head_dim,
-            act: config.activation_function.clone(),
+            act: config.activation()?,
             resid_pdrop: config.resid_pdrop,
             embd_pdrop: config.embd_pdrop,
             attn_pdrop: config.attn_pdrop,
             pad,
             recompute: Recompute::new(checkpointing),
-        }
+        })
     }
 
     /// The last hidden states [B, T, width] for token ids [B, T].
@@ -107,7 +109,7 @@ impl Gpt2 {
         let t = ids.size()[1];
         let positions = Tensor::arange(t, (tch::Kind::Int64, ids.device()));
         let x = (self.wte.forward_input(ids, train) + self.wpe.forward(&positions)).dropout(self.embd_pdrop, train);
-        let context = Context { mask: Mask::new(mask, true), rotary: None, train };
+        let context = Context::plain(Mask::new(ids, mask, true, None), train);
         self.ln_f.forward(&self.recompute.run(self, x, context))
     }
 }
@@ -154,9 +156,9 @@ impl Blocks for Gpt2 {
         let attn_dropout = if train { self.attn_pdrop } else { 0.0 };
         let qkv = block.c_attn.forward(&block.ln_1.forward(x), train).split(self.width, 2);
         let [q, k, v] = [0, 1, 2].map(|i| split_heads(&qkv[i], self.head_dim));
-        let out = attend(&q, &k, &v, &context.mask, attn_dropout, block.scale, 1);
+        let out = attention(&q, &k, &v, context.mask(None), attn_dropout, block.scale, 1);
         let x = x + block.attn_proj.forward(&merge_heads(&out), train).dropout(self.resid_pdrop, train);
-        let hidden = activate(&self.act, &block.c_fc.forward(&block.ln_2.forward(&x), train));
+        let hidden = self.act.apply(&block.c_fc.forward(&block.ln_2.forward(&x), train));
         &x + block.mlp_proj.forward(&hidden, train).dropout(self.resid_pdrop, train)
     }
 }

@@ -1,5 +1,6 @@
-//! The building blocks the ports share, with transformers' parameter names: linear layers
-//! (and GPT-2's transposed Conv1D), embeddings, norms, activations and attention.
+//! The modules the ports share, with transformers' parameter names: linear layers (and
+//! GPT-2's transposed Conv1D), embeddings and norms, over the ops in `engine::ops`; and
+//! the classifier's last-token pick.
 
 use tch::{nn, Kind, Tensor};
 
@@ -137,93 +138,8 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let kind = x.kind();
-        let x32 = x.to_kind(Kind::Float);
-        let variance = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        &self.weight * (x32 * (variance + self.eps).rsqrt()).to_kind(kind)
+        crate::engine::ops::norm::rms_norm(x, &self.weight, self.eps)
     }
-}
-
-/// An activation by its transformers name (`hidden_act`, `activation_function`); the
-/// config checks refuse names not here.
-pub fn activate(name: &str, x: &Tensor) -> Tensor {
-    match name {
-        "silu" | "swish" => x.silu(),
-        "relu" => x.relu(),
-        "gelu_new" | "gelu_pytorch_tanh" => x.gelu("tanh"),
-        _ => x.gelu("none"),
-    }
-}
-
-/// Which keys each query may attend to, in the form SDPA runs fastest with.
-#[derive(Debug)]
-pub enum Mask {
-    /// Every key (no padding, bidirectional).
-    All,
-    /// Keys up to the query's position (no padding): SDPA's `is_causal`, which its fused
-    /// kernels take.
-    Causal,
-    /// [B, 1, T, T], true where a query may attend to a key.
-    Explicit(Tensor),
-}
-
-impl Mask {
-    /// The mask for a batch: padding keys hidden (`mask` [B, T], 1 for real tokens) and,
-    /// when `causal`, later positions too. As transformers, a batch without padding gets
-    /// no mask tensor at all. A row with no key left (a padding query before any real
-    /// token) may attend to every key, so that it gives numbers rather than NaN (its
-    /// output is never used).
-    pub fn new(mask: Option<&Tensor>, causal: bool) -> Self {
-        let Some(mask) = mask.filter(|m| m.eq_tensor(&m.zeros_like()).any().int64_value(&[]) != 0) else {
-            return if causal { Mask::Causal } else { Mask::All };
-        };
-        let (batch, length) = mask.size2().expect("[batch, time]");
-        let keys = mask.ne(0).view([batch, 1, 1, length]);
-        let combined = if causal {
-            let causal = Tensor::ones([length, length], (Kind::Bool, mask.device())).tril(0);
-            keys.logical_and(&causal.view([1, 1, length, length]))
-        } else {
-            keys.expand([batch, 1, length, length], false)
-        };
-        let empty = combined.any_dim(-1, true).logical_not();
-        Mask::Explicit(combined.logical_or(&empty))
-    }
-}
-
-/// Scaled dot-product attention over [B, H, T, D] queries and [B, H / groups, T, D] keys
-/// and values (grouped-query attention when `groups` > 1).
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Mask, dropout: f64, scale: f64, groups: i64) -> Tensor {
-    match mask {
-        Mask::Explicit(mask) => {
-            let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
-            Tensor::scaled_dot_product_attention(q, &k, &v, Some(mask), dropout, false, Some(scale), false)
-        }
-        Mask::Causal | Mask::All => {
-            let causal = matches!(mask, Mask::Causal);
-            Tensor::scaled_dot_product_attention::<&Tensor>(q, k, v, None, dropout, causal, Some(scale), groups > 1)
-        }
-    }
-}
-
-/// [B, T, H*D] -> [B, H, T, D].
-pub fn split_heads(x: &Tensor, head_dim: i64) -> Tensor {
-    let (b, t, _) = x.size3().expect("[batch, time, width]");
-    x.view([b, t, -1, head_dim]).transpose(1, 2)
-}
-
-/// [B, H, T, D] -> [B, T, H*D].
-pub fn merge_heads(x: &Tensor) -> Tensor {
-    let (b, _, t, _) = x.size4().expect("[batch, heads, time, dim]");
-    x.transpose(1, 2).reshape([b, t, -1])
-}
-
-/// Each key/value head repeated for the query heads that share it (grouped-query attention).
-fn repeat_kv(x: &Tensor, times: i64) -> Tensor {
-    if times == 1 {
-        return x.shallow_clone();
-    }
-    let (b, h, t, d) = x.size4().expect("[batch, heads, time, dim]");
-    x.unsqueeze(2).expand([b, h, times, t, d], false).reshape([b, h * times, t, d])
 }
 
 /// The index of each row's last token that is not `pad` (transformers' rule for

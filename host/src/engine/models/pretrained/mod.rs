@@ -16,7 +16,6 @@ mod export;
 pub mod folder;
 mod gpt2;
 mod layers;
-mod lm_loss;
 pub mod lora;
 mod params;
 
@@ -28,6 +27,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::{Model, Outputs, Sizes, Task};
 use crate::engine::data::{Batch, Dataset};
+use crate::engine::ops::cross_entropy::{linear_cross_entropy, LossSettings};
 use crate::engine::weights::WeightFiles;
 use crate::error::InputError;
 use arch::{Network, Positions};
@@ -404,7 +404,8 @@ impl Model for Pretrained {
         };
         let arch::HiddenAndHead { hidden, weight, bias } =
             self.net.hidden_and_head(ids, batch.get("attention_mask"), true)?;
-        Some(Ok(lm_loss::chunked_cross_entropy(&hidden, weight, bias, batch.labels(), num_items, smoothing)))
+        let settings = LossSettings { smoothing, soft_cap: None };
+        Some(Ok(linear_cross_entropy(&hidden, weight, bias, batch.labels(), num_items, settings)))
     }
 
     fn generate(&self, prompt: &Tensor, new_tokens: i64, stop: Option<i64>) -> Option<Result<Tensor>> {

@@ -4,7 +4,7 @@
 
 use super::{head_class, Architecture, Build, Network, Positions};
 use crate::engine::models::pretrained::config::{Common, DecoderConfig};
-use crate::engine::models::pretrained::decoder::{AttentionBiases, Decoder};
+use crate::engine::models::pretrained::decoder::{Decoder, LayerSpec};
 use crate::engine::models::pretrained::Head;
 
 /// One decoder architecture's own rules.
@@ -13,11 +13,9 @@ pub struct DecoderKind {
     pub model_type: &'static str,
     /// transformers' class name stem (`Llama` for LlamaForCausalLM).
     pub class_stem: &'static str,
-    /// Which projections carry biases.
-    pub biases: fn(&DecoderConfig) -> AttentionBiases,
-    /// The sliding attention window the model uses, if any (required of every decoder, so
-    /// that a new one cannot ignore its window by omission).
-    pub window: fn(&DecoderConfig) -> Option<i64>,
+    /// Layer `index`'s spec (required of every decoder: a new one says its biases and
+    /// its attention window, rather than inheriting Llama's by omission).
+    pub layer: fn(&DecoderConfig, usize) -> Result<LayerSpec, String>,
 }
 
 /// Reads config.json as a decoder of `kind`.
@@ -29,6 +27,12 @@ pub fn parse(text: &str, kind: &'static DecoderKind) -> serde_json::Result<Box<d
 struct DecoderArch {
     kind: &'static DecoderKind,
     config: DecoderConfig,
+}
+
+impl DecoderArch {
+    fn layer_specs(&self) -> Result<Vec<LayerSpec>, String> {
+        (0..self.config.num_hidden_layers.max(0) as usize).map(|i| (self.kind.layer)(&self.config, i)).collect()
+    }
 }
 
 impl Architecture for DecoderArch {
@@ -56,12 +60,13 @@ impl Architecture for DecoderArch {
         Positions::Rotary(self.config.max_position_embeddings)
     }
 
-    fn check(&self, _: &Common, max_seq_length: i64) -> Result<(), String> {
-        self.config.check((self.kind.window)(&self.config), max_seq_length)
+    fn check(&self, _: &Common, _: i64) -> Result<(), String> {
+        self.config.check()?;
+        self.layer_specs().map(|_| ())
     }
 
     fn build(&self, b: &Build) -> Result<Box<dyn Network>, String> {
-        let biases = (self.kind.biases)(&self.config);
-        Ok(Box::new(Decoder::new(b.src, b.root, b.common, &self.config, biases, b.head, b.checkpointing)?))
+        let specs = self.layer_specs()?;
+        Ok(Box::new(Decoder::new(b.src, b.root, b.common, &self.config, specs, b.head, b.checkpointing)?))
     }
 }

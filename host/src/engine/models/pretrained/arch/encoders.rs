@@ -72,6 +72,6 @@ impl Architecture for EncoderArch {
             ));
         };
         let (roberta, config) = (self.kind.roberta, &self.config);
-        Ok(Box::new(Encoder::new(b.src, b.root, roberta, b.common, config, *num_labels, b.checkpointing)))
+        Ok(Box::new(Encoder::new(b.src, b.root, roberta, b.common, config, *num_labels, b.checkpointing)?))
     }
 }

@@ -56,6 +56,6 @@ impl Architecture for Gpt2Arch {
     }
 
     fn build(&self, b: &Build) -> Result<Box<dyn Network>, String> {
-        Ok(Box::new(Gpt2::new(b.src, b.root, b.common, &self.0, b.head, b.checkpointing)))
+        Ok(Box::new(Gpt2::new(b.src, b.root, b.common, &self.0, b.head, b.checkpointing)?))
     }
 }

@@ -3,14 +3,10 @@
 
 use super::decoders::{self, DecoderKind};
 use super::Registration;
-use crate::engine::models::pretrained::decoder::AttentionBiases;
+use crate::engine::models::pretrained::decoder::LayerSpec;
 
 pub const REGISTRATION: Registration =
     Registration { model_type: "llama", causal_lm: true, parse: |text| decoders::parse(text, &LLAMA) };
 
-static LLAMA: DecoderKind = DecoderKind {
-    model_type: "llama",
-    class_stem: "Llama",
-    biases: |config| AttentionBiases { qkv: config.attention_bias, output: config.attention_bias },
-    window: |_| None,
-};
+static LLAMA: DecoderKind =
+    DecoderKind { model_type: "llama", class_stem: "Llama", layer: |config, _| LayerSpec::llama(config) };

@@ -1,9 +1,9 @@
-//! Mistral: the Llama decoder with a sliding attention window (used unless
-//! sliding_window is null), which the host refuses where it would act.
+//! Mistral: the Llama decoder with a sliding attention window on every layer (none when
+//! sliding_window is null).
 
 use super::decoders::{self, DecoderKind};
 use super::Registration;
-use crate::engine::models::pretrained::decoder::AttentionBiases;
+use crate::engine::models::pretrained::decoder::LayerSpec;
 
 pub const REGISTRATION: Registration =
     Registration { model_type: "mistral", causal_lm: true, parse: |text| decoders::parse(text, &MISTRAL) };
@@ -11,6 +11,5 @@ pub const REGISTRATION: Registration =
 static MISTRAL: DecoderKind = DecoderKind {
     model_type: "mistral",
     class_stem: "Mistral",
-    biases: |config| AttentionBiases { qkv: config.attention_bias, output: config.attention_bias },
-    window: |config| config.sliding_window,
+    layer: |config, _| Ok(LayerSpec { window: config.sliding_window, ..LayerSpec::llama(config)? }),
 };

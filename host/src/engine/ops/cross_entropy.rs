@@ -15,19 +15,30 @@ use tch::{Kind, Tensor};
 /// small enough that the chunk does not grow with the batch.
 const CHUNK_ELEMENTS: i64 = 1 << 22;
 
+/// What the loss does to the head's logits besides the cross entropy.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossSettings {
+    /// HF's LabelSmoother: the target puts smoothing / vocab on every token.
+    pub smoothing: f64,
+    /// Logits soft-capped to (-cap, cap) by cap * tanh(logits / cap) before the loss
+    /// (Gemma 2's final_logit_softcapping).
+    pub soft_cap: Option<f64>,
+}
+
 /// Cross entropy of `hidden` [.., width] through the head (`weight` [vocab, width], `bias`)
 /// against `labels` [..] (-100 ignored), summed and divided by `num_items`: the value of
-/// HF's `ForCausalLMLoss` with `num_items_in_batch` on the head's logits (HF's
-/// LabelSmoother with `smoothing` > 0), with the same gradients for the hidden states and
-/// the head's trainable parameters.
-pub fn chunked_cross_entropy(
+/// HF's `ForCausalLMLoss` with `num_items_in_batch` on the head's logits (after the
+/// settings' soft cap and with their label smoothing), with the same gradients for the
+/// hidden states and the head's trainable parameters.
+pub fn linear_cross_entropy(
     hidden: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     labels: &Tensor,
     num_items: i64,
-    smoothing: f64,
+    settings: LossSettings,
 ) -> Tensor {
+    let smoothing = settings.smoothing;
     let width = *hidden.size().last().expect("hidden states have a width");
     let vocab = weight.size()[0];
     let rows = hidden.reshape([-1, width]);
@@ -47,6 +58,15 @@ pub fn chunked_cross_entropy(
             let (xc, yc) = (x.narrow(0, start, length), y.narrow(0, start, length));
             // As transformers: the head's logits in the model's precision, upcast for the loss.
             let logits = xc.linear(weight, bias).to_kind(Kind::Float);
+            // d(capped)/d(logits) = 1 - tanh(logits / cap)^2, applied to the gradient below.
+            let (logits, cap_slope) = match settings.soft_cap {
+                Some(cap) => {
+                    let t = (logits / cap).tanh();
+                    let slope = t.square().neg() + 1.0;
+                    (t * cap, Some(slope))
+                }
+                None => (logits, None),
+            };
             let log_z = logits.logsumexp([1], true);
             let picked = logits.gather(1, &yc.unsqueeze(1), false);
             // -log p(label), and with smoothing the mean of -log p over the vocabulary.
@@ -63,6 +83,9 @@ pub fn chunked_cross_entropy(
             }
             let _ = grad_logits.scatter_add_(1, &yc.unsqueeze(1), &Tensor::full_like(&picked, smoothing - 1.0));
             let _ = grad_logits.g_mul_scalar_(scale);
+            if let Some(slope) = &cap_slope {
+                let _ = grad_logits.g_mul_(slope);
+            }
             let grad_logits = grad_logits.to_kind(weight.kind());
             grad_x.push(grad_logits.matmul(weight).to_kind(Kind::Float));
             if let Some(g) = grad_weight.as_mut() {
@@ -96,15 +119,21 @@ mod tests {
     use super::*;
     use tch::{Device, Reduction};
 
+    /// The full logits' cross entropy, through autograd.
     fn reference(
         hidden: &Tensor,
         weight: &Tensor,
         bias: Option<&Tensor>,
         labels: &Tensor,
         items: i64,
-        smoothing: f64,
+        settings: LossSettings,
     ) -> Tensor {
+        let smoothing = settings.smoothing;
         let logits = hidden.linear(weight, bias);
+        let logits = match settings.soft_cap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        };
         let vocab = weight.size()[0];
         let flat = labels.reshape([-1]);
         logits.reshape([-1, vocab]).cross_entropy_loss::<Tensor>(&flat, None, Reduction::Sum, -100, smoothing)
@@ -124,16 +153,17 @@ mod tests {
         let labels = Tensor::randint(9000, [3, 700], (Kind::Int64, Device::Cpu));
         let _ = labels.narrow(1, 690, 10).fill_(-100);
         let items = 2 * 700;
-        for smoothing in [0.0, 0.1] {
-            let expected = reference(&hidden, &weight, Some(&bias), &labels, items, smoothing);
+        let cases = [(0.0, None), (0.1, None), (0.0, Some(3.0)), (0.1, Some(3.0))];
+        for settings in cases.map(|(smoothing, soft_cap)| LossSettings { smoothing, soft_cap }) {
+            let expected = reference(&hidden, &weight, Some(&bias), &labels, items, settings);
             let expected_grads = Tensor::run_backward(&[&expected], &[&hidden, &weight, &bias], false, false);
-            let got = chunked_cross_entropy(&hidden, &weight, Some(&bias), &labels, items, smoothing);
+            let got = linear_cross_entropy(&hidden, &weight, Some(&bias), &labels, items, settings);
             let grads = Tensor::run_backward(&[&got], &[&hidden, &weight, &bias], false, false);
             let (a, b) = (got.double_value(&[]), expected.double_value(&[]));
-            assert!((a - b).abs() < 1e-5 * b.abs(), "smoothing {smoothing}: {a} vs {b}");
+            assert!((a - b).abs() < 1e-5 * b.abs(), "{settings:?}: {a} vs {b}");
             for (g, e) in grads.iter().zip(&expected_grads) {
                 let diff = (g - e).abs().max().double_value(&[]);
-                assert!(diff < 1e-6, "smoothing {smoothing}: gradient differs by {diff}");
+                assert!(diff < 1e-6, "{settings:?}: gradient differs by {diff}");
             }
             // Ignored positions get no gradient.
             assert_eq!(grads[0].narrow(1, 690, 10).abs().sum(Kind::Float).double_value(&[]), 0.0);
@@ -145,7 +175,7 @@ mod tests {
         let _generator = crate::engine::rng::lock_generator();
         let (hidden, weight) = (leaves(&[2, 5, 4]), Tensor::randn([11, 4], (Kind::Float, Device::Cpu)));
         let labels = Tensor::full([2, 5], -100, (Kind::Int64, Device::Cpu));
-        let loss = chunked_cross_entropy(&hidden, &weight, None, &labels, 0, 0.0);
+        let loss = linear_cross_entropy(&hidden, &weight, None, &labels, 0, LossSettings::default());
         assert_eq!(loss.double_value(&[]), 0.0);
         loss.backward();
         assert_eq!(hidden.grad().abs().sum(Kind::Float).double_value(&[]), 0.0);

@@ -1,0 +1,104 @@
+//! Rotary position embeddings: the frequencies a config asks for, the cos/sin tables a
+//! forward pass computes once for all its layers, and their application to queries and keys.
+
+use std::f64::consts::PI;
+
+use tch::{Device, Kind, Tensor};
+
+/// Rotary position embeddings: the base, and how the frequencies are scaled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Frequencies divided by `factor`.
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1's piecewise scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+impl Rope {
+    /// The inverse frequencies [dim / 2], in float32 as transformers computes them.
+    pub fn inverse_frequencies(&self, dim: i64, device: Device) -> Tensor {
+        let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / dim as f64;
+        let inv_freq = Tensor::pow_scalar(self.theta, &exponents).reciprocal();
+        match self.scaling {
+            RopeScaling::None => inv_freq,
+            RopeScaling::Linear { factor } => inv_freq / factor,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
+                let low_freq_wavelen = old / low_freq_factor;
+                let high_freq_wavelen = old / high_freq_factor;
+                let wavelen = inv_freq.reciprocal() * (2.0 * PI);
+                let scaled = inv_freq.where_self(&wavelen.le(low_freq_wavelen), &(&inv_freq / factor));
+                let smooth = (wavelen.reciprocal() * old - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                let smoothed = (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
+                let medium = wavelen.ge(high_freq_wavelen).logical_and(&wavelen.le(low_freq_wavelen));
+                smoothed.where_self(&medium, &scaled)
+            }
+        }
+    }
+}
+
+/// cos and sin [1, 1, T, dim] for positions 0..T, in the activations' dtype: computed once
+/// per forward pass and shared by every layer that uses these frequencies.
+#[derive(Debug)]
+pub struct RopeTables {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+impl RopeTables {
+    pub fn new(inv_freq: &Tensor, length: i64, kind: Kind) -> Self {
+        let positions = Tensor::arange(length, (Kind::Float, inv_freq.device()));
+        let freqs = positions.outer(inv_freq);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).view([1, 1, length, -1]);
+        Self { cos: emb.cos().to_kind(kind), sin: emb.sin().to_kind(kind) }
+    }
+}
+
+/// Rotates queries or keys [B, H, T, dim] by their positions.
+pub fn apply_rotary(x: &Tensor, tables: &RopeTables) -> Tensor {
+    apply_rotary_reference(x, tables)
+}
+
+/// transformers' `apply_rotary_pos_emb`: x * cos + rotate_half(x) * sin, with
+/// rotate_half(x) = [-x2, x1].
+pub fn apply_rotary_reference(x: &Tensor, tables: &RopeTables) -> Tensor {
+    let half = x.size()[3] / 2;
+    let (x1, x2) = (x.narrow(3, 0, half), x.narrow(3, half, half));
+    let rotated = Tensor::cat(&[&x2.neg(), &x1], -1);
+    x * &tables.cos + rotated * &tables.sin
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotation_keeps_each_pair_of_dimensions_length_and_position_zero_is_unchanged() {
+        let _generator = crate::engine::rng::lock_generator();
+        let rope = Rope { theta: 10_000.0, scaling: RopeScaling::None };
+        let tables = RopeTables::new(&rope.inverse_frequencies(8, Device::Cpu), 5, Kind::Float);
+        let x = Tensor::randn([2, 3, 5, 8], (Kind::Float, Device::Cpu));
+        let rotated = apply_rotary(&x, &tables);
+        let pair_norms = |t: &Tensor| (t.narrow(3, 0, 4).square() + t.narrow(3, 4, 4).square()).sqrt();
+        assert!(pair_norms(&rotated).allclose(&pair_norms(&x), 1e-5, 1e-5, false));
+        assert!(rotated.narrow(2, 0, 1).allclose(&x.narrow(2, 0, 1), 0.0, 0.0, false));
+    }
+}
