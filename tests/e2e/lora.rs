@@ -224,3 +224,44 @@ fn lora_mistakes_are_one_line_errors() {
     std::fs::write(adapter.join("adapter_config.json"), config.to_string()).unwrap();
     check(&adapter, &[], "use_dora is set, which this host does not implement");
 }
+
+#[test]
+fn an_adapter_on_the_head_trains_alike_through_the_hidden_states_and_the_full_logits() {
+    // The built-in loss takes the hidden states with the head ([x, A(x)] times [W, B]) and
+    // never makes the full logits; weighted_ce without weights is the same loss over the
+    // full logits. SGD, so rounding differences stay as small as they are.
+    let work = work();
+    let model = work.join("llama-causal/base");
+    let base = [
+        "--use-peft",
+        "--lora-r",
+        "4",
+        "--lora-target-modules",
+        "q_proj,lm_head",
+        "--optim",
+        "sgd",
+        "--learning-rate",
+        "0.5",
+        "--max-steps",
+        "3",
+    ];
+    let dir = crate::support::tempdir();
+    let fused = train(&model, "text", &dir.path().join("fused"), &base);
+    assert_eq!(fused.code, 0, "{}", fused.stderr);
+    let weighted_ce = crate::support::plugin("weighted_ce");
+    let full =
+        train(&model, "text", &dir.path().join("full"), &[&base[..], &["--plugin", path_str(&weighted_ce)]].concat());
+    assert_eq!(full.code, 0, "{}", full.stderr);
+    let (a, b) = (history(&dir.path().join("fused")), history(&dir.path().join("full")));
+    assert_eq!(a.len(), 3);
+    for ((loss_a, norm_a), (loss_b, norm_b)) in a.iter().zip(&b) {
+        assert!((loss_a - loss_b).abs() <= 1e-5 * loss_b.abs(), "losses {a:?} vs {b:?}");
+        assert!((norm_a - norm_b).abs() <= 1e-4 * norm_b.abs(), "gradient norms {a:?} vs {b:?}");
+    }
+    let adapter = |out: &str| dir.path().join(out).join("adapter_model.safetensors");
+    let difference = largest_difference(&adapter("fused"), &adapter("full"));
+    assert!(difference < 1e-5, "trained adapters differ by {difference}");
+    let names: Vec<String> =
+        tch::Tensor::read_safetensors(adapter("fused")).unwrap().into_iter().map(|(n, _)| n).collect();
+    assert!(names.iter().any(|n| n.contains("lm_head.lora_B")), "the head has an adapter: {names:?}");
+}

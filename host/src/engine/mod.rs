@@ -7,6 +7,7 @@ pub mod data;
 pub(crate) mod device;
 pub(crate) mod distributed;
 pub mod libtorch;
+pub mod loss;
 mod memory;
 pub mod models;
 pub mod ops;

@@ -7,6 +7,9 @@ use plugin_api::Tensors;
 use tch::Tensor;
 
 use super::extension::{self, component_error};
+use crate::engine::data::Batch;
+use crate::engine::loss::Loss;
+use crate::engine::models::Outputs;
 
 pub struct PluginLoss {
     inner: LossBox,
@@ -53,16 +56,47 @@ impl PluginLoss {
         let who = (self.plugin.as_str(), "loss", self.name.as_str());
         extension::call(who, during, op, json, &Tensors::new(), |op, input| self.inner.extension(op, input))
     }
+}
 
-    /// The loss's state, `None` when it has none (or its plugin predates plugin-api 1.1).
-    pub fn state(&mut self) -> Result<Option<serde_json::Value>> {
+/// The engine's loss trait over the plugin's: the plugin sees the logits and the batch by
+/// name, as HF's `compute_loss` override does.
+impl Loss for PluginLoss {
+    fn compute(&mut self, outputs: &Outputs, batch: &Batch, num_items: Option<i64>, training: bool) -> Result<Tensor> {
+        let value = self.compute_loss(&outputs.to_plugin(), &batch.to_plugin(), num_items)?;
+        check_loss(self, &value, training)?;
+        Ok(value)
+    }
+
+    /// `None` when it has none (or its plugin predates plugin-api 1.1).
+    fn state(&mut self) -> Result<Option<serde_json::Value>> {
         let answer = self.call(ExtensionOp::LOSS_STATE_SAVE, "saving its state", "")?;
         Ok(extension::parse_state(self.who(), answer)?.0)
     }
 
-    /// Restores a state that `state` returned.
-    pub fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
+    fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
         self.call(ExtensionOp::LOSS_STATE_LOAD, "restoring its state", &state.to_string())?;
         Ok(())
     }
+}
+
+/// A loss must be one floating-point number, and in training one that backpropagates to
+/// the model (made from the outputs by differentiable operations); anything else is the
+/// plugin's mistake, named as such.
+fn check_loss(loss: &PluginLoss, value: &Tensor, training: bool) -> Result<()> {
+    let who = format!("plugin '{}' loss '{}'", loss.plugin, loss.name);
+    if value.dim() != 0 {
+        anyhow::bail!("{who} returned a tensor of shape {:?}; compute_loss must return a scalar", value.size());
+    }
+    if !value.is_floating_point() {
+        anyhow::bail!(
+            "{who} returned a {:?} tensor; a loss must be floating point (compute it in float)",
+            value.kind()
+        );
+    }
+    if training && !value.requires_grad() {
+        anyhow::bail!(
+            "{who} returned a loss without a gradient (requires_grad is false), so training cannot backpropagate; compute it from the outputs with tensor operations (no detach, no .double_value)"
+        );
+    }
+    Ok(())
 }

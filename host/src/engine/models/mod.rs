@@ -31,14 +31,28 @@ pub enum Task {
     CausalLm,
 }
 
-/// A model's outputs by name; `logits` is always there.
+/// A model's outputs by name, with `logits`; or, from [`Model::forward_hidden`], a
+/// language model's last hidden states and head in place of the logits.
 pub struct Outputs {
     pub fields: Vec<(String, Tensor)>,
+    pub head_input: Option<HeadInput>,
+}
+
+/// What a language model's head turns into logits: hidden states [.., width] and the head
+/// (logits = hidden weight^T + bias).
+pub struct HeadInput {
+    pub hidden: Tensor,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
 }
 
 impl Outputs {
     pub fn logits(logits: Tensor) -> Self {
-        Self { fields: vec![("logits".to_owned(), logits)] }
+        Self { fields: vec![("logits".to_owned(), logits)], head_input: None }
+    }
+
+    pub fn hidden(head_input: HeadInput) -> Self {
+        Self { fields: Vec::new(), head_input: Some(head_input) }
     }
 
     pub fn get_logits(&self) -> &Tensor {
@@ -58,10 +72,10 @@ pub trait Model {
     /// The forward pass over a batch; `train` enables dropout (and training-mode layers).
     fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs>;
 
-    /// The built-in training loss of a causal language model computed without keeping its
-    /// logits (the same value and gradients, far less memory); `None` where the model
-    /// cannot, and the loss comes from the logits.
-    fn language_model_loss(&self, _batch: &Batch, _num_items: i64, _smoothing: f64) -> Option<Result<Tensor>> {
+    /// A causal language model's forward pass up to its head: the last hidden states and
+    /// the head, for a loss that needs no logits (the same value and gradients, far less
+    /// memory); `None` where the model cannot give them.
+    fn forward_hidden(&self, _batch: &Batch, _train: bool) -> Option<Result<Outputs>> {
         None
     }
 

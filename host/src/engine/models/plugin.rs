@@ -66,6 +66,9 @@ impl Model for PluginNet {
             let names: Vec<&str> = outputs.names().collect();
             return Err(anyhow!("{} returned no 'logits' (outputs: {})", model.label(), names.join(", ")));
         }
-        Ok(Outputs { fields: outputs.iter().map(|(n, t)| (n.to_owned(), t.shallow_clone())).collect() })
+        Ok(Outputs {
+            fields: outputs.iter().map(|(n, t)| (n.to_owned(), t.shallow_clone())).collect(),
+            head_input: None,
+        })
     }
 }

@@ -121,7 +121,7 @@ fn outputs(output: IValue) -> Result<Outputs, String> {
             };
             let logits = fields.remove(at);
             fields.insert(0, logits);
-            Ok(Outputs { fields })
+            Ok(Outputs { fields, head_input: None })
         }
         _ => Err("a value that is not a tensor, a dict with 'logits' or a tuple".to_owned()),
     }

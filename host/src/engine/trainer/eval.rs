@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use super::metrics::{check_loss, cross_entropy, speed_metrics, Tally};
+use super::metrics::{speed_metrics, Tally};
 use super::Trainer;
 use crate::engine::callbacks::Event;
 use crate::engine::libtorch;
@@ -245,15 +245,8 @@ impl Trainer {
         let outputs: Outputs = tch::no_grad(|| self.model.net.forward(&batch, false))?;
         let logits = outputs.get_logits();
         let labels = batch.labels();
-        let loss = match &mut self.loss {
-            Some(loss) => {
-                let value = tch::no_grad(|| loss.compute_loss(&outputs.to_plugin(), &batch.to_plugin(), None))?;
-                check_loss(loss, &value, false)?;
-                value
-            }
-            // HF's LabelSmoother, when on, gives the evaluation loss too.
-            None => cross_entropy(logits, labels, Reduction::Mean, self.config.args.label_smoothing_factor)?,
-        };
+        // The training loss's own evaluation form (HF's LabelSmoother, when on, too).
+        let loss = tch::no_grad(|| self.loss.compute(&outputs, &batch, None, false))?;
         tally.add(&loss, len, logits, labels);
         if plugin_metrics && !self.metrics.is_empty() {
             let (outputs, batch) = (outputs.to_plugin(), batch.to_plugin());

@@ -1,25 +1,7 @@
-//! Losses and evaluation metrics: the built-in cross entropy (HF's loss with
-//! `num_items_in_batch`), the check on a plugin's loss, and the evaluation totals kept on
-//! the device (loss, accuracy, macro F1).
+//! Evaluation metrics: the totals kept on the device (loss, accuracy, macro F1), and HF's
+//! speed metrics.
 
-use anyhow::Result;
-use tch::{Device, Kind, Reduction, Tensor};
-
-use crate::error::InputError;
-use crate::plugins::PluginLoss;
-
-/// The built-in training loss: cross entropy summed over the micro-batch's label items
-/// (labels of -100 ignored), divided by the label items of the whole optimizer step, as
-/// HF's loss with `num_items_in_batch`. With `smoothing` > 0 it is HF's LabelSmoother
-/// (PyTorch's label_smoothing: the target puts smoothing / classes on every class).
-pub(super) fn builtin_training_loss(
-    logits: &Tensor,
-    labels: &Tensor,
-    num_items_in_batch: i64,
-    smoothing: f64,
-) -> Result<Tensor> {
-    Ok(cross_entropy(logits, labels, Reduction::Sum, smoothing)? / num_items_in_batch.max(1) as f64)
-}
+use tch::{Device, Kind, Tensor};
 
 /// HF's `speed_metrics`: `{prefix}_runtime` (rounded to 4 decimals) and the samples and
 /// steps per second (3 decimals).
@@ -34,48 +16,6 @@ pub(super) fn speed_metrics(prefix: &str, runtime: f64, samples: f64, steps: f64
 /// Python's `round(value, digits)` as speed_metrics uses it.
 pub(super) fn round_to(value: f64, digits: i32) -> f64 {
     (value * 10f64.powi(digits)).round() / 10f64.powi(digits)
-}
-
-/// Cross entropy over label items of any shape: logits [..., classes], labels [...]. Labels
-/// that do not fit the logits (a TorchScript model with fewer outputs than classes) are the
-/// user's data not fitting the model: an error, not a crash.
-pub(super) fn cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction, smoothing: f64) -> Result<Tensor> {
-    let classes = *logits.size().last().unwrap_or(&0);
-    // Token logits (a language model's [B, T, vocab]) in bf16 or fp16 are upcast first, as
-    // transformers' ForCausalLMLoss does: a vocabulary-wide logsumexp in bf16 is off by
-    // about 1e-2 relative.
-    let upcast;
-    let logits = if logits.dim() > 2 && matches!(logits.kind(), Kind::BFloat16 | Kind::Half) {
-        upcast = logits.to_kind(Kind::Float);
-        &upcast
-    } else {
-        logits
-    };
-    if labels.is_floating_point() && labels.size() == logits.size() {
-        // Class probabilities (a batch transform's mixed labels): PyTorch's soft-target
-        // cross entropy, one item per row.
-        let probabilities = labels.reshape([-1, classes]).to_kind(logits.kind());
-        return Ok(logits.reshape([-1, classes]).f_cross_entropy_loss::<Tensor>(
-            &probabilities,
-            None,
-            reduction,
-            -100,
-            smoothing,
-        )?);
-    }
-    logits
-        .reshape([-1, classes])
-        .f_cross_entropy_loss::<Tensor>(&labels.reshape([-1]), None, reduction, -100, smoothing)
-        .map_err(|e| {
-            InputError::new(format!(
-                "the labels do not fit the model's logits {:?} (labels {:?}, largest {}): {}",
-                logits.size(),
-                labels.size(),
-                labels.max().int64_value(&[]),
-                crate::error::first_line(&e.to_string())
-            ))
-            .into()
-        })
 }
 
 /// Evaluation totals, kept on the device so that no batch waits for a read.
@@ -177,31 +117,20 @@ impl Tally {
     }
 }
 
-/// A loss must be one floating-point number, and in training one that backpropagates to
-/// the model (made from the outputs by differentiable operations); anything else is the
-/// plugin's mistake, named as such.
-pub(super) fn check_loss(loss: &PluginLoss, value: &Tensor, training: bool) -> Result<()> {
-    let who = format!("plugin '{}' loss '{}'", loss.plugin, loss.name);
-    if value.dim() != 0 {
-        anyhow::bail!("{who} returned a tensor of shape {:?}; compute_loss must return a scalar", value.size());
-    }
-    if !value.is_floating_point() {
-        anyhow::bail!(
-            "{who} returned a {:?} tensor; a loss must be floating point (compute it in float)",
-            value.kind()
-        );
-    }
-    if training && !value.requires_grad() {
-        anyhow::bail!(
-            "{who} returned a loss without a gradient (requires_grad is false), so training cannot backpropagate; compute it from the outputs with tensor operations (no detach, no .double_value)"
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Reduction;
+
+    /// The built-in training loss over logits, as the trainer computes it.
+    fn builtin_training_loss(logits: &Tensor, labels: &Tensor, items: i64, smoothing: f64) -> anyhow::Result<Tensor> {
+        use crate::engine::loss::{CrossEntropy, Loss};
+        let mut fields = plugin_api::Tensors::new();
+        fields.insert("labels", labels.shallow_clone());
+        let batch = crate::engine::data::Batch::from_plugin(fields).unwrap();
+        let outputs = crate::engine::models::Outputs::logits(logits.shallow_clone());
+        CrossEntropy { smoothing }.compute(&outputs, &batch, Some(items), true)
+    }
 
     /// Labels with -100 here and there, split into uneven micro-batches.
     fn problem() -> (Tensor, Tensor, Tensor) {

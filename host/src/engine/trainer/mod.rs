@@ -27,6 +27,7 @@ use crate::engine::callbacks::{CallbackHandler, Event};
 use crate::engine::checkpoint::{self, records::Records};
 use crate::engine::data::{self, Dataset};
 use crate::engine::distributed::Distributed;
+use crate::engine::loss::{CrossEntropy, Loss};
 use crate::engine::models::pretrained::{lora, Export};
 use crate::engine::models::{self, Model, Task};
 use crate::engine::optim::schedule::Scheduler;
@@ -64,8 +65,9 @@ pub struct Trainer {
     precision: Precision,
     /// For fp16: loss scaling.
     scaler: Option<GradScaler>,
-    /// The loss plugin's component; None for the built-in cross entropy.
-    loss: Option<PluginLoss>,
+    /// The run's loss (the plugin's, or the built-in cross entropy), for training and
+    /// evaluation alike.
+    loss: Box<dyn Loss>,
     callbacks: CallbackHandler,
     train: Dataset,
     eval: Dataset,
@@ -190,6 +192,11 @@ impl Trainer {
             || "moving the data to the device".to_owned(),
             || Ok((train.to_device(device), eval.to_device(device))),
         )?;
+        let smoothing = config.args.label_smoothing_factor;
+        let loss: Box<dyn Loss> = match loss {
+            Some(plugin) => Box::new(plugin),
+            None => Box::new(CrossEntropy { smoothing }),
+        };
         let mut run = RunState::default();
         run.state.is_local_process_zero = dist.as_ref().is_none_or(|d| d.local_rank() == 0);
         run.state.is_world_process_zero = dist.as_ref().is_none_or(|d| d.rank() == 0);

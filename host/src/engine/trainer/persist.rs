@@ -141,10 +141,7 @@ impl Trainer {
             last_logged_step,
             samples_seen,
             grad_scaler: self.scaler.as_ref().map(|s| ScalerRecord { scale: s.scale }),
-            loss_state: match &mut self.loss {
-                Some(loss) => loss.state()?,
-                None => None,
-            },
+            loss_state: self.loss.state()?,
             run_config: serde_json::to_value(self.config.to_table()?)?,
         })
     }
@@ -272,8 +269,8 @@ impl Trainer {
         if let (Some(scaler), Some(saved)) = (&mut self.scaler, host.grad_scaler) {
             scaler.scale = saved.scale;
         }
-        if let (Some(loss), Some(state)) = (&mut self.loss, &host.loss_state) {
-            loss.load_state(state)?;
+        if let Some(state) = &host.loss_state {
+            self.loss.load_state(state)?;
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use super::auto_batch::simulated_out_of_memory;
-use super::metrics::{builtin_training_loss, check_loss, round_to, speed_metrics};
+use super::metrics::{round_to, speed_metrics};
 use super::state::Position;
 use super::Trainer;
 use crate::config::arguments::{IntervalStrategy, SaveStrategy, TrainingArguments, MAX_STEPS};
@@ -415,30 +415,20 @@ impl Trainer {
         })?))
     }
 
-    /// The loss of one training micro-batch: the loss plugin's, or the built-in one.
+    /// The loss of one training micro-batch: the run's loss over the model's logits, or
+    /// over its last hidden states and head where the loss takes them.
     fn training_loss(&mut self, batch: &Batch, num_items: i64) -> Result<Tensor> {
         // HF runs the forward pass and the loss under autocast, the backward pass outside.
         let _autocast = Autocast::enter(self.precision, self.device)?;
-        if self.loss.is_none() {
-            let smoothing = self.config.args.label_smoothing_factor;
-            if let Some(loss) = self.model.net.language_model_loss(batch, num_items, smoothing) {
-                return loss;
-            }
-        }
-        let outputs = self.model.net.forward(batch, true)?;
-        match &mut self.loss {
-            Some(loss) => {
-                let value = loss.compute_loss(&outputs.to_plugin(), &batch.to_plugin(), Some(num_items))?;
-                check_loss(loss, &value, true)?;
-                Ok(value)
-            }
-            None => builtin_training_loss(
-                outputs.get_logits(),
-                batch.labels(),
-                num_items,
-                self.config.args.label_smoothing_factor,
-            ),
-        }
+        let hidden = match self.loss.takes_hidden_states() {
+            true => self.model.net.forward_hidden(batch, true).transpose()?,
+            false => None,
+        };
+        let outputs = match hidden {
+            Some(outputs) => outputs,
+            None => self.model.net.forward(batch, true)?,
+        };
+        self.loss.compute(&outputs, batch, Some(num_items), true)
     }
 
     /// After the step's last backward pass: the update, the step's events, then logging,

@@ -6,13 +6,14 @@
 
 use tch::{nn, Tensor};
 
-use super::arch::{HiddenAndHead, Network};
+use super::arch::Network;
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, DecoderConfig};
 use super::layers::{last_token, pick_rows};
 use super::layers::{Embedding, Linear, RmsNorm};
 use super::params::{Need, ParamSource};
 use super::Head;
+use crate::engine::models::HeadInput;
 use crate::engine::ops::activation::{gated, Activation};
 use crate::engine::ops::attention::{attention, merge_heads, split_heads, Mask};
 use crate::engine::ops::rope::{apply_rotary, RopeTables};
@@ -191,10 +192,9 @@ impl Network for Decoder {
         &mut self.embed_tokens
     }
 
-    fn hidden_and_head(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HiddenAndHead<'_>> {
-        let head = self.lm_head.as_ref().filter(|head| head.lora.is_none())?;
-        let hidden = self.hidden(ids, mask, train);
-        Some(HiddenAndHead { hidden, weight: &head.weight, bias: head.bias.as_ref() })
+    fn head_input(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HeadInput> {
+        let head = self.lm_head.as_ref()?;
+        Some(head.head_input(self.hidden(ids, mask, train), train))
     }
 
     fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, _: Option<&Tensor>, train: bool) -> Tensor {

@@ -6,11 +6,12 @@
 
 use tch::{nn, Kind, Tensor};
 
-use super::arch::{HiddenAndHead, Network};
+use super::arch::Network;
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, EncoderConfig};
 use super::layers::{Embedding, LayerNorm, Linear};
 use super::params::{Need, ParamSource};
+use crate::engine::models::HeadInput;
 use crate::engine::ops::activation::Activation;
 use crate::engine::ops::attention::{attention, merge_heads, split_heads, Mask};
 
@@ -154,7 +155,7 @@ impl Network for Encoder {
     }
 
     /// A classifier: no language-model head.
-    fn hidden_and_head(&self, _: &Tensor, _: Option<&Tensor>, _: bool) -> Option<HiddenAndHead<'_>> {
+    fn head_input(&self, _: &Tensor, _: Option<&Tensor>, _: bool) -> Option<HeadInput> {
         None
     }
 

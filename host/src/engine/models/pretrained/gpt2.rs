@@ -5,13 +5,14 @@
 
 use tch::{nn, Tensor};
 
-use super::arch::{HiddenAndHead, Network};
+use super::arch::Network;
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, Gpt2Config};
 use super::layers::{last_token, pick_rows};
 use super::layers::{Conv1D, Embedding, LayerNorm, Linear};
 use super::params::{Need, ParamSource};
 use super::Head;
+use crate::engine::models::HeadInput;
 use crate::engine::ops::activation::Activation;
 use crate::engine::ops::attention::{attention, merge_heads, split_heads, Mask};
 
@@ -120,16 +121,15 @@ impl Network for Gpt2 {
     }
 
     /// The head weight is the token embedding when tied.
-    fn hidden_and_head(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HiddenAndHead<'_>> {
+    fn head_input(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HeadInput> {
         if self.score.is_some() {
             return None;
         }
-        let weight = match &self.lm_head {
-            Some(head) if head.lora.is_some() => return None,
-            Some(head) => &head.weight,
-            None => &self.wte.weight,
-        };
-        Some(HiddenAndHead { hidden: self.hidden(ids, mask, train), weight, bias: None })
+        let hidden = self.hidden(ids, mask, train);
+        Some(match &self.lm_head {
+            Some(head) => head.head_input(hidden, train),
+            None => HeadInput { hidden, weight: self.wte.weight.shallow_clone(), bias: None },
+        })
     }
 
     fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, _: Option<&Tensor>, train: bool) -> Tensor {

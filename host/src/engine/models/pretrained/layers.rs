@@ -6,6 +6,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::lora::Lora;
 use super::params::{Init, Need, ParamSource};
+use crate::engine::models::HeadInput;
 
 /// `nn.Linear`: weight [out, in], optional bias; y = x W^T + b.
 #[derive(Debug)]
@@ -37,6 +38,19 @@ impl Linear {
             Some(lora) => y + lora.delta(x, train),
             None => y,
         }
+    }
+
+    /// The layer as an output head over `x`, for a loss that computes the logits itself.
+    /// With an adapter, x W^T + B(u) (u = the adapter's scaled down projection) is one
+    /// product of [x, u] with [W, B]: the loss's gradients then reach x, A and B through
+    /// autograd (at the cost of a copy of the head for the joined weight).
+    pub fn head_input(&self, x: Tensor, train: bool) -> HeadInput {
+        let bias = self.bias.as_ref().map(Tensor::shallow_clone);
+        let Some(lora) = &self.lora else { return HeadInput { hidden: x, weight: self.weight.shallow_clone(), bias } };
+        let down = lora.down(&x, train).to_kind(x.kind());
+        let hidden = Tensor::cat(&[&x, &down], -1);
+        let weight = Tensor::cat(&[&self.weight, &lora.b.to_kind(self.weight.kind())], 1);
+        HeadInput { hidden, weight, bias }
     }
 }
 

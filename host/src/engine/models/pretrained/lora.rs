@@ -197,6 +197,16 @@ pub struct Lora {
 impl Lora {
     /// The adapter's addition to the layer's output for input `x` (in the adapter's dtype,
     /// float32 over a bfloat16 model as PEFT keeps it, then cast back to `x`'s).
+    /// The adapter's down projection, scaled: scaling * A(dropout(x)) [.., r], in the
+    /// adapter's dtype (delta = B of it).
+    pub fn down(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut input = if x.kind() == self.a.kind() { x.shallow_clone() } else { x.to_kind(self.a.kind()) };
+        if train && self.dropout > 0.0 {
+            input = input.dropout(self.dropout, true);
+        }
+        input.linear::<&Tensor>(&self.a, None) * self.scaling
+    }
+
     pub fn delta(&self, x: &Tensor, train: bool) -> Tensor {
         let kind = x.kind();
         let mut input = if kind == self.a.kind() { x.shallow_clone() } else { x.to_kind(self.a.kind()) };

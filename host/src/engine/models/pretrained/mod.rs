@@ -27,7 +27,6 @@ use tch::{nn, Kind, Tensor};
 
 use super::{Model, Outputs, Sizes, Task};
 use crate::engine::data::{Batch, Dataset};
-use crate::engine::ops::cross_entropy::{linear_cross_entropy, LossSettings};
 use crate::engine::weights::WeightFiles;
 use crate::error::InputError;
 use arch::{Network, Positions};
@@ -397,15 +396,13 @@ impl Model for Pretrained {
         ])
     }
 
-    fn language_model_loss(&self, batch: &Batch, num_items: i64, smoothing: f64) -> Option<Result<Tensor>> {
+    fn forward_hidden(&self, batch: &Batch, train: bool) -> Option<Result<Outputs>> {
         let ids = match self.token_ids(batch) {
             Ok(ids) => ids,
             Err(e) => return Some(Err(e)),
         };
-        let arch::HiddenAndHead { hidden, weight, bias } =
-            self.net.hidden_and_head(ids, batch.get("attention_mask"), true)?;
-        let settings = LossSettings { smoothing, soft_cap: None };
-        Some(Ok(linear_cross_entropy(&hidden, weight, bias, batch.labels(), num_items, settings)))
+        let head = self.net.head_input(ids, batch.get("attention_mask"), train)?;
+        Some(Ok(Outputs::hidden(head)))
     }
 
     fn generate(&self, prompt: &Tensor, new_tokens: i64, stop: Option<i64>) -> Option<Result<Tensor>> {

@@ -19,6 +19,7 @@ use super::config::Common;
 use super::layers::Embedding;
 use super::params::ParamSource;
 use super::Head;
+use crate::engine::models::HeadInput;
 
 /// Every architecture the host implements, in the order errors list them.
 const REGISTRY: &[Registration] = &[
@@ -112,22 +113,15 @@ pub trait Network: std::fmt::Debug {
     /// The head's logits: [B, T, vocab] for a language model, [B, labels] for a classifier.
     fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, token_types: Option<&Tensor>, train: bool) -> Tensor;
 
-    /// A language model's last hidden states and its head (weight, bias), for the loss
-    /// without logits; `None` for a classifier or a head with an adapter.
-    fn hidden_and_head(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HiddenAndHead<'_>>;
+    /// A language model's last hidden states and its head, for the loss without logits;
+    /// `None` for a classifier.
+    fn head_input(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HeadInput>;
 
     /// The input embedding (where NEFTune adds its noise).
     fn input_embeddings(&mut self) -> &mut Embedding;
 
     /// With gradient checkpointing: the backward pass through the blocks.
     fn backward_blocks(&self) -> anyhow::Result<()>;
-}
-
-/// The last hidden states and the output head that turns them into logits.
-pub struct HiddenAndHead<'a> {
-    pub hidden: Tensor,
-    pub weight: &'a Tensor,
-    pub bias: Option<&'a Tensor>,
 }
 
 /// Reads config.json into its architecture. An unknown model_type lists the known ones.
