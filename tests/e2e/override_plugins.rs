@@ -196,13 +196,15 @@ fn mixup_and_cutmix_equal_torchvision() {
     batch.insert("labels", Tensor::from_slice(&[3i64, 1, 4, 1, 5, 9]));
     let batch_file: Vec<(String, Tensor)> = batch.iter().map(|(n, t)| (n.to_owned(), t.shallow_clone())).collect();
     Tensor::write_safetensors(&batch_file, dir.path().join("batch.safetensors")).unwrap();
-    let context = plugin_api::BatchContext { global_step: 0, epoch: 0.0, num_labels: Some(10) };
+    use host::engine::data::transform::{BatchTransform, TransformContext};
+    let context = TransformContext { global_step: 0, epoch: 0.0, num_labels: Some(10) };
+    let batch = host::engine::data::Batch::from_plugin(batch).unwrap();
     let (seed, alpha) = (7, 0.4);
     for mode in ["mixup", "cutmix"] {
         let config = serde_json::json!({ "mode": mode, "alpha": alpha, "image_shape": [8, 8] });
         let mut transform = plugin.create_batch_transform("mixup", &config, "{}").unwrap();
         tch::manual_seed(seed);
-        let mixed = transform.transform(&batch, &context).unwrap();
+        let mixed = transform.transform(&batch, &context).unwrap().to_plugin();
         assert_eq!(mixed.get("labels").unwrap().size(), [6, 10], "{mode}: labels become probabilities");
         let out: Vec<(String, Tensor)> = mixed.iter().map(|(n, t)| (n.to_owned(), t.shallow_clone())).collect();
         Tensor::write_safetensors(&out, dir.path().join(format!("{mode}.safetensors"))).unwrap();

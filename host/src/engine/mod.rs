@@ -9,6 +9,7 @@ pub(crate) mod distributed;
 pub mod libtorch;
 pub mod loss;
 mod memory;
+pub mod metric;
 pub mod models;
 pub mod ops;
 pub(crate) mod optim;

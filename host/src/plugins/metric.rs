@@ -4,51 +4,53 @@
 use anyhow::Result;
 use plugin_api::ffi::ExtensionOp;
 use plugin_api::Tensors;
+use tch::Tensor;
 
 use super::component::PluginComponent;
+use crate::engine::data::Batch;
+use crate::engine::metric::{Metric, MetricResults};
+use crate::engine::models::Outputs;
 
 pub struct PluginMetric(pub(super) PluginComponent);
 
-/// What a metric reports: named values, and a report of any shape to write as JSON.
-pub struct MetricReport {
-    pub values: Vec<(String, f64)>,
-    pub report: Option<serde_json::Value>,
-}
-
-impl PluginMetric {
-    pub fn name(&self) -> &str {
+impl Metric for PluginMetric {
+    fn name(&self) -> &str {
         &self.0.name
     }
 
-    pub fn reset(&mut self) -> Result<()> {
+    fn reset(&mut self) -> Result<()> {
         self.0.call(ExtensionOp::METRIC_RESET, "reset", "{}", &Tensors::new())?;
         Ok(())
     }
 
-    /// One evaluation batch: the model's outputs and the batch's fields.
-    pub fn update(&mut self, outputs: &Tensors, batch: &Tensors) -> Result<()> {
+    /// The plugin sees `outputs.NAME` and `batch.NAME` tensors.
+    fn update(&mut self, outputs: &Outputs, batch: &Batch) -> Result<()> {
         let mut tensors = Tensors::new();
-        for (name, tensor) in outputs.iter() {
+        for (name, tensor) in outputs.to_plugin().iter() {
             tensors.insert(format!("outputs.{name}"), tensor.shallow_clone());
         }
-        for (name, tensor) in batch.iter() {
+        for (name, tensor) in batch.to_plugin().iter() {
             tensors.insert(format!("batch.{name}"), tensor.shallow_clone());
         }
         self.0.call(ExtensionOp::METRIC_UPDATE, "update", "{}", &tensors)?;
         Ok(())
     }
 
-    /// The running totals to sum across ranks (none: each rank reports its own share).
-    pub fn totals(&mut self) -> Result<Tensors> {
-        Ok(self.0.call(ExtensionOp::METRIC_TOTALS, "totals", "{}", &Tensors::new())?.1)
+    fn totals(&mut self) -> Result<Vec<(String, Tensor)>> {
+        let totals = self.0.call(ExtensionOp::METRIC_TOTALS, "totals", "{}", &Tensors::new())?.1;
+        Ok(totals.iter().map(|(name, tensor)| (name.to_owned(), tensor.shallow_clone())).collect())
     }
 
-    pub fn set_totals(&mut self, totals: &Tensors) -> Result<()> {
-        self.0.call(ExtensionOp::METRIC_SET_TOTALS, "set_totals", "{}", totals)?;
+    fn set_totals(&mut self, totals: Vec<(String, Tensor)>) -> Result<()> {
+        let mut tensors = Tensors::new();
+        for (name, tensor) in totals {
+            tensors.insert(name, tensor);
+        }
+        self.0.call(ExtensionOp::METRIC_SET_TOTALS, "set_totals", "{}", &tensors)?;
         Ok(())
     }
 
-    pub fn compute(&mut self) -> Result<MetricReport> {
+    fn compute(&mut self) -> Result<MetricResults> {
         let (answer, _) = self.0.call_json(ExtensionOp::METRIC_COMPUTE, "compute", "{}", &Tensors::new())?;
         // JSON has no NaN: an undefined value (no examples) arrives as null.
         let values = answer["values"]
@@ -56,6 +58,6 @@ impl PluginMetric {
             .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(f64::NAN))).collect())
             .unwrap_or_default();
         let report = Some(answer["report"].clone()).filter(|r| !r.is_null());
-        Ok(MetricReport { values, report })
+        Ok(MetricResults { values, report })
     }
 }

@@ -20,7 +20,7 @@ mod transform;
 pub use callback::{PluginCallback, PluginCallbacks};
 pub use library::{Component, Kind, Plugin};
 pub use loss::PluginLoss;
-pub use metric::{MetricReport, PluginMetric};
+pub use metric::PluginMetric;
 pub use model::{InitialWeights, PluginModel};
 pub(crate) use optimizer::OptimizerAdapter;
 pub use optimizer::PluginOptimizer;

@@ -5,6 +5,7 @@ use plugin_api::ffi::ExtensionOp;
 use plugin_api::{Schedule, Tensors};
 
 use super::component::PluginComponent;
+use crate::engine::optim::schedule::{LrSchedule, ScheduleFactory, StepPlan};
 
 pub struct PluginScheduler(pub(super) PluginComponent);
 
@@ -39,5 +40,40 @@ impl PluginScheduler {
     pub fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
         self.0.call(ExtensionOp::CALLBACK_STATE_LOAD, "restoring its state", &state.to_string(), &Tensors::new())?;
         Ok(())
+    }
+}
+
+/// The plugin's schedule over the run's steps.
+struct PlannedSchedule {
+    scheduler: PluginScheduler,
+    schedule: Schedule,
+}
+
+impl ScheduleFactory for PluginScheduler {
+    fn make(self: Box<Self>, plan: StepPlan) -> Box<dyn LrSchedule> {
+        let schedule = Schedule { base_lr: plan.base_lr, max_steps: plan.max_steps, warmup_steps: plan.warmup_steps };
+        Box::new(PlannedSchedule { scheduler: *self, schedule })
+    }
+}
+
+impl LrSchedule for PlannedSchedule {
+    fn lr(&mut self, step: i64) -> Result<f64> {
+        self.scheduler.lr(step, &self.schedule)
+    }
+
+    fn on_metric(&mut self, value: f64) -> Result<()> {
+        self.scheduler.on_metric(value)
+    }
+
+    fn state(&mut self) -> Result<serde_json::Value> {
+        self.scheduler.state()
+    }
+
+    /// A checkpoint without a schedule state (null) leaves the plugin's as it is.
+    fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        match state.is_null() {
+            true => Ok(()),
+            false => self.scheduler.load_state(state),
+        }
     }
 }

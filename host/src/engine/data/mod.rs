@@ -11,6 +11,7 @@ mod parquet;
 pub mod prefetch;
 mod text;
 mod token_labels;
+pub mod transform;
 
 use std::path::PathBuf;
 

@@ -812,3 +812,47 @@ mod tests {
         );
     }
 }
+
+/// The steps a schedule runs over, known once the data is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepPlan {
+    pub base_lr: f64,
+    pub warmup_steps: i64,
+    pub max_steps: i64,
+}
+
+/// A learning-rate schedule as the trainer drives it: the built-in [`Scheduler`], or a
+/// plugin's through its adapter.
+pub trait LrSchedule {
+    /// The rate for the update after `step` optimizer steps.
+    fn lr(&mut self, step: i64) -> anyhow::Result<f64>;
+    /// An evaluation's metric_for_best_model (reduce_lr_on_plateau, greedy).
+    fn on_metric(&mut self, value: f64) -> anyhow::Result<()>;
+    /// What a checkpoint keeps.
+    fn state(&mut self) -> anyhow::Result<serde_json::Value>;
+    fn load_state(&mut self, state: &serde_json::Value) -> anyhow::Result<()>;
+}
+
+/// Makes the run's schedule once its steps are known (a plugin's schedule is chosen before).
+pub trait ScheduleFactory {
+    fn make(self: Box<Self>, plan: StepPlan) -> Box<dyn LrSchedule>;
+}
+
+impl LrSchedule for Scheduler {
+    fn lr(&mut self, step: i64) -> anyhow::Result<f64> {
+        Ok(Scheduler::lr(self, step))
+    }
+
+    fn on_metric(&mut self, value: f64) -> anyhow::Result<()> {
+        Scheduler::on_metric(self, value);
+        Ok(())
+    }
+
+    fn state(&mut self) -> anyhow::Result<serde_json::Value> {
+        Ok(Scheduler::state(self))
+    }
+
+    fn load_state(&mut self, state: &serde_json::Value) -> anyhow::Result<()> {
+        Scheduler::load_state(self, state).map_err(anyhow::Error::msg)
+    }
+}

@@ -192,8 +192,8 @@ impl Trainer {
                 if !totals.is_empty() {
                     let summed: Vec<Tensor> = totals.iter().map(|(_, t)| t.to_device(self.device)).collect();
                     self.sum_tensors_across_ranks(&summed.iter().collect::<Vec<_>>(), "summing a metric's totals")?;
-                    let names: Vec<String> = totals.names().map(str::to_owned).collect();
-                    self.metrics[i].set_totals(&names.into_iter().zip(summed).collect())?;
+                    let names = totals.into_iter().map(|(name, _)| name);
+                    self.metrics[i].set_totals(names.zip(summed).collect())?;
                 }
             }
             let results = self.metrics[i].compute()?;
@@ -248,8 +248,7 @@ impl Trainer {
         // The training loss's own evaluation form (HF's LabelSmoother, when on, too).
         let loss = tch::no_grad(|| self.loss.compute(&outputs, &batch, None, false))?;
         tally.add(&loss, len, logits, labels);
-        if plugin_metrics && !self.metrics.is_empty() {
-            let (outputs, batch) = (outputs.to_plugin(), batch.to_plugin());
+        if plugin_metrics {
             for metric in &mut self.metrics {
                 metric.update(&outputs, &batch)?;
             }

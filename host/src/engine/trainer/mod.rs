@@ -25,20 +25,20 @@ use tch::{nn, Device, Tensor};
 use crate::config::ResolvedConfig;
 use crate::engine::callbacks::{CallbackHandler, Event};
 use crate::engine::checkpoint::{self, records::Records};
+use crate::engine::data::transform::BatchTransform;
 use crate::engine::data::{self, Dataset};
 use crate::engine::distributed::Distributed;
 use crate::engine::loss::{CrossEntropy, Loss};
+use crate::engine::metric::Metric;
 use crate::engine::models::pretrained::{lora, Export};
 use crate::engine::models::{self, Model, Task};
-use crate::engine::optim::schedule::Scheduler;
+use crate::engine::optim::schedule::{LrSchedule, ScheduleFactory};
 use crate::engine::optim::{self, Optimizer, Param};
 use crate::engine::precision::{GradScaler, Precision};
 use crate::engine::report::Reporter;
 use crate::engine::{libtorch, memory, weights};
 use crate::error::InputError;
-use crate::plugins::{
-    selection, OptimizerAdapter, Overrides, PluginLoss, PluginMetric, PluginOptimizer, PluginTransform,
-};
+use crate::plugins::{selection, OptimizerAdapter, Overrides, PluginLoss, PluginOptimizer};
 use state::RunState;
 
 pub use train_loop::Outcome;
@@ -50,13 +50,16 @@ pub struct Trainer {
     model: ModelParts,
     optimizer: Box<dyn Optimizer>,
     /// Made when training starts, once the number of steps is known.
-    scheduler: Option<Scheduler>,
-    /// A plugin's schedule (lr_scheduler_type plugin:NAME), which then gives the rates.
-    plugin_schedule: Option<lr_schedule::PluginSchedule>,
+    /// (Asking for a rate may call into a plugin, which needs it mutable; the trainer asks
+    /// from places that only read.)
+    schedule: Option<std::cell::RefCell<Box<dyn LrSchedule>>>,
+    /// A plugin's schedule (lr_scheduler_type plugin:NAME), made into `schedule` when the
+    /// steps are known; without one the built-in schedule is.
+    schedule_factory: Option<Box<dyn ScheduleFactory>>,
     /// Metric plugins (compute_metrics), evaluated alongside the built-in metrics.
-    metrics: Vec<PluginMetric>,
+    metrics: Vec<Box<dyn Metric>>,
     /// Batch transform plugins, applied to each training batch in order.
-    batch_transforms: Vec<PluginTransform>,
+    batch_transforms: Vec<Box<dyn BatchTransform>>,
     /// The metric plugins' reports of the last evaluation, by metric.
     metric_reports: Vec<(String, serde_json::Value)>,
     /// Where evaluations write the metric reports: output_dir on the first rank of a
@@ -205,10 +208,10 @@ impl Trainer {
             device,
             model: ModelParts { vars, net, task, export, flop_parameters, num_labels },
             optimizer,
-            scheduler: None,
-            plugin_schedule: plugin_scheduler.map(lr_schedule::PluginSchedule::new),
-            metrics,
-            batch_transforms,
+            schedule: None,
+            schedule_factory: plugin_scheduler.map(|s| Box::new(s) as Box<dyn ScheduleFactory>),
+            metrics: metrics.into_iter().map(|m| Box::new(m) as Box<dyn Metric>).collect(),
+            batch_transforms: batch_transforms.into_iter().map(|t| Box::new(t) as Box<dyn BatchTransform>).collect(),
             metric_reports: Vec::new(),
             report_dir: None,
             precision,

@@ -15,9 +15,9 @@ use super::Trainer;
 use crate::config::arguments::{IntervalStrategy, SaveStrategy, TrainingArguments, MAX_STEPS};
 use crate::engine::callbacks::Event;
 use crate::engine::data::prefetch::BatchLoader;
+use crate::engine::data::transform::TransformContext;
 use crate::engine::data::{self, Batch};
 use crate::engine::libtorch;
-use crate::engine::optim::schedule::Scheduler;
 use crate::engine::precision::Autocast;
 use crate::engine::{checkpoint, distributed, progress_bar};
 use crate::error::{InputError, Interrupted};
@@ -230,11 +230,7 @@ impl Trainer {
         state.logging_steps = TrainingArguments::resolve_steps(args.logging_steps, max_steps);
         state.eval_steps = TrainingArguments::resolve_steps(args.eval_steps.unwrap_or(args.logging_steps), max_steps);
         state.save_steps = TrainingArguments::resolve_steps(args.save_steps, max_steps);
-        self.scheduler = Some(Scheduler::new(&self.config.schedule, warmup, max_steps));
-        if let Some(plugin) = &mut self.plugin_schedule {
-            let base_lr = args.learning_rate;
-            plugin.schedule = Some(plugin_api::Schedule { base_lr, max_steps, warmup_steps: warmup });
-        }
+        self.plan_schedule(warmup, max_steps);
         Ok(Plan { max_steps, num_epochs, updates_per_epoch, accumulation })
     }
 
@@ -398,21 +394,16 @@ impl Trainer {
         if self.batch_transforms.is_empty() {
             return Ok(None);
         }
-        let context = plugin_api::BatchContext {
+        let context = TransformContext {
             global_step: self.run.state.global_step,
             epoch: self.run.state.epoch,
             num_labels: self.model.num_labels,
         };
-        let mut tensors = batch.to_plugin();
-        for transform in &mut self.batch_transforms {
-            tensors = transform.transform(&tensors, &context)?;
+        let mut transformed = self.batch_transforms[0].transform(batch, &context)?;
+        for transform in &mut self.batch_transforms[1..] {
+            transformed = transform.transform(&transformed, &context)?;
         }
-        Ok(Some(Batch::from_plugin(tensors).map_err(|e| {
-            anyhow::anyhow!(
-                "the batch transforms ({}) {e}",
-                self.batch_transforms.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
-            )
-        })?))
+        Ok(Some(transformed))
     }
 
     /// The loss of one training micro-batch: the run's loss over the model's logits, or
