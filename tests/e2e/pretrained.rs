@@ -100,6 +100,11 @@ fn bad_model_folders_are_one_line_errors() {
     edit_config(&narrower, |c| drop(c.insert("intermediate_size".into(), 96.into())));
     let deeper = folder("deeper", "llama-classifier", &[]);
     edit_config(&deeper, |c| drop(c.insert("num_hidden_layers".into(), 3.into())));
+    // Absurd but legal sizes: refused from the weights' headers, nothing allocated first.
+    let abyss = folder("abyss", "llama-classifier", &[]);
+    edit_config(&abyss, |c| drop(c.insert("num_hidden_layers".into(), 100_000.into())));
+    let vast = folder("vast", "llama-classifier", &[]);
+    edit_config(&vast, |c| drop(c.insert("hidden_size".into(), 4_000_000.into())));
     let small_vocab = folder("small_vocab", "llama-classifier", &[]);
     edit_config(&small_vocab, |c| drop(c.insert("vocab_size".into(), 200.into())));
     let window = folder("window", "mistral-causal", &[]);
@@ -141,7 +146,9 @@ fn bad_model_folders_are_one_line_errors() {
         (vec![show(&sharded)], format!("model_name_or_path {}: shard {gone}, listed in model.safetensors.index.json, is missing; download or copy the whole folder", show(&sharded))),
         (vec![show(&t5)], "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, gpt2, bert, roberta".into()),
         (vec![show(&narrower)], "the weights do not match config.json: model.layers.0.mlp.gate_proj.weight is [128, 64] in the checkpoint, [96, 64] by config.json".into()),
-        (vec![show(&deeper)], "the weights do not match config.json: missing model.layers.2.".into()),
+        (vec![show(&deeper)], "the weights do not match config.json: config.json asks for 3 layers, the checkpoint's last is layer 1 (missing model.layers.2.".into()),
+        (vec![show(&abyss)], "the weights do not match config.json: config.json asks for 100000 layers, the checkpoint's last is layer 1 (missing model.layers.2.".into()),
+        (vec![show(&vast)], "the weights do not match config.json: model.embed_tokens.weight is [320, 64] in the checkpoint, [320, 4000000] by config.json".into()),
         (vec![show(&no_tokenizer)], format!("tokenizer_file {}/tokenizer.json does not exist", show(&no_tokenizer))),
         (vec![show(&small_vocab)], "tokens, more than the vocab_size 200 of model_name_or_path".into()),
         (vec!["meta-llama/Llama-3.2-1B".into()], "model_name_or_path 'meta-llama/Llama-3.2-1B' is not a local folder, and this host does not download models: download it first (hf download meta-llama/Llama-3.2-1B --local-dir models/Llama-3.2-1B)".into()),

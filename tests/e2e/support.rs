@@ -320,11 +320,47 @@ pub fn venv_oracle(script: &Path, args: &[&str]) -> String {
     stdout
 }
 
-/// A fresh folder under target/ where `script`'s `make` writes the models and references
-/// the tests then only read.
+/// The folder under target/ where `script`'s `make` wrote the models and references the
+/// tests then only read. Made again only when the oracle scripts or the pinned versions
+/// change (the folder's name carries their hash); the host's outputs of an earlier run
+/// (each case's `host` folder) are removed, so that nothing stale is checked.
 pub fn make_pretrained_oracle(script: &str, folder: &str) -> PathBuf {
-    let dir = target_profile_dir().join(folder);
-    let _ = std::fs::remove_dir_all(&dir);
+    let key = oracle_key();
+    let dir = target_profile_dir().join(format!("{folder}-{key:016x}"));
+    let complete = dir.join(".complete");
+    if complete.is_file() {
+        for case in std::fs::read_dir(&dir).unwrap().flatten() {
+            let _ = std::fs::remove_dir_all(case.path().join("host"));
+        }
+        return dir;
+    }
+    // Older generations of this oracle, and a half-made one.
+    for entry in std::fs::read_dir(target_profile_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == folder || name.strip_prefix(folder).is_some_and(|rest| rest.starts_with('-') && rest.len() == 17) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     pretrained_oracle(script, &["make", path_str(&dir)]);
+    std::fs::write(&complete, "").unwrap();
     dir
+}
+
+/// A hash of what the oracles' models and references depend on: the oracle scripts and
+/// the setup script that pins transformers, PEFT and torch.
+fn oracle_key() -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/pretrained"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "py"))
+        .collect();
+    files.sort();
+    files.push(repo().join("scripts/setup-torch.sh"));
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in files {
+        std::fs::read(&file).unwrap().hash(&mut hasher);
+    }
+    hasher.finish()
 }

@@ -31,6 +31,64 @@ pub enum Need {
     Head,
 }
 
+/// Why a checkpoint does not fit the model config.json describes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoadError {
+    /// Parameters config.json's model has and the checkpoint lacks (for instance layers
+    /// past the checkpoint's last one), by full name.
+    Missing(Vec<String>),
+    /// Checkpoint tensors of another shape than config.json gives.
+    Misshaped(Vec<Misshaped>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Misshaped {
+    pub name: String,
+    pub saved: Vec<i64>,
+    pub expected: Vec<i64>,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "the weights do not match config.json: ")?;
+        match self {
+            LoadError::Missing(names) => match layers_beyond_the_checkpoint(names) {
+                Some((first, count)) => write!(
+                    f,
+                    "config.json asks for {count} layers, the checkpoint's last is layer {} (missing {})",
+                    first - 1,
+                    listed(names)
+                )?,
+                None => write!(f, "missing {}", listed(names))?,
+            },
+            LoadError::Misshaped(wrong) => {
+                let shown: Vec<String> = wrong
+                    .iter()
+                    .take(3)
+                    .map(|m| format!("{} is {:?} in the checkpoint, {:?} by config.json", m.name, m.saved, m.expected))
+                    .collect();
+                write!(f, "{}", shown.join("; "))?;
+                if wrong.len() > 3 {
+                    write!(f, "; {} more of another shape", wrong.len() - 3)?;
+                }
+            }
+        }
+        write!(f, "; the folder's config.json and weights must come from the same model")
+    }
+}
+
+/// When every missing name is in a numbered layer (`layers.N.`, `h.N.`, `layer.N.`): the
+/// first missing layer and the number of layers asked for (config.json's layer count).
+fn layers_beyond_the_checkpoint(names: &[String]) -> Option<(i64, i64)> {
+    let layer = |name: &str| {
+        let parts: Vec<&str> = name.split('.').collect();
+        parts.windows(2).find(|w| matches!(w[0], "layers" | "h" | "layer")).and_then(|w| w[1].parse::<i64>().ok())
+    };
+    let indices: Vec<i64> = names.iter().map(|n| layer(n)).collect::<Option<_>>()?;
+    let first = *indices.iter().min()?;
+    (first > 0).then(|| (first, indices.iter().max().unwrap_or(&first) + 1))
+}
+
 /// What loading found, for the warnings transformers prints.
 #[derive(Debug)]
 pub struct Report {
@@ -52,7 +110,7 @@ pub struct ParamSource<'w> {
     found: RefCell<Vec<(String, Tensor)>>,
     fresh: RefCell<Vec<String>>,
     missing: RefCell<Vec<String>>,
-    misshaped: RefCell<Vec<String>>,
+    misshaped: RefCell<Vec<Misshaped>>,
     /// A LoRA run: which layers get adapters; every other weight is frozen.
     lora: Option<Injector>,
 }
@@ -143,9 +201,11 @@ impl<'w> ParamSource<'w> {
             Some(source) => {
                 let saved = self.weights.shape(&source).unwrap_or_default();
                 if saved != shape {
-                    self.misshaped
-                        .borrow_mut()
-                        .push(format!("{source} is {saved:?} in the checkpoint, {shape:?} by config.json"));
+                    // Nothing is allocated for a model that will be refused: config.json's
+                    // sizes may be absurd.
+                    let expected = shape.to_vec();
+                    self.misshaped.borrow_mut().push(Misshaped { name: source, saved: saved.to_vec(), expected });
+                    return placeholder(path);
                 }
                 // Zeros now, the checkpoint's values once the whole model is checked.
                 let tensor = path.var(name, shape, nn::Init::Const(0.0));
@@ -158,8 +218,11 @@ impl<'w> ParamSource<'w> {
                     Init::Zeros => nn::Init::Const(0.0),
                     Init::Ones => nn::Init::Const(1.0),
                 };
-                let list = if need == Need::Head { &self.fresh } else { &self.missing };
-                list.borrow_mut().push(full.to_owned());
+                if need == Need::Required {
+                    self.missing.borrow_mut().push(full.to_owned());
+                    return placeholder(path);
+                }
+                self.fresh.borrow_mut().push(full.to_owned());
                 path.var(name, shape, start)
             }
         }
@@ -171,21 +234,14 @@ impl<'w> ParamSource<'w> {
         if let Some(injector) = &lora {
             injector.check().map_err(|e| InputError::new(format!("{what}: {e}")))?;
         }
-        let missing = self.missing.into_inner();
-        let misshaped = self.misshaped.into_inner();
-        if !missing.is_empty() || !misshaped.is_empty() {
-            let mut problems = Vec::new();
-            if !missing.is_empty() {
-                problems.push(format!("missing {}", listed(&missing)));
-            }
-            problems.extend(misshaped.iter().take(3).cloned());
-            if misshaped.len() > 3 {
-                problems.push(format!("{} more of another shape", misshaped.len() - 3));
-            }
-            return Err(InputError::new(format!(
-                "{what}: the weights do not match config.json: {}; the folder's config.json and weights must come from the same model",
-                problems.join("; ")
-            )));
+        let (missing, misshaped) = (self.missing.into_inner(), self.misshaped.into_inner());
+        let problem = match (missing.is_empty(), misshaped.is_empty()) {
+            (false, _) => Some(LoadError::Missing(missing)),
+            (true, false) => Some(LoadError::Misshaped(misshaped)),
+            (true, true) => None,
+        };
+        if let Some(problem) = problem {
+            return Err(InputError::new(format!("{what}: {problem}")));
         }
         let found = self.found.into_inner();
         let used: BTreeSet<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
@@ -197,11 +253,38 @@ impl<'w> ParamSource<'w> {
     }
 }
 
+/// What stands in for a parameter the checkpoint cannot fill, while the rest of the model
+/// is matched (the load is refused at the end).
+fn placeholder(path: &nn::Path) -> Tensor {
+    Tensor::zeros([0], (tch::Kind::Float, path.device()))
+}
+
 /// The first few names and how many more.
 fn listed(names: &[String]) -> String {
     let shown: Vec<&str> = names.iter().take(4).map(String::as_str).collect();
     match names.len() {
         n if n > 4 => format!("{} and {} more", shown.join(", "), n - 4),
         _ => shown.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_past_the_checkpoints_last_are_named_as_the_layer_count() {
+        let missing: Vec<String> = (1..100_000)
+            .flat_map(|i| {
+                [format!("model.layers.{i}.mlp.up_proj.weight"), format!("model.layers.{i}.mlp.down_proj.weight")]
+            })
+            .collect();
+        let text = LoadError::Missing(missing).to_string();
+        assert!(
+            text.starts_with("the weights do not match config.json: config.json asks for 100000 layers, the checkpoint's last is layer 0 (missing model.layers.1.mlp.up_proj.weight"),
+            "{text}"
+        );
+        let other = LoadError::Missing(vec!["model.norm.weight".to_owned()]).to_string();
+        assert!(other.starts_with("the weights do not match config.json: missing model.norm.weight;"), "{other}");
     }
 }
