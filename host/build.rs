@@ -8,6 +8,7 @@ use std::path::Path;
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=native/libtorch_shim.cpp");
+    println!("cargo:rerun-if-changed=native/checkpoint.cpp");
     println!("cargo:rerun-if-changed=native/distributed.cpp");
     println!("cargo:rerun-if-changed=native/nccl.cpp");
     println!("cargo:rerun-if-changed=native/shim.h");
@@ -28,6 +29,7 @@ fn main() {
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .file("native/libtorch_shim.cpp")
+        .file("native/checkpoint.cpp")
         .compile("host_native");
     build_distributed(root);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");

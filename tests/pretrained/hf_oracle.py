@@ -12,6 +12,9 @@
                               token-id files as Trainer and TRL users make them from TEXT
                               (JSONL) with DIR's tokenizer: OUT/labeled.safetensors (labels
                               aligned with input_ids, partly masked), OUT/ids.safetensors
+    hf_oracle.py layers DIR TEXT OUT
+                              per-layer golden outputs of DIR on TEXT (JSONL): the blocks'
+                              input, each block's output and the logits, in OUT (safetensors)
     hf_oracle.py eval_loss DIR DATA DTYPE
                               transformers' loss of DIR (loaded in DTYPE) on token file DATA
     hf_oracle.py loads DIR HEAD [EVAL PREDICTIONS]
@@ -353,6 +356,43 @@ def loads(folder, head, eval_file=None, predictions=None):
     print(f"{folder}: {type(model).__name__} loads with nothing missing or unexpected")
 
 
+def blocks_of(model):
+    """The model's stack of transformer blocks, as each architecture names it."""
+    base = getattr(model, model.base_model_prefix)
+    for path in ("layers", "h", "encoder.layer"):
+        module = base
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if module is not None:
+            return module
+    raise SystemExit(f"{type(model).__name__}: no block list found")
+
+
+def layers(folder, text_file, out):
+    """Per-layer golden outputs on the text file's rows (padded as the host pads them):
+    the blocks' input (embeddings), each block's output, and the logits, with the
+    input_ids and attention_mask used."""
+    from safetensors.torch import save_file
+    with open(f"{folder}/config.json") as f:
+        architecture = json.load(f)["architectures"][0]
+    head = "classifier" if architecture.endswith("ForSequenceClassification") else "causal"
+    model = auto_class(head).from_pretrained(folder).eval()
+    inputs = batch(AutoTokenizer.from_pretrained(folder), read_jsonl(text_file), head)
+    captured = {}
+    blocks = blocks_of(model)
+    def blocks_input(module, args, kwargs):
+        captured.setdefault("embeddings", (args[0] if args else kwargs["hidden_states"]).clone())
+
+    blocks[0].register_forward_pre_hook(blocks_input, with_kwargs=True)
+    for i, block in enumerate(blocks):
+        block.register_forward_hook(lambda module, args, output, i=i: captured.__setitem__(
+            f"layers.{i}", (output[0] if isinstance(output, tuple) else output).clone()))
+    with torch.no_grad():
+        captured["logits"] = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    captured["input_ids"], captured["attention_mask"] = inputs["input_ids"], inputs["attention_mask"]
+    save_file({k: v.contiguous() for k, v in captured.items()}, out)
+
+
 def token_files(folder, text_file, out_dir):
     """Token-id data as Trainer and TRL users build it, from the text file's rows:
     labeled.safetensors (labels aligned with input_ids, -100 on padding and on each row's
@@ -382,4 +422,4 @@ def eval_loss(folder, data, dtype):
 if __name__ == "__main__":
     command, arguments = sys.argv[1], sys.argv[2:]
     {"make": make, "check": check, "loads": loads, "token_files": token_files,
-     "eval_loss": eval_loss}[command](*arguments)
+     "eval_loss": eval_loss, "layers": layers}[command](*arguments)

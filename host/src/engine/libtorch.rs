@@ -90,6 +90,11 @@ fn reported(error: &anyhow::Error) -> Option<String> {
     error.downcast_ref::<Failed>().map(|failed| failed.0.clone())
 }
 
+/// A panic's message, as text (for a panic that must travel as an error).
+pub fn panic_text(payload: &(dyn Any + Send)) -> String {
+    panic_message(payload).unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
 fn panic_message(payload: &(dyn Any + Send)) -> Option<String> {
     payload.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| payload.downcast_ref::<String>().cloned())
 }

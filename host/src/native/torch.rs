@@ -33,6 +33,30 @@ extern "C" {
     fn host_zero_grads(grads: *mut *mut c_void, n: usize) -> *mut c_char;
     fn host_set_grad(param: *mut c_void, grad: *mut c_void) -> *mut c_char;
     fn host_torchscript_layer_norms(path: *const c_char, out: *mut *mut c_char) -> *mut c_char;
+    fn host_checkpoint(input: *mut c_void, run: BlockRun, context: *mut c_void, out: *mut *mut c_void) -> *mut c_char;
+}
+
+/// The block a checkpointed forward pass calls back (native/checkpoint.cpp): with a null
+/// `grad_output`, the block's output over `input`; else the gradient of its input. 0, or 1
+/// with a message written into `error`.
+pub type BlockRun = unsafe extern "C" fn(
+    context: *mut c_void,
+    input: *mut c_void,
+    grad_output: *mut c_void,
+    out: *mut *mut c_void,
+    error: *mut c_char,
+    error_len: usize,
+) -> i32;
+
+/// `run`'s block over `input`, checkpointed: no activations kept, recomputed in the
+/// backward pass. `context` is handed to `run` and must live until that backward pass.
+pub fn checkpoint(input: &Tensor, run: BlockRun, context: *mut c_void) -> Result<Tensor, String> {
+    let mut out: *mut c_void = std::ptr::null_mut();
+    // SAFETY: `input` is a live tch tensor; the shim writes a new tensor into `out` on
+    // success, which we take over once. `run` and `context` are the caller's contract.
+    check(unsafe { host_checkpoint(input.as_ptr() as *mut c_void, run, context, &mut out) })?;
+    // SAFETY: set by the shim on success, taken once.
+    Ok(unsafe { take_tensor(out) })
 }
 
 /// (is CUDA, device index) as the shim takes a device.

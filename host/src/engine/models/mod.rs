@@ -99,12 +99,6 @@ pub trait Model {
         None
     }
 
-    /// With gradient checkpointing: after the loss's backward pass, the backward pass
-    /// through the blocks whose activations the forward pass did not keep.
-    fn backward_blocks(&self) -> Result<()> {
-        Ok(())
-    }
-
     /// Whether weight decay applies to parameter `name` (Hugging Face's rule: not to
     /// biases and normalization weights).
     fn decays(&self, name: &str) -> bool {

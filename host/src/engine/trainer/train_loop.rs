@@ -372,13 +372,8 @@ impl Trainer {
                 Some(scaler) => scaler.scale_loss(&scaled),
                 None => scaled,
             };
+            // With gradient checkpointing, this recomputes the blocks too (checkpointing.rs).
             scaled.f_backward()?;
-            if self.config.args.gradient_checkpointing {
-                // The blocks' part of the backward pass, their forward passes rerun as the
-                // first ran (under the same autocast).
-                let _autocast = Autocast::enter(self.precision, self.device)?;
-                self.model.net.backward_blocks()?;
-            }
             let since_log = 1 + self.run.state.global_step - self.run.totals.last_logged_step;
             self.meter.add(&loss, since_log, self.config.args.logging_nan_inf_filter);
             self.meter.note_loss(&loss);

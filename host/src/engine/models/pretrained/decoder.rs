@@ -205,10 +205,6 @@ impl Network for Decoder {
             (None, None) => unreachable!("a decoder has a head"),
         }
     }
-
-    fn backward_blocks(&self) -> anyhow::Result<()> {
-        self.recompute.backward(self)
-    }
 }
 
 impl Blocks for Decoder {

@@ -182,10 +182,6 @@ impl Network for Encoder {
             }
         }
     }
-
-    fn backward_blocks(&self) -> anyhow::Result<()> {
-        self.recompute.backward(self)
-    }
 }
 
 impl Blocks for Encoder {

@@ -140,10 +140,6 @@ impl Network for Gpt2 {
             (None, None) => hidden.linear::<&Tensor>(&self.wte.weight, None),
         }
     }
-
-    fn backward_blocks(&self) -> anyhow::Result<()> {
-        self.recompute.backward(self)
-    }
 }
 
 impl Blocks for Gpt2 {

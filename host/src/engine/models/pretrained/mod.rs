@@ -8,7 +8,7 @@
 //! and weight-decay rules see what PyTorch users see.
 
 pub mod arch;
-mod checkpointing;
+pub mod checkpointing;
 pub mod config;
 mod decoder;
 mod encoder;
@@ -162,6 +162,40 @@ pub fn plan_generation(dir: &Path, dtype: Option<Kind>) -> Result<Plan, InputErr
     let kind = dtype.unwrap_or_else(|| saved_kind(&folder.common));
     let (training, adapter_config) = (Training::default(), RefCell::new(None));
     Ok(Plan { folder, weights, head: Head::CausalLm, kind, training, adapter: None, adapter_config })
+}
+
+/// The hidden states between the blocks ("embeddings", "layers.N") and the "logits" of the
+/// model folder `dir` (float32, on the CPU, as saved: the head config.json's architectures
+/// name) on token ids [B, T] with their attention mask: the host's side of the per-layer
+/// golden tests against transformers.
+pub fn trace_layers(dir: &Path, ids: &Tensor, mask: &Tensor) -> Result<Vec<(String, Tensor)>> {
+    let folder = Folder::open(&dir.display().to_string())?;
+    let weights = WeightFiles::open_folder(dir, ARGUMENT)?;
+    let architectures = folder.common.architectures.iter().flatten();
+    let classifier = architectures.clone().any(|a| a.ends_with("ForSequenceClassification"));
+    let head = match classifier {
+        false => Head::CausalLm,
+        true => {
+            let name = folder.arch.classifier_weight();
+            let rows = weights.shape(name).and_then(|shape| shape.first().copied());
+            Head::SequenceClassification { num_labels: rows.unwrap_or(2), pad: folder.common.pad_token_id }
+        }
+    };
+    let (training, adapter_config) = (Training::default(), RefCell::new(None));
+    let plan = Plan { folder, weights, head, kind: Kind::Float, training, adapter: None, adapter_config };
+    let vars = nn::VarStore::new(tch::Device::Cpu);
+    let model = plan.build(&vars.root())?;
+    let batch = Batch::from_plugin({
+        let mut fields = plugin_api::Tensors::new();
+        fields.insert("input_ids", ids.shallow_clone());
+        fields.insert("attention_mask", mask.shallow_clone());
+        fields.insert("labels", ids.shallow_clone());
+        fields
+    })
+    .map_err(anyhow::Error::msg)?;
+    let (outputs, mut recorded) = checkpointing::traced(|| tch::no_grad(|| model.forward(&batch, false)));
+    recorded.push(("logits".to_owned(), outputs?.get_logits().shallow_clone()));
+    Ok(recorded)
 }
 
 /// Token ids must be rows of the model's embedding, and the tokenizer the model's.
@@ -425,10 +459,6 @@ impl Model for Pretrained {
             }
             Ok(ids)
         }))
-    }
-
-    fn backward_blocks(&self) -> Result<()> {
-        self.net.backward_blocks()
     }
 
     fn decays(&self, name: &str) -> bool {

@@ -119,9 +119,6 @@ pub trait Network: std::fmt::Debug {
 
     /// The input embedding (where NEFTune adds its noise).
     fn input_embeddings(&mut self) -> &mut Embedding;
-
-    /// With gradient checkpointing: the backward pass through the blocks.
-    fn backward_blocks(&self) -> anyhow::Result<()>;
 }
 
 /// Reads config.json into its architecture. An unknown model_type lists the known ones.
