@@ -369,3 +369,37 @@ fn padded_concat(batches: &[Tensor]) -> Tensor {
         .collect();
     Tensor::cat(&padded, 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predictions_are_padded_to_the_longest_batch_with_minus_100() {
+        let short = Tensor::ones([2, 3], (Kind::Int64, Device::Cpu));
+        let long = Tensor::zeros([1, 5], (Kind::Int64, Device::Cpu));
+        let joined = padded_concat(&[short, long]);
+        assert_eq!(joined.size(), [3, 5]);
+        assert_eq!(Vec::<i64>::try_from(joined.get(0)).unwrap(), [1, 1, 1, -100, -100]);
+        assert_eq!(Vec::<i64>::try_from(joined.get(2)).unwrap(), [0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn prediction_lines_give_classes_with_probabilities_and_tokens_per_position() {
+        let mut out = Vec::new();
+        let logits = Tensor::from_slice(&[0.0f32, 2.0, 1.0, 0.0]).view([2, 2]);
+        write_predictions(&mut out, &logits, &Tensor::from_slice(&[1i64, 1]), 10).unwrap();
+        let lines: Vec<serde_json::Value> =
+            String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0]["index"], 10);
+        assert_eq!(lines[0]["prediction"], 1);
+        assert_eq!(lines[1]["prediction"], 0);
+        let p = lines[0]["probabilities"].as_array().unwrap();
+        assert!((p[1].as_f64().unwrap() - 1.0 / (1.0 + (-2.0f64).exp())).abs() < 1e-6);
+        let mut out = Vec::new();
+        let tokens = Tensor::from_slice(&[0.0f32, 1.0, 1.0, 0.0]).view([1, 2, 2]);
+        write_predictions(&mut out, &tokens, &Tensor::from_slice(&[1i64, -100]).view([1, 2]), 0).unwrap();
+        let line: serde_json::Value = serde_json::from_str(String::from_utf8(out).unwrap().trim()).unwrap();
+        assert_eq!(line, serde_json::json!({"index": 0, "label": [1, -100], "prediction": [1, 0]}));
+    }
+}

@@ -171,7 +171,8 @@ impl Trainer {
             let dir = PathBuf::from(spec);
             if !dir.is_dir() {
                 return Err(InputError::new(format!(
-                    "resume_from_checkpoint: {spec} is not a checkpoint folder (it does not exist)"
+                    "resume_from_checkpoint: {spec} {}; give a checkpoint folder (output_dir/checkpoint-N) or latest",
+                    crate::error::what_is_at(&dir)
                 ))
                 .into());
             }
@@ -379,4 +380,24 @@ fn log_saved(dir: &Path, seconds: f64) {
         dir.display(),
         megabytes / seconds.max(1e-9)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_evaluation_of_a_history_is_its_last_entry_with_eval_metrics() {
+        let history = vec![
+            serde_json::json!({"eval_loss": 0.5, "epoch": 1.0, "step": 10}),
+            serde_json::json!({"loss": 0.4, "epoch": 1.5, "step": 15}),
+            serde_json::json!({"eval_loss": 0.3, "eval_accuracy": 0.9, "epoch": 2.0, "step": 20}),
+            serde_json::json!({"train_loss": 0.35, "epoch": 2.0, "step": 20}),
+        ];
+        let mut metrics = last_evaluation(&history).unwrap();
+        metrics.sort_by(|a, b| a.0.cmp(&b.0));
+        let expected = [("epoch", 2.0), ("eval_accuracy", 0.9), ("eval_loss", 0.3)].map(|(k, v)| (k.to_owned(), v));
+        assert_eq!(metrics, expected);
+        assert!(last_evaluation(&history[1..2]).is_none());
+    }
 }

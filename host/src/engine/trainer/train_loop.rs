@@ -124,6 +124,22 @@ impl LossMeter {
     }
 }
 
+/// HF's optimizer steps and epochs of a run: max_steps when it is set (and the epochs it
+/// reaches into), else num_train_epochs of `updates_per_epoch` (a fraction of an epoch
+/// rounds its steps up).
+fn steps_and_epochs(max_steps: i64, num_train_epochs: f64, updates_per_epoch: i64) -> Result<(i64, i64), InputError> {
+    if max_steps > 0 {
+        return Ok((max_steps, (max_steps - 1) / updates_per_epoch + 1));
+    }
+    let steps = (num_train_epochs * updates_per_epoch as f64).ceil();
+    if steps > MAX_STEPS as f64 {
+        return Err(InputError::new(format!(
+            "num_train_epochs {num_train_epochs:e} makes {steps:e} optimizer steps ({updates_per_epoch} per epoch); at most {MAX_STEPS} are supported"
+        )));
+    }
+    Ok((steps as i64, num_train_epochs.ceil() as i64))
+}
+
 impl Trainer {
     /// Runs training to the end (or until a callback or a signal stops it).
     pub fn train(&mut self) -> Result<Outcome> {
@@ -209,19 +225,7 @@ impl Trainer {
             .into());
         }
         let updates_per_epoch = batches_per_epoch.div_ceil(accumulation) as i64;
-        let (max_steps, num_epochs) = if args.max_steps > 0 {
-            (args.max_steps, (args.max_steps - 1) / updates_per_epoch + 1)
-        } else {
-            let steps = (args.num_train_epochs * updates_per_epoch as f64).ceil();
-            if steps > MAX_STEPS as f64 {
-                return Err(InputError::new(format!(
-                    "num_train_epochs {:e} makes {steps:e} optimizer steps ({updates_per_epoch} per epoch); at most {MAX_STEPS} are supported",
-                    args.num_train_epochs
-                ))
-                .into());
-            }
-            (steps as i64, args.num_train_epochs.ceil() as i64)
-        };
+        let (max_steps, num_epochs) = steps_and_epochs(args.max_steps, args.num_train_epochs, updates_per_epoch)?;
         let warmup = TrainingArguments::resolve_steps(args.warmup_steps, max_steps);
         let state = &mut self.run.state;
         state.max_steps = max_steps;
@@ -654,5 +658,22 @@ impl Trainer {
         let evaluates = !self.eval.is_empty() && self.config.args.eval_strategy != IntervalStrategy::No;
         let eval_metrics = if evaluates { self.last_eval.clone() } else { None };
         Ok(Outcome { train_metrics, eval_metrics, already_complete: false })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_and_epochs_follow_transformers() {
+        // The default job with max_steps 300: 23 updates an epoch reach into the 14th epoch.
+        assert_eq!(steps_and_epochs(300, 3.0, 23).unwrap(), (300, 14));
+        assert_eq!(steps_and_epochs(23, 3.0, 23).unwrap(), (23, 1));
+        // HF's num_update_steps_per_epoch * num_train_epochs, rounded up; epochs rounded up.
+        assert_eq!(steps_and_epochs(-1, 2.5, 10).unwrap(), (25, 3));
+        assert_eq!(steps_and_epochs(-1, 0.01, 10).unwrap(), (1, 1));
+        let error = steps_and_epochs(-1, 1e300, 10).unwrap_err().to_string();
+        assert!(error.starts_with("num_train_epochs 1e300 makes 1e301 optimizer steps (10 per epoch)"), "{error}");
     }
 }

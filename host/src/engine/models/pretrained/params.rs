@@ -39,6 +39,9 @@ pub enum LoadError {
     Missing(Vec<String>),
     /// Checkpoint tensors of another shape than config.json gives.
     Misshaped(Vec<Misshaped>),
+    /// libtorch could not make a parameter (out of memory, say): its name, shape and
+    /// libtorch's message.
+    Allocation { name: String, shape: Vec<i64>, message: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +53,9 @@ pub struct Misshaped {
 
 impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        if let LoadError::Allocation { name, shape, message } = self {
+            return write!(f, "cannot make parameter {name} {shape:?}: {message}");
+        }
         write!(f, "the weights do not match config.json: ")?;
         match self {
             LoadError::Missing(names) => match layers_beyond_the_checkpoint(names) {
@@ -61,6 +67,7 @@ impl std::fmt::Display for LoadError {
                 )?,
                 None => write!(f, "missing {}", listed(names))?,
             },
+            LoadError::Allocation { .. } => unreachable!("written above"),
             LoadError::Misshaped(wrong) => {
                 let shown: Vec<String> = wrong
                     .iter()
@@ -111,6 +118,8 @@ pub struct ParamSource<'w> {
     fresh: RefCell<Vec<String>>,
     missing: RefCell<Vec<String>>,
     misshaped: RefCell<Vec<Misshaped>>,
+    /// The first parameter libtorch could not make.
+    failed: RefCell<Option<LoadError>>,
     /// A LoRA run: which layers get adapters; every other weight is frozen.
     lora: Option<Injector>,
 }
@@ -138,6 +147,7 @@ impl<'w> ParamSource<'w> {
             fresh: RefCell::default(),
             missing: RefCell::default(),
             misshaped: RefCell::default(),
+            failed: RefCell::default(),
             lora: None,
         }
     }
@@ -208,7 +218,7 @@ impl<'w> ParamSource<'w> {
                     return placeholder(path);
                 }
                 // Zeros now, the checkpoint's values once the whole model is checked.
-                let tensor = path.var(name, shape, nn::Init::Const(0.0));
+                let tensor = self.var(path, name, full, shape, nn::Init::Const(0.0));
                 self.found.borrow_mut().push((source, tensor.shallow_clone()));
                 tensor
             }
@@ -223,13 +233,30 @@ impl<'w> ParamSource<'w> {
                     return placeholder(path);
                 }
                 self.fresh.borrow_mut().push(full.to_owned());
-                path.var(name, shape, start)
+                self.var(path, name, full, shape, start)
+            }
+        }
+    }
+
+    /// A parameter of the model's var store, made with tch's fallible call: a failure is
+    /// kept for `finish` to report, and a placeholder stands in meanwhile.
+    fn var(&self, path: &nn::Path, name: &str, full: &str, shape: &[i64], init: nn::Init) -> Tensor {
+        match path.f_var(name, shape, init) {
+            Ok(tensor) => tensor,
+            Err(error) => {
+                let message = crate::error::first_line(&error.to_string()).to_owned();
+                let mut failed = self.failed.borrow_mut();
+                failed.get_or_insert(LoadError::Allocation { name: full.to_owned(), shape: shape.to_vec(), message });
+                placeholder(path)
             }
         }
     }
 
     /// Checks the match and reads the found tensors in. `what` names the folder.
     pub fn finish(mut self, what: &str) -> Result<Report, InputError> {
+        if let Some(failed) = self.failed.take() {
+            return Err(InputError::new(format!("{what}: {failed}")));
+        }
         let lora = self.lora.take();
         if let Some(injector) = &lora {
             injector.check().map_err(|e| InputError::new(format!("{what}: {e}")))?;
