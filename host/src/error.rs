@@ -46,6 +46,16 @@ impl fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// What is at `path`, for an error that expected something else there: "does not exist",
+/// "is a file" or "is a folder" (a wrong kind is never called missing).
+pub fn what_is_at(path: &std::path::Path) -> &'static str {
+    match std::fs::metadata(path) {
+        Err(_) => "does not exist",
+        Ok(meta) if meta.is_dir() => "is a folder",
+        Ok(_) => "is a file",
+    }
+}
+
 /// The first non-empty line of a message: libtorch's errors go on with a C++ backtrace,
 /// which a one-line error leaves out.
 pub fn first_line(text: &str) -> &str {

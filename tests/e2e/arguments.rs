@@ -261,3 +261,18 @@ fn model_only_checkpoints_cannot_resume_and_say_so() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("eval_accuracy"), "{}", run.stdout);
 }
+
+#[test]
+fn negative_numbers_after_a_space_are_values_checked_by_name() {
+    let dir = tempdir();
+    for (value, shown) in [("-1e-3", "-0.001"), ("-inf", "-inf"), ("-1", "-1")] {
+        host(dir.path(), &["--learning-rate", value, "--max-steps", "1"])
+            .assert_clean_error(2, &format!("learning_rate must be >= 0 (got {shown})"));
+    }
+    host(dir.path(), &["generate", "--model", "none", "--prompt", "a", "--max-new-tokens", "-1"])
+        .assert_clean_error(2, "max_new_tokens must be at least 1 (got -1)");
+    // A text flag still takes no flag for its value.
+    let run = host(dir.path(), &["--output-dir", "--max-steps", "1"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("a value is required for '--output-dir <OUTPUT_DIR>'"), "{}", run.stderr);
+}

@@ -330,8 +330,18 @@ fn bad_resume_requests_are_one_line_errors_and_delete_nothing() {
     let dir = tempdir();
     host(dir.path(), &["--resume-from-checkpoint", "no/such/checkpoint"]).assert_clean_error(
         2,
-        "resume_from_checkpoint: no/such/checkpoint is not a checkpoint folder (it does not exist)",
+        "resume_from_checkpoint: no/such/checkpoint does not exist; give a checkpoint folder (output_dir/checkpoint-N) or latest",
     );
+    // A path of the wrong kind is named as what it is, never as missing.
+    std::fs::write(dir.path().join("a-file"), "not a checkpoint").unwrap();
+    host(dir.path(), &["--resume-from-checkpoint", "a-file"])
+        .assert_clean_error(2, "resume_from_checkpoint: a-file is a file; give a checkpoint folder");
+    host(dir.path(), &["eval", "--checkpoint", "a-file"])
+        .assert_clean_error(2, "checkpoint a-file is a file; give a checkpoint folder");
+    std::fs::create_dir_all(dir.path().join("a-folder")).unwrap();
+    std::fs::write(dir.path().join("text.jsonl"), "{\"text\": \"a b\"}\n").unwrap();
+    host(dir.path(), &["--train-file", "text.jsonl", "--tokenizer-file", "a-folder", "--model", "gpt"])
+        .assert_clean_error(2, "tokenizer_file a-folder is a folder; give a tokenizer.json file");
     std::fs::create_dir_all(dir.path().join("output")).unwrap();
     host(dir.path(), &["--resume-from-checkpoint", "latest"])
         .assert_clean_error(2, "resume_from_checkpoint=latest: no complete checkpoint in output");
@@ -612,4 +622,16 @@ fn inconsistent_saving_settings_are_one_line_errors() {
     // Known, but not one the digits classifier reports: found at the first evaluation.
     host(dir.path(), &["--metric-for-best-model", "perplexity", "--eval-strategy", "steps", "--eval-steps", "2"])
         .assert_clean_error(2, "metric_for_best_model 'eval_perplexity' is not among this model's evaluation metrics (eval_loss, eval_accuracy, eval_f1, eval_runtime");
+}
+
+#[test]
+fn eval_from_an_inconsistent_checkpoint_names_the_checkpoint_not_init_weights() {
+    let dir = tempdir();
+    let run = host(dir.path(), &["--max-steps", "2", "--save-steps", "2", "--eval-strategy", "no"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let checkpoint = dir.path().join("output/checkpoint-2");
+    edit_verified(&checkpoint, "host_state.json", "/run_config/hidden_size", Some(96.into()));
+    let run = host(dir.path(), &["eval", "--checkpoint", checkpoint.to_str().unwrap()]);
+    run.assert_clean_error(2, "host_state.json's model and the weights differ");
+    assert!(!run.stderr.contains("init_weights"), "{}", run.stderr);
 }

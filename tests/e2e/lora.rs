@@ -106,6 +106,12 @@ fn a_lora_checkpoint_is_small_and_resumes_exactly() {
     for entry in std::fs::read_dir(&checkpoint).unwrap().flatten() {
         std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
     }
+    // Without --use-peft the checkpoint is named for what it holds.
+    let plain = train(&base, "text", &resumed_dir, &["--max-steps", "4", "--resume-from-checkpoint", "latest"]);
+    plain.assert_clean_error(
+        2,
+        "holds a LoRA adapter (adapter_model.safetensors), not a whole model: continue it with --use-peft",
+    );
     let extra = [&lora[..], &["--max-steps", "4", "--resume-from-checkpoint", "latest"]].concat();
     let resumed = train(&base, "text", &resumed_dir, &extra);
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
@@ -205,6 +211,11 @@ fn lora_mistakes_are_one_line_errors() {
         "lora_target_modules is a LoRA setting, but use_peft is off",
     );
     check(&base, &["--use-peft", "--lora-r", "0"], "lora_r must be at least 1 (got 0)");
+    check(
+        &base,
+        &["--use-peft", "--lora-modules-to-save", "nosuch"],
+        "lora_modules_to_save nosuch matches no module of the model",
+    );
     // An adapter whose base is gone, and one whose config does not match its tensors.
     let adapter = out.path().join("adapter");
     std::fs::create_dir_all(&adapter).unwrap();

@@ -139,8 +139,18 @@ fn bad_model_folders_are_one_line_errors() {
     let rows: Vec<String> =
         (0..10).map(|i| format!("{{\"text\": \"the cat {i}\", \"label\": {}}}", i % 3 + 3 * (i / 9))).collect();
     std::fs::write(&out_of_range, rows.join("\n")).unwrap();
+    let empty_texts = dir.path().join("empty.jsonl");
+    std::fs::write(&empty_texts, "{\"text\": \"\"}\n{\"text\": \"\"}\n").unwrap();
+    let causal = models.join("llama-causal/model");
+    let negative = dir.path().join("negative.safetensors");
+    let ids = tch::Tensor::arange(40, (tch::Kind::Int64, tch::Device::Cpu)).view([10, 4]) - 5;
+    tch::Tensor::write_safetensors(&[("input_ids", &ids)], &negative).unwrap();
     let show = |p: &Path| p.display().to_string();
     let cases: Vec<(Vec<String>, String)> = vec![
+        // A causal LM with nothing to predict is said so, not taken for a classifier.
+        (vec![show(&causal), "--train-file".into(), show(&text), "--max-seq-length".into(), "1".into()], "no token is left to predict: every text is at most one token long (max_seq_length 1)".into()),
+        (vec![show(&causal), "--train-file".into(), show(&empty_texts)], "no token is left to predict".into()),
+        (vec![show(&causal), "--train-file".into(), show(&negative)], "token id -5 is negative: token ids are rows of the embedding (0 to 319)".into()),
         (vec![show(&no_config)], format!("model_name_or_path {} has no config.json: it is not a Hugging Face model folder", show(&no_config))),
         (vec![show(&no_weights)], format!("model_name_or_path {} has no weights: neither model.safetensors nor model.safetensors.index.json", show(&no_weights))),
         (vec![show(&sharded)], format!("model_name_or_path {}: shard {gone}, listed in model.safetensors.index.json, is missing; download or copy the whole folder", show(&sharded))),
@@ -150,7 +160,7 @@ fn bad_model_folders_are_one_line_errors() {
         (vec![show(&abyss)], "the weights do not match config.json: config.json asks for 100000 layers, the checkpoint's last is layer 1 (missing model.layers.2.".into()),
         (vec![show(&vast)], "the weights do not match config.json: model.layers.0.input_layernorm.weight is [64] in the checkpoint, [4000000] by config.json".into()),
         (vec![show(&no_tokenizer)], format!("tokenizer_file {}/tokenizer.json does not exist", show(&no_tokenizer))),
-        (vec![show(&small_vocab)], "tokens, more than the vocab_size 200 of model_name_or_path".into()),
+        (vec![show(&small_vocab)], "config.json's vocab_size 200 does not match the weights: model.embed_tokens.weight has 320 rows".into()),
         (vec!["meta-llama/Llama-3.2-1B".into()], "model_name_or_path 'meta-llama/Llama-3.2-1B' is not a local folder, and this host does not download models: download it first (hf download meta-llama/Llama-3.2-1B --local-dir models/Llama-3.2-1B)".into()),
         (vec![show(&window), "--train-file".into(), show(&text)], "sliding_window 0 must be at least 1 (or null for none)".into()),
         (vec![show(&yarn), "--train-file".into(), show(&text)], "rope_parameters.rope_type 'yarn' is not supported (this host implements default, linear and llama3)".into()),

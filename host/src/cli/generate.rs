@@ -20,7 +20,7 @@ pub struct GenerateOptions {
     #[arg(long)]
     pub prompt: String,
     /// The most tokens to add (fewer when the model ends the text).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, allow_hyphen_values = true)]
     pub max_new_tokens: i64,
     /// The parameters' dtype: auto (config.json's), float32, bfloat16, float16.
     #[arg(long, default_value = "auto")]

@@ -56,6 +56,7 @@ macro_rules! training_arguments {
             $(
                 $(#[doc = $doc])*
                 #[arg(long, alias = stringify!($name), help_heading = "Training arguments")]
+                #[arg(allow_hyphen_values = <$flag_ty as FlagValue>::NUMERIC)]
                 $(#[arg($($flag_attr)*)])?
                 pub $name: Option<$flag_ty>,
             )*
@@ -677,3 +678,26 @@ fn interval_name(strategy: IntervalStrategy) -> &'static str {
         IntervalStrategy::Epoch => "epoch",
     }
 }
+
+/// Whether a flag's value is a number, which may then start with a minus sign after a
+/// space (`--learning-rate -1e-3`, `--max-steps -1`, `--weight-decay -inf`) and is
+/// range-checked by name afterwards; other values keep clap's rule (a leading hyphen is
+/// the next flag).
+pub trait FlagValue {
+    const NUMERIC: bool = false;
+}
+
+impl FlagValue for f64 {
+    const NUMERIC: bool = true;
+}
+impl FlagValue for i64 {
+    const NUMERIC: bool = true;
+}
+impl FlagValue for u64 {
+    const NUMERIC: bool = true;
+}
+impl FlagValue for String {}
+impl FlagValue for bool {}
+impl FlagValue for IntervalStrategy {}
+impl FlagValue for SaveStrategy {}
+impl FlagValue for LrSchedulerType {}

@@ -96,6 +96,7 @@ pub fn read_parquet(path: &Path, options: &FileOptions) -> Result<Dataset, Input
         let tokenizer = text::load_tokenizer(&shown, options)?;
         let labels = match columns.get(label) {
             Some((_, Column::Numbers { values, whole: true })) => Some(values.iter().map(|&v| v as i64).collect()),
+            Some((name, Column::Texts(_))) => return Err(string_labels(&shown, name)),
             Some((name, _)) => {
                 return Err(InputError::new(format!("{shown}: label column '{name}' does not hold whole numbers")))
             }
@@ -104,6 +105,9 @@ pub fn read_parquet(path: &Path, options: &FileOptions) -> Result<Dataset, Input
         return text::from_texts(&shown, &tokenizer, texts, labels, options, |row| format!("row {row}"));
     }
 
+    if let Some((name, Column::Texts(_))) = columns.get(label) {
+        return Err(string_labels(&shown, name));
+    }
     let mut fields: Vec<(String, Tensor)> = Vec::new();
     let mut scalars: Vec<(String, Vec<f64>)> = Vec::new();
     for (i, (name, column)) in columns.into_iter().enumerate() {
@@ -161,6 +165,13 @@ pub fn read_parquet(path: &Path, options: &FileOptions) -> Result<Dataset, Input
     let label_field = (label != usize::MAX).then_some("labels");
     super::token_labels::shift_for_causal_lm(&shown, &mut fields, label_field)?;
     Dataset::new(&shown, fields)
+}
+
+/// A label column of strings: there, but not class ids.
+fn string_labels(shown: &str, name: &str) -> InputError {
+    InputError::new(format!(
+        "{shown}: label column '{name}' holds strings; give class ids (whole numbers 0..N-1) in it, or name another column with label_column"
+    ))
 }
 
 fn numbers(values: &[f64], whole: bool) -> Tensor {

@@ -58,7 +58,8 @@ pub fn load_tokenizer(source: &str, options: &FileOptions) -> Result<Tokenizer, 
         InputError::new(format!("{source}: text data needs tokenizer_file (a Hugging Face tokenizer.json)"))
     })?;
     if !Path::new(tokenizer_file).is_file() {
-        return Err(InputError::new(format!("tokenizer_file {tokenizer_file} does not exist")));
+        let found = crate::error::what_is_at(Path::new(tokenizer_file));
+        return Err(InputError::new(format!("tokenizer_file {tokenizer_file} {found}; give a tokenizer.json file")));
     }
     Tokenizer::from_file(tokenizer_file)
         .map_err(|e| InputError::new(format!("tokenizer_file {tokenizer_file}: not a readable tokenizer.json ({e})")))
@@ -87,6 +88,13 @@ pub fn from_texts(
     }
     if sequences.is_empty() {
         return Err(InputError::new(format!("{source}: no examples")));
+    }
+    if labels.is_none() && sequences.iter().all(|s| s.len() < 2) {
+        // Language modelling learns each next token: a one-token text has none.
+        return Err(InputError::new(format!(
+            "{source}: no token is left to predict: every text is at most one token long (max_seq_length {}); a causal language model learns the next token, so give longer texts or raise max_seq_length",
+            options.max_seq_length
+        )));
     }
     let pad = pad_id(tokenizer, &options.pad_candidates);
     let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);

@@ -239,7 +239,12 @@ impl Trainer {
     /// made at (which callbacks and metrics see). Writes nothing to the run's output_dir.
     pub fn from_checkpoint(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(InputError::new(format!("checkpoint {} does not exist", dir.display())).into());
+            return Err(InputError::new(format!(
+                "checkpoint {} {}; give a checkpoint folder (output_dir/checkpoint-N)",
+                dir.display(),
+                crate::error::what_is_at(dir)
+            ))
+            .into());
         }
         let (saved, host_state) = checkpoint::verify(dir)
             .and_then(|()| Records::read_for_evaluation(dir))
@@ -259,9 +264,10 @@ impl Trainer {
             // The checkpoint is a Hugging Face folder itself: config, weights, tokenizer.
             config.args.model_name_or_path = Some(dir.display().to_string());
             config = ResolvedConfig::from_table(config.to_table()?, &format!("checkpoint {}", dir.display()))?;
-        } else {
-            config.args.init_weights = Some(dir.display().to_string());
         }
+        // The weights come from the checkpoint below (named so in errors), not init_weights.
+        let built_in = config.args.model_name_or_path.is_none();
+        config.args.init_weights = None;
         config.args.resume_from_checkpoint = None;
         let device = config.device.select()?;
         let components = selection::build(&config.plugins, &serde_json::to_string(&config.args)?)?;
@@ -278,6 +284,13 @@ impl Trainer {
             stop_signal: Arc::new(AtomicUsize::new(0)),
             dist: None,
         })?;
+        if built_in {
+            // The run configuration and the weights are the checkpoint's own: a mismatch
+            // is its host_state.json describing another model.
+            let what = format!("checkpoint {}: host_state.json's model and the weights differ", dir.display());
+            trainer.load_weights(dir, &what)?;
+            trainer.optimizer.refresh_from_params();
+        }
         let state = &mut trainer.run.state;
         (state.global_step, state.epoch, state.max_steps) = (saved.global_step, saved.epoch, saved.max_steps);
         trainer.report_dir = None;

@@ -45,6 +45,12 @@ impl WeightFiles {
             return Self::open(&[single]);
         }
         let index = dir.join(INDEX);
+        if !index.is_file() && dir.join("adapter_model.safetensors").is_file() {
+            return Err(InputError::new(format!(
+                "{what} {} holds a LoRA adapter (adapter_model.safetensors), not a whole model: continue it with --use-peft (its adapter_config.json gives the LoRA settings)",
+                dir.display()
+            )));
+        }
         if !index.is_file() {
             return Err(InputError::new(format!(
                 "{what} {} has no weights: neither {SINGLE} nor {INDEX} (only safetensors weights are read; convert a pytorch_model.bin with transformers' save_pretrained)",

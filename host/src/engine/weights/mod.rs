@@ -23,7 +23,7 @@ pub fn open(path: &Path, what: &str) -> Result<WeightFiles, InputError> {
         return WeightFiles::open_folder(path, what);
     }
     if !path.is_file() {
-        return Err(InputError::new(format!("{what}: {shown} does not exist")));
+        return Err(InputError::new(format!("{what}: {shown} {}", crate::error::what_is_at(path))));
     }
     WeightFiles::open(&[path.to_path_buf()]).map_err(|e| InputError::new(format!("{what}: {e}")))
 }

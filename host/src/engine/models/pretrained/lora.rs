@@ -96,6 +96,8 @@ pub struct Injector {
     output_head: &'static str,
     linear: std::cell::RefCell<Vec<String>>,
     injected: std::cell::RefCell<Vec<String>>,
+    /// The user's modules_to_save that some parameter lies in.
+    saved_matched: std::cell::RefCell<Vec<String>>,
 }
 
 impl Injector {
@@ -117,12 +119,20 @@ impl Injector {
             output_head: "lm_head",
             linear: Default::default(),
             injected: Default::default(),
+            saved_matched: Default::default(),
         }
     }
 
     /// Whether a parameter of `module` is trained (LoRA freezes all but modules_to_save).
     pub fn trains(&self, module: &str) -> bool {
-        self.modules_to_save.iter().any(|m| within(module, m))
+        let hit = self.modules_to_save.iter().find(|m| within(module, m));
+        if let Some(name) = hit {
+            let mut matched = self.saved_matched.borrow_mut();
+            if !matched.contains(name) {
+                matched.push(name.clone());
+            }
+        }
+        hit.is_some()
     }
 
     /// Whether linear layer `module` gets an adapter.
@@ -150,8 +160,21 @@ impl Injector {
         }
     }
 
-    /// Every named target must have matched a linear layer.
+    /// Every named target must have matched a linear layer, and every module to save
+    /// the user named some module of the model.
     pub fn check(&self) -> Result<(), String> {
+        let matched = self.saved_matched.borrow().clone();
+        let unknown: Vec<&str> =
+            // PEFT lists both classifier names for any classifier: not the user's mistake.
+            self.spec.modules_to_save.iter().filter(|m| !matched.contains(m) && !CLASSIFIER_HEADS.contains(&m.as_str()))
+                .map(String::as_str)
+                .collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "lora_modules_to_save {} matches no module of the model; name modules as in the parameter names (score, classifier, lm_head, embed_tokens)",
+                unknown.join(", ")
+            ));
+        }
         let injected = self.injected.borrow();
         let linear = self.linear.borrow();
         // A target inside a module trained in full (PEFT lists a classifier's layers in

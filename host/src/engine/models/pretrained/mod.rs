@@ -128,8 +128,9 @@ pub fn plan(
     let refuse = |problem: String| InputError::new(format!("{ARGUMENT} {shown}: {problem}"));
     let common = &folder.common;
     folder.arch.check(common, sizes.max_seq_length).map_err(refuse)?;
-    check_tokens(&folder, train, eval)?;
     let weights = WeightFiles::open_folder(&dir, ARGUMENT)?;
+    check_vocabulary(&folder, &weights)?;
+    check_tokens(&folder, train, eval)?;
     let adapter_head = adapter.as_ref().map(adapter_head_rows).transpose()?.flatten();
     let head = choose_head(&folder, &weights, adapter_head, sizes, train, eval)?;
     let kind = dtype.unwrap_or_else(|| saved_kind(common));
@@ -198,6 +199,24 @@ pub fn trace_layers(dir: &Path, ids: &Tensor, mask: &Tensor) -> Result<Vec<(Stri
     Ok(recorded)
 }
 
+/// config.json's vocab_size must be the token embedding's rows (before the tokenizer is
+/// compared with it).
+fn check_vocabulary(folder: &Folder, weights: &WeightFiles) -> Result<(), InputError> {
+    let name = folder.arch.embedding_weight();
+    let base_name = name.split_once('.').map_or(name, |(_, rest)| rest);
+    let Some((found, shape)) = [name, base_name].into_iter().find_map(|n| Some((n, weights.shape(n)?))) else {
+        return Ok(()); // A missing embedding is reported with the other missing weights.
+    };
+    let vocab = folder.common.vocab_size;
+    match shape.first() {
+        Some(&rows) if rows != vocab => Err(InputError::new(format!(
+            "{ARGUMENT} {}: config.json's vocab_size {vocab} does not match the weights: {found} has {rows} rows; the folder's config.json and weights must come from the same model",
+            folder.dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Token ids must be rows of the model's embedding, and the tokenizer the model's.
 fn check_tokens(folder: &Folder, train: &Dataset, eval: &Dataset) -> Result<(), InputError> {
     let vocab = folder.common.vocab_size;
@@ -214,6 +233,13 @@ fn check_tokens(folder: &Folder, train: &Dataset, eval: &Dataset) -> Result<(), 
                 data.names().join(", ")
             )));
         };
+        let smallest = ids.min().int64_value(&[]);
+        if smallest < 0 {
+            return Err(InputError::new(format!(
+                "{set} token id {smallest} is negative: token ids are rows of the embedding (0 to {}); padding is masked with attention_mask, and -100 belongs in labels only",
+                vocab - 1
+            )));
+        }
         let largest = ids.max().int64_value(&[]);
         if largest >= vocab {
             return Err(InputError::new(format!(

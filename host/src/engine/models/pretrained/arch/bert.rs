@@ -7,5 +7,10 @@ use super::Registration;
 pub const REGISTRATION: Registration =
     Registration { model_type: "bert", causal_lm: false, parse: |text| encoders::parse(text, &BERT) };
 
-static BERT: EncoderKind =
-    EncoderKind { model_type: "bert", class_stem: "Bert", classifier_weight: "classifier.weight", roberta: false };
+static BERT: EncoderKind = EncoderKind {
+    model_type: "bert",
+    class_stem: "Bert",
+    classifier_weight: "classifier.weight",
+    embedding_weight: "bert.embeddings.word_embeddings.weight",
+    roberta: false,
+};

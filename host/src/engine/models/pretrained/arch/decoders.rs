@@ -52,6 +52,10 @@ impl Architecture for DecoderArch {
         "score.weight"
     }
 
+    fn embedding_weight(&self) -> &'static str {
+        "model.embed_tokens.weight"
+    }
+
     fn lora_targets(&self) -> &'static [&'static str] {
         &["q_proj", "v_proj"]
     }

@@ -12,6 +12,7 @@ pub struct EncoderKind {
     pub model_type: &'static str,
     pub class_stem: &'static str,
     pub classifier_weight: &'static str,
+    pub embedding_weight: &'static str,
     /// RoBERTa: positions count from the padding index + 1, and the classifier is a
     /// two-layer head (dense, out_proj) rather than BERT's pooler and linear layer.
     pub roberta: bool,
@@ -49,6 +50,10 @@ impl Architecture for EncoderArch {
 
     fn classifier_weight(&self) -> &'static str {
         self.kind.classifier_weight
+    }
+
+    fn embedding_weight(&self) -> &'static str {
+        self.kind.embedding_weight
     }
 
     fn lora_targets(&self) -> &'static [&'static str] {

@@ -35,6 +35,10 @@ impl Architecture for Gpt2Arch {
         "score.weight"
     }
 
+    fn embedding_weight(&self) -> &'static str {
+        "transformer.wte.weight"
+    }
+
     fn lora_targets(&self) -> &'static [&'static str] {
         &["c_attn"]
     }

@@ -69,6 +69,9 @@ pub trait Architecture: std::fmt::Debug + Send + Sync {
     /// The classifier weight whose rows are the labels, as the head model names it.
     fn classifier_weight(&self) -> &'static str;
 
+    /// The token embedding, whose rows are config.json's vocab_size.
+    fn embedding_weight(&self) -> &'static str;
+
     /// PEFT's default LoRA targets (its TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
     fn lora_targets(&self) -> &'static [&'static str];
 

@@ -11,5 +11,6 @@ static ROBERTA: EncoderKind = EncoderKind {
     model_type: "roberta",
     class_stem: "Roberta",
     classifier_weight: "classifier.out_proj.weight",
+    embedding_weight: "roberta.embeddings.word_embeddings.weight",
     roberta: true,
 };
