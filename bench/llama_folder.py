@@ -6,8 +6,8 @@ pre-tokenized causal-LM data set for it.
 
 DIR gets config.json, model.safetensors (float32, transformers' names and metadata),
 generation_config.json, tokenizer.json (a word-level tokenizer over the vocabulary) and
-data.safetensors: input_ids [N, T] of random tokens and labels, the next token at each
-position (-100 at the end), which is how the host takes language-modelling data.
+data.safetensors: input_ids [N, T] of random tokens and labels aligned with them (the
+loss shifts them), as transformers takes language-modelling data and so does the host.
 """
 
 import argparse
@@ -59,8 +59,7 @@ def write(folder, size, examples, length):
                  "decoder": None, "model": {"type": "WordLevel", "vocab": vocabulary, "unk_token": "<unk>"}}
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
     ids = torch.randint(3, vocab, (examples, length), generator=generator)
-    labels = torch.cat([ids[:, 1:], torch.full((examples, 1), -100)], dim=1)
-    save_file({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels},
+    save_file({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()},
               str(folder / "data.safetensors"))
     return sum(t.numel() for t in tensors.values())
 

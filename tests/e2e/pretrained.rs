@@ -105,6 +105,8 @@ fn bad_model_folders_are_one_line_errors() {
     edit_config(&abyss, |c| drop(c.insert("num_hidden_layers".into(), 100_000.into())));
     let vast = folder("vast", "llama-classifier", &[]);
     edit_config(&vast, |c| drop(c.insert("hidden_size".into(), 4_000_000.into())));
+    let bad_tokenizer_config = folder("bad_tokenizer_config", "llama-classifier", &[]);
+    std::fs::write(bad_tokenizer_config.join("tokenizer_config.json"), "{ not json").unwrap();
     let small_vocab = folder("small_vocab", "llama-classifier", &[]);
     edit_config(&small_vocab, |c| drop(c.insert("vocab_size".into(), 200.into())));
     let window = folder("window", "mistral-causal", &[]);
@@ -159,6 +161,7 @@ fn bad_model_folders_are_one_line_errors() {
         (vec![show(&deeper)], "the weights do not match config.json: config.json asks for 3 layers, the checkpoint's last is layer 1 (missing model.layers.2.".into()),
         (vec![show(&abyss)], "the weights do not match config.json: config.json asks for 100000 layers, the checkpoint's last is layer 1 (missing model.layers.2.".into()),
         (vec![show(&vast)], "the weights do not match config.json: model.layers.0.input_layernorm.weight is [64] in the checkpoint, [4000000] by config.json".into()),
+        (vec![show(&bad_tokenizer_config)], "tokenizer_config.json is not valid JSON".into()),
         (vec![show(&no_tokenizer)], format!("tokenizer_file {}/tokenizer.json does not exist", show(&no_tokenizer))),
         (vec![show(&small_vocab)], "config.json's vocab_size 200 does not match the weights: model.embed_tokens.weight has 320 rows".into()),
         (vec!["meta-llama/Llama-3.2-1B".into()], "model_name_or_path 'meta-llama/Llama-3.2-1B' is not a local folder, and this host does not download models: download it first (hf download meta-llama/Llama-3.2-1B --local-dir models/Llama-3.2-1B)".into()),
@@ -169,6 +172,7 @@ fn bad_model_folders_are_one_line_errors() {
         (vec![show(&classifier), "--train-file".into(), show(&out_of_range)], "label 3 (item".into()),
         (vec![show(&classifier), "--torch-dtype".into(), "int8".into()], "torch_dtype 'int8' is not one of: auto (config.json's), float32, bfloat16, float16".into()),
         (vec![show(&classifier), "--model".into(), "gpt".into()], "model gpt and model_name_or_path".into()),
+        (vec![show(&classifier), "--hidden-size".into(), "128".into()], "hidden_size and model_name_or_path".into()),
     ];
     for (case, expected) in cases {
         let mut args = vec!["--model-name-or-path", &case[0], "--max-steps", "1", "--max-seq-length", "32"];

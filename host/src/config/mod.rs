@@ -117,6 +117,19 @@ impl ResolvedConfig {
         let dtype = pretrained::parse_dtype(&args.torch_dtype)?;
         let (model, folder) = match &args.model_name_or_path {
             Some(dir) => {
+                // The built-in models' sizes mean nothing to a folder with its config.json
+                // (a checkpoint's own run configuration, model "pretrained", is not checked).
+                let defaults = TrainingArguments::default();
+                let sizes_given = [
+                    ("hidden_size", args.hidden_size != defaults.hidden_size),
+                    ("num_hidden_layers", args.num_hidden_layers != defaults.num_hidden_layers),
+                    ("num_attention_heads", args.num_attention_heads != defaults.num_attention_heads),
+                ];
+                if let Some((name, _)) = sizes_given.iter().find(|(_, given)| *given).filter(|_| args.model == "mlp") {
+                    return Err(crate::error::InputError::new(format!(
+                        "{name} and model_name_or_path {dir} are both set: {name} sizes the built-in models, and the folder's config.json gives its own; drop {name}"
+                    )));
+                }
                 if !matches!(args.model.as_str(), "mlp" | "pretrained") {
                     return Err(crate::error::InputError::new(format!(
                         "model {} and model_name_or_path {dir} are both set: a pretrained folder brings its own architecture; drop model",

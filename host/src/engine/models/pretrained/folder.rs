@@ -72,9 +72,14 @@ impl Folder {
             .map_err(|e| InputError::new(format!("cannot read {}: {e}", config_path.display())))?;
         let (common, arch) = arch::parse(&text).map_err(|e| InputError::new(format!("{ARGUMENT} {spec}: {e}")))?;
         let raw_config = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let tokenizer_config = std::fs::read_to_string(dir.join("tokenizer_config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        let tokenizer_config = match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
+            Err(_) => None,
+            Ok(text) => Some(serde_json::from_str::<Value>(&text).map_err(|e| {
+                InputError::new(format!(
+                    "{ARGUMENT} {spec}: tokenizer_config.json is not valid JSON ({e}); fix it or remove it (the tokenizer's pad token and padding side are read from it)"
+                ))
+            })?),
+        };
         Ok(Self { dir: dir.to_path_buf(), raw_config, common, arch: Arc::from(arch), tokenizer_config })
     }
 
