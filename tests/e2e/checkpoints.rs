@@ -635,3 +635,33 @@ fn eval_from_an_inconsistent_checkpoint_names_the_checkpoint_not_init_weights() 
     run.assert_clean_error(2, "host_state.json's model and the weights differ");
     assert!(!run.stderr.contains("init_weights"), "{}", run.stderr);
 }
+
+#[test]
+fn the_final_files_are_a_set_that_a_reader_can_check() {
+    use sha2::{Digest, Sha256};
+    let sha256 = |path: &Path| -> String {
+        Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let base = ["--max-steps", "6", "--save-strategy", "no", "--logging-steps", "3"];
+    let dir = tempdir();
+    assert_eq!(host(dir.path(), &base).code, 0);
+    let output = dir.path().join("output");
+    let manifest = json_file(&output.join("outputs.json"));
+    assert_eq!(manifest["global_step"], 6);
+    for file in ["model.safetensors", "trainer_state.json", "all_results.json", "log_history.jsonl"] {
+        assert_eq!(manifest["sha256"][file], sha256(&output.join(file)), "{file}");
+    }
+    // A second run into the folder killed while it writes its final files: the earlier
+    // set is no longer claimed complete, though some of its files are still there.
+    killed_at(dir.path(), "final:all_results.json", &["--max-steps", "9", "--save-strategy", "no"]);
+    assert!(!output.join("outputs.json").exists(), "a mixed set must not look complete");
+    assert!(output.join("all_results.json").is_file());
+    // The next run writes a complete set again and leaves no temporary file.
+    assert_eq!(host(dir.path(), &base).code, 0);
+    assert_eq!(
+        json_file(&output.join("outputs.json"))["sha256"]["all_results.json"],
+        sha256(&output.join("all_results.json"))
+    );
+    let leftovers: Vec<String> = file_names(&output).into_iter().filter(|n| n.starts_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

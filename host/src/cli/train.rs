@@ -117,6 +117,9 @@ pub fn train(options: &TrainOptions) -> Result<()> {
     if outcome.already_complete {
         return Ok(());
     }
+    if let Some(output) = &output {
+        crate::engine::output::begin_final_files(output.path())?;
+    }
     // As HF's example scripts: evaluate and predict after training, each with its file.
     let mut extra = Vec::new();
     if phases.eval {
@@ -137,6 +140,7 @@ pub fn train(options: &TrainOptions) -> Result<()> {
             write_metrics_file(&output.path().join(file), metrics)?;
             merge_metrics_file(&results, metrics)?;
         }
+        crate::engine::output::finish_final_files(output.path(), trainer.run.state.global_step)?;
         print_summary(&outcome, &results)?;
         // Charts are for looking at: a failure to draw them is said, not fatal.
         match crate::engine::plots::write(output.path()) {

@@ -63,10 +63,45 @@ impl OutputDir {
     }
 }
 
+/// The run's final files are a set: `output_dir/outputs.json` lists each with its SHA-256,
+/// is removed before the final files are written and written last, so that a folder
+/// without it (or whose files do not match it) holds a set some run did not finish.
+pub const OUTPUTS_MANIFEST: &str = "outputs.json";
+
+/// Before the final files are written: the old set is no longer claimed complete.
+pub fn begin_final_files(output_dir: &Path) -> Result<()> {
+    let manifest = output_dir.join(OUTPUTS_MANIFEST);
+    match fs::remove_file(&manifest) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::anyhow!("cannot remove {}: {e}", manifest.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// After the final files: the manifest of every file in output_dir itself (checkpoint
+/// folders, plots and the lock aside), with the step they are the outputs of.
+pub fn finish_final_files(output_dir: &Path, global_step: i64) -> Result<()> {
+    let mut files = serde_json::Map::new();
+    let mut names: Vec<String> = fs::read_dir(output_dir)?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.') && n != OUTPUTS_MANIFEST)
+        .collect();
+    names.sort();
+    for name in names {
+        files.insert(name.clone(), crate::engine::checkpoint::sha256_of(&output_dir.join(&name))?.into());
+    }
+    let manifest = serde_json::json!({ "format": "host-outputs/1", "global_step": global_step, "sha256": files });
+    write_text_atomically(&output_dir.join(OUTPUTS_MANIFEST), &(serde_json::to_string_pretty(&manifest)? + "\n"))
+}
+
 /// Writes `path` through `write`, which writes the file at the temporary path it is
 /// given; only a complete, synced file takes the name.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    crate::engine::checkpoint::fault_point(&format!("final:{name}"));
     let temporary = path.with_file_name(format!("{TEMP_PREFIX}{name}-{}", std::process::id()));
     let written = write(&temporary).and_then(|()| {
         File::open(&temporary).and_then(|f| f.sync_all())?;

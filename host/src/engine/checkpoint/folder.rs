@@ -119,7 +119,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|f| f.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
 }
 
-fn sha256_of(path: &Path) -> Result<String> {
+pub(crate) fn sha256_of(path: &Path) -> Result<String> {
     let mut file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -239,7 +239,7 @@ pub fn rotate(output_dir: &Path, limit: i64, best: Option<&Path>) -> Result<()> 
 /// with `HOST_FAULT_INJECTION=<point>`, the process kills itself (SIGKILL, as a crash or an
 /// OOM kill would) when a save reaches that point.
 #[cfg(feature = "fault-injection")]
-fn fault_point(point: &str) {
+pub(crate) fn fault_point(point: &str) {
     if std::env::var("HOST_FAULT_INJECTION").is_ok_and(|p| p == point) {
         // SAFETY: sends SIGKILL to this process; nothing runs after it.
         unsafe {
@@ -249,7 +249,7 @@ fn fault_point(point: &str) {
 }
 
 #[cfg(not(feature = "fault-injection"))]
-fn fault_point(_: &str) {}
+pub(crate) fn fault_point(_: &str) {}
 
 #[cfg(test)]
 mod tests {
