@@ -125,7 +125,8 @@ impl ResolvedConfig {
                     ("num_hidden_layers", args.num_hidden_layers != defaults.num_hidden_layers),
                     ("num_attention_heads", args.num_attention_heads != defaults.num_attention_heads),
                 ];
-                if let Some((name, _)) = sizes_given.iter().find(|(_, given)| *given).filter(|_| args.model == "mlp") {
+                let fresh_run = args.model == "mlp";
+                if let Some((name, _)) = sizes_given.iter().find(|(_, given)| fresh_run && *given) {
                     return Err(crate::error::InputError::new(format!(
                         "{name} and model_name_or_path {dir} are both set: {name} sizes the built-in models, and the folder's config.json gives its own; drop {name}"
                     )));

@@ -22,7 +22,7 @@ pub fn load_file(path: &Path, options: &FileOptions) -> Result<Dataset, InputErr
         return Err(InputError::new(format!("data file {shown} does not exist")));
     }
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    let fields = if path.is_dir() {
+    let mut fields = if path.is_dir() {
         read_npy_folder(path)?
     } else {
         match extension.as_str() {
@@ -43,7 +43,6 @@ pub fn load_file(path: &Path, options: &FileOptions) -> Result<Dataset, InputErr
             }
         }
     };
-    let mut fields = fields;
     let label_field = match options.label_column.as_deref() {
         Some(name) => Some(name.to_owned()),
         None => super::default_label(fields.iter().map(|(n, _)| n.as_str())).map(|i| fields[i].0.clone()),

@@ -122,10 +122,11 @@ impl Recompute {
         // pass, for the adapters inside them.
         let mut h = if x.requires_grad() { x } else { x.detach().set_requires_grad(true) };
         let context = Rc::new(context);
+        let count = blocks.count();
         // SAFETY: only the lifetime is erased; see BlockCall::blocks.
         let blocks: *const (dyn Blocks + 'static) = unsafe { std::mem::transmute(blocks as *const dyn Blocks) };
-        let mut calls = Vec::with_capacity(context_blocks(blocks));
-        for index in 0..context_blocks(blocks) {
+        let mut calls = Vec::with_capacity(count);
+        for index in 0..count {
             let call =
                 Box::new(BlockCall { blocks, context: Rc::clone(&context), index, generator: RefCell::default() });
             let handle = &*call as *const BlockCall as *mut c_void;
@@ -140,11 +141,6 @@ impl Recompute {
         *self.pending.borrow_mut() = calls;
         h
     }
-}
-
-fn context_blocks(blocks: *const (dyn Blocks + 'static)) -> usize {
-    // SAFETY: a live network (see BlockCall::blocks).
-    unsafe { &*blocks }.count()
 }
 
 impl BlockCall {

@@ -33,7 +33,7 @@ pub struct Gpt2 {
     wpe: Embedding,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    /// The language model's own head (tie_word_embeddings false); tied: `wte`.
+    /// The language model's head: over `wte`'s weight when tied (by default), else its own.
     lm_head: Option<Linear>,
     score: Option<Linear>,
     width: i64,
@@ -78,8 +78,9 @@ impl Gpt2 {
                 }
             })
             .collect();
+        let wte = Embedding::new(src, &(&base / "wte"), common.vocab_size, width, None);
         let (lm_head, score, pad) = match head {
-            Head::CausalLm if config.tie_word_embeddings => (None, None, None),
+            Head::CausalLm if config.tie_word_embeddings => (Some(Linear::tied(&wte.weight)), None, None),
             Head::CausalLm => {
                 (Some(Linear::new(src, &(root / "lm_head"), width, common.vocab_size, false, Need::Head)), None, None)
             }
@@ -88,7 +89,7 @@ impl Gpt2 {
             }
         };
         Ok(Self {
-            wte: Embedding::new(src, &(&base / "wte"), common.vocab_size, width, None),
+            wte,
             wpe: Embedding::new(src, &(&base / "wpe"), config.n_positions, width, None),
             blocks,
             ln_f: LayerNorm::new(src, &(&base / "ln_f"), width, eps, Need::Required),
@@ -120,24 +121,17 @@ impl Network for Gpt2 {
         &mut self.wte
     }
 
-    /// The head weight is the token embedding when tied.
     fn head_input(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HeadInput> {
-        if self.score.is_some() {
-            return None;
-        }
-        let hidden = self.hidden(ids, mask, train);
-        Some(match &self.lm_head {
-            Some(head) => head.head_input(hidden, train),
-            None => HeadInput { hidden, weight: self.wte.weight.shallow_clone(), bias: None },
-        })
+        let head = self.lm_head.as_ref()?;
+        Some(head.head_input(self.hidden(ids, mask, train), train))
     }
 
     fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, _: Option<&Tensor>, train: bool) -> Tensor {
         let hidden = self.hidden(ids, mask, train);
         match (&self.lm_head, &self.score) {
-            (_, Some(score)) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad)), train),
-            (Some(head), None) => head.forward(&hidden, train),
-            (None, None) => hidden.linear::<&Tensor>(&self.wte.weight, None),
+            (Some(head), _) => head.forward(&hidden, train),
+            (None, Some(score)) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad)), train),
+            (None, None) => unreachable!("GPT-2 has a head"),
         }
     }
 }

@@ -123,16 +123,20 @@ impl Injector {
         }
     }
 
-    /// Whether a parameter of `module` is trained (LoRA freezes all but modules_to_save).
+    /// Whether a parameter of `module` is trained (LoRA freezes all but modules_to_save);
+    /// the module to save it lies in is noted for [`check`](Self::check).
     pub fn trains(&self, module: &str) -> bool {
-        let hit = self.modules_to_save.iter().find(|m| within(module, m));
-        if let Some(name) = hit {
-            let mut matched = self.saved_matched.borrow_mut();
-            if !matched.contains(name) {
-                matched.push(name.clone());
-            }
+        let Some(name) = self.saved_module(module) else { return false };
+        let mut matched = self.saved_matched.borrow_mut();
+        if !matched.contains(name) {
+            matched.push(name.clone());
         }
-        hit.is_some()
+        true
+    }
+
+    /// The module to save that `module` lies in, if any.
+    fn saved_module(&self, module: &str) -> Option<&String> {
+        self.modules_to_save.iter().find(|m| within(module, m))
     }
 
     /// Whether linear layer `module` gets an adapter.
@@ -163,12 +167,15 @@ impl Injector {
     /// Every named target must have matched a linear layer, and every module to save
     /// the user named some module of the model.
     pub fn check(&self) -> Result<(), String> {
-        let matched = self.saved_matched.borrow().clone();
-        let unknown: Vec<&str> =
-            // PEFT lists both classifier names for any classifier: not the user's mistake.
-            self.spec.modules_to_save.iter().filter(|m| !matched.contains(m) && !CLASSIFIER_HEADS.contains(&m.as_str()))
-                .map(String::as_str)
-                .collect();
+        let matched = self.saved_matched.borrow();
+        // PEFT lists both classifier names for any classifier: not the user's mistake.
+        let unknown: Vec<&str> = self
+            .spec
+            .modules_to_save
+            .iter()
+            .filter(|m| !matched.contains(m) && !CLASSIFIER_HEADS.contains(&m.as_str()))
+            .map(String::as_str)
+            .collect();
         if !unknown.is_empty() {
             return Err(format!(
                 "lora_modules_to_save {} matches no module of the model; name modules as in the parameter names (score, classifier, lm_head, embed_tokens)",
@@ -179,7 +186,7 @@ impl Injector {
         let linear = self.linear.borrow();
         // A target inside a module trained in full (PEFT lists a classifier's layers in
         // target_modules and trains the classifier through modules_to_save) is matched.
-        let trained_in_full = |t: &str| linear.iter().any(|m| self.trains(m) && named_target(m, t));
+        let trained_in_full = |t: &str| linear.iter().any(|m| self.saved_module(m).is_some() && named_target(m, t));
         let unmatched: Vec<&str> = match &self.targets {
             Targets::Named(names) => names
                 .iter()
@@ -220,27 +227,28 @@ pub struct Lora {
 impl Lora {
     /// The adapter's addition to the layer's output for input `x` (in the adapter's dtype,
     /// float32 over a bfloat16 model as PEFT keeps it, then cast back to `x`'s).
-    /// The adapter's down projection, scaled: scaling * A(dropout(x)) [.., r], in the
-    /// adapter's dtype (delta = B of it).
-    pub fn down(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut input = if x.kind() == self.a.kind() { x.shallow_clone() } else { x.to_kind(self.a.kind()) };
-        if train && self.dropout > 0.0 {
-            input = input.dropout(self.dropout, true);
-        }
-        input.linear::<&Tensor>(&self.a, None) * self.scaling
-    }
-
     pub fn delta(&self, x: &Tensor, train: bool) -> Tensor {
         let kind = x.kind();
-        let mut input = if kind == self.a.kind() { x.shallow_clone() } else { x.to_kind(self.a.kind()) };
-        if train && self.dropout > 0.0 {
-            input = input.dropout(self.dropout, true);
-        }
-        let out = input.linear::<&Tensor>(&self.a, None).linear::<&Tensor>(&self.b, None) * self.scaling;
+        let out = self.input(x, train).linear::<&Tensor>(&self.a, None).linear::<&Tensor>(&self.b, None) * self.scaling;
         if out.kind() == kind {
             out
         } else {
             out.to_kind(kind)
+        }
+    }
+
+    /// The adapter's down projection, scaled: scaling * A(dropout(x)) [.., r], in the
+    /// adapter's dtype (B of it is the delta).
+    pub fn down(&self, x: &Tensor, train: bool) -> Tensor {
+        self.input(x, train).linear::<&Tensor>(&self.a, None) * self.scaling
+    }
+
+    /// `x` in the adapter's dtype, with the adapter's dropout in training.
+    fn input(&self, x: &Tensor, train: bool) -> Tensor {
+        let input = if x.kind() == self.a.kind() { x.shallow_clone() } else { x.to_kind(self.a.kind()) };
+        match train && self.dropout > 0.0 {
+            true => input.dropout(self.dropout, true),
+            false => input,
         }
     }
 }

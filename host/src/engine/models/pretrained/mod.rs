@@ -177,8 +177,7 @@ pub fn trace_layers(dir: &Path, ids: &Tensor, mask: &Tensor) -> Result<Vec<(Stri
     let head = match classifier {
         false => Head::CausalLm,
         true => {
-            let name = folder.arch.classifier_weight();
-            let rows = weights.shape(name).and_then(|shape| shape.first().copied());
+            let rows = saved_rows(&weights, folder.arch.classifier_weight()).map(|(_, rows)| rows);
             Head::SequenceClassification { num_labels: rows.unwrap_or(2), pad: folder.common.pad_token_id }
         }
     };
@@ -202,19 +201,23 @@ pub fn trace_layers(dir: &Path, ids: &Tensor, mask: &Tensor) -> Result<Vec<(Stri
 /// config.json's vocab_size must be the token embedding's rows (before the tokenizer is
 /// compared with it).
 fn check_vocabulary(folder: &Folder, weights: &WeightFiles) -> Result<(), InputError> {
-    let name = folder.arch.embedding_weight();
-    let base_name = name.split_once('.').map_or(name, |(_, rest)| rest);
-    let Some((found, shape)) = [name, base_name].into_iter().find_map(|n| Some((n, weights.shape(n)?))) else {
-        return Ok(()); // A missing embedding is reported with the other missing weights.
-    };
+    // A missing embedding is reported with the other missing weights.
+    let Some((found, rows)) = saved_rows(weights, folder.arch.embedding_weight()) else { return Ok(()) };
     let vocab = folder.common.vocab_size;
-    match shape.first() {
-        Some(&rows) if rows != vocab => Err(InputError::new(format!(
-            "{ARGUMENT} {}: config.json's vocab_size {vocab} does not match the weights: {found} has {rows} rows; the folder's config.json and weights must come from the same model",
-            folder.dir.display()
-        ))),
-        _ => Ok(()),
+    if rows == vocab {
+        return Ok(());
     }
+    Err(InputError::new(format!(
+        "{ARGUMENT} {}: config.json's vocab_size {vocab} does not match the weights: {found} has {rows} rows; the folder's config.json and weights must come from the same model",
+        folder.dir.display()
+    )))
+}
+
+/// The rows of weight `name` (a head model's name) in the checkpoint, under that name or,
+/// in a base model's checkpoint, without its first part; with the name found.
+fn saved_rows<'n>(weights: &WeightFiles, name: &'n str) -> Option<(&'n str, i64)> {
+    let base_name = name.split_once('.').map_or(name, |(_, rest)| rest);
+    [name, base_name].into_iter().find_map(|n| Some((n, *weights.shape(n)?.first()?)))
 }
 
 /// Token ids must be rows of the model's embedding, and the tokenizer the model's.
@@ -275,11 +278,7 @@ fn choose_head(
     // A classifier head in the checkpoint fixes the number of labels, as config.json's
     // id2label does for a folder saved with one.
     // An adapter's trained head replaces the base model's.
-    let head_rows = adapter_head.or_else(|| {
-        let name = folder.arch.classifier_weight();
-        let shape = weights.shape(name).or_else(|| weights.shape(name.split_once('.').map_or(name, |s| s.1)));
-        shape.and_then(|shape| shape.first().copied())
-    });
+    let head_rows = adapter_head.or_else(|| saved_rows(weights, folder.arch.classifier_weight()).map(|(_, rows)| rows));
     let saved_labels = head_rows.or_else(|| {
         let architectures = folder.common.architectures.iter().flatten();
         let classifier = architectures.clone().any(|a| a.ends_with("ForSequenceClassification"));

@@ -53,34 +53,34 @@ pub struct Misshaped {
 
 impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        if let LoadError::Allocation { name, shape, message } = self {
-            return write!(f, "cannot make parameter {name} {shape:?}: {message}");
-        }
-        write!(f, "the weights do not match config.json: ")?;
+        const MISMATCH: &str = "the weights do not match config.json: ";
+        const SAME_MODEL: &str = "; the folder's config.json and weights must come from the same model";
         match self {
+            LoadError::Allocation { name, shape, message } => {
+                return write!(f, "cannot make parameter {name} {shape:?}: {message}")
+            }
             LoadError::Missing(names) => match layers_beyond_the_checkpoint(names) {
                 Some((first, count)) => write!(
                     f,
-                    "config.json asks for {count} layers, the checkpoint's last is layer {} (missing {})",
+                    "{MISMATCH}config.json asks for {count} layers, the checkpoint's last is layer {} (missing {})",
                     first - 1,
                     listed(names)
                 )?,
-                None => write!(f, "missing {}", listed(names))?,
+                None => write!(f, "{MISMATCH}missing {}", listed(names))?,
             },
-            LoadError::Allocation { .. } => unreachable!("written above"),
             LoadError::Misshaped(wrong) => {
                 let shown: Vec<String> = wrong
                     .iter()
                     .take(3)
                     .map(|m| format!("{} is {:?} in the checkpoint, {:?} by config.json", m.name, m.saved, m.expected))
                     .collect();
-                write!(f, "{}", shown.join("; "))?;
+                write!(f, "{MISMATCH}{}", shown.join("; "))?;
                 if wrong.len() > 3 {
                     write!(f, "; {} more of another shape", wrong.len() - 3)?;
                 }
             }
         }
-        write!(f, "; the folder's config.json and weights must come from the same model")
+        write!(f, "{SAME_MODEL}")
     }
 }
 
