@@ -42,7 +42,8 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
-from transformers import BertConfig, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, RobertaConfig
+from transformers import (BertConfig, Gemma2Config, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, Phi3Config,
+                          Qwen2Config, Qwen3Config, RobertaConfig)
 
 TOLERANCE = 1e-4
 MAX_LENGTH = 32
@@ -86,6 +87,24 @@ CASES = {
     "qwen2-window-causal": ("causal", lambda: Qwen2Config(**DECODER, num_key_value_heads=2, pad_token_id=1,
                                                           use_sliding_window=True, sliding_window=3,
                                                           max_window_layers=1)),
+    # Qwen3: q/k RMSNorm over head_dim; a sliding window from layer 1 on.
+    "qwen3-causal": ("causal", lambda: Qwen3Config(**DECODER, num_key_value_heads=2, head_dim=16, pad_token_id=1,
+                                                   use_sliding_window=True, sliding_window=3, max_window_layers=1)),
+    "qwen3-classifier": ("classifier", lambda: Qwen3Config(**DECODER, num_key_value_heads=2, head_dim=16,
+                                                           pad_token_id=1)),
+    # Gemma: (1 + w) RMSNorm, embeddings scaled by sqrt(hidden), GeGLU, tied head.
+    "gemma-causal": ("causal", lambda: GemmaConfig(**DECODER,
+                                                   num_key_value_heads=1, head_dim=16, pad_token_id=1)),
+    # Gemma 2: sandwich norms, soft caps small enough to act on a random model, the
+    # attention scale from query_pre_attn_scalar, layer 0 sliding (window 4), layer 1 full.
+    "gemma2-causal": ("causal", lambda: Gemma2Config(**DECODER, num_key_value_heads=2, head_dim=16, pad_token_id=1,
+                                                     query_pre_attn_scalar=24, sliding_window=4,
+                                                     attn_logit_softcapping=0.5, final_logit_softcapping=0.3)),
+    # Phi-3: fused qkv_proj and gate_up_proj, RoPE on half of each head, a window of 5.
+    "phi3-causal": ("causal", lambda: Phi3Config(**DECODER, num_key_value_heads=2, pad_token_id=1, sliding_window=5,
+                                                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                  "partial_rotary_factor": 0.5})),
+    "phi3-classifier": ("classifier", lambda: Phi3Config(**DECODER, pad_token_id=1)),
     # GPT-2: Conv1D weights, tied head, LayerNorms named ln_* (no weight decay by type).
     "gpt2-causal": ("causal", lambda: GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB,
                                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,

@@ -41,6 +41,11 @@ CASES = {
     "roberta-classifier": ("roberta-classifier", "SEQ_CLS", "all-linear", None),
     # GPT-2's Conv1D: fan_in_fan_out.
     "gpt2-causal": ("gpt2-causal", "CAUSAL_LM", ["c_attn", "c_fc"], None),
+    "qwen3-causal": ("qwen3-causal", "CAUSAL_LM", ["q_proj", "v_proj"], None),
+    # Sandwich norms and soft caps around the adapted layers.
+    "gemma2-causal": ("gemma2-causal", "CAUSAL_LM", "all-linear", None),
+    # Phi-3's fused projections adapted as one layer each, as PEFT adapts them.
+    "phi3-causal": ("phi3-causal", "CAUSAL_LM", ["qkv_proj", "gate_up_proj"], None),
 }
 
 

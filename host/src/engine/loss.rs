@@ -50,7 +50,7 @@ impl Loss for CrossEntropy {
         if let Some(head) = &outputs.head_input {
             // The language model's loss without its logits; the mean in evaluation.
             let items = num_items.unwrap_or_else(|| crate::engine::data::count_label_items(labels));
-            let settings = LossSettings { smoothing: self.smoothing, soft_cap: None };
+            let settings = LossSettings { smoothing: self.smoothing, soft_cap: head.soft_cap };
             return Ok(linear_cross_entropy(&head.hidden, &head.weight, head.bias.as_ref(), labels, items, settings));
         }
         let logits = outputs.get_logits();

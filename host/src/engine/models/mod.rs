@@ -39,11 +39,13 @@ pub struct Outputs {
 }
 
 /// What a language model's head turns into logits: hidden states [.., width] and the head
-/// (logits = hidden weight^T + bias).
+/// (logits = hidden weight^T + bias, then `cap * tanh(logits / cap)` with a soft cap).
 pub struct HeadInput {
     pub hidden: Tensor,
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// Gemma 2's final_logit_softcapping.
+    pub soft_cap: Option<f64>,
 }
 
 impl Outputs {

@@ -67,23 +67,75 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Mask, dropout: f64, 
     }
 }
 
+/// Attention whose scores are soft-capped before the mask, `cap * tanh(scores / cap)`
+/// (Gemma 2): SDPA has no such option, so this is transformers' eager computation, with
+/// dropout, and as there the mask is added as the dtype's lowest value (a query with no
+/// key left, a padding position past a window, averages every value, where SDPA gives
+/// zeros).
+pub fn soft_capped_attention(
+    [q, k, v]: [&Tensor; 3],
+    mask: &Mask,
+    dropout: f64,
+    scale: f64,
+    groups: i64,
+    cap: f64,
+) -> Tensor {
+    let weights = attention_weights(q, k, mask, scale, groups, Some(cap), Masked::Lowest);
+    let weights = if dropout > 0.0 { weights.dropout(dropout, true) } else { weights };
+    weights.matmul(&repeat_kv(v, groups))
+}
+
 /// transformers' eager attention: softmax(q k^T * scale + mask) v, in float32 for the
 /// softmax, zeros for a query with no key (the oracle for SDPA and for any fused kernel;
 /// no dropout).
 pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Mask, scale: f64, groups: i64) -> Tensor {
-    let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
+    attention_weights(q, k, mask, scale, groups, None, Masked::NegativeInfinity).matmul(&repeat_kv(v, groups))
+}
+
+/// What a masked-out score becomes.
+#[derive(Clone, Copy)]
+enum Masked {
+    /// -inf, and a query with no key gets zeros (SDPA's result).
+    NegativeInfinity,
+    /// The dtype's lowest value (transformers' eager mask).
+    Lowest,
+}
+
+/// The attention probabilities [B, H, T, T] in q's dtype, with the scores soft-capped
+/// where `cap` says.
+fn attention_weights(
+    q: &Tensor,
+    k: &Tensor,
+    mask: &Mask,
+    scale: f64,
+    groups: i64,
+    cap: Option<f64>,
+    masked: Masked,
+) -> Tensor {
+    let k = repeat_kv(k, groups);
     let scores = q.matmul(&k.transpose(-2, -1)) * scale;
+    let scores = match cap {
+        Some(cap) => (scores / cap).tanh() * cap,
+        None => scores,
+    };
     let length = scores.size()[3];
     let allowed = match mask {
         Mask::All => None,
         Mask::Causal => Some(Tensor::ones([length, length], (Kind::Bool, q.device())).tril(0)),
         Mask::Explicit(mask) => Some(mask.shallow_clone()),
     };
+    let fill = match (masked, q.kind()) {
+        (Masked::NegativeInfinity, _) => f64::NEG_INFINITY,
+        (Masked::Lowest, Kind::BFloat16) => -3.3895313892515355e38,
+        (Masked::Lowest, Kind::Half) => -65504.0,
+        (Masked::Lowest, Kind::Double) => f64::MIN,
+        (Masked::Lowest, _) => f32::MIN as f64,
+    };
     let scores = match allowed {
-        Some(allowed) => scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY),
+        Some(allowed) => scores.masked_fill(&allowed.logical_not(), fill),
         None => scores,
     };
-    scores.softmax(-1, Kind::Float).nan_to_num(0.0, None, None).to_kind(q.kind()).matmul(&v)
+    scores.softmax(-1, Kind::Float).nan_to_num(0.0, None, None).to_kind(q.kind())
 }
 
 /// [B, T, H*D] -> [B, H, T, D].
@@ -147,5 +199,23 @@ mod tests {
             let difference = (fast - eager).abs().max().double_value(&[]);
             assert!(difference < 1e-5, "{mask:?}: {difference}");
         }
+    }
+
+    #[test]
+    fn a_soft_cap_bounds_the_scores_and_a_wide_one_changes_nothing() {
+        let _generator = crate::engine::rng::lock_generator();
+        let q = Tensor::randn([1, 2, 5, 4], (Kind::Float, Device::Cpu)) * 10.0;
+        let (k, v) = (
+            Tensor::randn([1, 2, 5, 4], (Kind::Float, Device::Cpu)),
+            Tensor::randn([1, 2, 5, 4], (Kind::Float, Device::Cpu)),
+        );
+        let plain = attention_reference(&q, &k, &v, &Mask::Causal, 0.5, 1);
+        let wide = soft_capped_attention([&q, &k, &v], &Mask::Causal, 0.0, 0.5, 1, 1e6);
+        assert!((&plain - wide).abs().max().double_value(&[]) < 1e-5);
+        // With a cap of 1e-6 every score is nearly 0: each query averages the keys it sees.
+        let flat = soft_capped_attention([&q, &k, &v], &Mask::Causal, 0.0, 0.5, 1, 1e-6);
+        let counts = Tensor::arange_start(1, 6, (Kind::Float, Device::Cpu)).view([1, 1, 5, 1]);
+        let averages = v.cumsum(2, Kind::Float) / counts;
+        assert!((flat - averages).abs().max().double_value(&[]) < 1e-4);
     }
 }

@@ -72,9 +72,16 @@ impl RopeTables {
     }
 }
 
-/// Rotates queries or keys [B, H, T, dim] by their positions.
+/// Rotates queries or keys [B, H, T, dim] by their positions: all of each head, or with
+/// tables narrower than the head (a partial_rotary_factor below 1, as Phi-3's) its first
+/// dimensions, the rest passing through.
 pub fn apply_rotary(x: &Tensor, tables: &RopeTables) -> Tensor {
-    apply_rotary_reference(x, tables)
+    let (width, rotated) = (x.size()[3], tables.cos.size()[3]);
+    if rotated == width {
+        return apply_rotary_reference(x, tables);
+    }
+    let turned = apply_rotary_reference(&x.narrow(3, 0, rotated), tables);
+    Tensor::cat(&[&turned, &x.narrow(3, rotated, width - rotated)], -1)
 }
 
 /// transformers' `apply_rotary_pos_emb`: x * cos + rotate_half(x) * sin, with
@@ -100,5 +107,17 @@ mod tests {
         let pair_norms = |t: &Tensor| (t.narrow(3, 0, 4).square() + t.narrow(3, 4, 4).square()).sqrt();
         assert!(pair_norms(&rotated).allclose(&pair_norms(&x), 1e-5, 1e-5, false));
         assert!(rotated.narrow(2, 0, 1).allclose(&x.narrow(2, 0, 1), 0.0, 0.0, false));
+    }
+
+    #[test]
+    fn a_partial_rotation_turns_the_first_dimensions_and_passes_the_rest() {
+        let _generator = crate::engine::rng::lock_generator();
+        let rope = Rope { theta: 10_000.0, scaling: RopeScaling::None };
+        let tables = RopeTables::new(&rope.inverse_frequencies(4, Device::Cpu), 5, Kind::Float);
+        let x = Tensor::randn([1, 2, 5, 8], (Kind::Float, Device::Cpu));
+        let rotated = apply_rotary(&x, &tables);
+        assert!(rotated.narrow(3, 4, 4).allclose(&x.narrow(3, 4, 4), 0.0, 0.0, false));
+        let first = apply_rotary_reference(&x.narrow(3, 0, 4), &tables);
+        assert!(rotated.narrow(3, 0, 4).allclose(&first, 0.0, 0.0, false));
     }
 }

@@ -109,6 +109,22 @@ pub struct DecoderConfig {
     pub layer_types: Option<Vec<String>>,
     #[serde(default)]
     pub pretraining_tp: Option<i64>,
+    /// Gemma 2's name for hidden_act.
+    #[serde(default)]
+    pub hidden_activation: Option<String>,
+    /// Gemma 2: the attention scale is query_pre_attn_scalar^-0.5.
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
+    #[serde(default)]
+    pub attn_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f64>,
+    /// Phi-3: dropout on each layer's attention and MLP outputs.
+    #[serde(default)]
+    pub resid_pdrop: f64,
+    /// Gemma: attention without the causal mask (an encoder use), not ported.
+    #[serde(default)]
+    pub use_bidirectional_attention: Option<bool>,
 }
 
 fn silu() -> String {
@@ -139,9 +155,6 @@ impl DecoderConfig {
         let key = if self.rope_parameters.is_some() { "rope_parameters" } else { "rope_scaling" };
         let get = |name: &str| params.and_then(|p| p.get(name)).and_then(Value::as_f64);
         let theta = get("rope_theta").or(self.rope_theta).unwrap_or(10_000.0);
-        if let Some(fraction) = get("partial_rotary_factor").or(self.partial_rotary_factor).filter(|f| *f != 1.0) {
-            return Err(format!("partial_rotary_factor {fraction} is not supported"));
-        }
         let kind = params
             .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
             .and_then(Value::as_str)
@@ -166,14 +179,49 @@ impl DecoderConfig {
         Ok(Rope { theta, scaling })
     }
 
+    /// How many of each head's dimensions rotate: head_dim x partial_rotary_factor (from
+    /// rope_parameters or the top level), rounded down as transformers does.
+    pub fn rotary_dim(&self) -> Result<i64, String> {
+        let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref()).filter(|v| !v.is_null());
+        let fraction = params
+            .and_then(|p| p.get("partial_rotary_factor"))
+            .and_then(Value::as_f64)
+            .or(self.partial_rotary_factor)
+            .unwrap_or(1.0);
+        let dim = (self.head_dim() as f64 * fraction) as i64;
+        if !(fraction > 0.0 && fraction <= 1.0) || dim < 2 || dim % 2 != 0 {
+            return Err(format!(
+                "partial_rotary_factor {fraction} gives {dim} rotary dimensions of head_dim {}; it must give an even number from 2 to head_dim",
+                self.head_dim()
+            ));
+        }
+        Ok(dim)
+    }
+
+    /// hidden_act, or Gemma 2's hidden_activation where config.json has it.
     pub fn activation(&self) -> Result<Activation, String> {
-        activation("hidden_act", &self.hidden_act)
+        match &self.hidden_activation {
+            Some(name) => activation("hidden_activation", name),
+            None => activation("hidden_act", &self.hidden_act),
+        }
     }
 
     /// Refuses what the port does not implement, naming the key.
     pub fn check(&self) -> Result<(), String> {
         self.rope()?;
+        self.rotary_dim()?;
         self.activation()?;
+        if self.use_bidirectional_attention == Some(true) {
+            return Err("use_bidirectional_attention true is not supported (causal attention is)".to_owned());
+        }
+        for (key, cap) in [
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+            ("final_logit_softcapping", self.final_logit_softcapping),
+        ] {
+            if let Some(cap) = cap.filter(|c| c.is_nan() || *c <= 0.0) {
+                return Err(format!("{key} {cap} must be above 0 (or null for none)"));
+            }
+        }
         if self.num_attention_heads % self.kv_heads() != 0 {
             return Err(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",

@@ -1,7 +1,9 @@
-//! The Llama-style decoder (Llama, Mistral, Qwen2), ported from transformers: pre-norm
-//! layers with RMSNorm, rotary position embeddings, grouped-query attention and a gated
-//! MLP, each layer shaped by the [`LayerSpec`] its architecture fills in; with a
-//! language-model head (`ForCausalLM`) or a classifier on the last non-padding token
+//! The Llama-style decoder (Llama, Mistral, Qwen2 and 3, Gemma 1 and 2, Phi-3), ported
+//! from transformers: layers with RMSNorm, rotary position embeddings, grouped-query
+//! attention and a gated MLP, each layer shaped by the [`LayerSpec`] its architecture
+//! fills in (norm kind, q/k norms, sandwich norms, soft-capping, fused projections,
+//! window, RoPE set) and the model by its [`ModelSpec`]; with a language-model head
+//! (`ForCausalLM`) or a classifier on the last non-padding token
 //! (`ForSequenceClassification`).
 
 use tch::{nn, Tensor};
@@ -15,8 +17,9 @@ use super::params::{Need, ParamSource};
 use super::Head;
 use crate::engine::models::HeadInput;
 use crate::engine::ops::activation::{gated, Activation};
-use crate::engine::ops::attention::{attention, merge_heads, split_heads, Mask};
-use crate::engine::ops::rope::{apply_rotary, RopeTables};
+use crate::engine::ops::attention::{attention, merge_heads, soft_capped_attention, split_heads, Mask};
+use crate::engine::ops::norm::NormKind;
+use crate::engine::ops::rope::{apply_rotary, Rope, RopeTables};
 
 /// Which attention projections carry biases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,10 +38,25 @@ pub struct LayerSpec {
     pub activation: Activation,
     /// How many positions back a query sees, itself included (None: every earlier one).
     pub window: Option<i64>,
-    /// Which of the model's RoPE frequency sets the layer uses.
+    /// Which of the model's RoPE frequency sets ([`ModelSpec::ropes`]) the layer uses.
     pub rope: usize,
     /// The attention scale.
     pub scale: f64,
+    /// How the layer's RMSNorms scale.
+    pub norm: NormKind,
+    /// An RMSNorm of each query and key head over head_dim, before RoPE (Qwen 3).
+    pub qk_norm: bool,
+    /// Norms on the attention and MLP outputs as well, before each residual add (Gemma
+    /// 2's sandwich: input, post-attention, pre-feedforward and post-feedforward norms).
+    pub sandwich_norms: bool,
+    /// Attention scores soft-capped, `cap * tanh(scores / cap)` (Gemma 2).
+    pub attention_soft_cap: Option<f64>,
+    /// q/k/v as one `qkv_proj` and gate/up as one `gate_up_proj`, as the checkpoint
+    /// stores them (Phi-3).
+    pub fused_projections: bool,
+    /// Dropout on the attention and MLP outputs before each residual add (Phi-3's
+    /// resid_pdrop).
+    pub residual_dropout: f64,
 }
 
 impl LayerSpec {
@@ -50,23 +68,85 @@ impl LayerSpec {
             window: None,
             rope: 0,
             scale: (config.head_dim() as f64).powf(-0.5),
+            norm: NormKind::Rms,
+            qk_norm: false,
+            sandwich_norms: false,
+            attention_soft_cap: None,
+            fused_projections: false,
+            residual_dropout: 0.0,
         })
     }
 }
 
+/// What the whole decoder has once: its RoPE frequency sets, the input embedding's scale,
+/// the final norm and the logits' soft cap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// RoPE settings, one per id a [`LayerSpec::rope`] names.
+    pub ropes: Vec<Rope>,
+    /// How many of each head's dimensions rotate (partial_rotary_factor x head_dim).
+    pub rotary_dim: i64,
+    /// A factor on the token embeddings (Gemma's sqrt(hidden_size)).
+    pub embedding_scale: Option<f64>,
+    pub norm: NormKind,
+    /// final_logit_softcapping (Gemma 2).
+    pub logit_soft_cap: Option<f64>,
+}
+
+impl ModelSpec {
+    /// Llama's: one RoPE set over whole heads (a partial_rotary_factor is refused: these
+    /// ports rotate whole heads), no embedding scale, no cap.
+    pub fn llama(config: &DecoderConfig) -> Result<Self, String> {
+        let rotary_dim = config.rotary_dim()?;
+        if rotary_dim != config.head_dim() {
+            return Err(format!(
+                "partial_rotary_factor {} is not supported for this model_type (phi3 has it)",
+                rotary_dim as f64 / config.head_dim() as f64
+            ));
+        }
+        Ok(Self {
+            ropes: vec![config.rope()?],
+            rotary_dim,
+            embedding_scale: None,
+            norm: NormKind::Rms,
+            logit_soft_cap: None,
+        })
+    }
+}
+
+/// The attention projections: separate, or q, k and v as one product (split after it).
+#[derive(Debug)]
+enum Projections {
+    Separate { q_proj: Linear, k_proj: Linear, v_proj: Linear },
+    Fused { qkv_proj: Linear },
+}
+
 #[derive(Debug)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    projections: Projections,
     o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+}
+
+/// The gated MLP's input projections: separate, or gate and up as one product.
+#[derive(Debug)]
+enum GateUp {
+    Separate { gate_proj: Linear, up_proj: Linear },
+    Fused { gate_up_proj: Linear },
 }
 
 #[derive(Debug)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up: GateUp,
     down_proj: Linear,
+}
+
+/// Norms besides Llama's two: Gemma 2's sandwich.
+#[derive(Debug)]
+struct Sandwich {
+    pre_feedforward_layernorm: RmsNorm,
+    post_feedforward_layernorm: RmsNorm,
 }
 
 #[derive(Debug)]
@@ -74,7 +154,10 @@ struct Layer {
     spec: LayerSpec,
     input_layernorm: RmsNorm,
     self_attn: Attention,
+    /// Llama: the norm before the MLP; with sandwich norms, the norm of the attention's
+    /// output (transformers keeps the name for both).
     post_attention_layernorm: RmsNorm,
+    sandwich: Option<Sandwich>,
     mlp: Mlp,
 }
 
@@ -93,22 +176,29 @@ pub struct Decoder {
     kv_heads: i64,
     head_dim: i64,
     attention_dropout: f64,
+    logit_soft_cap: Option<f64>,
     /// The token the classifier's "last token" rule skips.
     pad: Option<i64>,
     recompute: Recompute,
 }
 
+/// A decoder's shape: config.json's sizes, the model's spec and each layer's.
+pub struct Shape<'a> {
+    pub config: &'a DecoderConfig,
+    pub model: ModelSpec,
+    pub layers: Vec<LayerSpec>,
+}
+
 impl Decoder {
-    /// `specs` holds one spec per layer (config.json's num_hidden_layers of them).
     pub fn new(
         src: &ParamSource,
         root: &nn::Path,
         common: &Common,
-        config: &DecoderConfig,
-        specs: Vec<LayerSpec>,
+        shape: Shape,
         head: &Head,
         checkpointing: bool,
     ) -> Result<Self, String> {
+        let Shape { config, model, layers: specs } = shape;
         let base = root / "model";
         let (hidden, heads, kv_heads, head_dim) =
             (config.hidden_size, config.num_attention_heads, config.kv_heads(), config.head_dim());
@@ -118,33 +208,56 @@ impl Decoder {
             .enumerate()
             .map(|(i, spec)| {
                 let path = &base / "layers" / i as i64;
-                let attn = &path / "self_attn";
-                let mlp = &path / "mlp";
+                let (attn, mlp) = (&path / "self_attn", &path / "mlp");
                 let (inner, bias) = (config.intermediate_size, config.mlp_bias);
                 let linear =
                     |p: &nn::Path, inputs, outputs, bias| Linear::new(src, p, inputs, outputs, bias, Need::Required);
+                let norm = |p: &nn::Path, width| RmsNorm::new(src, p, width, eps, spec.norm);
                 let (qkv_bias, o_bias) = (spec.biases.qkv, spec.biases.output);
-                Layer {
-                    input_layernorm: RmsNorm::new(src, &(&path / "input_layernorm"), hidden, eps),
-                    self_attn: Attention {
-                        q_proj: linear(&(&attn / "q_proj"), hidden, heads * head_dim, qkv_bias),
-                        k_proj: linear(&(&attn / "k_proj"), hidden, kv_heads * head_dim, qkv_bias),
-                        v_proj: linear(&(&attn / "v_proj"), hidden, kv_heads * head_dim, qkv_bias),
-                        o_proj: linear(&(&attn / "o_proj"), heads * head_dim, hidden, o_bias),
-                    },
-                    post_attention_layernorm: RmsNorm::new(src, &(&path / "post_attention_layernorm"), hidden, eps),
-                    mlp: Mlp {
+                let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
+                // Made in transformers' order, so that errors name the first weight.
+                let input_layernorm = norm(&(&path / "input_layernorm"), hidden);
+                let projections = if spec.fused_projections {
+                    Projections::Fused {
+                        qkv_proj: linear(&(&attn / "qkv_proj"), hidden, q_width + 2 * kv_width, qkv_bias),
+                    }
+                } else {
+                    Projections::Separate {
+                        q_proj: linear(&(&attn / "q_proj"), hidden, q_width, qkv_bias),
+                        k_proj: linear(&(&attn / "k_proj"), hidden, kv_width, qkv_bias),
+                        v_proj: linear(&(&attn / "v_proj"), hidden, kv_width, qkv_bias),
+                    }
+                };
+                let gate_up = if spec.fused_projections {
+                    GateUp::Fused { gate_up_proj: linear(&(&mlp / "gate_up_proj"), hidden, 2 * inner, bias) }
+                } else {
+                    GateUp::Separate {
                         gate_proj: linear(&(&mlp / "gate_proj"), hidden, inner, bias),
                         up_proj: linear(&(&mlp / "up_proj"), hidden, inner, bias),
-                        down_proj: linear(&(&mlp / "down_proj"), inner, hidden, bias),
+                    }
+                };
+                Layer {
+                    input_layernorm,
+                    self_attn: Attention {
+                        projections,
+                        o_proj: linear(&(&attn / "o_proj"), q_width, hidden, o_bias),
+                        q_norm: spec.qk_norm.then(|| norm(&(&attn / "q_norm"), head_dim)),
+                        k_norm: spec.qk_norm.then(|| norm(&(&attn / "k_norm"), head_dim)),
                     },
+                    post_attention_layernorm: norm(&(&path / "post_attention_layernorm"), hidden),
+                    sandwich: spec.sandwich_norms.then(|| Sandwich {
+                        pre_feedforward_layernorm: norm(&(&path / "pre_feedforward_layernorm"), hidden),
+                        post_feedforward_layernorm: norm(&(&path / "post_feedforward_layernorm"), hidden),
+                    }),
+                    mlp: Mlp { gate_up, down_proj: linear(&(&mlp / "down_proj"), inner, hidden, bias) },
                     spec,
                 }
             })
             .collect();
         let embed_tokens =
-            Embedding::new(src, &(&base / "embed_tokens"), common.vocab_size, hidden, common.pad_token_id);
-        let norm = RmsNorm::new(src, &(&base / "norm"), hidden, eps);
+            Embedding::new(src, &(&base / "embed_tokens"), common.vocab_size, hidden, common.pad_token_id)
+                .scaled(model.embedding_scale);
+        let norm = RmsNorm::new(src, &(&base / "norm"), hidden, eps, model.norm);
         let (lm_head, score, pad) = match head {
             Head::CausalLm if config.tie_word_embeddings => (Some(Linear::tied(&embed_tokens.weight)), None, None),
             Head::CausalLm => {
@@ -155,17 +268,20 @@ impl Decoder {
                 (None, Some(Linear::new(src, &(root / "score"), hidden, *num_labels, false, Need::Head)), *pad)
             }
         };
+        let inv_freqs =
+            model.ropes.iter().map(|rope| rope.inverse_frequencies(model.rotary_dim, root.device())).collect();
         Ok(Self {
             embed_tokens,
             layers,
             norm,
             lm_head,
             score,
-            inv_freqs: vec![config.rope()?.inverse_frequencies(head_dim, root.device())],
+            inv_freqs,
             heads,
             kv_heads,
             head_dim,
             attention_dropout: config.attention_dropout,
+            logit_soft_cap: model.logit_soft_cap,
             pad,
             recompute: Recompute::new(checkpointing),
         })
@@ -185,6 +301,45 @@ impl Decoder {
         let context = Context { masks, rotary, train };
         self.norm.forward(&self.recompute.run(self, x, context))
     }
+
+    /// Queries, keys and values [B, heads, T, head_dim] of the normed input `h`.
+    fn qkv(&self, attn: &Attention, h: &Tensor, train: bool) -> (Tensor, Tensor, Tensor) {
+        let (q, k, v) = match &attn.projections {
+            Projections::Separate { q_proj, k_proj, v_proj } => {
+                (q_proj.forward(h, train), k_proj.forward(h, train), v_proj.forward(h, train))
+            }
+            Projections::Fused { qkv_proj } => {
+                let qkv = qkv_proj.forward(h, train);
+                let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+                let parts = qkv.split_with_sizes([q_width, kv_width, kv_width], -1);
+                let [q, k, v]: [Tensor; 3] = parts.try_into().expect("three parts");
+                (q, k, v)
+            }
+        };
+        let head_norm = |x: Tensor, norm: &Option<RmsNorm>| match norm {
+            // Over head_dim, before the heads move in front of time (as transformers).
+            Some(norm) => {
+                let (b, t, _) = x.size3().expect("[batch, time, width]");
+                norm.forward(&x.view([b, t, -1, self.head_dim])).transpose(1, 2)
+            }
+            None => split_heads(&x, self.head_dim),
+        };
+        (head_norm(q, &attn.q_norm), head_norm(k, &attn.k_norm), split_heads(&v, self.head_dim))
+    }
+}
+
+/// The gated MLP over the normed input `h`.
+fn mlp(mlp: &Mlp, activation: Activation, h: &Tensor, train: bool) -> Tensor {
+    let inner = match &mlp.gate_up {
+        GateUp::Separate { gate_proj, up_proj } => {
+            gated(activation, &gate_proj.forward(h, train), &up_proj.forward(h, train))
+        }
+        GateUp::Fused { gate_up_proj } => {
+            let both = gate_up_proj.forward(h, train).chunk(2, -1);
+            gated(activation, &both[0], &both[1])
+        }
+    };
+    mlp.down_proj.forward(&inner, train)
 }
 
 impl Network for Decoder {
@@ -194,13 +349,17 @@ impl Network for Decoder {
 
     fn head_input(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HeadInput> {
         let head = self.lm_head.as_ref()?;
-        Some(head.head_input(self.hidden(ids, mask, train), train))
+        let input = head.head_input(self.hidden(ids, mask, train), train);
+        Some(HeadInput { soft_cap: self.logit_soft_cap, ..input })
     }
 
     fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, _: Option<&Tensor>, train: bool) -> Tensor {
         let hidden = self.hidden(ids, mask, train);
         match (&self.lm_head, &self.score) {
-            (Some(head), _) => head.forward(&hidden, train),
+            (Some(head), _) => match self.logit_soft_cap {
+                Some(cap) => (head.forward(&hidden, train) / cap).tanh() * cap,
+                None => head.forward(&hidden, train),
+            },
             (None, Some(score)) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad)), train),
             (None, None) => unreachable!("a decoder has a head"),
         }
@@ -217,17 +376,27 @@ impl Blocks for Decoder {
         let (spec, train) = (&layer.spec, context.train);
         let rotary = &context.rotary[spec.rope];
         let dropout = if train { self.attention_dropout } else { 0.0 };
-        let h = layer.input_layernorm.forward(x);
-        let attn = &layer.self_attn;
-        let q = apply_rotary(&split_heads(&attn.q_proj.forward(&h, train), self.head_dim), rotary);
-        let k = apply_rotary(&split_heads(&attn.k_proj.forward(&h, train), self.head_dim), rotary);
-        let v = split_heads(&attn.v_proj.forward(&h, train), self.head_dim);
-        let groups = self.heads / self.kv_heads;
-        let out = attention(&q, &k, &v, context.mask(spec.window), dropout, spec.scale, groups);
-        let x = x + attn.o_proj.forward(&merge_heads(&out), train);
-        let h = layer.post_attention_layernorm.forward(&x);
-        let mlp = &layer.mlp;
-        let inner = gated(spec.activation, &mlp.gate_proj.forward(&h, train), &mlp.up_proj.forward(&h, train));
-        x + mlp.down_proj.forward(&inner, train)
+        let (q, k, v) = self.qkv(&layer.self_attn, &layer.input_layernorm.forward(x), train);
+        let (q, k) = (apply_rotary(&q, rotary), apply_rotary(&k, rotary));
+        let (groups, mask) = (self.heads / self.kv_heads, context.mask(spec.window));
+        let out = match spec.attention_soft_cap {
+            Some(cap) => soft_capped_attention([&q, &k, &v], mask, dropout, spec.scale, groups, cap),
+            None => attention(&q, &k, &v, mask, dropout, spec.scale, groups),
+        };
+        let attended = layer.self_attn.o_proj.forward(&merge_heads(&out), train);
+        let residual = |y: Tensor| y.dropout(spec.residual_dropout, train && spec.residual_dropout > 0.0);
+        match &layer.sandwich {
+            None => {
+                let x = x + residual(attended);
+                let h = layer.post_attention_layernorm.forward(&x);
+                &x + residual(mlp(&layer.mlp, spec.activation, &h, train))
+            }
+            Some(sandwich) => {
+                let x = x + residual(layer.post_attention_layernorm.forward(&attended));
+                let h = sandwich.pre_feedforward_layernorm.forward(&x);
+                let out = sandwich.post_feedforward_layernorm.forward(&mlp(&layer.mlp, spec.activation, &h, train));
+                &x + residual(out)
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@ use tch::{nn, Kind, Tensor};
 use super::lora::Lora;
 use super::params::{Init, Need, ParamSource};
 use crate::engine::models::HeadInput;
+use crate::engine::ops::norm::NormKind;
 
 /// `nn.Linear`: weight [out, in], optional bias; y = x W^T + b.
 #[derive(Debug)]
@@ -46,11 +47,13 @@ impl Linear {
     /// autograd (at the cost of a copy of the head for the joined weight).
     pub fn head_input(&self, x: Tensor, train: bool) -> HeadInput {
         let bias = self.bias.as_ref().map(Tensor::shallow_clone);
-        let Some(lora) = &self.lora else { return HeadInput { hidden: x, weight: self.weight.shallow_clone(), bias } };
+        let Some(lora) = &self.lora else {
+            return HeadInput { hidden: x, weight: self.weight.shallow_clone(), bias, soft_cap: None };
+        };
         let down = lora.down(&x, train).to_kind(x.kind());
         let hidden = Tensor::cat(&[&x, &down], -1);
         let weight = Tensor::cat(&[&self.weight, &lora.b.to_kind(self.weight.kind())], 1);
-        HeadInput { hidden, weight, bias }
+        HeadInput { hidden, weight, bias, soft_cap: None }
     }
 }
 
@@ -98,16 +101,31 @@ pub struct Embedding {
     pub padding_idx: Option<i64>,
     /// NEFTune's alpha, on the model's input embedding (neftune_noise_alpha).
     pub neftune: Option<f64>,
+    /// A factor on every row (Gemma's sqrt(hidden_size)), rounded as transformers rounds
+    /// it: to float32, then to the weight's dtype.
+    pub scale: Option<f64>,
 }
 
 impl Embedding {
     pub fn new(src: &ParamSource, path: &nn::Path, count: i64, width: i64, padding_idx: Option<i64>) -> Self {
         let weight = src.param(path, "weight", &[count, width], Need::Required, Init::Normal);
-        Self { weight, padding_idx: padding_idx.filter(|&p| (0..count).contains(&p)), neftune: None }
+        Self { weight, padding_idx: padding_idx.filter(|&p| (0..count).contains(&p)), neftune: None, scale: None }
+    }
+
+    /// The embedding with every row multiplied by `scale`.
+    pub fn scaled(self, scale: Option<f64>) -> Self {
+        Self { scale, ..self }
     }
 
     pub fn forward(&self, ids: &Tensor) -> Tensor {
-        Tensor::embedding(&self.weight, ids, self.padding_idx.unwrap_or(-1), false, false)
+        let rows = Tensor::embedding(&self.weight, ids, self.padding_idx.unwrap_or(-1), false, false);
+        match self.scale {
+            Some(scale) => {
+                let factor = Tensor::from(scale as f32).to_kind(self.weight.kind()).to_device(rows.device());
+                rows * factor
+            }
+            None => rows,
+        }
     }
 
     /// The model's input embedding of token ids: with NEFTune noise in training.
@@ -139,20 +157,23 @@ impl LayerNorm {
     }
 }
 
-/// Llama's RMSNorm: normalized in float32, then scaled by the weight in the input's dtype.
+/// An RMSNorm over the last `width` dimensions, scaled as its [`NormKind`] says.
 #[derive(Debug)]
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f64,
+    pub kind: NormKind,
 }
 
 impl RmsNorm {
-    pub fn new(src: &ParamSource, path: &nn::Path, width: i64, eps: f64) -> Self {
-        Self { weight: src.param(path, "weight", &[width], Need::Required, Init::Ones), eps }
+    pub fn new(src: &ParamSource, path: &nn::Path, width: i64, eps: f64, kind: NormKind) -> Self {
+        // A missing weight starts as the identity: ones, or zeros under the unit offset.
+        let init = if kind == NormKind::RmsUnitOffset { Init::Zeros } else { Init::Ones };
+        Self { weight: src.param(path, "weight", &[width], Need::Required, init), eps, kind }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        crate::engine::ops::norm::rms_norm(x, &self.weight, self.eps)
+        self.kind.apply(x, &self.weight, self.eps)
     }
 }
 

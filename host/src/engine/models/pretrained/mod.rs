@@ -344,6 +344,13 @@ impl Plan {
         let (folder, arch) = (&self.folder, &self.folder.arch);
         let started = std::time::Instant::now();
         let classifier = self.task() == Task::Classification;
+        if self.training.lora.as_ref().is_some_and(|spec| spec.targets.is_none()) && arch.lora_targets().is_empty() {
+            return Err(InputError::new(format!(
+                "lora_target_modules: PEFT has no default LoRA targets for model_type '{}'; name them (--lora-target-modules qkv_proj,o_proj, say, or all-linear)",
+                arch.model_type()
+            ))
+            .into());
+        }
         let injector = self.training.lora.clone().map(|spec| Injector::new(spec, arch.lora_targets(), classifier));
         let source = params::ParamSource::new(&self.weights, arch.weight_prefix(), folder.common.initializer_range)
             .with_lora(injector);

@@ -1,10 +1,10 @@
-//! What the Llama-style decoders (Llama, Mistral, Qwen2) share: one config shape, one
-//! network ([`Decoder`]); each architecture's file says only what differs, as a
-//! [`DecoderKind`].
+//! What the Llama-style decoders share: one config shape, one network ([`Decoder`]); each
+//! architecture's file says only what differs, as a [`DecoderKind`]: its layers' specs,
+//! its model spec and PEFT's default LoRA targets for it.
 
 use super::{head_class, Architecture, Build, Network, Positions};
 use crate::engine::models::pretrained::config::{Common, DecoderConfig};
-use crate::engine::models::pretrained::decoder::{Decoder, LayerSpec};
+use crate::engine::models::pretrained::decoder::{Decoder, LayerSpec, ModelSpec, Shape};
 use crate::engine::models::pretrained::Head;
 
 /// One decoder architecture's own rules.
@@ -16,7 +16,15 @@ pub struct DecoderKind {
     /// Layer `index`'s spec (required of every decoder: a new one says its biases and
     /// its attention window, rather than inheriting Llama's by omission).
     pub layer: fn(&DecoderConfig, usize) -> Result<LayerSpec, String>,
+    /// The model's spec (RoPE sets, embedding scale, final norm, logit cap).
+    pub model: fn(&DecoderConfig) -> Result<ModelSpec, String>,
+    /// PEFT's default LoRA targets (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING);
+    /// empty where PEFT has none, so the user names them.
+    pub lora_targets: &'static [&'static str],
 }
+
+/// PEFT's default LoRA targets for most decoders.
+pub const Q_AND_V: &[&str] = &["q_proj", "v_proj"];
 
 /// Reads config.json as a decoder of `kind`.
 pub fn parse(text: &str, kind: &'static DecoderKind) -> serde_json::Result<Box<dyn Architecture>> {
@@ -57,7 +65,7 @@ impl Architecture for DecoderArch {
     }
 
     fn lora_targets(&self) -> &'static [&'static str] {
-        &["q_proj", "v_proj"]
+        self.kind.lora_targets
     }
 
     fn positions(&self, _: &Common) -> Positions {
@@ -66,11 +74,27 @@ impl Architecture for DecoderArch {
 
     fn check(&self, _: &Common, _: i64) -> Result<(), String> {
         self.config.check()?;
+        (self.kind.model)(&self.config)?;
         self.layer_specs().map(|_| ())
     }
 
     fn build(&self, b: &Build) -> Result<Box<dyn Network>, String> {
-        let specs = self.layer_specs()?;
-        Ok(Box::new(Decoder::new(b.src, b.root, b.common, &self.config, specs, b.head, b.checkpointing)?))
+        let shape =
+            Shape { config: &self.config, model: (self.kind.model)(&self.config)?, layers: self.layer_specs()? };
+        Ok(Box::new(Decoder::new(b.src, b.root, b.common, shape, b.head, b.checkpointing)?))
+    }
+}
+
+/// Whether layer `index` has a sliding window: as layer_types says ("sliding_attention" or
+/// "full_attention"), or without layer_types as the architecture's `default` rule.
+pub fn sliding_layer(config: &DecoderConfig, index: usize, default: impl Fn(usize) -> bool) -> Result<bool, String> {
+    let Some(types) = &config.layer_types else { return Ok(default(index)) };
+    match types.get(index).map(String::as_str) {
+        Some("sliding_attention") => Ok(true),
+        Some("full_attention") => Ok(false),
+        other => Err(format!(
+            "layer_types[{index}] is {other:?}; each of the {} layers is \"full_attention\" or \"sliding_attention\"",
+            config.num_hidden_layers
+        )),
     }
 }

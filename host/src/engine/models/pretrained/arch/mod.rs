@@ -7,10 +7,14 @@
 mod bert;
 mod decoders;
 mod encoders;
+mod gemma;
+mod gemma2;
 mod gpt2;
 mod llama;
 mod mistral;
+mod phi3;
 mod qwen2;
+mod qwen3;
 mod roberta;
 
 use tch::{nn, Tensor};
@@ -26,6 +30,10 @@ const REGISTRY: &[Registration] = &[
     llama::REGISTRATION,
     mistral::REGISTRATION,
     qwen2::REGISTRATION,
+    qwen3::REGISTRATION,
+    gemma::REGISTRATION,
+    gemma2::REGISTRATION,
+    phi3::REGISTRATION,
     gpt2::REGISTRATION,
     bert::REGISTRATION,
     roberta::REGISTRATION,
@@ -180,7 +188,7 @@ mod tests {
         let unknown = parse(r#"{"model_type": "t5", "vocab_size": 10}"#).unwrap_err();
         assert_eq!(
             unknown,
-            "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, gpt2, bert, roberta"
+            "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, qwen3, gemma, gemma2, phi3, gpt2, bert, roberta"
         );
     }
 }

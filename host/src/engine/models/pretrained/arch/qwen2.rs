@@ -2,10 +2,10 @@
 //! use_sliding_window, a window on the layers layer_types names "sliding_attention" (without
 //! layer_types: those from max_window_layers on, as transformers computes them).
 
-use super::decoders::{self, DecoderKind};
+use super::decoders::{self, DecoderKind, Q_AND_V};
 use super::Registration;
 use crate::engine::models::pretrained::config::DecoderConfig;
-use crate::engine::models::pretrained::decoder::{AttentionBiases, LayerSpec};
+use crate::engine::models::pretrained::decoder::{AttentionBiases, LayerSpec, ModelSpec};
 
 pub const REGISTRATION: Registration =
     Registration { model_type: "qwen2", causal_lm: true, parse: |text| decoders::parse(text, &QWEN2) };
@@ -17,25 +17,15 @@ static QWEN2: DecoderKind = DecoderKind {
         let biases = AttentionBiases { qkv: true, output: false };
         Ok(LayerSpec { biases, window: window(config, index)?, ..LayerSpec::llama(config)? })
     },
+    model: ModelSpec::llama,
+    lora_targets: Q_AND_V,
 };
 
-/// transformers' Qwen2Config: no window without use_sliding_window.
-fn window(config: &DecoderConfig, index: usize) -> Result<Option<i64>, String> {
+/// transformers' Qwen2Config and Qwen3Config: no window without use_sliding_window.
+pub fn window(config: &DecoderConfig, index: usize) -> Result<Option<i64>, String> {
     let Some(window) = config.sliding_window.filter(|_| config.use_sliding_window == Some(true)) else {
         return Ok(None);
     };
-    let sliding = match &config.layer_types {
-        Some(types) => match types.get(index).map(String::as_str) {
-            Some("sliding_attention") => true,
-            Some("full_attention") => false,
-            other => {
-                return Err(format!(
-                    "layer_types[{index}] is {other:?}; each of the {} layers is \"full_attention\" or \"sliding_attention\"",
-                    config.num_hidden_layers
-                ))
-            }
-        },
-        None => index as i64 >= config.max_window_layers.unwrap_or(28),
-    };
+    let sliding = decoders::sliding_layer(config, index, |i| i as i64 >= config.max_window_layers.unwrap_or(28))?;
     Ok(sliding.then_some(window))
 }
