@@ -42,7 +42,7 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
-from transformers import (BertConfig, Gemma2Config, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, Phi3Config,
+from transformers import (BertConfig, Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, Phi3Config,
                           Qwen2Config, Qwen3Config, RobertaConfig)
 
 TOLERANCE = 1e-4
@@ -100,6 +100,14 @@ CASES = {
     "gemma2-causal": ("causal", lambda: Gemma2Config(**DECODER, num_key_value_heads=2, head_dim=16, pad_token_id=1,
                                                      query_pre_attn_scalar=24, sliding_window=4,
                                                      attn_logit_softcapping=0.5, final_logit_softcapping=0.3)),
+    # Gemma 3: q/k norms, layer 0 sliding (window 4) with its own RoPE base, layer 1 global.
+    "gemma3-causal": ("causal", lambda: Gemma3TextConfig(
+        **DECODER, num_key_value_heads=2, head_dim=16, pad_token_id=1, query_pre_attn_scalar=24, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                         "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}})),
+    "gemma3-classifier": ("classifier", lambda: Gemma3TextConfig(**DECODER, num_key_value_heads=2, head_dim=16,
+                                                                 pad_token_id=1)),
     # Phi-3: fused qkv_proj and gate_up_proj, RoPE on half of each head, a window of 5.
     "phi3-causal": ("causal", lambda: Phi3Config(**DECODER, num_key_value_heads=2, pad_token_id=1, sliding_window=5,
                                                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0,

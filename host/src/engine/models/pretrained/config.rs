@@ -125,6 +125,9 @@ pub struct DecoderConfig {
     /// Gemma: attention without the causal mask (an encoder use), not ported.
     #[serde(default)]
     pub use_bidirectional_attention: Option<bool>,
+    /// Gemma 3 before transformers 5: the sliding layers' RoPE base.
+    #[serde(default)]
+    pub rope_local_base_freq: Option<f64>,
 }
 
 fn silu() -> String {
@@ -153,8 +156,14 @@ impl DecoderConfig {
     pub fn rope(&self) -> Result<Rope, String> {
         let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref()).filter(|v| !v.is_null());
         let key = if self.rope_parameters.is_some() { "rope_parameters" } else { "rope_scaling" };
+        self.rope_from(params, key, self.rope_theta.unwrap_or(10_000.0))
+    }
+
+    /// RoPE settings from the dict `params` (named `key` in errors), with `theta` where
+    /// the dict has no rope_theta.
+    pub fn rope_from(&self, params: Option<&Value>, key: &str, theta: f64) -> Result<Rope, String> {
         let get = |name: &str| params.and_then(|p| p.get(name)).and_then(Value::as_f64);
-        let theta = get("rope_theta").or(self.rope_theta).unwrap_or(10_000.0);
+        let theta = get("rope_theta").unwrap_or(theta);
         let kind = params
             .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
             .and_then(Value::as_str)

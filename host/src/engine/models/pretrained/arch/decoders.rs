@@ -13,6 +13,8 @@ pub struct DecoderKind {
     pub model_type: &'static str,
     /// transformers' class name stem (`Llama` for LlamaForCausalLM).
     pub class_stem: &'static str,
+    /// The classifier's stem where it differs (Gemma3TextForSequenceClassification).
+    pub classifier_stem: Option<&'static str>,
     /// Layer `index`'s spec (required of every decoder: a new one says its biases and
     /// its attention window, rather than inheriting Llama's by omission).
     pub layer: fn(&DecoderConfig, usize) -> Result<LayerSpec, String>,
@@ -49,7 +51,10 @@ impl Architecture for DecoderArch {
     }
 
     fn class_name(&self, head: &Head) -> String {
-        head_class(self.kind.class_stem, head)
+        match (head, self.kind.classifier_stem) {
+            (Head::SequenceClassification { .. }, Some(stem)) => head_class(stem, head),
+            _ => head_class(self.kind.class_stem, head),
+        }
     }
 
     fn weight_prefix(&self) -> &'static str {

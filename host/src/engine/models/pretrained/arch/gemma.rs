@@ -15,6 +15,7 @@ pub const REGISTRATION: Registration =
 static GEMMA: DecoderKind = DecoderKind {
     model_type: "gemma",
     class_stem: "Gemma",
+    classifier_stem: None,
     layer: |config, _| {
         let llama = LayerSpec::llama(config)?;
         let activation = if llama.activation == Activation::Gelu { Activation::GeluTanh } else { llama.activation };

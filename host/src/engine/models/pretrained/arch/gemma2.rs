@@ -14,6 +14,7 @@ pub const REGISTRATION: Registration =
 static GEMMA2: DecoderKind = DecoderKind {
     model_type: "gemma2",
     class_stem: "Gemma2",
+    classifier_stem: None,
     layer: |config, index| {
         let sliding = decoders::sliding_layer(config, index, |i| i % 2 == 0)?;
         let scale = config.query_pre_attn_scalar.unwrap_or(256.0).powf(-0.5);

@@ -11,6 +11,7 @@ pub const REGISTRATION: Registration =
 static LLAMA: DecoderKind = DecoderKind {
     model_type: "llama",
     class_stem: "Llama",
+    classifier_stem: None,
     layer: |config, _| LayerSpec::llama(config),
     model: ModelSpec::llama,
     lora_targets: Q_AND_V,

@@ -11,6 +11,7 @@ pub const REGISTRATION: Registration =
 static MISTRAL: DecoderKind = DecoderKind {
     model_type: "mistral",
     class_stem: "Mistral",
+    classifier_stem: None,
     layer: |config, _| Ok(LayerSpec { window: config.sliding_window, ..LayerSpec::llama(config)? }),
     model: ModelSpec::llama,
     lora_targets: Q_AND_V,

@@ -9,6 +9,7 @@ mod decoders;
 mod encoders;
 mod gemma;
 mod gemma2;
+mod gemma3;
 mod gpt2;
 mod llama;
 mod mistral;
@@ -33,6 +34,7 @@ const REGISTRY: &[Registration] = &[
     qwen3::REGISTRATION,
     gemma::REGISTRATION,
     gemma2::REGISTRATION,
+    gemma3::REGISTRATION,
     phi3::REGISTRATION,
     gpt2::REGISTRATION,
     bert::REGISTRATION,
@@ -188,7 +190,7 @@ mod tests {
         let unknown = parse(r#"{"model_type": "t5", "vocab_size": 10}"#).unwrap_err();
         assert_eq!(
             unknown,
-            "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, qwen3, gemma, gemma2, phi3, gpt2, bert, roberta"
+            "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2, bert, roberta"
         );
     }
 }

@@ -14,6 +14,7 @@ pub const REGISTRATION: Registration =
 static PHI3: DecoderKind = DecoderKind {
     model_type: "phi3",
     class_stem: "Phi3",
+    classifier_stem: None,
     layer: |config, _| {
         Ok(LayerSpec {
             biases: AttentionBiases { qkv: false, output: false },

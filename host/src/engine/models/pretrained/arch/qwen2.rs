@@ -13,6 +13,7 @@ pub const REGISTRATION: Registration =
 static QWEN2: DecoderKind = DecoderKind {
     model_type: "qwen2",
     class_stem: "Qwen2",
+    classifier_stem: None,
     layer: |config, index| {
         let biases = AttentionBiases { qkv: true, output: false };
         Ok(LayerSpec { biases, window: window(config, index)?, ..LayerSpec::llama(config)? })

@@ -11,6 +11,7 @@ pub const REGISTRATION: Registration =
 static QWEN3: DecoderKind = DecoderKind {
     model_type: "qwen3",
     class_stem: "Qwen3",
+    classifier_stem: None,
     layer: |config, index| {
         Ok(LayerSpec { qk_norm: true, window: super::qwen2::window(config, index)?, ..LayerSpec::llama(config)? })
     },
