@@ -31,7 +31,7 @@ fn peft_adapters_train_load_and_merge_as_peft_does() {
     let work = work();
     let cases: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(work.join("cases.json")).unwrap()).unwrap();
-    assert_eq!(cases.len(), 8);
+    assert_eq!(cases.len(), 9);
     for case in &cases {
         let (name, data) = (case["name"].as_str().unwrap(), case["data"].as_str().unwrap());
         let dir = work.join(name);

@@ -33,7 +33,7 @@ fn every_architecture_and_head_trains_saves_and_generates_as_transformers() {
     let models = models();
     let cases: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(models.join("cases.json")).unwrap()).unwrap();
-    assert_eq!(cases.len(), 20, "every architecture with its heads");
+    assert_eq!(cases.len(), 23, "every architecture with its heads");
     for case in &cases {
         let (name, data) = (case["name"].as_str().unwrap(), case["data"].as_str().unwrap());
         let work = models.join(name).join("host");
@@ -169,7 +169,7 @@ fn bad_model_folders_are_one_line_errors() {
         (vec![show(&no_config)], format!("model_name_or_path {} has no config.json: it is not a Hugging Face model folder", show(&no_config))),
         (vec![show(&no_weights)], format!("model_name_or_path {} has no weights: neither model.safetensors nor model.safetensors.index.json", show(&no_weights))),
         (vec![show(&sharded)], format!("model_name_or_path {}: shard {gone}, listed in model.safetensors.index.json, is missing; download or copy the whole folder", show(&sharded))),
-        (vec![show(&t5)], "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2, bert, roberta".into()),
+        (vec![show(&t5)], "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2, opt, bert, roberta".into()),
         (vec![show(&narrower)], "the weights do not match config.json: model.layers.0.mlp.gate_proj.weight is [128, 64] in the checkpoint, [96, 64] by config.json".into()),
         (vec![show(&deeper)], "the weights do not match config.json: config.json asks for 3 layers, the checkpoint's last is layer 1 (missing model.layers.2.".into()),
         (vec![show(&abyss)], "the weights do not match config.json: config.json asks for 100000 layers, the checkpoint's last is layer 1 (missing model.layers.2.".into()),
@@ -180,7 +180,7 @@ fn bad_model_folders_are_one_line_errors() {
         (vec!["meta-llama/Llama-3.2-1B".into()], "model_name_or_path 'meta-llama/Llama-3.2-1B' is not a local folder, and this host does not download models: download it first (hf download meta-llama/Llama-3.2-1B --local-dir models/Llama-3.2-1B)".into()),
         (vec![show(&window), "--train-file".into(), show(&text)], "sliding_window 0 must be at least 1 (or null for none)".into()),
         (vec![show(&yarn), "--train-file".into(), show(&text)], "rope_parameters.rope_type 'yarn' is not supported (this host implements default, linear and llama3)".into()),
-        (vec![show(&bert), "--train-file".into(), show(&text)], "causal language modelling needs a decoder (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2)".into()),
+        (vec![show(&bert), "--train-file".into(), show(&text)], "causal language modelling needs a decoder (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2, opt)".into()),
         (vec![show(&partial), "--train-file".into(), show(&text)], "partial_rotary_factor 0.5 is not supported for this model_type (phi3 has it)".into()),
         (vec![show(&longrope), "--train-file".into(), show(&text)], "rope_parameters.rope_type 'longrope' is not supported".into()),
         (vec![show(&phi3), "--train-file".into(), show(&text), "--use-peft".into()], "lora_target_modules: PEFT has no default LoRA targets for model_type 'phi3'; name them".into()),

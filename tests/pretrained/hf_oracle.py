@@ -42,7 +42,8 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
-from transformers import (BertConfig, Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, Phi3Config,
+from transformers import (BertConfig, Gemma2Config, Gemma3TextConfig, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, OPTConfig,
+                          Phi3Config,
                           Qwen2Config, Qwen3Config, RobertaConfig)
 
 TOLERANCE = 1e-4
@@ -64,6 +65,11 @@ DECODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_a
                max_position_embeddings=128, vocab_size=VOCAB, bos_token_id=0, eos_token_id=2)
 ENCODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                vocab_size=VOCAB, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=1)
+def OPT(**extra):
+    return OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                     vocab_size=VOCAB, dropout=0.0, bos_token_id=0, eos_token_id=2, **extra)
+
+
 # Cases trained with HF's LabelSmoother (label_smoothing_factor): a causal LM (the host's
 # chunked loss) and a classifier (the full logits).
 SMOOTHING = {"llama-causal": 0.1, "bert-classifier": 0.1}
@@ -125,6 +131,12 @@ CASES = {
     "gpt2-classifier": ("classifier", lambda: GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                                          vocab_size=VOCAB, resid_pdrop=0.0, embd_pdrop=0.0,
                                                          attn_pdrop=0.0, pad_token_id=1)),
+    # OPT (125m's shape): pre-norm, biases, ReLU, learned positions offset by 2, tied head.
+    "opt-causal": ("causal", lambda: OPT(pad_token_id=1)),
+    # OPT 350m's shape: post-norm layers, no final norm, embeddings narrower than the
+    # layers (project_in, project_out).
+    "opt-postnorm-causal": ("causal", lambda: OPT(pad_token_id=1, do_layer_norm_before=False, word_embed_proj_dim=32)),
+    "opt-classifier": ("classifier", lambda: OPT(pad_token_id=1)),
     "bert-classifier": ("classifier", lambda: BertConfig(**ENCODER, max_position_embeddings=64)),
     # RoBERTa: positions count from the pad index + 1.
     "roberta-classifier": ("classifier", lambda: RobertaConfig(**ENCODER, max_position_embeddings=66,
@@ -386,7 +398,7 @@ def loads(folder, head, eval_file=None, predictions=None):
 def blocks_of(model):
     """The model's stack of transformer blocks, as each architecture names it."""
     base = getattr(model, model.base_model_prefix)
-    for path in ("layers", "h", "encoder.layer"):
+    for path in ("layers", "h", "encoder.layer", "decoder.layers"):
         module = base
         for part in path.split("."):
             module = getattr(module, part, None)

@@ -45,6 +45,7 @@ CASES = {
     # Sandwich norms and soft caps around the adapted layers.
     "gemma2-causal": ("gemma2-causal", "CAUSAL_LM", "all-linear", None),
     # Phi-3's fused projections adapted as one layer each, as PEFT adapts them.
+    "opt-causal": ("opt-causal", "CAUSAL_LM", ["q_proj", "v_proj"], None),
     "phi3-causal": ("phi3-causal", "CAUSAL_LM", ["qkv_proj", "gate_up_proj"], None),
 }
 

@@ -218,7 +218,8 @@ training_arguments! {
     model: String = "mlp".to_owned(), flag String;
     /// A Hugging Face model folder to fine-tune (config.json, model.safetensors or a
     /// sharded index, tokenizer.json): llama, mistral, qwen2, qwen3, gemma, gemma2,
-    /// gemma3_text, phi3, gpt2, bert or roberta. The
+    /// gemma3_text, phi3, gpt2, opt, bert or
+    /// roberta. The
     /// data picks the head: a label per text classifies, plain text trains a causal LM.
     /// Nothing is downloaded; a hub id must be downloaded first (hf download ID --local-dir DIR).
     #[arg(value_name = "DIR")]

@@ -324,6 +324,86 @@ impl Gpt2Config {
     }
 }
 
+/// OPT's config.json (transformers' OPTConfig defaults).
+#[derive(Debug, Clone, Deserialize)]
+pub struct OptConfig {
+    #[serde(default = "gpt2_width")]
+    pub hidden_size: i64,
+    #[serde(default = "bert_intermediate")]
+    pub ffn_dim: i64,
+    #[serde(default = "gpt2_layers")]
+    pub num_hidden_layers: i64,
+    #[serde(default = "gpt2_layers")]
+    pub num_attention_heads: i64,
+    #[serde(default = "llama_positions")]
+    pub max_position_embeddings: i64,
+    /// Pre-norm layers (125m, 1.3b and up) or post-norm (350m).
+    #[serde(default = "yes")]
+    pub do_layer_norm_before: bool,
+    #[serde(default, rename = "_remove_final_layer_norm")]
+    pub remove_final_layer_norm: bool,
+    /// The embeddings' width; where it is not hidden_size, project_in and project_out
+    /// map between the two (350m).
+    #[serde(default)]
+    pub word_embed_proj_dim: Option<i64>,
+    #[serde(default = "dropout")]
+    pub dropout: f64,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    #[serde(default = "relu")]
+    pub activation_function: String,
+    #[serde(default)]
+    pub layerdrop: f64,
+    #[serde(default = "yes")]
+    pub enable_bias: bool,
+    #[serde(default = "yes")]
+    pub layer_norm_elementwise_affine: bool,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+}
+
+fn relu() -> String {
+    "relu".to_owned()
+}
+
+impl OptConfig {
+    pub fn activation(&self) -> Result<Activation, String> {
+        activation("activation_function", &self.activation_function)
+    }
+
+    pub fn embedding_width(&self) -> i64 {
+        self.word_embed_proj_dim.unwrap_or(self.hidden_size)
+    }
+
+    /// Whether the decoder ends with a LayerNorm (pre-norm models do).
+    pub fn final_layer_norm(&self) -> bool {
+        self.do_layer_norm_before && !self.remove_final_layer_norm
+    }
+
+    pub fn check(&self, max_seq_length: i64) -> Result<(), String> {
+        self.activation()?;
+        if self.layerdrop > 0.0 {
+            return Err(format!("layerdrop {} is not supported (0 is)", self.layerdrop));
+        }
+        if !self.layer_norm_elementwise_affine {
+            return Err("layer_norm_elementwise_affine false is not supported (true is)".to_owned());
+        }
+        if self.num_attention_heads < 1 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size ({}) is not a multiple of num_attention_heads ({})",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if max_seq_length > self.max_position_embeddings {
+            return Err(format!(
+                "max_seq_length {max_seq_length} is beyond max_position_embeddings {}",
+                self.max_position_embeddings
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct EncoderConfig {
     #[serde(default = "gpt2_width")]

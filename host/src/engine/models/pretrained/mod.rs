@@ -17,6 +17,7 @@ pub mod folder;
 mod gpt2;
 mod layers;
 pub mod lora;
+mod opt;
 mod params;
 
 use std::cell::RefCell;
@@ -392,6 +393,7 @@ impl Plan {
             task: self.task(),
             positions: arch.positions(&folder.common),
             layer_norm_modules: arch.layer_norm_modules(),
+            embedding_weights: arch.embedding_weights(),
         }))
     }
 
@@ -421,6 +423,8 @@ struct Pretrained {
     positions: Positions,
     /// Modules that weight decay leaves out by type beyond the default name rule.
     layer_norm_modules: &'static [&'static str],
+    /// The embedding tables (left out of the floating-point operation count).
+    embedding_weights: &'static [&'static str],
 }
 
 impl Pretrained {
@@ -452,14 +456,7 @@ impl Model for Pretrained {
     }
 
     fn embedding_weights(&self) -> Option<&'static [&'static str]> {
-        Some(&[
-            "embed_tokens.weight",
-            "wte.weight",
-            "wpe.weight",
-            "word_embeddings.weight",
-            "position_embeddings.weight",
-            "token_type_embeddings.weight",
-        ])
+        Some(self.embedding_weights)
     }
 
     fn forward_hidden(&self, batch: &Batch, train: bool) -> Option<Result<Outputs>> {

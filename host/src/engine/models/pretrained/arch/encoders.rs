@@ -65,6 +65,10 @@ impl Architecture for EncoderArch {
         Positions::Learned(self.config.max_position_embeddings - offset)
     }
 
+    fn embedding_weights(&self) -> &'static [&'static str] {
+        &["word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight"]
+    }
+
     fn check(&self, common: &Common, max_seq_length: i64) -> Result<(), String> {
         self.config.check(self.kind.roberta, Self::padding_index(common), max_seq_length)
     }

@@ -51,6 +51,10 @@ impl Architecture for Gpt2Arch {
         Positions::Learned(self.0.n_positions)
     }
 
+    fn embedding_weights(&self) -> &'static [&'static str] {
+        &["wte.weight", "wpe.weight"]
+    }
+
     fn layer_norm_modules(&self) -> &'static [&'static str] {
         &["ln_1", "ln_2", "ln_f"]
     }

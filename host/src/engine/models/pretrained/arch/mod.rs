@@ -13,6 +13,7 @@ mod gemma3;
 mod gpt2;
 mod llama;
 mod mistral;
+mod opt;
 mod phi3;
 mod qwen2;
 mod qwen3;
@@ -37,6 +38,7 @@ const REGISTRY: &[Registration] = &[
     gemma3::REGISTRATION,
     phi3::REGISTRATION,
     gpt2::REGISTRATION,
+    opt::REGISTRATION,
     bert::REGISTRATION,
     roberta::REGISTRATION,
 ];
@@ -96,6 +98,12 @@ pub trait Architecture: std::fmt::Debug + Send + Sync {
     }
 
     fn positions(&self, common: &Common) -> Positions;
+
+    /// The embedding tables by name (suffix), which transformers' floating-point count
+    /// (`num_parameters(exclude_embeddings=True)`) leaves out.
+    fn embedding_weights(&self) -> &'static [&'static str] {
+        &["embed_tokens.weight"]
+    }
 
     /// Modules HF's weight decay leaves out by type that the default name rule misses
     /// (GPT-2's LayerNorms are named ln_1, ln_2, ln_f).
@@ -190,7 +198,7 @@ mod tests {
         let unknown = parse(r#"{"model_type": "t5", "vocab_size": 10}"#).unwrap_err();
         assert_eq!(
             unknown,
-            "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2, bert, roberta"
+            "config.json: model_type 't5' is not supported; this host implements llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2, opt, bert, roberta"
         );
     }
 }
