@@ -230,6 +230,10 @@ impl<L: Loss> LossFfi for LossAdapter<L> {
                 loss.load_state(value)?;
                 Ok(ExtensionOut { json: "null".into(), tensors: RVec::new() })
             })),
+            ExtensionOp::LOSS_INPUTS => into_ffi(catch(|| {
+                let json = serde_json::json!({ "hidden_states": loss.takes_hidden_states() }).to_string();
+                Ok(ExtensionOut { json: json.into(), tensors: RVec::new() })
+            })),
             _ => unsupported(op),
         }
     }

@@ -45,6 +45,7 @@ pub mod items;
 mod loss;
 mod metric;
 mod model;
+pub mod ops;
 pub mod optimizer;
 mod panic;
 mod scheduler;

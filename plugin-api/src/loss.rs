@@ -27,6 +27,20 @@ pub trait Loss: 'static {
         None
     }
 
+    /// Whether the loss takes a causal language model's last hidden states and head in
+    /// place of its logits, so that it need not hold the full [batch, time, vocabulary]
+    /// logits: `outputs` then has `hidden_states` [B, T, width], `lm_head.weight`
+    /// [vocabulary, width], `lm_head.bias` where the head has one and `logit_soft_cap` (a
+    /// scalar) where the model caps its logits (logits = cap * tanh(head(hidden) / cap));
+    /// labels are aligned with the positions as for logits. [`crate::ops::linear_cross_entropy`]
+    /// computes the cross entropy over them a chunk at a time, as the host's built-in loss
+    /// does. This is for training steps: evaluation (whose metrics and predictions need
+    /// them) and models without such a head (classifiers, TorchScript) give `logits`.
+    /// `false`, the default, for a loss over logits. Since plugin-api 1.7.
+    fn takes_hidden_states(&self) -> bool {
+        false
+    }
+
     /// Restores a state that [`Loss::state`] returned. Since plugin-api 1.1.
     #[allow(unused_variables)]
     fn load_state(&mut self, state: serde_json::Value) -> Result<(), PluginError> {

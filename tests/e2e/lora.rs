@@ -275,4 +275,12 @@ fn an_adapter_on_the_head_trains_alike_through_the_hidden_states_and_the_full_lo
     let names: Vec<String> =
         tch::Tensor::read_safetensors(adapter("fused")).unwrap().into_iter().map(|(n, _)| n).collect();
     assert!(names.iter().any(|n| n.contains("lm_head.lora_B")), "the head has an adapter: {names:?}");
+    // A plugin loss that takes the hidden states (it refuses logits in training) gets the
+    // same head input and, with plugin-api's linear cross entropy, the same run.
+    let fixtures = crate::support::plugin("test_fixtures");
+    let plugin = ["--plugin", path_str(&fixtures), "--loss", "hidden_states_ce", "--callback", "noop"];
+    let hidden = train(&model, "text", &dir.path().join("hidden"), &[&base[..], &plugin].concat());
+    assert_eq!(hidden.code, 0, "{}", hidden.stderr);
+    assert_eq!(history(&dir.path().join("hidden")), a, "the plugin's run differs from the built-in loss's");
+    assert_eq!(largest_difference(&adapter("hidden"), &adapter("fused")), 0.0);
 }

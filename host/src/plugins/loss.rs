@@ -17,12 +17,20 @@ pub struct PluginLoss {
     pub name: String,
     /// "plugin 'x' loss 'y'", made once for the call record crash reports read.
     label: String,
+    /// Whether the loss takes hidden states and the head (plugin-api 1.7; older plugins
+    /// take logits).
+    hidden_states: bool,
 }
 
 impl PluginLoss {
     pub(super) fn new(inner: LossBox, plugin: &str, name: &str) -> Self {
         let label = extension::label((plugin, "loss", name));
-        Self { inner, plugin: plugin.to_owned(), name: name.to_owned(), label }
+        let mut loss = Self { inner, plugin: plugin.to_owned(), name: name.to_owned(), label, hidden_states: false };
+        if let Ok(Some((json, _))) = loss.call(ExtensionOp::LOSS_INPUTS, "", "") {
+            let inputs: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+            loss.hidden_states = inputs["hidden_states"].as_bool().unwrap_or(false);
+        }
+        loss
     }
 
     fn who(&self) -> extension::Who<'_> {
@@ -65,6 +73,10 @@ impl Loss for PluginLoss {
         let value = self.compute_loss(&outputs.to_plugin(), &batch.to_plugin(), num_items)?;
         check_loss(self, &value, training)?;
         Ok(value)
+    }
+
+    fn takes_hidden_states(&self) -> bool {
+        self.hidden_states
     }
 
     /// `None` when it has none (or its plugin predates plugin-api 1.1).

@@ -218,6 +218,8 @@ impl ExtensionOp {
     pub const METRIC_TOTALS: Self = Self(13);
     /// Since 1.6, metrics: the totals summed across ranks (tensors in).
     pub const METRIC_SET_TOTALS: Self = Self(14);
+    /// Since 1.7, losses: which outputs the loss takes, `{"hidden_states": bool}`.
+    pub const LOSS_INPUTS: Self = Self(15);
     /// Since 1.6, optimizers: one step; the parameters as tensors (borrowed, updated in
     /// place), `{"lr": number, "weight_decay": [number per tensor]}`.
     pub const OPTIMIZER_STEP: Self = Self(20);
