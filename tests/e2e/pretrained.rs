@@ -181,7 +181,7 @@ fn bad_model_folders_are_one_line_errors() {
         (vec![show(&window), "--train-file".into(), show(&text)], "sliding_window 0 must be at least 1 (or null for none)".into()),
         (vec![show(&yarn), "--train-file".into(), show(&text)], "rope_parameters.rope_type 'yarn' is not supported (this host implements default, linear and llama3)".into()),
         (vec![show(&bert), "--train-file".into(), show(&text)], "causal language modelling needs a decoder (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2, opt)".into()),
-        (vec![show(&partial), "--train-file".into(), show(&text)], "partial_rotary_factor 0.5 is not supported for this model_type (phi3 has it)".into()),
+        (vec![show(&partial), "--train-file".into(), show(&text)], "partial_rotary_factor 0.5 is not supported (of this model_type; phi3 has it)".into()),
         (vec![show(&longrope), "--train-file".into(), show(&text)], "rope_parameters.rope_type 'longrope' is not supported".into()),
         (vec![show(&phi3), "--train-file".into(), show(&text), "--use-peft".into()], "lora_target_modules: PEFT has no default LoRA targets for model_type 'phi3'; name them".into()),
         (vec![show(&classifier), "--num-labels".into(), "5".into()], "num_labels 5 does not match the classification head of model_name_or_path".into()),
@@ -198,6 +198,36 @@ fn bad_model_folders_are_one_line_errors() {
         }
         args.extend(rest);
         host(dir.path(), &args).assert_clean_error(2, &expected);
+    }
+}
+
+#[test]
+fn a_batch_whose_activations_cannot_fit_is_refused_before_training() {
+    // Tiny weights, but 16 training rows (of 20) of 20000 tokens: the attention scores alone need far more
+    // than the machine has. Refused up front with the sizes, not killed mid-step.
+    let models = models();
+    let dir = crate::support::tempdir();
+    let model = dir.path().join("long");
+    copy_folder(&models.join("llama-causal/model"), &model, &[]);
+    edit_config(&model, |c| drop(c.insert("max_position_embeddings".into(), 1_000_000.into())));
+    let data = dir.path().join("long.safetensors");
+    let ids = tch::Tensor::randint_low(3, 300, [20, 20_000], (tch::Kind::Int64, tch::Device::Cpu));
+    tch::Tensor::write_safetensors(&[("input_ids", &ids)], &data).unwrap();
+    let args = [
+        "--model-name-or-path",
+        path_str(&model),
+        "--train-file",
+        path_str(&data),
+        "--max-seq-length",
+        "20000",
+        "--per-device-train-batch-size",
+        "16",
+        "--max-steps",
+        "1",
+    ];
+    host(dir.path(), &args).assert_clean_error(1, "on micro-batches of 16 x 20000 tokens needs about");
+    for file in ["trainer_state.json", "model.safetensors", "all_results.json", "outputs.json"] {
+        assert!(!dir.path().join("output").join(file).exists(), "a refused run wrote {file}");
     }
 }
 

@@ -5,13 +5,16 @@
 use tch::Device;
 
 use crate::config::ResolvedConfig;
+use crate::engine::activations::StepActivations;
 use crate::engine::libtorch::human_bytes;
 
 /// Refuses a model of `parameters` float32 parameters whose training (weights, gradients
-/// and the optimizer's state; a LoRA run's frozen weights alone) needs more memory than the machine has available. CUDA
-/// reports its own out-of-memory at once, so only CPU training is estimated.
+/// and the optimizer's state; a LoRA run's frozen weights alone; and the activations of a
+/// micro-batch, where they are known) needs more memory than the machine has available.
+/// CUDA reports its own out-of-memory at once, so only CPU training is estimated.
 pub fn check_training_fits(
     parameters: u64,
+    activations: Option<StepActivations>,
     device: Device,
     config: &ResolvedConfig,
     model: &str,
@@ -23,9 +26,21 @@ pub fn check_training_fits(
     let weights = parameters.saturating_mul(4);
     // A LoRA run's base is frozen: no gradients, no optimizer state (the adapters are small).
     let copies = if config.args.use_peft { 1 } else { 2 + config.optimizer.state_slots() };
-    let needed = weights.saturating_mul(copies);
+    let states = weights.saturating_mul(copies);
+    let needed = states.saturating_add(activations.map_or(0, |a| a.bytes));
     if needed <= available {
         return Ok(());
+    }
+    if let Some(step) = activations.filter(|_| states <= available) {
+        anyhow::bail!(
+            "out of memory: training the model ({model}) on micro-batches of {} x {} tokens needs about {} ({} of weights and optimizer state, {} of activations), and this machine has {} available; use a smaller per_device_train_batch_size or max_seq_length, or gradient_checkpointing",
+            step.batch,
+            step.sequence,
+            human_bytes(needed),
+            human_bytes(states),
+            human_bytes(step.bytes),
+            human_bytes(available)
+        )
     }
     anyhow::bail!(
         "out of memory allocating {} for the model ({model}): use a smaller model or batch ({} parameters; training them with {} needs about {}, and this machine has {} available)",

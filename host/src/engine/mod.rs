@@ -1,6 +1,7 @@
 //! The training engine: the trainer and what it trains with (models, data, optimizers),
 //! what it writes (checkpoints, reports), and how it runs (device, precision, ranks).
 
+pub mod activations;
 pub mod callbacks;
 pub mod checkpoint;
 pub mod data;

@@ -61,10 +61,22 @@ impl Outputs {
         &self.fields.iter().find(|(n, _)| n == "logits").expect("models return logits").1
     }
 
+    /// The outputs by name, as a plugin loss sees them: the fields, and a head input as
+    /// `hidden_states`, `lm_head.weight`, `lm_head.bias` and `logit_soft_cap`.
     pub fn to_plugin(&self) -> plugin_api::Tensors {
         let mut tensors = plugin_api::Tensors::new();
         for (name, tensor) in &self.fields {
             tensors.insert(name, tensor.shallow_clone());
+        }
+        if let Some(head) = &self.head_input {
+            tensors.insert("hidden_states", head.hidden.shallow_clone());
+            tensors.insert("lm_head.weight", head.weight.shallow_clone());
+            if let Some(bias) = &head.bias {
+                tensors.insert("lm_head.bias", bias.shallow_clone());
+            }
+            if let Some(cap) = head.soft_cap {
+                tensors.insert("logit_soft_cap", Tensor::from(cap));
+            }
         }
         tensors
     }
@@ -375,6 +387,24 @@ impl ModelPlan {
             PlanShape::TorchScript | PlanShape::Plugin { .. } => None,
             PlanShape::Pretrained(plan) => Some(plan.parameter_count()),
         }
+    }
+
+    /// The activations a training micro-batch of `batch` rows of `sequence` tokens keeps,
+    /// in elements of `element_bytes` (transformers; `None` for the other models).
+    pub fn activation_bytes(&self, batch: i64, sequence: i64, element_bytes: u64) -> Option<u64> {
+        let shape = match &self.shape {
+            PlanShape::Pretrained(plan) => return Some(plan.activation_bytes(batch, sequence, element_bytes)),
+            PlanShape::Gpt(config) | PlanShape::Transformer(config, _) => {
+                crate::engine::activations::TransformerShape {
+                    layers: config.layers,
+                    width: config.width,
+                    heads: config.heads,
+                }
+            }
+            _ => return None,
+        };
+        let checkpointing = false;
+        Some(crate::engine::activations::activation_bytes(shape, batch, sequence, element_bytes, checkpointing))
     }
 
     /// The dtype the model's parameters are made in, where it is not float32.

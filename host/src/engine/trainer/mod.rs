@@ -150,7 +150,8 @@ impl Trainer {
             vars.set_kind(kind);
         }
         if let Some(count) = plan.parameter_count() {
-            memory::check_training_fits(count, device, &config, &model_size_note(&config))?;
+            let activations = step_activations(&plan, &config, &train);
+            memory::check_training_fits(count, activations, device, &config, &model_size_note(&config))?;
         }
         let what = || format!("the model ({})", model_size_note(&config));
         let (mut net, task) = libtorch::guard(what, || plan.build(&vars.root(), plugin_model))?;
@@ -412,6 +413,24 @@ fn log_trainable(vars: &nn::VarStore) {
 pub(crate) fn open_checkpoint(dir: &Path) -> Result<Records, String> {
     checkpoint::verify(dir)?;
     Records::read(dir)
+}
+
+/// A training micro-batch's activations, for the memory check: the longest row of token
+/// ids the data has, at per_device_train_batch_size (1 with auto_find_batch_size, which
+/// shrinks the batch itself), in 16-bit elements under bf16/fp16 or with 16-bit weights.
+fn step_activations(
+    plan: &models::ModelPlan,
+    config: &ResolvedConfig,
+    train: &Dataset,
+) -> Option<crate::engine::activations::StepActivations> {
+    let ids = train.field("input_ids")?;
+    let (rows, sequence) = (*ids.size().first()?, *ids.size().get(1)?);
+    let requested = if config.args.auto_find_batch_size { 1 } else { config.args.per_device_train_batch_size };
+    let batch = requested.min(rows).max(1);
+    let sixteen_bit = config.precision != crate::engine::precision::Precision::Full
+        || plan.kind().is_some_and(|k| matches!(k, tch::Kind::BFloat16 | tch::Kind::Half));
+    let bytes = plan.activation_bytes(batch, sequence, if sixteen_bit { 2 } else { 4 })?;
+    Some(crate::engine::activations::StepActivations { batch, sequence, bytes })
 }
 
 /// What sizes the model, for an out-of-memory message: the arguments that set it.

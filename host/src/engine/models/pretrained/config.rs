@@ -9,10 +9,50 @@ use serde_json::Value;
 use crate::engine::ops::activation::Activation;
 pub use crate::engine::ops::rope::{Rope, RopeScaling};
 
+/// Why config.json describes a model the host does not build, by the key at fault.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigError {
+    /// A value the ports do not implement, and what they do (`key value is not
+    /// supported (supported)`).
+    Unsupported { key: String, value: String, supported: String },
+    /// A value outside what the key allows (`key value rule`).
+    Invalid { key: String, value: String, rule: String },
+    /// A key a setting needs (`key is missing for needed_by`).
+    Missing { key: String, needed_by: String },
+    /// A head the architecture does not have.
+    Head { model_type: String, has: String },
+}
+
+impl ConfigError {
+    pub fn unsupported(key: impl Into<String>, value: impl std::fmt::Display, supported: impl Into<String>) -> Self {
+        ConfigError::Unsupported { key: key.into(), value: value.to_string(), supported: supported.into() }
+    }
+
+    pub fn invalid(key: impl Into<String>, value: impl std::fmt::Display, rule: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.into(), value: value.to_string(), rule: rule.into() }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            ConfigError::Unsupported { key, value, supported } => {
+                write!(f, "{key} {value} is not supported ({supported})")
+            }
+            ConfigError::Invalid { key, value, rule } => write!(f, "{key} {value} {rule}"),
+            ConfigError::Missing { key, needed_by } => write!(f, "{key} is missing for {needed_by}"),
+            ConfigError::Head { model_type, has } => write!(f, "{model_type} is {has}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// An activation name the ports implement, or the error naming `key`.
-fn activation(key: &str, name: &str) -> Result<Activation, String> {
-    Activation::parse(name)
-        .ok_or_else(|| format!("{key} '{name}' is not supported ({} are)", Activation::NAMES.join(", ")))
+fn activation(key: &str, name: &str) -> Result<Activation, ConfigError> {
+    Activation::parse(name).ok_or_else(|| {
+        ConfigError::unsupported(key, format!("'{name}'"), format!("{} are", Activation::NAMES.join(", ")))
+    })
 }
 
 /// What config.json holds for every family: its type, vocabulary, pad token and labels.
@@ -153,7 +193,7 @@ impl DecoderConfig {
 
     /// The RoPE settings, from transformers 5's `rope_parameters` or the older
     /// `rope_theta` and `rope_scaling`.
-    pub fn rope(&self) -> Result<Rope, String> {
+    pub fn rope(&self) -> Result<Rope, ConfigError> {
         let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref()).filter(|v| !v.is_null());
         let key = if self.rope_parameters.is_some() { "rope_parameters" } else { "rope_scaling" };
         self.rope_from(params, key, self.rope_theta.unwrap_or(10_000.0))
@@ -161,14 +201,19 @@ impl DecoderConfig {
 
     /// RoPE settings from the dict `params` (named `key` in errors), with `theta` where
     /// the dict has no rope_theta.
-    pub fn rope_from(&self, params: Option<&Value>, key: &str, theta: f64) -> Result<Rope, String> {
+    pub fn rope_from(&self, params: Option<&Value>, key: &str, theta: f64) -> Result<Rope, ConfigError> {
         let get = |name: &str| params.and_then(|p| p.get(name)).and_then(Value::as_f64);
         let theta = get("rope_theta").unwrap_or(theta);
         let kind = params
             .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
             .and_then(Value::as_str)
             .unwrap_or("default");
-        let need = |name: &str| get(name).ok_or_else(|| format!("{key}.{name} is missing for rope_type '{kind}'"));
+        let need = |name: &str| {
+            get(name).ok_or_else(|| ConfigError::Missing {
+                key: format!("{key}.{name}"),
+                needed_by: format!("rope_type '{kind}'"),
+            })
+        };
         let scaling = match kind {
             "default" => RopeScaling::None,
             "linear" => RopeScaling::Linear { factor: need("factor")? },
@@ -180,8 +225,10 @@ impl DecoderConfig {
                     .unwrap_or(self.max_position_embeddings as f64),
             },
             other => {
-                return Err(format!(
-                    "{key}.rope_type '{other}' is not supported (this host implements default, linear and llama3)"
+                return Err(ConfigError::unsupported(
+                    format!("{key}.rope_type"),
+                    format!("'{other}'"),
+                    "this host implements default, linear and llama3",
                 ))
             }
         };
@@ -190,7 +237,7 @@ impl DecoderConfig {
 
     /// How many of each head's dimensions rotate: head_dim x partial_rotary_factor (from
     /// rope_parameters or the top level), rounded down as transformers does.
-    pub fn rotary_dim(&self) -> Result<i64, String> {
+    pub fn rotary_dim(&self) -> Result<i64, ConfigError> {
         let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref()).filter(|v| !v.is_null());
         let fraction = params
             .and_then(|p| p.get("partial_rotary_factor"))
@@ -199,16 +246,20 @@ impl DecoderConfig {
             .unwrap_or(1.0);
         let dim = (self.head_dim() as f64 * fraction) as i64;
         if !(fraction > 0.0 && fraction <= 1.0) || dim < 2 || dim % 2 != 0 {
-            return Err(format!(
-                "partial_rotary_factor {fraction} gives {dim} rotary dimensions of head_dim {}; it must give an even number from 2 to head_dim",
-                self.head_dim()
+            return Err(ConfigError::invalid(
+                "partial_rotary_factor",
+                fraction,
+                format!(
+                    "gives {dim} rotary dimensions of head_dim {}; it must give an even number from 2 to head_dim",
+                    self.head_dim()
+                ),
             ));
         }
         Ok(dim)
     }
 
     /// hidden_act, or Gemma 2's hidden_activation where config.json has it.
-    pub fn activation(&self) -> Result<Activation, String> {
+    pub fn activation(&self) -> Result<Activation, ConfigError> {
         match &self.hidden_activation {
             Some(name) => activation("hidden_activation", name),
             None => activation("hidden_act", &self.hidden_act),
@@ -216,36 +267,38 @@ impl DecoderConfig {
     }
 
     /// Refuses what the port does not implement, naming the key.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ConfigError> {
         self.rope()?;
         self.rotary_dim()?;
         self.activation()?;
         if self.use_bidirectional_attention == Some(true) {
-            return Err("use_bidirectional_attention true is not supported (causal attention is)".to_owned());
+            return Err(ConfigError::unsupported("use_bidirectional_attention", true, "causal attention is"));
         }
         for (key, cap) in [
             ("attn_logit_softcapping", self.attn_logit_softcapping),
             ("final_logit_softcapping", self.final_logit_softcapping),
         ] {
             if let Some(cap) = cap.filter(|c| c.is_nan() || *c <= 0.0) {
-                return Err(format!("{key} {cap} must be above 0 (or null for none)"));
+                return Err(ConfigError::invalid(key, cap, "must be above 0 (or null for none)"));
             }
         }
         if self.num_attention_heads % self.kv_heads() != 0 {
-            return Err(format!(
-                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
-                self.num_attention_heads,
-                self.kv_heads()
-            ));
+            let rule = format!("is not a multiple of num_key_value_heads ({})", self.kv_heads());
+            return Err(ConfigError::invalid("num_attention_heads", format!("({})", self.num_attention_heads), rule));
         }
         if self.pretraining_tp.is_some_and(|tp| tp > 1) {
-            return Err(format!("pretraining_tp {} is not supported (1 is)", self.pretraining_tp.unwrap_or(1)));
+            return Err(ConfigError::unsupported("pretraining_tp", self.pretraining_tp.unwrap_or(1), "1 is"));
         }
         if let Some(window) = self.sliding_window.filter(|w| *w < 1) {
-            return Err(format!("sliding_window {window} must be at least 1 (or null for none)"));
+            return Err(ConfigError::invalid("sliding_window", window, "must be at least 1 (or null for none)"));
         }
         Ok(())
     }
+}
+
+/// The run's max_seq_length past a learned position table of `size` rows (config.json's `key`).
+fn beyond_positions(max_seq_length: i64, key: &str, size: i64) -> ConfigError {
+    ConfigError::invalid("max_seq_length", max_seq_length, format!("is beyond {key} {size}"))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,20 +358,20 @@ fn yes() -> bool {
 }
 
 impl Gpt2Config {
-    pub fn activation(&self) -> Result<Activation, String> {
+    pub fn activation(&self) -> Result<Activation, ConfigError> {
         activation("activation_function", &self.activation_function)
     }
 
-    pub fn check(&self, max_seq_length: i64) -> Result<(), String> {
+    pub fn check(&self, max_seq_length: i64) -> Result<(), ConfigError> {
         self.activation()?;
         if self.add_cross_attention {
-            return Err("add_cross_attention is not supported (a decoder alone is)".to_owned());
+            return Err(ConfigError::unsupported("add_cross_attention", true, "a decoder alone is"));
         }
         if !self.scale_attn_weights {
-            return Err("scale_attn_weights false is not supported".to_owned());
+            return Err(ConfigError::unsupported("scale_attn_weights", false, "true is"));
         }
         if max_seq_length > self.n_positions {
-            return Err(format!("max_seq_length {max_seq_length} is beyond n_positions {}", self.n_positions));
+            return Err(beyond_positions(max_seq_length, "n_positions", self.n_positions));
         }
         Ok(())
     }
@@ -367,7 +420,7 @@ fn relu() -> String {
 }
 
 impl OptConfig {
-    pub fn activation(&self) -> Result<Activation, String> {
+    pub fn activation(&self) -> Result<Activation, ConfigError> {
         activation("activation_function", &self.activation_function)
     }
 
@@ -380,25 +433,20 @@ impl OptConfig {
         self.do_layer_norm_before && !self.remove_final_layer_norm
     }
 
-    pub fn check(&self, max_seq_length: i64) -> Result<(), String> {
+    pub fn check(&self, max_seq_length: i64) -> Result<(), ConfigError> {
         self.activation()?;
         if self.layerdrop > 0.0 {
-            return Err(format!("layerdrop {} is not supported (0 is)", self.layerdrop));
+            return Err(ConfigError::unsupported("layerdrop", self.layerdrop, "0 is"));
         }
         if !self.layer_norm_elementwise_affine {
-            return Err("layer_norm_elementwise_affine false is not supported (true is)".to_owned());
+            return Err(ConfigError::unsupported("layer_norm_elementwise_affine", false, "true is"));
         }
         if self.num_attention_heads < 1 || self.hidden_size % self.num_attention_heads != 0 {
-            return Err(format!(
-                "hidden_size ({}) is not a multiple of num_attention_heads ({})",
-                self.hidden_size, self.num_attention_heads
-            ));
+            let rule = format!("is not a multiple of num_attention_heads ({})", self.num_attention_heads);
+            return Err(ConfigError::invalid("hidden_size", format!("({})", self.hidden_size), rule));
         }
         if max_seq_length > self.max_position_embeddings {
-            return Err(format!(
-                "max_seq_length {max_seq_length} is beyond max_position_embeddings {}",
-                self.max_position_embeddings
-            ));
+            return Err(beyond_positions(max_seq_length, "max_position_embeddings", self.max_position_embeddings));
         }
         Ok(())
     }
@@ -451,23 +499,27 @@ fn bert_eps() -> f64 {
 }
 
 impl EncoderConfig {
-    pub fn activation(&self) -> Result<Activation, String> {
+    pub fn activation(&self) -> Result<Activation, ConfigError> {
         activation("hidden_act", &self.hidden_act)
     }
 
-    pub fn check(&self, roberta: bool, padding_idx: i64, max_seq_length: i64) -> Result<(), String> {
+    pub fn check(&self, roberta: bool, padding_idx: i64, max_seq_length: i64) -> Result<(), ConfigError> {
         self.activation()?;
         if self.is_decoder {
-            return Err("is_decoder true is not supported (an encoder is)".to_owned());
+            return Err(ConfigError::unsupported("is_decoder", true, "an encoder is"));
         }
         if let Some(kind) = self.position_embedding_type.as_deref().filter(|k| *k != "absolute") {
-            return Err(format!("position_embedding_type '{kind}' is not supported (absolute is)"));
+            return Err(ConfigError::unsupported("position_embedding_type", format!("'{kind}'"), "absolute is"));
         }
         // RoBERTa's positions start after the padding index.
         let positions =
             if roberta { self.max_position_embeddings - padding_idx - 1 } else { self.max_position_embeddings };
         if max_seq_length > positions {
-            return Err(format!("max_seq_length {max_seq_length} is beyond the model's {positions} positions"));
+            return Err(ConfigError::invalid(
+                "max_seq_length",
+                max_seq_length,
+                format!("is beyond the model's {positions} positions"),
+            ));
         }
         Ok(())
     }
@@ -494,7 +546,7 @@ mod tests {
             r#", "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}"#,
         );
         assert!(matches!(llama3.rope().unwrap().scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
-        let yarn = decoder(r#", "rope_scaling": {"type": "yarn", "factor": 4.0}"#).rope().unwrap_err();
+        let yarn = decoder(r#", "rope_scaling": {"type": "yarn", "factor": 4.0}"#).rope().unwrap_err().to_string();
         assert_eq!(
             yarn,
             "rope_scaling.rope_type 'yarn' is not supported (this host implements default, linear and llama3)"
@@ -504,9 +556,10 @@ mod tests {
     #[test]
     fn features_not_implemented_are_named() {
         let window = decoder(r#", "sliding_window": 0"#).check().unwrap_err();
-        assert_eq!(window, "sliding_window 0 must be at least 1 (or null for none)");
+        assert_eq!(window, ConfigError::invalid("sliding_window", 0, "must be at least 1 (or null for none)"));
+        assert_eq!(window.to_string(), "sliding_window 0 must be at least 1 (or null for none)");
         assert!(decoder(r#", "sliding_window": 16"#).check().is_ok());
-        let act = decoder(r#", "hidden_act": "swish2""#).check().unwrap_err();
+        let act = decoder(r#", "hidden_act": "swish2""#).check().unwrap_err().to_string();
         assert!(act.starts_with("hidden_act 'swish2' is not supported (silu, swish, relu"), "{act}");
     }
 }

@@ -10,7 +10,7 @@ use tch::{nn, Tensor};
 
 use super::arch::Network;
 use super::checkpointing::{Blocks, Context, Recompute};
-use super::config::{Common, DecoderConfig};
+use super::config::{Common, ConfigError, DecoderConfig};
 use super::layers::{last_token, pick_rows};
 use super::layers::{Embedding, Linear, RmsNorm};
 use super::params::{Need, ParamSource};
@@ -61,7 +61,7 @@ pub struct LayerSpec {
 
 impl LayerSpec {
     /// Llama's layer, from config.json: biases where attention_bias says, no window.
-    pub fn llama(config: &DecoderConfig) -> Result<Self, String> {
+    pub fn llama(config: &DecoderConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             biases: AttentionBiases { qkv: config.attention_bias, output: config.attention_bias },
             activation: config.activation()?,
@@ -96,13 +96,11 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Llama's: one RoPE set over whole heads (a partial_rotary_factor is refused: these
     /// ports rotate whole heads), no embedding scale, no cap.
-    pub fn llama(config: &DecoderConfig) -> Result<Self, String> {
+    pub fn llama(config: &DecoderConfig) -> Result<Self, ConfigError> {
         let rotary_dim = config.rotary_dim()?;
         if rotary_dim != config.head_dim() {
-            return Err(format!(
-                "partial_rotary_factor {} is not supported for this model_type (phi3 has it)",
-                rotary_dim as f64 / config.head_dim() as f64
-            ));
+            let fraction = rotary_dim as f64 / config.head_dim() as f64;
+            return Err(ConfigError::unsupported("partial_rotary_factor", fraction, "of this model_type; phi3 has it"));
         }
         Ok(Self {
             ropes: vec![config.rope()?],
@@ -197,7 +195,7 @@ impl Decoder {
         shape: Shape,
         head: &Head,
         checkpointing: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let Shape { config, model, layers: specs } = shape;
         let base = root / "model";
         let (hidden, heads, kv_heads, head_dim) =

@@ -8,7 +8,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::arch::Network;
 use super::checkpointing::{Blocks, Context, Recompute};
-use super::config::{Common, EncoderConfig};
+use super::config::{Common, ConfigError, EncoderConfig};
 use super::layers::{Embedding, LayerNorm, Linear};
 use super::params::{Need, ParamSource};
 use crate::engine::models::HeadInput;
@@ -63,7 +63,7 @@ impl Encoder {
         config: &EncoderConfig,
         num_labels: i64,
         checkpointing: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let base = root / if roberta { "roberta" } else { "bert" };
         let hidden = config.hidden_size;
         let eps = config.layer_norm_eps;

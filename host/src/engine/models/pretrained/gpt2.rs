@@ -7,7 +7,7 @@ use tch::{nn, Tensor};
 
 use super::arch::Network;
 use super::checkpointing::{Blocks, Context, Recompute};
-use super::config::{Common, Gpt2Config};
+use super::config::{Common, ConfigError, Gpt2Config};
 use super::layers::{last_token, pick_rows};
 use super::layers::{Conv1D, Embedding, LayerNorm, Linear};
 use super::params::{Need, ParamSource};
@@ -54,7 +54,7 @@ impl Gpt2 {
         config: &Gpt2Config,
         head: &Head,
         checkpointing: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let base = root / "transformer";
         let width = config.n_embd;
         let inner = config.n_inner.unwrap_or(4 * width);

@@ -126,7 +126,7 @@ pub fn plan(
     }
     let dir = folder.dir.clone();
     let shown = dir.display();
-    let refuse = |problem: String| InputError::new(format!("{ARGUMENT} {shown}: {problem}"));
+    let refuse = |problem: config::ConfigError| InputError::new(format!("{ARGUMENT} {shown}: {problem}"));
     let common = &folder.common;
     folder.arch.check(common, sizes.max_seq_length).map_err(refuse)?;
     let weights = WeightFiles::open_folder(&dir, ARGUMENT)?;
@@ -307,6 +307,18 @@ impl Plan {
     /// The parameters the checkpoint holds (the estimate the memory check needs).
     pub fn parameter_count(&self) -> u64 {
         self.weights.names().filter_map(|n| self.weights.shape(n)).map(|s| s.iter().product::<i64>() as u64).sum()
+    }
+
+    /// The activations of a training micro-batch of `batch` rows of `sequence` tokens.
+    pub fn activation_bytes(&self, batch: i64, sequence: i64, element_bytes: u64) -> u64 {
+        let shape = self.folder.arch.transformer_shape();
+        crate::engine::activations::activation_bytes(
+            shape,
+            batch,
+            sequence,
+            element_bytes,
+            self.training.gradient_checkpointing,
+        )
     }
 
     /// The parameters' dtype.

@@ -8,7 +8,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::arch::Network;
 use super::checkpointing::{Blocks, Context, Recompute};
-use super::config::{Common, OptConfig};
+use super::config::{Common, ConfigError, OptConfig};
 use super::layers::{last_token, pick_rows};
 use super::layers::{Embedding, LayerNorm, Linear};
 use super::params::{Need, ParamSource};
@@ -62,7 +62,7 @@ impl Opt {
         config: &OptConfig,
         head: &Head,
         checkpointing: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let base = root / "model" / "decoder";
         let (width, embed_width) = (config.hidden_size, config.embedding_width());
         let bias = config.enable_bias;

@@ -3,7 +3,8 @@
 //! its model spec and PEFT's default LoRA targets for it.
 
 use super::{head_class, Architecture, Build, Network, Positions};
-use crate::engine::models::pretrained::config::{Common, DecoderConfig};
+use crate::engine::activations::TransformerShape;
+use crate::engine::models::pretrained::config::{Common, ConfigError, DecoderConfig};
 use crate::engine::models::pretrained::decoder::{Decoder, LayerSpec, ModelSpec, Shape};
 use crate::engine::models::pretrained::Head;
 
@@ -17,9 +18,9 @@ pub struct DecoderKind {
     pub classifier_stem: Option<&'static str>,
     /// Layer `index`'s spec (required of every decoder: a new one says its biases and
     /// its attention window, rather than inheriting Llama's by omission).
-    pub layer: fn(&DecoderConfig, usize) -> Result<LayerSpec, String>,
+    pub layer: fn(&DecoderConfig, usize) -> Result<LayerSpec, ConfigError>,
     /// The model's spec (RoPE sets, embedding scale, final norm, logit cap).
-    pub model: fn(&DecoderConfig) -> Result<ModelSpec, String>,
+    pub model: fn(&DecoderConfig) -> Result<ModelSpec, ConfigError>,
     /// PEFT's default LoRA targets (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING);
     /// empty where PEFT has none, so the user names them.
     pub lora_targets: &'static [&'static str],
@@ -40,7 +41,7 @@ struct DecoderArch {
 }
 
 impl DecoderArch {
-    fn layer_specs(&self) -> Result<Vec<LayerSpec>, String> {
+    fn layer_specs(&self) -> Result<Vec<LayerSpec>, ConfigError> {
         (0..self.config.num_hidden_layers.max(0) as usize).map(|i| (self.kind.layer)(&self.config, i)).collect()
     }
 }
@@ -77,13 +78,18 @@ impl Architecture for DecoderArch {
         Positions::Rotary(self.config.max_position_embeddings)
     }
 
-    fn check(&self, _: &Common, _: i64) -> Result<(), String> {
+    fn transformer_shape(&self) -> TransformerShape {
+        let c = &self.config;
+        TransformerShape { layers: c.num_hidden_layers, width: c.hidden_size, heads: c.num_attention_heads }
+    }
+
+    fn check(&self, _: &Common, _: i64) -> Result<(), ConfigError> {
         self.config.check()?;
         (self.kind.model)(&self.config)?;
         self.layer_specs().map(|_| ())
     }
 
-    fn build(&self, b: &Build) -> Result<Box<dyn Network>, String> {
+    fn build(&self, b: &Build) -> Result<Box<dyn Network>, ConfigError> {
         let shape =
             Shape { config: &self.config, model: (self.kind.model)(&self.config)?, layers: self.layer_specs()? };
         Ok(Box::new(Decoder::new(b.src, b.root, b.common, shape, b.head, b.checkpointing)?))
@@ -92,14 +98,19 @@ impl Architecture for DecoderArch {
 
 /// Whether layer `index` has a sliding window: as layer_types says ("sliding_attention" or
 /// "full_attention"), or without layer_types as the architecture's `default` rule.
-pub fn sliding_layer(config: &DecoderConfig, index: usize, default: impl Fn(usize) -> bool) -> Result<bool, String> {
+pub fn sliding_layer(
+    config: &DecoderConfig,
+    index: usize,
+    default: impl Fn(usize) -> bool,
+) -> Result<bool, ConfigError> {
     let Some(types) = &config.layer_types else { return Ok(default(index)) };
     match types.get(index).map(String::as_str) {
         Some("sliding_attention") => Ok(true),
         Some("full_attention") => Ok(false),
-        other => Err(format!(
-            "layer_types[{index}] is {other:?}; each of the {} layers is \"full_attention\" or \"sliding_attention\"",
-            config.num_hidden_layers
+        other => Err(ConfigError::invalid(
+            format!("layer_types[{index}]"),
+            format!("is {other:?};"),
+            format!("each of the {} layers is \"full_attention\" or \"sliding_attention\"", config.num_hidden_layers),
         )),
     }
 }

@@ -2,7 +2,8 @@
 //! ([`Encoder`]) fine-tuned for sequence classification; each file says what differs.
 
 use super::{head_class, Architecture, Build, Network, Positions};
-use crate::engine::models::pretrained::config::{Common, EncoderConfig};
+use crate::engine::activations::TransformerShape;
+use crate::engine::models::pretrained::config::{Common, ConfigError, EncoderConfig};
 use crate::engine::models::pretrained::encoder::Encoder;
 use crate::engine::models::pretrained::Head;
 
@@ -69,16 +70,21 @@ impl Architecture for EncoderArch {
         &["word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight"]
     }
 
-    fn check(&self, common: &Common, max_seq_length: i64) -> Result<(), String> {
+    fn transformer_shape(&self) -> TransformerShape {
+        let c = &self.config;
+        TransformerShape { layers: c.num_hidden_layers, width: c.hidden_size, heads: c.num_attention_heads }
+    }
+
+    fn check(&self, common: &Common, max_seq_length: i64) -> Result<(), ConfigError> {
         self.config.check(self.kind.roberta, Self::padding_index(common), max_seq_length)
     }
 
-    fn build(&self, b: &Build) -> Result<Box<dyn Network>, String> {
+    fn build(&self, b: &Build) -> Result<Box<dyn Network>, ConfigError> {
         let Head::SequenceClassification { num_labels, .. } = b.head else {
-            return Err(format!(
-                "{} is an encoder: this host fine-tunes it for sequence classification",
-                self.kind.model_type
-            ));
+            return Err(ConfigError::Head {
+                model_type: self.kind.model_type.to_owned(),
+                has: "an encoder: this host fine-tunes it for sequence classification".to_owned(),
+            });
         };
         let (roberta, config) = (self.kind.roberta, &self.config);
         Ok(Box::new(Encoder::new(b.src, b.root, roberta, b.common, config, *num_labels, b.checkpointing)?))

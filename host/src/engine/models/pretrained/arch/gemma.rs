@@ -4,7 +4,7 @@
 
 use super::decoders::{self, DecoderKind, Q_AND_V};
 use super::Registration;
-use crate::engine::models::pretrained::config::DecoderConfig;
+use crate::engine::models::pretrained::config::{ConfigError, DecoderConfig};
 use crate::engine::models::pretrained::decoder::{LayerSpec, ModelSpec};
 use crate::engine::ops::activation::Activation;
 use crate::engine::ops::norm::NormKind;
@@ -26,7 +26,7 @@ static GEMMA: DecoderKind = DecoderKind {
 };
 
 /// Gemma's model spec (Gemma 2 shares it and adds the logit cap).
-pub fn model_spec(config: &DecoderConfig) -> Result<ModelSpec, String> {
+pub fn model_spec(config: &DecoderConfig) -> Result<ModelSpec, ConfigError> {
     let embedding_scale = Some((config.hidden_size as f64).sqrt());
     Ok(ModelSpec { embedding_scale, norm: NormKind::RmsUnitOffset, ..ModelSpec::llama(config)? })
 }

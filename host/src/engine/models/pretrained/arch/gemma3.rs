@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::decoders::{self, DecoderKind, Q_AND_V};
 use super::Registration;
-use crate::engine::models::pretrained::config::DecoderConfig;
+use crate::engine::models::pretrained::config::{ConfigError, DecoderConfig};
 use crate::engine::models::pretrained::decoder::{LayerSpec, ModelSpec};
 use crate::engine::ops::norm::NormKind;
 use crate::engine::ops::rope::Rope;
@@ -46,7 +46,7 @@ static GEMMA3: DecoderKind = DecoderKind {
 
 /// The local and global RoPE settings, from transformers 5's nested rope_parameters or
 /// the older flat keys (defaults: 10000 local, 1000000 global).
-fn ropes(config: &DecoderConfig) -> Result<Vec<Rope>, String> {
+fn ropes(config: &DecoderConfig) -> Result<Vec<Rope>, ConfigError> {
     let nested = config.rope_parameters.as_ref().filter(|p| p.get("full_attention").is_some());
     let [local, global] = match nested {
         Some(params) => ["sliding_attention", "full_attention"].map(|kind| {
@@ -88,7 +88,7 @@ mod tests {
             r#", "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 50.0}, "full_attention": {"rope_type": "yarn", "factor": 2.0}}"#,
         );
         assert_eq!(
-            ropes(&nested).unwrap_err(),
+            ropes(&nested).unwrap_err().to_string(),
             "rope_parameters.full_attention.rope_type 'yarn' is not supported (this host implements default, linear and llama3)"
         );
         // Without layer_types every sixth layer is global and uses the global set.

@@ -2,7 +2,8 @@
 //! fan_in_fan_out), LayerNorms named `ln_*`; `GPT2LMHeadModel` or a last-token classifier.
 
 use super::{Architecture, Build, Network, Positions, Registration};
-use crate::engine::models::pretrained::config::{Common, Gpt2Config};
+use crate::engine::activations::TransformerShape;
+use crate::engine::models::pretrained::config::{Common, ConfigError, Gpt2Config};
 use crate::engine::models::pretrained::gpt2::Gpt2;
 use crate::engine::models::pretrained::Head;
 
@@ -59,11 +60,15 @@ impl Architecture for Gpt2Arch {
         &["ln_1", "ln_2", "ln_f"]
     }
 
-    fn check(&self, _: &Common, max_seq_length: i64) -> Result<(), String> {
+    fn transformer_shape(&self) -> TransformerShape {
+        TransformerShape { layers: self.0.n_layer, width: self.0.n_embd, heads: self.0.n_head }
+    }
+
+    fn check(&self, _: &Common, max_seq_length: i64) -> Result<(), ConfigError> {
         self.0.check(max_seq_length)
     }
 
-    fn build(&self, b: &Build) -> Result<Box<dyn Network>, String> {
+    fn build(&self, b: &Build) -> Result<Box<dyn Network>, ConfigError> {
         Ok(Box::new(Gpt2::new(b.src, b.root, b.common, &self.0, b.head, b.checkpointing)?))
     }
 }

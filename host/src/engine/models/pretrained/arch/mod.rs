@@ -21,10 +21,11 @@ mod roberta;
 
 use tch::{nn, Tensor};
 
-use super::config::Common;
+use super::config::{Common, ConfigError};
 use super::layers::Embedding;
 use super::params::ParamSource;
 use super::Head;
+use crate::engine::activations::TransformerShape;
 use crate::engine::models::HeadInput;
 
 /// Every architecture the host implements, in the order errors list them.
@@ -111,12 +112,15 @@ pub trait Architecture: std::fmt::Debug + Send + Sync {
         &[]
     }
 
+    /// Layers, width and heads, for the activation estimate before the model is built.
+    fn transformer_shape(&self) -> TransformerShape;
+
     /// Refuses what the port does not implement, naming the key. `max_seq_length` is the
     /// longest sequence the run uses (0 when none is known, as for generation).
-    fn check(&self, common: &Common, max_seq_length: i64) -> Result<(), String>;
+    fn check(&self, common: &Common, max_seq_length: i64) -> Result<(), ConfigError>;
 
     /// The network with its head.
-    fn build(&self, place: &Build) -> Result<Box<dyn Network>, String>;
+    fn build(&self, place: &Build) -> Result<Box<dyn Network>, ConfigError>;
 }
 
 /// What a network is built from: the checkpoint's parameters (`src`) made under `root`,

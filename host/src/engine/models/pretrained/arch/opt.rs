@@ -3,7 +3,8 @@
 //! sublayer, and project_in/project_out where the embeddings are narrower than the layers.
 
 use super::{head_class, Architecture, Build, Network, Positions, Registration};
-use crate::engine::models::pretrained::config::{Common, OptConfig};
+use crate::engine::activations::TransformerShape;
+use crate::engine::models::pretrained::config::{Common, ConfigError, OptConfig};
 use crate::engine::models::pretrained::opt::Opt;
 use crate::engine::models::pretrained::Head;
 
@@ -53,11 +54,16 @@ impl Architecture for OptArch {
         &["self_attn_layer_norm", "final_layer_norm"]
     }
 
-    fn check(&self, _: &Common, max_seq_length: i64) -> Result<(), String> {
+    fn transformer_shape(&self) -> TransformerShape {
+        let c = &self.0;
+        TransformerShape { layers: c.num_hidden_layers, width: c.hidden_size, heads: c.num_attention_heads }
+    }
+
+    fn check(&self, _: &Common, max_seq_length: i64) -> Result<(), ConfigError> {
         self.0.check(max_seq_length)
     }
 
-    fn build(&self, b: &Build) -> Result<Box<dyn Network>, String> {
+    fn build(&self, b: &Build) -> Result<Box<dyn Network>, ConfigError> {
         Ok(Box::new(Opt::new(b.src, b.root, b.common, &self.0, b.head, b.checkpointing)?))
     }
 }

@@ -4,7 +4,7 @@
 
 use super::decoders::{self, DecoderKind, Q_AND_V};
 use super::Registration;
-use crate::engine::models::pretrained::config::DecoderConfig;
+use crate::engine::models::pretrained::config::{ConfigError, DecoderConfig};
 use crate::engine::models::pretrained::decoder::{AttentionBiases, LayerSpec, ModelSpec};
 
 pub const REGISTRATION: Registration =
@@ -23,7 +23,7 @@ static QWEN2: DecoderKind = DecoderKind {
 };
 
 /// transformers' Qwen2Config and Qwen3Config: no window without use_sliding_window.
-pub fn window(config: &DecoderConfig, index: usize) -> Result<Option<i64>, String> {
+pub fn window(config: &DecoderConfig, index: usize) -> Result<Option<i64>, ConfigError> {
     let Some(window) = config.sliding_window.filter(|_| config.use_sliding_window == Some(true)) else {
         return Ok(None);
     };
