@@ -201,6 +201,64 @@ fn bad_model_folders_are_one_line_errors() {
     }
 }
 
+/// `from` (JSONL with class ids) with each label replaced by `names[id]`.
+fn with_label_names(from: &Path, to: &Path, names: &[&str]) {
+    let rows: Vec<String> = std::fs::read_to_string(from)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut row: serde_json::Value = serde_json::from_str(line).unwrap();
+            row["label"] = names[row["label"].as_i64().unwrap() as usize].into();
+            row.to_string()
+        })
+        .collect();
+    std::fs::write(to, rows.join("\n")).unwrap();
+}
+
+#[test]
+fn labels_given_by_name_train_as_their_ids_and_name_the_classes() {
+    // Names sort as their ids: training on names is training on ids, bit for bit, and the
+    // names become config.json's id2label and label2id.
+    let models = models();
+    let dir = crate::support::tempdir();
+    let names = ["negative", "neutral", "positive"];
+    let (train, eval) = (dir.path().join("train.jsonl"), dir.path().join("eval.jsonl"));
+    with_label_names(&models.join("labeled_train.jsonl"), &train, &names);
+    with_label_names(&models.join("labeled_eval.jsonl"), &eval, &names);
+    let model = models.join("llama-classifier/model");
+    let (by_name, by_id) = (dir.path().join("by_name"), dir.path().join("by_id"));
+    let run = crate::support::fine_tune(dir.path(), &model, &train, &eval, &by_name, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let (ids_train, ids_eval) = (models.join("labeled_train.jsonl"), models.join("labeled_eval.jsonl"));
+    let run = crate::support::fine_tune(dir.path(), &model, &ids_train, &ids_eval, &by_id, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let weights = |out: &Path| std::fs::read(out.join("model.safetensors")).unwrap();
+    assert!(weights(&by_name) == weights(&by_id), "names trained other weights than their ids");
+    let results = |out: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join("all_results.json")).unwrap()).unwrap()
+    };
+    assert_eq!(results(&by_name)["eval_loss"], results(&by_id)["eval_loss"]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(by_name.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["id2label"], serde_json::json!({"0": "negative", "1": "neutral", "2": "positive"}));
+    assert_eq!(config["label2id"], serde_json::json!({"negative": 0, "neutral": 1, "positive": 2}));
+    // Evaluation names take the training numbers, whatever order they come in; a name
+    // the training data lacks, or ids beside names, is refused by name.
+    let unknown = dir.path().join("unknown.jsonl");
+    std::fs::write(&unknown, "{\"text\": \"the cat\", \"label\": \"meh\"}\n").unwrap();
+    let out = dir.path().join("refused");
+    crate::support::fine_tune(dir.path(), &model, &train, &unknown, &out, &[]).assert_clean_error(
+        2,
+        "label 'meh' does not occur in the training data (its labels: negative, neutral, positive)",
+    );
+    crate::support::fine_tune(dir.path(), &model, &train, &ids_eval, &out, &[])
+        .assert_clean_error(2, "the labels are class ids, the training data's are names (negative, neutral, positive)");
+    let mixed = dir.path().join("mixed.jsonl");
+    std::fs::write(&mixed, "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": \"b\", \"label\": 1}\n").unwrap();
+    crate::support::fine_tune(dir.path(), &model, &mixed, &eval, &out, &[])
+        .assert_clean_error(2, "line 2: the label is a class id where the first labels are names");
+}
+
 #[test]
 fn a_batch_whose_activations_cannot_fit_is_refused_before_training() {
     // Tiny weights, but 16 training rows (of 20) of 20000 tokens: the attention scores alone need far more
@@ -490,16 +548,24 @@ fn every_case_agrees_with_transformers_layer_by_layer() {
         serde_json::from_str(&std::fs::read_to_string(models.join("cases.json")).unwrap()).unwrap();
     let dir = crate::support::tempdir();
     let mut failures = Vec::new();
-    for case in &cases {
+    // The golden outputs of every case from one oracle process (its start-up dominates).
+    let paths = |case: &serde_json::Value| {
         let (name, data) = (case["name"].as_str().unwrap(), case["data"].as_str().unwrap());
         let model = models.join(name).join("model");
-        let golden = dir.path().join(format!("{name}.safetensors"));
-        let text = models.join(format!("{data}_eval.jsonl"));
-        oracle(&["layers", path_str(&model), path_str(&text), path_str(&golden)]);
+        (model, models.join(format!("{data}_eval.jsonl")), dir.path().join(format!("{name}.safetensors")))
+    };
+    let all: Vec<(PathBuf, PathBuf, PathBuf)> = cases.iter().map(paths).collect();
+    let mut args = vec!["layers"];
+    for (model, text, golden) in &all {
+        args.extend([path_str(model), path_str(text), path_str(golden)]);
+    }
+    oracle(&args);
+    for (case, (model, _, golden)) in cases.iter().zip(&all) {
+        let name = case["name"].as_str().unwrap();
         let reference: std::collections::HashMap<String, tch::Tensor> =
-            tch::Tensor::read_safetensors(&golden).unwrap().into_iter().collect();
+            tch::Tensor::read_safetensors(golden).unwrap().into_iter().collect();
         let (ids, mask) = (&reference["input_ids"], &reference["attention_mask"]);
-        let traced = host::engine::models::pretrained::trace_layers(&model, ids, mask).unwrap();
+        let traced = host::engine::models::pretrained::trace_layers(model, ids, mask).unwrap();
         let expected_layers = reference.len() - 2;
         assert_eq!(traced.len(), expected_layers, "{name}: {:?}", traced.iter().map(|(n, _)| n).collect::<Vec<_>>());
         // Only real tokens count: padding positions are never read.

@@ -12,9 +12,10 @@
                               token-id files as Trainer and TRL users make them from TEXT
                               (JSONL) with DIR's tokenizer: OUT/labeled.safetensors (labels
                               aligned with input_ids, partly masked), OUT/ids.safetensors
-    hf_oracle.py layers DIR TEXT OUT
+    hf_oracle.py layers DIR TEXT OUT [DIR TEXT OUT ...]
                               per-layer golden outputs of DIR on TEXT (JSONL): the blocks'
-                              input, each block's output and the logits, in OUT (safetensors)
+                              input, each block's output and the logits, in OUT (safetensors);
+                              several models in one process
     hf_oracle.py eval_loss DIR DATA DTYPE
                               transformers' loss of DIR (loaded in DTYPE) on token file DATA
     hf_oracle.py loads DIR HEAD [EVAL PREDICTIONS]
@@ -407,7 +408,13 @@ def blocks_of(model):
     raise SystemExit(f"{type(model).__name__}: no block list found")
 
 
-def layers(folder, text_file, out):
+def layers(*triples):
+    """layer_outputs for each (folder, text_file, out) triple, in one process."""
+    for i in range(0, len(triples), 3):
+        layer_outputs(*triples[i:i + 3])
+
+
+def layer_outputs(folder, text_file, out):
     """Per-layer golden outputs on the text file's rows (padded as the host pads them):
     the blocks' input (embeddings), each block's output, and the logits, with the
     input_ids and attention_mask used."""

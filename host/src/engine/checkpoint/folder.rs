@@ -184,9 +184,15 @@ pub fn latest<T>(output_dir: &Path, open: impl Fn(&Path) -> Result<T, String>) -
     .into())
 }
 
-/// Removes what an interrupted save or deletion left behind (temporary folders, or files).
+/// Removes what an interrupted save or deletion left behind (temporary folders, or files),
+/// in output_dir and in the one folder of final files below it (merge_lora's `merged/`).
 pub fn remove_stale_temporaries(output_dir: &Path) {
-    for entry in fs::read_dir(output_dir).into_iter().flatten().flatten() {
+    remove_temporaries_in(output_dir);
+    remove_temporaries_in(&output_dir.join("merged"));
+}
+
+fn remove_temporaries_in(folder: &Path) {
+    for entry in fs::read_dir(folder).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with(TEMP_PREFIX) || name.starts_with(crate::engine::output::TEMP_PREFIX) {
             match remove(&entry.path()) {
@@ -298,8 +304,12 @@ mod tests {
         save(dir.path(), 8, b"w");
         assert!(verify(&dir.path().join("checkpoint-8")).is_ok());
         fs::write(dir.path().join(".tmp-host-model.safetensors-1"), "half").unwrap();
+        fs::create_dir(dir.path().join("merged")).unwrap();
+        fs::write(dir.path().join("merged/config.json"), "{}").unwrap();
+        fs::write(dir.path().join("merged/.tmp-host-model.safetensors-2"), "half").unwrap();
         remove_stale_temporaries(dir.path());
-        assert_eq!(names(dir.path()), ["checkpoint-7", "checkpoint-8"]);
+        assert_eq!(names(dir.path()), ["checkpoint-7", "checkpoint-8", "merged"]);
+        assert_eq!(names(&dir.path().join("merged")), ["config.json"]);
     }
 
     #[test]

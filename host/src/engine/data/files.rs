@@ -6,6 +6,7 @@
 //! `.npz` (a zip, possibly compressed) and CSV (text to parse) are read into memory; for
 //! data sets of more than a few GB, convert them to safetensors once.
 
+use super::label_names::RawLabel;
 use std::fs::File;
 use std::path::Path;
 
@@ -347,16 +348,32 @@ fn read_csv_text(
         let record = record.map_err(|e| InputError::new(format!("{shown}: {}", csv_error(&e, header.len()))))?;
         let line = record.position().map_or(0, |p| p.line());
         if let Some(i) = label {
-            let value = record[i].parse::<i64>().map_err(|_| {
-                InputError::new(format!("{shown} line {line}: label '{}' is not a whole number", &record[i]))
-            })?;
-            labels.push(value);
+            let text = &record[i];
+            labels.push(match text.parse::<i64>() {
+                Ok(id) => RawLabel::Id(id),
+                // A number that is no class id is a mistake, not a name.
+                Err(_) if text.parse::<f64>().is_ok() || text.is_empty() => {
+                    return Err(InputError::new(format!(
+                        "{shown} line {line}: label '{text}' is not a whole number or a class name"
+                    )))
+                }
+                Err(_) => RawLabel::Name(text.to_owned()),
+            });
         }
         texts.push(record[text].to_owned());
         lines.push(line);
     }
-    let labels = label.map(|_| labels);
-    super::text::from_texts(shown, &tokenizer, &texts, labels, options, |row| format!("line {}", lines[row]))
+    let place = |row: usize| format!("line {}", lines[row]);
+    let (labels, names) = match label {
+        Some(_) => {
+            let (ids, names) = super::label_names::encode(labels, shown, place)?;
+            (Some(ids), names)
+        }
+        None => (None, None),
+    };
+    let mut dataset = super::text::from_texts(shown, &tokenizer, &texts, labels, options, place)?;
+    dataset.label_names = names;
+    Ok(dataset)
 }
 
 fn csv_error(error: &csv::Error, columns: usize) -> String {

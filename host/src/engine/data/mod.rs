@@ -7,13 +7,14 @@
 
 mod digits;
 mod files;
+mod label_names;
 mod parquet;
 pub mod prefetch;
 mod text;
 mod token_labels;
 pub mod transform;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -74,7 +75,7 @@ pub fn load(spec: &DataSpec) -> anyhow::Result<(Dataset, Dataset)> {
     };
     let (train, eval) = match &spec.eval_file {
         Some(file) => {
-            let eval = load_file(file, &spec.files)?;
+            let eval = same_label_names(&train, load_file(file, &spec.files)?, file)?;
             limit(train, eval, spec.max_train_samples, spec.max_eval_samples)
         }
         None if train.len() < 2 => {
@@ -88,6 +89,36 @@ pub fn load(spec: &DataSpec) -> anyhow::Result<(Dataset, Dataset)> {
     };
     check_same_shapes(&train, &eval, spec)?;
     Ok((train, eval))
+}
+
+/// The evaluation data's labels numbered as the training data's, where the training data
+/// names its labels.
+fn same_label_names(train: &Dataset, mut eval: Dataset, file: &Path) -> Result<Dataset, InputError> {
+    let shown = file.display().to_string();
+    let Some(names) = &train.label_names else {
+        if let Some(eval_names) = &eval.label_names {
+            return Err(InputError::new(format!(
+                "{shown}: the labels are names ({}), the training data's are class ids; give both as names or both as ids",
+                eval_names.join(", ")
+            )));
+        }
+        return Ok(eval);
+    };
+    let Some(eval_names) = eval.label_names.take() else {
+        return Err(InputError::new(format!(
+            "{shown}: the labels are class ids, the training data's are names ({}); give both as names or both as ids",
+            names.join(", ")
+        )));
+    };
+    let ids = Vec::<i64>::try_from(eval.labels()).map_err(|e| InputError::new(format!("{shown}: {e}")))?;
+    let renumbered = label_names::renumber(&eval_names, &ids, names, &shown)?;
+    for (name, tensor) in eval.fields.iter_mut() {
+        if name == "labels" {
+            *tensor = Tensor::from_slice(&renumbered);
+        }
+    }
+    eval.label_names = Some(names.clone());
+    Ok(eval)
 }
 
 /// The evaluation data must have the training data's fields, shaped alike per example
@@ -133,6 +164,8 @@ pub struct Dataset {
     pub separator_token: Option<i64>,
     /// The token text is padded with, for text data.
     pub pad_token: Option<i64>,
+    /// The classes' names, where the file gave labels as names (`label_names`).
+    pub label_names: Option<Vec<String>>,
     /// Each example's length in tokens (its attention_mask), for text padded to the
     /// longest of the set: batches are cut to their own longest, as Hugging Face's
     /// DataCollatorWithPadding pads (right padding: only padding is cut).
@@ -176,6 +209,7 @@ impl Dataset {
             end_token: None,
             separator_token: None,
             pad_token: None,
+            label_names: None,
             lengths,
         };
         if dataset.field("labels").is_none() {
@@ -222,6 +256,7 @@ impl Dataset {
             end_token: self.end_token,
             separator_token: self.separator_token,
             pad_token: self.pad_token,
+            label_names: self.label_names.clone(),
             lengths: self.lengths.clone(),
         }
     }

@@ -14,6 +14,7 @@ use std::path::Path;
 use tch::Tensor;
 use tokenizers::Tokenizer;
 
+use super::label_names::{self, RawLabel};
 use super::{Dataset, FileOptions, TokenRef};
 use crate::error::InputError;
 
@@ -22,7 +23,7 @@ pub fn read_jsonl(path: &Path, options: &FileOptions) -> Result<Dataset, InputEr
     let tokenizer = load_tokenizer(&shown, options)?;
     let text = std::fs::read_to_string(path).map_err(|e| InputError::new(format!("cannot read {shown}: {e}")))?;
     let mut texts: Vec<String> = Vec::new();
-    let mut labels: Vec<i64> = Vec::new();
+    let mut labels: Vec<RawLabel> = Vec::new();
     let mut label_key: Option<String> = None;
     for (index, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = |why: String| InputError::new(format!("{shown} line {}: {why}", index + 1));
@@ -44,12 +45,26 @@ pub fn read_jsonl(path: &Path, options: &FileOptions) -> Result<Dataset, InputEr
         }
         if let Some(key) = &label_key {
             let label = row.get(key).ok_or_else(|| at(format!("no '{key}' key (the label)")))?;
-            labels.push(label.as_i64().ok_or_else(|| at(format!("label {label} is not a whole number")))?);
+            labels.push(match label {
+                serde_json::Value::String(name) => RawLabel::Name(name.clone()),
+                other => RawLabel::Id(
+                    other.as_i64().ok_or_else(|| at(format!("label {other} is not a whole number or a class name")))?,
+                ),
+            });
         }
         texts.push(text.to_owned());
     }
-    let labels = label_key.map(|_| labels);
-    from_texts(&shown, &tokenizer, &texts, labels, options, |row| format!("line {}", row + 1))
+    let lines = |row: usize| format!("line {}", row + 1);
+    let (labels, names) = match label_key {
+        Some(_) => {
+            let (ids, names) = label_names::encode(labels, &shown, lines)?;
+            (Some(ids), names)
+        }
+        None => (None, None),
+    };
+    let mut dataset = from_texts(&shown, &tokenizer, &texts, labels, options, lines)?;
+    dataset.label_names = names;
+    Ok(dataset)
 }
 
 /// Reads `tokenizer_file`.

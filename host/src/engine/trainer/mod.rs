@@ -150,11 +150,16 @@ impl Trainer {
             vars.set_kind(kind);
         }
         if let Some(count) = plan.parameter_count() {
-            let activations = step_activations(&plan, &config, &train);
-            memory::check_training_fits(count, activations, device, &config, &model_size_note(&config))?;
+            memory::check_training_fits(count, None, device, &config, &model_size_note(&config))?;
         }
         let what = || format!("the model ({})", model_size_note(&config));
         let (mut net, task) = libtorch::guard(what, || plan.build(&vars.root(), plugin_model))?;
+        // The activations once the model is known to match its config (building checks
+        // a checkpoint against config.json), before any step allocates them.
+        if let Some(count) = plan.parameter_count() {
+            let activations = step_activations(&plan, &config, &train);
+            memory::check_training_fits(count, activations, device, &config, &model_size_note(&config))?;
+        }
         if let Some(alpha) = config.args.neftune_noise_alpha {
             if !net.enable_neftune(alpha) {
                 return Err(InputError::new(format!(

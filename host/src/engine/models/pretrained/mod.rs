@@ -86,6 +86,8 @@ pub struct Plan {
     adapter: Option<AdapterFolder>,
     /// Filled by `build`: the adapter's config for saving (LoRA runs).
     adapter_config: RefCell<Option<AdapterConfig>>,
+    /// The classes' names where the training data names its labels (for id2label).
+    label_names: Option<Vec<String>>,
 }
 
 /// Opens model_name_or_path: a model folder, or an adapter folder on top of its base
@@ -135,7 +137,8 @@ pub fn plan(
     let adapter_head = adapter.as_ref().map(adapter_head_rows).transpose()?.flatten();
     let head = choose_head(&folder, &weights, adapter_head, sizes, train, eval)?;
     let kind = dtype.unwrap_or_else(|| saved_kind(common));
-    Ok(Plan { folder, weights, head, kind, training, adapter, adapter_config: RefCell::new(None) })
+    let label_names = train.label_names.clone().filter(|_| matches!(head, Head::SequenceClassification { .. }));
+    Ok(Plan { folder, weights, head, kind, training, adapter, adapter_config: RefCell::new(None), label_names })
 }
 
 /// The labels of a classifier head an adapter carries (in its modules_to_save), if any.
@@ -163,7 +166,7 @@ pub fn plan_generation(dir: &Path, dtype: Option<Kind>) -> Result<Plan, InputErr
     let weights = WeightFiles::open_folder(dir, ARGUMENT)?;
     let kind = dtype.unwrap_or_else(|| saved_kind(&folder.common));
     let (training, adapter_config) = (Training::default(), RefCell::new(None));
-    Ok(Plan { folder, weights, head: Head::CausalLm, kind, training, adapter: None, adapter_config })
+    Ok(Plan { folder, weights, head: Head::CausalLm, kind, training, adapter: None, adapter_config, label_names: None })
 }
 
 /// The hidden states between the blocks ("embeddings", "layers.N") and the "logits" of the
@@ -183,7 +186,8 @@ pub fn trace_layers(dir: &Path, ids: &Tensor, mask: &Tensor) -> Result<Vec<(Stri
         }
     };
     let (training, adapter_config) = (Training::default(), RefCell::new(None));
-    let plan = Plan { folder, weights, head, kind: Kind::Float, training, adapter: None, adapter_config };
+    let plan =
+        Plan { folder, weights, head, kind: Kind::Float, training, adapter: None, adapter_config, label_names: None };
     let vars = nn::VarStore::new(tch::Device::Cpu);
     let model = plan.build(&vars.root())?;
     let batch = Batch::from_plugin({
@@ -333,14 +337,16 @@ impl Plan {
         }
     }
 
-    /// What a saved folder has besides the weights.
+    /// What a saved folder has besides the weights: id2label from the data's label names,
+    /// else from the folder's config.json.
     pub fn export(&self) -> Export {
-        let labels: Option<Vec<String>> = self.folder.common.id2label.as_ref().map(|map| {
+        let saved = self.folder.common.id2label.as_ref().map(|map| {
             let mut pairs: Vec<(i64, String)> =
                 map.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_owned()))).collect();
             pairs.sort();
-            pairs.into_iter().map(|(_, name)| name).collect()
+            pairs.into_iter().map(|(_, name)| name).collect::<Vec<String>>()
         });
+        let labels = self.label_names.clone().or(saved);
         Export::new(&self.folder, &self.head, self.kind, labels.as_deref())
             .with_adapter(self.adapter_config.borrow().clone())
     }
