@@ -656,8 +656,12 @@ fn the_final_files_are_a_set_that_a_reader_can_check() {
     killed_at(dir.path(), "final:all_results.json", &["--max-steps", "9", "--save-strategy", "no"]);
     assert!(!output.join("outputs.json").exists(), "a mixed set must not look complete");
     assert!(output.join("all_results.json").is_file());
+    // A dead merge_lora write leaves its temporary inside merged/.
+    std::fs::create_dir_all(output.join("merged")).unwrap();
+    std::fs::write(output.join("merged/.tmp-host-model.safetensors-1"), "half").unwrap();
     // The next run writes a complete set again and leaves no temporary file.
     assert_eq!(host(dir.path(), &base).code, 0);
+    assert_eq!(file_names(&output.join("merged")), Vec::<String>::new(), "a stray temporary in merged/ stays");
     assert_eq!(
         json_file(&output.join("outputs.json"))["sha256"]["all_results.json"],
         sha256(&output.join("all_results.json"))

@@ -11,7 +11,7 @@ use tch::{nn, Tensor};
 use super::arch::Network;
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, ConfigError, DecoderConfig};
-use super::layers::{last_token, pick_rows};
+use super::layers::DecoderHead;
 use super::layers::{Embedding, Linear, RmsNorm};
 use super::params::{Need, ParamSource};
 use super::Head;
@@ -165,9 +165,7 @@ pub struct Decoder {
     embed_tokens: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    /// The language-model head [vocab, hidden] (the embedding's weight when tied).
-    lm_head: Option<Linear>,
-    score: Option<Linear>,
+    head: DecoderHead,
     /// RoPE's inverse frequencies, one set per [`LayerSpec::rope`] id.
     inv_freqs: Vec<Tensor>,
     heads: i64,
@@ -175,8 +173,6 @@ pub struct Decoder {
     head_dim: i64,
     attention_dropout: f64,
     logit_soft_cap: Option<f64>,
-    /// The token the classifier's "last token" rule skips.
-    pad: Option<i64>,
     recompute: Recompute,
 }
 
@@ -256,31 +252,21 @@ impl Decoder {
             Embedding::new(src, &(&base / "embed_tokens"), common.vocab_size, hidden, common.pad_token_id)
                 .scaled(model.embedding_scale);
         let norm = RmsNorm::new(src, &(&base / "norm"), hidden, eps, model.norm);
-        let (lm_head, score, pad) = match head {
-            Head::CausalLm if config.tie_word_embeddings => (Some(Linear::tied(&embed_tokens.weight)), None, None),
-            Head::CausalLm => {
-                let head = Linear::new(src, &(root / "lm_head"), hidden, common.vocab_size, false, Need::Head);
-                (Some(head), None, None)
-            }
-            Head::SequenceClassification { num_labels, pad } => {
-                (None, Some(Linear::new(src, &(root / "score"), hidden, *num_labels, false, Need::Head)), *pad)
-            }
-        };
+        let tied = config.tie_word_embeddings.then_some(&embed_tokens.weight);
+        let head = DecoderHead::new(src, root, head, hidden, common.vocab_size, tied);
         let inv_freqs =
             model.ropes.iter().map(|rope| rope.inverse_frequencies(model.rotary_dim, root.device())).collect();
         Ok(Self {
             embed_tokens,
             layers,
             norm,
-            lm_head,
-            score,
+            head,
             inv_freqs,
             heads,
             kv_heads,
             head_dim,
             attention_dropout: config.attention_dropout,
             logit_soft_cap: model.logit_soft_cap,
-            pad,
             recompute: Recompute::new(checkpointing),
         })
     }
@@ -346,20 +332,16 @@ impl Network for Decoder {
     }
 
     fn head_input(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HeadInput> {
-        let head = self.lm_head.as_ref()?;
+        let head = self.head.language_model()?;
         let input = head.head_input(self.hidden(ids, mask, train), train);
         Some(HeadInput { soft_cap: self.logit_soft_cap, ..input })
     }
 
     fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, _: Option<&Tensor>, train: bool) -> Tensor {
-        let hidden = self.hidden(ids, mask, train);
-        match (&self.lm_head, &self.score) {
-            (Some(head), _) => match self.logit_soft_cap {
-                Some(cap) => (head.forward(&hidden, train) / cap).tanh() * cap,
-                None => head.forward(&hidden, train),
-            },
-            (None, Some(score)) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad)), train),
-            (None, None) => unreachable!("a decoder has a head"),
+        let logits = self.head.logits(&self.hidden(ids, mask, train), ids, train);
+        match (self.logit_soft_cap, &self.head) {
+            (Some(cap), DecoderHead::LanguageModel(_)) => (logits / cap).tanh() * cap,
+            _ => logits,
         }
     }
 }

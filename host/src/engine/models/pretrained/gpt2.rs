@@ -8,8 +8,8 @@ use tch::{nn, Tensor};
 use super::arch::Network;
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, ConfigError, Gpt2Config};
-use super::layers::{last_token, pick_rows};
-use super::layers::{Conv1D, Embedding, LayerNorm, Linear};
+use super::layers::DecoderHead;
+use super::layers::{Conv1D, Embedding, LayerNorm};
 use super::params::{Need, ParamSource};
 use super::Head;
 use crate::engine::models::HeadInput;
@@ -33,16 +33,13 @@ pub struct Gpt2 {
     wpe: Embedding,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    /// The language model's head: over `wte`'s weight when tied (by default), else its own.
-    lm_head: Option<Linear>,
-    score: Option<Linear>,
+    head: DecoderHead,
     width: i64,
     head_dim: i64,
     act: Activation,
     resid_pdrop: f64,
     embd_pdrop: f64,
     attn_pdrop: f64,
-    pad: Option<i64>,
     recompute: Recompute,
 }
 
@@ -79,29 +76,20 @@ impl Gpt2 {
             })
             .collect();
         let wte = Embedding::new(src, &(&base / "wte"), common.vocab_size, width, None);
-        let (lm_head, score, pad) = match head {
-            Head::CausalLm if config.tie_word_embeddings => (Some(Linear::tied(&wte.weight)), None, None),
-            Head::CausalLm => {
-                (Some(Linear::new(src, &(root / "lm_head"), width, common.vocab_size, false, Need::Head)), None, None)
-            }
-            Head::SequenceClassification { num_labels, pad } => {
-                (None, Some(Linear::new(src, &(root / "score"), width, *num_labels, false, Need::Head)), *pad)
-            }
-        };
+        let tied = config.tie_word_embeddings.then_some(&wte.weight);
+        let head = DecoderHead::new(src, root, head, width, common.vocab_size, tied);
         Ok(Self {
             wte,
             wpe: Embedding::new(src, &(&base / "wpe"), config.n_positions, width, None),
             blocks,
             ln_f: LayerNorm::new(src, &(&base / "ln_f"), width, eps, Need::Required),
-            lm_head,
-            score,
+            head,
             width,
             head_dim,
             act: config.activation()?,
             resid_pdrop: config.resid_pdrop,
             embd_pdrop: config.embd_pdrop,
             attn_pdrop: config.attn_pdrop,
-            pad,
             recompute: Recompute::new(checkpointing),
         })
     }
@@ -122,17 +110,12 @@ impl Network for Gpt2 {
     }
 
     fn head_input(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HeadInput> {
-        let head = self.lm_head.as_ref()?;
+        let head = self.head.language_model()?;
         Some(head.head_input(self.hidden(ids, mask, train), train))
     }
 
     fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, _: Option<&Tensor>, train: bool) -> Tensor {
-        let hidden = self.hidden(ids, mask, train);
-        match (&self.lm_head, &self.score) {
-            (Some(head), _) => head.forward(&hidden, train),
-            (None, Some(score)) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad)), train),
-            (None, None) => unreachable!("GPT-2 has a head"),
-        }
+        self.head.logits(&self.hidden(ids, mask, train), ids, train)
     }
 }
 

@@ -6,6 +6,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::lora::Lora;
 use super::params::{Init, Need, ParamSource};
+use super::Head;
 use crate::engine::models::HeadInput;
 use crate::engine::ops::norm::NormKind;
 
@@ -174,6 +175,48 @@ impl RmsNorm {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.kind.apply(x, &self.weight, self.eps)
+    }
+}
+
+/// A decoder's head over its last hidden states: the language model's (`lm_head`, or the
+/// token embedding when tied) or a classifier (`score`) on each row's last token that is
+/// not padding, as transformers' decoders classify.
+#[derive(Debug)]
+pub enum DecoderHead {
+    LanguageModel(Linear),
+    Classifier { score: Linear, pad: Option<i64> },
+}
+
+impl DecoderHead {
+    /// The head `head` asks for over hidden states `width` wide; `tied` is the token
+    /// embedding a tied language-model head reuses.
+    pub fn new(src: &ParamSource, root: &nn::Path, head: &Head, width: i64, vocab: i64, tied: Option<&Tensor>) -> Self {
+        match head {
+            Head::CausalLm => DecoderHead::LanguageModel(match tied {
+                Some(weight) => Linear::tied(weight),
+                None => Linear::new(src, &(root / "lm_head"), width, vocab, false, Need::Head),
+            }),
+            Head::SequenceClassification { num_labels, pad } => DecoderHead::Classifier {
+                score: Linear::new(src, &(root / "score"), width, *num_labels, false, Need::Head),
+                pad: *pad,
+            },
+        }
+    }
+
+    /// The language model's head, for the loss without logits.
+    pub fn language_model(&self) -> Option<&Linear> {
+        match self {
+            DecoderHead::LanguageModel(head) => Some(head),
+            DecoderHead::Classifier { .. } => None,
+        }
+    }
+
+    /// [B, T, vocab] token logits, or [B, labels] from each row's last real token.
+    pub fn logits(&self, hidden: &Tensor, ids: &Tensor, train: bool) -> Tensor {
+        match self {
+            DecoderHead::LanguageModel(head) => head.forward(hidden, train),
+            DecoderHead::Classifier { score, pad } => score.forward(&pick_rows(hidden, &last_token(ids, *pad)), train),
+        }
     }
 }
 

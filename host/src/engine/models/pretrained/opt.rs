@@ -9,7 +9,7 @@ use tch::{nn, Kind, Tensor};
 use super::arch::Network;
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, ConfigError, OptConfig};
-use super::layers::{last_token, pick_rows};
+use super::layers::DecoderHead;
 use super::layers::{Embedding, LayerNorm, Linear};
 use super::params::{Need, ParamSource};
 use super::Head;
@@ -43,14 +43,12 @@ pub struct Opt {
     project_out: Option<Linear>,
     layers: Vec<Layer>,
     final_layer_norm: Option<LayerNorm>,
-    lm_head: Option<Linear>,
-    score: Option<Linear>,
+    head: DecoderHead,
     head_dim: i64,
     pre_norm: bool,
     act: Activation,
     dropout: f64,
     attention_dropout: f64,
-    pad: Option<i64>,
     recompute: Recompute,
 }
 
@@ -92,16 +90,8 @@ impl Opt {
         let project_in = projected.then(|| linear(&(&base / "project_in"), embed_width, width, false));
         let project_out = projected.then(|| linear(&(&base / "project_out"), width, embed_width, false));
         let final_layer_norm = config.final_layer_norm().then(|| norm(&(&base / "final_layer_norm")));
-        let (lm_head, score, pad) = match head {
-            Head::CausalLm if config.tie_word_embeddings => (Some(Linear::tied(&embed_tokens.weight)), None, None),
-            Head::CausalLm => {
-                let head = Linear::new(src, &(root / "lm_head"), embed_width, common.vocab_size, false, Need::Head);
-                (Some(head), None, None)
-            }
-            Head::SequenceClassification { num_labels, pad } => {
-                (None, Some(Linear::new(src, &(root / "score"), embed_width, *num_labels, false, Need::Head)), *pad)
-            }
-        };
+        let tied = config.tie_word_embeddings.then_some(&embed_tokens.weight);
+        let head = DecoderHead::new(src, root, head, embed_width, common.vocab_size, tied);
         Ok(Self {
             embed_tokens,
             embed_positions,
@@ -109,14 +99,12 @@ impl Opt {
             project_out,
             layers,
             final_layer_norm,
-            lm_head,
-            score,
+            head,
             head_dim: width / config.num_attention_heads,
             pre_norm: config.do_layer_norm_before,
             act: config.activation()?,
             dropout: config.dropout,
             attention_dropout: config.attention_dropout,
-            pad,
             recompute: Recompute::new(checkpointing),
         })
     }
@@ -160,17 +148,12 @@ impl Network for Opt {
     }
 
     fn head_input(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HeadInput> {
-        let head = self.lm_head.as_ref()?;
+        let head = self.head.language_model()?;
         Some(head.head_input(self.hidden(ids, mask, train), train))
     }
 
     fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, _: Option<&Tensor>, train: bool) -> Tensor {
-        let hidden = self.hidden(ids, mask, train);
-        match (&self.lm_head, &self.score) {
-            (Some(head), _) => head.forward(&hidden, train),
-            (None, Some(score)) => score.forward(&pick_rows(&hidden, &last_token(ids, self.pad)), train),
-            (None, None) => unreachable!("OPT has a head"),
-        }
+        self.head.logits(&self.hidden(ids, mask, train), ids, train)
     }
 }
 
