@@ -2,7 +2,7 @@
 (no transformers: bench/gpu_check.sh runs it where only PyTorch is installed), and a
 pre-tokenized causal-LM data set for it.
 
-    python llama_folder.py DIR [--size bench|1gb] [--examples N] [--length T]
+    python llama_folder.py DIR [--size bench|1gb|probe] [--examples N] [--length T]
 
 DIR gets config.json, model.safetensors (float32, transformers' names and metadata),
 generation_config.json, tokenizer.json (a word-level tokenizer over the vocabulary) and
@@ -18,6 +18,9 @@ import torch
 from safetensors.torch import save_file
 
 SIZES = {
+    # The operator-count probe (op_count.py): 2 layers, width 64 (about 100k parameters).
+    "probe": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=256),
     # The fine-tuning benchmark: 4 layers, width 512, 8 heads, 2 KV heads (about 20M parameters).
     "bench": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=2, vocab_size=8192),

@@ -9,6 +9,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=native/libtorch_shim.cpp");
     println!("cargo:rerun-if-changed=native/checkpoint.cpp");
+    println!("cargo:rerun-if-changed=native/op_count.cpp");
     println!("cargo:rerun-if-changed=native/distributed.cpp");
     println!("cargo:rerun-if-changed=native/nccl.cpp");
     println!("cargo:rerun-if-changed=native/shim.h");
@@ -30,6 +31,7 @@ fn main() {
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .file("native/libtorch_shim.cpp")
         .file("native/checkpoint.cpp")
+        .file("native/op_count.cpp")
         .compile("host_native");
     build_distributed(root);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");

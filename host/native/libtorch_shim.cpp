@@ -61,6 +61,27 @@ char* host_empty_cache() {
   });
 }
 
+// torch.accelerator.memory_allocated / max_memory_allocated for device `index`: the bytes
+// the caching allocator has handed out now and at most since the last reset; both -1
+// without an accelerator.
+char* host_device_memory(int index, int64_t* allocated, int64_t* peak) {
+  return guarded([&] {
+    *allocated = *peak = -1;
+    if (!at::getAccelerator(false).has_value()) return;
+    auto stats = at::accelerator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
+    auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    *allocated = stats.allocated_bytes[all].current;
+    *peak = stats.allocated_bytes[all].peak;
+  });
+}
+
+// torch.accelerator.reset_peak_memory_stats for device `index` (a no-op without one).
+char* host_reset_peak_memory(int index) {
+  return guarded([&] {
+    if (at::getAccelerator(false).has_value()) at::accelerator::resetPeakStats(static_cast<c10::DeviceIndex>(index));
+  });
+}
+
 char* host_set_tf32(int enabled) {
   return guarded([&] {
     at::globalContext().setAllowTF32CuBLAS(enabled != 0);

@@ -228,3 +228,33 @@ fn bf16_autocast_trains_on_cpu_and_fp16_needs_cuda() {
     host(dir.path(), &["--fp16", "--device", "cpu"]).assert_clean_error(2, "fp16 mixed precision needs a CUDA device");
     host(dir.path(), &["--fp16", "--bf16"]).assert_clean_error(2, "bf16 and fp16 are both set; choose one");
 }
+
+#[test]
+fn memory_metrics_report_what_each_stage_kept_as_hf_does() {
+    let dir = tempdir();
+    // 64-2048-2048-10: 4.35M float32 parameters, 17.4 MB each for the weights, their
+    // gradients and AdamW's two moments.
+    let args = ["--max-steps", "4", "--hidden-size", "2048", "--save-strategy", "no", "--do-eval"];
+    let run = host(dir.path(), &[&args[..], &["--skip-memory-metrics", "false"]].concat());
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let first = results(dir.path());
+    let mb = |name: &str| first[name].as_f64().unwrap_or_else(|| panic!("no {name} in {first}")) / 1e6;
+    assert!(mb("init_mem_cpu_alloc_delta") >= 17.0, "the weights are made at init: {first}");
+    let kept = mb("init_mem_cpu_alloc_delta") + mb("train_mem_cpu_alloc_delta");
+    assert!((4.0 * 17.0..400.0).contains(&kept), "weights, gradients and moments: {kept} MB in {first}");
+    assert!((50.0..4000.0).contains(&mb("before_init_mem_cpu")), "{first}");
+    for name in ["init_mem_cpu_peaked_delta", "train_mem_cpu_peaked_delta", "eval_mem_cpu_alloc_delta"] {
+        assert!(first[name].as_f64().is_some(), "no {name} in {first}");
+    }
+    assert!(!first.to_string().contains("_mem_gpu_"), "no accelerator, no GPU figures: {first}");
+    // The train log line carries them; the summary shows whole MB, as HF's log_metrics.
+    let last = log_history(dir.path()).into_iter().rfind(|e| e.get("train_runtime").is_some()).unwrap();
+    assert!(last.get("train_mem_cpu_alloc_delta").is_some(), "{last}");
+    let shown =
+        format!("init_mem_cpu_alloc_delta   = {}MB", first["init_mem_cpu_alloc_delta"].as_f64().unwrap() as i64 >> 20);
+    assert!(run.stdout.contains(&shown), "{shown} in:\n{}", run.stdout);
+    // Skipped by default, as in HF.
+    let run = host(dir.path(), &args);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(!results(dir.path()).to_string().contains("_mem_"), "{}", results(dir.path()));
+}

@@ -140,6 +140,10 @@ training_arguments! {
     /// Replace a nan or inf loss in the logged average by the average so far (HF's filter).
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     logging_nan_inf_filter: bool = true, flag bool;
+    /// Leave out HF's memory metrics; false adds {init,train,eval,test}_mem_{cpu,gpu}_
+    /// {alloc,peaked}_delta (bytes) to the train log line and all_results.json.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    skip_memory_metrics: bool = true, flag bool;
     /// No progress bar (there is one only when stderr is a terminal anyway).
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     disable_tqdm: bool = false, flag bool;

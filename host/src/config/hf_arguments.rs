@@ -291,13 +291,6 @@ pub const ANSWERS: &[(&str, Answer)] = &[
             reason: "underflow_overflow and tpu_metrics_debug are not available; the host reports non-finite losses and gradients itself",
         },
     ),
-    (
-        "skip_memory_metrics",
-        Answer::Refused {
-            defaults: &["true"],
-            reason: "memory metrics are not reported; bench/ measures peak memory",
-        },
-    ),
     ("local_rank", Answer::NoEffect("the rank comes from LOCAL_RANK, which torchrun and host launch set")),
     (
         "dataloader_persistent_workers",
@@ -437,7 +430,7 @@ mod tests {
             assert!(reason.len() > 30 && !reason.ends_with('.'), "{name}: {reason}");
         }
         let mut table: toml::Table = toml::from_str(
-            "push_to_hub = false\nhub_strategy = \"every_save\"\nfsdp = \"\"\nskip_memory_metrics = \"True\"\nlocal_rank = -1\ngradient_checkpointing_kwargs = { use_reentrant = false }\nlearning_rate = 0.1",
+            "push_to_hub = false\nhub_strategy = \"every_save\"\nfsdp = \"\"\ndataloader_in_order = \"True\"\nlocal_rank = -1\ngradient_checkpointing_kwargs = { use_reentrant = false }\nlearning_rate = 0.1",
         )
         .unwrap();
         take_answered(&mut table, "test").unwrap();

@@ -10,6 +10,7 @@ pub(crate) mod distributed;
 pub mod libtorch;
 pub mod loss;
 mod memory;
+pub mod memory_metrics;
 pub mod metric;
 pub mod models;
 pub mod ops;

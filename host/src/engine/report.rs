@@ -119,6 +119,9 @@ pub fn show(name: &str, value: f64) -> String {
     } else if name == "total_flos" {
         // As HF's metrics_format: whole gigaFLOPs (2^30).
         format!("{}GF", value as u64 >> 30)
+    } else if name.contains("_mem_") {
+        // As metrics_format: whole MiB (negative deltas too).
+        format!("{}MB", value as i64 >> 20)
     } else if name == "num_input_tokens_seen" {
         format!("{value}")
     } else {

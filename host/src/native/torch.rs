@@ -13,6 +13,8 @@ extern "C" {
     fn host_set_tf32(enabled: i32) -> *mut c_char;
     fn host_full_determinism() -> *mut c_char;
     fn host_empty_cache() -> *mut c_char;
+    fn host_device_memory(index: i32, allocated: *mut i64, peak: *mut i64) -> *mut c_char;
+    fn host_reset_peak_memory(index: i32) -> *mut c_char;
     fn host_rng_state(cuda: i32, index: i32, out: *mut *mut c_void) -> *mut c_char;
     fn host_set_rng_state(cuda: i32, index: i32, state: *mut c_void) -> *mut c_char;
     #[allow(clippy::too_many_arguments)]
@@ -89,6 +91,22 @@ pub fn full_determinism() -> Result<(), String> {
 pub fn empty_cache() -> Result<(), String> {
     // SAFETY: a plain call into the device allocator.
     check(unsafe { host_empty_cache() })
+}
+
+/// The accelerator's caching allocator: bytes allocated now and at most since the last
+/// [`reset_peak_memory`] (`torch.cuda.memory_allocated`, `max_memory_allocated`); `None`
+/// without an accelerator.
+pub fn device_memory(index: usize) -> Result<Option<(u64, u64)>, String> {
+    let (mut allocated, mut peak) = (-1i64, -1i64);
+    // SAFETY: the shim writes two integers into the places we pass.
+    check(unsafe { host_device_memory(index as i32, &mut allocated, &mut peak) })?;
+    Ok((allocated >= 0).then(|| (allocated as u64, peak.max(0) as u64)))
+}
+
+/// Starts the accelerator's peak-memory count afresh (a no-op without one).
+pub fn reset_peak_memory(index: usize) -> Result<(), String> {
+    // SAFETY: a plain call into the device allocator.
+    check(unsafe { host_reset_peak_memory(index as i32) })
 }
 
 /// Allows TF32 tensor cores for float32 matmuls and convolutions on CUDA.

@@ -12,6 +12,7 @@ use super::metrics::{speed_metrics, Tally};
 use super::Trainer;
 use crate::engine::callbacks::Event;
 use crate::engine::libtorch;
+use crate::engine::memory_metrics::Stage;
 use crate::engine::models::{Outputs, Task};
 use crate::engine::precision::Autocast;
 use crate::error::InputError;
@@ -22,6 +23,7 @@ impl Trainer {
     /// and on_evaluate; then steps reduce_lr_on_plateau and records a new best metric.
     /// Returns the metrics and whether they are the best so far.
     pub fn evaluate(&mut self) -> Result<(Vec<(String, f64)>, bool)> {
+        self.memory_stage_begins(Stage::Eval)?;
         let trained = self.swap_in_evaluation_weights()?;
         let metrics = self.evaluation_loop("eval", |_, _, _| Ok(()));
         if let Some(trained) = trained {
@@ -46,6 +48,9 @@ impl Trainer {
             }
         }
         let new_best = self.determine_best_metric(&metrics)?;
+        // As HF: after the log line and on_evaluate, in the returned metrics only.
+        let mut metrics = metrics;
+        self.memory_stage_ends(Stage::Eval, &mut metrics)?;
         Ok((metrics, new_best))
     }
 
@@ -54,6 +59,13 @@ impl Trainer {
     /// token models the predicted token at each position), and returns `test_*` metrics,
     /// which on_predict receives.
     pub fn predict(&mut self, output: &Path) -> Result<Vec<(String, f64)>> {
+        self.memory_stage_begins(Stage::Test)?;
+        let mut metrics = self.predict_into(output)?;
+        self.memory_stage_ends(Stage::Test, &mut metrics)?;
+        Ok(metrics)
+    }
+
+    fn predict_into(&mut self, output: &Path) -> Result<Vec<(String, f64)>> {
         if output.extension().is_some_and(|e| e == "safetensors") {
             return self.predict_tensors(output);
         }

@@ -10,6 +10,7 @@ mod data_parallel;
 mod eval;
 mod lr_schedule;
 mod metrics;
+mod op_probe;
 mod persist;
 pub mod state;
 mod train_loop;
@@ -29,6 +30,7 @@ use crate::engine::data::transform::BatchTransform;
 use crate::engine::data::{self, Dataset};
 use crate::engine::distributed::Distributed;
 use crate::engine::loss::{CrossEntropy, Loss};
+use crate::engine::memory_metrics::{MemoryTracker, Stage};
 use crate::engine::metric::Metric;
 use crate::engine::models::pretrained::{lora, Export};
 use crate::engine::models::{self, Model, Task};
@@ -86,6 +88,10 @@ pub struct Trainer {
     stop_signal: Arc<AtomicUsize>,
     /// A distributed run's process group, gradient buckets and agreed stop signal.
     dist: Option<data_parallel::DataParallel>,
+    /// HF's memory metrics, unless skip_memory_metrics.
+    memory: Option<MemoryTracker>,
+    /// HOST_OP_COUNT's probe of one step's operators, for the benchmarks.
+    op_probe: Option<op_probe::OpProbe>,
 }
 
 /// The model, its parameters, and what its logits predict.
@@ -131,6 +137,10 @@ impl Trainer {
             batch_transforms,
             model: plugin_model,
         } = overrides;
+        let mut memory = MemoryTracker::new(config.args.skip_memory_metrics, device);
+        if let Some(tracker) = &mut memory {
+            tracker.start(Stage::Init)?;
+        }
         let precision = config.precision;
         precision.check_device(device)?;
         if let Some(tf32) = config.args.tf32 {
@@ -232,11 +242,14 @@ impl Trainer {
             reporter,
             stop_signal,
             dist,
+            memory,
+            op_probe: op_probe::OpProbe::from_env()?,
         };
         if trainer.is_world_zero() {
             trainer.report_dir = Some(trainer.output_dir());
         }
         trainer.fire(Event::InitEnd, &[])?;
+        trainer.memory_stage_ends(Stage::Init, &mut Vec::new())?;
         Ok(trainer)
     }
 
@@ -301,6 +314,16 @@ impl Trainer {
         (state.global_step, state.epoch, state.max_steps) = (saved.global_step, saved.epoch, saved.max_steps);
         trainer.report_dir = None;
         Ok(trainer)
+    }
+
+    /// HF's memory tracker (skip_memory_metrics false): `stage` begins.
+    fn memory_stage_begins(&mut self, stage: Stage) -> Result<()> {
+        self.memory.as_mut().map_or(Ok(()), |tracker| tracker.start(stage))
+    }
+
+    /// `stage` ends: its memory metrics (and init's, the first time) join `metrics`.
+    fn memory_stage_ends(&mut self, stage: Stage, metrics: &mut Vec<(String, f64)>) -> Result<()> {
+        self.memory.as_mut().map_or(Ok(()), |tracker| tracker.stop(stage, metrics))
     }
 
     fn output_dir(&self) -> PathBuf {

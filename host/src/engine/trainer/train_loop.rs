@@ -18,6 +18,7 @@ use crate::engine::data::prefetch::BatchLoader;
 use crate::engine::data::transform::TransformContext;
 use crate::engine::data::{self, Batch};
 use crate::engine::libtorch;
+use crate::engine::memory_metrics::Stage;
 use crate::engine::precision::Autocast;
 use crate::engine::{checkpoint, distributed, progress_bar};
 use crate::error::{InputError, Interrupted};
@@ -143,6 +144,7 @@ fn steps_and_epochs(max_steps: i64, num_train_epochs: f64, updates_per_epoch: i6
 impl Trainer {
     /// Runs training to the end (or until a callback or a signal stops it).
     pub fn train(&mut self) -> Result<Outcome> {
+        self.memory_stage_begins(Stage::Train)?;
         let plan = self.plan()?;
         if !self.prepare(&plan)? {
             return Ok(Outcome { train_metrics: Vec::new(), eval_metrics: None, already_complete: true });
@@ -327,6 +329,9 @@ impl Trainer {
             true => self.global_label_items(&batches.shards, first, count),
         };
         let before = self.step_snapshot();
+        if let Some(probe) = &mut self.op_probe {
+            probe.step_begins(self.run.state.global_step + 1)?;
+        }
         for (i, batch) in micro.iter().enumerate() {
             let last = i + 1 == micro.len();
             if i == 0 {
@@ -426,6 +431,9 @@ impl Trainer {
     fn optimizer_step(&mut self, steps_in_epoch: usize) -> Result<()> {
         let step = self.run.state.global_step + 1;
         libtorch::guard(move || format!("optimizer step {step}"), || self.update_weights())?;
+        if let Some(probe) = &mut self.op_probe {
+            probe.step_ends()?;
+        }
         self.run.state.global_step += 1;
         self.add_input_tokens_seen()?;
         if let Some(every) = self.config.args.torch_empty_cache_steps {
@@ -653,6 +661,7 @@ impl Trainer {
             ("total_flos".to_owned(), self.run.state.total_flos),
             ("train_loss".to_owned(), total_loss / steps.max(1) as f64),
         ]);
+        self.memory_stage_ends(Stage::Train, &mut train_metrics)?;
         let train_metrics = self.log(train_metrics)?;
         self.fire(Event::TrainEnd, &[])?;
         let evaluates = !self.eval.is_empty() && self.config.args.eval_strategy != IntervalStrategy::No;
