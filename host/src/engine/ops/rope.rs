@@ -61,6 +61,9 @@ impl Rope {
 pub struct RopeTables {
     pub cos: Tensor,
     pub sin: Tensor,
+    /// sin with its first half negated: rotate_half's sign folded into the table, so that
+    /// a rotation needs no `cat` (see `apply_rotary`).
+    pub signed_sin: Tensor,
 }
 
 impl RopeTables {
@@ -68,7 +71,9 @@ impl RopeTables {
         let positions = Tensor::arange(length, (Kind::Float, inv_freq.device()));
         let freqs = positions.outer(inv_freq);
         let emb = Tensor::cat(&[&freqs, &freqs], -1).view([1, 1, length, -1]);
-        Self { cos: emb.cos().to_kind(kind), sin: emb.sin().to_kind(kind) }
+        let sin = freqs.sin().view([1, 1, length, -1]);
+        let signed_sin = Tensor::cat(&[&sin.neg(), &sin], -1).to_kind(kind);
+        Self { cos: emb.cos().to_kind(kind), sin: emb.sin().to_kind(kind), signed_sin }
     }
 }
 
@@ -78,10 +83,18 @@ impl RopeTables {
 pub fn apply_rotary(x: &Tensor, tables: &RopeTables) -> Tensor {
     let (width, rotated) = (x.size()[3], tables.cos.size()[3]);
     if rotated == width {
-        return apply_rotary_reference(x, tables);
+        return rotate(x, tables);
     }
-    let turned = apply_rotary_reference(&x.narrow(3, 0, rotated), tables);
+    let turned = rotate(&x.narrow(3, 0, rotated), tables);
     Tensor::cat(&[&turned, &x.narrow(3, rotated, width - rotated)], -1)
+}
+
+/// The reference's rotation with rotate_half(x) * sin as [x2, x1] * [-sin, sin]: a roll
+/// by half the width instead of two slices, a negation and a `cat` (forward and backward),
+/// and bit for bit the same values (negating a factor is exact).
+fn rotate(x: &Tensor, tables: &RopeTables) -> Tensor {
+    let half = x.size()[3] / 2;
+    x * &tables.cos + x.roll([half], [3]) * &tables.signed_sin
 }
 
 /// transformers' `apply_rotary_pos_emb`: x * cos + rotate_half(x) * sin, with
@@ -107,6 +120,23 @@ mod tests {
         let pair_norms = |t: &Tensor| (t.narrow(3, 0, 4).square() + t.narrow(3, 4, 4).square()).sqrt();
         assert!(pair_norms(&rotated).allclose(&pair_norms(&x), 1e-5, 1e-5, false));
         assert!(rotated.narrow(2, 0, 1).allclose(&x.narrow(2, 0, 1), 0.0, 0.0, false));
+    }
+
+    #[test]
+    fn the_rotation_without_cat_is_the_reference_bit_for_bit() {
+        let _generator = crate::engine::rng::lock_generator();
+        let rope = Rope { theta: 10_000.0, scaling: RopeScaling::None };
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let tables = RopeTables::new(&rope.inverse_frequencies(16, Device::Cpu), 7, kind);
+            let x = Tensor::randn([2, 3, 7, 16], (kind, Device::Cpu)).set_requires_grad(true);
+            let (ours, reference) = (apply_rotary(&x, &tables), apply_rotary_reference(&x, &tables));
+            assert!(ours.equal(&reference), "{kind:?}");
+            let upstream = Tensor::randn([2, 3, 7, 16], (kind, Device::Cpu));
+            let ours_grad = Tensor::run_backward(&[(&ours * &upstream).sum(Kind::Float)], &[&x], false, false);
+            let reference_grad =
+                Tensor::run_backward(&[(&reference * &upstream).sum(Kind::Float)], &[&x], false, false);
+            assert!(ours_grad[0].equal(&reference_grad[0]), "{kind:?} gradients");
+        }
     }
 
     #[test]
