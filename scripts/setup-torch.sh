@@ -31,8 +31,9 @@ fi
 # Trainer needs accelerate), and the LoRA tests check adapters against PEFT's. Pinned: the
 # ports follow these versions' modelling code and file formats.
 # The stock metric, optimizer and augmentation plugins are checked against scikit-learn,
-# torch.optim and torchvision (0.26 is the torchvision built for torch 2.11).
-TRANSFORMERS_PINS="transformers==5.24.0 tokenizers==0.23.3 accelerate==1.15.0 peft==0.21.2 scikit-learn==1.9.1 torchvision==0.26.0"
+# torch.optim and torchvision (0.26 is the torchvision built for torch 2.11). Chat and
+# prompt-completion data are checked against TRL's SFTTrainer (which needs datasets).
+TRANSFORMERS_PINS="transformers==5.24.0 tokenizers==0.23.3 accelerate==1.15.0 peft==0.21.2 scikit-learn==1.9.1 torchvision==0.26.0 trl==1.16.0 datasets==5.2.0"
 if ! "$VENV/bin/python" -c "
 import importlib.metadata as m, sys
 want = dict(p.split('==') for p in '$TRANSFORMERS_PINS'.split())

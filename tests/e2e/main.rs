@@ -21,6 +21,7 @@ mod models;
 mod override_plugins;
 mod plots;
 mod pretrained;
+mod sft;
 mod stock_plugins;
 mod training;
 mod weighted_ce;

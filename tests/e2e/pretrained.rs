@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use crate::support::{host, path_str, repo, Run};
 
 /// The models and references, made once for all the tests here (they only read them).
-fn models() -> &'static Path {
+pub(crate) fn models() -> &'static Path {
     static MODELS: OnceLock<PathBuf> = OnceLock::new();
     MODELS.get_or_init(|| crate::support::make_pretrained_oracle("hf_oracle.py", "pretrained-oracle"))
 }

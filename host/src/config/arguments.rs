@@ -270,6 +270,13 @@ training_arguments! {
     num_attention_heads: i64 = 4, flag i64;
     /// Longest token sequence: text is truncated to it; the model's context length.
     max_seq_length: i64 = 128, flag i64;
+    /// Chat data (`messages`): learn only the assistant's tokens, the `{% generation %}`
+    /// blocks of the tokenizer's chat template (TRL's assistant_only_loss).
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    assistant_only_loss: bool = false, flag bool;
+    /// Prompt-completion data: learn only the completion's tokens (TRL's
+    /// completion_only_loss); default: yes.
+    completion_only_loss: Option<bool> = None, flag bool;
     /// Dropout probability inside the model (training only).
     dropout: f64 = 0.0, flag f64;
     /// Number of classes; default: the largest label + 1.

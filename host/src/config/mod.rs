@@ -183,6 +183,8 @@ impl ResolvedConfig {
                 max_seq_length: args.max_seq_length,
                 generation_separator: args.generation_separator.clone(),
                 pad_candidates,
+                assistant_only_loss: args.assistant_only_loss,
+                completion_only_loss: args.completion_only_loss.unwrap_or(true),
             },
             validation_split_percentage: args.validation_split_percentage,
             max_train_samples: args.max_train_samples,

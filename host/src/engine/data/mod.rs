@@ -5,11 +5,13 @@
 //! `teacher_logits`, ...), each a tensor whose first dimension is the example. A batch has
 //! the same fields; the model reads the ones it needs and a loss plugin receives them all.
 
+mod chat;
 mod digits;
 mod files;
 mod label_names;
 mod parquet;
 pub mod prefetch;
+mod sft;
 mod text;
 mod token_labels;
 pub mod transform;
@@ -51,6 +53,10 @@ pub struct FileOptions {
     /// Text: the padding token, first of these the tokenizer knows (a pretrained model's
     /// settings); else the tokenizer's own padding or a conventional pad token.
     pub pad_candidates: Vec<TokenRef>,
+    /// Chat data: only the assistant's tokens are learned (TRL's assistant_only_loss).
+    pub assistant_only_loss: bool,
+    /// Prompt-completion data: only the completion's tokens are learned.
+    pub completion_only_loss: bool,
 }
 
 /// The data a run trains and evaluates on, as the arguments name it.

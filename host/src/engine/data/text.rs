@@ -14,7 +14,9 @@ use std::path::Path;
 use tch::Tensor;
 use tokenizers::Tokenizer;
 
+use super::chat::ChatTemplate;
 use super::label_names::{self, RawLabel};
+use super::sft::{self, Format, Preparer};
 use super::{Dataset, FileOptions, TokenRef};
 use crate::error::InputError;
 
@@ -22,6 +24,10 @@ pub fn read_jsonl(path: &Path, options: &FileOptions) -> Result<Dataset, InputEr
     let shown = path.display().to_string();
     let tokenizer = load_tokenizer(&shown, options)?;
     let text = std::fs::read_to_string(path).map_err(|e| InputError::new(format!("cannot read {shown}: {e}")))?;
+    let first = text.lines().find(|l| !l.trim().is_empty()).and_then(|l| serde_json::from_str(l).ok());
+    if let Some(format) = first.as_ref().and_then(Format::of) {
+        return read_sft(&shown, &text, format, &tokenizer, options);
+    }
     let mut texts: Vec<String> = Vec::new();
     let mut labels: Vec<RawLabel> = Vec::new();
     let mut label_key: Option<String> = None;
@@ -67,6 +73,65 @@ pub fn read_jsonl(path: &Path, options: &FileOptions) -> Result<Dataset, InputEr
     Ok(dataset)
 }
 
+/// TRL's conversational or prompt-completion rows (sft.rs), as language-modelling data.
+fn read_sft(
+    shown: &str,
+    text: &str,
+    format: Format,
+    tokenizer: &Tokenizer,
+    options: &FileOptions,
+) -> Result<Dataset, InputError> {
+    let template = match &options.tokenizer_file {
+        Some(file) => ChatTemplate::find(Path::new(file))?,
+        None => None,
+    };
+    if options.assistant_only_loss {
+        if format == Format::PromptCompletion && first_is_text(text) {
+            return Err(InputError::new(format!(
+                "{shown}: assistant_only_loss needs chat data (messages); prompt-completion text learns the completion with completion_only_loss"
+            )));
+        }
+        if let Some(template) = template.as_ref().filter(|t| !t.marks_generation) {
+            return Err(InputError::new(format!(
+                "assistant_only_loss needs a chat template that marks the assistant's tokens with {{% generation %}} ... {{% endgeneration %}}, and {} has none; add them around the assistant's content, or set assistant_only_loss false",
+                template.origin.display()
+            )));
+        }
+    }
+    let preparer = Preparer { tokenizer, template: template.as_ref(), options, source: shown };
+    let mut examples = Vec::new();
+    for (index, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = |why: String| InputError::new(format!("{shown} line {}: {why}", index + 1));
+        examples.push(preparer.example(format, line, &at)?);
+    }
+    let total = examples.len();
+    let (cut, dropped) = sft::truncate_and_drop(&mut examples, options.max_seq_length.max(1) as usize);
+    if cut > 0 {
+        tracing::info!("{shown}: {cut} of {total} examples cut to max_seq_length {} tokens", options.max_seq_length);
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            "{shown}: {dropped} examples dropped: nothing left to learn within max_seq_length {}",
+            options.max_seq_length
+        );
+    }
+    if examples.is_empty() {
+        return Err(InputError::new(format!(
+            "{shown}: no example has a token to learn within max_seq_length {}; raise max_seq_length",
+            options.max_seq_length
+        )));
+    }
+    let targets = examples.iter().map(sft::next_token_targets).collect();
+    let sequences = examples.into_iter().map(|e| e.ids).collect();
+    token_dataset(shown, tokenizer, sequences, Targets::NextTokens(targets), options)
+}
+
+/// Whether the first row's prompt is text (not a list of messages).
+fn first_is_text(text: &str) -> bool {
+    let first = text.lines().find(|l| !l.trim().is_empty());
+    first.and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()).is_some_and(|row| row["prompt"].is_string())
+}
+
 /// Reads `tokenizer_file`.
 pub fn load_tokenizer(source: &str, options: &FileOptions) -> Result<Tokenizer, InputError> {
     let tokenizer_file = options.tokenizer_file.as_deref().ok_or_else(|| {
@@ -91,11 +156,16 @@ pub fn from_texts(
     place: impl Fn(usize) -> String,
 ) -> Result<Dataset, InputError> {
     let mut sequences: Vec<Vec<i64>> = Vec::with_capacity(texts.len());
+    let limit = options.max_seq_length.max(1) as usize;
+    let mut cut = 0;
     for (row, text) in texts.iter().enumerate() {
         let at = |why: &str| InputError::new(format!("{source} {}: {why}", place(row)));
         let encoding = tokenizer.encode(text.as_str(), true).map_err(|e| at(&format!("cannot tokenize ({e})")))?;
         let mut ids: Vec<i64> = encoding.get_ids().iter().map(|&id| id as i64).collect();
-        ids.truncate(options.max_seq_length.max(1) as usize);
+        if ids.len() > limit {
+            ids.truncate(limit);
+            cut += 1;
+        }
         if ids.is_empty() {
             return Err(at("the text gives no tokens"));
         }
@@ -104,6 +174,13 @@ pub fn from_texts(
     if sequences.is_empty() {
         return Err(InputError::new(format!("{source}: no examples")));
     }
+    if cut > 0 {
+        tracing::info!(
+            "{source}: {cut} of {} texts cut to max_seq_length {} tokens",
+            texts.len(),
+            options.max_seq_length
+        );
+    }
     if labels.is_none() && sequences.iter().all(|s| s.len() < 2) {
         // Language modelling learns each next token: a one-token text has none.
         return Err(InputError::new(format!(
@@ -111,16 +188,38 @@ pub fn from_texts(
             options.max_seq_length
         )));
     }
+    let targets = match labels {
+        Some(labels) => Targets::Classes(labels),
+        // Language modelling: the label at each position is the next token.
+        None => Targets::NextTokens(sequences.iter().map(|s| s[1..].to_vec()).collect()),
+    };
+    token_dataset(source, tokenizer, sequences, targets, options)
+}
+
+/// What a token dataset learns.
+enum Targets {
+    /// A class per sequence.
+    Classes(Vec<i64>),
+    /// A target per position but the last (the next token, or -100 where it is not
+    /// learned); -100 past the end.
+    NextTokens(Vec<Vec<i64>>),
+}
+
+/// `input_ids` and `attention_mask` padded to the longest sequence, and the labels.
+fn token_dataset(
+    source: &str,
+    tokenizer: &Tokenizer,
+    sequences: Vec<Vec<i64>>,
+    targets: Targets,
+    options: &FileOptions,
+) -> Result<Dataset, InputError> {
     let pad = pad_id(tokenizer, &options.pad_candidates);
     let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
     let (n, t) = (sequences.len() as i64, longest as i64);
     let (ids, mask) = super::pad_rows(&sequences, pad, longest);
-    // Language modelling: the label at each position is the next token, -100 past the end.
-    let shifted: Vec<Vec<i64>> = sequences.iter().map(|s| s[1..].to_vec()).collect();
-    let (next, _) = super::pad_rows(&shifted, -100, longest);
-    let labels = match labels {
-        Some(labels) => Tensor::from_slice(&labels),
-        None => Tensor::from_slice(&next).view([n, t]),
+    let labels = match targets {
+        Targets::Classes(labels) => Tensor::from_slice(&labels),
+        Targets::NextTokens(next) => Tensor::from_slice(&super::pad_rows(&next, -100, longest).0).view([n, t]),
     };
     let fields = vec![
         ("input_ids".to_owned(), Tensor::from_slice(&ids).view([n, t])),

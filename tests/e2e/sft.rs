@@ -1,0 +1,128 @@
+//! Chat and prompt-completion data in TRL's formats, against TRL's SFTTrainer: the data it
+//! prepares (chat template, assistant and completion masks, truncation) evaluated by
+//! transformers gives the host's eval_loss on the same files.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::support::*;
+
+/// tests/pretrained/sft_oracle.py's model (with a chat template) and data, made once.
+fn work() -> &'static Path {
+    static WORK: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = WORK.get_or_init(|| {
+        let dir = tempdir();
+        let base = crate::pretrained::models().join("llama-causal/model");
+        pretrained_oracle("sft_oracle.py", &["make", path_str(&base), path_str(dir.path())]);
+        let path = dir.path().to_owned();
+        (dir, path)
+    });
+    path
+}
+
+/// The host's eval_loss of `data` (one batch) with `flags`, and its stderr.
+fn host_eval_loss(data: &Path, flags: &[&str]) -> (f64, String) {
+    let dir = tempdir();
+    let output = dir.path().join("out");
+    let model = work().join("model");
+    let mut args = vec!["--model-name-or-path", path_str(&model), "--train-file", path_str(data)];
+    args.extend(["--eval-file", path_str(data), "--do-train", "false", "--do-eval", "true"]);
+    args.extend(["--per-device-eval-batch-size", "64", "--output-dir", path_str(&output), "--device", "cpu"]);
+    args.extend(flags);
+    let run = host(dir.path(), &args);
+    assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("eval_results.json")).unwrap()).unwrap();
+    (results["eval_loss"].as_f64().unwrap(), run.stderr)
+}
+
+fn trl_eval_loss(data: &Path, assistant_only: bool, completion_only: bool, max_length: i64) -> f64 {
+    let model = work().join("model");
+    let flags = [assistant_only.to_string(), completion_only.to_string(), max_length.to_string()];
+    let printed = pretrained_oracle(
+        "sft_oracle.py",
+        &["loss", path_str(&model), path_str(data), &flags[0], &flags[1], &flags[2]],
+    );
+    let report: serde_json::Value = serde_json::from_str(printed.trim().lines().last().unwrap()).unwrap();
+    report["eval_loss"].as_f64().unwrap()
+}
+
+#[test]
+fn chat_and_prompt_completion_data_evaluate_as_trl_prepares_them() {
+    // (file, assistant_only_loss, completion_only_loss): every mask TRL builds.
+    let cases = [
+        ("chat.jsonl", false, true),
+        ("chat.jsonl", true, true),
+        ("pc_text.jsonl", false, true),
+        ("pc_text.jsonl", false, false),
+        ("pc_chat.jsonl", false, true),
+        ("pc_chat.jsonl", true, true),
+    ];
+    let mut losses = Vec::new();
+    for (file, assistant_only, completion_only) in cases {
+        let data = work().join(file);
+        let flags = ["--max-seq-length", "128", "--assistant-only-loss", if assistant_only { "true" } else { "false" }];
+        let completion = ["--completion-only-loss", if completion_only { "true" } else { "false" }];
+        let (mine, _) = host_eval_loss(&data, &[&flags[..], &completion[..]].concat());
+        let theirs = trl_eval_loss(&data, assistant_only, completion_only, 128);
+        assert!(
+            (mine - theirs).abs() <= 1e-5 * theirs,
+            "{file} assistant_only {assistant_only} completion_only {completion_only}: eval_loss {mine}, TRL {theirs}"
+        );
+        losses.push(mine);
+    }
+    // The masks matter: learning everything is another loss than the assistant's share.
+    assert!((losses[0] - losses[1]).abs() > 1e-3, "{losses:?}");
+    assert!((losses[2] - losses[3]).abs() > 1e-3, "{losses:?}");
+}
+
+#[test]
+fn long_chats_are_cut_as_trl_cuts_them_and_said_so() {
+    let data = work().join("chat.jsonl");
+    // At 40 tokens five chats are cut, and two keep no assistant token: dropped, as TRL.
+    let (mine, stderr) = host_eval_loss(&data, &["--max-seq-length", "40", "--assistant-only-loss"]);
+    let theirs = trl_eval_loss(&data, true, true, 40);
+    assert!((mine - theirs).abs() <= 1e-5 * theirs, "eval_loss {mine}, TRL {theirs}");
+    assert!(stderr.contains("5 of 6 examples cut to max_seq_length 40 tokens"), "{stderr}");
+    assert!(stderr.contains("2 examples dropped: nothing left to learn"), "{stderr}");
+}
+
+#[test]
+fn chat_data_without_a_usable_template_is_refused_by_name() {
+    let dir = tempdir();
+    let chat = work().join("chat.jsonl");
+    // The base folder has no chat template.
+    let base = crate::pretrained::models().join("llama-causal/model");
+    let run = host(
+        dir.path(),
+        &["--model-name-or-path", path_str(&base), "--train-file", path_str(&chat), "--output-dir", "out"],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("chat data needs a chat template") && run.stderr.contains("tokenizer_config.json"),
+        "{}",
+        run.stderr
+    );
+    // A template without generation blocks cannot say which tokens are the assistant's.
+    let folder = dir.path().join("model");
+    std::fs::create_dir(&folder).unwrap();
+    for entry in std::fs::read_dir(work().join("model")).unwrap().flatten() {
+        std::fs::copy(entry.path(), folder.join(entry.file_name())).unwrap();
+    }
+    let plain = std::fs::read_to_string(folder.join("chat_template.jinja")).unwrap();
+    let plain = plain.replace("{% generation %}", "").replace("{% endgeneration %}", "");
+    std::fs::write(folder.join("chat_template.jinja"), plain).unwrap();
+    let args = ["--model-name-or-path", path_str(&folder), "--train-file", path_str(&chat), "--output-dir", "out"];
+    let run = host(dir.path(), &[&args[..], &["--assistant-only-loss"]].concat());
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("{% generation %}") && run.stderr.contains("chat_template.jinja"), "{}", run.stderr);
+    // Without assistant_only_loss the same template trains on every token.
+    let run = host(dir.path(), &[&args[..], &["--max-steps", "2", "--save-strategy", "no"]].concat());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // Prompt-completion text has no assistant turns.
+    let text = work().join("pc_text.jsonl");
+    let args = ["--model-name-or-path", path_str(&folder), "--train-file", path_str(&text), "--assistant-only-loss"];
+    let run = host(dir.path(), &args);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("assistant_only_loss needs chat data (messages)"), "{}", run.stderr);
+}
