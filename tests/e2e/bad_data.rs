@@ -39,7 +39,6 @@ pq.write_table(pa.table({"input": empty, "label": pa.array([0, 1, 0, 1])}), "emp
 pq.write_table(pa.table({"a": pa.array([1.0, 2.0, 3.0, 4.0])}), "nolabel.parquet")
 pq.write_table(pa.table({"text": pa.array(["a", "b", "c", "d"]), "label": pa.array([0, 1, 0, 1])}), "text.parquet")
 pq.write_table(pa.table({"a": pa.array([1.0, float("nan"), 3.0, 4.0]), "label": pa.array([0, 1, 0, 1])}), "nan.parquet")
-pq.write_table(pa.table({"a": pa.array([1.0, 2.0, 3.0, 4.0]), "label": pa.array(["cat", "dog", "cat", "dog"])}), "string_labels.parquet")
 save_file({"layers.0.weight": np.zeros((3, 3), np.float32)}, "init_wrong.safetensors")
 "#;
 
@@ -167,11 +166,6 @@ fn malformed_data_ends_in_one_clear_line() {
         (&["--train-file", "garbage.parquet"], 2, "garbage.parquet: not a readable Parquet file"),
         (&["--train-file", "empty_lists.parquet"], 2, "needs at least one feature per example"),
         (&["--train-file", "nolabel.parquet"], 2, "nolabel.parquet: no 'labels' field"),
-        (
-            &["--train-file", "string_labels.parquet"],
-            2,
-            "string_labels.parquet: label column 'label' holds strings; give class ids",
-        ),
         (&["--train-file", "text.parquet"], 2, "text.parquet: text data needs tokenizer_file"),
         (
             &["--train-file", "nan.parquet"],

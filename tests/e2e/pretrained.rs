@@ -215,6 +215,80 @@ fn with_label_names(from: &Path, to: &Path, names: &[&str]) {
     std::fs::write(to, rows.join("\n")).unwrap();
 }
 
+/// Writes `datasets`' own forms of the labeled texts: save_to_disk folders with a
+/// ClassLabel (names in ClassLabel's order, not sorted), a DatasetDict, and an Arrow
+/// stream file and a Parquet file with the labels as names.
+const DATASETS_FORMS: &str = r#"
+import json, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+src, out, names = sys.argv[1], sys.argv[2], ["pos", "neg", "mid"]
+features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
+def rows(split):
+    return [json.loads(l) for l in open(f"{src}/labeled_{split}.jsonl") if l.strip()]
+sets = {s: Dataset.from_list(rows(s), features=features) for s in ["train", "eval"]}
+for split, ds in sets.items():
+    ds.save_to_disk(f"{out}/{split}_folder")
+DatasetDict({"train": sets["train"], "test": sets["eval"]}).save_to_disk(f"{out}/dict")
+named = pa.table({"text": [r["text"] for r in rows("train")], "label": [names[r["label"]] for r in rows("train")]})
+with pa.ipc.new_stream(f"{out}/named.arrow", named.schema) as writer:
+    writer.write_table(named)
+pq.write_table(named, f"{out}/named.parquet")
+"#;
+
+#[test]
+fn datasets_folders_and_arrow_files_train_as_the_same_texts_in_json_lines() {
+    let models = models();
+    let dir = crate::support::tempdir();
+    let d = dir.path();
+    let script = d.join("forms.py");
+    std::fs::write(&script, DATASETS_FORMS).unwrap();
+    let made = std::process::Command::new(crate::support::repo().join(".venv/bin/python"))
+        .args([path_str(&script), path_str(models), path_str(d)])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let model = models.join("llama-classifier/model");
+    let (ids_train, ids_eval) = (models.join("labeled_train.jsonl"), models.join("labeled_eval.jsonl"));
+    let train = |name: &str, train: &Path, eval: &Path| {
+        let out = d.join(name);
+        let run = crate::support::fine_tune(d, &model, train, eval, &out, &[]);
+        assert_eq!(run.code, 0, "{name}: {}", run.stderr);
+        out
+    };
+    let by_id = train("by_id", &ids_train, &ids_eval);
+    let folders = train("folders", &d.join("train_folder"), &d.join("eval_folder"));
+    let weights = |out: &Path| std::fs::read(out.join("model.safetensors")).unwrap();
+    assert!(weights(&folders) == weights(&by_id), "a save_to_disk folder trained other weights than its JSON Lines");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folders.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["id2label"],
+        serde_json::json!({"0": "pos", "1": "neg", "2": "mid"}),
+        "ClassLabel's names, in order"
+    );
+    // Labels as names, in an Arrow stream and in Parquet: numbered in sorted order (mid 0,
+    // neg 1, pos 2), as class_encode_column would; the same model as each other.
+    let arrow = train("arrow", &d.join("named.arrow"), &d.join("named.arrow"));
+    let parquet = train("parquet", &d.join("named.parquet"), &d.join("named.parquet"));
+    assert!(weights(&arrow) == weights(&parquet), "the Arrow and Parquet forms of one table trained differently");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(arrow.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["id2label"], serde_json::json!({"0": "mid", "1": "neg", "2": "pos"}));
+    // A DatasetDict names its splits.
+    let dict = d.join("dict");
+    let out = d.join("refused");
+    crate::support::fine_tune(d, &model, &dict, &ids_eval, &out, &[]).assert_clean_error(
+        2,
+        &format!(
+            "{} is a DatasetDict; give one split's folder: {}, {}",
+            dict.display(),
+            dict.join("train").display(),
+            dict.join("test").display()
+        ),
+    );
+}
+
 #[test]
 fn labels_given_by_name_train_as_their_ids_and_name_the_classes() {
     // Names sort as their ids: training on names is training on ids, bit for bit, and the

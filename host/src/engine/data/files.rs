@@ -23,6 +23,9 @@ pub fn load_file(path: &Path, options: &FileOptions) -> Result<Dataset, InputErr
         return Err(InputError::new(format!("data file {shown} does not exist")));
     }
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if path.is_dir() && super::arrow::is_datasets_folder(path) {
+        return super::arrow::read_datasets_folder(path, options);
+    }
     let mut fields = if path.is_dir() {
         read_npy_folder(path)?
     } else {
@@ -37,9 +40,10 @@ pub fn load_file(path: &Path, options: &FileOptions) -> Result<Dataset, InputErr
             "csv" => return read_csv(path, options),
             "jsonl" => return super::text::read_jsonl(path, options),
             "parquet" => return super::parquet::read_parquet(path, options),
+            "arrow" => return super::arrow::read_arrow_file(path, options),
             other => {
                 return Err(InputError::new(format!(
-                    "{shown}: unknown data format '.{other}'; give .safetensors, .npz, .csv, .parquet, .jsonl (with tokenizer_file) or a folder of .npy files"
+                    "{shown}: unknown data format '.{other}'; give .safetensors, .npz, .csv, .parquet, .arrow, .jsonl (with tokenizer_file), a folder of .npy files or a `datasets` save_to_disk folder"
                 )))
             }
         }
@@ -178,7 +182,7 @@ fn read_npy_folder(dir: &Path) -> Result<Vec<(String, Tensor)>, InputError> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(InputError::new(format!("{shown}: no .npy files in the folder")));
+        return Err(InputError::new(format!("{shown}: no .npy files in the folder (a data folder holds .npy arrays, or is one that `datasets` wrote with save_to_disk)")));
     }
     files
         .iter()

@@ -39,8 +39,9 @@ pub fn encode(
     Ok((ids, Some(sorted)))
 }
 
-/// The ids of `eval`'s labels renumbered by the training data's names (`train`), where
-/// both name their labels; an evaluation label the training data lacks is an error.
+/// The ids of `eval`'s labels renumbered by the training data's names (`train`, in id
+/// order), where both name their labels; an evaluation label the training data lacks is
+/// an error.
 pub fn renumber(
     eval_names: &[String],
     eval_ids: &[i64],
@@ -50,7 +51,8 @@ pub fn renumber(
     let map: Vec<i64> = eval_names
         .iter()
         .map(|name| {
-            train.binary_search(name).map(|i| i as i64).map_err(|_| {
+            // By place, not by search: a ClassLabel's names keep their own order.
+            train.iter().position(|n| n == name).map(|i| i as i64).ok_or_else(|| {
                 InputError::new(format!(
                     "{source}: label '{name}' does not occur in the training data (its labels: {}); give evaluation data with the training data's labels",
                     train.join(", ")

@@ -5,6 +5,7 @@
 //! `teacher_logits`, ...), each a tensor whose first dimension is the example. A batch has
 //! the same fields; the model reads the ones it needs and a loss plugin receives them all.
 
+mod arrow;
 mod chat;
 mod digits;
 mod files;

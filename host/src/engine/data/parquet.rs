@@ -13,11 +13,12 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use tch::{Kind, Tensor};
 
+use super::label_names::{self, RawLabel};
 use super::{text, Dataset, FileOptions};
 use crate::error::InputError;
 
 /// One column's values, by kind.
-enum Column {
+pub(super) enum Column {
     Numbers { values: Vec<f64>, whole: bool },
     Lists { rows: Vec<Vec<f64>>, whole: bool },
     Texts(Vec<String>),
@@ -80,6 +81,18 @@ pub fn read_parquet(path: &Path, options: &FileOptions) -> Result<Dataset, Input
     }
     let columns: Vec<(String, Column)> =
         names.into_iter().zip(columns).filter_map(|(name, column)| column.map(|c| (name, c))).collect();
+    from_columns(&shown, columns, options)
+}
+
+/// A data set from named columns (a Parquet file's, an Arrow file's), as described above;
+/// a label column of strings holds class names (numbered as label_names.rs says).
+pub(super) fn from_columns(
+    shown: &str,
+    columns: Vec<(String, Column)>,
+    options: &FileOptions,
+) -> Result<Dataset, InputError> {
+    let shown = shown.to_owned();
+    let mut columns = columns;
     if columns.is_empty() {
         return Err(InputError::new(format!("{shown}: no examples")));
     }
@@ -91,23 +104,32 @@ pub fn read_parquet(path: &Path, options: &FileOptions) -> Result<Dataset, Input
         None => super::default_label(columns.iter().map(|(n, _)| n.as_str())).unwrap_or(usize::MAX),
     };
 
+    // Class names in the label column: numbered, the names kept for id2label.
+    let mut names = None;
+    if let Some((name, Column::Texts(texts))) = columns.get(label).filter(|(n, _)| *n != options.text_column) {
+        if name != &options.text_column {
+            let raw = texts.iter().map(|t| RawLabel::Name(t.clone())).collect();
+            let (ids, found) = label_names::encode(raw, &shown, |row| format!("row {row}"))?;
+            names = found;
+            columns[label].1 = Column::Numbers { values: ids.into_iter().map(|id| id as f64).collect(), whole: true };
+        }
+    }
+
     // Text: tokenized, with the label column as class labels (or none: language modelling).
     if let Some((_, Column::Texts(texts))) = columns.iter().find(|(n, _)| *n == options.text_column) {
         let tokenizer = text::load_tokenizer(&shown, options)?;
         let labels = match columns.get(label) {
             Some((_, Column::Numbers { values, whole: true })) => Some(values.iter().map(|&v| v as i64).collect()),
-            Some((name, Column::Texts(_))) => return Err(string_labels(&shown, name)),
             Some((name, _)) => {
                 return Err(InputError::new(format!("{shown}: label column '{name}' does not hold whole numbers")))
             }
             None => None,
         };
-        return text::from_texts(&shown, &tokenizer, texts, labels, options, |row| format!("row {row}"));
+        let mut dataset = text::from_texts(&shown, &tokenizer, texts, labels, options, |row| format!("row {row}"))?;
+        dataset.label_names = names;
+        return Ok(dataset);
     }
 
-    if let Some((name, Column::Texts(_))) = columns.get(label) {
-        return Err(string_labels(&shown, name));
-    }
     let mut fields: Vec<(String, Tensor)> = Vec::new();
     let mut scalars: Vec<(String, Vec<f64>)> = Vec::new();
     for (i, (name, column)) in columns.into_iter().enumerate() {
@@ -164,14 +186,9 @@ pub fn read_parquet(path: &Path, options: &FileOptions) -> Result<Dataset, Input
     }
     let label_field = (label != usize::MAX).then_some("labels");
     super::token_labels::shift_for_causal_lm(&shown, &mut fields, label_field)?;
-    Dataset::new(&shown, fields)
-}
-
-/// A label column of strings: there, but not class ids.
-fn string_labels(shown: &str, name: &str) -> InputError {
-    InputError::new(format!(
-        "{shown}: label column '{name}' holds strings; give class ids (whole numbers 0..N-1) in it, or name another column with label_column"
-    ))
+    let mut dataset = Dataset::new(&shown, fields)?;
+    dataset.label_names = names;
+    Ok(dataset)
 }
 
 fn numbers(values: &[f64], whole: bool) -> Tensor {
