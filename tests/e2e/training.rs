@@ -258,3 +258,25 @@ fn memory_metrics_report_what_each_stage_kept_as_hf_does() {
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     assert!(!results(dir.path()).to_string().contains("_mem_"), "{}", results(dir.path()));
 }
+
+#[test]
+fn nothing_evaluated_means_no_validation_split() {
+    // The digits: 1797 examples, batch 64. Evaluated, 20% is split off (23 steps an
+    // epoch); with nothing evaluated every example trains (29 steps), and the log says so.
+    let dir = tempdir();
+    let steps = |run: &Run| -> i64 {
+        assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("output/trainer_state.json")).unwrap())
+                .unwrap();
+        state["global_step"].as_i64().unwrap()
+    };
+    let args = ["--num-train-epochs", "1", "--save-strategy", "no", "--output-dir", "output"];
+    let run = host(dir.path(), &[&args[..], &["--eval-strategy", "no"]].concat());
+    assert_eq!(steps(&run), 29);
+    assert!(run.stderr.contains("no validation split: nothing is evaluated"), "{}", run.stderr);
+    assert!(!results(dir.path()).to_string().contains("eval_"), "nothing evaluated");
+    let run = host(dir.path(), &[&args[..], &["--eval-strategy", "epoch"]].concat());
+    assert_eq!(steps(&run), 23);
+    assert!(!run.stderr.contains("no validation split"), "{}", run.stderr);
+}

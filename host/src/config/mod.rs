@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Result;
 use plugin_api::BestMetric;
 
+use crate::config::arguments::IntervalStrategy;
 use crate::engine::data::{DataSpec, FileOptions};
 use crate::engine::device::DeviceSpec;
 use crate::engine::distributed::{Backend, DistributedSpec};
@@ -187,6 +188,11 @@ impl ResolvedConfig {
                 completion_only_loss: args.completion_only_loss.unwrap_or(true),
             },
             validation_split_percentage: args.validation_split_percentage,
+            evaluates: args.eval_strategy != IntervalStrategy::No
+                || args.do_eval
+                || args.do_predict
+                || args.eval_on_start
+                || args.load_best_model_at_end,
             max_train_samples: args.max_train_samples,
             max_eval_samples: args.max_eval_samples,
         };

@@ -69,6 +69,9 @@ pub struct DataSpec {
     pub eval_file: Option<PathBuf>,
     pub files: FileOptions,
     pub validation_split_percentage: f64,
+    /// Whether the run evaluates (or predicts) at all: without an eval_file, the split is
+    /// taken only then.
+    pub evaluates: bool,
     pub max_train_samples: Option<i64>,
     pub max_eval_samples: Option<i64>,
 }
@@ -84,6 +87,14 @@ pub fn load(spec: &DataSpec) -> anyhow::Result<(Dataset, Dataset)> {
         Some(file) => {
             let eval = same_label_names(&train, load_file(file, &spec.files)?, file)?;
             limit(train, eval, spec.max_train_samples, spec.max_eval_samples)
+        }
+        None if !spec.evaluates => {
+            tracing::info!(
+                "no validation split: nothing is evaluated (eval_strategy no, do_eval and do_predict false), so all {} examples train",
+                train.len()
+            );
+            let eval = train.select(&[]);
+            (train.truncate(spec.max_train_samples), eval)
         }
         None if train.len() < 2 => {
             let source = spec.train_file.as_ref().map_or("the digits".to_owned(), |f| f.display().to_string());

@@ -476,7 +476,8 @@ pub(crate) fn classes(sizes: &Sizes, train: &Dataset, eval: &Dataset) -> Result<
             "labels are not whole numbers: the built-in models classify (give class ids 0..N-1), or use a loss plugin with a torchscript model",
         ));
     }
-    let largest = labels.iter().map(|l| l.max().int64_value(&[])).max().unwrap_or(0);
+    // An evaluation set may be empty (nothing is evaluated): it has no largest label.
+    let largest = labels.iter().filter(|l| l.numel() > 0).map(|l| l.max().int64_value(&[])).max().unwrap_or(0);
     if sizes.num_labels.is_none() && largest >= MAX_CLASSES {
         let (set, l) = if train.labels().max().int64_value(&[]) == largest {
             ("training", train.labels())
@@ -517,7 +518,7 @@ fn vocab_size(model: &str, sizes: &Sizes, train: &Dataset, eval: &Dataset) -> Re
             train.names().join(", ")
         )));
     }
-    let largest = ids.iter().map(|t| t.max().int64_value(&[])).max().unwrap_or(0);
+    let largest = ids.iter().filter(|t| t.numel() > 0).map(|t| t.max().int64_value(&[])).max().unwrap_or(0);
     let vocab = sizes.vocab_size.or(train.vocab_size).unwrap_or(largest + 1);
     if vocab > MAX_VOCAB {
         return Err(InputError::new(format!(

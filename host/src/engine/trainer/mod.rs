@@ -288,6 +288,8 @@ impl Trainer {
         let built_in = config.args.model_name_or_path.is_none();
         config.args.init_weights = None;
         config.args.resume_from_checkpoint = None;
+        // Evaluating or predicting is what this is for: the run's split is taken.
+        config.data.evaluates = true;
         let device = config.device.select()?;
         let components = selection::build(&config.plugins, &serde_json::to_string(&config.args)?)?;
         let (train, eval) = data::load(&config.data)?;

@@ -241,6 +241,9 @@ fn check_tokens(folder: &Folder, train: &Dataset, eval: &Dataset) -> Result<(), 
                 data.names().join(", ")
             )));
         };
+        if ids.numel() == 0 {
+            continue; // An evaluation set that nothing evaluates.
+        }
         let smallest = ids.min().int64_value(&[]);
         if smallest < 0 {
             return Err(InputError::new(format!(
