@@ -276,3 +276,34 @@ fn negative_numbers_after_a_space_are_values_checked_by_name() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("a value is required for '--output-dir <OUTPUT_DIR>'"), "{}", run.stderr);
 }
+
+#[test]
+fn a_json_dump_of_training_arguments_is_a_config_file() {
+    // What HF users have: TrainingArguments(...).to_json_string(), every field with HF's
+    // defaults (lists, a dict, nulls, do_train false) and the few they set.
+    let dir = tempdir();
+    let script = "from transformers import TrainingArguments\n\
+        a = TrainingArguments(output_dir='output', max_steps=6, learning_rate=3e-3, logging_steps=2, \
+        lr_scheduler_type='constant', report_to=[], save_strategy='no', use_cpu=True, per_device_train_batch_size=32)\n\
+        open('args.json', 'w').write(a.to_json_string())\n";
+    let made = std::process::Command::new(repo().join(".venv/bin/python"))
+        .args(["-c", script])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let run = host(dir.path(), &["--config", "args.json"]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let losses: Vec<serde_json::Value> =
+        log_history(dir.path()).into_iter().filter(|e| e.get("loss").is_some()).collect();
+    assert_eq!(losses.iter().map(|e| e["step"].as_i64().unwrap()).collect::<Vec<_>>(), [2, 4, 6]);
+    assert!(losses.iter().all(|e| e["learning_rate"].as_f64() == Some(3e-3)), "{losses:?}");
+    // The defaults that change nothing get one line, not one each.
+    let lines = run.stderr.lines().filter(|l| l.contains("no effect here")).count();
+    assert_eq!(lines, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("do_train, do_eval and do_predict are all false"), "{}", run.stderr);
+    // A JSON file that is not an object of arguments is one line naming it.
+    std::fs::write(dir.path().join("bad.json"), "[1, 2]").unwrap();
+    host(dir.path(), &["--config", "bad.json"])
+        .assert_clean_error(2, "config file bad.json: not a JSON object of training arguments");
+}

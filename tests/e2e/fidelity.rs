@@ -41,7 +41,8 @@ fn default_job_matches_a_plain_pytorch_loop_for_100_steps() {
     batches.truncate(steps);
 
     // Evaluated once at the end (do_eval), so the 80% split above is what trains.
-    let args = ["--init-weights", path_str(&init), "--max-steps", "100", "--logging-steps", "1", "--eval-strategy", "no"];
+    let args =
+        ["--init-weights", path_str(&init), "--max-steps", "100", "--logging-steps", "1", "--eval-strategy", "no"];
     let run = host(dir.path(), &[&args[..], &["--do-eval", "true"]].concat());
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     let host_losses: Vec<f64> =

@@ -221,7 +221,8 @@ pub const ANSWERS: &[(&str, Answer)] = &[
     (
         "accelerator_config",
         Answer::Refused {
-            defaults: NONE,
+            // AcceleratorConfig's defaults as to_json_string() writes them (nulls dropped).
+            defaults: &[r#"{"even_batches":true,"non_blocking":false,"split_batches":false,"use_seedable_sampler":true}"#],
             reason: "Accelerate is a Python library; batches are split across ranks by the host itself (see host launch)",
         },
     ),
@@ -332,15 +333,29 @@ fn normalize(value: &toml::Value) -> String {
 /// effect said in a log line), the first refused one is an error with its reason.
 pub fn take_answered(table: &mut toml::Table, origin: &str) -> Result<(), InputError> {
     let given: Vec<String> = table.keys().filter(|k| answer(k).is_some()).cloned().collect();
+    let mut without_effect = Vec::new();
     for name in given {
         let value = table.remove(&name).expect("a key just listed");
         let shown = normalize(&value);
         match answer(&name).expect("an answered name") {
-            Answer::NoEffect(reason) => tracing::info!("{name} = {shown}: no effect here: {reason}"),
+            Answer::NoEffect(reason) => without_effect.push((name, shown, reason)),
             Answer::Refused { defaults, .. } if defaults.contains(&shown.as_str()) => {}
             Answer::Refused { reason, .. } => {
                 return Err(InputError::new(format!("{origin}: {name} = {shown} is not supported: {reason}")))
             }
+        }
+    }
+    // A whole TrainingArguments dump names many: one line then, each reason when few.
+    match without_effect.len() {
+        0 => {}
+        1..=3 => {
+            for (name, shown, reason) in &without_effect {
+                tracing::info!("{name} = {shown}: no effect here: {reason}");
+            }
+        }
+        n => {
+            let names: Vec<&str> = without_effect.iter().map(|(name, _, _)| name.as_str()).collect();
+            tracing::info!("{n} settings have no effect here: {} (given alone, each says why)", names.join(", "));
         }
     }
     Ok(())

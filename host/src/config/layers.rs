@@ -55,15 +55,86 @@ pub fn with_defaults(user: toml::Table) -> toml::Table {
     table
 }
 
-/// Reads a TOML config file into a table; errors are one line with the line number.
+/// Reads a TOML config file, or a JSON one (`.json`: what `TrainingArguments.to_json_string()`
+/// and HF's example scripts take), into a table; errors are one line with the line number.
 pub fn read_config_file(path: &Path) -> Result<toml::Table> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| InputError::new(format!("cannot read config file {}: {e}", path.display())))?;
-    toml::from_str::<toml::Table>(&text).map_err(|e| {
+    let mut table = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+        json_table(&text).map_err(|why| InputError::new(format!("config file {}: {why}", path.display())))?
+    } else {
+        toml_table(&text, path)?
+    };
+    join_string_lists(&mut table);
+    read_script_flags_as_defaults(&mut table, path);
+    Ok(table)
+}
+
+/// do_train, do_eval and do_predict all false is how `TrainingArguments.to_dict()` writes
+/// its defaults (Trainer itself never reads them): in a file that means "not set", so the
+/// run trains, rather than "nothing to do".
+fn read_script_flags_as_defaults(table: &mut toml::Table, path: &Path) {
+    let off = |key: &str| table.get(key).is_some_and(|v| v.as_bool() == Some(false));
+    if off("do_train") && off("do_eval") && off("do_predict") {
+        tracing::info!(
+            "{}: do_train, do_eval and do_predict are all false, as TrainingArguments.to_dict() writes its defaults: read as not set (the run trains)",
+            path.display()
+        );
+        for key in ["do_train", "do_eval", "do_predict"] {
+            table.remove(key);
+        }
+    }
+}
+
+/// Arguments HF holds as lists of names (`report_to = []` from `to_dict()`), which the
+/// host's flags take comma-separated.
+const NAME_LISTS: &[&str] = &["report_to", "lora_target_modules", "lora_modules_to_save"];
+
+fn join_string_lists(table: &mut toml::Table) {
+    for key in NAME_LISTS {
+        if let Some(toml::Value::Array(items)) = table.get(*key) {
+            if let Some(names) = items.iter().map(toml::Value::as_str).collect::<Option<Vec<_>>>() {
+                let joined = if names.is_empty() && *key == "report_to" { "none".to_owned() } else { names.join(",") };
+                table.insert((*key).to_owned(), toml::Value::String(joined));
+            }
+        }
+    }
+}
+
+fn toml_table(text: &str, path: &Path) -> Result<toml::Table> {
+    toml::from_str::<toml::Table>(text).map_err(|e| {
         let line = e.span().map(|span| text[..span.start].lines().count().max(1));
         let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
         InputError::new(format!("config file {}{at}: {}", path.display(), e.message().trim().replace('\n', "; ")))
             .into()
+    })
+}
+
+/// A JSON object as a TOML table. JSON's null (Python's None) means "the default": the key
+/// is left out, as TOML has no null.
+fn json_table(text: &str) -> std::result::Result<toml::Table, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON (line {}, column {}: {e})", e.line(), e.column()))?;
+    match json_to_toml(value) {
+        Some(toml::Value::Table(table)) => Ok(table),
+        _ => Err("not a JSON object of training arguments".to_owned()),
+    }
+}
+
+fn json_to_toml(value: serde_json::Value) -> Option<toml::Value> {
+    use serde_json::Value as J;
+    Some(match value {
+        J::Null => return None,
+        J::Bool(b) => toml::Value::Boolean(b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64()?),
+        },
+        J::String(s) => toml::Value::String(s),
+        J::Array(items) => toml::Value::Array(items.into_iter().filter_map(json_to_toml).collect()),
+        J::Object(map) => {
+            toml::Value::Table(map.into_iter().filter_map(|(k, v)| Some((k, json_to_toml(v)?))).collect())
+        }
     })
 }
 
@@ -235,6 +306,16 @@ mod tests {
 
     fn table(text: &str) -> toml::Table {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_json_config_reads_as_the_same_toml_with_nulls_as_defaults() {
+        let json = json_table(r#"{"learning_rate": 0.001, "max_steps": 7, "report_to": [], "warmup_steps": null, "lr_scheduler_kwargs": {"num_cycles": 2}}"#).unwrap();
+        let toml =
+            table("learning_rate = 0.001\nmax_steps = 7\nreport_to = []\nlr_scheduler_kwargs = { num_cycles = 2 }");
+        assert_eq!(json, toml);
+        assert_eq!(json_table("[1, 2]").unwrap_err(), "not a JSON object of training arguments");
+        assert!(json_table("{\"a\": }").unwrap_err().starts_with("not JSON (line 1, column 7"));
     }
 
     #[test]
