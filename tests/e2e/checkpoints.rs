@@ -251,7 +251,7 @@ fn verified_checkpoints_with_impossible_values_are_refused() {
     let dir = tempdir();
     let base = ["--num-train-epochs", "2", "--save-strategy", "epoch", "--eval-strategy", "no"];
     assert_eq!(host(dir.path(), &base).code, 0);
-    let last = dir.path().join("output/checkpoint-46");
+    let last = dir.path().join("output/checkpoint-58");
     let pristine = dir.path().join("pristine");
     assert!(Command::new("cp").arg("-r").arg(&last).arg(&pristine).status().unwrap().success());
     let cases: [(&str, &str, Option<serde_json::Value>, &str); 5] = [
@@ -272,8 +272,8 @@ fn verified_checkpoints_with_impossible_values_are_refused() {
         (
             "scheduler.json",
             "/skipped_steps",
-            Some(47.into()),
-            "scheduler.json: skipped_steps 47 is not within global_step 46",
+            Some(59.into()),
+            "scheduler.json: skipped_steps 59 is not within global_step 58",
         ),
     ];
     for (file, pointer, value, expected) in cases {
@@ -284,18 +284,18 @@ fn verified_checkpoints_with_impossible_values_are_refused() {
         let mut args = base.to_vec();
         args.extend(["--resume-from-checkpoint", last.to_str().unwrap()]);
         host(dir.path(), &args).assert_clean_error(2, expected);
-        assert_eq!(checkpoints(dir.path()), ["checkpoint-23", "checkpoint-46"]);
+        assert_eq!(checkpoints(dir.path()), ["checkpoint-29", "checkpoint-58"]);
         // `latest` skips it with a warning and resumes from the one before.
         let mut args = base.to_vec();
         args.extend(["--resume-from-checkpoint", "latest", "--output-dir", "output"]);
         let run = host(dir.path(), &args);
         assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
         assert!(
-            run.stderr.contains("skipping output/checkpoint-46: ") && run.stderr.contains(expected),
+            run.stderr.contains("skipping output/checkpoint-58: ") && run.stderr.contains(expected),
             "{}",
             run.stderr
         );
-        assert!(run.stderr.contains("resumed from output/checkpoint-23"), "{}", run.stderr);
+        assert!(run.stderr.contains("resumed from output/checkpoint-29"), "{}", run.stderr);
     }
 }
 
@@ -304,25 +304,25 @@ fn corrupt_checkpoints_are_detected() {
     let dir = tempdir();
     let base = ["--num-train-epochs", "2", "--save-strategy", "epoch", "--eval-strategy", "no"];
     assert_eq!(host(dir.path(), &base).code, 0);
-    corrupt(&dir.path().join("output/checkpoint-46/model.safetensors"));
+    corrupt(&dir.path().join("output/checkpoint-58/model.safetensors"));
     // Named explicitly: a one-line error naming the bad file, nothing deleted.
-    let bad = dir.path().join("output/checkpoint-46");
+    let bad = dir.path().join("output/checkpoint-58");
     let mut args = base.to_vec();
     args.extend(["--resume-from-checkpoint", bad.to_str().unwrap()]);
     host(dir.path(), &args)
-        .assert_clean_error(2, "checkpoint-46/model.safetensors is corrupt (its checksum does not match the manifest)");
-    assert_eq!(checkpoints(dir.path()), ["checkpoint-23", "checkpoint-46"]);
+        .assert_clean_error(2, "checkpoint-58/model.safetensors is corrupt (its checksum does not match the manifest)");
+    assert_eq!(checkpoints(dir.path()), ["checkpoint-29", "checkpoint-58"]);
     // `latest` skips it with a warning and uses the one before.
     let mut args = base.to_vec();
     args.extend(["--resume-from-checkpoint", "latest"]);
     let run = host(dir.path(), &args);
     assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
     assert!(
-        run.stderr.contains("skipping output/checkpoint-46: output/checkpoint-46/model.safetensors is corrupt"),
+        run.stderr.contains("skipping output/checkpoint-58: output/checkpoint-58/model.safetensors is corrupt"),
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("resumed from output/checkpoint-23"));
+    assert!(run.stderr.contains("resumed from output/checkpoint-29"));
 }
 
 #[test]
@@ -668,4 +668,57 @@ fn the_final_files_are_a_set_that_a_reader_can_check() {
     );
     let leftovers: Vec<String> = file_names(&output).into_iter().filter(|n| n.starts_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn eval_and_predict_take_another_file_than_the_runs() {
+    // Two runs that differ only in their evaluation file train alike; the first one's
+    // checkpoint evaluated on the second's file gives the second's final evaluation.
+    let dir = tempdir();
+    let table = |seed: u64, n: usize| -> String {
+        let mut text = "a,b,c,label\n".to_owned();
+        for i in 0..n as u64 {
+            let x = (i * 7 + seed * 13) % 11;
+            let y = (i * 5 + seed) % 7;
+            text += &format!("{x},{y},{},{}\n", (x + y) % 5, usize::from(x > y));
+        }
+        text
+    };
+    for (name, seed, n) in [("train.csv", 1, 120), ("first.csv", 2, 40), ("second.csv", 3, 30)] {
+        std::fs::write(dir.path().join(name), table(seed, n)).unwrap();
+    }
+    let common = [
+        "--train-file",
+        "train.csv",
+        "--num-train-epochs",
+        "2",
+        "--save-strategy",
+        "epoch",
+        "--eval-strategy",
+        "epoch",
+    ];
+    let run = host(dir.path(), &[&common[..], &["--eval-file", "first.csv", "--output-dir", "a"]].concat());
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let run = host(dir.path(), &[&common[..], &["--eval-file", "second.csv", "--output-dir", "b"]].concat());
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let results = |out: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(out).join("all_results.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (results("a"), results("b"));
+    assert_ne!(a["eval_loss"], b["eval_loss"], "the two files differ");
+    let steps = std::fs::read_dir(dir.path().join("a")).unwrap().flatten().filter_map(|e| {
+        e.file_name().to_string_lossy().strip_prefix("checkpoint-").and_then(|n| n.parse::<i64>().ok())
+    });
+    let last = dir.path().join(format!("a/checkpoint-{}", steps.max().unwrap()));
+    let eval = host(dir.path(), &["eval", "--checkpoint", path_str(&last), "--eval-file", "second.csv"]);
+    assert_eq!(eval.code, 0, "stderr:\n{}", eval.stderr);
+    let shown = format!("{:<26} = {:.4}", "eval_loss", b["eval_loss"].as_f64().unwrap());
+    assert!(eval.stdout.contains(&shown), "{shown} in:\n{}", eval.stdout);
+    let output = dir.path().join("second.jsonl");
+    let predict = host(
+        dir.path(),
+        &["predict", "--checkpoint", path_str(&last), "--test-file", "second.csv", "--output", path_str(&output)],
+    );
+    assert_eq!(predict.code, 0, "stderr:\n{}", predict.stderr);
+    assert_eq!(std::fs::read_to_string(&output).unwrap().lines().count(), 30, "one line per example of second.csv");
 }

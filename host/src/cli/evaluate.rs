@@ -1,4 +1,5 @@
-//! `host eval` and `host predict`: a checkpoint's model on its run's evaluation data.
+//! `host eval` and `host predict`: a checkpoint's model on its run's evaluation data, or
+//! on a file given with --eval-file (--test-file).
 
 use std::io::Write;
 
@@ -10,7 +11,7 @@ use crate::engine::trainer::Trainer;
 
 /// `host eval --checkpoint DIR`.
 pub fn evaluate(options: &CheckpointOptions) -> Result<()> {
-    let mut trainer = Trainer::from_checkpoint(&options.checkpoint)?;
+    let mut trainer = Trainer::from_checkpoint(&options.checkpoint, options.data_file.as_deref())?;
     let (metrics, _) = trainer.evaluate()?;
     let mut out = std::io::stdout().lock();
     write_metrics(&mut out, "eval metrics", &metrics)?;
@@ -22,7 +23,8 @@ pub fn evaluate(options: &CheckpointOptions) -> Result<()> {
 
 /// `host predict --checkpoint DIR --output FILE`.
 pub fn predict(options: &PredictOptions) -> Result<()> {
-    let mut trainer = Trainer::from_checkpoint(&options.checkpoint.checkpoint)?;
+    let options_data = options.checkpoint.data_file.as_deref();
+    let mut trainer = Trainer::from_checkpoint(&options.checkpoint.checkpoint, options_data)?;
     let metrics = trainer.predict(&options.output)?;
     write_metrics(&mut std::io::stdout().lock(), "test metrics", &metrics)?;
     println!("predictions: {}", options.output.display());

@@ -125,6 +125,10 @@ pub struct CheckpointOptions {
     /// A checkpoint folder (output_dir/checkpoint-N).
     #[arg(long, value_name = "DIR")]
     pub checkpoint: PathBuf,
+    /// Data to evaluate or predict on instead of the run's evaluation data, in any form
+    /// the run could train on (labeled as the run's data is).
+    #[arg(long = "eval-file", visible_alias = "test-file", value_name = "FILE")]
+    pub data_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -256,7 +256,8 @@ impl Trainer {
     /// A trainer rebuilt from a checkpoint alone, for `host eval` and `host predict`: its
     /// run's configuration (plugins included), its weights, and the step and epoch it was
     /// made at (which callbacks and metrics see). Writes nothing to the run's output_dir.
-    pub fn from_checkpoint(dir: &Path) -> Result<Self> {
+    /// `data_file` replaces the run's evaluation data.
+    pub fn from_checkpoint(dir: &Path, data_file: Option<&Path>) -> Result<Self> {
         if !dir.is_dir() {
             return Err(InputError::new(format!(
                 "checkpoint {} {}; give a checkpoint folder (output_dir/checkpoint-N)",
@@ -290,6 +291,10 @@ impl Trainer {
         config.args.resume_from_checkpoint = None;
         // Evaluating or predicting is what this is for: the run's split is taken.
         config.data.evaluates = true;
+        if let Some(file) = data_file {
+            config.data.eval_file = Some(file.to_owned());
+            config.data.max_eval_samples = None;
+        }
         let device = config.device.select()?;
         let components = selection::build(&config.plugins, &serde_json::to_string(&config.args)?)?;
         let (train, eval) = data::load(&config.data)?;
