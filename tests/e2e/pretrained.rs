@@ -111,6 +111,9 @@ fn bad_model_folders_are_one_line_errors() {
     edit_config(&small_vocab, |c| drop(c.insert("vocab_size".into(), 200.into())));
     let window = folder("window", "mistral-causal", &[]);
     edit_config(&window, |c| drop(c.insert("sliding_window".into(), 0.into())));
+    // Once a panic (a division by zero heads).
+    let no_kv_heads = folder("no_kv_heads", "llama-causal", &[]);
+    edit_config(&no_kv_heads, |c| drop(c.insert("num_key_value_heads".into(), 0.into())));
     let yarn = folder("yarn", "llama-causal", &[]);
     edit_config(&yarn, |c| {
         c.insert("rope_parameters".into(), serde_json::json!({"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}));
@@ -179,6 +182,7 @@ fn bad_model_folders_are_one_line_errors() {
         (vec![show(&small_vocab)], "config.json's vocab_size 200 does not match the weights: model.embed_tokens.weight has 320 rows".into()),
         (vec!["meta-llama/Llama-3.2-1B".into()], "model_name_or_path 'meta-llama/Llama-3.2-1B' is not a local folder, and this host does not download models: download it first (hf download meta-llama/Llama-3.2-1B --local-dir models/Llama-3.2-1B)".into()),
         (vec![show(&window), "--train-file".into(), show(&text)], "sliding_window 0 must be at least 1 (or null for none)".into()),
+        (vec![show(&no_kv_heads), "--train-file".into(), show(&text)], "num_key_value_heads 0 must be at least 1".into()),
         (vec![show(&yarn), "--train-file".into(), show(&text)], "rope_parameters.rope_type 'yarn' is not supported (this host implements default, linear and llama3)".into()),
         (vec![show(&bert), "--train-file".into(), show(&text)], "causal language modelling needs a decoder (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2, opt)".into()),
         (vec![show(&partial), "--train-file".into(), show(&text)], "partial_rotary_factor 0.5 is not supported (of this model_type; phi3 has it)".into()),

@@ -282,6 +282,13 @@ impl DecoderConfig {
                 return Err(ConfigError::invalid(key, cap, "must be above 0 (or null for none)"));
             }
         }
+        for (key, heads) in
+            [("num_attention_heads", self.num_attention_heads), ("num_key_value_heads", self.kv_heads())]
+        {
+            if heads < 1 {
+                return Err(ConfigError::invalid(key, heads, "must be at least 1"));
+            }
+        }
         if self.num_attention_heads % self.kv_heads() != 0 {
             let rule = format!("is not a multiple of num_key_value_heads ({})", self.kv_heads());
             return Err(ConfigError::invalid("num_attention_heads", format!("({})", self.num_attention_heads), rule));
@@ -561,5 +568,14 @@ mod tests {
         assert!(decoder(r#", "sliding_window": 16"#).check().is_ok());
         let act = decoder(r#", "hidden_act": "swish2""#).check().unwrap_err().to_string();
         assert!(act.starts_with("hidden_act 'swish2' is not supported (silu, swish, relu"), "{act}");
+    }
+
+    #[test]
+    fn head_counts_below_one_are_named_not_divided_by() {
+        let kv = decoder(r#", "num_key_value_heads": 0"#).check().unwrap_err().to_string();
+        assert_eq!(kv, "num_key_value_heads 0 must be at least 1");
+        let text = r#"{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 0}"#;
+        let config: DecoderConfig = serde_json::from_str(text).unwrap();
+        assert_eq!(config.check().unwrap_err().to_string(), "num_attention_heads 0 must be at least 1");
     }
 }
