@@ -307,3 +307,20 @@ fn a_json_dump_of_training_arguments_is_a_config_file() {
     host(dir.path(), &["--config", "bad.json"])
         .assert_clean_error(2, "config file bad.json: not a JSON object of training arguments");
 }
+
+#[test]
+fn boolean_flags_read_yes_and_no_as_hf_does() {
+    // HF's string_to_bool: yes/no, true/false in any case, 1/0.
+    let dir = tempdir();
+    let first_logged = |value: &str| -> bool {
+        let args =
+            ["--max-steps", "3", "--logging-steps", "10", "--save-strategy", "no", "--logging-first-step", value];
+        let run = host(dir.path(), &args);
+        assert_eq!(run.code, 0, "{value}: {}", run.stderr);
+        log_history(dir.path()).iter().any(|e| e.get("loss").is_some() && e["step"] == 1)
+    };
+    assert!(first_logged("yes") && first_logged("True") && first_logged("1"));
+    assert!(!first_logged("no") && !first_logged("False"));
+    host(dir.path(), &["--logging-first-step", "maybe"])
+        .assert_clean_error(2, "invalid value 'maybe' for '--logging-first-step [<BOOL>]'");
+}

@@ -56,7 +56,7 @@ macro_rules! training_arguments {
             $(
                 $(#[doc = $doc])*
                 #[arg(long, alias = stringify!($name), help_heading = "Training arguments")]
-                #[arg(allow_hyphen_values = <$flag_ty as FlagValue>::NUMERIC)]
+                #[arg(allow_hyphen_values = <$flag_ty as FlagValue>::NUMERIC, value_parser = <$flag_ty as FlagValue>::parser())]
                 $(#[arg($($flag_attr)*)])?
                 pub $name: Option<$flag_ty>,
             )*
@@ -692,25 +692,31 @@ fn interval_name(strategy: IntervalStrategy) -> &'static str {
     }
 }
 
-/// Whether a flag's value is a number, which may then start with a minus sign after a
-/// space (`--learning-rate -1e-3`, `--max-steps -1`, `--weight-decay -inf`) and is
-/// range-checked by name afterwards; other values keep clap's rule (a leading hyphen is
-/// the next flag).
+/// How a flag's value is read. A number may start with a minus sign after a space
+/// (`--learning-rate -1e-3`, `--max-steps -1`, `--weight-decay -inf`) and is range-checked
+/// by name afterwards; other values keep clap's rule (a leading hyphen is the next flag).
+/// A boolean reads as HF's `string_to_bool` reads it (yes/no, true/false in any case,
+/// 1/0, ...).
 pub trait FlagValue {
     const NUMERIC: bool = false;
+    fn parser() -> clap::builder::ValueParser;
 }
 
-impl FlagValue for f64 {
-    const NUMERIC: bool = true;
+macro_rules! flag_values {
+    ($($ty:ty => $numeric:expr),* $(,)?) => {
+        $(impl FlagValue for $ty {
+            const NUMERIC: bool = $numeric;
+            fn parser() -> clap::builder::ValueParser {
+                clap::value_parser!($ty).into()
+            }
+        })*
+    };
 }
-impl FlagValue for i64 {
-    const NUMERIC: bool = true;
+
+flag_values!(f64 => true, i64 => true, u64 => true, String => false, IntervalStrategy => false, SaveStrategy => false, LrSchedulerType => false);
+
+impl FlagValue for bool {
+    fn parser() -> clap::builder::ValueParser {
+        clap::builder::BoolishValueParser::new().into()
+    }
 }
-impl FlagValue for u64 {
-    const NUMERIC: bool = true;
-}
-impl FlagValue for String {}
-impl FlagValue for bool {}
-impl FlagValue for IntervalStrategy {}
-impl FlagValue for SaveStrategy {}
-impl FlagValue for LrSchedulerType {}
