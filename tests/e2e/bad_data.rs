@@ -39,6 +39,7 @@ pq.write_table(pa.table({"input": empty, "label": pa.array([0, 1, 0, 1])}), "emp
 pq.write_table(pa.table({"a": pa.array([1.0, 2.0, 3.0, 4.0])}), "nolabel.parquet")
 pq.write_table(pa.table({"text": pa.array(["a", "b", "c", "d"]), "label": pa.array([0, 1, 0, 1])}), "text.parquet")
 pq.write_table(pa.table({"a": pa.array([1.0, float("nan"), 3.0, 4.0]), "label": pa.array([0, 1, 0, 1])}), "nan.parquet")
+pq.write_table(pa.table({"input_ids": [[1, 2, 3], [4, 5], [6]], "attention_mask": [[1, 1, 1], [1, 1], [1]], "labels": [0, 1, 0]}), "ragged_mask.parquet")
 save_file({"layers.0.weight": np.zeros((3, 3), np.float32)}, "init_wrong.safetensors")
 "#;
 
@@ -167,6 +168,8 @@ fn malformed_data_ends_in_one_clear_line() {
         (&["--train-file", "empty_lists.parquet"], 2, "needs at least one feature per example"),
         (&["--train-file", "nolabel.parquet"], 2, "nolabel.parquet: no 'labels' field"),
         (&["--train-file", "text.parquet"], 2, "text.parquet: text data needs tokenizer_file"),
+        // Its own attention_mask, and no second one made for the padded input_ids.
+        (&["--train-file", "ragged_mask.parquet", "--model", "cnn"], 2, "(fields: input_ids, attention_mask, labels)"),
         (
             &["--train-file", "nan.parquet"],
             2,

@@ -49,10 +49,14 @@ impl Reporter {
         updates_per_epoch: i64,
         ga: usize,
     ) {
+        let epochs = state.num_train_epochs;
+        let plural = |n: i64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let evaluated = if n_eval == 0 { "none".to_owned() } else { n_eval.to_string() };
         tracing::info!(
-            "training: {n_train} examples, {n_eval} for evaluation, {} optimizer steps ({} epochs of {updates_per_epoch}), batch {} x {ga} accumulated",
-            state.max_steps,
-            state.num_train_epochs,
+            "training: {n_train} examples, {evaluated} for evaluation, {} ({} of {}), batch {} x {ga} accumulated",
+            plural(state.max_steps, "optimizer step", "optimizer steps"),
+            if epochs == 1.0 { "1 epoch".to_owned() } else { format!("{epochs} epochs") },
+            plural(updates_per_epoch, "step", "steps"),
             state.train_batch_size,
         );
     }

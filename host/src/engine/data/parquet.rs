@@ -132,6 +132,8 @@ pub(super) fn from_columns(
 
     let mut fields: Vec<(String, Tensor)> = Vec::new();
     let mut scalars: Vec<(String, Vec<f64>)> = Vec::new();
+    // A file's own attention_mask is kept; one is made for padded input_ids only without it.
+    let has_mask = columns.iter().any(|(n, _)| n == "attention_mask");
     for (i, (name, column)) in columns.into_iter().enumerate() {
         let field_name = if i == label { "labels".to_owned() } else { name.clone() };
         match column {
@@ -149,7 +151,7 @@ pub(super) fn from_columns(
                 let n = rows.len() as i64;
                 let (flat, mask) = super::pad_rows(&rows, pad, longest);
                 fields.push((field_name.clone(), numbers(&flat, whole).view([n, longest as i64])));
-                if ragged && field_name == "input_ids" && !rows.is_empty() {
+                if ragged && field_name == "input_ids" && !rows.is_empty() && !has_mask {
                     fields.push(("attention_mask".to_owned(), Tensor::from_slice(&mask).view([n, longest as i64])));
                 }
             }

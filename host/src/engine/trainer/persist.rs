@@ -341,7 +341,8 @@ impl Trainer {
             return Ok(());
         }
         if let Some(best) = best {
-            tracing::info!("loading the best model from {best} (score: {:?})", self.run.state.best_metric);
+            let score = self.run.state.best_metric.map_or("unknown".to_owned(), |s| s.to_string());
+            tracing::info!("loading the best model from {best} (score: {score})");
             self.load_weights(Path::new(&best), "load_best_model_at_end")?;
         }
         self.share_rank_zero_weights()
