@@ -58,6 +58,18 @@ pub fn what_is_at(path: &std::path::Path) -> &'static str {
 
 /// The first non-empty line of a message: libtorch's errors go on with a C++ backtrace,
 /// which a one-line error leaves out.
+/// " (did you mean 'x'?)" for the candidate nearest to `given`, if it is near (at most 3
+/// edits), else "".
+pub fn did_you_mean<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    candidates
+        .into_iter()
+        .map(|name| (strsim::levenshtein(given, name), name))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, name)| format!(" (did you mean '{name}'?)"))
+        .unwrap_or_default()
+}
+
 pub fn first_line(text: &str) -> &str {
     text.lines().find(|l| !l.trim().is_empty()).unwrap_or(text).trim()
 }

@@ -142,6 +142,8 @@ fn plugins_are_found_by_name_and_described() {
 
     host(dir.path(), &["--plugin", "no_such_plugin"])
         .assert_clean_error(2, "no plugin named 'no_such_plugin' (libno_such_plugin.so) in");
+    // A near miss names the plugin meant.
+    host(dir.path(), &["--plugin", "weighted_c"]).assert_clean_error(2, "(did you mean 'weighted_ce'?)");
 
     // HOST_PLUGIN_PATH comes first.
     let own = tempdir();

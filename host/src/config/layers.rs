@@ -179,28 +179,7 @@ pub fn parse(mut table: toml::Table, origin: &str) -> Result<(TrainingArguments,
 
 /// " (did you mean 'x'?)" for a near miss among the known keys.
 fn suggestion(key: &str) -> String {
-    let candidates = ARGUMENT_NAMES.iter().chain(PLUGIN_KEYS.iter());
-    candidates
-        .map(|name| (edit_distance(key, name), name))
-        .filter(|(d, _)| *d <= 3)
-        .min()
-        .map(|(_, name)| format!(" (did you mean '{name}'?)"))
-        .unwrap_or_default()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
+    crate::error::did_you_mean(key, ARGUMENT_NAMES.iter().chain(PLUGIN_KEYS.iter()).copied())
 }
 
 fn take_plugin_selection(table: &mut toml::Table, origin: &str) -> Result<PluginSelection> {

@@ -28,11 +28,19 @@ pub fn resolve(spec: &Path) -> Result<PathBuf, InputError> {
     let dirs = search_path();
     dirs.iter().map(|dir| dir.join(&file)).find(|path| path.is_file()).ok_or_else(|| {
         let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        let names: Vec<String> = available().iter().filter_map(|p| plugin_name(p)).collect();
+        let hint = crate::error::did_you_mean(&text, names.iter().map(String::as_str));
         InputError::new(format!(
-            "no plugin named '{text}' ({file}) in {}; give the path of a .so file or add its folder to HOST_PLUGIN_PATH",
+            "no plugin named '{text}' ({file}) in {}{hint}; give the path of a .so file or add its folder to HOST_PLUGIN_PATH",
             searched.join(", ")
         ))
     })
+}
+
+/// The name `--plugin NAME` finds a library file by: `libNAME.so`.
+fn plugin_name(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_string_lossy();
+    Some(file.strip_prefix("lib")?.strip_suffix(".so")?.to_owned())
 }
 
 /// Every `lib*.so` in the search path, first occurrence of each name.
