@@ -43,6 +43,12 @@ fn resume_after_an_epoch_equals_the_run_that_never_stopped() {
     )
     .unwrap();
     assert!(state["stateful_callbacks"]["recorder"]["attributes"]["events_seen"].as_u64().unwrap() > 100);
+    // The resumed call's speed counts its own 23 steps and their samples, as HF's does
+    // (the step rate once counted all 46): the epoch's 1438 examples in 23 steps.
+    let results = results(resumed.path());
+    let per_step =
+        results["train_samples_per_second"].as_f64().unwrap() / results["train_steps_per_second"].as_f64().unwrap();
+    assert!((per_step - 1438.0 / 23.0).abs() < 0.05, "{per_step} samples a step: {results}");
 }
 
 #[test]

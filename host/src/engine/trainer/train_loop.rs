@@ -149,8 +149,8 @@ impl Trainer {
         if !self.prepare(&plan)? {
             return Ok(Outcome { train_metrics: Vec::new(), eval_metrics: None, already_complete: true });
         }
-        let started = Instant::now();
-        self.meter.started = Some((started, self.run.state.num_input_tokens_seen));
+        let started = (Instant::now(), self.run.state.global_step);
+        self.meter.started = Some((started.0, self.run.state.num_input_tokens_seen));
         self.begin(&plan)?;
         let resume_at = self.run.position;
         if self.run.state.global_step >= plan.max_steps {
@@ -645,7 +645,9 @@ impl Trainer {
     }
 
     /// The end of training: the best model if asked, the run's metrics (logged), on_train_end.
-    fn finish(&mut self, started: Instant) -> Result<Outcome> {
+    /// `started`: when this call began, and at which step (a resumed run's speed counts
+    /// its own steps and samples, as HF's speed_metrics; its train_loss counts every step).
+    fn finish(&mut self, started: (Instant, i64)) -> Result<Outcome> {
         progress_bar::finish();
         if self.config.args.load_best_model_at_end {
             self.load_best_model()?;
@@ -653,10 +655,11 @@ impl Trainer {
         let unlogged = self.loss_since_log_all_ranks()?;
         let samples_seen = self.run.totals.samples_seen * self.world_size();
         let total_loss = self.run.totals.total_loss + unlogged;
-        let runtime = started.elapsed().as_secs_f64();
+        let runtime = started.0.elapsed().as_secs_f64();
         let steps = self.run.state.global_step;
         self.store_flos()?;
-        let mut train_metrics = speed_metrics("train", runtime, samples_seen as f64, steps as f64);
+        let steps_here = (steps - started.1) as f64;
+        let mut train_metrics = speed_metrics("train", runtime, samples_seen as f64, steps_here);
         train_metrics.extend([
             ("total_flos".to_owned(), self.run.state.total_flos),
             ("train_loss".to_owned(), total_loss / steps.max(1) as f64),
