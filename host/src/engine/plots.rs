@@ -75,6 +75,12 @@ pub fn charts(entries: &[serde_json::Value]) -> Vec<Chart> {
 }
 
 /// An axis label: plain for everyday magnitudes, scientific for learning rates and such.
+/// A y tick: the axis's arithmetic leaves zero as a tiny remainder ("1.36e-20" on a
+/// learning rate that decays to 0); anything that small next to the axis span is zero.
+fn tick(v: f64, span: f64) -> String {
+    number(if v.abs() < span.abs() * 1e-9 { 0.0 } else { v })
+}
+
 fn number(v: f64) -> String {
     if v == 0.0 || (0.01..10_000.0).contains(&v.abs()) {
         format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_owned()
@@ -101,11 +107,18 @@ fn draw(chart: &Chart, path: &Path) -> Result<()> {
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(x0..x1, y0..y1)?;
+    let span = y1 - y0;
+    // One series has no legend: its name goes on the axis instead.
+    let y_name = match chart.series.as_slice() {
+        [only] => only.name.clone(),
+        _ => String::new(),
+    };
     plot.configure_mesh()
         .x_desc("step")
+        .y_desc(y_name)
         .label_style((FONT_NAME, 14))
         .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| number(*v))
+        .y_label_formatter(&|v| tick(*v, span))
         .draw()?;
     for (series, colour) in chart.series.iter().zip(COLOURS) {
         let line = plot.draw_series(LineSeries::new(series.points.iter().copied(), colour.stroke_width(2)))?;
@@ -151,6 +164,13 @@ pub fn write(output_dir: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tick_that_rounds_to_nothing_next_to_the_axis_is_zero() {
+        assert_eq!(tick(1.36e-20, 5e-4), "0");
+        assert_eq!(tick(2.5e-5, 5e-4), "2.50e-5");
+        assert_eq!(tick(0.25, 1.0), "0.25");
+    }
 
     #[test]
     fn the_history_becomes_one_chart_per_quantity() {
