@@ -52,17 +52,13 @@ pub fn read_datasets_folder(dir: &Path, options: &FileOptions) -> Result<Dataset
     for file in &files {
         batches.extend(read_batches(&dir.join(file))?);
     }
-    let mut dataset = from_batches(&shown, &batches, options)?;
-    if let Some(names) = class_names(&info, &dataset_label_column(&batches, options)) {
-        dataset.label_names = Some(names);
-    }
-    Ok(dataset)
+    from_batches(&shown, &batches, options, &|column| class_names(&info, column))
 }
 
 /// One `.arrow` file.
 pub fn read_arrow_file(path: &Path, options: &FileOptions) -> Result<Dataset, InputError> {
     let batches = read_batches(path)?;
-    from_batches(&path.display().to_string(), &batches, options)
+    from_batches(&path.display().to_string(), &batches, options, &|_| None)
 }
 
 /// The record batches of an Arrow IPC stream, or of an Arrow file.
@@ -78,17 +74,6 @@ fn read_batches(path: &Path) -> Result<Vec<RecordBatch>, InputError> {
     reader.collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))
 }
 
-/// The column that holds the labels, as parquet.rs picks it.
-fn dataset_label_column(batches: &[RecordBatch], options: &FileOptions) -> String {
-    let Some(first) = batches.first() else { return String::new() };
-    let schema = first.schema();
-    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    match &options.label_column {
-        Some(name) => name.clone(),
-        None => super::default_label(names.iter().copied()).map(|i| names[i].to_owned()).unwrap_or_default(),
-    }
-}
-
 /// The names of a ClassLabel feature in dataset_info.json.
 fn class_names(info: &serde_json::Value, column: &str) -> Option<Vec<String>> {
     let feature = info.get("features")?.get(column)?;
@@ -97,7 +82,12 @@ fn class_names(info: &serde_json::Value, column: &str) -> Option<Vec<String>> {
         .flatten()
 }
 
-fn from_batches(shown: &str, batches: &[RecordBatch], options: &FileOptions) -> Result<Dataset, InputError> {
+fn from_batches(
+    shown: &str,
+    batches: &[RecordBatch],
+    options: &FileOptions,
+    class_names: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Result<Dataset, InputError> {
     let Some(first) = batches.first() else { return Err(InputError::new(format!("{shown}: no examples"))) };
     let schema = first.schema();
     let mut columns = Vec::new();
@@ -108,7 +98,7 @@ fn from_batches(shown: &str, batches: &[RecordBatch], options: &FileOptions) -> 
             columns.push((field.name().clone(), column));
         }
     }
-    from_columns(shown, columns, options)
+    from_columns(shown, columns, options, class_names)
 }
 
 /// A column's values, or None for a kind of column no model reads (a list of messages,
@@ -175,8 +165,7 @@ fn numbers(array: &ArrayRef) -> Result<Vec<f64>, String> {
     if array.null_count() > 0 {
         return Err("it has empty (null) values".to_owned());
     }
-    let floats = arrow_cast_f64(array)?;
-    Ok(floats)
+    arrow_cast_f64(array)
 }
 
 fn arrow_cast_f64(array: &ArrayRef) -> Result<Vec<f64>, String> {

@@ -17,16 +17,26 @@ use crate::error::InputError;
 const GENERATION_START: char = '\u{F8F0}';
 const GENERATION_END: char = '\u{F8F1}';
 
+/// What tokenizer_config.json (and a chat_template.jinja beside it) says of a tokenizer:
+/// its special tokens and its chat template, read once per data file.
+#[derive(Debug, Default)]
+pub struct TokenizerConfig {
+    /// bos_token, eos_token, ... as tokenizer_config.json gives them.
+    special_tokens: Vec<(String, String)>,
+    pub template: Option<ChatTemplate>,
+}
+
+/// A chat template, parsed once (rendering a row only runs it).
 #[derive(Debug)]
 pub struct ChatTemplate {
-    /// The template with its generation tags turned into markers.
-    source: String,
+    /// The template (generation tags turned into markers) with transformers' globals.
+    env: Environment<'static>,
+    /// The special tokens, the template's variables.
+    tokens: Vec<(String, String)>,
     /// Whether it has `{% generation %}` blocks.
     pub marks_generation: bool,
     /// Where it came from, for messages.
     pub origin: PathBuf,
-    /// bos_token, eos_token, ... from tokenizer_config.json.
-    special_tokens: Vec<(String, String)>,
 }
 
 /// A rendered chat: the text, and the byte spans of its generation blocks.
@@ -36,9 +46,9 @@ pub struct Rendered {
     pub generation: Vec<(usize, usize)>,
 }
 
-impl ChatTemplate {
-    /// The template of the tokenizer at `tokenizer_file`, if its folder has one.
-    pub fn find(tokenizer_file: &Path) -> Result<Option<Self>, InputError> {
+impl TokenizerConfig {
+    /// The settings beside the tokenizer at `tokenizer_file` (none where there are none).
+    pub fn read(tokenizer_file: &Path) -> Result<Self, InputError> {
         let folder = tokenizer_file.parent().unwrap_or(Path::new("."));
         let config_path = folder.join("tokenizer_config.json");
         let config: Json = match std::fs::read_to_string(&config_path) {
@@ -46,26 +56,47 @@ impl ChatTemplate {
                 .map_err(|e| InputError::new(format!("{}: not JSON ({e}); fix or remove it", config_path.display())))?,
             Err(_) => Json::Null,
         };
-        let jinja = folder.join("chat_template.jinja");
-        let (template, origin) = match std::fs::read_to_string(&jinja) {
-            Ok(text) => (text, jinja),
-            Err(_) => match template_in(&config) {
-                Some(text) => (text, config_path),
-                None => return Ok(None),
-            },
-        };
-        let special_tokens =
+        let special_tokens: Vec<(String, String)> =
             ["bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"]
                 .iter()
                 .filter_map(|name| token_text(config.get(*name)?).map(|text| (name.to_string(), text)))
                 .collect();
-        let (source, marks_generation) = mark_generation_blocks(&template);
-        Ok(Some(Self { source, marks_generation, origin, special_tokens }))
+        let jinja = folder.join("chat_template.jinja");
+        let source = match std::fs::read_to_string(&jinja) {
+            Ok(text) => Some((text, jinja)),
+            Err(_) => template_in(&config).map(|text| (text, config_path)),
+        };
+        let template = source
+            .map(|(text, origin)| {
+                ChatTemplate::new(&text, origin.clone(), special_tokens.clone())
+                    .map_err(|e| InputError::new(format!("{}: {e}", origin.display())))
+            })
+            .transpose()?;
+        Ok(Self { special_tokens, template })
     }
 
     /// A special token's text (`eos_token`, ...), as tokenizer_config.json gives it.
     pub fn special_token(&self, name: &str) -> Option<&str> {
         self.special_tokens.iter().find(|(n, _)| n == name).map(|(_, text)| text.as_str())
+    }
+}
+
+impl ChatTemplate {
+    /// `template` parsed, as transformers' environment has it: trim_blocks, lstrip_blocks,
+    /// Python's methods, raise_exception, strftime_now, Python's tojson.
+    fn new(template: &str, origin: PathBuf, tokens: Vec<(String, String)>) -> Result<Self, String> {
+        let (source, marks_generation) = mark_generation_blocks(template);
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |message: String| -> Result<Value, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, message))
+        });
+        env.add_function("strftime_now", |format: String| strftime_now(&format));
+        env.add_filter("tojson", python_tojson);
+        env.add_template_owned("chat", source).map_err(|e| format!("the chat template does not parse: {e}"))?;
+        Ok(Self { env, tokens, marks_generation, origin })
     }
 
     /// `messages` rendered, with the generation prompt after them when asked. Values come
@@ -76,27 +107,26 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tools: Option<&Value>,
     ) -> Result<Rendered, String> {
-        let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> Result<Value, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, message))
-        });
-        env.add_function("strftime_now", |format: String| strftime_now(&format));
-        env.add_filter("tojson", python_tojson);
-        env.add_template("chat", &self.source).map_err(|e| format!("the chat template does not parse: {e}"))?;
         let mut context: std::collections::BTreeMap<String, Value> =
-            self.special_tokens.iter().map(|(name, text)| (name.clone(), Value::from(text.as_str()))).collect();
+            self.tokens.iter().map(|(name, text)| (name.clone(), Value::from(text.as_str()))).collect();
         context.insert("messages".into(), messages.clone());
         context.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
         if let Some(tools) = tools {
             context.insert("tools".into(), tools.clone());
         }
-        let template = env.get_template("chat").map_err(|e| e.to_string())?;
+        let template = self.env.get_template("chat").map_err(|e| e.to_string())?;
         let marked = template.render(Value::from(context)).map_err(|e| describe(&e))?;
         Ok(split_markers(&marked))
     }
+}
+
+/// The conventional end-of-text tokens, in the order they are looked for.
+const END_TOKENS: [&str; 5] = ["[EOS]", "</s>", "<|endoftext|>", "<eos>", "<|im_end|>"];
+
+/// The conventional end-of-text token `tokenizer` knows: where generation stops, and what
+/// a completion ends with where tokenizer_config.json names no eos_token.
+pub(super) fn end_token(tokenizer: &tokenizers::Tokenizer) -> Option<&'static str> {
+    END_TOKENS.into_iter().find(|token| tokenizer.token_to_id(token).is_some())
 }
 
 /// tokenizer_config.json's `chat_template`: a string, or a list of named templates of
@@ -113,7 +143,7 @@ fn template_in(config: &Json) -> Option<String> {
 }
 
 /// A special token as tokenizer_config.json writes it: text, or an AddedToken object.
-fn token_text(value: &Json) -> Option<String> {
+pub(crate) fn token_text(value: &Json) -> Option<String> {
     match value {
         Json::String(text) => Some(text.clone()),
         Json::Object(token) => token.get("content")?.as_str().map(str::to_owned),
@@ -271,9 +301,8 @@ mod tests {
     use super::*;
 
     fn template(source: &str) -> ChatTemplate {
-        let (source, marks_generation) = mark_generation_blocks(source);
         let special_tokens = vec![("eos_token".to_owned(), "</s>".to_owned())];
-        ChatTemplate { source, marks_generation, origin: PathBuf::from("test"), special_tokens }
+        ChatTemplate::new(source, PathBuf::from("test"), special_tokens).unwrap()
     }
 
     #[test]

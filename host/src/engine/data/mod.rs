@@ -17,6 +17,8 @@ mod text;
 mod token_labels;
 pub mod transform;
 
+pub(crate) use chat::token_text;
+
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;

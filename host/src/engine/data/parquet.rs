@@ -81,18 +81,19 @@ pub fn read_parquet(path: &Path, options: &FileOptions) -> Result<Dataset, Input
     }
     let columns: Vec<(String, Column)> =
         names.into_iter().zip(columns).filter_map(|(name, column)| column.map(|c| (name, c))).collect();
-    from_columns(&shown, columns, options)
+    from_columns(&shown, columns, options, &|_| None)
 }
 
 /// A data set from named columns (a Parquet file's, an Arrow file's), as described above;
-/// a label column of strings holds class names (numbered as label_names.rs says).
+/// a label column of strings holds class names (numbered as label_names.rs says), and
+/// `class_names` gives the names a label column of ids stands for (a ClassLabel's).
 pub(super) fn from_columns(
     shown: &str,
-    columns: Vec<(String, Column)>,
+    mut columns: Vec<(String, Column)>,
     options: &FileOptions,
+    class_names: &dyn Fn(&str) -> Option<Vec<String>>,
 ) -> Result<Dataset, InputError> {
     let shown = shown.to_owned();
-    let mut columns = columns;
     if columns.is_empty() {
         return Err(InputError::new(format!("{shown}: no examples")));
     }
@@ -105,14 +106,12 @@ pub(super) fn from_columns(
     };
 
     // Class names in the label column: numbered, the names kept for id2label.
-    let mut names = None;
-    if let Some((name, Column::Texts(texts))) = columns.get(label).filter(|(n, _)| *n != options.text_column) {
-        if name != &options.text_column {
-            let raw = texts.iter().map(|t| RawLabel::Name(t.clone())).collect();
-            let (ids, found) = label_names::encode(raw, &shown, |row| format!("row {row}"))?;
-            names = found;
-            columns[label].1 = Column::Numbers { values: ids.into_iter().map(|id| id as f64).collect(), whole: true };
-        }
+    let mut names = columns.get(label).and_then(|(name, _)| class_names(name));
+    if let Some((_, Column::Texts(texts))) = columns.get(label).filter(|(n, _)| *n != options.text_column) {
+        let raw = texts.iter().map(|t| RawLabel::Name(t.clone())).collect();
+        let (ids, found) = label_names::encode(raw, &shown, |row| format!("row {row}"))?;
+        names = found;
+        columns[label].1 = Column::Numbers { values: ids.into_iter().map(|id| id as f64).collect(), whole: true };
     }
 
     // Text: tokenized, with the label column as class labels (or none: language modelling).

@@ -13,7 +13,7 @@
 use minijinja::Value;
 use tokenizers::Tokenizer;
 
-use super::chat::{tokens_in_spans, ChatTemplate};
+use super::chat::{tokens_in_spans, ChatTemplate, TokenizerConfig};
 use super::FileOptions;
 use crate::error::InputError;
 
@@ -47,7 +47,7 @@ pub struct Example {
 /// Prepares one row; `at` names it in errors.
 pub struct Preparer<'a> {
     pub tokenizer: &'a Tokenizer,
-    pub template: Option<&'a ChatTemplate>,
+    pub config: &'a TokenizerConfig,
     pub options: &'a FileOptions,
     pub source: &'a str,
 }
@@ -91,7 +91,7 @@ impl Preparer<'_> {
     }
 
     fn template(&self, at: &dyn Fn(String) -> InputError) -> Result<&ChatTemplate, InputError> {
-        self.template.ok_or_else(|| {
+        self.config.template.as_ref().ok_or_else(|| {
             at(format!(
                 "chat data needs a chat template: none in {} (no chat_template.jinja beside it and no chat_template in tokenizer_config.json); add the model's template, or give the data as text",
                 self.options.tokenizer_file.as_deref().unwrap_or("the tokenizer")
@@ -100,7 +100,7 @@ impl Preparer<'_> {
     }
 
     fn template_origin(&self) -> String {
-        self.template.map_or_else(String::new, |t| t.origin.display().to_string())
+        self.config.template.as_ref().map_or_else(String::new, |t| t.origin.display().to_string())
     }
 
     fn render(
@@ -183,13 +183,8 @@ impl Preparer<'_> {
 
     /// The end-of-text token a text completion ends with (TRL appends it).
     fn eos_token(&self, at: &dyn Fn(String) -> InputError) -> Result<String, InputError> {
-        if let Some(eos) = self.template.and_then(|t| t.special_token("eos_token")) {
-            return Ok(eos.to_owned());
-        }
-        ["</s>", "<|endoftext|>", "<eos>", "<|im_end|>", "[EOS]"]
-            .iter()
-            .find(|token| self.tokenizer.token_to_id(token).is_some())
-            .map(|token| token.to_string())
+        let eos = self.config.special_token("eos_token").or_else(|| super::chat::end_token(self.tokenizer));
+        eos.map(str::to_owned)
             .ok_or_else(|| {
                 at(format!(
                     "prompt-completion data ends each completion with the end-of-text token, and {} names none: set eos_token in its tokenizer_config.json",

@@ -14,7 +14,7 @@ use std::path::Path;
 use tch::Tensor;
 use tokenizers::Tokenizer;
 
-use super::chat::ChatTemplate;
+use super::chat::TokenizerConfig;
 use super::label_names::{self, RawLabel};
 use super::sft::{self, Format, Preparer};
 use super::{Dataset, FileOptions, TokenRef};
@@ -81,9 +81,9 @@ fn read_sft(
     tokenizer: &Tokenizer,
     options: &FileOptions,
 ) -> Result<Dataset, InputError> {
-    let template = match &options.tokenizer_file {
-        Some(file) => ChatTemplate::find(Path::new(file))?,
-        None => None,
+    let config = match &options.tokenizer_file {
+        Some(file) => TokenizerConfig::read(Path::new(file))?,
+        None => TokenizerConfig::default(),
     };
     if options.assistant_only_loss {
         if format == Format::PromptCompletion && first_is_text(text) {
@@ -91,14 +91,14 @@ fn read_sft(
                 "{shown}: assistant_only_loss needs chat data (messages); prompt-completion text learns the completion with completion_only_loss"
             )));
         }
-        if let Some(template) = template.as_ref().filter(|t| !t.marks_generation) {
+        if let Some(template) = config.template.as_ref().filter(|t| !t.marks_generation) {
             return Err(InputError::new(format!(
                 "assistant_only_loss needs a chat template that marks the assistant's tokens with {{% generation %}} ... {{% endgeneration %}}, and {} has none; add them around the assistant's content, or set assistant_only_loss false",
                 template.origin.display()
             )));
         }
     }
-    let preparer = Preparer { tokenizer, template: template.as_ref(), options, source: shown };
+    let preparer = Preparer { tokenizer, config: &config, options, source: shown };
     let mut examples = Vec::new();
     for (index, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = |why: String| InputError::new(format!("{shown} line {}: {why}", index + 1));
@@ -265,8 +265,5 @@ fn pad_id(tokenizer: &Tokenizer, candidates: &[TokenRef]) -> i64 {
 
 /// The token that ends a text, for generation to stop at.
 fn end_id(tokenizer: &Tokenizer) -> Option<i64> {
-    ["[EOS]", "</s>", "<|endoftext|>", "<eos>"]
-        .iter()
-        .find_map(|token| tokenizer.token_to_id(token))
-        .map(|id| id as i64)
+    super::chat::end_token(tokenizer).and_then(|token| tokenizer.token_to_id(token)).map(i64::from)
 }

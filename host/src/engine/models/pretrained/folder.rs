@@ -93,11 +93,8 @@ impl Folder {
     /// pad_token, config.json's pad_token_id, else the end-of-text token (the usual
     /// `tokenizer.pad_token = tokenizer.eos_token` for models without one).
     pub fn pad_candidates(&self) -> Vec<TokenRef> {
-        let token = |key: &str| {
-            let value = self.tokenizer_config.as_ref()?.get(key)?;
-            let text = value.as_str().or_else(|| value.get("content").and_then(Value::as_str))?;
-            Some(TokenRef::Text(text.to_owned()))
-        };
+        let token =
+            |key: &str| crate::engine::data::token_text(self.tokenizer_config.as_ref()?.get(key)?).map(TokenRef::Text);
         [
             token("pad_token"),
             self.common.pad_token_id.map(TokenRef::Id),
