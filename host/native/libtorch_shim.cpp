@@ -109,14 +109,28 @@ char* host_set_rng_state(int cuda, int index, void* state) {
 }
 
 // PyTorch's fused AdamW: one kernel over every parameter of a group (CPU and CUDA).
+// `found_inf` (a float scalar tensor, or null): where it holds 1 the kernel leaves every
+// tensor as it was, so a step can be skipped without the host reading anything.
 char* host_fused_adamw(void** params, void** grads, void** exp_avgs, void** exp_avg_sqs, void* step, size_t n,
-                       double lr, double beta1, double beta2, double weight_decay, double eps) {
+                       double lr, double beta1, double beta2, double weight_decay, double eps, void* found_inf) {
   return guarded([&] {
     // The kernel reads each parameter's step count; every parameter shares one here.
     std::vector<at::Tensor> steps(n, *static_cast<at::Tensor*>(step));
+    std::optional<at::Tensor> skip;
+    if (found_inf != nullptr) skip = *static_cast<at::Tensor*>(found_inf);
     at::_fused_adamw_(tensor_list(params, n), tensor_list(grads, n), tensor_list(exp_avgs, n),
                       tensor_list(exp_avg_sqs, n), {}, steps, lr, beta1, beta2, weight_decay, eps,
-                      /*amsgrad=*/false, /*maximize=*/false);
+                      /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt, skip);
+  });
+}
+
+// torch.amp.GradScaler's unscale: multiplies every gradient by `inv_scale` and sets
+// `found_inf` (a float scalar) to 1 if any gradient holds an inf or a nan; no host read.
+char* host_amp_unscale(void** grads, size_t n, void* found_inf, void* inv_scale) {
+  return guarded([&] {
+    auto list = tensor_list(grads, n);
+    at::_amp_foreach_non_finite_check_and_unscale_(list, *static_cast<at::Tensor*>(found_inf),
+                                                  *static_cast<at::Tensor*>(inv_scale));
   });
 }
 

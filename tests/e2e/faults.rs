@@ -170,6 +170,61 @@ fn a_diverging_run_skips_the_nonfinite_steps_then_stops_with_its_last_good_check
 }
 
 #[test]
+fn non_finite_checks_read_only_at_logs_and_saves_decide_the_same() {
+    // HOST_DEFER_STEP_CHECKS takes a CUDA run's path on the CPU: the skip is decided on
+    // the device (fused AdamW's found_inf) and read at the next log or save.
+    let defer = [("HOST_DEFER_STEP_CHECKS", "1")];
+    let diverging = tempdir();
+    let args = ["--learning-rate", "1e30", "--max-steps", "40", "--save-steps", "5", "--logging-steps", "5"];
+    let run = host_with_env(diverging.path(), &[&args[..], &["--eval-strategy", "no"]].concat(), &defer);
+    run.assert_clean_error(
+        1,
+        "training diverged: the loss or the gradient norm was not finite for 10 optimizer steps in a row (steps 2 to 11), all skipped; no checkpoint was saved;",
+    );
+    assert!(
+        run.stderr.contains("steps 1 to 5: 4 of them had a loss or gradient norm that is not finite (nan or inf), their updates skipped (4 in a row now)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("step 5: no checkpoint while the loss or the gradient is not finite"),
+        "{}",
+        run.stderr
+    );
+    let counted: Vec<f64> =
+        log_history(diverging.path()).iter().filter_map(|e| e.get("nonfinite_steps")?.as_f64()).collect();
+    assert_eq!(counted, [4.0, 5.0]);
+
+    // One NaN loss at step 3: the same weights either way.
+    let fixtures = plugin("test_fixtures");
+    let nan_once = [
+        "--plugin",
+        path_str(&fixtures),
+        "--loss",
+        "nan_on_call",
+        "--callback",
+        "misbehave",
+        "--plugin-config",
+        "misbehave.event=none",
+        "--plugin-config",
+        "nan_on_call.nan_on_call=3",
+        "--max-steps",
+        "12",
+        "--logging-steps",
+        "6",
+        "--eval-strategy",
+        "no",
+    ];
+    let (now, later) = (tempdir(), tempdir());
+    let read_now = host(now.path(), &nan_once);
+    let deferred = host_with_env(later.path(), &nan_once, &defer);
+    assert_eq!((read_now.code, deferred.code), (0, 0), "{}\n{}", read_now.stderr, deferred.stderr);
+    assert!(deferred.stderr.contains("steps 1 to 6: 1 of them had a loss or gradient norm that is not finite"));
+    let weights = |dir: &tempfile::TempDir| std::fs::read(dir.path().join("output/model.safetensors")).unwrap();
+    assert!(weights(&now) == weights(&later), "deferred checks changed the trained weights");
+}
+
+#[test]
 fn two_runs_into_one_output_dir_do_not_mix() {
     let dir = tempdir();
     let mut first =

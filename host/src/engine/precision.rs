@@ -90,15 +90,17 @@ impl GradScaler {
         loss * self.scale
     }
 
-    /// Divides the gradients by the scale; returns whether they are all finite.
-    pub fn unscale(&self, grads: &[Tensor]) -> bool {
+    /// Divides the gradients by the scale; returns whether they are all finite. One
+    /// kernel checks and unscales them all, and the host reads its one flag (as
+    /// accelerate's GradScaler step does).
+    pub fn unscale(&self, grads: &[Tensor]) -> Result<bool, String> {
         let _guard = tch::no_grad_guard();
-        let mut finite = true;
-        for grad in grads {
-            let _ = grad.shallow_clone().g_mul_scalar_(1.0 / self.scale);
-            finite &= grad.isfinite().all().int64_value(&[]) != 0;
-        }
-        finite
+        let Some(first) = grads.first() else { return Ok(true) };
+        let device = first.device();
+        let found_inf = Tensor::zeros([], (tch::Kind::Float, device));
+        let inv_scale = Tensor::full([], 1.0 / self.scale, (tch::Kind::Float, device));
+        native::amp_unscale(&grads.iter().collect::<Vec<_>>(), &found_inf, &inv_scale)?;
+        Ok(found_inf.double_value(&[]) == 0.0)
     }
 
     /// Adjusts the scale after a step; `finite` says whether the step was taken.
@@ -153,14 +155,17 @@ mod tests {
     #[test]
     fn grad_scaler_skips_overflow_and_adapts_its_scale() {
         let mut scaler = GradScaler { growth_interval: 2, ..Default::default() };
-        let grads = [Tensor::from_slice(&[65536.0f32, 131072.0])];
-        assert!(scaler.unscale(&grads));
+        let grads = [Tensor::from_slice(&[65536.0f32, 131072.0]), Tensor::from_slice(&[-32768.0f32])];
+        assert!(scaler.unscale(&grads).unwrap());
         assert_eq!(Vec::<f32>::try_from(&grads[0]).unwrap(), [1.0, 2.0]);
+        assert_eq!(Vec::<f32>::try_from(&grads[1]).unwrap(), [-0.5]);
         scaler.update(true);
         scaler.update(true);
         assert_eq!(scaler.scale, 131072.0);
-        let overflow = [Tensor::from_slice(&[f32::INFINITY, 1.0])];
-        assert!(!scaler.unscale(&overflow));
+        // An inf or a nan in any of the gradients is an overflow.
+        let overflow = [Tensor::from_slice(&[1.0f32]), Tensor::from_slice(&[f32::INFINITY, 1.0])];
+        assert!(!scaler.unscale(&overflow).unwrap());
+        assert!(!scaler.unscale(&[Tensor::from_slice(&[f32::NAN])]).unwrap());
         scaler.update(false);
         assert_eq!(scaler.scale, 65536.0);
     }

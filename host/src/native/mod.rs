@@ -12,8 +12,9 @@ use std::ffi::{c_char, c_void};
 pub use c10d::{Group, Reducer, DISTRIBUTED_BUILT, NCCL_BUILT, WITHOUT_DISTRIBUTED};
 pub use op_count::{OpCount, OpCounter};
 pub use torch::{
-    autocast_enter, autocast_exit, checkpoint, clip_grad_norm, device_memory, empty_cache, full_determinism,
-    fused_adamw, reset_peak_memory, rng_state, set_grad, set_rng_state, set_tf32, torchscript_layer_norms, zero_grads,
+    amp_unscale, autocast_enter, autocast_exit, checkpoint, clip_grad_norm, device_memory, empty_cache,
+    full_determinism, fused_adamw, reset_peak_memory, rng_state, set_grad, set_rng_state, set_tf32,
+    torchscript_layer_norms, zero_grads,
 };
 
 extern "C" {

@@ -30,6 +30,13 @@ extern "C" {
         beta2: f64,
         weight_decay: f64,
         eps: f64,
+        found_inf: *mut c_void,
+    ) -> *mut c_char;
+    fn host_amp_unscale(
+        grads: *mut *mut c_void,
+        n: usize,
+        found_inf: *mut c_void,
+        inv_scale: *mut c_void,
     ) -> *mut c_char;
     fn host_clip_grad_norm(grads: *mut *mut c_void, n: usize, max_norm: f64, out: *mut *mut c_void) -> *mut c_char;
     fn host_zero_grads(grads: *mut *mut c_void, n: usize) -> *mut c_char;
@@ -154,6 +161,7 @@ pub fn fused_adamw(
     lr: f64,
     (beta1, beta2, eps): (f64, f64, f64),
     weight_decay: f64,
+    found_inf: Option<&Tensor>,
 ) -> Result<(), String> {
     let n = params.len();
     if grads.len() != n || exp_avgs.len() != n || exp_avg_sqs.len() != n {
@@ -175,7 +183,19 @@ pub fn fused_adamw(
             beta2,
             weight_decay,
             eps,
+            found_inf.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut c_void),
         )
+    })
+}
+
+/// torch.amp's `_amp_foreach_non_finite_check_and_unscale_`: every gradient times
+/// `inv_scale`, and `found_inf` (a float scalar) set to 1 if any holds an inf or a nan.
+pub fn amp_unscale(grads: &[&Tensor], found_inf: &Tensor, inv_scale: &Tensor) -> Result<(), String> {
+    let mut g = handles(grads);
+    // SAFETY: the handles are live tensors for the call; the kernel writes the gradients
+    // and found_inf in place.
+    check(unsafe {
+        host_amp_unscale(g.as_mut_ptr(), g.len(), found_inf.as_ptr() as *mut c_void, inv_scale.as_ptr() as *mut c_void)
     })
 }
 

@@ -190,6 +190,9 @@ pub struct Dataset {
     /// longest of the set: batches are cut to their own longest, as Hugging Face's
     /// DataCollatorWithPadding pads (right padding: only padding is cut).
     lengths: Option<Vec<i64>>,
+    /// Each example's label items (labels other than -100), counted once on the CPU, so
+    /// that a training step's count needs no read from the device.
+    label_items: Vec<i64>,
 }
 
 impl Dataset {
@@ -222,6 +225,13 @@ impl Dataset {
             .iter()
             .find(|(n, t)| n == "attention_mask" && t.dim() == 2)
             .and_then(|(_, mask)| Vec::<i64>::try_from(&mask.ne(0).sum_dim_intlist(1, false, Kind::Int64)).ok());
+        let label_items = match fields.iter().find(|(n, _)| n == "labels") {
+            Some((_, labels)) => {
+                let per_row = labels.ne(-100).reshape([rows, -1]).sum_dim_intlist(1, false, Kind::Int64);
+                Vec::<i64>::try_from(&per_row).unwrap_or_default()
+            }
+            None => Vec::new(),
+        };
         let dataset = Self {
             fields,
             device: Device::Cpu,
@@ -231,6 +241,7 @@ impl Dataset {
             pad_token: None,
             label_names: None,
             lengths,
+            label_items,
         };
         if dataset.field("labels").is_none() {
             return Err(InputError::new(format!(
@@ -278,6 +289,7 @@ impl Dataset {
             pad_token: self.pad_token,
             label_names: self.label_names.clone(),
             lengths: self.lengths.clone(),
+            label_items: self.label_items.clone(),
         }
     }
 
@@ -288,7 +300,9 @@ impl Dataset {
     fn select(&self, indices: &[i64]) -> Dataset {
         let index = Tensor::from_slice(indices);
         let mut selected = self.map(|t| t.index_select(0, &index));
-        selected.lengths = self.lengths.as_ref().map(|l| indices.iter().map(|&i| l[i as usize]).collect());
+        let pick = |values: &[i64]| indices.iter().map(|&i| values[i as usize]).collect();
+        selected.lengths = self.lengths.as_deref().map(pick);
+        selected.label_items = pick(&self.label_items);
         selected
     }
 
@@ -297,10 +311,24 @@ impl Dataset {
             Some(max) if (max as usize) < self.len() => {
                 let mut cut = self.map(|t| t.narrow(0, 0, max));
                 cut.lengths = self.lengths.as_ref().map(|l| l[..max as usize].to_vec());
+                cut.label_items.truncate(max as usize);
                 cut
             }
             _ => self,
         }
+    }
+
+    /// The label items of the examples at `indices` (a CPU tensor, as `batches` makes
+    /// them), as `count_label_items` of their batch, without reading the device.
+    pub fn label_items(&self, indices: &Tensor) -> i64 {
+        Vec::<i64>::try_from(indices).unwrap_or_default().iter().map(|&i| self.label_items[i as usize]).sum()
+    }
+
+    /// The non-padding tokens of the examples at `indices` (text data with an attention
+    /// mask), without reading the device.
+    pub fn non_padding_tokens(&self, indices: &Tensor) -> Option<i64> {
+        let lengths = self.lengths.as_ref()?;
+        Some(Vec::<i64>::try_from(indices).unwrap_or_default().iter().map(|&i| lengths[i as usize]).sum())
     }
 
     /// The longest example among `rows` (text data), to cut a batch's padding to.

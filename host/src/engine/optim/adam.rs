@@ -46,11 +46,14 @@ impl Adam {
         }
     }
 
-    /// One fused AdamW step; `self.step` is already the new step number.
-    fn fused_step(&mut self, lr: f64, groups: &[(f64, Vec<usize>)]) -> Result<(), String> {
+    /// One fused AdamW step, skipped on the device where `skip` holds 1. The step count
+    /// lives in `step_tensor` from the first fused step on, so that a skip needs no read.
+    fn fused_step(&mut self, lr: f64, groups: &[(f64, Vec<usize>)], skip: Option<&Tensor>) -> Result<(), String> {
         let device = self.params[0].tensor.device();
-        let step = self.step_tensor.get_or_insert_with(|| Tensor::zeros([], (tch::Kind::Float, device)));
-        let _ = step.fill_(self.step as f64);
+        let host_step = self.step;
+        let step =
+            self.step_tensor.get_or_insert_with(|| Tensor::full([], host_step as f64, (tch::Kind::Float, device)));
+        let _ = step.g_add_scalar_(1.0);
         let AdamSettings { beta1, beta2, eps } = self.settings;
         for (decay, members) in groups {
             let (mut params, mut grads, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -65,9 +68,22 @@ impl Adam {
                 continue;
             }
             let grads: Vec<&Tensor> = grads.iter().collect();
-            crate::native::fused_adamw(&params, &grads, &m, &v, step, lr, (beta1, beta2, eps), *decay)?;
+            crate::native::fused_adamw(&params, &grads, &m, &v, step, lr, (beta1, beta2, eps), *decay, skip)?;
+        }
+        if let Some(skip) = skip {
+            // A skipped step does not count (as torch.optim with a GradScaler's found_inf).
+            let _ = step.g_sub_(skip);
         }
         Ok(())
+    }
+
+    /// The number of steps taken: the device's count once fused steps run (read here,
+    /// at a checkpoint), else the host's.
+    fn steps_taken(&self) -> i64 {
+        match &self.step_tensor {
+            Some(step) => step.double_value(&[]) as i64,
+            None => self.step,
+        }
     }
 }
 
@@ -89,6 +105,14 @@ fn fused_groups(params: &[Param]) -> Option<Vec<(f64, Vec<usize>)>> {
 }
 
 impl Optimizer for Adam {
+    fn step_unless(&mut self, lr: f64, skip: &Tensor) -> Result<bool, String> {
+        let _guard = tch::no_grad_guard();
+        let Some(groups) = self.fused_groups.take() else { return Ok(false) };
+        let stepped = self.fused_step(lr, &groups, Some(skip));
+        self.fused_groups = Some(groups);
+        stepped.map(|()| true)
+    }
+
     fn params(&self) -> &[Param] {
         &self.params
     }
@@ -101,7 +125,7 @@ impl Optimizer for Adam {
             if let Some(max) = &self.max_exp_avg_sq {
                 export_slot(&self.params, "max_exp_avg_sq", max, &mut tensors);
             }
-            OptimizerState { tensors, scalars: serde_json::json!({ "step": self.step }) }
+            OptimizerState { tensors, scalars: serde_json::json!({ "step": self.steps_taken() }) }
         })
     }
 
@@ -112,17 +136,20 @@ impl Optimizer for Adam {
             import_slot(&self.params, "max_exp_avg_sq", max, state)?;
         }
         self.step = saved_step(state)?;
+        if let Some(step) = &mut self.step_tensor {
+            let _ = step.fill_(self.step as f64);
+        }
         Ok(())
     }
 
     fn step(&mut self, lr: f64) -> Result<(), String> {
         let _guard = tch::no_grad_guard();
-        self.step += 1;
         if let Some(groups) = self.fused_groups.take() {
-            let stepped = self.fused_step(lr, &groups);
+            let stepped = self.fused_step(lr, &groups, None);
             self.fused_groups = Some(groups);
             return stepped;
         }
+        self.step += 1;
         let AdamSettings { beta1, beta2, eps } = self.settings;
         let bias_correction1 = 1.0 - beta1.powi(self.step as i32);
         let bias_correction2_sqrt = (1.0 - beta2.powi(self.step as i32)).sqrt();

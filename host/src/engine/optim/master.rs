@@ -55,21 +55,44 @@ impl MasterWeights {
     }
 }
 
-impl Optimizer for MasterWeights {
-    fn step(&mut self, lr: f64) -> Result<(), String> {
-        let _guard = tch::no_grad_guard();
+impl MasterWeights {
+    /// The 16-bit gradients into the masters' float32 ones.
+    fn gradients_to_masters(&self) -> Result<(), String> {
         for (param, master) in self.params.iter().zip(&self.masters) {
             if let (Some((_, grad)), Some(from)) = (master, param.grad()) {
                 grad.shallow_clone().f_copy_(&from).map_err(|e| e.to_string())?;
             }
         }
-        self.inner.step(lr)?;
+        Ok(())
+    }
+
+    /// The parameters become their masters, rounded.
+    fn masters_to_parameters(&self) -> Result<(), String> {
         for (param, master) in self.params.iter().zip(&self.masters) {
             if let Some((master, _)) = master {
                 param.tensor.shallow_clone().f_copy_(master).map_err(|e| e.to_string())?;
             }
         }
         Ok(())
+    }
+}
+
+impl Optimizer for MasterWeights {
+    fn step(&mut self, lr: f64) -> Result<(), String> {
+        let _guard = tch::no_grad_guard();
+        self.gradients_to_masters()?;
+        self.inner.step(lr)?;
+        self.masters_to_parameters()
+    }
+
+    fn step_unless(&mut self, lr: f64, skip: &Tensor) -> Result<bool, String> {
+        let _guard = tch::no_grad_guard();
+        self.gradients_to_masters()?;
+        if !self.inner.step_unless(lr, skip)? {
+            return Ok(false);
+        }
+        // A skipped step left the masters as they were: rounding them again changes nothing.
+        self.masters_to_parameters().map(|()| true)
     }
 
     fn params(&self) -> &[Param] {

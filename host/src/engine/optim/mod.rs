@@ -57,6 +57,14 @@ pub trait Optimizer {
     /// is libtorch's (out of memory, say).
     fn step(&mut self, lr: f64) -> Result<(), String>;
 
+    /// Applies one update unless `skip` (a float scalar on the parameters' device) holds
+    /// 1, deciding on the device so that the host waits for nothing. `Ok(false)`: this
+    /// optimizer cannot decide there; the caller reads `skip` and calls `step` itself.
+    fn step_unless(&mut self, lr: f64, skip: &Tensor) -> Result<bool, String> {
+        let _ = (lr, skip);
+        Ok(false)
+    }
+
     /// The parameters it updates.
     fn params(&self) -> &[Param];
 

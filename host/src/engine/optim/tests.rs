@@ -148,3 +148,42 @@ fn state_round_trips_mid_trajectory_for_every_optimizer() {
         assert!(w1.equal(&w3) && b1.equal(&b3), "{optim}: resumed trajectory differs");
     }
 }
+
+#[test]
+fn fused_adamw_skips_a_flagged_step_on_the_device_and_others_cannot() {
+    let _generator = crate::engine::rng::lock_generator();
+    tch::manual_seed(5);
+    let init = Tensor::randn([3, 4], (Kind::Float, tch::Device::Cpu));
+    let grads: Vec<Tensor> = (0..3).map(|_| Tensor::randn([3, 4], (Kind::Float, tch::Device::Cpu))).collect();
+    let adam = AdamSettings { beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+    let fresh = |optim: &str| {
+        let w = init.copy().set_requires_grad(true);
+        let params = vec![Param { name: "w".into(), tensor: w.shallow_clone(), weight_decay: 0.1 }];
+        (w, build(&OptimizerSpec::parse(optim, "", adam).unwrap(), params))
+    };
+    let (skip, take) = (Tensor::from(1.0f32), Tensor::from(0.0f32));
+    // Steps 1 and 3 taken, step 2 flagged: the same weights, moments and step count as
+    // two plain steps with the first and third gradients.
+    let (w1, mut flagged) = fresh("adamw");
+    for (grad, flag) in grads.iter().zip([&take, &skip, &take]) {
+        set_grad(&w1, grad);
+        assert!(flagged.step_unless(0.01, flag).unwrap());
+    }
+    let (w2, mut plain) = fresh("adamw");
+    for grad in [&grads[0], &grads[2]] {
+        set_grad(&w2, grad);
+        plain.step(0.01).unwrap();
+    }
+    assert!(w1.equal(&w2), "a flagged step changed the weights");
+    let (a, b) = (flagged.state().unwrap(), plain.state().unwrap());
+    assert_eq!(a.scalars, serde_json::json!({ "step": 2 }));
+    assert_eq!(a.scalars, b.scalars);
+    for ((name, x), (_, y)) in a.tensors.iter().zip(&b.tensors) {
+        assert!(x.equal(y), "{name} differs");
+    }
+    // Optimizers without a device-side skip say so and change nothing.
+    let (w3, mut sgd) = fresh("sgd");
+    set_grad(&w3, &grads[0]);
+    assert!(!sgd.step_unless(0.01, &take).unwrap());
+    assert!(w3.equal(&init));
+}

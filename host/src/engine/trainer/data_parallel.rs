@@ -119,13 +119,17 @@ impl Trainer {
     }
 
     /// HF's `include_num_input_tokens_seen`: the input tokens of a micro-batch (all, or
-    /// without padding); 0 when not counting or the batch has no token ids.
-    pub(super) fn input_tokens(&self, batch: &data::Batch) -> i64 {
+    /// without padding); 0 when not counting or the batch has no token ids. The examples'
+    /// lengths counted at load give the non-padding tokens without a device read.
+    pub(super) fn input_tokens(&self, indices: &Tensor, batch: &data::Batch) -> i64 {
         let Some(ids) = batch.get("input_ids") else { return 0 };
         match self.config.args.include_num_input_tokens_seen.as_str() {
             "all" => ids.numel() as i64,
             "non_padding" => match (batch.get("attention_mask"), self.train.pad_token) {
-                (Some(mask), _) => mask.sum(Kind::Int64).int64_value(&[]),
+                (Some(mask), _) => match self.train.non_padding_tokens(indices) {
+                    Some(tokens) => tokens,
+                    None => mask.sum(Kind::Int64).int64_value(&[]),
+                },
                 (None, Some(pad)) => ids.ne(pad).sum(Kind::Int64).int64_value(&[]),
                 (None, None) => ids.numel() as i64,
             },
@@ -203,11 +207,10 @@ impl Trainer {
     /// The label items of the optimizer step's micro-batches on every rank: each rank
     /// holds all the labels and knows every rank's batches, so no collective is needed.
     pub(super) fn global_label_items(&self, shards: &[Vec<Tensor>], first: usize, count: usize) -> i64 {
-        let labels = self.train.labels();
         shards
             .iter()
             .flat_map(|batches| &batches[first..first + count])
-            .map(|indices| data::count_label_items(&labels.index_select(0, &indices.to_device(labels.device()))))
+            .map(|indices| self.train.label_items(indices))
             .sum()
     }
 

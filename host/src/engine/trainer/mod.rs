@@ -13,6 +13,7 @@ mod metrics;
 mod op_probe;
 mod persist;
 pub mod state;
+mod step_health;
 mod train_loop;
 
 use std::path::{Path, PathBuf};

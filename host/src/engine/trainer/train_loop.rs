@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 use super::auto_batch::simulated_out_of_memory;
 use super::metrics::{round_to, speed_metrics};
 use super::state::Position;
+use super::step_health::StepHealth;
 use super::Trainer;
 use crate::config::arguments::{IntervalStrategy, SaveStrategy, TrainingArguments, MAX_STEPS};
 use crate::engine::callbacks::Event;
@@ -85,7 +86,9 @@ pub(super) struct LossMeter {
     started: Option<(Instant, i64)>,
     /// 1 when a loss of the current optimizer step was not finite (on the device).
     pub(super) step_nonfinite: Tensor,
-    /// Non-finite steps: in a row now, and since the last log.
+    /// The steps whose loss or gradient norm was not finite, counted on the device.
+    health: StepHealth,
+    /// Non-finite steps as last read: in a row then, and since the last log.
     nonfinite_in_a_row: i64,
     nonfinite_since_log: i64,
 }
@@ -100,6 +103,7 @@ impl LossMeter {
             current_tokens: 0,
             started: None,
             step_nonfinite: Tensor::zeros([], (Kind::Float, device)),
+            health: StepHealth::new(device, NONFINITE_STEPS_IN_A_ROW, 0),
             nonfinite_in_a_row: 0,
             nonfinite_since_log: 0,
         }
@@ -123,6 +127,12 @@ impl LossMeter {
         };
         let _ = self.since_log.g_add_(&loss);
     }
+}
+
+/// `HOST_DEFER_STEP_CHECKS=1` makes a CPU run read the non-finite checks only where a
+/// CUDA run does (logs, evaluations, saves), so that the tests can cover that path.
+fn defer_step_checks() -> bool {
+    std::env::var_os("HOST_DEFER_STEP_CHECKS").is_some_and(|v| v == "1")
 }
 
 /// HF's optimizer steps and epochs of a run: max_steps when it is set (and the epochs it
@@ -151,6 +161,7 @@ impl Trainer {
         }
         let started = (Instant::now(), self.run.state.global_step);
         self.meter.started = Some((started.0, self.run.state.num_input_tokens_seen));
+        self.meter.health = StepHealth::new(self.device, NONFINITE_STEPS_IN_A_ROW, started.1);
         self.begin(&plan)?;
         let resume_at = self.run.position;
         if self.run.state.global_step >= plan.max_steps {
@@ -324,8 +335,9 @@ impl Trainer {
         // HF counts label items over the whole optimizer step before running it, over
         // every rank with average_tokens_across_devices.
         let across_ranks = self.world_size() > 1 && self.config.args.average_tokens_across_devices;
+        // Counted from the examples' counts made at load: no read from the device.
         let num_items = match across_ranks {
-            false => micro.iter().map(|batch| data::count_label_items(batch.labels())).sum(),
+            false => (first..first + count).map(|i| self.train.label_items(&mine[i])).sum(),
             true => self.global_label_items(&batches.shards, first, count),
         };
         let before = self.step_snapshot();
@@ -337,7 +349,8 @@ impl Trainer {
             if i == 0 {
                 self.fire(Event::StepBegin, &[])?;
             }
-            if let Err(error) = self.training_step(batch, num_items, last) {
+            let tokens = self.input_tokens(&mine[first + i], batch);
+            if let Err(error) = self.training_step(batch, num_items, tokens, last) {
                 return Ok(Flow::Resized { from: self.retry_smaller(error, before)? });
             }
             if last {
@@ -356,7 +369,7 @@ impl Trainer {
     /// HF `training_step`: one micro-batch's forward and backward pass. The loss is
     /// normalised by the label items of the whole optimizer step (`num_items_in_batch`), so
     /// accumulated gradients equal one big batch.
-    fn training_step(&mut self, batch: &Batch, num_items: i64, last_of_step: bool) -> Result<()> {
+    fn training_step(&mut self, batch: &Batch, num_items: i64, input_tokens: i64, last_of_step: bool) -> Result<()> {
         let (step, batch_size) = (self.run.state.global_step + 1, self.config.args.per_device_train_batch_size);
         let what = move || format!("training step {step} (per_device_train_batch_size {batch_size})");
         libtorch::guard(what, || {
@@ -367,7 +380,7 @@ impl Trainer {
             if let (Some(parameters), Some(ids)) = (self.model.flop_parameters, batch.get("input_ids")) {
                 self.meter.current_flos += 6.0 * ids.numel() as f64 * parameters as f64;
             }
-            self.meter.current_tokens += self.input_tokens(batch);
+            self.meter.current_tokens += input_tokens;
             // As HF with num_items_in_batch over all ranks: each rank's loss is its share of
             // the global one; times the world size, DDP's averaging of the gradients gives
             // the global batch's gradient.
@@ -452,31 +465,46 @@ impl Trainer {
 
     /// Averages the gradients over the ranks, unscales and clips them, lets callbacks see
     /// them, and applies the optimizer, unless a callback asks to skip it, fp16 gradients
-    /// overflowed, or the loss or the gradient norm is not finite (skipped with a warning;
-    /// too many in a row stop the run).
+    /// overflowed, or the loss or the gradient norm is not finite. That last decision stays
+    /// on the device where the optimizer can take it there (fused AdamW's `found_inf`), so
+    /// that the host runs ahead; it is read with the next log, evaluation or save, or at
+    /// once on a CPU (skipped steps are warned of; too many in a row stop the run).
     fn update_weights(&mut self) -> Result<()> {
+        let step = self.run.state.global_step + 1;
         self.meter.step_lr = Some(self.current_lr()?);
         self.average_gradients()?;
-        let overflow_free = self.unscale_gradients();
+        let overflow_free = self.unscale_gradients()?;
         let norm = self.optimizer.clip_grad_norm(self.config.args.max_grad_norm).map_err(libtorch::Failed)?;
-        let finite = self.step_is_finite(&norm)?;
-        self.meter.grad_norm = Some(norm);
+        let loss_nonfinite = match &self.dist {
+            Some(dp) => Tensor::from(dp.any_loss_nonfinite as u8 as f32),
+            None => self.meter.step_nonfinite.shallow_clone(),
+        };
+        self.meter.step_nonfinite = Tensor::zeros([], (Kind::Float, self.device));
+        self.meter.grad_norm = Some(norm.shallow_clone());
         let skip = self.show_gradients()?;
         self.fire(Event::PreOptimizerStep, &[])?;
+        // Read at once where the device is the CPU, or where the host had to wait anyway.
+        let mut read_now = (!self.device.is_cuda() && !defer_step_checks()) || self.dist.is_some();
         if skip {
+            // A callback's skip comes first: the step does not count as non-finite.
             self.run.totals.skipped_steps += 1;
-        } else if !finite {
-            self.run.totals.skipped_steps += 1;
-            self.count_nonfinite_step()?;
         } else if overflow_free {
+            // With fp16, a gradient overflow is the scaler's to handle: only the loss counts.
+            let nonfinite = self.meter.health.note(step, &loss_nonfinite, self.scaler.is_none().then_some(&norm));
             let lr = self.current_lr()?;
-            self.optimizer.step(lr).map_err(libtorch::Failed)?;
+            if !self.optimizer.step_unless(lr, &nonfinite).map_err(libtorch::Failed)? {
+                read_now = true;
+                if nonfinite.double_value(&[]) == 0.0 {
+                    self.optimizer.step(lr).map_err(libtorch::Failed)?;
+                }
+            }
         } else {
+            let _ = self.meter.health.note(step, &loss_nonfinite, None);
             self.run.totals.skipped_steps += 1;
             tracing::debug!("fp16 gradients overflowed: optimizer step skipped, loss scale lowered");
         }
-        if finite {
-            self.meter.nonfinite_in_a_row = 0;
+        if read_now {
+            self.read_step_health(step)?;
         }
         self.fire(Event::OptimizerStep, &[])?;
         self.show_parameters()?;
@@ -484,49 +512,46 @@ impl Trainer {
         Ok(())
     }
 
-    /// Whether this step's losses (on every rank) and its gradient norm are finite. With
-    /// fp16, a gradient overflow is the loss scaler's to handle: only the loss counts.
-    fn step_is_finite(&mut self, norm: &Tensor) -> Result<bool> {
-        let loss_nonfinite = match &self.dist {
-            Some(dp) => dp.any_loss_nonfinite,
-            None => self.meter.step_nonfinite.double_value(&[]) > 0.0,
-        };
-        let _ = self.meter.step_nonfinite.zero_();
-        let norm_finite = self.scaler.is_some() || norm.isfinite().int64_value(&[]) != 0;
-        Ok(!loss_nonfinite && norm_finite)
-    }
-
-    /// A step whose loss or gradient norm is not finite: skipped with a warning, and the
-    /// run stops after too many in a row (the weights are still the last finite ones).
-    fn count_nonfinite_step(&mut self) -> Result<()> {
-        let step = self.run.state.global_step + 1;
-        self.meter.nonfinite_in_a_row += 1;
-        self.meter.nonfinite_since_log += 1;
-        let in_a_row = self.meter.nonfinite_in_a_row;
-        tracing::warn!(
-            "step {step}: the loss or the gradient norm is not finite (nan or inf); the update is skipped ({in_a_row} in a row)"
-        );
-        if in_a_row < NONFINITE_STEPS_IN_A_ROW {
-            return Ok(());
+    /// Reads which steps up to `step` had a loss or gradient norm that was not finite:
+    /// warns of them, and stops the run as diverged after too many in a row (their updates
+    /// were skipped: the weights are still the last finite ones).
+    pub(super) fn read_step_health(&mut self, step: i64) -> Result<()> {
+        let health = self.meter.health.read(step);
+        self.meter.nonfinite_in_a_row = health.in_a_row;
+        self.meter.nonfinite_since_log += health.skipped;
+        if health.skipped > 0 && health.first_step == health.last_step {
+            tracing::warn!(
+                "step {step}: the loss or the gradient norm is not finite (nan or inf); the update is skipped ({} in a row)",
+                health.in_a_row
+            );
+        } else if health.skipped > 0 {
+            tracing::warn!(
+                "steps {} to {step}: {} of them had a loss or gradient norm that is not finite (nan or inf), their updates skipped ({} in a row now)",
+                health.first_step,
+                health.skipped,
+                health.in_a_row
+            );
         }
+        let Some(from) = health.diverged_from else { return Ok(()) };
+        let limit = NONFINITE_STEPS_IN_A_ROW;
         let saved =
             checkpoint::list(&self.output_dir()).last().map_or("no checkpoint was saved".to_owned(), |(_, dir)| {
                 format!("the last checkpoint is {}", dir.display())
             });
         anyhow::bail!(
-            "training diverged: the loss or the gradient norm was not finite for {in_a_row} optimizer steps in a row (steps {} to {step}), all skipped; {saved}; lower learning_rate, or check the data and the loss",
-            step + 1 - in_a_row
+            "training diverged: the loss or the gradient norm was not finite for {limit} optimizer steps in a row (steps {from} to {}), all skipped; {saved}; lower learning_rate, or check the data and the loss",
+            from + limit - 1
         )
     }
 
     /// fp16: divides the gradients by the loss scale and adapts the scale; returns whether
     /// the step may be taken (no overflow). Always true without fp16.
-    fn unscale_gradients(&mut self) -> bool {
+    fn unscale_gradients(&mut self) -> Result<bool> {
         let grads = self.gradients();
-        let Some(scaler) = &mut self.scaler else { return true };
-        let finite = scaler.unscale(&grads);
+        let Some(scaler) = &mut self.scaler else { return Ok(true) };
+        let finite = scaler.unscale(&grads).map_err(libtorch::Failed)?;
         scaler.update(finite);
-        finite
+        Ok(finite)
     }
 
     /// Shows the gradients to the callbacks that want them (plugin-api 1.2); true when one
@@ -567,6 +592,10 @@ impl Trainer {
     fn maybe_log_save_evaluate(&mut self) -> Result<()> {
         let control = &self.callbacks.control;
         let acts = control.should_log || control.should_evaluate || control.should_save;
+        if acts || control.should_training_stop {
+            // The host waits for the device here anyway.
+            self.read_step_health(self.run.state.global_step)?;
+        }
         if self.callbacks.control.should_log && self.run.state.global_step > self.run.totals.last_logged_step {
             self.log_training_loss()?;
         }
@@ -648,6 +677,7 @@ impl Trainer {
     /// `started`: when this call began, and at which step (a resumed run's speed counts
     /// its own steps and samples, as HF's speed_metrics; its train_loss counts every step).
     fn finish(&mut self, started: (Instant, i64)) -> Result<Outcome> {
+        self.read_step_health(self.run.state.global_step)?;
         progress_bar::finish();
         if self.config.args.load_best_model_at_end {
             self.load_best_model()?;
