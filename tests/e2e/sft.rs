@@ -126,3 +126,67 @@ fn chat_data_without_a_usable_template_is_refused_by_name() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("assistant_only_loss needs chat data (messages)"), "{}", run.stderr);
 }
+
+/// The host's eval_loss of `data` on pretrained test model `name`, and its stderr.
+fn eval_loss_of(name: &str, data: &Path, flags: &[&str]) -> (f64, String) {
+    let dir = tempdir();
+    let output = dir.path().join("out");
+    let model = crate::pretrained::models().join(name).join("model");
+    let mut args = vec!["--model-name-or-path", path_str(&model), "--train-file", path_str(data)];
+    args.extend(["--eval-file", path_str(data), "--do-train", "false", "--do-eval", "true"]);
+    args.extend(["--per-device-eval-batch-size", "64", "--output-dir", path_str(&output), "--device", "cpu"]);
+    args.extend(flags);
+    let run = host(dir.path(), &args);
+    assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("eval_results.json")).unwrap()).unwrap();
+    (results["eval_loss"].as_f64().unwrap(), run.stderr)
+}
+
+#[test]
+fn packed_rows_give_the_loss_of_their_examples_apart() {
+    // Rotary, windowed, soft-capped, partially rotary and learned positions: each keeps
+    // the packed examples apart (a block-diagonal mask, positions restarting).
+    let text = crate::pretrained::models().join("text_eval.jsonl");
+    let cases = [
+        "llama-causal",
+        "mistral-window-causal",
+        "qwen3-causal",
+        "gemma2-causal",
+        "gemma3-causal",
+        "phi3-causal",
+        "gpt2-causal",
+        "opt-causal",
+        "opt-postnorm-causal",
+    ];
+    for name in cases {
+        let (apart, _) = eval_loss_of(name, &text, &["--max-seq-length", "64"]);
+        let (packed, stderr) = eval_loss_of(name, &text, &["--max-seq-length", "64", "--packing"]);
+        assert!((apart - packed).abs() <= 1e-5 * apart, "{name}: eval_loss {apart} apart, {packed} packed");
+        let line = stderr.lines().find(|l| l.contains("examples packed into")).unwrap_or_else(|| panic!("{stderr}"));
+        let counts: Vec<usize> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        assert!(counts[1] < counts[0], "{name}: {line}");
+    }
+    // Chat data, with the assistant's tokens only.
+    let chat = work().join("chat.jsonl");
+    let flags = ["--max-seq-length", "128", "--assistant-only-loss"];
+    let (apart, _) = host_eval_loss(&chat, &flags);
+    let (packed, _) = host_eval_loss(&chat, &[&flags[..], &["--packing"]].concat());
+    assert!((apart - packed).abs() <= 1e-5 * apart, "chat: eval_loss {apart} apart, {packed} packed");
+}
+
+#[test]
+fn packing_is_refused_where_examples_would_mix() {
+    let dir = tempdir();
+    let models = crate::pretrained::models();
+    let tokenizer = models.join("llama-causal/model/tokenizer.json");
+    let text = models.join("text_train.jsonl");
+    let args = ["--model", "gpt", "--train-file", path_str(&text), "--tokenizer-file", path_str(&tokenizer)];
+    host(dir.path(), &[&args[..], &["--packing", "--max-steps", "1"]].concat())
+        .assert_clean_error(2, "packing needs a model that keeps the packed examples apart (a pretrained causal LM: ");
+    let labeled = models.join("labeled_train.jsonl");
+    let model = models.join("llama-classifier/model");
+    let args = ["--model-name-or-path", path_str(&model), "--train-file", path_str(&labeled), "--packing"];
+    host(dir.path(), &args)
+        .assert_clean_error(2, "packing is for language-modelling data, and these texts have labels");
+}

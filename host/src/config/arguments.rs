@@ -277,6 +277,11 @@ training_arguments! {
     /// Prompt-completion data: learn only the completion's tokens (TRL's
     /// completion_only_loss); default: yes.
     completion_only_loss: Option<bool> = None, flag bool;
+    /// Language-modelling and SFT data: pack short examples into rows of max_seq_length
+    /// tokens (TRL's packing, best fit decreasing), positions restarting and attention
+    /// kept inside each example.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    packing: bool = false, flag bool;
     /// Dropout probability inside the model (training only).
     dropout: f64 = 0.0, flag f64;
     /// Number of classes; default: the largest label + 1.

@@ -186,6 +186,7 @@ impl ResolvedConfig {
                 pad_candidates,
                 assistant_only_loss: args.assistant_only_loss,
                 completion_only_loss: args.completion_only_loss.unwrap_or(true),
+                packing: args.packing,
             },
             validation_split_percentage: args.validation_split_percentage,
             evaluates: args.eval_strategy != IntervalStrategy::No

@@ -10,6 +10,7 @@ mod chat;
 mod digits;
 mod files;
 mod label_names;
+mod packing;
 mod parquet;
 pub mod prefetch;
 mod sft;
@@ -60,7 +61,12 @@ pub struct FileOptions {
     pub assistant_only_loss: bool,
     /// Prompt-completion data: only the completion's tokens are learned.
     pub completion_only_loss: bool,
+    /// Language-modelling data: short examples packed into rows of max_seq_length tokens.
+    pub packing: bool,
 }
+
+/// The field of packed rows' positions, restarting at 0 where each example begins.
+pub const PACKED_POSITIONS: &str = "position_ids";
 
 /// The data a run trains and evaluates on, as the arguments name it.
 #[derive(Debug, Clone, PartialEq)]
@@ -426,7 +432,7 @@ fn model_kind(name: &str, tensor: Tensor) -> Tensor {
         kind
     } else if tensor.is_floating_point() {
         Kind::Float
-    } else if matches!(name, "labels" | "input_ids" | "token_type_ids") {
+    } else if matches!(name, "labels" | "input_ids" | "token_type_ids" | PACKED_POSITIONS) {
         Kind::Int64
     } else {
         // Integer features (pixel bytes, counts) are inputs of a float model.

@@ -16,8 +16,9 @@ use tokenizers::Tokenizer;
 
 use super::chat::TokenizerConfig;
 use super::label_names::{self, RawLabel};
+use super::packing;
 use super::sft::{self, Format, Preparer};
-use super::{Dataset, FileOptions, TokenRef};
+use super::{Dataset, FileOptions, TokenRef, PACKED_POSITIONS};
 use crate::error::InputError;
 
 pub fn read_jsonl(path: &Path, options: &FileOptions) -> Result<Dataset, InputError> {
@@ -123,7 +124,27 @@ fn read_sft(
     }
     let targets = examples.iter().map(sft::next_token_targets).collect();
     let sequences = examples.into_iter().map(|e| e.ids).collect();
-    token_dataset(shown, tokenizer, sequences, Targets::NextTokens(targets), options)
+    let (sequences, targets, positions) = maybe_pack(shown, sequences, targets, options);
+    token_dataset(shown, tokenizer, sequences, targets, positions, options)
+}
+
+/// Token rows, what they learn, and packed rows' positions.
+type Rows = (Vec<Vec<i64>>, Targets, Option<Vec<Vec<i64>>>);
+
+/// With packing, language-modelling sequences and their next-token targets as packed rows
+/// of max_seq_length tokens with their positions; else as they are.
+fn maybe_pack(source: &str, sequences: Vec<Vec<i64>>, targets: Vec<Vec<i64>>, options: &FileOptions) -> Rows {
+    if !options.packing {
+        return (sequences, Targets::NextTokens(targets), None);
+    }
+    let examples = sequences.len();
+    let packed = packing::pack(&sequences, &targets, options.max_seq_length.max(1) as usize);
+    tracing::info!(
+        "{source}: {examples} examples packed into {} rows of at most {} tokens",
+        packed.ids.len(),
+        options.max_seq_length
+    );
+    (packed.ids, Targets::NextTokens(packed.targets), Some(packed.positions))
 }
 
 /// Whether the first row's prompt is text (not a list of messages).
@@ -188,12 +209,20 @@ pub fn from_texts(
             options.max_seq_length
         )));
     }
-    let targets = match labels {
-        Some(labels) => Targets::Classes(labels),
+    let (sequences, targets, positions) = match labels {
+        Some(_) if options.packing => {
+            return Err(InputError::new(format!(
+                "{source}: packing is for language-modelling data, and these texts have labels to classify; set packing false"
+            )));
+        }
+        Some(labels) => (sequences, Targets::Classes(labels), None),
         // Language modelling: the label at each position is the next token.
-        None => Targets::NextTokens(sequences.iter().map(|s| s[1..].to_vec()).collect()),
+        None => {
+            let next = sequences.iter().map(|s| s[1..].to_vec()).collect();
+            maybe_pack(source, sequences, next, options)
+        }
     };
-    token_dataset(source, tokenizer, sequences, targets, options)
+    token_dataset(source, tokenizer, sequences, targets, positions, options)
 }
 
 /// What a token dataset learns.
@@ -205,12 +234,14 @@ enum Targets {
     NextTokens(Vec<Vec<i64>>),
 }
 
-/// `input_ids` and `attention_mask` padded to the longest sequence, and the labels.
+/// `input_ids` and `attention_mask` padded to the longest sequence, and the labels; packed
+/// rows also their `position_ids`.
 fn token_dataset(
     source: &str,
     tokenizer: &Tokenizer,
     sequences: Vec<Vec<i64>>,
     targets: Targets,
+    positions: Option<Vec<Vec<i64>>>,
     options: &FileOptions,
 ) -> Result<Dataset, InputError> {
     let pad = pad_id(tokenizer, &options.pad_candidates);
@@ -221,11 +252,15 @@ fn token_dataset(
         Targets::Classes(labels) => Tensor::from_slice(&labels),
         Targets::NextTokens(next) => Tensor::from_slice(&super::pad_rows(&next, -100, longest).0).view([n, t]),
     };
-    let fields = vec![
+    let mut fields = vec![
         ("input_ids".to_owned(), Tensor::from_slice(&ids).view([n, t])),
         ("attention_mask".to_owned(), Tensor::from_slice(&mask).view([n, t])),
         ("labels".to_owned(), labels),
     ];
+    if let Some(positions) = positions {
+        let positions = super::pad_rows(&positions, 0, longest).0;
+        fields.push((PACKED_POSITIONS.to_owned(), Tensor::from_slice(&positions).view([n, t])));
+    }
     let mut dataset = Dataset::new(source, fields)?;
     dataset.vocab_size = Some(tokenizer.get_vocab_size(true) as i64);
     dataset.end_token = end_id(tokenizer);

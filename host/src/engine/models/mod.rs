@@ -115,6 +115,12 @@ pub trait Model {
 
     /// Whether weight decay applies to parameter `name` (Hugging Face's rule: not to
     /// biases and normalization weights).
+    /// Whether it keeps packed examples apart (reads `position_ids`): data packed for a
+    /// model that does not is refused, as its examples would attend to each other.
+    fn reads_packed_positions(&self) -> bool {
+        false
+    }
+
     fn decays(&self, name: &str) -> bool {
         crate::engine::optim::decays(name)
     }

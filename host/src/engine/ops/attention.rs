@@ -51,6 +51,29 @@ impl Mask {
     }
 }
 
+impl Mask {
+    /// The causal mask of packed rows: `positions` [B, T] restart at 0 where each example
+    /// begins, and a query sees only the keys of its own example (a block-diagonal causal
+    /// mask), padding hidden, and with a `window` only that many positions back.
+    pub fn packed(positions: &Tensor, mask: Option<&Tensor>, window: Option<i64>) -> Self {
+        let (batch, length) = positions.size2().expect("positions [batch, time]");
+        // The example each position belongs to: a count of the starts up to it.
+        let example = positions.eq(0).cumsum(1, Kind::Int64);
+        let same = example.view([batch, 1, length, 1]).eq_tensor(&example.view([batch, 1, 1, length]));
+        let index = Tensor::arange(length, (Kind::Int64, positions.device()));
+        let (query, key) = (index.view([length, 1]), index.view([1, length]));
+        let mut rule = key.le_tensor(&query);
+        if let Some(window) = window {
+            rule = rule.logical_and(&key.gt_tensor(&(&query - window)));
+        }
+        let mut allowed = same.logical_and(&rule.view([1, 1, length, length]));
+        if let Some(mask) = mask {
+            allowed = allowed.logical_and(&mask.ne(0).view([batch, 1, 1, length]));
+        }
+        Mask::Explicit(allowed)
+    }
+}
+
 /// Scaled dot-product attention over [B, H, T, D] queries and [B, H / groups, T, D] keys
 /// and values (grouped-query attention when `groups` > 1), with libtorch's SDPA, which
 /// picks its fused kernel (flash, memory-efficient, cuDNN) by device, dtype and mask.

@@ -75,6 +75,17 @@ impl RopeTables {
         let signed_sin = Tensor::cat(&[&sin.neg(), &sin], -1).to_kind(kind);
         Self { cos: emb.cos().to_kind(kind), sin: emb.sin().to_kind(kind), signed_sin }
     }
+
+    /// The tables [B, 1, T, dim] at given positions [B, T] (packed rows, whose positions
+    /// restart per example).
+    pub fn at(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> Self {
+        let (batch, length) = positions.size2().expect("positions [batch, time]");
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).view([batch, 1, length, -1]);
+        let sin = freqs.sin().view([batch, 1, length, -1]);
+        let signed_sin = Tensor::cat(&[&sin.neg(), &sin], -1).to_kind(kind);
+        Self { cos: emb.cos().to_kind(kind), sin: emb.sin().to_kind(kind), signed_sin }
+    }
 }
 
 /// Rotates queries or keys [B, H, T, dim] by their positions: all of each head, or with

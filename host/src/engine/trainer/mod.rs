@@ -171,6 +171,15 @@ impl Trainer {
             let activations = step_activations(&plan, &config, &train);
             memory::check_training_fits(count, activations, device, &config, &model_size_note(&config))?;
         }
+        let packed = [&train, &eval].iter().any(|data| data.field(crate::engine::data::PACKED_POSITIONS).is_some());
+        if packed && !net.reads_packed_positions() {
+            return Err(InputError::new(format!(
+                "packing needs a model that keeps the packed examples apart (a pretrained causal LM: {}), not {}; set packing false",
+                models::pretrained::arch::causal_language_models().join(", "),
+                config.args.model
+            ))
+            .into());
+        }
         if let Some(alpha) = config.args.neftune_noise_alpha {
             if !net.enable_neftune(alpha) {
                 return Err(InputError::new(format!(

@@ -8,7 +8,7 @@
 
 use tch::{nn, Tensor};
 
-use super::arch::Network;
+use super::arch::{Inputs, Network};
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, ConfigError, DecoderConfig};
 use super::layers::DecoderHead;
@@ -272,16 +272,30 @@ impl Decoder {
     }
 
     /// The last hidden states [B, T, hidden] for token ids [B, T].
-    fn hidden(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+    fn hidden(&self, inputs: &Inputs, train: bool) -> Tensor {
+        let (ids, mask) = (inputs.ids, inputs.mask);
         let t = ids.size()[1];
         let x = self.embed_tokens.forward_input(ids, train);
         // Once per forward pass: RoPE's tables for each frequency set, and the mask for
         // each attention window some layer uses.
-        let rotary = self.inv_freqs.iter().map(|inv_freq| RopeTables::new(inv_freq, t, x.kind())).collect();
+        let rotary = self
+            .inv_freqs
+            .iter()
+            .map(|inv_freq| match inputs.positions {
+                Some(positions) => RopeTables::at(inv_freq, positions, x.kind()),
+                None => RopeTables::new(inv_freq, t, x.kind()),
+            })
+            .collect();
         let mut windows: Vec<Option<i64>> = self.layers.iter().map(|l| l.spec.window).collect();
         windows.sort_unstable();
         windows.dedup();
-        let masks = windows.into_iter().map(|w| (w, Mask::new(ids, mask, true, w))).collect();
+        let masks = windows
+            .into_iter()
+            .map(|w| match inputs.positions {
+                Some(positions) => (w, Mask::packed(positions, mask, w)),
+                None => (w, Mask::new(ids, mask, true, w)),
+            })
+            .collect();
         let context = Context { masks, rotary, train };
         self.norm.forward(&self.recompute.run(self, x, context))
     }
@@ -331,14 +345,18 @@ impl Network for Decoder {
         &mut self.embed_tokens
     }
 
-    fn head_input(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HeadInput> {
+    fn head_input(&self, inputs: &Inputs, train: bool) -> Option<HeadInput> {
         let head = self.head.language_model()?;
-        let input = head.head_input(self.hidden(ids, mask, train), train);
+        let input = head.head_input(self.hidden(inputs, train), train);
         Some(HeadInput { soft_cap: self.logit_soft_cap, ..input })
     }
 
-    fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, _: Option<&Tensor>, train: bool) -> Tensor {
-        let logits = self.head.logits(&self.hidden(ids, mask, train), ids, train);
+    fn reads_packed_positions(&self) -> bool {
+        true
+    }
+
+    fn logits(&self, inputs: &Inputs, train: bool) -> Tensor {
+        let logits = self.head.logits(&self.hidden(inputs, train), inputs.ids, train);
         match (self.logit_soft_cap, &self.head) {
             (Some(cap), DecoderHead::LanguageModel(_)) => (logits / cap).tanh() * cap,
             _ => logits,

@@ -6,7 +6,7 @@
 
 use tch::{nn, Kind, Tensor};
 
-use super::arch::Network;
+use super::arch::{Inputs, Network};
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, ConfigError, EncoderConfig};
 use super::layers::{Embedding, LayerNorm, Linear};
@@ -155,12 +155,13 @@ impl Network for Encoder {
     }
 
     /// A classifier: no language-model head.
-    fn head_input(&self, _: &Tensor, _: Option<&Tensor>, _: bool) -> Option<HeadInput> {
+    fn head_input(&self, _: &Inputs, _: bool) -> Option<HeadInput> {
         None
     }
 
-    fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, token_types: Option<&Tensor>, train: bool) -> Tensor {
-        let types = match token_types {
+    fn logits(&self, inputs: &Inputs, train: bool) -> Tensor {
+        let (ids, mask) = (inputs.ids, inputs.mask);
+        let types = match inputs.token_types {
             Some(types) => types.shallow_clone(),
             None => ids.zeros_like(),
         };

@@ -5,7 +5,7 @@
 
 use tch::{nn, Tensor};
 
-use super::arch::Network;
+use super::arch::{Inputs, Network};
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, ConfigError, Gpt2Config};
 use super::layers::DecoderHead;
@@ -95,11 +95,15 @@ impl Gpt2 {
     }
 
     /// The last hidden states [B, T, width] for token ids [B, T].
-    fn hidden(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+    fn hidden(&self, inputs: &Inputs, train: bool) -> Tensor {
+        let (ids, mask) = (inputs.ids, inputs.mask);
         let t = ids.size()[1];
-        let positions = Tensor::arange(t, (tch::Kind::Int64, ids.device()));
+        let (positions, mask) = match inputs.positions {
+            Some(positions) => (positions.shallow_clone(), Mask::packed(positions, mask, None)),
+            None => (Tensor::arange(t, (tch::Kind::Int64, ids.device())), Mask::new(ids, mask, true, None)),
+        };
         let x = (self.wte.forward_input(ids, train) + self.wpe.forward(&positions)).dropout(self.embd_pdrop, train);
-        let context = Context::plain(Mask::new(ids, mask, true, None), train);
+        let context = Context::plain(mask, train);
         self.ln_f.forward(&self.recompute.run(self, x, context))
     }
 }
@@ -109,13 +113,17 @@ impl Network for Gpt2 {
         &mut self.wte
     }
 
-    fn head_input(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HeadInput> {
+    fn head_input(&self, inputs: &Inputs, train: bool) -> Option<HeadInput> {
         let head = self.head.language_model()?;
-        Some(head.head_input(self.hidden(ids, mask, train), train))
+        Some(head.head_input(self.hidden(inputs, train), train))
     }
 
-    fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, _: Option<&Tensor>, train: bool) -> Tensor {
-        self.head.logits(&self.hidden(ids, mask, train), ids, train)
+    fn logits(&self, inputs: &Inputs, train: bool) -> Tensor {
+        self.head.logits(&self.hidden(inputs, train), inputs.ids, train)
+    }
+
+    fn reads_packed_positions(&self) -> bool {
+        true
     }
 }
 

@@ -30,7 +30,7 @@ use super::{Model, Outputs, Sizes, Task};
 use crate::engine::data::{Batch, Dataset};
 use crate::engine::weights::WeightFiles;
 use crate::error::InputError;
-use arch::{Network, Positions};
+use arch::{Inputs, Network, Positions};
 pub use export::Export;
 use folder::{Folder, ARGUMENT};
 use lora::{AdapterConfig, AdapterFolder, Injector, LoraSpec};
@@ -449,6 +449,16 @@ struct Pretrained {
 }
 
 impl Pretrained {
+    /// What the network reads of a batch.
+    fn inputs<'a>(&self, batch: &'a Batch) -> Result<Inputs<'a>> {
+        Ok(Inputs {
+            ids: self.token_ids(batch)?,
+            mask: batch.get("attention_mask"),
+            token_types: batch.get("token_type_ids"),
+            positions: batch.get(crate::engine::data::PACKED_POSITIONS),
+        })
+    }
+
     /// The batch's token ids, checked against the model's positions.
     fn token_ids<'a>(&self, batch: &'a Batch) -> Result<&'a Tensor> {
         let ids = batch.require("input_ids", "pretrained")?;
@@ -466,8 +476,7 @@ impl Pretrained {
 
 impl Model for Pretrained {
     fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs> {
-        let ids = self.token_ids(batch)?;
-        let logits = self.net.logits(ids, batch.get("attention_mask"), batch.get("token_type_ids"), train);
+        let logits = self.net.logits(&self.inputs(batch)?, train);
         Ok(Outputs::logits(logits))
     }
 
@@ -481,11 +490,11 @@ impl Model for Pretrained {
     }
 
     fn forward_hidden(&self, batch: &Batch, train: bool) -> Option<Result<Outputs>> {
-        let ids = match self.token_ids(batch) {
-            Ok(ids) => ids,
+        let inputs = match self.inputs(batch) {
+            Ok(inputs) => inputs,
             Err(e) => return Some(Err(e)),
         };
-        let head = self.net.head_input(ids, batch.get("attention_mask"), train)?;
+        let head = self.net.head_input(&inputs, train)?;
         Some(Ok(Outputs::hidden(head)))
     }
 
@@ -499,7 +508,7 @@ impl Model for Pretrained {
                 let t = ids.size()[0];
                 let longest = self.positions.max_length();
                 let window = ids.narrow(0, (t - longest).max(0), t.min(longest));
-                let logits = self.net.logits(&window.unsqueeze(0), None, None, false);
+                let logits = self.net.logits(&Inputs::ids(&window.unsqueeze(0)), false);
                 let next = logits.get(0).get(-1).argmax(-1, false);
                 let token = next.int64_value(&[]);
                 ids = Tensor::cat(&[ids, next.view([1]).to_kind(prompt.kind())], 0);
@@ -509,6 +518,10 @@ impl Model for Pretrained {
             }
             Ok(ids)
         }))
+    }
+
+    fn reads_packed_positions(&self) -> bool {
+        self.net.reads_packed_positions()
     }
 
     fn decays(&self, name: &str) -> bool {

@@ -6,7 +6,7 @@
 
 use tch::{nn, Kind, Tensor};
 
-use super::arch::Network;
+use super::arch::{Inputs, Network};
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, ConfigError, OptConfig};
 use super::layers::DecoderHead;
@@ -110,9 +110,11 @@ impl Opt {
     }
 
     /// The last hidden states [B, T, embedding width] for token ids [B, T].
-    fn hidden(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+    fn hidden(&self, inputs: &Inputs, train: bool) -> Tensor {
+        let (ids, mask) = (inputs.ids, inputs.mask);
         // Positions count the real tokens: padding before them (left padding) does not
-        // move them, and padding itself takes row 1 (position -1 plus the offset).
+        // move them, and padding itself takes row 1 (position -1 plus the offset). Packed
+        // rows bring their own, restarting per example.
         let ones;
         let real = match mask {
             Some(mask) => mask,
@@ -122,14 +124,21 @@ impl Opt {
             }
         };
         let real = real.to_kind(Kind::Int64);
-        let positions = real.cumsum(1, Kind::Int64) * &real - 1 + POSITION_OFFSET;
+        let positions = match inputs.positions {
+            Some(positions) => (positions + 1) * &real - 1 + POSITION_OFFSET,
+            None => real.cumsum(1, Kind::Int64) * &real - 1 + POSITION_OFFSET,
+        };
         let tokens = self.embed_tokens.forward_input(ids, train);
         let tokens = match &self.project_in {
             Some(project) => project.forward(&tokens, train),
             None => tokens,
         };
         let x = tokens + self.embed_positions.forward(&positions);
-        let context = Context::plain(Mask::new(ids, mask, true, None), train);
+        let mask = match inputs.positions {
+            Some(positions) => Mask::packed(positions, mask, None),
+            None => Mask::new(ids, mask, true, None),
+        };
+        let context = Context::plain(mask, train);
         let x = self.recompute.run(self, x, context);
         let x = match &self.final_layer_norm {
             Some(norm) => norm.forward(&x),
@@ -147,13 +156,17 @@ impl Network for Opt {
         &mut self.embed_tokens
     }
 
-    fn head_input(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HeadInput> {
+    fn head_input(&self, inputs: &Inputs, train: bool) -> Option<HeadInput> {
         let head = self.head.language_model()?;
-        Some(head.head_input(self.hidden(ids, mask, train), train))
+        Some(head.head_input(self.hidden(inputs, train), train))
     }
 
-    fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, _: Option<&Tensor>, train: bool) -> Tensor {
-        self.head.logits(&self.hidden(ids, mask, train), ids, train)
+    fn logits(&self, inputs: &Inputs, train: bool) -> Tensor {
+        self.head.logits(&self.hidden(inputs, train), inputs.ids, train)
+    }
+
+    fn reads_packed_positions(&self) -> bool {
+        true
     }
 }
 

@@ -134,13 +134,39 @@ pub struct Build<'a> {
 }
 
 /// A built network: what the trainer and the generator ask of it.
+/// What a forward pass reads of a batch.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    /// Token ids [B, T].
+    pub ids: &'a Tensor,
+    /// [B, T], 1 for real tokens and 0 for padding.
+    pub mask: Option<&'a Tensor>,
+    pub token_types: Option<&'a Tensor>,
+    /// Packed rows' positions [B, T], restarting at 0 where each example begins: each
+    /// example attends within itself and is placed from position 0.
+    pub positions: Option<&'a Tensor>,
+}
+
+impl<'a> Inputs<'a> {
+    /// Token ids alone.
+    pub fn ids(ids: &'a Tensor) -> Self {
+        Self { ids, mask: None, token_types: None, positions: None }
+    }
+}
+
 pub trait Network: std::fmt::Debug {
     /// The head's logits: [B, T, vocab] for a language model, [B, labels] for a classifier.
-    fn logits(&self, ids: &Tensor, mask: Option<&Tensor>, token_types: Option<&Tensor>, train: bool) -> Tensor;
+    fn logits(&self, inputs: &Inputs, train: bool) -> Tensor;
 
     /// A language model's last hidden states and its head, for the loss without logits;
     /// `None` for a classifier.
-    fn head_input(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Option<HeadInput>;
+    fn head_input(&self, inputs: &Inputs, train: bool) -> Option<HeadInput>;
+
+    /// Whether it reads packed rows' positions (`Inputs::positions`); one that does not
+    /// would let packed examples attend to each other, and is refused packed data.
+    fn reads_packed_positions(&self) -> bool {
+        false
+    }
 
     /// The input embedding (where NEFTune adds its noise).
     fn input_embeddings(&mut self) -> &mut Embedding;
