@@ -660,3 +660,58 @@ fn every_case_agrees_with_transformers_layer_by_layer() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn a_classifier_given_unlabelled_text_predicts_classes() {
+    let dir = crate::support::tempdir();
+    let models = models();
+    let (model, labeled) = (models.join("llama-classifier/model"), models.join("labeled_eval.jsonl"));
+    let output = dir.path().join("out");
+    let args = ["--model-name-or-path", path_str(&model), "--train-file", path_str(&labeled)];
+    let run = host(
+        dir.path(),
+        &[&args[..], &["--max-steps", "2", "--save-steps", "2", "--output-dir", path_str(&output)]].concat(),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = std::fs::read_to_string(&labeled).unwrap();
+    let unlabelled: String = text
+        .lines()
+        .map(|line| {
+            let mut row: serde_json::Value = serde_json::from_str(line).unwrap();
+            row.as_object_mut().unwrap().remove("label");
+            format!("{row}\n")
+        })
+        .collect();
+    let unlabelled_file = dir.path().join("unlabelled.jsonl");
+    std::fs::write(&unlabelled_file, unlabelled).unwrap();
+    let checkpoint = output.join("checkpoint-2");
+    let predict = |data: &Path, out: &str| {
+        let out = dir.path().join(out);
+        let args = [
+            "predict",
+            "--checkpoint",
+            path_str(&checkpoint),
+            "--eval-file",
+            path_str(data),
+            "--output",
+            path_str(&out),
+        ];
+        let run = host(dir.path(), &args);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let rows: Vec<serde_json::Value> =
+            std::fs::read_to_string(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        rows
+    };
+    let (with_labels, without) = (predict(&labeled, "a.jsonl"), predict(&unlabelled_file, "b.jsonl"));
+    assert_eq!(with_labels.len(), without.len());
+    for (a, b) in with_labels.iter().zip(&without) {
+        // Classes with their probabilities, as with labels; never next-token ids.
+        assert_eq!(a["prediction"], b["prediction"]);
+        assert_eq!(a["probabilities"], b["probabilities"]);
+        assert_eq!(b["label"], -100);
+    }
+    // Unlabelled text cannot train the classifier: said, not trained as a language model.
+    let args = ["--model-name-or-path", path_str(&output), "--train-file", path_str(&unlabelled_file)];
+    host(dir.path(), &[&args[..], &["--output-dir", path_str(&dir.path().join("again"))]].concat())
+        .assert_clean_error(2, "the training data has nothing to learn: every label is -100");
+}

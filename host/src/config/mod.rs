@@ -187,6 +187,7 @@ impl ResolvedConfig {
                 assistant_only_loss: args.assistant_only_loss,
                 completion_only_loss: args.completion_only_loss.unwrap_or(true),
                 packing: args.packing,
+                classifier: folder.as_ref().and_then(Folder::classifier_class),
             },
             validation_split_percentage: args.validation_split_percentage,
             evaluates: args.eval_strategy != IntervalStrategy::No

@@ -63,6 +63,9 @@ pub struct FileOptions {
     pub completion_only_loss: bool,
     /// Language-modelling data: short examples packed into rows of max_seq_length tokens.
     pub packing: bool,
+    /// The pretrained model's class when it is a sequence classifier: its unlabelled
+    /// texts are texts to classify (labels -100, to predict), never language modelling.
+    pub classifier: Option<String>,
 }
 
 /// The field of packed rows' positions, restarting at 0 where each example begins.
@@ -328,6 +331,11 @@ impl Dataset {
     /// them), as `count_label_items` of their batch, without reading the device.
     pub fn label_items(&self, indices: &Tensor) -> i64 {
         Vec::<i64>::try_from(indices).unwrap_or_default().iter().map(|&i| self.label_items[i as usize]).sum()
+    }
+
+    /// The label items of every example.
+    pub fn total_label_items(&self) -> i64 {
+        self.label_items.iter().sum()
     }
 
     /// The non-padding tokens of the examples at `indices` (text data with an attention

@@ -202,6 +202,18 @@ pub fn from_texts(
             options.max_seq_length
         );
     }
+    // A classifier's texts without labels are texts to classify (to predict), not text
+    // to model: a language-modelling reading would "predict" next tokens.
+    let labels = match (labels, &options.classifier) {
+        (None, Some(class)) => {
+            tracing::info!(
+                "{source}: no labels; {} texts to classify with {class} (labels -100: nothing to train or score on)",
+                sequences.len()
+            );
+            Some(vec![-100; sequences.len()])
+        }
+        (labels, _) => labels,
+    };
     if labels.is_none() && sequences.iter().all(|s| s.len() < 2) {
         // Language modelling learns each next token: a one-token text has none.
         return Err(InputError::new(format!(

@@ -161,6 +161,11 @@ impl Trainer {
             batches = self.sum_across_ranks(batches as f64, "summing the evaluation metrics")? as usize;
         }
         let runtime = started.elapsed().as_secs_f64();
+        if self.eval.total_label_items() == 0 {
+            // Nothing labelled (texts to classify): no loss and no score, as HF without
+            // labels.
+            return Ok(speed_metrics(prefix, runtime, n as f64, batches as f64));
+        }
         let mut metrics = vec![(format!("{prefix}_loss"), tally.loss_sum.double_value(&[]) / n.max(1) as f64)];
         if self.config.args.prediction_loss_only {
             metrics.extend(speed_metrics(prefix, runtime, n as f64, batches as f64));

@@ -155,6 +155,12 @@ impl Trainer {
     /// Runs training to the end (or until a callback or a signal stops it).
     pub fn train(&mut self) -> Result<Outcome> {
         self.memory_stage_begins(Stage::Train)?;
+        if self.train.total_label_items() == 0 {
+            return Err(InputError::new(
+                "the training data has nothing to learn: every label is -100 (texts without labels for a sequence classifier, say); give labelled data (label_column), or set do_train false to only evaluate or predict",
+            )
+            .into());
+        }
         let plan = self.plan()?;
         if !self.prepare(&plan)? {
             return Ok(Outcome { train_metrics: Vec::new(), eval_metrics: None, already_complete: true });

@@ -45,6 +45,12 @@ pub struct Folder {
 }
 
 impl Folder {
+    /// The sequence-classifier class config.json's architectures name, if any.
+    pub fn classifier_class(&self) -> Option<String> {
+        let architectures = self.common.architectures.iter().flatten();
+        architectures.into_iter().find(|a| a.ends_with("ForSequenceClassification")).cloned()
+    }
+
     /// Opens `spec`, a folder; a hub id is refused with the command that downloads it.
     pub fn open(spec: &str) -> Result<Self, InputError> {
         let dir = Path::new(spec);
