@@ -184,7 +184,7 @@ fn bad_model_folders_are_one_line_errors() {
         (vec![show(&window), "--train-file".into(), show(&text)], "sliding_window 0 must be at least 1 (or null for none)".into()),
         (vec![show(&no_kv_heads), "--train-file".into(), show(&text)], "num_key_value_heads 0 must be at least 1".into()),
         (vec![show(&yarn), "--train-file".into(), show(&text)], "rope_parameters.rope_type 'yarn' is not supported (this host implements default, linear and llama3)".into()),
-        (vec![show(&bert), "--train-file".into(), show(&text)], "causal language modelling needs a decoder (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2, opt)".into()),
+        (vec![show(&bert), "--train-file".into(), show(&text)], "a sequence classifier learns from one label per text, and causal language modelling needs a decoder (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2, opt)".into()),
         (vec![show(&partial), "--train-file".into(), show(&text)], "partial_rotary_factor 0.5 is not supported (of this model_type; phi3 has it)".into()),
         (vec![show(&longrope), "--train-file".into(), show(&text)], "rope_parameters.rope_type 'longrope' is not supported".into()),
         (vec![show(&phi3), "--train-file".into(), show(&text), "--use-peft".into()], "lora_target_modules: PEFT has no default LoRA targets for model_type 'phi3'; name them".into()),

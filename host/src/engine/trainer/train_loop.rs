@@ -20,6 +20,7 @@ use crate::engine::data::transform::TransformContext;
 use crate::engine::data::{self, Batch};
 use crate::engine::libtorch;
 use crate::engine::memory_metrics::Stage;
+use crate::engine::models::Task;
 use crate::engine::precision::Autocast;
 use crate::engine::{checkpoint, distributed, progress_bar};
 use crate::error::{InputError, Interrupted};
@@ -156,9 +157,16 @@ impl Trainer {
     pub fn train(&mut self) -> Result<Outcome> {
         self.memory_stage_begins(Stage::Train)?;
         if self.train.total_label_items() == 0 {
-            return Err(InputError::new(
-                "the training data has nothing to learn: every label is -100 (texts without labels for a sequence classifier, say); give labelled data (label_column), or set do_train false to only evaluate or predict",
-            )
+            let classifier = match self.model.task {
+                Task::Classification => format!(
+                    "; a sequence classifier learns from one label per text, and causal language modelling needs a decoder ({})",
+                    crate::engine::models::pretrained::arch::causal_language_models().join(", ")
+                ),
+                Task::CausalLm => String::new(),
+            };
+            return Err(InputError::new(format!(
+                "the training data has nothing to learn: every label is -100; give labelled data (label_column), or set do_train false to only evaluate or predict{classifier}"
+            ))
             .into());
         }
         let plan = self.plan()?;
