@@ -369,33 +369,40 @@ impl Dataset {
 
     /// One batch by example indices (a CPU tensor, as `batches` makes them).
     pub fn batch(&self, indices: &Tensor) -> Batch {
-        let longest = match &self.lengths {
-            Some(_) => self.longest(Vec::<i64>::try_from(indices).unwrap_or_default().into_iter()),
-            None => None,
+        let rows = match &self.lengths {
+            Some(_) => Vec::<i64>::try_from(indices).unwrap_or_default(),
+            None => Vec::new(),
         };
         let data_device = self.fields[0].1.device();
         let indices = indices.to_device(data_device);
-        self.make_batch(|t| t.index_select(0, &indices), longest)
+        self.make_batch(|t| t.index_select(0, &indices), &rows)
     }
 
     /// The examples `start..start + len`, in order.
     pub fn slice(&self, start: i64, len: i64) -> Batch {
-        self.make_batch(|t| t.narrow(0, start, len), self.longest(start..start + len))
+        let rows: Vec<i64> = (start..start + len).collect();
+        self.make_batch(|t| t.narrow(0, start, len), &rows)
     }
 
-    fn make_batch(&self, rows: impl Fn(&Tensor) -> Tensor, longest: Option<i64>) -> Batch {
+    /// `rows`: the examples' indices, read where the data set knows their lengths.
+    fn make_batch(&self, rows: impl Fn(&Tensor) -> Tensor, indices: &[i64]) -> Batch {
+        let longest = self.longest(indices.iter().copied());
+        let has_padding = match (&self.lengths, longest) {
+            (Some(lengths), Some(longest)) => Some(indices.iter().any(|&i| lengths[i as usize] < longest)),
+            _ => None,
+        };
         // Text: the fields padded along the sequence are cut to the batch's longest.
-        let padded = self.field("attention_mask").map(|m| m.size()[1]);
+        let width = self.field("attention_mask").map(|m| m.size()[1]);
         let fields = self.fields.iter().map(|(n, t)| {
             let mut rows = rows(t);
-            if let (Some(longest), Some(padded)) = (longest, padded) {
-                if rows.dim() >= 2 && rows.size()[1] == padded && longest < padded {
+            if let (Some(longest), Some(width)) = (longest, width) {
+                if rows.dim() >= 2 && rows.size()[1] == width && longest < width {
                     rows = rows.narrow(1, 0, longest.max(1));
                 }
             }
             (n.clone(), model_kind(n, rows).to_device(self.device))
         });
-        Batch { fields: fields.collect() }
+        Batch { fields: fields.collect(), padded: has_padding }
     }
 }
 
@@ -456,6 +463,9 @@ fn model_kind(name: &str, tensor: Tensor) -> Tensor {
 /// A batch: the data set's fields for some examples.
 pub struct Batch {
     fields: Vec<(String, Tensor)>,
+    /// Whether a row is shorter than the batch (its attention_mask has zeros), where the
+    /// data set's lengths tell it without reading the device; `None`: unknown.
+    pub padded: Option<bool>,
 }
 
 impl Batch {
@@ -504,7 +514,7 @@ impl Batch {
                 fields[0].1.size()
             ));
         }
-        Ok(Batch { fields })
+        Ok(Batch { fields, padded: None })
     }
 
     /// The fields as a loss plugin receives them (shallow copies, no data copied).
@@ -586,6 +596,23 @@ mod tests {
         let (train2, _) = split(&data, 20.0, None, None);
         assert!(train.labels().equal(train2.labels()));
         assert_eq!(data.field("input").unwrap().max().double_value(&[]), 1.0);
+    }
+
+    #[test]
+    fn batches_know_from_the_lengths_whether_they_hold_padding() {
+        let mask = Tensor::from_slice(&[1i64, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]).view([3, 5]);
+        let fields = vec![
+            ("input_ids".to_owned(), mask.shallow_clone()),
+            ("attention_mask".to_owned(), mask),
+            ("labels".to_owned(), Tensor::from_slice(&[0i64, 1, 2])),
+        ];
+        let data = Dataset::new("t", fields).unwrap();
+        let padded = |rows: &[i64]| data.batch(&Tensor::from_slice(rows)).padded;
+        assert_eq!(padded(&[1, 2]), Some(false));
+        assert_eq!(padded(&[0]), Some(false), "cut to its own length");
+        assert_eq!(padded(&[2, 0]), Some(true));
+        assert_eq!(data.slice(0, 2).padded, Some(true));
+        assert_eq!(data.batch(&Tensor::from_slice(&[0i64])).get("attention_mask").unwrap().size(), [1, 3]);
     }
 
     #[test]

@@ -25,8 +25,17 @@ impl Mask {
     /// past a window, or before any real token) gets zeros from SDPA, as in transformers
     /// (its output is never used).
     pub fn new(ids: &Tensor, mask: Option<&Tensor>, causal: bool, window: Option<i64>) -> Self {
-        let (batch, length) = ids.size2().expect("token ids [batch, time]");
         let padding = mask.filter(|m| m.eq_tensor(&m.zeros_like()).any().int64_value(&[]) != 0);
+        Self::build(ids, padding, causal, window)
+    }
+
+    /// `new` for a mask known to have padding: no look at its values (a device read).
+    pub fn with_padding(ids: &Tensor, mask: &Tensor, causal: bool, window: Option<i64>) -> Self {
+        Self::build(ids, Some(mask), causal, window)
+    }
+
+    fn build(ids: &Tensor, padding: Option<&Tensor>, causal: bool, window: Option<i64>) -> Self {
+        let (batch, length) = ids.size2().expect("token ids [batch, time]");
         let window = window.filter(|w| causal && *w < length);
         if padding.is_none() && window.is_none() {
             return if causal { Mask::Causal } else { Mask::All };

@@ -17,7 +17,7 @@ use super::params::{Need, ParamSource};
 use super::Head;
 use crate::engine::models::HeadInput;
 use crate::engine::ops::activation::{gated, Activation};
-use crate::engine::ops::attention::{attention, merge_heads, soft_capped_attention, split_heads, Mask};
+use crate::engine::ops::attention::{attention, merge_heads, soft_capped_attention, split_heads};
 use crate::engine::ops::norm::NormKind;
 use crate::engine::ops::rope::{apply_rotary, Rope, RopeTables};
 
@@ -273,7 +273,7 @@ impl Decoder {
 
     /// The last hidden states [B, T, hidden] for token ids [B, T].
     fn hidden(&self, inputs: &Inputs, train: bool) -> Tensor {
-        let (ids, mask) = (inputs.ids, inputs.mask);
+        let ids = inputs.ids;
         let t = ids.size()[1];
         let x = self.embed_tokens.forward_input(ids, train);
         // Once per forward pass: RoPE's tables for each frequency set, and the mask for
@@ -289,13 +289,7 @@ impl Decoder {
         let mut windows: Vec<Option<i64>> = self.layers.iter().map(|l| l.spec.window).collect();
         windows.sort_unstable();
         windows.dedup();
-        let masks = windows
-            .into_iter()
-            .map(|w| match inputs.positions {
-                Some(positions) => (w, Mask::packed(positions, mask, w)),
-                None => (w, Mask::new(ids, mask, true, w)),
-            })
-            .collect();
+        let masks = windows.into_iter().map(|w| (w, inputs.attention_mask(true, w))).collect();
         let context = Context { masks, rotary, train };
         self.norm.forward(&self.recompute.run(self, x, context))
     }

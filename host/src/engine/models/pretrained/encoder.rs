@@ -13,7 +13,7 @@ use super::layers::{Embedding, LayerNorm, Linear};
 use super::params::{Need, ParamSource};
 use crate::engine::models::HeadInput;
 use crate::engine::ops::activation::Activation;
-use crate::engine::ops::attention::{attention, merge_heads, split_heads, Mask};
+use crate::engine::ops::attention::{attention, merge_heads, split_heads};
 
 #[derive(Debug)]
 struct Layer {
@@ -160,7 +160,7 @@ impl Network for Encoder {
     }
 
     fn logits(&self, inputs: &Inputs, train: bool) -> Tensor {
-        let (ids, mask) = (inputs.ids, inputs.mask);
+        let ids = inputs.ids;
         let types = match inputs.token_types {
             Some(types) => types.shallow_clone(),
             None => ids.zeros_like(),
@@ -169,7 +169,7 @@ impl Network for Encoder {
             + self.token_type_embeddings.forward(&types)
             + self.position_embeddings.forward(&self.positions(ids));
         let x = self.embeddings_norm.forward(&embedded).dropout(self.hidden_dropout, train);
-        let context = Context::plain(Mask::new(ids, mask, false, None), train);
+        let context = Context::plain(inputs.attention_mask(false, None), train);
         let x = self.recompute.run(self, x, context);
         let first = x.select(1, 0);
         match &self.classifier {

@@ -14,7 +14,7 @@ use super::params::{Need, ParamSource};
 use super::Head;
 use crate::engine::models::HeadInput;
 use crate::engine::ops::activation::Activation;
-use crate::engine::ops::attention::{attention, merge_heads, split_heads, Mask};
+use crate::engine::ops::attention::{attention, merge_heads, split_heads};
 
 #[derive(Debug)]
 struct Block {
@@ -96,12 +96,13 @@ impl Gpt2 {
 
     /// The last hidden states [B, T, width] for token ids [B, T].
     fn hidden(&self, inputs: &Inputs, train: bool) -> Tensor {
-        let (ids, mask) = (inputs.ids, inputs.mask);
+        let ids = inputs.ids;
         let t = ids.size()[1];
-        let (positions, mask) = match inputs.positions {
-            Some(positions) => (positions.shallow_clone(), Mask::packed(positions, mask, None)),
-            None => (Tensor::arange(t, (tch::Kind::Int64, ids.device())), Mask::new(ids, mask, true, None)),
+        let positions = match inputs.positions {
+            Some(positions) => positions.shallow_clone(),
+            None => Tensor::arange(t, (tch::Kind::Int64, ids.device())),
         };
+        let mask = inputs.attention_mask(true, None);
         let x = (self.wte.forward_input(ids, train) + self.wpe.forward(&positions)).dropout(self.embd_pdrop, train);
         let context = Context::plain(mask, train);
         self.ln_f.forward(&self.recompute.run(self, x, context))

@@ -456,6 +456,7 @@ impl Pretrained {
             mask: batch.get("attention_mask"),
             token_types: batch.get("token_type_ids"),
             positions: batch.get(crate::engine::data::PACKED_POSITIONS),
+            padded: batch.padded,
         })
     }
 

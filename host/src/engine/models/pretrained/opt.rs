@@ -15,7 +15,7 @@ use super::params::{Need, ParamSource};
 use super::Head;
 use crate::engine::models::HeadInput;
 use crate::engine::ops::activation::Activation;
-use crate::engine::ops::attention::{attention, merge_heads, split_heads, Mask};
+use crate::engine::ops::attention::{attention, merge_heads, split_heads};
 
 /// OPT's position table has two rows before position 0.
 const POSITION_OFFSET: i64 = 2;
@@ -134,11 +134,7 @@ impl Opt {
             None => tokens,
         };
         let x = tokens + self.embed_positions.forward(&positions);
-        let mask = match inputs.positions {
-            Some(positions) => Mask::packed(positions, mask, None),
-            None => Mask::new(ids, mask, true, None),
-        };
-        let context = Context::plain(mask, train);
+        let context = Context::plain(inputs.attention_mask(true, None), train);
         let x = self.recompute.run(self, x, context);
         let x = match &self.final_layer_norm {
             Some(norm) => norm.forward(&x),

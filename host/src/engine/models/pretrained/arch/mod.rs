@@ -19,6 +19,7 @@ mod qwen2;
 mod qwen3;
 mod roberta;
 
+use crate::engine::ops::attention::Mask;
 use tch::{nn, Tensor};
 
 use super::config::{Common, ConfigError};
@@ -145,12 +146,28 @@ pub struct Inputs<'a> {
     /// Packed rows' positions [B, T], restarting at 0 where each example begins: each
     /// example attends within itself and is placed from position 0.
     pub positions: Option<&'a Tensor>,
+    /// Whether `mask` has zeros, where the batch knows it (no read of the device).
+    pub padded: Option<bool>,
 }
 
 impl<'a> Inputs<'a> {
     /// Token ids alone.
     pub fn ids(ids: &'a Tensor) -> Self {
-        Self { ids, mask: None, token_types: None, positions: None }
+        Self { ids, mask: None, token_types: None, positions: None, padded: None }
+    }
+
+    /// The attention mask of these inputs: packed rows', else padding's (looked at on the
+    /// device only where the batch does not know whether it has any).
+    pub fn attention_mask(&self, causal: bool, window: Option<i64>) -> Mask {
+        match (self.positions, self.padded) {
+            (Some(positions), _) => Mask::packed(positions, self.mask, window),
+            (None, Some(false)) => Mask::new(self.ids, None, causal, window),
+            (None, Some(true)) => match self.mask {
+                Some(mask) => Mask::with_padding(self.ids, mask, causal, window),
+                None => Mask::new(self.ids, None, causal, window),
+            },
+            (None, None) => Mask::new(self.ids, self.mask, causal, window),
+        }
     }
 }
 
