@@ -190,3 +190,65 @@ fn packing_is_refused_where_examples_would_mix() {
     host(dir.path(), &args)
         .assert_clean_error(2, "packing is for language-modelling data, and these texts have labels");
 }
+
+/// `host generate --json` with `flags` on `model`: its prompt and generated ids.
+fn host_generate(model: &Path, flags: &[&str]) -> (Vec<i64>, Vec<i64>, String) {
+    let dir = tempdir();
+    let args = [&["generate", "--model", path_str(model), "--json", "--device", "cpu"][..], flags].concat();
+    let run = host(dir.path(), &args);
+    assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+    let line: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let ids = |key: &str| line[key].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    (ids("prompt_ids"), ids("generated_ids"), run.stderr)
+}
+
+#[test]
+fn sampled_generation_draws_transformers_tokens_for_a_seed() {
+    let models = crate::pretrained::models();
+    for name in ["llama-causal", "gpt2-causal"] {
+        let model = models.join(name).join("model");
+        for (seed, temperature, top_k, top_p) in [("7", "0.7", "50", "1.0"), ("11", "1.3", "8", "0.9")] {
+            let flags = ["--prompt", "the cat", "--do-sample", "--seed", seed, "--max-new-tokens", "12"];
+            let settings = ["--temperature", temperature, "--top-k", top_k, "--top-p", top_p];
+            let (prompt, mine, _) = host_generate(&model, &[&flags[..], &settings[..]].concat());
+            let prompt: Vec<String> = prompt.iter().map(i64::to_string).collect();
+            let printed = pretrained_oracle(
+                "generate_oracle.py",
+                &["sample", path_str(&model), &prompt.join(","), seed, temperature, top_k, top_p, "12"],
+            );
+            let theirs: serde_json::Value = serde_json::from_str(printed.trim().lines().last().unwrap()).unwrap();
+            let theirs: Vec<i64> =
+                theirs["generated_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            assert_eq!(mine, theirs, "{name} seed {seed}: host samples {mine:?}, transformers {theirs:?}");
+        }
+        // Another seed, other tokens; greedy is the argmax.
+        let (_, a, _) = host_generate(&model, &["--prompt", "the cat", "--do-sample", "--seed", "1", "--top-k", "0"]);
+        let (_, b, _) = host_generate(&model, &["--prompt", "the cat", "--do-sample", "--seed", "2", "--top-k", "0"]);
+        assert_ne!(a, b, "{name}: two seeds drew the same 20 tokens");
+    }
+}
+
+#[test]
+fn chat_prompts_stop_strings_and_the_context_bound_generation() {
+    let model = work().join("model");
+    // --chat renders the message as transformers' apply_chat_template does.
+    let (prompt, _, _) = host_generate(&model, &["--prompt", "hello world", "--chat", "--max-new-tokens", "2"]);
+    let printed = pretrained_oracle("generate_oracle.py", &["chat", path_str(&model), "hello world"]);
+    let theirs: serde_json::Value = serde_json::from_str(printed.trim().lines().last().unwrap()).unwrap();
+    let theirs: Vec<i64> = theirs["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(prompt, theirs);
+    // A stop string ends the completion at the token that completes it.
+    let (_, free, _) = host_generate(&model, &["--prompt", "the cat", "--max-new-tokens", "12"]);
+    assert!(free.len() > 3, "{free:?}");
+    let tokenizer = tokenizers::Tokenizer::from_file(model.join("tokenizer.json")).unwrap();
+    let ids: Vec<u32> = free[..3].iter().map(|&t| t as u32).collect();
+    let third = tokenizer.decode(&ids, false).unwrap();
+    let stop = third.trim_start().chars().rev().take(2).collect::<String>().chars().rev().collect::<String>();
+    let (_, stopped, _) = host_generate(&model, &["--prompt", "the cat", "--max-new-tokens", "12", "--stop", &stop]);
+    assert!(stopped.len() <= 3 && free.starts_with(&stopped), "stop {stop:?}: {stopped:?} of {free:?}");
+    // Far more tokens than the context holds: capped, with a word, not run on.
+    let gpt2 = crate::pretrained::models().join("gpt2-causal/model");
+    let (prompt, generated, stderr) = host_generate(&gpt2, &["--prompt", "the cat", "--max-new-tokens", "1000000000"]);
+    assert!(prompt.len() + generated.len() <= 64, "{}", generated.len());
+    assert!(stderr.contains("max_new_tokens 1000000000: the model's context is 64 tokens"), "{stderr}");
+}

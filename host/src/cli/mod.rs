@@ -43,6 +43,7 @@ Examples:
     host --model torchscript:model.pt --train-file data.parquet
     host --model-name-or-path models/Qwen2.5-0.5B --train-file reviews.jsonl --num-labels 3
     host generate --model output --prompt \"Once upon a time\"
+    host generate --model output --prompt \"Hi\" --chat --do-sample --top-p 0.9 --seed 1
     host plot output
 
 Distributed data parallel (Gloo on CPU, NCCL on CUDA):

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod data;
 pub(crate) mod device;
 pub(crate) mod distributed;
+pub mod generation;
 pub mod libtorch;
 pub mod loss;
 mod memory;

@@ -6,7 +6,7 @@
 //! the same fields; the model reads the ones it needs and a loss plugin receives them all.
 
 mod arrow;
-mod chat;
+pub mod chat;
 mod digits;
 mod files;
 mod label_names;

@@ -82,6 +82,16 @@ impl Outputs {
     }
 }
 
+/// How a completion picks each next token and when it ends (`Model::decode`).
+pub struct Decoding<'a> {
+    /// At most this many new tokens.
+    pub max_new_tokens: i64,
+    /// The next token from the last position's logits [vocab].
+    pub choose: &'a mut dyn FnMut(&Tensor) -> i64,
+    /// Whether the new tokens so far end the completion (an end token, a stop string).
+    pub ends: &'a mut dyn FnMut(&[i64]) -> bool,
+}
+
 pub trait Model {
     /// The forward pass over a batch; `train` enables dropout (and training-mode layers).
     fn forward(&self, batch: &Batch, train: bool) -> Result<Outputs>;
@@ -113,14 +123,20 @@ pub trait Model {
         None
     }
 
-    /// Whether weight decay applies to parameter `name` (Hugging Face's rule: not to
-    /// biases and normalization weights).
+    /// Completion of a prompt of token ids [T], for causal language models (others:
+    /// `None`), each next token picked and the end decided by `decoding`: the new tokens.
+    fn decode(&self, _prompt: &Tensor, _decoding: &mut Decoding) -> Option<Result<Vec<i64>>> {
+        None
+    }
+
     /// Whether it keeps packed examples apart (reads `position_ids`): data packed for a
     /// model that does not is refused, as its examples would attend to each other.
     fn reads_packed_positions(&self) -> bool {
         false
     }
 
+    /// Whether weight decay applies to parameter `name` (Hugging Face's rule: not to
+    /// biases and normalization weights).
     fn decays(&self, name: &str) -> bool {
         crate::engine::optim::decays(name)
     }

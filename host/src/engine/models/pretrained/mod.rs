@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use tch::{nn, Kind, Tensor};
 
-use super::{Model, Outputs, Sizes, Task};
+use super::{Decoding, Model, Outputs, Sizes, Task};
 use crate::engine::data::{Batch, Dataset};
 use crate::engine::weights::WeightFiles;
 use crate::error::InputError;
@@ -153,7 +153,7 @@ fn adapter_head_rows(adapter: &AdapterFolder) -> Result<Option<i64>, InputError>
 
 /// A causal language model to generate with (no data to decide the head).
 pub fn plan_generation(dir: &Path, dtype: Option<Kind>) -> Result<Plan, InputError> {
-    let folder = Folder::open(&dir.display().to_string())?;
+    let (folder, adapter) = open_folder(&dir.display().to_string())?;
     if !folder.arch.causal_lm() {
         return Err(InputError::new(format!(
             "{} is a {} encoder: generation needs a causal language model ({})",
@@ -163,10 +163,12 @@ pub fn plan_generation(dir: &Path, dtype: Option<Kind>) -> Result<Plan, InputErr
         )));
     }
     folder.arch.check(&folder.common, 0).map_err(|e| InputError::new(format!("{}: {e}", dir.display())))?;
-    let weights = WeightFiles::open_folder(dir, ARGUMENT)?;
+    let weights = WeightFiles::open_folder(&folder.dir, ARGUMENT)?;
     let kind = dtype.unwrap_or_else(|| saved_kind(&folder.common));
-    let (training, adapter_config) = (Training::default(), RefCell::new(None));
-    Ok(Plan { folder, weights, head: Head::CausalLm, kind, training, adapter: None, adapter_config, label_names: None })
+    // An adapter folder generates with its base model and its adapters.
+    let training = Training { lora: adapter.as_ref().map(|a| a.spec.clone()), ..Training::default() };
+    let adapter_config = RefCell::new(None);
+    Ok(Plan { folder, weights, head: Head::CausalLm, kind, training, adapter, adapter_config, label_names: None })
 }
 
 /// The hidden states between the blocks ("embeddings", "layers.N") and the "logits" of the
@@ -419,6 +421,17 @@ impl Plan {
     }
 
     /// The folder's tokenizer.json, if it has one.
+    /// The longest sequence the model places: its position table, or its RoPE context.
+    pub fn context_length(&self) -> i64 {
+        self.folder.arch.positions(&self.folder.common).max_length()
+    }
+
+    /// generation_config.json beside config.json, if any.
+    pub fn generation_config(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.folder.dir.join("generation_config.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     pub fn tokenizer_file(&self) -> Option<PathBuf> {
         Some(self.folder.tokenizer_file()).filter(|p| p.is_file())
     }
@@ -500,24 +513,34 @@ impl Model for Pretrained {
     }
 
     fn generate(&self, prompt: &Tensor, new_tokens: i64, stop: Option<i64>) -> Option<Result<Tensor>> {
+        let mut greedy = |logits: &Tensor| logits.argmax(-1, false).int64_value(&[]);
+        let mut ends = |tokens: &[i64]| stop.is_some() && tokens.last().copied() == stop;
+        let mut decoding = Decoding { max_new_tokens: new_tokens, choose: &mut greedy, ends: &mut ends };
+        let new = self.decode(prompt, &mut decoding)?;
+        Some(new.map(|new| Tensor::cat(&[prompt, &Tensor::from_slice(&new).to_kind(prompt.kind())], 0)))
+    }
+
+    fn decode(&self, prompt: &Tensor, decoding: &mut Decoding) -> Option<Result<Vec<i64>>> {
         if self.task != Task::CausalLm {
             return None;
         }
         let mut ids = prompt.shallow_clone();
+        let mut new = Vec::new();
         Some(tch::no_grad(|| {
-            for _ in 0..new_tokens {
+            while (new.len() as i64) < decoding.max_new_tokens {
                 let t = ids.size()[0];
                 let longest = self.positions.max_length();
                 let window = ids.narrow(0, (t - longest).max(0), t.min(longest));
                 let logits = self.net.logits(&Inputs::ids(&window.unsqueeze(0)), false);
-                let next = logits.get(0).get(-1).argmax(-1, false);
-                let token = next.int64_value(&[]);
-                ids = Tensor::cat(&[ids, next.view([1]).to_kind(prompt.kind())], 0);
-                if Some(token) == stop {
+                // As transformers: the scores are the last position's logits in float32.
+                let token = (decoding.choose)(&logits.get(0).get(-1).to_kind(Kind::Float));
+                new.push(token);
+                ids = Tensor::cat(&[ids, Tensor::from_slice(&[token]).to_device(prompt.device())], 0);
+                if (decoding.ends)(&new) {
                     break;
                 }
             }
-            Ok(ids)
+            Ok(new)
         }))
     }
 
