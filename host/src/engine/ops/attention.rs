@@ -83,6 +83,28 @@ impl Mask {
     }
 }
 
+impl Mask {
+    /// The causal mask of `new` queries that follow `start` cached positions (generation
+    /// with a KV cache): query i, at position start + i, sees keys up to it, and with a
+    /// `window` only that many positions back.
+    pub fn after(start: i64, new: i64, window: Option<i64>, device: tch::Device) -> Self {
+        let total = start + new;
+        let window = window.filter(|w| *w < total);
+        match (new, window) {
+            (1, None) => return Mask::All,
+            _ if start == 0 && window.is_none() => return Mask::Causal,
+            _ => {}
+        }
+        let query = Tensor::arange_start(start, total, (Kind::Int64, device)).view([new, 1]);
+        let key = Tensor::arange(total, (Kind::Int64, device)).view([1, total]);
+        let mut rule = key.le_tensor(&query);
+        if let Some(window) = window {
+            rule = rule.logical_and(&key.gt_tensor(&(&query - window)));
+        }
+        Mask::Explicit(rule.view([1, 1, new, total]))
+    }
+}
+
 /// Scaled dot-product attention over [B, H, T, D] queries and [B, H / groups, T, D] keys
 /// and values (grouped-query attention when `groups` > 1), with libtorch's SDPA, which
 /// picks its fused kernel (flash, memory-efficient, cuDNN) by device, dtype and mask.

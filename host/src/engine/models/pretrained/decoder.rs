@@ -8,7 +8,7 @@
 
 use tch::{nn, Tensor};
 
-use super::arch::{Inputs, Network};
+use super::arch::{Inputs, KvCache, Network};
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, ConfigError, DecoderConfig};
 use super::layers::DecoderHead;
@@ -17,7 +17,7 @@ use super::params::{Need, ParamSource};
 use super::Head;
 use crate::engine::models::HeadInput;
 use crate::engine::ops::activation::{gated, Activation};
-use crate::engine::ops::attention::{attention, merge_heads, soft_capped_attention, split_heads};
+use crate::engine::ops::attention::{attention, merge_heads, soft_capped_attention, split_heads, Mask};
 use crate::engine::ops::norm::NormKind;
 use crate::engine::ops::rope::{apply_rotary, Rope, RopeTables};
 
@@ -349,6 +349,31 @@ impl Network for Decoder {
         true
     }
 
+    fn logits_after(&self, ids: &Tensor, cache: &mut KvCache) -> Option<Tensor> {
+        self.head.language_model()?;
+        let (start, new) = (cache.length, ids.size()[1]);
+        let device = ids.device();
+        let x = self.embed_tokens.forward_input(ids, false);
+        let positions = Tensor::arange_start(start, start + new, (tch::Kind::Int64, device)).unsqueeze(0);
+        let rotary = self.inv_freqs.iter().map(|inv_freq| RopeTables::at(inv_freq, &positions, x.kind())).collect();
+        let mut windows: Vec<Option<i64>> = self.layers.iter().map(|l| l.spec.window).collect();
+        windows.sort_unstable();
+        windows.dedup();
+        let masks = windows.into_iter().map(|w| (w, Mask::after(start, new, w, device))).collect();
+        let context = Context { masks, rotary, train: false };
+        cache.layers.resize_with(self.layers.len(), || None);
+        let mut x = x;
+        for (index, slot) in cache.layers.iter_mut().enumerate() {
+            x = self.layer(index, &x, &context, Some(slot));
+        }
+        cache.length = start + new;
+        let logits = self.head.logits(&self.norm.forward(&x), ids, false);
+        Some(match self.logit_soft_cap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        })
+    }
+
     fn logits(&self, inputs: &Inputs, train: bool) -> Tensor {
         let logits = self.head.logits(&self.hidden(inputs, train), inputs.ids, train);
         match (self.logit_soft_cap, &self.head) {
@@ -364,12 +389,37 @@ impl Blocks for Decoder {
     }
 
     fn block(&self, index: usize, x: &Tensor, context: &Context) -> Tensor {
+        self.layer(index, x, context, None)
+    }
+}
+
+impl Decoder {
+    /// Layer `index` over `x`; with a KV cache slot, the keys and values of earlier
+    /// positions come before `x`'s own, which join them.
+    fn layer(
+        &self,
+        index: usize,
+        x: &Tensor,
+        context: &Context,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Tensor {
         let layer = &self.layers[index];
         let (spec, train) = (&layer.spec, context.train);
         let rotary = &context.rotary[spec.rope];
         let dropout = if train { self.attention_dropout } else { 0.0 };
         let (q, k, v) = self.qkv(&layer.self_attn, &layer.input_layernorm.forward(x), train);
         let (q, k) = (apply_rotary(&q, rotary), apply_rotary(&k, rotary));
+        let (k, v) = match cache {
+            None => (k, v),
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((past_k, past_v)) => (Tensor::cat(&[past_k, k], 2), Tensor::cat(&[past_v, v], 2)),
+                    None => (k, v),
+                };
+                *slot = Some((k.shallow_clone(), v.shallow_clone()));
+                (k, v)
+            }
+        };
         let (groups, mask) = (self.heads / self.kv_heads, context.mask(spec.window));
         let out = match spec.attention_soft_cap {
             Some(cap) => soft_capped_attention([&q, &k, &v], mask, dropout, spec.scale, groups, cap),

@@ -30,7 +30,7 @@ use super::{Decoding, Model, Outputs, Sizes, Task};
 use crate::engine::data::{Batch, Dataset};
 use crate::engine::weights::WeightFiles;
 use crate::error::InputError;
-use arch::{Inputs, Network, Positions};
+use arch::{Inputs, KvCache, Network, Positions};
 pub use export::Export;
 use folder::{Folder, ARGUMENT};
 use lora::{AdapterConfig, AdapterFolder, Injector, LoraSpec};
@@ -526,6 +526,23 @@ impl Model for Pretrained {
         }
         let mut ids = prompt.shallow_clone();
         let mut new = Vec::new();
+        let mut cache = KvCache::default();
+        // With a KV cache: the prompt once, then each new token alone.
+        let first = tch::no_grad(|| self.net.logits_after(&prompt.unsqueeze(0), &mut cache));
+        if let Some(mut logits) = first {
+            return Some(tch::no_grad(|| {
+                while (new.len() as i64) < decoding.max_new_tokens {
+                    let token = (decoding.choose)(&logits.get(0).get(-1).to_kind(Kind::Float));
+                    new.push(token);
+                    if (decoding.ends)(&new) || new.len() as i64 == decoding.max_new_tokens {
+                        break;
+                    }
+                    let next = Tensor::from_slice(&[token]).to_device(prompt.device()).view([1, 1]);
+                    logits = self.net.logits_after(&next, &mut cache).expect("the network keeps a cache");
+                }
+                Ok(new)
+            }));
+        }
         Some(tch::no_grad(|| {
             while (new.len() as i64) < decoding.max_new_tokens {
                 let t = ids.size()[0];

@@ -171,6 +171,15 @@ impl<'a> Inputs<'a> {
     }
 }
 
+/// The keys and values of the positions decoded so far, per layer (generation's KV cache).
+#[derive(Default)]
+pub struct KvCache {
+    /// Each layer's keys and values [B, kv heads, positions, head_dim], once it has run.
+    pub layers: Vec<Option<(Tensor, Tensor)>>,
+    /// The positions held.
+    pub length: i64,
+}
+
 pub trait Network: std::fmt::Debug {
     /// The head's logits: [B, T, vocab] for a language model, [B, labels] for a classifier.
     fn logits(&self, inputs: &Inputs, train: bool) -> Tensor;
@@ -183,6 +192,13 @@ pub trait Network: std::fmt::Debug {
     /// would let packed examples attend to each other, and is refused packed data.
     fn reads_packed_positions(&self) -> bool {
         false
+    }
+
+    /// Generation with a KV cache: the logits [B, new, vocab] of the tokens `ids` [B, new]
+    /// that follow the `cache.length` positions in `cache`, which takes their keys and
+    /// values. `None`: this network reruns the whole sequence instead.
+    fn logits_after(&self, _ids: &Tensor, _cache: &mut KvCache) -> Option<Tensor> {
+        None
     }
 
     /// The input embedding (where NEFTune adds its noise).
