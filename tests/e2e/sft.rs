@@ -71,6 +71,30 @@ fn chat_and_prompt_completion_data_evaluate_as_trl_prepares_them() {
         );
         losses.push(mine);
     }
+    // Without max_seq_length, TRL's max_length 1024: chats of over 128 tokens (the host's
+    // default for other text) stay whole.
+    let dir = tempdir();
+    let data = dir.path().join("long_chats.jsonl");
+    let long: String = std::fs::read_to_string(work().join("chat.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut row: serde_json::Value = serde_json::from_str(line).unwrap();
+            for message in row["messages"].as_array_mut().unwrap() {
+                let content = message["content"].as_str().unwrap().to_owned();
+                message["content"] = format!("{content} {content} {content} {content} {content}").into();
+            }
+            format!("{row}\n")
+        })
+        .collect();
+    std::fs::write(&data, long).unwrap();
+    let (at_128, cut) = host_eval_loss(&data, &["--max-seq-length", "128"]);
+    assert!(cut.contains("cut to max_seq_length 128"), "{cut}");
+    let (mine, stderr) = host_eval_loss(&data, &[]);
+    assert!((mine - at_128).abs() > 1e-4, "the default cut as 128 does");
+    let theirs = trl_eval_loss(&data, false, true, 1024);
+    assert!((mine - theirs).abs() <= 1e-5 * theirs, "default max_seq_length: eval_loss {mine}, TRL {theirs}");
+    assert!(!stderr.contains("cut to max_seq_length"), "{stderr}");
     // The masks matter: learning everything is another loss than the assistant's share.
     assert!((losses[0] - losses[1]).abs() > 1e-3, "{losses:?}");
     assert!((losses[2] - losses[3]).abs() > 1e-3, "{losses:?}");

@@ -268,8 +268,10 @@ training_arguments! {
     num_hidden_layers: i64 = 2, flag i64;
     /// Attention heads (transformer, gpt); must divide hidden_size.
     num_attention_heads: i64 = 4, flag i64;
-    /// Longest token sequence: text is truncated to it; the model's context length.
-    max_seq_length: i64 = 128, flag i64;
+    /// Longest token sequence: text is truncated to it; the model's context length
+    /// (transformer, gpt). Default: 128, and for chat and prompt-completion data TRL's
+    /// max_length, 1024 (within a pretrained model's learned position table).
+    max_seq_length: Option<i64> = None, flag i64;
     /// Chat data (`messages`): learn only the assistant's tokens, the `{% generation %}`
     /// blocks of the tokenizer's chat template (TRL's assistant_only_loss).
     #[arg(num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]

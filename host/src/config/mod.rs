@@ -3,6 +3,11 @@
 //! (`ResolvedConfig`). This is where a training argument becomes an optimizer, a schedule,
 //! a model, data, a device, a precision and a distributed setup.
 
+/// max_seq_length when none is given: HF's run_glue's 128, and for chat and
+/// prompt-completion data TRL's max_length.
+const DEFAULT_MAX_SEQ_LENGTH: i64 = 128;
+const SFT_MAX_SEQ_LENGTH: i64 = 1024;
+
 pub mod arguments;
 pub mod hf_arguments;
 pub(crate) mod layers;
@@ -110,7 +115,7 @@ impl ResolvedConfig {
             hidden_size: args.hidden_size,
             num_hidden_layers: args.num_hidden_layers,
             num_attention_heads: args.num_attention_heads,
-            max_seq_length: args.max_seq_length,
+            max_seq_length: args.max_seq_length.unwrap_or(DEFAULT_MAX_SEQ_LENGTH),
             dropout: args.dropout,
             num_labels: args.num_labels,
             vocab_size: args.vocab_size,
@@ -181,7 +186,12 @@ impl ResolvedConfig {
                     .map(|columns| columns.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect()),
                 text_column: args.text_column.clone(),
                 tokenizer_file,
-                max_seq_length: args.max_seq_length,
+                max_seq_length: args.max_seq_length.unwrap_or(DEFAULT_MAX_SEQ_LENGTH),
+                sft_max_seq_length: args.max_seq_length.unwrap_or_else(|| {
+                    // Within a learned position table (GPT-2's, OPT's), which ends.
+                    let table = folder.as_ref().and_then(Folder::position_table);
+                    table.map_or(SFT_MAX_SEQ_LENGTH, |n| n.min(SFT_MAX_SEQ_LENGTH))
+                }),
                 generation_separator: args.generation_separator.clone(),
                 pad_candidates,
                 assistant_only_loss: args.assistant_only_loss,

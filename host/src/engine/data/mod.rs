@@ -52,6 +52,9 @@ pub struct FileOptions {
     pub tokenizer_file: Option<String>,
     /// JSONL: texts are truncated to this many tokens.
     pub max_seq_length: i64,
+    /// Chat and prompt-completion data: what max_seq_length is for them (TRL's default
+    /// 1024 where it is not given).
+    pub sft_max_seq_length: i64,
     /// JSONL: the token after which completions are evaluated.
     pub generation_separator: Option<String>,
     /// Text: the padding token, first of these the tokenizer knows (a pretrained model's

@@ -105,26 +105,23 @@ fn read_sft(
         let at = |why: String| InputError::new(format!("{shown} line {}: {why}", index + 1));
         examples.push(preparer.example(format, line, &at)?);
     }
-    let total = examples.len();
-    let (cut, dropped) = sft::truncate_and_drop(&mut examples, options.max_seq_length.max(1) as usize);
+    let (total, limit) = (examples.len(), options.sft_max_seq_length);
+    let (cut, dropped) = sft::truncate_and_drop(&mut examples, limit.max(1) as usize);
     if cut > 0 {
-        tracing::info!("{shown}: {cut} of {total} examples cut to max_seq_length {} tokens", options.max_seq_length);
+        tracing::info!("{shown}: {cut} of {total} examples cut to max_seq_length {} tokens", limit);
     }
     if dropped > 0 {
-        tracing::warn!(
-            "{shown}: {dropped} examples dropped: nothing left to learn within max_seq_length {}",
-            options.max_seq_length
-        );
+        tracing::warn!("{shown}: {dropped} examples dropped: nothing left to learn within max_seq_length {}", limit);
     }
     if examples.is_empty() {
         return Err(InputError::new(format!(
             "{shown}: no example has a token to learn within max_seq_length {}; raise max_seq_length",
-            options.max_seq_length
+            limit
         )));
     }
     let targets = examples.iter().map(sft::next_token_targets).collect();
     let sequences = examples.into_iter().map(|e| e.ids).collect();
-    let (sequences, targets, positions) = maybe_pack(shown, sequences, targets, options);
+    let (sequences, targets, positions) = maybe_pack(shown, sequences, targets, limit, options);
     token_dataset(shown, tokenizer, sequences, targets, positions, options)
 }
 
@@ -133,17 +130,19 @@ type Rows = (Vec<Vec<i64>>, Targets, Option<Vec<Vec<i64>>>);
 
 /// With packing, language-modelling sequences and their next-token targets as packed rows
 /// of max_seq_length tokens with their positions; else as they are.
-fn maybe_pack(source: &str, sequences: Vec<Vec<i64>>, targets: Vec<Vec<i64>>, options: &FileOptions) -> Rows {
+fn maybe_pack(
+    source: &str,
+    sequences: Vec<Vec<i64>>,
+    targets: Vec<Vec<i64>>,
+    limit: i64,
+    options: &FileOptions,
+) -> Rows {
     if !options.packing {
         return (sequences, Targets::NextTokens(targets), None);
     }
     let examples = sequences.len();
-    let packed = packing::pack(&sequences, &targets, options.max_seq_length.max(1) as usize);
-    tracing::info!(
-        "{source}: {examples} examples packed into {} rows of at most {} tokens",
-        packed.ids.len(),
-        options.max_seq_length
-    );
+    let packed = packing::pack(&sequences, &targets, limit.max(1) as usize);
+    tracing::info!("{source}: {examples} examples packed into {} rows of at most {} tokens", packed.ids.len(), limit);
     (packed.ids, Targets::NextTokens(packed.targets), Some(packed.positions))
 }
 
@@ -231,7 +230,7 @@ pub fn from_texts(
         // Language modelling: the label at each position is the next token.
         None => {
             let next = sequences.iter().map(|s| s[1..].to_vec()).collect();
-            maybe_pack(source, sequences, next, options)
+            maybe_pack(source, sequences, next, options.max_seq_length, options)
         }
     };
     token_dataset(source, tokenizer, sequences, targets, positions, options)

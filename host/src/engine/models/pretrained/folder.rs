@@ -45,6 +45,20 @@ pub struct Folder {
 }
 
 impl Folder {
+    /// The longest sequence the model places: its position table, or its RoPE context.
+    pub fn context_length(&self) -> i64 {
+        self.arch.positions(&self.common).max_length()
+    }
+
+    /// The length of its learned position table, past which it cannot place a token
+    /// (rotary positions go on).
+    pub fn position_table(&self) -> Option<i64> {
+        match self.arch.positions(&self.common) {
+            arch::Positions::Learned(n) => Some(n),
+            arch::Positions::Rotary(_) => None,
+        }
+    }
+
     /// The sequence-classifier class config.json's architectures name, if any.
     pub fn classifier_class(&self) -> Option<String> {
         let architectures = self.common.architectures.iter().flatten();

@@ -423,7 +423,7 @@ impl Plan {
     /// The folder's tokenizer.json, if it has one.
     /// The longest sequence the model places: its position table, or its RoPE context.
     pub fn context_length(&self) -> i64 {
-        self.folder.arch.positions(&self.folder.common).max_length()
+        self.folder.context_length()
     }
 
     /// generation_config.json beside config.json, if any.
