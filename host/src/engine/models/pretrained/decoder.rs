@@ -409,17 +409,7 @@ impl Decoder {
         let dropout = if train { self.attention_dropout } else { 0.0 };
         let (q, k, v) = self.qkv(&layer.self_attn, &layer.input_layernorm.forward(x), train);
         let (q, k) = (apply_rotary(&q, rotary), apply_rotary(&k, rotary));
-        let (k, v) = match cache {
-            None => (k, v),
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((past_k, past_v)) => (Tensor::cat(&[past_k, k], 2), Tensor::cat(&[past_v, v], 2)),
-                    None => (k, v),
-                };
-                *slot = Some((k.shallow_clone(), v.shallow_clone()));
-                (k, v)
-            }
-        };
+        let (k, v) = KvCache::extend(cache, k, v);
         let (groups, mask) = (self.heads / self.kv_heads, context.mask(spec.window));
         let out = match spec.attention_soft_cap {
             Some(cap) => soft_capped_attention([&q, &k, &v], mask, dropout, spec.scale, groups, cap),

@@ -5,7 +5,7 @@
 
 use tch::{nn, Tensor};
 
-use super::arch::{Inputs, Network};
+use super::arch::{Inputs, KvCache, Network};
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, ConfigError, Gpt2Config};
 use super::layers::DecoderHead;
@@ -14,7 +14,7 @@ use super::params::{Need, ParamSource};
 use super::Head;
 use crate::engine::models::HeadInput;
 use crate::engine::ops::activation::Activation;
-use crate::engine::ops::attention::{attention, merge_heads, split_heads};
+use crate::engine::ops::attention::{attention, merge_heads, split_heads, Mask};
 
 #[derive(Debug)]
 struct Block {
@@ -126,6 +126,20 @@ impl Network for Gpt2 {
     fn reads_packed_positions(&self) -> bool {
         true
     }
+
+    fn logits_after(&self, ids: &Tensor, cache: &mut KvCache) -> Option<Tensor> {
+        self.head.language_model()?;
+        let (start, new, device) = (cache.length, ids.size()[1], ids.device());
+        let positions = Tensor::arange_start(start, start + new, (tch::Kind::Int64, device)).unsqueeze(0);
+        let mut x = self.wte.forward_input(ids, false) + self.wpe.forward(&positions);
+        let context = Context::plain(Mask::after(start, new, None, device), false);
+        cache.layers.resize_with(self.blocks.len(), || None);
+        for (index, slot) in cache.layers.iter_mut().enumerate() {
+            x = self.layer(index, &x, &context, Some(slot));
+        }
+        cache.length = start + new;
+        Some(self.head.logits(&self.ln_f.forward(&x), ids, false))
+    }
 }
 
 impl Blocks for Gpt2 {
@@ -134,10 +148,18 @@ impl Blocks for Gpt2 {
     }
 
     fn block(&self, index: usize, x: &Tensor, context: &Context) -> Tensor {
+        self.layer(index, x, context, None)
+    }
+}
+
+impl Gpt2 {
+    /// Block `index` over `x`; with a KV cache slot, after the positions it holds.
+    fn layer(&self, index: usize, x: &Tensor, context: &Context, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Tensor {
         let (block, train) = (&self.blocks[index], context.train);
         let attn_dropout = if train { self.attn_pdrop } else { 0.0 };
         let qkv = block.c_attn.forward(&block.ln_1.forward(x), train).split(self.width, 2);
         let [q, k, v] = [0, 1, 2].map(|i| split_heads(&qkv[i], self.head_dim));
+        let (k, v) = KvCache::extend(cache, k, v);
         let out = attention(&q, &k, &v, context.mask(None), attn_dropout, block.scale, 1);
         let x = x + block.attn_proj.forward(&merge_heads(&out), train).dropout(self.resid_pdrop, train);
         let hidden = self.act.apply(&block.c_fc.forward(&block.ln_2.forward(&x), train));

@@ -527,8 +527,13 @@ impl Model for Pretrained {
         let mut ids = prompt.shallow_clone();
         let mut new = Vec::new();
         let mut cache = KvCache::default();
-        // With a KV cache: the prompt once, then each new token alone.
-        let first = tch::no_grad(|| self.net.logits_after(&prompt.unsqueeze(0), &mut cache));
+        // With a KV cache: the prompt once, then each new token alone; a completion past
+        // the context reruns a window of it instead.
+        let fits = prompt.size()[0] + decoding.max_new_tokens <= self.positions.max_length();
+        let first = match fits {
+            true => tch::no_grad(|| self.net.logits_after(&prompt.unsqueeze(0), &mut cache)),
+            false => None,
+        };
         if let Some(mut logits) = first {
             return Some(tch::no_grad(|| {
                 while (new.len() as i64) < decoding.max_new_tokens {

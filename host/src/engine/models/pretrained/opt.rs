@@ -6,7 +6,7 @@
 
 use tch::{nn, Kind, Tensor};
 
-use super::arch::{Inputs, Network};
+use super::arch::{Inputs, KvCache, Network};
 use super::checkpointing::{Blocks, Context, Recompute};
 use super::config::{Common, ConfigError, OptConfig};
 use super::layers::DecoderHead;
@@ -15,7 +15,7 @@ use super::params::{Need, ParamSource};
 use super::Head;
 use crate::engine::models::HeadInput;
 use crate::engine::ops::activation::Activation;
-use crate::engine::ops::attention::{attention, merge_heads, split_heads};
+use crate::engine::ops::attention::{attention, merge_heads, split_heads, Mask};
 
 /// OPT's position table has two rows before position 0.
 const POSITION_OFFSET: i64 = 2;
@@ -136,6 +136,11 @@ impl Opt {
         let x = tokens + self.embed_positions.forward(&positions);
         let context = Context::plain(inputs.attention_mask(true, None), train);
         let x = self.recompute.run(self, x, context);
+        self.finish(x, train)
+    }
+
+    /// After the layers: the final norm and the projection out, where the model has them.
+    fn finish(&self, x: Tensor, train: bool) -> Tensor {
         let x = match &self.final_layer_norm {
             Some(norm) => norm.forward(&x),
             None => x,
@@ -164,6 +169,26 @@ impl Network for Opt {
     fn reads_packed_positions(&self) -> bool {
         true
     }
+
+    fn logits_after(&self, ids: &Tensor, cache: &mut KvCache) -> Option<Tensor> {
+        self.head.language_model()?;
+        let (start, new, device) = (cache.length, ids.size()[1], ids.device());
+        // No padding while generating: position t is row t + the offset.
+        let positions = Tensor::arange_start(start, start + new, (Kind::Int64, device)).unsqueeze(0) + POSITION_OFFSET;
+        let tokens = self.embed_tokens.forward_input(ids, false);
+        let tokens = match &self.project_in {
+            Some(project) => project.forward(&tokens, false),
+            None => tokens,
+        };
+        let mut x = tokens + self.embed_positions.forward(&positions);
+        let context = Context::plain(Mask::after(start, new, None, device), false);
+        cache.layers.resize_with(self.layers.len(), || None);
+        for (index, slot) in cache.layers.iter_mut().enumerate() {
+            x = self.layer(index, &x, &context, Some(slot));
+        }
+        cache.length = start + new;
+        Some(self.head.logits(&self.finish(x, false), ids, false))
+    }
 }
 
 impl Blocks for Opt {
@@ -172,6 +197,13 @@ impl Blocks for Opt {
     }
 
     fn block(&self, index: usize, x: &Tensor, context: &Context) -> Tensor {
+        self.layer(index, x, context, None)
+    }
+}
+
+impl Opt {
+    /// Layer `index` over `x`; with a KV cache slot, after the positions it holds.
+    fn layer(&self, index: usize, x: &Tensor, context: &Context, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Tensor {
         let (layer, train) = (&self.layers[index], context.train);
         let attention_dropout = if train { self.attention_dropout } else { 0.0 };
         let pre = |norm: &LayerNorm, x: &Tensor| if self.pre_norm { norm.forward(x) } else { x.shallow_clone() };
@@ -181,6 +213,7 @@ impl Blocks for Opt {
         let q = split_heads(&(layer.q_proj.forward(&h, train) * (self.head_dim as f64).powf(-0.5)), self.head_dim);
         let k = split_heads(&layer.k_proj.forward(&h, train), self.head_dim);
         let v = split_heads(&layer.v_proj.forward(&h, train), self.head_dim);
+        let (k, v) = KvCache::extend(cache, k, v);
         let out = attention(&q, &k, &v, context.mask(None), attention_dropout, 1.0, 1);
         let attended = layer.out_proj.forward(&merge_heads(&out), train).dropout(self.dropout, train);
         let x = post(&layer.self_attn_layer_norm, x + attended);

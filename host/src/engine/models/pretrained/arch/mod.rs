@@ -180,6 +180,20 @@ pub struct KvCache {
     pub length: i64,
 }
 
+impl KvCache {
+    /// A layer's keys and values [B, heads, new, D] after those `slot` holds (which takes
+    /// them all); without a slot, as they are.
+    pub fn extend(slot: Option<&mut Option<(Tensor, Tensor)>>, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        let Some(slot) = slot else { return (k, v) };
+        let (k, v) = match slot.take() {
+            Some((past_k, past_v)) => (Tensor::cat(&[past_k, k], 2), Tensor::cat(&[past_v, v], 2)),
+            None => (k, v),
+        };
+        *slot = Some((k.shallow_clone(), v.shallow_clone()));
+        (k, v)
+    }
+}
+
 pub trait Network: std::fmt::Debug {
     /// The head's logits: [B, T, vocab] for a language model, [B, labels] for a classifier.
     fn logits(&self, inputs: &Inputs, train: bool) -> Tensor;
