@@ -154,7 +154,13 @@ impl Blocks for Gpt2 {
 
 impl Gpt2 {
     /// Block `index` over `x`; with a KV cache slot, after the positions it holds.
-    fn layer(&self, index: usize, x: &Tensor, context: &Context, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Tensor {
+    fn layer(
+        &self,
+        index: usize,
+        x: &Tensor,
+        context: &Context,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Tensor {
         let (block, train) = (&self.blocks[index], context.train);
         let attn_dropout = if train { self.attn_pdrop } else { 0.0 };
         let qkv = block.c_attn.forward(&block.ln_1.forward(x), train).split(self.width, 2);

@@ -203,7 +203,13 @@ impl Blocks for Opt {
 
 impl Opt {
     /// Layer `index` over `x`; with a KV cache slot, after the positions it holds.
-    fn layer(&self, index: usize, x: &Tensor, context: &Context, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Tensor {
+    fn layer(
+        &self,
+        index: usize,
+        x: &Tensor,
+        context: &Context,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Tensor {
         let (layer, train) = (&self.layers[index], context.train);
         let attention_dropout = if train { self.attention_dropout } else { 0.0 };
         let pre = |norm: &LayerNorm, x: &Tensor| if self.pre_norm { norm.forward(x) } else { x.shallow_clone() };
