@@ -33,7 +33,7 @@ fn every_architecture_and_head_trains_saves_and_generates_as_transformers() {
     let models = models();
     let cases: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(models.join("cases.json")).unwrap()).unwrap();
-    assert_eq!(cases.len(), 23, "every architecture with its heads");
+    assert_eq!(cases.len(), 24, "every architecture with its heads");
     for case in &cases {
         let (name, data) = (case["name"].as_str().unwrap(), case["data"].as_str().unwrap());
         let work = models.join(name).join("host");
@@ -183,10 +183,10 @@ fn bad_model_folders_are_one_line_errors() {
         (vec!["meta-llama/Llama-3.2-1B".into()], "model_name_or_path 'meta-llama/Llama-3.2-1B' is not a local folder, and this host does not download models: download it first (hf download meta-llama/Llama-3.2-1B --local-dir models/Llama-3.2-1B)".into()),
         (vec![show(&window), "--train-file".into(), show(&text)], "sliding_window 0 must be at least 1 (or null for none)".into()),
         (vec![show(&no_kv_heads), "--train-file".into(), show(&text)], "num_key_value_heads 0 must be at least 1".into()),
-        (vec![show(&yarn), "--train-file".into(), show(&text)], "rope_parameters.rope_type 'yarn' is not supported (this host implements default, linear and llama3)".into()),
+        (vec![show(&yarn), "--train-file".into(), show(&text)], "rope_parameters.rope_type 'yarn' is not supported (this host implements default, linear, llama3 and longrope)".into()),
         (vec![show(&bert), "--train-file".into(), show(&text)], "a sequence classifier learns from one label per text, and causal language modelling needs a decoder (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2, opt)".into()),
         (vec![show(&partial), "--train-file".into(), show(&text)], "partial_rotary_factor 0.5 is not supported (of this model_type; phi3 has it)".into()),
-        (vec![show(&longrope), "--train-file".into(), show(&text)], "rope_parameters.rope_type 'longrope' is not supported".into()),
+        (vec![show(&longrope), "--train-file".into(), show(&text)], "rope_parameters.short_factor of 4 entries needs 8, one per rotated pair of dimensions".into()),
         (vec![show(&phi3), "--train-file".into(), show(&text), "--use-peft".into()], "lora_target_modules: PEFT has no default LoRA targets for model_type 'phi3'; name them".into()),
         (vec![show(&classifier), "--num-labels".into(), "5".into()], "num_labels 5 does not match the classification head of model_name_or_path".into()),
         (vec![show(&classifier), "--train-file".into(), show(&out_of_range)], "label 3 (item".into()),

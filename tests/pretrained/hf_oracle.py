@@ -119,6 +119,12 @@ CASES = {
     "phi3-causal": ("causal", lambda: Phi3Config(**DECODER, num_key_value_heads=2, pad_token_id=1, sliding_window=5,
                                                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                                   "partial_rotary_factor": 0.5})),
+    # Phi-3 with LongRoPE: the texts pass original_max_position_embeddings (8), so the long
+    # factors and the attention factor act (max_position_embeddings 128 / 8).
+    "phi3-longrope-causal": ("causal", lambda: Phi3Config(
+        **DECODER, num_key_value_heads=2, pad_token_id=1, original_max_position_embeddings=8,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                         "short_factor": [1.0, 1.1, 1.3, 1.7], "long_factor": [1.5, 2.5, 4.0, 6.0]})),
     "phi3-classifier": ("classifier", lambda: Phi3Config(**DECODER, pad_token_id=1)),
     # GPT-2: Conv1D weights, tied head, LayerNorms named ln_* (no weight decay by type).
     "gpt2-causal": ("causal", lambda: GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB,

@@ -26,6 +26,34 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// Phi-3's LongRoPE: per-frequency divisors, the short ones up to the pretraining
+    /// length and the long ones past it (chosen by the sequence's length), and a factor on
+    /// cos and sin.
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position_embeddings: i64,
+        attention_factor: f64,
+    },
+}
+
+/// The inverse frequencies a forward pass uses, and the factor on its cos and sin.
+#[derive(Debug)]
+pub struct Frequencies {
+    base: Tensor,
+    /// LongRoPE's set past `original_max_position_embeddings` positions.
+    long: Option<(Tensor, i64)>,
+    pub attention_factor: f64,
+}
+
+impl Frequencies {
+    /// For a sequence of `length` positions (transformers' `max(position_ids) + 1`).
+    pub fn for_length(&self, length: i64) -> &Tensor {
+        match &self.long {
+            Some((long, original)) if length > *original => long,
+            _ => &self.base,
+        }
+    }
 }
 
 impl Rope {
@@ -51,8 +79,35 @@ impl Rope {
                 let medium = wavelen.ge(high_freq_wavelen).logical_and(&wavelen.le(low_freq_wavelen));
                 smoothed.where_self(&medium, &scaled)
             }
+            // As transformers: 1 / (factors * base^(2i/d)).
+            RopeScaling::LongRope { ref short_factor, .. } => divided(self.theta, &exponents, short_factor),
         }
     }
+
+    /// The frequencies of a forward pass of any length (LongRoPE's two sets).
+    pub fn frequencies(&self, dim: i64, device: Device) -> Frequencies {
+        let base = self.inverse_frequencies(dim, device);
+        match &self.scaling {
+            RopeScaling::LongRope { long_factor, original_max_position_embeddings, attention_factor, .. } => {
+                let exponents =
+                    Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / dim as f64;
+                let long = divided(self.theta, &exponents, long_factor);
+                Frequencies {
+                    base,
+                    long: Some((long, *original_max_position_embeddings)),
+                    attention_factor: *attention_factor,
+                }
+            }
+            _ => Frequencies { base, long: None, attention_factor: 1.0 },
+        }
+    }
+}
+
+/// 1 / (factors * theta^exponents), in float32 as transformers computes it.
+fn divided(theta: f64, exponents: &Tensor, factors: &[f64]) -> Tensor {
+    let factors: Vec<f32> = factors.iter().map(|&f| f as f32).collect();
+    let factors = Tensor::from_slice(&factors).to_device(exponents.device());
+    (factors * Tensor::pow_scalar(theta, exponents)).reciprocal()
 }
 
 /// cos and sin [1, 1, T, dim] for positions 0..T, in the activations' dtype: computed once
@@ -68,23 +123,33 @@ pub struct RopeTables {
 
 impl RopeTables {
     pub fn new(inv_freq: &Tensor, length: i64, kind: Kind) -> Self {
+        Self::scaled(inv_freq, length, kind, 1.0)
+    }
+
+    /// `new` with cos and sin times `factor` (LongRoPE's attention factor), in float32
+    /// before the cast, as transformers scales them.
+    pub fn scaled(inv_freq: &Tensor, length: i64, kind: Kind, factor: f64) -> Self {
         let positions = Tensor::arange(length, (Kind::Float, inv_freq.device()));
         let freqs = positions.outer(inv_freq);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1).view([1, 1, length, -1]);
-        let sin = freqs.sin().view([1, 1, length, -1]);
+        Self::from_angles(&freqs.view([1, 1, length, -1]), kind, factor)
+    }
+
+    /// The tables of angles [.., T, dim / 2].
+    fn from_angles(freqs: &Tensor, kind: Kind, factor: f64) -> Self {
+        let emb = Tensor::cat(&[freqs, freqs], -1);
+        let scale = |t: Tensor| if factor == 1.0 { t } else { t * factor };
+        let sin = scale(freqs.sin());
         let signed_sin = Tensor::cat(&[&sin.neg(), &sin], -1).to_kind(kind);
-        Self { cos: emb.cos().to_kind(kind), sin: emb.sin().to_kind(kind), signed_sin }
+        Self { cos: scale(emb.cos()).to_kind(kind), sin: scale(emb.sin()).to_kind(kind), signed_sin }
     }
 
     /// The tables [B, 1, T, dim] at given positions [B, T] (packed rows, whose positions
-    /// restart per example).
-    pub fn at(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> Self {
+    /// restart per example, and the new positions after a KV cache), cos and sin times
+    /// `factor`.
+    pub fn at(inv_freq: &Tensor, positions: &Tensor, kind: Kind, factor: f64) -> Self {
         let (batch, length) = positions.size2().expect("positions [batch, time]");
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1).view([batch, 1, length, -1]);
-        let sin = freqs.sin().view([batch, 1, length, -1]);
-        let signed_sin = Tensor::cat(&[&sin.neg(), &sin], -1).to_kind(kind);
-        Self { cos: emb.cos().to_kind(kind), sin: emb.sin().to_kind(kind), signed_sin }
+        Self::from_angles(&freqs.view([batch, 1, length, -1]), kind, factor)
     }
 }
 

@@ -128,6 +128,10 @@ pub struct DecoderConfig {
     pub rope_scaling: Option<Value>,
     #[serde(default)]
     pub rope_parameters: Option<Value>,
+    /// The pretraining length (Phi-3's, beside its extended max_position_embeddings),
+    /// where LongRoPE switches to its long factors.
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<i64>,
     #[serde(default)]
     pub partial_rotary_factor: Option<f64>,
     /// llama: biases on q, k, v and o; qwen2 has them on q, k, v always.
@@ -224,11 +228,56 @@ impl DecoderConfig {
                 original_max_position_embeddings: get("original_max_position_embeddings")
                     .unwrap_or(self.max_position_embeddings as f64),
             },
+            "longrope" => {
+                let pairs = self.rotary_dim()? / 2;
+                let factors = |name: &str| -> Result<Vec<f64>, ConfigError> {
+                    let list = params.and_then(|p| p.get(name)).and_then(Value::as_array).ok_or_else(|| {
+                        ConfigError::Missing { key: format!("{key}.{name}"), needed_by: "rope_type 'longrope'".into() }
+                    })?;
+                    if list.len() as i64 != pairs {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.{name}"),
+                            format!("of {} entries", list.len()),
+                            format!("needs {pairs}, one per rotated pair of dimensions"),
+                        ));
+                    }
+                    list.iter()
+                        .map(|v| {
+                            v.as_f64()
+                                .ok_or_else(|| ConfigError::invalid(format!("{key}.{name}"), v, "must be numbers"))
+                        })
+                        .collect()
+                };
+                // As transformers: Phi-3's top-level original_max_position_embeddings first.
+                let original = self
+                    .original_max_position_embeddings
+                    .or_else(|| get("original_max_position_embeddings").map(|v| v as i64))
+                    .unwrap_or(self.max_position_embeddings);
+                if original < 1 {
+                    return Err(ConfigError::invalid(
+                        "original_max_position_embeddings",
+                        original,
+                        "must be at least 1",
+                    ));
+                }
+                let factor = get("factor").unwrap_or(self.max_position_embeddings as f64 / original as f64);
+                let attention_factor = get("attention_factor").unwrap_or(if factor <= 1.0 {
+                    1.0
+                } else {
+                    (1.0 + factor.ln() / (original as f64).ln()).sqrt()
+                });
+                RopeScaling::LongRope {
+                    short_factor: factors("short_factor")?,
+                    long_factor: factors("long_factor")?,
+                    original_max_position_embeddings: original,
+                    attention_factor,
+                }
+            }
             other => {
                 return Err(ConfigError::unsupported(
                     format!("{key}.rope_type"),
                     format!("'{other}'"),
-                    "this host implements default, linear and llama3",
+                    "this host implements default, linear, llama3 and longrope",
                 ))
             }
         };
@@ -556,7 +605,7 @@ mod tests {
         let yarn = decoder(r#", "rope_scaling": {"type": "yarn", "factor": 4.0}"#).rope().unwrap_err().to_string();
         assert_eq!(
             yarn,
-            "rope_scaling.rope_type 'yarn' is not supported (this host implements default, linear and llama3)"
+            "rope_scaling.rope_type 'yarn' is not supported (this host implements default, linear, llama3 and longrope)"
         );
     }
 

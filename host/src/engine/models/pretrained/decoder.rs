@@ -19,7 +19,7 @@ use crate::engine::models::HeadInput;
 use crate::engine::ops::activation::{gated, Activation};
 use crate::engine::ops::attention::{attention, merge_heads, soft_capped_attention, split_heads, Mask};
 use crate::engine::ops::norm::NormKind;
-use crate::engine::ops::rope::{apply_rotary, Rope, RopeTables};
+use crate::engine::ops::rope::{apply_rotary, Frequencies, Rope, RopeTables};
 
 /// Which attention projections carry biases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,8 +166,8 @@ pub struct Decoder {
     layers: Vec<Layer>,
     norm: RmsNorm,
     head: DecoderHead,
-    /// RoPE's inverse frequencies, one set per [`LayerSpec::rope`] id.
-    inv_freqs: Vec<Tensor>,
+    /// RoPE's frequencies, one set per [`LayerSpec::rope`] id.
+    inv_freqs: Vec<Frequencies>,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -254,8 +254,7 @@ impl Decoder {
         let norm = RmsNorm::new(src, &(&base / "norm"), hidden, eps, model.norm);
         let tied = config.tie_word_embeddings.then_some(&embed_tokens.weight);
         let head = DecoderHead::new(src, root, head, hidden, common.vocab_size, tied);
-        let inv_freqs =
-            model.ropes.iter().map(|rope| rope.inverse_frequencies(model.rotary_dim, root.device())).collect();
+        let inv_freqs = model.ropes.iter().map(|rope| rope.frequencies(model.rotary_dim, root.device())).collect();
         Ok(Self {
             embed_tokens,
             layers,
@@ -281,9 +280,9 @@ impl Decoder {
         let rotary = self
             .inv_freqs
             .iter()
-            .map(|inv_freq| match inputs.positions {
-                Some(positions) => RopeTables::at(inv_freq, positions, x.kind()),
-                None => RopeTables::new(inv_freq, t, x.kind()),
+            .map(|set| match inputs.positions {
+                Some(positions) => RopeTables::at(set.for_length(t), positions, x.kind(), set.attention_factor),
+                None => RopeTables::scaled(set.for_length(t), t, x.kind(), set.attention_factor),
             })
             .collect();
         let mut windows: Vec<Option<i64>> = self.layers.iter().map(|l| l.spec.window).collect();
@@ -355,7 +354,11 @@ impl Network for Decoder {
         let device = ids.device();
         let x = self.embed_tokens.forward_input(ids, false);
         let positions = Tensor::arange_start(start, start + new, (tch::Kind::Int64, device)).unsqueeze(0);
-        let rotary = self.inv_freqs.iter().map(|inv_freq| RopeTables::at(inv_freq, &positions, x.kind())).collect();
+        let rotary = self
+            .inv_freqs
+            .iter()
+            .map(|set| RopeTables::at(set.for_length(start + new), &positions, x.kind(), set.attention_factor))
+            .collect();
         let mut windows: Vec<Option<i64>> = self.layers.iter().map(|l| l.spec.window).collect();
         windows.sort_unstable();
         windows.dedup();

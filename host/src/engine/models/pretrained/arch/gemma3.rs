@@ -89,7 +89,7 @@ mod tests {
         );
         assert_eq!(
             ropes(&nested).unwrap_err().to_string(),
-            "rope_parameters.full_attention.rope_type 'yarn' is not supported (this host implements default, linear and llama3)"
+            "rope_parameters.full_attention.rope_type 'yarn' is not supported (this host implements default, linear, llama3 and longrope)"
         );
         // Without layer_types every sixth layer is global and uses the global set.
         let specs: Vec<LayerSpec> = (0..6).map(|i| (GEMMA3.layer)(&flat, i).unwrap()).collect();
