@@ -276,3 +276,23 @@ fn chat_prompts_stop_strings_and_the_context_bound_generation() {
     assert!(prompt.len() + generated.len() <= 64, "{}", generated.len());
     assert!(stderr.contains("max_new_tokens 1000000000: the model's context is 64 tokens"), "{stderr}");
 }
+
+#[test]
+fn an_adapter_folder_generates_as_its_merged_model() {
+    let dir = tempdir();
+    let models = crate::pretrained::models();
+    let (model, text) = (models.join("llama-causal/model"), models.join("text_train.jsonl"));
+    let output = dir.path().join("out");
+    let args =
+        ["--model-name-or-path", path_str(&model), "--train-file", path_str(&text), "--use-peft", "--merge-lora"];
+    let train =
+        ["--max-steps", "3", "--learning-rate", "0.05", "--eval-strategy", "no", "--output-dir", path_str(&output)];
+    let run = host(dir.path(), &[&args[..], &train[..]].concat());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let flags = ["--prompt", "the cat", "--max-new-tokens", "10"];
+    let (_, adapter, _) = host_generate(&output, &flags);
+    let (_, merged, _) = host_generate(&output.join("merged"), &flags);
+    let (_, base, _) = host_generate(&model, &flags);
+    assert_eq!(adapter, merged, "the adapter folder generates as its merged model");
+    assert_ne!(adapter, base, "the adapters changed nothing: the test cannot tell them apart");
+}
