@@ -189,6 +189,14 @@ fn rotation_keeps_the_newest_and_the_best() {
     assert!(run.stderr.contains("loading the best model from output/checkpoint-2"), "{}", run.stderr);
     let best = std::fs::read(dir.path().join("output/checkpoint-2/model.safetensors")).unwrap();
     assert!(weights(dir.path()) == best, "load_best_model_at_end left the best weights");
+    // The results report the evaluation of those weights (step 2's), not the last one.
+    let history = log_history(dir.path());
+    let eval_loss_at = |step: i64| {
+        history.iter().find(|e| e["step"] == step && e.get("eval_loss").is_some()).unwrap()["eval_loss"].as_f64()
+    };
+    assert_ne!(eval_loss_at(2), eval_loss_at(8));
+    assert_eq!(results(dir.path())["eval_loss"].as_f64(), eval_loss_at(2));
+    assert!(run.stderr.contains("the results' eval_* metrics are the evaluation at step 2, of the best checkpoint"));
 }
 
 #[test]

@@ -330,22 +330,24 @@ impl Trainer {
         self.callbacks.restore_states(&serde_json::Value::Object(extras.stateful_callbacks), &callback_tensors)
     }
 
-    /// load_best_model_at_end: the weights of the best checkpoint.
-    pub(super) fn load_best_model(&mut self) -> Result<()> {
+    /// load_best_model_at_end: the weights of the best checkpoint; true when they were
+    /// loaded.
+    pub(super) fn load_best_model(&mut self) -> Result<bool> {
         // Rank 0 saw the checkpoints written; the others follow its answer (their disks
         // may not hold the checkpoints on other machines).
         let best = self.run.state.best_model_checkpoint.clone().filter(|_| self.is_world_zero());
         let has_best = self.sum_across_ranks(best.is_some() as u8 as f64, "sharing the best model")? > 0.0;
         if !has_best {
             tracing::warn!("load_best_model_at_end: no best checkpoint was saved; keeping the final weights");
-            return Ok(());
+            return Ok(false);
         }
         if let Some(best) = best {
             let score = self.run.state.best_metric.map_or("unknown".to_owned(), |s| s.to_string());
             tracing::info!("loading the best model from {best} (score: {score})");
             self.load_weights(Path::new(&best), "load_best_model_at_end")?;
         }
-        self.share_rank_zero_weights()
+        self.share_rank_zero_weights()?;
+        Ok(true)
     }
 
     /// After an optimizer step: if SIGINT or SIGTERM came, save a checkpoint and stop.
@@ -364,8 +366,20 @@ impl Trainer {
 /// The metrics of the last evaluation in a log history (for the results of a resumed run
 /// that does not evaluate again).
 fn last_evaluation(history: &[serde_json::Value]) -> Option<Vec<(String, f64)>> {
-    let entry =
-        history.iter().rev().find(|e| e.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("eval_"))))?;
+    evaluation_where(history, |_| true)
+}
+
+/// The metrics of the last evaluation at optimizer step `step` in a log history.
+pub(super) fn evaluation_at(history: &[serde_json::Value], step: i64) -> Option<Vec<(String, f64)>> {
+    evaluation_where(history, |entry| entry.get("step").and_then(serde_json::Value::as_i64) == Some(step))
+}
+
+fn evaluation_where(
+    history: &[serde_json::Value],
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> Option<Vec<(String, f64)>> {
+    let is_evaluation = |e: &serde_json::Value| e.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("eval_")));
+    let entry = history.iter().rev().find(|e| is_evaluation(e) && wanted(e))?;
     let metrics = entry.as_object()?.iter().filter(|(k, _)| *k != "step");
     Some(metrics.filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v))).collect())
 }

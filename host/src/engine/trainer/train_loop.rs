@@ -693,9 +693,7 @@ impl Trainer {
     fn finish(&mut self, started: (Instant, i64)) -> Result<Outcome> {
         self.read_step_health(self.run.state.global_step)?;
         progress_bar::finish();
-        if self.config.args.load_best_model_at_end {
-            self.load_best_model()?;
-        }
+        let best_loaded = self.config.args.load_best_model_at_end && self.load_best_model()?;
         let unlogged = self.loss_since_log_all_ranks()?;
         let samples_seen = self.run.totals.samples_seen * self.world_size();
         let total_loss = self.run.totals.total_loss + unlogged;
@@ -712,7 +710,21 @@ impl Trainer {
         let train_metrics = self.log(train_metrics)?;
         self.fire(Event::TrainEnd, &[])?;
         let evaluates = !self.eval.is_empty() && self.config.args.eval_strategy != IntervalStrategy::No;
-        let eval_metrics = if evaluates { self.last_eval.clone() } else { None };
+        // The weights are the best checkpoint's: so is the evaluation reported with them.
+        let best = self.run.state.best_global_step.filter(|_| best_loaded);
+        let eval_metrics = match (evaluates, best) {
+            (false, _) => None,
+            (true, Some(step)) => {
+                let at_best = super::persist::evaluation_at(&self.run.log_history, step);
+                if at_best.is_some() && step != self.run.state.global_step {
+                    tracing::info!(
+                        "the results' eval_* metrics are the evaluation at step {step}, of the best checkpoint whose weights the output holds (do_eval evaluates them again)"
+                    );
+                }
+                at_best.or_else(|| self.last_eval.clone())
+            }
+            (true, None) => self.last_eval.clone(),
+        };
         Ok(Outcome { train_metrics, eval_metrics, already_complete: false })
     }
 }
