@@ -118,6 +118,14 @@ fn unknown_training_key_and_bad_values() {
     let run = host(dir.path(), &["--no-such-flag"]);
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("unexpected argument '--no-such-flag'"), "{}", run.stderr);
+    // A near miss gets clap's suggestion; a far one no misleading hint, but where a
+    // plugin's settings go.
+    let run = host(dir.path(), &["--lerning-rate", "0.1"]);
+    assert!(run.stderr.contains("a similar argument exists: '--learning-rate'"), "{}", run.stderr);
+    host(dir.path(), &["--using-ema", "true"]).assert_clean_error(
+        2,
+        "unexpected argument '--using-ema': no training argument of the host is named so (`host --help` lists them); a plugin's settings go in --plugin-config NAME.KEY=VALUE",
+    );
 }
 
 #[test]

@@ -211,8 +211,32 @@ pub fn parse() -> Cli {
         cmd
     };
     let command = annotate(Cli::command()).mut_subcommand("train", annotate);
-    let matches = command.get_matches();
+    let matches = command.try_get_matches().unwrap_or_else(|e| exit_for(e));
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// clap's error, except for an unknown argument whose suggested one is far from it
+/// (`--using-ema` is no `--run-name`): that gets where such settings go instead.
+fn exit_for(error: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() == ErrorKind::UnknownArgument {
+        if let Some(ContextValue::String(given)) = error.get(ContextKind::InvalidArg) {
+            let name = given.trim_start_matches('-');
+            let close = match error.get(ContextKind::SuggestedArg) {
+                Some(ContextValue::String(suggested)) => {
+                    strsim::normalized_damerau_levenshtein(name, suggested.trim_start_matches('-')) >= 0.7
+                }
+                _ => false,
+            };
+            if !close && given.starts_with("--") {
+                eprintln!(
+                    "error: unexpected argument '{given}': no training argument of the host is named so (`host --help` lists them); a plugin's settings go in --plugin-config NAME.KEY=VALUE (`host plugins inspect NAME` lists its keys)"
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    error.exit()
 }
 
 impl Cli {
