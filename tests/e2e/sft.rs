@@ -22,10 +22,14 @@ fn work() -> &'static Path {
 
 /// The host's eval_loss of `data` (one batch) with `flags`, and its stderr.
 fn host_eval_loss(data: &Path, flags: &[&str]) -> (f64, String) {
+    eval_loss_with(&work().join("model"), data, flags)
+}
+
+/// The eval_loss of `data` (one batch) on `model` with `flags`, and the host's stderr.
+fn eval_loss_with(model: &Path, data: &Path, flags: &[&str]) -> (f64, String) {
     let dir = tempdir();
     let output = dir.path().join("out");
-    let model = work().join("model");
-    let mut args = vec!["--model-name-or-path", path_str(&model), "--train-file", path_str(data)];
+    let mut args = vec!["--model-name-or-path", path_str(model), "--train-file", path_str(data)];
     args.extend(["--eval-file", path_str(data), "--do-train", "false", "--do-eval", "true"]);
     args.extend(["--per-device-eval-batch-size", "64", "--output-dir", path_str(&output), "--device", "cpu"]);
     args.extend(flags);
@@ -153,18 +157,7 @@ fn chat_data_without_a_usable_template_is_refused_by_name() {
 
 /// The host's eval_loss of `data` on pretrained test model `name`, and its stderr.
 fn eval_loss_of(name: &str, data: &Path, flags: &[&str]) -> (f64, String) {
-    let dir = tempdir();
-    let output = dir.path().join("out");
-    let model = crate::pretrained::models().join(name).join("model");
-    let mut args = vec!["--model-name-or-path", path_str(&model), "--train-file", path_str(data)];
-    args.extend(["--eval-file", path_str(data), "--do-train", "false", "--do-eval", "true"]);
-    args.extend(["--per-device-eval-batch-size", "64", "--output-dir", path_str(&output), "--device", "cpu"]);
-    args.extend(flags);
-    let run = host(dir.path(), &args);
-    assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("eval_results.json")).unwrap()).unwrap();
-    (results["eval_loss"].as_f64().unwrap(), run.stderr)
+    eval_loss_with(&crate::pretrained::models().join(name).join("model"), data, flags)
 }
 
 #[test]

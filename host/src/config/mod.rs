@@ -111,11 +111,12 @@ impl ResolvedConfig {
                 ScheduleSpec::new(SchedulerType::Constant, args.learning_rate, &Default::default())?
             }
         };
+        let max_seq_length = args.max_seq_length.unwrap_or(DEFAULT_MAX_SEQ_LENGTH);
         let sizes = Sizes {
             hidden_size: args.hidden_size,
             num_hidden_layers: args.num_hidden_layers,
             num_attention_heads: args.num_attention_heads,
-            max_seq_length: args.max_seq_length.unwrap_or(DEFAULT_MAX_SEQ_LENGTH),
+            max_seq_length,
             dropout: args.dropout,
             num_labels: args.num_labels,
             vocab_size: args.vocab_size,
@@ -186,7 +187,7 @@ impl ResolvedConfig {
                     .map(|columns| columns.split(',').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect()),
                 text_column: args.text_column.clone(),
                 tokenizer_file,
-                max_seq_length: args.max_seq_length.unwrap_or(DEFAULT_MAX_SEQ_LENGTH),
+                max_seq_length,
                 sft_max_seq_length: args.max_seq_length.unwrap_or_else(|| {
                     // Within a learned position table (GPT-2's, OPT's), which ends.
                     let table = folder.as_ref().and_then(Folder::position_table);

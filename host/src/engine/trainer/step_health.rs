@@ -54,8 +54,8 @@ impl StepHealth {
         let _ = self.skipped.g_add_(&flag);
         self.in_a_row = (&self.in_a_row + 1.0) * &flag;
         let starts = self.in_a_row.eq(1.0);
-        self.streak_start =
-            self.streak_start.where_self(&starts.logical_not(), &Tensor::from(step as f32).to_device(device));
+        // A scalar fill, not a tensor copied from the host (which would wait for the GPU).
+        self.streak_start = self.streak_start.masked_fill(&starts, step as f64);
         let reached = self.in_a_row.ge(self.limit as f64).logical_and(&self.diverged_from.eq(0.0));
         self.diverged_from = self.streak_start.where_self(&reached, &self.diverged_from);
         flag

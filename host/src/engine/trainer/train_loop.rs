@@ -490,7 +490,7 @@ impl Trainer {
         let overflow_free = self.unscale_gradients()?;
         let norm = self.optimizer.clip_grad_norm(self.config.args.max_grad_norm).map_err(libtorch::Failed)?;
         let loss_nonfinite = match &self.dist {
-            Some(dp) => Tensor::from(dp.any_loss_nonfinite as u8 as f32),
+            Some(dp) => Tensor::full([], dp.any_loss_nonfinite as u8 as f64, (Kind::Float, self.device)),
             None => self.meter.step_nonfinite.shallow_clone(),
         };
         self.meter.step_nonfinite = Tensor::zeros([], (Kind::Float, self.device));

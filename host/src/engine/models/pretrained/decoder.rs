@@ -285,12 +285,17 @@ impl Decoder {
                 None => RopeTables::scaled(set.for_length(t), t, x.kind(), set.attention_factor),
             })
             .collect();
+        let masks = self.windows().into_iter().map(|w| (w, inputs.attention_mask(true, w))).collect();
+        let context = Context { masks, rotary, train };
+        self.norm.forward(&self.recompute.run(self, x, context))
+    }
+
+    /// The attention windows the layers use, each once (None: no window).
+    fn windows(&self) -> Vec<Option<i64>> {
         let mut windows: Vec<Option<i64>> = self.layers.iter().map(|l| l.spec.window).collect();
         windows.sort_unstable();
         windows.dedup();
-        let masks = windows.into_iter().map(|w| (w, inputs.attention_mask(true, w))).collect();
-        let context = Context { masks, rotary, train };
-        self.norm.forward(&self.recompute.run(self, x, context))
+        windows
     }
 
     /// Queries, keys and values [B, heads, T, head_dim] of the normed input `h`.
@@ -353,23 +358,15 @@ impl Network for Decoder {
         let (start, new) = (cache.length, ids.size()[1]);
         let device = ids.device();
         let x = self.embed_tokens.forward_input(ids, false);
-        let positions = Tensor::arange_start(start, start + new, (tch::Kind::Int64, device)).unsqueeze(0);
+        let positions = cache.positions(new, device);
         let rotary = self
             .inv_freqs
             .iter()
             .map(|set| RopeTables::at(set.for_length(start + new), &positions, x.kind(), set.attention_factor))
             .collect();
-        let mut windows: Vec<Option<i64>> = self.layers.iter().map(|l| l.spec.window).collect();
-        windows.sort_unstable();
-        windows.dedup();
-        let masks = windows.into_iter().map(|w| (w, Mask::after(start, new, w, device))).collect();
+        let masks = self.windows().into_iter().map(|w| (w, Mask::after(start, new, w, device))).collect();
         let context = Context { masks, rotary, train: false };
-        cache.layers.resize_with(self.layers.len(), || None);
-        let mut x = x;
-        for (index, slot) in cache.layers.iter_mut().enumerate() {
-            x = self.layer(index, &x, &context, Some(slot));
-        }
-        cache.length = start + new;
+        let x = cache.run(self.layers.len(), x, |index, x, slot| self.layer(index, x, &context, Some(slot)));
         let logits = self.head.logits(&self.norm.forward(&x), ids, false);
         Some(match self.logit_soft_cap {
             Some(cap) => (logits / cap).tanh() * cap,

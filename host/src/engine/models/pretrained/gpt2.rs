@@ -130,14 +130,9 @@ impl Network for Gpt2 {
     fn logits_after(&self, ids: &Tensor, cache: &mut KvCache) -> Option<Tensor> {
         self.head.language_model()?;
         let (start, new, device) = (cache.length, ids.size()[1], ids.device());
-        let positions = Tensor::arange_start(start, start + new, (tch::Kind::Int64, device)).unsqueeze(0);
-        let mut x = self.wte.forward_input(ids, false) + self.wpe.forward(&positions);
+        let x = self.wte.forward_input(ids, false) + self.wpe.forward(&cache.positions(new, device));
         let context = Context::plain(Mask::after(start, new, None, device), false);
-        cache.layers.resize_with(self.blocks.len(), || None);
-        for (index, slot) in cache.layers.iter_mut().enumerate() {
-            x = self.layer(index, &x, &context, Some(slot));
-        }
-        cache.length = start + new;
+        let x = cache.run(self.blocks.len(), x, |index, x, slot| self.layer(index, x, &context, Some(slot)));
         Some(self.head.logits(&self.ln_f.forward(&x), ids, false))
     }
 }

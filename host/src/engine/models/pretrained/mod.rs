@@ -420,7 +420,6 @@ impl Plan {
         }))
     }
 
-    /// The folder's tokenizer.json, if it has one.
     /// The longest sequence the model places: its position table, or its RoPE context.
     pub fn context_length(&self) -> i64 {
         self.folder.context_length()
@@ -432,6 +431,7 @@ impl Plan {
         serde_json::from_str(&text).ok()
     }
 
+    /// The folder's tokenizer.json, if it has one.
     pub fn tokenizer_file(&self) -> Option<PathBuf> {
         Some(self.folder.tokenizer_file()).filter(|p| p.is_file())
     }
@@ -439,10 +439,7 @@ impl Plan {
     /// The token generation stops at: generation_config.json's eos_token_id, else
     /// config.json's.
     pub fn end_token(&self) -> Option<i64> {
-        let generation: Option<serde_json::Value> =
-            std::fs::read_to_string(self.folder.dir.join("generation_config.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok());
+        let generation = self.generation_config();
         let eos = generation.as_ref().and_then(|g| g.get("eos_token_id"));
         let first = eos.and_then(|e| e.as_i64().or_else(|| e.get(0).and_then(serde_json::Value::as_i64)));
         first.or(self.folder.common.eos_token_id)
@@ -524,45 +521,40 @@ impl Model for Pretrained {
         if self.task != Task::CausalLm {
             return None;
         }
-        let mut ids = prompt.shallow_clone();
-        let mut new = Vec::new();
-        let mut cache = KvCache::default();
-        // With a KV cache: the prompt once, then each new token alone; a completion past
-        // the context reruns a window of it instead.
-        let fits = prompt.size()[0] + decoding.max_new_tokens <= self.positions.max_length();
-        let first = match fits {
-            true => tch::no_grad(|| self.net.logits_after(&prompt.unsqueeze(0), &mut cache)),
-            false => None,
-        };
-        if let Some(mut logits) = first {
-            return Some(tch::no_grad(|| {
-                while (new.len() as i64) < decoding.max_new_tokens {
-                    let token = (decoding.choose)(&logits.get(0).get(-1).to_kind(Kind::Float));
-                    new.push(token);
-                    if (decoding.ends)(&new) || new.len() as i64 == decoding.max_new_tokens {
-                        break;
-                    }
-                    let next = Tensor::from_slice(&[token]).to_device(prompt.device()).view([1, 1]);
-                    logits = self.net.logits_after(&next, &mut cache).expect("the network keeps a cache");
-                }
-                Ok(new)
-            }));
+        if decoding.max_new_tokens < 1 {
+            return Some(Ok(Vec::new()));
         }
+        // With a KV cache the prompt runs once, then each new token alone; without one (a
+        // network that keeps none, or a completion past the context) each step reruns the
+        // last context's worth of tokens.
+        let window_logits = |ids: &Tensor| {
+            let (t, longest) = (ids.size()[0], self.positions.max_length());
+            let window = ids.narrow(0, (t - longest).max(0), t.min(longest));
+            self.net.logits(&Inputs::ids(&window.unsqueeze(0)), false)
+        };
         Some(tch::no_grad(|| {
-            while (new.len() as i64) < decoding.max_new_tokens {
-                let t = ids.size()[0];
-                let longest = self.positions.max_length();
-                let window = ids.narrow(0, (t - longest).max(0), t.min(longest));
-                let logits = self.net.logits(&Inputs::ids(&window.unsqueeze(0)), false);
+            let fits = prompt.size()[0] + decoding.max_new_tokens <= self.positions.max_length();
+            let mut cache = KvCache::default();
+            let cached = fits.then(|| self.net.logits_after(&prompt.unsqueeze(0), &mut cache)).flatten();
+            let use_cache = cached.is_some();
+            let mut logits = cached.unwrap_or_else(|| window_logits(prompt));
+            let (mut ids, mut new) = (prompt.shallow_clone(), Vec::new());
+            loop {
                 // As transformers: the scores are the last position's logits in float32.
                 let token = (decoding.choose)(&logits.get(0).get(-1).to_kind(Kind::Float));
                 new.push(token);
-                ids = Tensor::cat(&[ids, Tensor::from_slice(&[token]).to_device(prompt.device())], 0);
-                if (decoding.ends)(&new) {
-                    break;
+                if (decoding.ends)(&new) || new.len() as i64 == decoding.max_new_tokens {
+                    return Ok(new);
                 }
+                let next = Tensor::from_slice(&[token]).to_device(prompt.device());
+                logits = match use_cache {
+                    true => self.net.logits_after(&next.view([1, 1]), &mut cache).expect("the network keeps a cache"),
+                    false => {
+                        ids = Tensor::cat(&[&ids, &next], 0);
+                        window_logits(&ids)
+                    }
+                };
             }
-            Ok(new)
         }))
     }
 

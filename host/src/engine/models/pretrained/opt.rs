@@ -174,19 +174,15 @@ impl Network for Opt {
         self.head.language_model()?;
         let (start, new, device) = (cache.length, ids.size()[1], ids.device());
         // No padding while generating: position t is row t + the offset.
-        let positions = Tensor::arange_start(start, start + new, (Kind::Int64, device)).unsqueeze(0) + POSITION_OFFSET;
+        let positions = cache.positions(new, device) + POSITION_OFFSET;
         let tokens = self.embed_tokens.forward_input(ids, false);
         let tokens = match &self.project_in {
             Some(project) => project.forward(&tokens, false),
             None => tokens,
         };
-        let mut x = tokens + self.embed_positions.forward(&positions);
+        let x = tokens + self.embed_positions.forward(&positions);
         let context = Context::plain(Mask::after(start, new, None, device), false);
-        cache.layers.resize_with(self.layers.len(), || None);
-        for (index, slot) in cache.layers.iter_mut().enumerate() {
-            x = self.layer(index, &x, &context, Some(slot));
-        }
-        cache.length = start + new;
+        let x = cache.run(self.layers.len(), x, |index, x, slot| self.layer(index, x, &context, Some(slot)));
         Some(self.head.logits(&self.finish(x, false), ids, false))
     }
 }

@@ -134,7 +134,6 @@ pub struct Build<'a> {
     pub checkpointing: bool,
 }
 
-/// A built network: what the trainer and the generator ask of it.
 /// What a forward pass reads of a batch.
 #[derive(Clone, Copy)]
 pub struct Inputs<'a> {
@@ -181,6 +180,26 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// The positions [1, new] of `new` tokens after those held.
+    pub fn positions(&self, new: i64, device: tch::Device) -> Tensor {
+        Tensor::arange_start(self.length, self.length + new, (tch::Kind::Int64, device)).unsqueeze(0)
+    }
+
+    /// `x` [B, new, width] through `layers` layers, each given its slot, and the cache
+    /// then holding `new` positions more.
+    pub fn run(
+        &mut self,
+        layers: usize,
+        x: Tensor,
+        mut layer: impl FnMut(usize, &Tensor, &mut Option<(Tensor, Tensor)>) -> Tensor,
+    ) -> Tensor {
+        let new = x.size()[1];
+        self.layers.resize_with(layers, || None);
+        let x = self.layers.iter_mut().enumerate().fold(x, |x, (index, slot)| layer(index, &x, slot));
+        self.length += new;
+        x
+    }
+
     /// A layer's keys and values [B, heads, new, D] after those `slot` holds (which takes
     /// them all); without a slot, as they are.
     pub fn extend(slot: Option<&mut Option<(Tensor, Tensor)>>, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
@@ -194,6 +213,7 @@ impl KvCache {
     }
 }
 
+/// A built network: what the trainer and the generator ask of it.
 pub trait Network: std::fmt::Debug {
     /// The head's logits: [B, T, vocab] for a language model, [B, labels] for a classifier.
     fn logits(&self, inputs: &Inputs, train: bool) -> Tensor;
