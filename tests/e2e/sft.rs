@@ -268,6 +268,16 @@ fn chat_prompts_stop_strings_and_the_context_bound_generation() {
     let (prompt, generated, stderr) = host_generate(&gpt2, &["--prompt", "the cat", "--max-new-tokens", "1000000000"]);
     assert!(prompt.len() + generated.len() <= 64, "{}", generated.len());
     assert!(stderr.contains("max_new_tokens 1000000000: the model's context is 64 tokens"), "{stderr}");
+    // Sampling settings out of range, negative ones included, are named.
+    let dir = tempdir();
+    let base = ["generate", "--model", path_str(&gpt2), "--prompt", "the cat", "--device", "cpu", "--do-sample"];
+    for (flag, value, expected) in [
+        ("--top-k", "-3", "top_k must be 0 (off) or a positive number of tokens (got -3)"),
+        ("--temperature", "0", "temperature must be a positive number (got 0)"),
+        ("--top-p", "1.5", "top_p must be in (0, 1] (got 1.5)"),
+    ] {
+        host(dir.path(), &[&base[..], &[flag, value]].concat()).assert_clean_error(2, expected);
+    }
 }
 
 #[test]

@@ -36,15 +36,15 @@ pub struct GenerateOptions {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub do_sample: Option<bool>,
     /// Sampling: the scores' divisor (default: generation_config.json's, else 1.0).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub temperature: Option<f64>,
     /// Sampling: only the k most likely tokens, 0 for all (default: generation_config.json's,
     /// else 50, as transformers).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub top_k: Option<i64>,
     /// Sampling: the most likely tokens whose probabilities sum to p (default:
     /// generation_config.json's, else 1.0).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub top_p: Option<f64>,
     /// Sampling: the random seed (the same seed gives transformers' tokens after
     /// torch.manual_seed); default: a new one each run.
